@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: installs dependencies, builds, runs the tests of the
+# code that parses untrusted bytes (codecs, update codec, round engine,
+# worker optimizer, IDX reader) under AddressSanitizer and UBSan, then every
+# test under ctest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build.sh
+
+echo "== AddressSanitizer + UBSan =="
+SAN_TESTS=(codec_test update_codec_test round_engine_test worker_optimizer_test
+           idx_reader_test)
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DEFFADAM_SANITIZE=ON -DEFFADAM_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j "${JOBS:-2}" --target "${SAN_TESTS[@]}"
+for t in "${SAN_TESTS[@]}"; do
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    "build-asan/bin/$t" --gtest_brief=1
+done
+
+echo "== ctest =="
+cd build
+ctest --output-on-failure -j 2 --timeout 600

@@ -1,0 +1,95 @@
+#include "server/round_engine.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace effadam {
+
+absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(
+    std::shared_ptr<const UpdateCodec> worker_codec,
+    std::shared_ptr<const UpdateCodec> server_codec, std::vector<float> x0,
+    const RoundEngineOptions& options) {
+  if (!worker_codec || !server_codec ||
+      worker_codec->num_elements() != x0.size() ||
+      server_codec->num_elements() != x0.size()) {
+    return absl::InvalidArgumentError(
+        "round engine: codecs and initial parameters disagree on the size");
+  }
+  std::unique_ptr<RoundEngine> engine(new RoundEngine);
+  engine->worker_codec_ = std::move(worker_codec);
+  engine->server_codec_ = std::move(server_codec);
+  engine->options_ = options;
+  engine->error_.assign(x0.size(), 0.0f);
+  engine->sum_.assign(x0.size(), 0.0f);
+  engine->x_ = std::move(x0);
+  return engine;
+}
+
+absl::Status RoundEngine::Submit(int rank, int64_t round, std::string update) {
+  if (rank < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("negative rank ", rank));
+  }
+  if (round != round_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "update for round ", round, " but the server is collecting round ",
+        round_));
+  }
+  if (pending_.count(rank)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rank ", rank, " already sent its update for round ", round_));
+  }
+  if (absl::Status s = worker_codec_->Validate(update); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("update from rank ", rank, ": ", s.message()));
+  }
+  pending_.emplace(rank, std::move(update));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> RoundEngine::CloseRound() {
+  if (pending_.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("round ", round_, " has no updates to close"));
+  }
+  std::fill(sum_.begin(), sum_.end(), 0.0f);
+  for (const auto& [rank, update] : pending_) {
+    // Validated in Submit, so this cannot fail half-way.
+    absl::Status s =
+        worker_codec_->DecodeAccumulate(update, 1.0f, absl::MakeSpan(sum_));
+    if (!s.ok()) return s;
+  }
+  const float count = static_cast<float>(pending_.size());
+  // Finite updates can still overflow once averaged with E; refuse before
+  // the encoder touches E, so a failed round changes nothing.
+  bool finite = true;
+  for (size_t j = 0; j < sum_.size(); ++j) {
+    sum_[j] /= count;
+    finite &= std::fabs(sum_[j] + error_[j]) <= FLT_MAX;
+  }
+  if (!finite) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "round ", round_, ": the averaged update overflows float"));
+  }
+
+  std::string delta;
+  absl::Span<float> error =
+      options_.error_feedback ? absl::MakeSpan(error_) : absl::Span<float>();
+  const uint64_t seed =
+      options_.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(round_));
+  absl::Status s =
+      server_codec_->EncodeWithFeedback(sum_, error, seed, &delta);
+  if (!s.ok()) return s;
+  // x -= q, decoded from the bytes the workers get, with the same operation
+  // they use, so every replica stays bit-identical.
+  s = server_codec_->DecodeAccumulate(delta, -1.0f, absl::MakeSpan(x_));
+  if (!s.ok()) return s;
+  pending_.clear();
+  ++round_;
+  return delta;
+}
+
+}  // namespace effadam

@@ -1,0 +1,74 @@
+#ifndef EFFADAM_SERVER_ROUND_ENGINE_H_
+#define EFFADAM_SERVER_ROUND_ENGINE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/update_codec.h"
+
+namespace effadam {
+
+struct RoundEngineOptions {
+  // Server-side error feedback: keep E = p - Qs(p) and add it next round.
+  bool error_feedback = true;
+  // Seeds the server codec's stochastic rounding (qNs only).
+  uint64_t seed = 0;
+};
+
+// The server's math for synchronous rounds (DESIGN.md section 1): holds the
+// model x and the error memory E, collects the workers' encoded updates for
+// the current round, and closing the round computes
+//   avg = mean of the updates in ascending rank,  p = avg + E,
+//   q = Qs(p),  E = p - q,  x = x - q
+// and returns encode(q), the one delta every worker applies.
+// A rejected update leaves the engine exactly as it was. Not thread-safe.
+class RoundEngine {
+ public:
+  // The codecs must describe the same number of elements as x0.
+  static absl::StatusOr<std::unique_ptr<RoundEngine>> Create(
+      std::shared_ptr<const UpdateCodec> worker_codec,
+      std::shared_ptr<const UpdateCodec> server_codec, std::vector<float> x0,
+      const RoundEngineOptions& options);
+
+  // The round being collected; the first is 1.
+  int64_t round() const { return round_; }
+
+  // Takes worker `rank`'s encoded update for `round`. FailedPrecondition for
+  // another round or a second update from the same rank in this round,
+  // InvalidArgument for a negative rank or bytes that do not validate.
+  absl::Status Submit(int rank, int64_t round, std::string update);
+
+  size_t num_submitted() const { return pending_.size(); }
+  bool HasSubmitted(int rank) const { return pending_.count(rank) > 0; }
+
+  // Closes the round over the updates submitted so far and starts the next.
+  // FailedPrecondition when none was submitted.
+  absl::StatusOr<std::string> CloseRound();
+
+  absl::Span<const float> params() const { return x_; }
+  absl::Span<const float> error_memory() const { return error_; }
+  const UpdateCodec& worker_codec() const { return *worker_codec_; }
+  const UpdateCodec& server_codec() const { return *server_codec_; }
+
+ private:
+  RoundEngine() = default;
+
+  std::shared_ptr<const UpdateCodec> worker_codec_;
+  std::shared_ptr<const UpdateCodec> server_codec_;
+  RoundEngineOptions options_;
+  int64_t round_ = 1;
+  std::vector<float> x_;
+  std::vector<float> error_;
+  std::vector<float> sum_;                // scratch for the average
+  std::map<int, std::string> pending_;    // rank -> update, ascending rank
+};
+
+}  // namespace effadam
+
+#endif  // EFFADAM_SERVER_ROUND_ENGINE_H_

@@ -1,0 +1,162 @@
+#include "server/round_engine.h"
+
+#include <cstring>
+#include <random>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace effadam {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Fixture {
+  std::shared_ptr<const UpdateCodec> worker, server;
+  std::unique_ptr<RoundEngine> engine;
+};
+
+Fixture Make(const std::string& wname, const std::string& sname,
+             bool error_feedback = true, size_t n = 3000) {
+  auto layout = TensorLayout::Create({{"w", {static_cast<int64_t>(n)}}});
+  EXPECT_TRUE(layout.ok());
+  CompressionOptions o;
+  o.block_size = 64;
+  Fixture f;
+  f.worker = *UpdateCodec::Create(*layout, *ParseCodecSpec(wname), o);
+  f.server = *UpdateCodec::Create(*layout, *ParseCodecSpec(sname), o);
+  std::vector<float> x0(n);
+  for (size_t i = 0; i < n; ++i) x0[i] = 0.001f * i;
+  RoundEngineOptions eo;
+  eo.error_feedback = error_feedback;
+  f.engine = *RoundEngine::Create(f.worker, f.server, x0, eo);
+  return f;
+}
+
+std::string Encode(const UpdateCodec& c, const std::vector<float>& u) {
+  std::string out;
+  EXPECT_TRUE(c.EncodeWithFeedback(u, {}, 0, &out).ok());
+  return out;
+}
+
+std::vector<float> Random(size_t n, int seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0, 0.01f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+TEST(RoundEngine, AveragesInRankOrderWhateverTheArrivalOrder) {
+  Fixture a = Make("sign", "q8"), b = Make("sign", "q8");
+  std::vector<std::string> updates;
+  for (int r = 0; r < 5; ++r)
+    updates.push_back(Encode(*a.worker, Random(3000, r)));
+  for (int r : {0, 1, 2, 3, 4})
+    ASSERT_TRUE(a.engine->Submit(r, 1, updates[r]).ok());
+  for (int r : {3, 0, 4, 2, 1})
+    ASSERT_TRUE(b.engine->Submit(r, 1, updates[r]).ok());
+  auto da = a.engine->CloseRound(), db = b.engine->CloseRound();
+  ASSERT_TRUE(da.ok() && db.ok());
+  EXPECT_EQ(*da, *db);
+  EXPECT_EQ(0, std::memcmp(a.engine->params().data(),
+                           b.engine->params().data(), 3000 * 4));
+}
+
+TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
+  Fixture f = Make("fp32", "sign");
+  const size_t n = 3000;
+  std::vector<float> x(f.engine->params().begin(), f.engine->params().end());
+  std::vector<float> E(n, 0.0f);
+  for (int round = 1; round <= 3; ++round) {
+    std::vector<float> u0 = Random(n, 10 * round), u1 = Random(n, 10 * round + 1);
+    ASSERT_TRUE(f.engine->Submit(0, round, Encode(*f.worker, u0)).ok());
+    ASSERT_TRUE(f.engine->Submit(1, round, Encode(*f.worker, u1)).ok());
+    auto delta = f.engine->CloseRound();
+    ASSERT_TRUE(delta.ok()) << delta.status();
+    // The reference, written out: avg, p = avg + E, q = Qs(p), E = p - q.
+    std::vector<float> p(n);
+    for (size_t i = 0; i < n; ++i) p[i] = ((0.0f + u0[i]) + u1[i]) / 2.0f;
+    std::string want;
+    ASSERT_TRUE(f.server->EncodeWithFeedback(p, absl::MakeSpan(E), 0, &want).ok());
+    EXPECT_EQ(want, *delta);
+    std::vector<float> q(n, 0.0f);
+    ASSERT_TRUE(f.server->DecodeAccumulate(*delta, 1.0f, absl::MakeSpan(q)).ok());
+    for (size_t i = 0; i < n; ++i) x[i] = x[i] + -1.0f * q[i];
+    EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), n * 4));
+    EXPECT_EQ(0, std::memcmp(E.data(), f.engine->error_memory().data(), n * 4));
+    EXPECT_EQ(f.engine->round(), round + 1);
+  }
+}
+
+TEST(RoundEngine, WithoutFeedbackTheErrorMemoryStaysZero) {
+  Fixture f = Make("fp32", "sign", /*error_feedback=*/false);
+  ASSERT_TRUE(f.engine->Submit(0, 1, Encode(*f.worker, Random(3000, 1))).ok());
+  ASSERT_TRUE(f.engine->CloseRound().ok());
+  for (float e : f.engine->error_memory()) ASSERT_EQ(e, 0.0f);
+}
+
+TEST(RoundEngine, RejectedUpdatesChangeNothing) {
+  Fixture f = Make("sign", "sign");
+  const std::string good = Encode(*f.worker, Random(3000, 1));
+  ASSERT_TRUE(f.engine->Submit(0, 1, good).ok());
+  std::vector<float> x(f.engine->params().begin(), f.engine->params().end());
+
+  struct Case {
+    int rank;
+    int64_t round;
+    std::string bytes;
+    absl::StatusCode code;
+    const char* reason;
+  };
+  std::string nan_scale = good;
+  std::memset(&nan_scale[0], 0xff, 4);
+  const std::vector<Case> cases = {
+      {1, 2, good, absl::StatusCode::kFailedPrecondition, "round 2"},
+      {1, 0, good, absl::StatusCode::kFailedPrecondition, "collecting round 1"},
+      {0, 1, good, absl::StatusCode::kFailedPrecondition, "already sent"},
+      {-1, 1, good, absl::StatusCode::kInvalidArgument, "negative rank"},
+      {1, 1, good.substr(1), absl::StatusCode::kInvalidArgument, "must be"},
+      {1, 1, good + "x", absl::StatusCode::kInvalidArgument, "must be"},
+      {1, 1, nan_scale, absl::StatusCode::kInvalidArgument, "scale"},
+  };
+  for (const Case& c : cases) {
+    absl::Status s = f.engine->Submit(c.rank, c.round, c.bytes);
+    EXPECT_EQ(s.code(), c.code) << c.reason;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.reason));
+  }
+  EXPECT_EQ(f.engine->num_submitted(), 1u);
+  EXPECT_FALSE(f.engine->HasSubmitted(1));
+  EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), x.size() * 4));
+  for (float e : f.engine->error_memory()) ASSERT_EQ(e, 0.0f);
+}
+
+TEST(RoundEngine, ClosingAnEmptyRoundIsAnError) {
+  Fixture f = Make("sign", "sign");
+  EXPECT_EQ(f.engine->CloseRound().status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(f.engine->round(), 1);
+}
+
+TEST(RoundEngine, OverflowingAverageFailsWithoutTouchingState) {
+  Fixture f = Make("fp32", "sign", true, 64);
+  std::vector<float> huge(64, 3e38f);
+  ASSERT_TRUE(f.engine->Submit(0, 1, Encode(*f.worker, huge)).ok());
+  ASSERT_TRUE(f.engine->Submit(1, 1, Encode(*f.worker, huge)).ok());
+  std::vector<float> x(f.engine->params().begin(), f.engine->params().end());
+  absl::StatusOr<std::string> d = f.engine->CloseRound();
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), 64 * 4));
+  EXPECT_EQ(f.engine->round(), 1);
+}
+
+TEST(RoundEngine, CreateChecksSizes) {
+  auto layout = TensorLayout::Create({{"w", {100}}});
+  std::shared_ptr<const UpdateCodec> c =
+      *UpdateCodec::Create(*layout, *ParseCodecSpec("sign"), {});
+  EXPECT_FALSE(RoundEngine::Create(c, c, std::vector<float>(99), {}).ok());
+  EXPECT_TRUE(RoundEngine::Create(c, c, std::vector<float>(100), {}).ok());
+}
+
+}  // namespace
+}  // namespace effadam

@@ -1,0 +1,191 @@
+#include "worker/worker_optimizer.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace effadam {
+namespace {
+
+constexpr size_t kN = 2000;
+
+std::shared_ptr<const UpdateCodec> Codec(const std::string& name) {
+  auto layout = TensorLayout::Create({{"w", {static_cast<int64_t>(kN)}}});
+  CompressionOptions o;
+  o.block_size = 64;
+  return *UpdateCodec::Create(*layout, *ParseCodecSpec(name), o);
+}
+
+std::unique_ptr<WorkerOptimizer> Make(const std::string& wc,
+                                      const AdamOptions& adam,
+                                      bool error_feedback = true) {
+  WorkerOptimizer::Options o;
+  o.adam = adam;
+  o.error_feedback = error_feedback;
+  std::vector<float> x0(kN, 0.5f);
+  auto w = WorkerOptimizer::Create(Codec(wc), Codec("fp32"), x0, o);
+  EXPECT_TRUE(w.ok()) << w.status();
+  return *std::move(w);
+}
+
+std::vector<float> Grad(int seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0, 1);
+  std::vector<float> g(kN);
+  for (float& x : g) x = normal(rng);
+  return g;
+}
+
+std::vector<float> Decode(const std::string& bytes) {
+  std::vector<float> q(kN, 0.0f);
+  EXPECT_TRUE(Codec("fp32")->DecodeAccumulate(bytes, 1, absl::MakeSpan(q)).ok());
+  return q;
+}
+
+// Textbook Adam in double, the reference for the float implementation.
+struct ReferenceAdam {
+  AdamOptions o;
+  std::vector<double> m = std::vector<double>(kN), v = std::vector<double>(kN);
+  double p1 = 1, p2 = 1;
+  int t = 0;
+  std::vector<double> Step(const std::vector<float>& g,
+                           const std::vector<float>& x) {
+    ++t;
+    double b2 = o.beta2_schedule == Beta2Schedule::kConstant
+                    ? o.beta2
+                    : 1.0 - double(o.theta) / t;
+    double lr = o.lr_schedule == LrSchedule::kConstant ? o.lr
+                                                       : o.lr / std::sqrt(t);
+    p1 *= o.beta1;
+    p2 *= b2;
+    std::vector<double> d(kN);
+    for (size_t i = 0; i < kN; ++i) {
+      m[i] = o.beta1 * m[i] + (1 - o.beta1) * g[i];
+      v[i] = b2 * v[i] + (1 - b2) * double(g[i]) * g[i];
+      double mh = m[i], vh = v[i];
+      if (o.bias_correction) {
+        mh /= 1 - p1;
+        vh /= 1 - p2;
+      }
+      d[i] = lr * mh / (std::sqrt(vh) + o.eps) + lr * o.weight_decay * x[i];
+    }
+    return d;
+  }
+};
+
+void ExpectMatchesReference(const AdamOptions& adam) {
+  auto w = Make("fp32", adam);
+  ReferenceAdam ref{adam};
+  for (int t = 1; t <= 20; ++t) {
+    std::vector<float> g = Grad(t);
+    std::vector<float> x(w->params().begin(), w->params().end());
+    std::string update;
+    ASSERT_TRUE(w->ComputeUpdate(g, &update).ok());
+    std::vector<float> q = Decode(update);
+    std::vector<double> d = ref.Step(g, x);
+    for (size_t i = 0; i < kN; ++i) {
+      ASSERT_NEAR(q[i], d[i], 1e-5 * std::fabs(d[i]) + 1e-9)
+          << "t=" << t << " i=" << i;
+    }
+  }
+  EXPECT_EQ(w->step(), 20);
+}
+
+TEST(WorkerOptimizer, MatchesTextbookAdam) { ExpectMatchesReference({}); }
+
+TEST(WorkerOptimizer, MatchesWithSchedulesAndWithoutBiasCorrection) {
+  AdamOptions a;
+  a.lr_schedule = LrSchedule::kInverseSqrt;
+  a.beta2_schedule = Beta2Schedule::kOneMinusThetaOverT;
+  a.theta = 0.9f;
+  ExpectMatchesReference(a);
+  a.bias_correction = false;
+  a.theta = 1.0f;
+  ExpectMatchesReference(a);
+}
+
+TEST(WorkerOptimizer, MatchesWithDecoupledWeightDecay) {
+  AdamOptions a;
+  a.weight_decay = 0.1f;
+  a.lr = 0.01f;
+  ExpectMatchesReference(a);
+}
+
+TEST(WorkerOptimizer, ErrorFeedbackLosesNothingOverTime) {
+  // sum_t q_t + e_T == sum_t d_t: what the codec did not send is still owed.
+  auto sign = Make("sign", {});
+  auto exact = Make("fp32", {});
+  std::vector<double> sent(kN, 0.0), wanted(kN, 0.0);
+  for (int t = 1; t <= 50; ++t) {
+    std::vector<float> g = Grad(100 + t);
+    std::string us, ue;
+    ASSERT_TRUE(sign->ComputeUpdate(g, &us).ok());
+    ASSERT_TRUE(exact->ComputeUpdate(g, &ue).ok());
+    std::vector<float> q(kN, 0.0f);
+    ASSERT_TRUE(Codec("sign")->DecodeAccumulate(us, 1, absl::MakeSpan(q)).ok());
+    std::vector<float> d = Decode(ue);
+    for (size_t i = 0; i < kN; ++i) {
+      sent[i] += q[i];
+      wanted[i] += d[i];
+    }
+  }
+  for (size_t i = 0; i < kN; ++i) {
+    ASSERT_NEAR(sent[i] + sign->error_memory()[i], wanted[i], 1e-5) << i;
+  }
+}
+
+TEST(WorkerOptimizer, WithoutFeedbackTheErrorMemoryStaysZero) {
+  auto w = Make("sign", {}, /*error_feedback=*/false);
+  std::string u;
+  ASSERT_TRUE(w->ComputeUpdate(Grad(1), &u).ok());
+  for (float e : w->error_memory()) ASSERT_EQ(e, 0.0f);
+}
+
+TEST(WorkerOptimizer, AppliesTheServerDelta) {
+  auto w = Make("sign", {});
+  std::vector<float> q = Grad(7);
+  std::string delta;
+  ASSERT_TRUE(Codec("fp32")->EncodeWithFeedback(q, {}, 0, &delta).ok());
+  ASSERT_TRUE(w->ApplyDelta(delta).ok());
+  for (size_t i = 0; i < kN; ++i) ASSERT_EQ(w->params()[i], 0.5f - q[i]);
+}
+
+TEST(WorkerOptimizer, BadInputLeavesStateUnchanged) {
+  auto w = Make("sign", {});
+  std::vector<float> g = Grad(1);
+  g[5] = NAN;
+  std::string u;
+  EXPECT_EQ(w->ComputeUpdate(g, &u).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(w->ComputeUpdate(std::vector<float>(kN - 1), &u).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(w->step(), 0);
+
+  std::string delta;
+  ASSERT_TRUE(Codec("fp32")->EncodeWithFeedback(Grad(2), {}, 0, &delta).ok());
+  delta[8] = delta[9] = delta[10] = delta[11] = '\xff';  // NaN
+  EXPECT_THAT(std::string(w->ApplyDelta(delta).message()),
+              ::testing::HasSubstr("server delta"));
+  EXPECT_EQ(w->ApplyDelta(delta.substr(1)).code(),
+            absl::StatusCode::kInvalidArgument);
+  for (float x : w->params()) ASSERT_EQ(x, 0.5f);
+}
+
+TEST(ValidateAdamOptions, NamesTheBadOption) {
+  AdamOptions a;
+  EXPECT_TRUE(ValidateAdamOptions(a).ok());
+  a.beta1 = 1.0f;
+  EXPECT_THAT(std::string(ValidateAdamOptions(a).message()),
+              ::testing::HasSubstr("beta1"));
+  a = {};
+  a.lr = NAN;
+  EXPECT_FALSE(ValidateAdamOptions(a).ok());
+  a = {};
+  a.theta = 0;
+  EXPECT_FALSE(ValidateAdamOptions(a).ok());
+}
+
+}  // namespace
+}  // namespace effadam

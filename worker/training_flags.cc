@@ -1,0 +1,90 @@
+#include "worker/training_flags.h"
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+
+ABSL_FLAG(std::string, model, "mlp",
+          "Built-in model: toy (convex, known optimum), logreg or mlp "
+          "(784-256-128-10) on Fashion-MNIST");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "Directory with the Fashion-MNIST IDX .gz files");
+ABSL_FLAG(int32_t, batch_size, 64, "Mini-batch size per worker and round");
+ABSL_FLAG(double, lr, 1e-3, "Adam learning rate");
+ABSL_FLAG(double, beta1, 0.9, "Adam beta1");
+ABSL_FLAG(double, beta2, 0.999, "Adam beta2 (with --beta2_schedule=constant)");
+ABSL_FLAG(double, eps, 1e-8, "Adam epsilon");
+ABSL_FLAG(std::string, lr_schedule, "constant",
+          "constant (lr) or inverse_sqrt (lr / sqrt(t))");
+ABSL_FLAG(std::string, beta2_schedule, "constant",
+          "constant (beta2) or theta (1 - theta / t)");
+ABSL_FLAG(double, theta, 1.0, "theta of --beta2_schedule=theta, in (0, 1]");
+ABSL_FLAG(bool, bias_correction, true, "Adam bias correction");
+ABSL_FLAG(double, weight_decay, 0.0, "Decoupled weight decay (AdamW)");
+ABSL_FLAG(uint64_t, seed, 1, "Seed of initialization, data order and "
+          "stochastic rounding; same seed and flags give the same bits");
+ABSL_FLAG(int64_t, rounds, 1000, "Training rounds");
+ABSL_FLAG(int64_t, eval_every, 100,
+          "Evaluate and print progress every this many rounds (0: at the "
+          "end only)");
+ABSL_FLAG(std::string, summary_json, "",
+          "Write a JSON summary of the run to this path at the end");
+
+namespace effadam {
+
+absl::StatusOr<TrainingConfig> TrainingConfigFromFlags() {
+  TrainingConfig c;
+  c.model.name = absl::GetFlag(FLAGS_model);
+  c.model.data_dir = absl::GetFlag(FLAGS_data_dir);
+  c.model.batch_size = absl::GetFlag(FLAGS_batch_size);
+  if (c.model.batch_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--batch_size must be > 0, got ", c.model.batch_size));
+  }
+  c.seed = absl::GetFlag(FLAGS_seed);
+  c.model.seed = c.seed;
+
+  AdamOptions& a = c.adam;
+  a.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
+  a.beta1 = static_cast<float>(absl::GetFlag(FLAGS_beta1));
+  a.beta2 = static_cast<float>(absl::GetFlag(FLAGS_beta2));
+  a.eps = static_cast<float>(absl::GetFlag(FLAGS_eps));
+  a.theta = static_cast<float>(absl::GetFlag(FLAGS_theta));
+  a.bias_correction = absl::GetFlag(FLAGS_bias_correction);
+  a.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
+  const std::string lr_schedule = absl::GetFlag(FLAGS_lr_schedule);
+  if (lr_schedule == "constant") {
+    a.lr_schedule = LrSchedule::kConstant;
+  } else if (lr_schedule == "inverse_sqrt") {
+    a.lr_schedule = LrSchedule::kInverseSqrt;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--lr_schedule must be constant or inverse_sqrt, got '", lr_schedule,
+        "'"));
+  }
+  const std::string b2_schedule = absl::GetFlag(FLAGS_beta2_schedule);
+  if (b2_schedule == "constant") {
+    a.beta2_schedule = Beta2Schedule::kConstant;
+  } else if (b2_schedule == "theta") {
+    a.beta2_schedule = Beta2Schedule::kOneMinusThetaOverT;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--beta2_schedule must be constant or theta, got '", b2_schedule,
+        "'"));
+  }
+  if (absl::Status s = ValidateAdamOptions(a); !s.ok()) return s;
+
+  c.rounds = absl::GetFlag(FLAGS_rounds);
+  if (c.rounds <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rounds must be > 0, got ", c.rounds));
+  }
+  c.eval_every = absl::GetFlag(FLAGS_eval_every);
+  if (c.eval_every < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--eval_every must be >= 0, got ", c.eval_every));
+  }
+  c.summary_json = absl::GetFlag(FLAGS_summary_json);
+  return c;
+}
+
+}  // namespace effadam
