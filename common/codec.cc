@@ -431,16 +431,18 @@ class QuantCodec final : public Codec {
       if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
       StoreF32(out + 4 * b, s);
       const float step = Step(s);
-      const float inv = s > 0 ? lf / s : 0.0f;
+      // A block of subnormals (Adam's m decaying on a dead unit) makes L / s
+      // overflow float; double holds L / s for every positive float s.
+      const double inv = s > 0 ? static_cast<double>(lf) / s : 0.0;
       for (size_t j = 0; j < nb; j += 8) {
         const size_t g = std::min<size_t>(8, nb - j);
         for (size_t k = 0; k < g; ++k) {
           const size_t i = begin + j + k;
           const float p = Feedback(u, e, i);
-          float x = p * inv;
-          float r = spec().stochastic ? std::floor(x + Uniform(seed, i))
-                                      : std::nearbyint(x);
-          r = std::clamp(r, -lf, lf);
+          const double x = p * inv;  // |x| <= L up to rounding
+          double r = spec().stochastic ? std::floor(x + Uniform(seed, i))
+                                       : std::nearbyint(x);
+          r = std::clamp(r, -static_cast<double>(lf), static_cast<double>(lf));
           level[k] = static_cast<int32_t>(r);
           if (e) e[i] = p - static_cast<float>(level[k]) * step;
         }

@@ -3,6 +3,8 @@
 // daemons; used to study codecs and as the reference the cluster must match.
 
 #include <cstdio>
+#include <deque>
+#include <numeric>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -47,21 +49,24 @@ int Run() {
               config.compression.worker_error_feedback,
               config.compression.server_error_feedback);
   const absl::Time start = absl::Now();
-  double window_loss = 0, train_loss = 0;
-  int64_t window = 0;
+  // Train loss is the mean mini-batch loss of the workers over the last
+  // kLossWindow rounds: recent enough to track progress, long enough to
+  // smooth the noise of single batches.
+  constexpr int kLossWindow = 50;
+  std::deque<double> losses;
+  double train_loss = 0;
   Evaluation eval;
   for (int64_t r = 1; r <= rounds; ++r) {
     auto loss = (*sim)->RunRound();
     if (!loss.ok()) return Fail(loss.status());
-    window_loss += *loss;
-    ++window;
+    losses.push_back(*loss);
+    if (losses.size() > kLossWindow) losses.pop_front();
     if (r % every == 0 || r == rounds) {
       auto e = (*sim)->Evaluate();
       if (!e.ok()) return Fail(e.status());
       eval = *e;
-      train_loss = window_loss / window;
-      window_loss = 0;
-      window = 0;
+      train_loss = std::accumulate(losses.begin(), losses.end(), 0.0) /
+                   static_cast<double>(losses.size());
       std::printf("%s\n", FormatProgress(r, rounds, train_loss, eval,
                                          (*sim)->traffic(),
                                          absl::ToDoubleSeconds(absl::Now() - start))

@@ -31,18 +31,20 @@ std::unique_ptr<Codec> Make(const std::string& name, size_t block) {
 }
 
 // Vectors of several shapes: gaussian, heavy-tailed, sparse, constant, one
-// spike. Values stay where fp16 is a fine format (|x| < 60000).
+// spike, subnormal. Values stay where fp16 is a fine format (|x| < 60000).
 std::vector<float> RandomVector(size_t n, int shape, std::mt19937_64& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> uni(0.0f, 1.0f);
   std::vector<float> v(n);
   for (size_t i = 0; i < n; ++i) {
-    switch (shape % 5) {
+    switch (shape % 6) {
       case 0: v[i] = normal(rng) * 0.01f; break;
       case 1: v[i] = normal(rng) / std::max(0.02f, std::fabs(normal(rng))); break;
       case 2: v[i] = uni(rng) < 0.05f ? normal(rng) : 0.0f; break;
       case 3: v[i] = 0.5f; break;
       case 4: v[i] = i == n / 2 ? 3.0f : normal(rng) * 1e-3f; break;
+      // Subnormals, as Adam's m leaves on a unit whose gradient is zero.
+      case 5: v[i] = normal(rng) * 1e-39f; break;
     }
   }
   return v;
@@ -123,7 +125,7 @@ TEST_P(CodecProperty, ErrorIsExactlyPMinusDecodedQ) {
   for (size_t block : kBlocks) {
     auto c = Make(GetParam(), block);
     for (size_t n : kSizes) {
-      for (int shape = 0; shape < 5; ++shape) {
+      for (int shape = 0; shape < 6; ++shape) {
         std::vector<float> u = RandomVector(n, shape, rng);
         std::vector<float> e0 = RandomVector(n, shape + 1, rng);
         for (float& x : e0) x *= 0.1f;
@@ -153,7 +155,11 @@ TEST_P(CodecProperty, IsACompressor) {
     auto c = Make(GetParam(), block);
     for (size_t n : kSizes) {
       if (n == 0) continue;
-      for (int shape = 0; shape < 5; ++shape) {
+      for (int shape = 0; shape < 6; ++shape) {
+        // 16-bit floats promise their bound in their normal range only.
+        const bool half = spec->kind == CodecKind::kBf16 ||
+                          spec->kind == CodecKind::kFp16;
+        if (half && shape == 5) continue;
         std::vector<float> p = RandomVector(n, shape, rng);
         std::vector<float> zero(n, 0.0f);
         double norm = 0;

@@ -49,12 +49,11 @@ absl::StatusOr<std::unique_ptr<GzFile>> Open(const std::string& path) {
   errno = 0;
   gzFile f = gzopen(path.c_str(), "rb");
   if (f == nullptr) {
-    const char* why = errno != 0 ? std::strerror(errno) : "out of memory";
-    if (errno == ENOENT) {
-      return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", why));
-    }
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, ": cannot open: ", why));
+    // gzopen leaves errno at 0 only when it could not allocate its state.
+    const int err = errno != 0 ? errno : ENOMEM;
+    return absl::Status(
+        absl::ErrnoToStatusCode(err),
+        absl::StrCat(path, ": cannot open: ", std::strerror(err)));
   }
   auto file = std::make_unique<GzFile>(f);
   gzbuffer(f, 256 * 1024);

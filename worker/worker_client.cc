@@ -1,0 +1,521 @@
+#include "worker/worker_client.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "effadam/v1/parameter_server.grpc.pb.h"
+
+namespace effadam {
+
+// Parameters travel as raw float32 bytes, which the wire defines as
+// little-endian; a big-endian host would need a byte swap here.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "effadam's wire format is little-endian");
+
+namespace {
+
+namespace pb = ::effadam::v1;
+
+// gRPC's receive limit must fit the server's chunks; Join rejects servers
+// whose --max_chunk_bytes would not fit (plus the message's own fields).
+constexpr int64_t kMaxChunkBytes = int64_t{64} << 20;
+constexpr int kMaxReceiveBytes = static_cast<int>(kMaxChunkBytes) + 4096;
+constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
+constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
+
+absl::Status FromGrpc(const grpc::Status& s, absl::string_view during) {
+  if (s.ok()) return absl::OkStatus();
+  // grpc::StatusCode and absl::StatusCode share their numbering.
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      absl::StrCat(during, ": ", s.error_message()));
+}
+
+pb::CompressionSettings ToProto(const CompressionConfig& c) {
+  pb::CompressionSettings s;
+  s.set_worker_codec(c.worker_codec.ToString());
+  s.set_server_codec(c.server_codec.ToString());
+  s.set_block_size(static_cast<int64_t>(c.options.block_size));
+  s.set_min_compress_elements(
+      static_cast<int64_t>(c.options.min_compress_elements));
+  s.set_worker_error_feedback(c.worker_error_feedback);
+  s.set_server_error_feedback(c.server_error_feedback);
+  return s;
+}
+
+// The server refuses a Join whose settings differ from its own, so a reply
+// that names other settings means the two sides disagree on the protocol.
+absl::Status CheckSettingsInForce(const pb::CompressionSettings& got,
+                                  const CompressionConfig& want) {
+  const pb::CompressionSettings w = ToProto(want);
+  auto same_codec = [](const std::string& a, const std::string& b) {
+    auto pa = ParseCodecSpec(a), pb = ParseCodecSpec(b);
+    return pa.ok() && pb.ok() && *pa == *pb;
+  };
+  if (!same_codec(got.worker_codec(), w.worker_codec()) ||
+      !same_codec(got.server_codec(), w.server_codec()) ||
+      got.block_size() != w.block_size() ||
+      got.min_compress_elements() != w.min_compress_elements() ||
+      got.worker_error_feedback() != w.worker_error_feedback() ||
+      got.server_error_feedback() != w.server_error_feedback()) {
+    return absl::InternalError(absl::StrCat(
+        "Join: the server accepted this worker but reports other compression "
+        "settings in force: ",
+        got.ShortDebugString(), " (this worker: ", w.ShortDebugString(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+struct WorkerClient::Stream {
+  std::unique_ptr<grpc::ClientContext> context;
+  std::unique_ptr<grpc::ClientReaderWriter<pb::WorkerMessage, pb::ServerMessage>>
+      rw;
+};
+
+WorkerClient::WorkerClient(WorkerClientOptions options)
+    : options_(std::move(options)) {
+  grpc::ChannelArguments args;
+  // The server may not be listening yet; reconnect as eagerly as Join
+  // retries instead of gRPC's default 1 s .. 120 s.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+              static_cast<int>(absl::ToInt64Milliseconds(kFirstBackoff)));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+              static_cast<int>(absl::ToInt64Milliseconds(kFirstBackoff)));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+              static_cast<int>(absl::ToInt64Milliseconds(kMaxBackoff)));
+  args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
+  channel_ = grpc::CreateCustomChannel(
+      options_.server, grpc::InsecureChannelCredentials(), args);
+}
+
+WorkerClient::~WorkerClient() {
+  // A stream still open (an error path skipped Finish) is torn down by the
+  // server when the call is cancelled; Finish on it could block.
+  if (stream_ != nullptr) stream_->context->TryCancel();
+}
+
+absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Connect(
+    const WorkerClientOptions& options, const TensorLayout& layout,
+    absl::Span<const float> initial_params) {
+  auto client = std::make_unique<WorkerClient>(options);
+  if (absl::Status s = client->Join(layout); !s.ok()) return s;
+  if (absl::Status s = client->Start(initial_params); !s.ok()) return s;
+  return client;
+}
+
+void WorkerClient::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  if (active_ != nullptr) active_->TryCancel();
+}
+
+bool WorkerClient::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+std::unique_ptr<grpc::ClientContext> WorkerClient::NewContext(
+    absl::Time deadline) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  if (deadline != absl::InfiniteFuture()) {
+    context->set_deadline(absl::ToChronoTime(deadline));
+  }
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return nullptr;
+  active_ = context.get();
+  return context;
+}
+
+void WorkerClient::ReleaseContext() {
+  absl::MutexLock lock(&mu_);
+  active_ = nullptr;
+}
+
+bool WorkerClient::Backoff(absl::Duration d) {
+  absl::MutexLock lock(&mu_);
+  // Wakes early only when Cancel() flips the flag.
+  mu_.AwaitWithTimeout(absl::Condition(&cancelled_), d);
+  return !cancelled_;
+}
+
+absl::Status WorkerClient::Join(const TensorLayout& layout) {
+  if (phase_ != Phase::kNew) {
+    return absl::FailedPreconditionError("Join: already joined");
+  }
+  if (options_.rank < -1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rank must be -1 (assigned by the server) or >= 0, got ",
+        options_.rank));
+  }
+  if (layout.num_elements() == 0) {
+    return absl::InvalidArgumentError("Join: the layout has no tensors");
+  }
+  if (absl::Status s = ValidateAdamOptions(options_.adam); !s.ok()) return s;
+
+  pb::JoinRequest request;
+  for (const TensorSpec& t : layout.tensors()) {
+    pb::TensorSpec* spec = request.add_layout();
+    spec->set_name(t.name);
+    for (int64_t dim : t.shape) spec->add_shape(dim);
+  }
+  *request.mutable_compression() = ToProto(options_.compression);
+  request.set_rank(options_.rank);
+
+  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+  pb::JoinResponse reply;
+  absl::Duration backoff = kFirstBackoff;
+  auto stub = pb::ParameterServer::NewStub(channel_);
+  while (true) {
+    auto context = NewContext(deadline);
+    if (context == nullptr) return absl::CancelledError("cancelled");
+    const grpc::Status s = stub->Join(context.get(), request, &reply);
+    ReleaseContext();
+    if (s.ok()) break;
+    // UNAVAILABLE: not listening yet (or restarting); anything else is the
+    // server's answer and final.
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE ||
+        absl::Now() + backoff >= deadline) {
+      return FromGrpc(s, absl::StrCat("Join ", options_.server));
+    }
+    if (!Backoff(backoff)) return absl::CancelledError("cancelled");
+    backoff = std::min(2 * backoff, kMaxBackoff);
+  }
+
+  if (reply.expected_workers() <= 0 || reply.rank() < 0 ||
+      reply.rank() >= reply.expected_workers() ||
+      (options_.rank >= 0 && reply.rank() != options_.rank)) {
+    return absl::InternalError(absl::StrCat(
+        "Join: the server assigned rank ", reply.rank(), " of ",
+        reply.expected_workers(), " workers (asked for ", options_.rank, ")"));
+  }
+  if (reply.num_elements() != static_cast<int64_t>(layout.num_elements())) {
+    return absl::InternalError(absl::StrCat(
+        "Join: the server reports ", reply.num_elements(),
+        " elements for a layout of ", layout.num_elements()));
+  }
+  if (reply.max_chunk_bytes() < 4 || reply.max_chunk_bytes() > kMaxChunkBytes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Join: the server's max_chunk_bytes ", reply.max_chunk_bytes(),
+        " is outside what this worker accepts, [4, ", kMaxChunkBytes, "]"));
+  }
+  if (absl::Status s =
+          CheckSettingsInForce(reply.compression(), options_.compression);
+      !s.ok()) {
+    return s;
+  }
+  layout_ = layout;
+  rank_ = reply.rank();
+  num_workers_ = reply.expected_workers();
+  upload_ = reply.upload_initial_params();
+  max_chunk_bytes_ = reply.max_chunk_bytes();
+  round_ = reply.round();
+  phase_ = Phase::kJoined;
+  return absl::OkStatus();
+}
+
+absl::Status WorkerClient::Upload(absl::Span<const float> x,
+                                  absl::Time deadline) {
+  auto stub = pb::ParameterServer::NewStub(channel_);
+  auto context = NewContext(deadline);
+  if (context == nullptr) return absl::CancelledError("cancelled");
+  pb::UploadParamsResponse reply;
+  auto writer = stub->UploadParams(context.get(), &reply);
+  const size_t per_chunk = static_cast<size_t>(max_chunk_bytes_) / 4;
+  pb::ParamsChunk chunk;
+  chunk.set_rank(rank_);
+  for (size_t begin = 0; begin < x.size(); begin += per_chunk) {
+    const size_t n = std::min(per_chunk, x.size() - begin);
+    chunk.set_begin(static_cast<int64_t>(begin));
+    chunk.set_values(reinterpret_cast<const char*>(x.data() + begin),
+                     n * sizeof(float));
+    // A failed Write means the call is over; Finish says why.
+    if (!writer->Write(chunk)) break;
+  }
+  writer->WritesDone();
+  const grpc::Status s = writer->Finish();
+  ReleaseContext();
+  if (s.ok()) join_bytes_ += static_cast<int64_t>(x.size() * sizeof(float));
+  return FromGrpc(s, "UploadParams");
+}
+
+absl::Status WorkerClient::Fetch(absl::Time deadline) {
+  auto stub = pb::ParameterServer::NewStub(channel_);
+  const size_t n = layout_.num_elements();
+  absl::Duration backoff = kFirstBackoff;
+  while (true) {
+    auto context = NewContext(deadline);
+    if (context == nullptr) return absl::CancelledError("cancelled");
+    pb::FetchParamsRequest request;
+    request.set_rank(rank_);
+    auto reader = stub->FetchParams(context.get(), request);
+    fetched_.assign(n, 0.0f);
+    size_t received = 0;
+    int64_t round = -1;
+    absl::Status bad;
+    pb::ParamsChunk chunk;
+    while (reader->Read(&chunk)) {
+      if (!bad.ok()) continue;  // drain, so that Finish may be called
+      const std::string& v = chunk.values();
+      if (chunk.begin() != static_cast<int64_t>(received) ||
+          v.size() % sizeof(float) != 0 ||
+          v.size() / sizeof(float) > n - received ||
+          (round >= 0 && chunk.round() != round)) {
+        bad = absl::InternalError(absl::StrCat(
+            "FetchParams: chunk at element ", chunk.begin(), " with ",
+            v.size(), " bytes for round ", chunk.round(), " does not follow ",
+            received, " of ", n, " elements received for round ", round));
+        context->TryCancel();
+        continue;
+      }
+      std::memcpy(fetched_.data() + received, v.data(), v.size());
+      received += v.size() / sizeof(float);
+      round = chunk.round();
+      join_bytes_ += static_cast<int64_t>(v.size());
+    }
+    const grpc::Status s = reader->Finish();
+    ReleaseContext();
+    if (!bad.ok()) return bad;
+    if (s.ok()) {
+      if (received != n) {
+        return absl::InternalError(absl::StrCat(
+            "FetchParams: the server sent ", received, " of ", n,
+            " elements"));
+      }
+      for (size_t i = 0; i < n; ++i) {
+        if (!std::isfinite(fetched_[i])) {
+          return absl::InternalError(absl::StrCat(
+              "FetchParams: element ", i, " of the server's x is not finite"));
+        }
+      }
+      round_ = round;
+      return absl::OkStatus();
+    }
+    // UNAVAILABLE: the first worker has not uploaded x yet.
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE ||
+        absl::Now() + backoff >= deadline) {
+      return FromGrpc(s, "FetchParams");
+    }
+    if (!Backoff(backoff)) return absl::CancelledError("cancelled");
+    backoff = std::min(2 * backoff, kMaxBackoff);
+  }
+}
+
+absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
+  if (phase_ != Phase::kJoined) {
+    return absl::FailedPreconditionError(
+        phase_ == Phase::kNew ? "Start: Join first" : "Start: already started");
+  }
+  const size_t n = layout_.num_elements();
+  const CompressionConfig& cc = options_.compression;
+  auto wc = UpdateCodec::Create(layout_, cc.worker_codec, cc.options);
+  if (!wc.ok()) return wc.status();
+  auto sc = UpdateCodec::Create(layout_, cc.server_codec, cc.options);
+  if (!sc.ok()) return sc.status();
+
+  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+  if (upload_) {
+    if (initial_params.size() != n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Start: ", initial_params.size(),
+          " initial parameters for a layout of ", n, " elements"));
+    }
+    if (absl::Status s = Upload(initial_params, deadline); !s.ok()) return s;
+  }
+  if (absl::Status s = Fetch(deadline); !s.ok()) return s;
+
+  WorkerOptimizer::Options wo;
+  wo.adam = options_.adam;
+  wo.error_feedback = cc.worker_error_feedback;
+  wo.seed = options_.seed;
+  wo.rank = rank_;
+  server_codec_ = *std::move(sc);
+  auto optimizer = WorkerOptimizer::Create(*std::move(wc), server_codec_,
+                                           std::move(fetched_), wo);
+  fetched_ = {};
+  if (!optimizer.ok()) return optimizer.status();
+  optimizer_ = *std::move(optimizer);
+
+  auto stream = std::make_unique<Stream>();
+  // The stream lives as long as the worker: no deadline, Cancel ends it.
+  stream->context = NewContext(absl::InfiniteFuture());
+  if (stream->context == nullptr) return absl::CancelledError("cancelled");
+  auto stub = pb::ParameterServer::NewStub(channel_);
+  stream->rw = stub->Train(stream->context.get());
+  stream_ = std::move(stream);
+  phase_ = Phase::kTraining;
+  return absl::OkStatus();
+}
+
+absl::Span<const float> WorkerClient::params() const {
+  if (optimizer_ == nullptr) return {};
+  return optimizer_->params();
+}
+
+absl::Status WorkerClient::EndStream(absl::string_view during) {
+  // After a failed Read or Write no message is pending, so Finish returns
+  // the server's status at once.
+  pb::ServerMessage ignored;
+  while (stream_->rw->Read(&ignored)) {
+  }
+  const grpc::Status s = stream_->rw->Finish();
+  ReleaseContext();
+  stream_.reset();
+  phase_ = Phase::kDone;
+  if (s.ok()) {
+    server_finished_ = true;
+    final_status_ = absl::OutOfRangeError(absl::StrCat(
+        "the server ended training before round ", round_));
+  } else if (s.error_code() == grpc::StatusCode::CANCELLED && cancelled()) {
+    final_status_ = absl::CancelledError("cancelled");
+  } else {
+    final_status_ = FromGrpc(s, absl::StrCat("Train, ", during));
+  }
+  return final_status_;
+}
+
+absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
+  if (phase_ != Phase::kTraining) {
+    if (phase_ == Phase::kDone && !final_status_.ok()) return final_status_;
+    return absl::FailedPreconditionError("Step: call Start first");
+  }
+  if (absl::Status s = optimizer_->ComputeUpdate(grad, &update_); !s.ok()) {
+    return s;
+  }
+  const int64_t round = round_;
+  const size_t size = update_.size();
+  const size_t chunk_bytes = static_cast<size_t>(max_chunk_bytes_);
+  pb::WorkerMessage msg;
+  msg.set_rank(rank_);
+  msg.set_round(round);
+  size_t offset = 0;
+  do {
+    const size_t n = std::min(chunk_bytes, size - offset);
+    msg.set_offset(static_cast<int64_t>(offset));
+    msg.set_payload(update_.data() + offset, n);
+    offset += n;
+    msg.set_loss(offset == size ? loss : 0.0f);
+    if (!stream_->rw->Write(msg)) {
+      return EndStream(absl::StrCat("sending the update of round ", round));
+    }
+  } while (offset < size);
+
+  traffic_.worker_to_server += static_cast<int64_t>(size);
+  traffic_.fp32_worker_to_server +=
+      static_cast<int64_t>(sizeof(float) * optimizer_->params().size());
+
+  // The delta's length follows from the layout and the server codec, so the
+  // last chunk is known without an end marker.
+  const size_t want = server_codec_->encoded_size();
+  delta_.clear();
+  pb::ServerMessage reply;
+  while (delta_.size() < want) {
+    if (!stream_->rw->Read(&reply)) {
+      return EndStream(absl::StrCat("waiting for the delta of round ", round));
+    }
+    if (reply.round() != round ||
+        reply.offset() != static_cast<int64_t>(delta_.size()) ||
+        reply.payload().empty() ||
+        reply.payload().size() > want - delta_.size()) {
+      return Abandon(absl::InternalError(absl::StrCat(
+          "Train: expected the delta of round ", round, " from byte ",
+          delta_.size(), " of ", want, ", the server sent round ",
+          reply.round(), " bytes ", reply.offset(), "..+",
+          reply.payload().size())));
+    }
+    delta_.append(reply.payload());
+    contributors_ = reply.contributors();
+  }
+  if (absl::Status s = optimizer_->ApplyDelta(delta_); !s.ok()) {
+    return Abandon(absl::InternalError(
+        absl::StrCat("Train, round ", round, ": ", s.message())));
+  }
+  traffic_.server_to_worker += static_cast<int64_t>(delta_.size());
+  traffic_.fp32_server_to_worker +=
+      static_cast<int64_t>(sizeof(float) * optimizer_->params().size());
+  ++round_;
+  return absl::OkStatus();
+}
+
+absl::Status WorkerClient::Abandon(absl::Status why) {
+  // Cancelling tells the server this worker left; its status is moot.
+  stream_->context->TryCancel();
+  EndStream("");
+  server_finished_ = false;
+  final_status_ = std::move(why);
+  return final_status_;
+}
+
+absl::Status WorkerClient::Run(
+    int64_t last_round,
+    const std::function<absl::StatusOr<float>(absl::Span<const float>,
+                                              absl::Span<float>)>& gradient) {
+  if (phase_ != Phase::kTraining) {
+    return absl::FailedPreconditionError("Run: call Start first");
+  }
+  std::vector<float> grad(optimizer_->params().size());
+  while (round_ <= last_round) {
+    absl::StatusOr<float> loss = gradient(params(), absl::MakeSpan(grad));
+    if (!loss.ok()) return loss.status();
+    absl::Status s = Step(grad, *loss);
+    if (server_finished_) break;
+    if (!s.ok()) return s;
+  }
+  return Finish();
+}
+
+absl::Status WorkerClient::Finish() {
+  if (phase_ == Phase::kDone) {
+    return server_finished_ ? absl::OkStatus() : final_status_;
+  }
+  if (phase_ != Phase::kTraining) {
+    phase_ = Phase::kDone;
+    return absl::OkStatus();
+  }
+  // WritesDone tells the server this worker is leaving; it then ends the
+  // stream. A watchdog bounds the wait on a server that does not.
+  stream_->rw->WritesDone();
+  bool done = false, timed_out = false;
+  grpc::ClientContext* context = stream_->context.get();
+  std::thread watchdog([&] {
+    absl::MutexLock lock(&mu_);
+    if (!mu_.AwaitWithTimeout(absl::Condition(&done),
+                              options_.finish_timeout)) {
+      timed_out = true;
+      context->TryCancel();
+    }
+  });
+  // Deltas of rounds this worker no longer takes part in may still arrive.
+  pb::ServerMessage ignored;
+  while (stream_->rw->Read(&ignored)) {
+  }
+  const grpc::Status s = stream_->rw->Finish();
+  {
+    absl::MutexLock lock(&mu_);
+    done = true;
+  }
+  watchdog.join();
+  ReleaseContext();
+  stream_.reset();
+  phase_ = Phase::kDone;
+  if (timed_out) {
+    final_status_ = absl::DeadlineExceededError(absl::StrCat(
+        "Train: the server did not end the stream within ",
+        absl::FormatDuration(options_.finish_timeout),
+        " of this worker's last round"));
+  } else if (s.error_code() == grpc::StatusCode::CANCELLED && cancelled()) {
+    final_status_ = absl::CancelledError("cancelled");
+  } else {
+    final_status_ = FromGrpc(s, "Train, closing the stream");
+  }
+  return final_status_;
+}
+
+}  // namespace effadam

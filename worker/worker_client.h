@@ -1,0 +1,177 @@
+#ifndef EFFADAM_WORKER_WORKER_CLIENT_H_
+#define EFFADAM_WORKER_WORKER_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/compression_flags.h"
+#include "common/tensor_layout.h"
+#include "worker/progress.h"
+#include "worker/worker_optimizer.h"
+
+namespace grpc {
+class Channel;
+class ClientContext;
+}  // namespace grpc
+
+namespace effadam {
+
+struct WorkerClientOptions {
+  // host:port of the parameter server.
+  std::string server = "127.0.0.1:50051";
+  // The rank to claim, or -1 for the lowest free one.
+  int rank = -1;
+  // Must equal the server's settings field by field (Join checks it).
+  CompressionConfig compression;
+  AdamOptions adam;
+  // Seeds stochastic rounding (qNs); the same seed as effadam-sim gives the
+  // same bits.
+  uint64_t seed = 1;
+  // Budget for start-up: Join and Start, including waiting for a server that
+  // is not listening yet or has no parameters yet (retried with exponential
+  // backoff from 100 ms to 2 s), the upload and the fetch of x.
+  absl::Duration connect_timeout = absl::Seconds(60);
+  // How long Finish waits for the server to end the stream.
+  absl::Duration finish_timeout = absl::Seconds(10);
+};
+
+// One worker of an effadam cluster: joins the parameter server, keeps the
+// worker's replica of x and its optimizer state (WorkerOptimizer), and per
+// round turns a gradient into the compressed update it sends, then applies
+// the server's compressed delta. The math is WorkerOptimizer's; this class
+// only moves bytes and counts them.
+//
+// The rank (and so the data shard) is only known after Join, but the
+// layout must be sent with it, so start-up has two steps:
+//
+//   WorkerClient client(options);
+//   RETURN_IF_ERROR(client.Join(layout));        // learns rank, num_workers
+//   ... build the data pipeline for client.rank() of client.num_workers() ...
+//   RETURN_IF_ERROR(client.Start(initial_params));  // uploads if asked, fetches x
+//   while (client.round() <= last_round) {
+//     float loss = ComputeGradient(client.params(), grad);
+//     RETURN_IF_ERROR(client.Step(grad, loss));
+//   }
+//   RETURN_IF_ERROR(client.Finish());
+//
+// or Connect(), which does both steps, and Run(), which does the loop.
+//
+// Not thread-safe, except Cancel(), which any thread may call at any time.
+class WorkerClient {
+ public:
+  // Does not touch the network.
+  explicit WorkerClient(WorkerClientOptions options);
+  ~WorkerClient();
+  WorkerClient(const WorkerClient&) = delete;
+  WorkerClient& operator=(const WorkerClient&) = delete;
+
+  // Join + Start for callers whose data does not depend on the rank.
+  static absl::StatusOr<std::unique_ptr<WorkerClient>> Connect(
+      const WorkerClientOptions& options, const TensorLayout& layout,
+      absl::Span<const float> initial_params);
+
+  // Announces the layout and compression settings and gets a rank. The
+  // server's refusals keep their code and message (e.g. FailedPrecondition
+  // naming a codec that differs from the server's).
+  absl::Status Join(const TensorLayout& layout);
+
+  // After Join: uploads `initial_params` if the server asks this worker for
+  // them (it is then the first worker; otherwise they are not read), fetches
+  // the server's current x, which becomes the replica and the optimizer's
+  // x0, and opens the Train stream.
+  absl::Status Start(absl::Span<const float> initial_params);
+
+  // One round: an Adam step on `grad` (the gradient at params()), the
+  // encoded update sent in chunks, the round's delta received and applied.
+  // `loss` is reported to the server. OutOfRange when the server has ended
+  // training (its --rounds passed); any other error ends the stream.
+  absl::Status Step(absl::Span<const float> grad, float loss);
+
+  // Steps until round `last_round` is applied or the server ends training
+  // (then OK; see server_finished()). `gradient` writes the gradient at
+  // `params` into `grad` and returns the mini-batch loss.
+  absl::Status Run(
+      int64_t last_round,
+      const std::function<absl::StatusOr<float>(absl::Span<const float> params,
+                                                absl::Span<float> grad)>&
+          gradient);
+
+  // Closes this worker's side of the stream and waits (finish_timeout) for
+  // the server's final status. Idempotent.
+  absl::Status Finish();
+
+  // Makes the current and every later call fail with Cancelled.
+  void Cancel();
+
+  // Valid after Join.
+  int rank() const { return rank_; }
+  int num_workers() const { return num_workers_; }
+  // Valid after Start: the round whose update Step sends next (rounds count
+  // from 1, so round() - 1 rounds are applied to params()).
+  int64_t round() const { return round_; }
+  absl::Span<const float> params() const;
+  // Workers averaged into the last delta; below num_workers() when the
+  // server closed the round on its timeout.
+  int contributors() const { return contributors_; }
+  bool server_finished() const { return server_finished_; }
+
+  // Payload bytes of the rounds this worker took part in, counted as
+  // effadam-sim counts them per worker.
+  const Traffic& traffic() const { return traffic_; }
+  // Payload bytes of UploadParams and FetchParams.
+  int64_t join_bytes() const { return join_bytes_; }
+
+ private:
+  struct Stream;  // the Train call
+
+  // A fresh context registered for Cancel(); null when already cancelled.
+  std::unique_ptr<grpc::ClientContext> NewContext(absl::Time deadline);
+  void ReleaseContext();
+  bool cancelled() const;
+  // Sleeps up to `d` unless cancelled; false when cancelled.
+  bool Backoff(absl::Duration d);
+
+  absl::Status Upload(absl::Span<const float> x, absl::Time deadline);
+  absl::Status Fetch(absl::Time deadline);
+  // The Train stream's final status, after a failed Read or Write.
+  absl::Status EndStream(absl::string_view during);
+  // Cancels the Train stream for a reason found on this side.
+  absl::Status Abandon(absl::Status why);
+
+  const WorkerClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+
+  mutable absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* active_ ABSL_GUARDED_BY(mu_) = nullptr;
+
+  enum class Phase { kNew, kJoined, kTraining, kDone };
+  Phase phase_ = Phase::kNew;
+  TensorLayout layout_;
+  int rank_ = -1;
+  int num_workers_ = 0;
+  bool upload_ = false;
+  int64_t max_chunk_bytes_ = 0;
+  int64_t round_ = 0;
+  int contributors_ = 0;
+  bool server_finished_ = false;
+  std::vector<float> fetched_;  // x from FetchParams, until the optimizer owns it
+  std::shared_ptr<const UpdateCodec> server_codec_;
+  std::unique_ptr<WorkerOptimizer> optimizer_;
+  std::unique_ptr<Stream> stream_;
+  absl::Status final_status_;
+  std::string update_, delta_;  // reused buffers
+  Traffic traffic_;
+  int64_t join_bytes_ = 0;
+};
+
+}  // namespace effadam
+
+#endif  // EFFADAM_WORKER_WORKER_CLIENT_H_
