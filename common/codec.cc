@@ -39,13 +39,6 @@ uint16_t LoadU16(const uint8_t* p) {
 }
 void StoreU16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, sizeof v); }
 
-absl::Status SizeError(const CodecSpec& spec, size_t got, size_t want,
-                       size_t n) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      spec.ToString(), " payload for ", n, " elements must be ", want,
-      " bytes, got ", got));
-}
-
 absl::Status NonFiniteInput(const CodecSpec& spec) {
   return absl::InvalidArgumentError(absl::StrCat(
       spec.ToString(), " encode: the update holds NaN or Inf"));
@@ -162,9 +155,7 @@ class Fp32Codec final : public Codec {
 
   absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
                                 absl::Span<float> acc) const override {
-    if (bytes.size() != EncodedSize(acc.size()))
-      return SizeError(spec(), bytes.size(), EncodedSize(acc.size()),
-                       acc.size());
+    if (auto s = CheckSize(bytes, acc.size()); !s.ok()) return s;
     for (size_t j = 0; j < acc.size(); ++j)
       acc[j] += weight * LoadF32(bytes.data() + 4 * j);
     return absl::OkStatus();
@@ -172,8 +163,7 @@ class Fp32Codec final : public Codec {
 
   absl::Status Validate(absl::Span<const uint8_t> bytes,
                         size_t n) const override {
-    if (bytes.size() != EncodedSize(n))
-      return SizeError(spec(), bytes.size(), EncodedSize(n), n);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
     if (!AllFinite(bytes, n))
       return absl::InvalidArgumentError("fp32 payload holds NaN or Inf");
     return absl::OkStatus();
@@ -216,9 +206,7 @@ class HalfCodec final : public Codec {
 
   absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
                                 absl::Span<float> acc) const override {
-    if (bytes.size() != EncodedSize(acc.size()))
-      return SizeError(spec(), bytes.size(), EncodedSize(acc.size()),
-                       acc.size());
+    if (auto s = CheckSize(bytes, acc.size()); !s.ok()) return s;
     for (size_t j = 0; j < acc.size(); ++j)
       acc[j] += weight * Value(bytes.data() + 2 * j);
     return absl::OkStatus();
@@ -226,8 +214,7 @@ class HalfCodec final : public Codec {
 
   absl::Status Validate(absl::Span<const uint8_t> bytes,
                         size_t n) const override {
-    if (bytes.size() != EncodedSize(n))
-      return SizeError(spec(), bytes.size(), EncodedSize(n), n);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
     for (size_t j = 0; j < n; ++j) {
       if (!std::isfinite(Value(bytes.data() + 2 * j)))
         return absl::InvalidArgumentError(
@@ -311,8 +298,7 @@ class SignCodec final : public Codec {
                                 absl::Span<float> acc) const override {
     const size_t n = acc.size();
     const ScaledFrame frame = FrameFor(n, block_size(), 1);
-    if (bytes.size() != frame.size())
-      return SizeError(spec(), bytes.size(), frame.size(), n);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
     const uint8_t* bits = bytes.data() + 4 * frame.blocks;
     for (size_t b = 0; b < frame.blocks; ++b) {
       const size_t begin = b * block_size();
@@ -348,8 +334,7 @@ class SignCodec final : public Codec {
   absl::Status Validate(absl::Span<const uint8_t> bytes,
                         size_t n) const override {
     const ScaledFrame frame = FrameFor(n, block_size(), 1);
-    if (bytes.size() != frame.size())
-      return SizeError(spec(), bytes.size(), frame.size(), n);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
     if (auto s = CheckScales(spec(), bytes, frame.blocks); !s.ok()) return s;
     if (!PaddingIsZero(bytes.subspan(4 * frame.blocks), n))
       return absl::InvalidArgumentError("sign payload: padding bits not zero");
@@ -457,8 +442,7 @@ class QuantCodec final : public Codec {
     const size_t n = acc.size();
     const int bits = spec().bits;
     const ScaledFrame frame = FrameFor(n, block_size(), bits);
-    if (bytes.size() != frame.size())
-      return SizeError(spec(), bytes.size(), frame.size(), n);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
     const uint8_t* codes = bytes.data() + 4 * frame.blocks;
     int32_t level[8];
     for (size_t b = 0; b < frame.blocks; ++b) {
@@ -479,8 +463,7 @@ class QuantCodec final : public Codec {
                         size_t n) const override {
     const int bits = spec().bits;
     const ScaledFrame frame = FrameFor(n, block_size(), bits);
-    if (bytes.size() != frame.size())
-      return SizeError(spec(), bytes.size(), frame.size(), n);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
     if (auto s = CheckScales(spec(), bytes, frame.blocks); !s.ok()) return s;
     const uint8_t* codes = bytes.data() + 4 * frame.blocks;
     int32_t level[8];
@@ -627,8 +610,7 @@ class TopKCodec final : public Codec {
   template <typename Visit>
   absl::Status Walk(absl::Span<const uint8_t> bytes, size_t n, Visit visit,
                     bool strict = false) const {
-    if (bytes.size() != EncodedSize(n))
-      return SizeError(spec(), bytes.size(), EncodedSize(n), n);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
     const uint8_t* in = bytes.data();
     for (size_t begin = 0; begin < n; begin += block_size()) {
       const size_t nb = std::min(block_size(), n - begin);
@@ -652,6 +634,14 @@ class TopKCodec final : public Codec {
 };
 
 }  // namespace
+
+absl::Status Codec::CheckSize(absl::Span<const uint8_t> bytes,
+                              size_t n) const {
+  if (bytes.size() == EncodedSize(n)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(spec_.ToString(), " payload for ", n, " elements must be ",
+                   EncodedSize(n), " bytes, got ", bytes.size()));
+}
 
 absl::Status Codec::Decode(absl::Span<const uint8_t> bytes,
                            absl::Span<float> out) const {

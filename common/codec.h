@@ -68,6 +68,9 @@ class Codec {
   Codec(CodecSpec spec, size_t block_size)
       : spec_(spec), block_size_(block_size) {}
 
+  // InvalidArgument unless bytes.size() == EncodedSize(n).
+  absl::Status CheckSize(absl::Span<const uint8_t> bytes, size_t n) const;
+
  private:
   CodecSpec spec_;
   size_t block_size_;

@@ -66,16 +66,7 @@ void PinEigenBlocking() {
 absl::StatusOr<std::unique_ptr<ClassifierModel>> ClassifierModel::Create(
     const ModelConfig& config, std::vector<int> widths,
     std::shared_ptr<const Dataset> train, std::shared_ptr<const Dataset> test) {
-  if (config.num_workers <= 0 || config.rank < 0 ||
-      config.rank >= config.num_workers) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rank ", config.rank,
-        " is outside [0, num_workers = ", config.num_workers, ")"));
-  }
-  if (config.batch_size <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch_size must be positive, got ", config.batch_size));
-  }
+  if (absl::Status s = ValidateModelConfig(config); !s.ok()) return s;
   if (widths.size() < 2 ||
       std::any_of(widths.begin(), widths.end(), [](int w) { return w <= 0; })) {
     return absl::InvalidArgumentError(

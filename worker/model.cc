@@ -65,13 +65,7 @@ absl::StatusOr<std::shared_ptr<const Dataset>> DataCache::TestSet(
   return rep_->Get(data_dir, Split::kTest);
 }
 
-absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config,
-                                                 DataCache* cache) {
-  // Checked before any data is read, so a bad flag fails at once.
-  if (config.name != "toy" && config.name != "logreg" && config.name != "mlp") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unknown model '", config.name, "'; known models: toy, logreg, mlp"));
-  }
+absl::Status ValidateModelConfig(const ModelConfig& config) {
   if (config.num_workers <= 0 || config.rank < 0 ||
       config.rank >= config.num_workers) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -82,6 +76,17 @@ absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config,
     return absl::InvalidArgumentError(
         absl::StrCat("batch_size must be positive, got ", config.batch_size));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config,
+                                                 DataCache* cache) {
+  // Checked before any data is read, so a bad flag fails at once.
+  if (config.name != "toy" && config.name != "logreg" && config.name != "mlp") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown model '", config.name, "'; known models: toy, logreg, mlp"));
+  }
+  if (absl::Status s = ValidateModelConfig(config); !s.ok()) return s;
 
   if (config.name == "toy") {
     auto toy = ToyModel::Create(config);

@@ -54,6 +54,9 @@ struct ModelConfig {
 
 struct Dataset;  // worker/idx_reader.h
 
+// InvalidArgument unless 0 <= rank < num_workers and batch_size > 0.
+absl::Status ValidateModelConfig(const ModelConfig& config);
+
 // Data shared by all models made in one process, so that N logical workers
 // in one simulator read the files once. Empty until a model needs it; keeps
 // what it loaded until it is destroyed. Safe to use from several threads.

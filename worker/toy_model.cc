@@ -58,16 +58,7 @@ void CheckSizes(const TensorLayout& layout, size_t params, size_t grad) {
 
 absl::StatusOr<std::unique_ptr<ToyModel>> ToyModel::Create(
     const ModelConfig& config, ToyOptions options) {
-  if (config.num_workers <= 0 || config.rank < 0 ||
-      config.rank >= config.num_workers) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rank ", config.rank,
-        " is outside [0, num_workers = ", config.num_workers, ")"));
-  }
-  if (config.batch_size <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch_size must be positive, got ", config.batch_size));
-  }
+  if (absl::Status s = ValidateModelConfig(config); !s.ok()) return s;
   if (!(options.noise_stddev >= 0) || !std::isfinite(options.noise_stddev) ||
       !(options.heterogeneity >= 0) || !std::isfinite(options.heterogeneity)) {
     return absl::InvalidArgumentError(absl::StrCat(
