@@ -1,5 +1,7 @@
 #include "worker/worker_client.h"
 
+#include "common/compression_proto.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -23,10 +25,10 @@ namespace {
 
 namespace pb = ::effadam::v1;
 
-// gRPC's receive limit must fit the server's chunks; Join rejects servers
-// whose --max_chunk_bytes would not fit (plus the message's own fields).
-constexpr int64_t kMaxChunkBytes = int64_t{64} << 20;
-constexpr int kMaxReceiveBytes = static_cast<int>(kMaxChunkBytes) + 4096;
+// gRPC's receive limit must fit the server's largest chunk (its
+// --max_chunk_bytes allows up to 2^30) plus the message's other fields.
+constexpr int64_t kMaxChunkBytes = int64_t{1} << 30;
+constexpr int kMaxReceiveBytes = static_cast<int>(kMaxChunkBytes) + (64 << 10);
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
 
@@ -35,41 +37,6 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view during) {
   // grpc::StatusCode and absl::StatusCode share their numbering.
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
                       absl::StrCat(during, ": ", s.error_message()));
-}
-
-pb::CompressionSettings ToProto(const CompressionConfig& c) {
-  pb::CompressionSettings s;
-  s.set_worker_codec(c.worker_codec.ToString());
-  s.set_server_codec(c.server_codec.ToString());
-  s.set_block_size(static_cast<int64_t>(c.options.block_size));
-  s.set_min_compress_elements(
-      static_cast<int64_t>(c.options.min_compress_elements));
-  s.set_worker_error_feedback(c.worker_error_feedback);
-  s.set_server_error_feedback(c.server_error_feedback);
-  return s;
-}
-
-// The server refuses a Join whose settings differ from its own, so a reply
-// that names other settings means the two sides disagree on the protocol.
-absl::Status CheckSettingsInForce(const pb::CompressionSettings& got,
-                                  const CompressionConfig& want) {
-  const pb::CompressionSettings w = ToProto(want);
-  auto same_codec = [](const std::string& a, const std::string& b) {
-    auto pa = ParseCodecSpec(a), pb = ParseCodecSpec(b);
-    return pa.ok() && pb.ok() && *pa == *pb;
-  };
-  if (!same_codec(got.worker_codec(), w.worker_codec()) ||
-      !same_codec(got.server_codec(), w.server_codec()) ||
-      got.block_size() != w.block_size() ||
-      got.min_compress_elements() != w.min_compress_elements() ||
-      got.worker_error_feedback() != w.worker_error_feedback() ||
-      got.server_error_feedback() != w.server_error_feedback()) {
-    return absl::InternalError(absl::StrCat(
-        "Join: the server accepted this worker but reports other compression "
-        "settings in force: ",
-        got.ShortDebugString(), " (this worker: ", w.ShortDebugString(), ")"));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -97,9 +64,13 @@ WorkerClient::WorkerClient(WorkerClientOptions options)
 }
 
 WorkerClient::~WorkerClient() {
-  // A stream still open (an error path skipped Finish) is torn down by the
-  // server when the call is cancelled; Finish on it could block.
-  if (stream_ != nullptr) stream_->context->TryCancel();
+  // A stream still open (an error path skipped Finish) is cancelled rather
+  // than closed: the server sees this worker leave at once, and Finish
+  // returns without waiting for the server.
+  if (stream_ != nullptr) {
+    stream_->context->TryCancel();
+    EndStream("").IgnoreError();
+  }
 }
 
 absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Connect(
@@ -166,7 +137,7 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     spec->set_name(t.name);
     for (int64_t dim : t.shape) spec->add_shape(dim);
   }
-  *request.mutable_compression() = ToProto(options_.compression);
+  *request.mutable_compression() = CompressionToProto(options_.compression);
   request.set_rank(options_.rank);
 
   const absl::Time deadline = absl::Now() + options_.connect_timeout;
@@ -181,9 +152,14 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     if (s.ok()) break;
     // UNAVAILABLE: not listening yet (or restarting); anything else is the
     // server's answer and final.
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE ||
-        absl::Now() + backoff >= deadline) {
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
       return FromGrpc(s, absl::StrCat("Join ", options_.server));
+    }
+    if (absl::Now() + backoff >= deadline) {
+      return FromGrpc(s, absl::StrCat("Join: no server answered at ",
+                                      options_.server, " within ",
+                                      absl::FormatDuration(
+                                          options_.connect_timeout)));
     }
     if (!Backoff(backoff)) return absl::CancelledError("cancelled");
     backoff = std::min(2 * backoff, kMaxBackoff);
@@ -206,10 +182,13 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
         "Join: the server's max_chunk_bytes ", reply.max_chunk_bytes(),
         " is outside what this worker accepts, [4, ", kMaxChunkBytes, "]"));
   }
-  if (absl::Status s =
-          CheckSettingsInForce(reply.compression(), options_.compression);
+  // The server refuses a Join whose settings differ from its own, so a
+  // reply naming other settings means the two sides disagree on the protocol.
+  if (absl::Status s = CheckCompressionMatches(
+          reply.compression(), options_.compression, "this worker", "server");
       !s.ok()) {
-    return s;
+    return absl::InternalError(absl::StrCat(
+        "Join: the server accepted this worker but ", s.message()));
   }
   layout_ = layout;
   rank_ = reply.rank();
@@ -246,7 +225,7 @@ absl::Status WorkerClient::Upload(absl::Span<const float> x,
   return FromGrpc(s, "UploadParams");
 }
 
-absl::Status WorkerClient::Fetch(absl::Time deadline) {
+absl::StatusOr<std::vector<float>> WorkerClient::Fetch(absl::Time deadline) {
   auto stub = pb::ParameterServer::NewStub(channel_);
   const size_t n = layout_.num_elements();
   absl::Duration backoff = kFirstBackoff;
@@ -256,7 +235,7 @@ absl::Status WorkerClient::Fetch(absl::Time deadline) {
     pb::FetchParamsRequest request;
     request.set_rank(rank_);
     auto reader = stub->FetchParams(context.get(), request);
-    fetched_.assign(n, 0.0f);
+    std::vector<float> x(n);
     size_t received = 0;
     int64_t round = -1;
     absl::Status bad;
@@ -275,10 +254,9 @@ absl::Status WorkerClient::Fetch(absl::Time deadline) {
         context->TryCancel();
         continue;
       }
-      std::memcpy(fetched_.data() + received, v.data(), v.size());
+      std::memcpy(x.data() + received, v.data(), v.size());
       received += v.size() / sizeof(float);
       round = chunk.round();
-      join_bytes_ += static_cast<int64_t>(v.size());
     }
     const grpc::Status s = reader->Finish();
     ReleaseContext();
@@ -290,18 +268,24 @@ absl::Status WorkerClient::Fetch(absl::Time deadline) {
             " elements"));
       }
       for (size_t i = 0; i < n; ++i) {
-        if (!std::isfinite(fetched_[i])) {
+        if (!std::isfinite(x[i])) {
           return absl::InternalError(absl::StrCat(
               "FetchParams: element ", i, " of the server's x is not finite"));
         }
       }
+      join_bytes_ += static_cast<int64_t>(n * sizeof(float));
       round_ = round;
-      return absl::OkStatus();
+      return x;
     }
     // UNAVAILABLE: the first worker has not uploaded x yet.
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE ||
-        absl::Now() + backoff >= deadline) {
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
       return FromGrpc(s, "FetchParams");
+    }
+    if (absl::Now() + backoff >= deadline) {
+      return FromGrpc(s, absl::StrCat("FetchParams: the server had no "
+                                      "parameters within ",
+                                      absl::FormatDuration(
+                                          options_.connect_timeout)));
     }
     if (!Backoff(backoff)) return absl::CancelledError("cancelled");
     backoff = std::min(2 * backoff, kMaxBackoff);
@@ -329,7 +313,8 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
     }
     if (absl::Status s = Upload(initial_params, deadline); !s.ok()) return s;
   }
-  if (absl::Status s = Fetch(deadline); !s.ok()) return s;
+  absl::StatusOr<std::vector<float>> x0 = Fetch(deadline);
+  if (!x0.ok()) return x0.status();
 
   WorkerOptimizer::Options wo;
   wo.adam = options_.adam;
@@ -338,8 +323,7 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   wo.rank = rank_;
   server_codec_ = *std::move(sc);
   auto optimizer = WorkerOptimizer::Create(*std::move(wc), server_codec_,
-                                           std::move(fetched_), wo);
-  fetched_ = {};
+                                           *std::move(x0), wo);
   if (!optimizer.ok()) return optimizer.status();
   optimizer_ = *std::move(optimizer);
 
@@ -447,7 +431,7 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
 absl::Status WorkerClient::Abandon(absl::Status why) {
   // Cancelling tells the server this worker left; its status is moot.
   stream_->context->TryCancel();
-  EndStream("");
+  EndStream("").IgnoreError();
   server_finished_ = false;
   final_status_ = std::move(why);
   return final_status_;

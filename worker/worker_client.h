@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -34,9 +35,9 @@ struct WorkerClientOptions {
   // Seeds stochastic rounding (qNs); the same seed as effadam-sim gives the
   // same bits.
   uint64_t seed = 1;
-  // Budget for start-up: Join and Start, including waiting for a server that
-  // is not listening yet or has no parameters yet (retried with exponential
-  // backoff from 100 ms to 2 s), the upload and the fetch of x.
+  // Budget of Join, and again of Start: waiting for a server that is not
+  // listening yet or has no parameters yet (retried with exponential backoff
+  // from 100 ms to 2 s), the upload and the fetch of x.
   absl::Duration connect_timeout = absl::Seconds(60);
   // How long Finish waits for the server to end the stream.
   absl::Duration finish_timeout = absl::Seconds(10);
@@ -90,13 +91,14 @@ class WorkerClient {
 
   // One round: an Adam step on `grad` (the gradient at params()), the
   // encoded update sent in chunks, the round's delta received and applied.
-  // `loss` is reported to the server. OutOfRange when the server has ended
-  // training (its --rounds passed); any other error ends the stream.
+  // `loss` is reported to the server. A bad gradient (size, NaN/Inf) is
+  // InvalidArgument and changes nothing. OutOfRange when the server has
+  // ended training (its --rounds passed); any other error ends the stream.
   absl::Status Step(absl::Span<const float> grad, float loss);
 
-  // Steps until round `last_round` is applied or the server ends training
-  // (then OK; see server_finished()). `gradient` writes the gradient at
-  // `params` into `grad` and returns the mini-batch loss.
+  // Steps until round `last_round` is applied or the server ends training,
+  // then Finish()es. `gradient` writes the gradient at `params` into `grad`
+  // and returns the mini-batch loss; its error stops the run as is.
   absl::Status Run(
       int64_t last_round,
       const std::function<absl::StatusOr<float>(absl::Span<const float> params,
@@ -104,7 +106,9 @@ class WorkerClient {
           gradient);
 
   // Closes this worker's side of the stream and waits (finish_timeout) for
-  // the server's final status. Idempotent.
+  // the server's final status: OK when the stream ended cleanly, here or
+  // because the server finished training; else the error that ended it.
+  // Idempotent.
   absl::Status Finish();
 
   // Makes the current and every later call fail with Cancelled.
@@ -113,8 +117,8 @@ class WorkerClient {
   // Valid after Join.
   int rank() const { return rank_; }
   int num_workers() const { return num_workers_; }
-  // Valid after Start: the round whose update Step sends next (rounds count
-  // from 1, so round() - 1 rounds are applied to params()).
+  // Valid after Start: the round whose update Step sends next; params() is
+  // x after round() - 1 (rounds count from 1).
   int64_t round() const { return round_; }
   absl::Span<const float> params() const;
   // Workers averaged into the last delta; below num_workers() when the
@@ -139,7 +143,8 @@ class WorkerClient {
   bool Backoff(absl::Duration d);
 
   absl::Status Upload(absl::Span<const float> x, absl::Time deadline);
-  absl::Status Fetch(absl::Time deadline);
+  // The server's current x; sets round_.
+  absl::StatusOr<std::vector<float>> Fetch(absl::Time deadline);
   // The Train stream's final status, after a failed Read or Write.
   absl::Status EndStream(absl::string_view during);
   // Cancels the Train stream for a reason found on this side.
@@ -162,7 +167,6 @@ class WorkerClient {
   int64_t round_ = 0;
   int contributors_ = 0;
   bool server_finished_ = false;
-  std::vector<float> fetched_;  // x from FetchParams, until the optimizer owns it
   std::shared_ptr<const UpdateCodec> server_codec_;
   std::unique_ptr<WorkerOptimizer> optimizer_;
   std::unique_ptr<Stream> stream_;

@@ -1,0 +1,58 @@
+#include "common/compression_proto.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace effadam {
+
+v1::CompressionSettings CompressionToProto(const CompressionConfig& c) {
+  v1::CompressionSettings p;
+  p.set_worker_codec(c.worker_codec.ToString());
+  p.set_server_codec(c.server_codec.ToString());
+  p.set_block_size(static_cast<int64_t>(c.options.block_size));
+  p.set_min_compress_elements(
+      static_cast<int64_t>(c.options.min_compress_elements));
+  p.set_worker_error_feedback(c.worker_error_feedback);
+  p.set_server_error_feedback(c.server_error_feedback);
+  return p;
+}
+
+absl::Status CheckCompressionMatches(const v1::CompressionSettings& theirs,
+                                     const CompressionConfig& ours,
+                                     absl::string_view ours_name,
+                                     absl::string_view theirs_name) {
+  std::vector<std::string> diffs;
+  auto codec = [&](const char* field, const std::string& name,
+                   const CodecSpec& spec) {
+    absl::StatusOr<CodecSpec> parsed = ParseCodecSpec(name);
+    if (!parsed.ok() || !(*parsed == spec)) {
+      diffs.push_back(absl::StrCat(field, ": ", ours_name, " uses '",
+                                   spec.ToString(), "', ", theirs_name,
+                                   " sent '", name, "'"));
+    }
+  };
+  auto number = [&](const char* field, int64_t value, int64_t mine) {
+    if (value != mine) {
+      diffs.push_back(absl::StrCat(field, ": ", ours_name, " uses ", mine,
+                                   ", ", theirs_name, " sent ", value));
+    }
+  };
+  codec("worker_codec", theirs.worker_codec(), ours.worker_codec);
+  codec("server_codec", theirs.server_codec(), ours.server_codec);
+  number("block_size", theirs.block_size(),
+         static_cast<int64_t>(ours.options.block_size));
+  number("min_compress_elements", theirs.min_compress_elements(),
+         static_cast<int64_t>(ours.options.min_compress_elements));
+  number("worker_error_feedback", theirs.worker_error_feedback(),
+         ours.worker_error_feedback);
+  number("server_error_feedback", theirs.server_error_feedback(),
+         ours.server_error_feedback);
+  if (diffs.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("compression settings differ: ", absl::StrJoin(diffs, "; ")));
+}
+
+}  // namespace effadam

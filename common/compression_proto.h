@@ -1,0 +1,25 @@
+#ifndef EFFADAM_COMMON_COMPRESSION_PROTO_H_
+#define EFFADAM_COMMON_COMPRESSION_PROTO_H_
+
+#include "absl/status/status.h"
+#include "common/compression_flags.h"
+#include "effadam/v1/parameter_server.pb.h"
+
+namespace effadam {
+
+// The wire form of a CompressionConfig, as Join requests and replies carry
+// it; codec names are canonical (CodecSpec::ToString).
+v1::CompressionSettings CompressionToProto(const CompressionConfig& config);
+
+// OK when `theirs` means the same settings as `ours` (codec names compared
+// after parsing, so "topk:0.010" equals "topk:0.01"); otherwise
+// FailedPrecondition listing every field that differs as
+// "field: <ours_name> uses A, <theirs_name> sent B".
+absl::Status CheckCompressionMatches(const v1::CompressionSettings& theirs,
+                                     const CompressionConfig& ours,
+                                     absl::string_view ours_name,
+                                     absl::string_view theirs_name);
+
+}  // namespace effadam
+
+#endif  // EFFADAM_COMMON_COMPRESSION_PROTO_H_

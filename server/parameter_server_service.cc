@@ -1,0 +1,767 @@
+#include "server/parameter_server_service.h"
+
+#include "common/compression_proto.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/checksum.h"
+#include "common/codec_spec.h"
+
+namespace effadam {
+namespace {
+
+// How many closed rounds keep their delta. A worker whose update arrives
+// after its round closed on the timeout is sent that round's delta, so it
+// stays in step; one that falls further behind must join again.
+constexpr size_t kKeptRounds = 4;
+
+// Waiters wake at least this often to notice a cancelled call, an idle
+// join that expired or a round timeout.
+constexpr absl::Duration kPoll = absl::Milliseconds(100);
+
+// FetchParams gives up this long before the call's deadline, so the client
+// sees UNAVAILABLE (retry) rather than DEADLINE_EXCEEDED.
+constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(50);
+
+// A joined rank keeps its place this long without a Train stream (or an
+// Upload/Fetch call) before it is dropped from the live set: at least a
+// minute, so a worker that loads its data or computes its first gradient
+// slowly is not mistaken for a dead one.
+absl::Duration JoinIdleGrace(absl::Duration round_timeout) {
+  return std::max(round_timeout, absl::Seconds(60));
+}
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  // absl and gRPC share the canonical code numbering.
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
+                      std::string(s.message()));
+}
+
+void Log(const std::string& line) {
+  std::fprintf(stderr, "effadam-server: %s\n", line.c_str());
+}
+
+// When a FetchParams that waits for the initial parameters gives up.
+absl::Time FetchGiveUp(const grpc::ServerContext& context, absl::Time now,
+                       absl::Duration cap) {
+  absl::Time give_up = now + cap;
+  const std::chrono::system_clock::time_point deadline = context.deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    give_up = std::min(give_up, absl::FromChrono(deadline) - kDeadlineMargin);
+  }
+  return give_up;
+}
+
+}  // namespace
+
+double ServerSummary::compression_ratio() const {
+  const int64_t actual = bytes_worker_to_server + bytes_server_to_worker;
+  if (actual == 0) return 0;
+  return static_cast<double>(fp32_equivalent_bytes()) /
+         static_cast<double>(actual);
+}
+
+absl::StatusOr<std::unique_ptr<ParameterServerService>>
+ParameterServerService::Create(const ServerOptions& options) {
+  // The bound keeps the per-rank table small; no cluster comes near it.
+  if (options.workers <= 0 || options.workers > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--workers must be in [1, 65536], got ", options.workers));
+  }
+  if (options.rounds < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rounds must be >= 0, got ", options.rounds));
+  }
+  if (options.round_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--round_timeout must be > 0, got ",
+                     absl::FormatDuration(options.round_timeout)));
+  }
+  if (options.max_chunk_bytes < sizeof(float)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_chunk_bytes must hold at least one float32, got ",
+                     options.max_chunk_bytes));
+  }
+  return std::unique_ptr<ParameterServerService>(
+      new ParameterServerService(options));
+}
+
+ParameterServerService::ParameterServerService(const ServerOptions& options)
+    : options_(options),
+      ranks_(static_cast<size_t>(options.workers)),
+      last_loss_(std::numeric_limits<double>::quiet_NaN()) {}
+
+ParameterServerService::~ParameterServerService() = default;
+
+// ---------------------------------------------------------------- membership
+
+bool ParameterServerService::IsLive(int rank) const {
+  const Phase p = ranks_[rank].phase;
+  return p == Phase::kJoined || p == Phase::kTraining;
+}
+
+int ParameterServerService::LiveCountLocked() const {
+  int live = 0;
+  for (int r = 0; r < options_.workers; ++r) live += IsLive(r);
+  return live;
+}
+
+void ParameterServerService::ExpireIdleJoinsLocked(absl::Time now) {
+  for (int r = 0; r < options_.workers; ++r) {
+    const RankState& s = ranks_[r];
+    if (s.phase == Phase::kJoined && s.active_calls == 0 &&
+        now - s.last_seen > JoinIdleGrace(options_.round_timeout)) {
+      Leave(r, "joined but sent nothing on a Train stream for too long");
+      ranks_[r].expired = true;
+    }
+  }
+}
+
+void ParameterServerService::ResetIfEmptyLocked() {
+  if (engine_ || upload_active_ || LiveCountLocked() > 0) return;
+  layout_.reset();
+  worker_codec_.reset();
+  server_codec_.reset();
+  uploader_ = -1;
+}
+
+void ParameterServerService::Leave(int rank, absl::string_view why) {
+  ranks_[rank].phase = Phase::kDeparted;
+  if (uploader_ == rank && !engine_ && !upload_active_) uploader_ = -1;
+  // After the last round every stream ends; that is no news.
+  if (!final_closed_at_.has_value()) {
+    Log(absl::StrCat("rank ", rank, " left (", LiveCountLocked(), "/",
+                     options_.workers, " live): ", why));
+  }
+  ResetIfEmptyLocked();
+  MaybeCloseRoundLocked(absl::Now());
+  changed_.SignalAll();
+}
+
+grpc::Status ParameterServerService::Join(grpc::ServerContext* /*context*/,
+                                          const v1::JoinRequest* request,
+                                          v1::JoinResponse* response) {
+  std::vector<TensorSpec> specs;
+  specs.reserve(request->layout_size());
+  for (const v1::TensorSpec& t : request->layout()) {
+    specs.push_back(TensorSpec{
+        t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end())});
+  }
+  absl::StatusOr<TensorLayout> layout = TensorLayout::Create(std::move(specs));
+  if (!layout.ok()) {
+    return ToGrpc(absl::InvalidArgumentError(
+        absl::StrCat("invalid layout: ", layout.status().message())));
+  }
+  if (layout->num_elements() > options_.max_num_elements) {
+    return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+        "the layout has ", layout->num_elements(),
+        " elements; this server accepts at most ", options_.max_num_elements)));
+  }
+  if (absl::Status s =
+          CheckCompressionMatches(request->compression(), options_.compression,
+                                  "server", "worker");
+      !s.ok()) {
+    return ToGrpc(s);
+  }
+
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) {
+    return ToGrpc(absl::UnavailableError("the server is shutting down"));
+  }
+  if (!fatal_.ok()) return ToGrpc(fatal_);
+  if (final_closed_at_.has_value()) {
+    return ToGrpc(absl::FailedPreconditionError(absl::StrCat(
+        "training has ended after round ", options_.rounds, " (--rounds)")));
+  }
+  const absl::Time now = absl::Now();
+  ExpireIdleJoinsLocked(now);
+  if (layout_.has_value() && *layout_ != *layout) {
+    return ToGrpc(absl::FailedPreconditionError(
+        absl::StrCat("the layout differs from the server's: server has [",
+                     layout_->DebugString(), "], worker sent [",
+                     layout->DebugString(), "]")));
+  }
+  int rank = request->rank();
+  if (rank == -1) {
+    rank = 0;
+    while (rank < options_.workers && IsLive(rank)) ++rank;
+    if (rank == options_.workers) {
+      return ToGrpc(absl::ResourceExhaustedError(absl::StrCat(
+          "all ", options_.workers,
+          " ranks are taken by live workers (--workers=", options_.workers,
+          ")")));
+    }
+  } else if (rank < 0 || rank >= options_.workers) {
+    return ToGrpc(absl::InvalidArgumentError(
+        absl::StrCat("rank ", rank, " is outside [0, ", options_.workers,
+                     ") (--workers); ask for -1 to get the lowest free rank")));
+  } else if (IsLive(rank)) {
+    return ToGrpc(absl::AlreadyExistsError(
+        absl::StrCat("rank ", rank, " is taken by a live worker")));
+  }
+
+  if (!layout_.has_value()) {
+    const CompressionConfig& c = options_.compression;
+    auto wc = UpdateCodec::Create(*layout, c.worker_codec, c.options);
+    if (!wc.ok())
+      return ToGrpc(absl::InvalidArgumentError(wc.status().message()));
+    auto sc = UpdateCodec::Create(*layout, c.server_codec, c.options);
+    if (!sc.ok())
+      return ToGrpc(absl::InvalidArgumentError(sc.status().message()));
+    worker_codec_ = *std::move(wc);
+    server_codec_ = *std::move(sc);
+    layout_ = *std::move(layout);
+  }
+  bool upload = false;
+  if (!engine_ && uploader_ < 0) {
+    uploader_ = rank;
+    upload = true;
+  }
+  // active_calls survives a rejoin: calls of the old incarnation may still
+  // be finishing and will decrement it.
+  ranks_[rank].phase = Phase::kJoined;
+  ranks_[rank].last_seen = now;
+  ranks_[rank].expired = false;
+
+  response->set_rank(rank);
+  response->set_round(engine_ ? engine_->round() : 1);
+  response->set_upload_initial_params(upload);
+  response->set_num_elements(static_cast<int64_t>(layout_->num_elements()));
+  response->set_max_chunk_bytes(static_cast<int64_t>(options_.max_chunk_bytes));
+  response->set_expected_workers(options_.workers);
+  *response->mutable_compression() = CompressionToProto(options_.compression);
+  Log(absl::StrCat("rank ", rank, " joined (", LiveCountLocked(), "/",
+                   options_.workers, " live)",
+                   upload ? "; it uploads the initial parameters" : ""));
+  return grpc::Status::OK;
+}
+
+// ---------------------------------------------------------- initial params
+
+absl::Status ParameterServerService::ReadParams(
+    grpc::ServerReader<v1::ParamsChunk>* reader, int rank,
+    v1::ParamsChunk* chunk, std::vector<float>* x) const {
+  size_t received = 0;
+  do {
+    const std::string& v = chunk->values();
+    const int64_t begin = chunk->begin();
+    if (chunk->rank() != rank) {
+      return absl::InvalidArgumentError(absl::StrCat("a chunk names rank ",
+                                                     chunk->rank(), " in rank ",
+                                                     rank, "'s upload"));
+    }
+    if (begin < 0 || static_cast<size_t>(begin) != received) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk begins at element ", begin, "; expected ",
+                       received, " (chunks must arrive in order)"));
+    }
+    if (v.empty() || v.size() % sizeof(float) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk at element ", begin, " has ", v.size(),
+                       " bytes, not a positive whole number of float32"));
+    }
+    if (v.size() > options_.max_chunk_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk at element ", begin, " has ", v.size(),
+                       " bytes; the limit is ", options_.max_chunk_bytes,
+                       " (max_chunk_bytes)"));
+    }
+    const size_t count = v.size() / sizeof(float);
+    if (count > x->size() - received) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk at element ", begin, " runs past the end of x (",
+                       x->size(), " elements)"));
+    }
+    // Little-endian float32 on the wire, the byte order of every host the
+    // codecs run on.
+    std::memcpy(x->data() + received, v.data(), v.size());
+    for (size_t i = received; i < received + count; ++i) {
+      if (!std::isfinite((*x)[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "initial parameter ", i, " is not finite (", (*x)[i], ")"));
+      }
+    }
+    received += count;
+  } while (reader->Read(chunk));
+  if (received != x->size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the upload ended after ", received, " of ", x->size(), " elements"));
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status ParameterServerService::UploadParams(
+    grpc::ServerContext* /*context*/,
+    grpc::ServerReader<v1::ParamsChunk>* reader,
+    v1::UploadParamsResponse* /*response*/) {
+  v1::ParamsChunk chunk;
+  if (!reader->Read(&chunk)) {
+    return ToGrpc(absl::InvalidArgumentError("the upload has no chunks"));
+  }
+  const int rank = chunk.rank();
+  size_t n = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      return ToGrpc(absl::UnavailableError("the server is shutting down"));
+    }
+    if (engine_) {
+      return ToGrpc(absl::FailedPreconditionError(
+          "the initial parameters are already uploaded"));
+    }
+    if (rank != uploader_ || rank < 0 || ranks_[rank].phase != Phase::kJoined) {
+      return ToGrpc(absl::FailedPreconditionError(absl::StrCat(
+          "rank ", rank, " was not asked to upload the initial parameters",
+          uploader_ >= 0 ? absl::StrCat(" (rank ", uploader_, " was)") : "")));
+    }
+    if (upload_active_) {
+      return ToGrpc(absl::FailedPreconditionError(
+          "an upload of the initial parameters is already in progress"));
+    }
+    upload_active_ = true;
+    ++ranks_[rank].active_calls;
+    n = layout_->num_elements();
+  }
+  std::vector<float> x(n);
+  absl::Status s = ReadParams(reader, rank, &chunk, &x);
+
+  absl::MutexLock lock(&mu_);
+  upload_active_ = false;
+  --ranks_[rank].active_calls;
+  ranks_[rank].last_seen = absl::Now();
+  if (s.ok()) {
+    RoundEngineOptions eo;
+    eo.error_feedback = options_.compression.server_error_feedback;
+    eo.seed = options_.seed;
+    absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
+        RoundEngine::Create(worker_codec_, server_codec_, std::move(x), eo);
+    if (engine.ok()) {
+      engine_ = *std::move(engine);
+      bytes_join_ += static_cast<int64_t>(n * sizeof(float));
+      changed_.SignalAll();
+      return grpc::Status::OK;
+    }
+    s = engine.status();
+  }
+  // Nothing is kept. The uploader must join again (so its rank is freed),
+  // and the next Join is told to upload.
+  if (uploader_ == rank) uploader_ = -1;
+  if (ranks_[rank].phase == Phase::kJoined) {
+    Leave(rank, absl::StrCat("upload failed: ", s.message()));
+  }
+  ResetIfEmptyLocked();
+  return ToGrpc(s);
+}
+
+grpc::Status ParameterServerService::FetchParams(
+    grpc::ServerContext* context, const v1::FetchParamsRequest* request,
+    grpc::ServerWriter<v1::ParamsChunk>* writer) {
+  const int rank = request->rank();
+  std::vector<float> x;
+  int64_t round = 0;
+  bool tracked = false;  // a live rank's call, which keeps it from expiring
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time give_up =
+        FetchGiveUp(*context, absl::Now(), options_.round_timeout);
+    while (!engine_ && !shutting_down_ && !context->IsCancelled()) {
+      const absl::Time now = absl::Now();
+      if (now >= give_up) break;
+      changed_.WaitWithDeadline(&mu_, std::min(give_up, now + kPoll));
+    }
+    if (shutting_down_) {
+      return ToGrpc(absl::UnavailableError("the server is shutting down"));
+    }
+    if (!engine_) {
+      return ToGrpc(absl::UnavailableError(
+          "the initial parameters have not been uploaded yet; retry"));
+    }
+    // One consistent snapshot: x as of the start of `round`.
+    x.assign(engine_->params().begin(), engine_->params().end());
+    round = engine_->round();
+    if (rank >= 0 && rank < options_.workers && IsLive(rank)) {
+      ++ranks_[rank].active_calls;
+      tracked = true;
+    }
+  }
+  const size_t per_chunk = options_.max_chunk_bytes / sizeof(float);
+  int64_t written = 0;
+  bool ok = true;
+  v1::ParamsChunk chunk;
+  for (size_t begin = 0; begin < x.size() && ok; begin += per_chunk) {
+    const size_t count = std::min(per_chunk, x.size() - begin);
+    chunk.set_rank(rank);
+    chunk.set_begin(static_cast<int64_t>(begin));
+    chunk.set_round(round);
+    chunk.set_values(reinterpret_cast<const char*>(x.data() + begin),
+                     count * sizeof(float));
+    ok = writer->Write(chunk);
+    if (ok) written += static_cast<int64_t>(count * sizeof(float));
+  }
+  absl::MutexLock lock(&mu_);
+  bytes_join_ += written;
+  if (tracked) {
+    --ranks_[rank].active_calls;
+    ranks_[rank].last_seen = absl::Now();
+  }
+  if (!ok) {
+    return ToGrpc(
+        absl::CancelledError("the client went away during FetchParams"));
+  }
+  return grpc::Status::OK;
+}
+
+// ------------------------------------------------------------------- rounds
+
+const ParameterServerService::ClosedRound*
+ParameterServerService::FindClosedLocked(int64_t round) const {
+  for (const ClosedRound& c : closed_) {
+    if (c.round == round) return &c;
+  }
+  return nullptr;
+}
+
+absl::Status ParameterServerService::CheckRoundLocked(int rank,
+                                                      int64_t round) const {
+  if (!fatal_.ok()) return fatal_;
+  if (shutting_down_)
+    return absl::UnavailableError("the server is shutting down");
+  if (options_.rounds > 0 && round > options_.rounds) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rank ", rank, " sent round ", round, " but training ends after round ",
+        options_.rounds, " (--rounds)"));
+  }
+  const int64_t current = engine_->round();
+  if (round == current || (round < current && FindClosedLocked(round))) {
+    return absl::OkStatus();
+  }
+  if (round > current) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("rank ", rank, " sent an update for round ", round,
+                     " but the server is collecting round ", current));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "rank ", rank, " sent an update for round ", round,
+      ", too late: the server is collecting round ", current,
+      " and no longer keeps that round's delta; join again and fetch x"));
+}
+
+void ParameterServerService::MaybeCloseRoundLocked(absl::Time now) {
+  if (!engine_ || !fatal_.ok() || engine_->num_submitted() == 0) return;
+  bool missing = false;
+  for (int r = 0; r < options_.workers && !missing; ++r) {
+    missing = !engine_->HasSubmitted(r) && ranks_[r].phase != Phase::kDeparted;
+  }
+  if (missing && now < round_opened_at_ + options_.round_timeout) return;
+
+  const int64_t round = engine_->round();
+  const int contributors = static_cast<int>(engine_->num_submitted());
+  absl::StatusOr<std::string> delta = engine_->CloseRound();
+  if (!delta.ok()) {
+    // The engine keeps the round's updates after a failed close and has no
+    // way to drop them, so the server cannot go on; every stream ends with
+    // this error and the daemon exits.
+    fatal_ = absl::InternalError(absl::StrCat(
+        "round ", round, " could not be closed: ", delta.status().message()));
+    Log(std::string(fatal_.message()));
+    changed_.SignalAll();
+    return;
+  }
+  closed_.push_back(
+      ClosedRound{round, std::make_shared<const std::string>(*std::move(delta)),
+                  contributors});
+  while (closed_.size() > kKeptRounds) closed_.pop_front();
+  ++rounds_closed_;
+  last_loss_ = loss_count_ > 0 ? loss_sum_ / loss_count_
+                               : std::numeric_limits<double>::quiet_NaN();
+  loss_sum_ = 0;
+  loss_count_ = 0;
+  if (options_.rounds > 0 && round == options_.rounds) final_closed_at_ = now;
+  changed_.SignalAll();
+}
+
+absl::StatusOr<ParameterServerService::ClosedRound>
+ParameterServerService::AcceptAndWait(grpc::ServerContext* context,
+                                      const UpdateCodec& codec, int rank,
+                                      int64_t round, std::string update,
+                                      float loss) {
+  const int64_t size = static_cast<int64_t>(update.size());
+  absl::MutexLock lock(&mu_);
+  // The round may have moved on while the update was read.
+  if (absl::Status s = CheckRoundLocked(rank, round); !s.ok()) return s;
+  absl::Time now = absl::Now();
+  if (round == engine_->round() && !engine_->HasSubmitted(rank)) {
+    if (absl::Status s = engine_->Submit(rank, round, std::move(update));
+        !s.ok()) {
+      return s;
+    }
+    if (engine_->num_submitted() == 1) round_opened_at_ = now;
+    loss_sum_ += loss;
+    ++loss_count_;
+  } else {
+    // Its round closed without it, or an earlier incarnation of this rank
+    // already contributed to it: not averaged, but it must still be well
+    // formed, and the worker gets the round's delta like everyone else.
+    if (absl::Status s = codec.Validate(update); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("update from rank ", rank, ": ", s.message()));
+    }
+  }
+  bytes_worker_to_server_ += size;
+  fp32_worker_to_server_ +=
+      static_cast<int64_t>(codec.num_elements() * sizeof(float));
+  MaybeCloseRoundLocked(now);
+
+  while (true) {
+    if (const ClosedRound* closed = FindClosedLocked(round)) return *closed;
+    if (!fatal_.ok()) return fatal_;
+    if (shutting_down_) {
+      return absl::UnavailableError("the server is shutting down");
+    }
+    if (context->IsCancelled()) {
+      return absl::CancelledError("the worker cancelled its Train stream");
+    }
+    if (engine_->round() > round) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the delta of round ", round, " is no longer kept (the server is at",
+          " round ", engine_->round(), "); join again and fetch x"));
+    }
+    now = absl::Now();
+    ExpireIdleJoinsLocked(now);
+    MaybeCloseRoundLocked(now);
+    if (FindClosedLocked(round) != nullptr) continue;
+    absl::Time wake = now + kPoll;
+    if (engine_->num_submitted() > 0) {
+      wake = std::min(wake, round_opened_at_ + options_.round_timeout);
+    }
+    changed_.WaitWithDeadline(&mu_, wake);
+  }
+}
+
+absl::Status ParameterServerService::SendDelta(
+    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
+    const ClosedRound& closed) {
+  const std::string& delta = *closed.delta;
+  v1::ServerMessage msg;
+  for (size_t offset = 0; offset < delta.size();
+       offset += options_.max_chunk_bytes) {
+    const size_t n = std::min(options_.max_chunk_bytes, delta.size() - offset);
+    msg.set_round(closed.round);
+    msg.set_offset(static_cast<int64_t>(offset));
+    msg.set_payload(delta.data() + offset, n);
+    msg.set_contributors(closed.contributors);
+    if (!stream->Write(msg)) {
+      return absl::CancelledError(
+          absl::StrCat("the worker went away while the delta of round ",
+                       closed.round, " was sent"));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  bytes_server_to_worker_ += static_cast<int64_t>(delta.size());
+  fp32_server_to_worker_ +=
+      static_cast<int64_t>(server_codec_->num_elements() * sizeof(float));
+  return absl::OkStatus();
+}
+
+absl::Status ParameterServerService::RunTrain(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
+    int rank, v1::WorkerMessage* msg) {
+  std::shared_ptr<const UpdateCodec> codec;
+  {
+    absl::MutexLock lock(&mu_);
+    codec = worker_codec_;  // fixed for good once the engine exists
+  }
+  const size_t size = codec->encoded_size();
+  int64_t next = 0;  // the round this stream must send; 0 before the first
+  std::string update;
+  while (true) {
+    // *msg is the first chunk of an update.
+    const int64_t round = msg->round();
+    if (next != 0 && round != next) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "rank ", rank, " sent round ", round, "; after the delta of round ",
+          next - 1, " it must send round ", next));
+    }
+    if (next == 0) {
+      // Fail fast on a hopeless round, before reading a whole update.
+      absl::MutexLock lock(&mu_);
+      if (absl::Status s = CheckRoundLocked(rank, round); !s.ok()) return s;
+    }
+    update.clear();
+    while (true) {
+      const std::string& payload = msg->payload();
+      if (msg->rank() != rank) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a message names rank ", msg->rank(), " on rank ",
+                         rank, "'s Train stream"));
+      }
+      if (msg->round() != round) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a chunk of round ", msg->round(),
+                         " arrived in the middle of "
+                         "round ",
+                         round, "'s update"));
+      }
+      if (msg->offset() != static_cast<int64_t>(update.size())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("chunk of round ", round, " at offset ", msg->offset(),
+                         "; expected offset ", update.size()));
+      }
+      if (payload.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "empty chunk at offset ", msg->offset(), " of round ", round));
+      }
+      if (payload.size() > options_.max_chunk_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "chunk of ", payload.size(), " bytes exceeds max_chunk_bytes (",
+            options_.max_chunk_bytes, ")"));
+      }
+      if (payload.size() > size - update.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("round ", round, "'s update is longer than the ", size,
+                         " bytes of a ", codec->spec().ToString(), " update"));
+      }
+      update.append(payload);
+      if (update.size() == size) break;
+      if (!stream->Read(msg)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the stream ended after ", update.size(), " of ", size,
+                         " bytes of round ", round, "'s update"));
+      }
+    }
+    absl::StatusOr<ClosedRound> closed = AcceptAndWait(
+        context, *codec, rank, round, std::move(update), msg->loss());
+    if (!closed.ok()) return closed.status();
+    if (absl::Status s = SendDelta(stream, *closed); !s.ok()) return s;
+    if (options_.rounds > 0 && round >= options_.rounds) {
+      return absl::OkStatus();
+    }
+    next = round + 1;
+    // A worker that closes its side between rounds leaves cleanly.
+    if (!stream->Read(msg)) return absl::OkStatus();
+  }
+}
+
+grpc::Status ParameterServerService::Train(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream) {
+  v1::WorkerMessage msg;
+  if (!stream->Read(&msg)) return grpc::Status::OK;
+  const int rank = msg.rank();
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      return ToGrpc(absl::UnavailableError("the server is shutting down"));
+    }
+    if (!fatal_.ok()) return ToGrpc(fatal_);
+    if (!engine_) {
+      return ToGrpc(absl::FailedPreconditionError(
+          "the initial parameters have not been uploaded yet"));
+    }
+    // A rank dropped for idling is welcome back while nobody else has it:
+    // it was slow, not gone.
+    if (rank < 0 || rank >= options_.workers ||
+        ranks_[rank].phase == Phase::kFree ||
+        (ranks_[rank].phase == Phase::kDeparted && !ranks_[rank].expired)) {
+      return ToGrpc(absl::FailedPreconditionError(absl::StrCat(
+          "rank ", rank, " has not joined (or left); call Join first")));
+    }
+    if (ranks_[rank].phase == Phase::kTraining) {
+      return ToGrpc(absl::FailedPreconditionError(
+          absl::StrCat("rank ", rank, " already has an open Train stream")));
+    }
+    ranks_[rank].phase = Phase::kTraining;
+    ranks_[rank].expired = false;
+    ++open_streams_;
+  }
+  const absl::Status result = RunTrain(context, stream, rank, &msg);
+  {
+    absl::MutexLock lock(&mu_);
+    --open_streams_;
+    Leave(rank, result.ok() ? "closed its Train stream" : result.ToString());
+  }
+  return ToGrpc(result);
+}
+
+// ---------------------------------------------------------------- operators
+
+ServerSummary ParameterServerService::SummaryLocked() const {
+  ServerSummary s;
+  s.round = engine_ ? engine_->round() : 1;
+  s.rounds_closed = rounds_closed_;
+  s.live_workers = LiveCountLocked();
+  s.num_elements =
+      layout_.has_value() ? static_cast<int64_t>(layout_->num_elements()) : 0;
+  s.bytes_worker_to_server = bytes_worker_to_server_;
+  s.bytes_server_to_worker = bytes_server_to_worker_;
+  s.bytes_join = bytes_join_;
+  s.fp32_worker_to_server = fp32_worker_to_server_;
+  s.fp32_server_to_worker = fp32_server_to_worker_;
+  s.train_loss = last_loss_;
+  if (engine_) s.params_checksum = ParamsChecksum(engine_->params());
+  s.error = fatal_;
+  return s;
+}
+
+ServerSummary ParameterServerService::Summary() const {
+  absl::MutexLock lock(&mu_);
+  return SummaryLocked();
+}
+
+grpc::Status ParameterServerService::Status(
+    grpc::ServerContext* /*context*/, const v1::StatusRequest* /*request*/,
+    v1::StatusResponse* response) {
+  absl::MutexLock lock(&mu_);
+  ExpireIdleJoinsLocked(absl::Now());
+  const ServerSummary s = SummaryLocked();
+  response->set_round(s.round);
+  response->set_live_workers(s.live_workers);
+  response->set_expected_workers(options_.workers);
+  response->set_num_elements(s.num_elements);
+  response->set_bytes_worker_to_server(s.bytes_worker_to_server);
+  response->set_bytes_server_to_worker(s.bytes_server_to_worker);
+  response->set_bytes_join(s.bytes_join);
+  response->set_fp32_equivalent_bytes(s.fp32_equivalent_bytes());
+  response->set_params_checksum(s.params_checksum);
+  return grpc::Status::OK;
+}
+
+bool ParameterServerService::DoneLocked(absl::Time now) const {
+  if (shutting_down_ || !fatal_.ok()) return true;
+  if (!final_closed_at_.has_value()) return false;
+  return open_streams_ == 0 ||
+         now >= *final_closed_at_ + options_.round_timeout;
+}
+
+bool ParameterServerService::WaitUntilDone(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    const absl::Time now = absl::Now();
+    if (DoneLocked(now)) return true;
+    if (now >= deadline) return false;
+    absl::Time wake = deadline;
+    if (final_closed_at_.has_value()) {
+      wake = std::min(wake, *final_closed_at_ + options_.round_timeout);
+    }
+    changed_.WaitWithDeadline(&mu_, wake);
+  }
+}
+
+void ParameterServerService::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+  changed_.SignalAll();
+}
+
+}  // namespace effadam

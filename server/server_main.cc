@@ -1,0 +1,201 @@
+// effadam-server: the Efficient-Adam parameter server daemon. Serves
+// effadam.v1.ParameterServer (docs/protocol.md), gRPC health checking and
+// server reflection; runs --rounds synchronous rounds (or until SIGTERM),
+// then writes --summary_json and exits 0.
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/compression_flags.h"
+#include "common/json_writer.h"
+#include "server/parameter_server_service.h"
+
+// The compression flags (--worker_codec, --server_codec, --block_size,
+// --min_compress_elements, --error_feedback) are common/compression_flags.cc.
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "Address to serve on, host:port; port 0 picks a free port, which "
+          "is printed");
+ABSL_FLAG(int32_t, workers, 4, "Expected number of workers (ranks 0..N-1)");
+ABSL_FLAG(int64_t, rounds, 0,
+          "Stop after this many rounds; 0 runs until SIGTERM/SIGINT");
+ABSL_FLAG(double, round_timeout, 60,
+          "Seconds after a round's first update at which it closes with the "
+          "updates present");
+ABSL_FLAG(int64_t, max_chunk_bytes, 1 << 20,
+          "Largest payload of one chunk of UploadParams, FetchParams and "
+          "Train, in bytes");
+ABSL_FLAG(uint64_t, seed, 1,
+          "Seed of the server codec's stochastic rounding; use the workers' "
+          "--seed to match effadam-sim");
+ABSL_FLAG(std::string, summary_json, "",
+          "Write a JSON summary of the run to this file at exit");
+
+namespace effadam {
+namespace {
+
+// Set by the signal handler, read by the main loop: the only thing a
+// handler may safely do.
+std::atomic<int> g_signal{0};
+
+extern "C" void OnSignal(int signo) { g_signal.store(signo); }
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "effadam-server: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+absl::StatusOr<ServerOptions> OptionsFromFlags() {
+  ServerOptions o;
+  absl::StatusOr<CompressionConfig> compression = CompressionConfigFromFlags();
+  if (!compression.ok()) return compression.status();
+  o.compression = *compression;
+  o.workers = absl::GetFlag(FLAGS_workers);
+  o.rounds = absl::GetFlag(FLAGS_rounds);
+  const double timeout = absl::GetFlag(FLAGS_round_timeout);
+  if (!(timeout > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--round_timeout must be > 0 seconds, got ", timeout));
+  }
+  o.round_timeout = absl::Seconds(timeout);
+  const int64_t chunk = absl::GetFlag(FLAGS_max_chunk_bytes);
+  // gRPC's message size limits are ints; leave room for the envelope.
+  if (chunk < 4 || chunk > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_chunk_bytes must be in [4, 2^30], got ", chunk));
+  }
+  o.max_chunk_bytes = static_cast<size_t>(chunk);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  return o;
+}
+
+const char* ErrorFeedbackName(const CompressionConfig& c) {
+  if (c.worker_error_feedback && c.server_error_feedback) return "both";
+  if (c.worker_error_feedback) return "worker";
+  if (c.server_error_feedback) return "server";
+  return "none";
+}
+
+int Run() {
+  absl::StatusOr<ServerOptions> options = OptionsFromFlags();
+  if (!options.ok()) return Fail(options.status());
+  auto service = ParameterServerService::Create(*options);
+  if (!service.ok()) return Fail(service.status());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service->get());
+  // A chunk plus the few bytes of its message; anything larger is refused
+  // by gRPC before it reaches the service.
+  const int max_message =
+      static_cast<int>(options->max_chunk_bytes) + (64 << 10);
+  builder.SetMaxReceiveMessageSize(max_message);
+  builder.SetMaxSendMessageSize(max_message);
+  // Train streams can sit idle for a whole round: ping so that a worker
+  // whose host vanished is noticed (its stream ends, it leaves the live
+  // set), and accept the workers' own keepalive pings.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    return Fail(
+        absl::UnavailableError(absl::StrCat("cannot listen on ", listen)));
+  }
+
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+
+  const CompressionConfig& c = options->compression;
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  std::printf("effadam-server listening on %s:%d\n", host.c_str(), port);
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "effadam-server: %d workers, codecs %s/%s, error feedback %s, "
+               "rounds %lld%s\n",
+               options->workers, c.worker_codec.ToString().c_str(),
+               c.server_codec.ToString().c_str(), ErrorFeedbackName(c),
+               static_cast<long long>(options->rounds),
+               options->rounds == 0 ? " (until SIGTERM)" : "");
+  const absl::Time start = absl::Now();
+
+  // The main thread is the watcher: it polls the signal flag and waits for
+  // training to end; gRPC serves on its own threads.
+  while (g_signal.load() == 0 &&
+         !(*service)->WaitUntilDone(absl::Milliseconds(100))) {
+  }
+  server->GetHealthCheckService()->SetServingStatus(false);
+  // Waiting calls end now; calls still sending a delta get a few seconds.
+  (*service)->Shutdown();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+
+  const ServerSummary s = (*service)->Summary();
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::fprintf(stderr,
+               "effadam-server: %s after %lld rounds in %.1f s; moved %lld B "
+               "up, %lld B down (%.1fx fewer than fp32), %lld B join; "
+               "params_checksum %s\n",
+               g_signal.load() != 0 ? "stopped by signal" : "done",
+               static_cast<long long>(s.rounds_closed), seconds,
+               static_cast<long long>(s.bytes_worker_to_server),
+               static_cast<long long>(s.bytes_server_to_worker),
+               s.compression_ratio(), static_cast<long long>(s.bytes_join),
+               s.params_checksum.empty() ? "(no parameters)"
+                                         : s.params_checksum.c_str());
+  const std::string summary_path = absl::GetFlag(FLAGS_summary_json);
+  if (!summary_path.empty()) {
+    JsonObject json;
+    json.Add("rounds", s.rounds_closed)
+        .Add("workers", options->workers)
+        .Add("worker_codec", c.worker_codec.ToString())
+        .Add("server_codec", c.server_codec.ToString())
+        .Add("error_feedback", ErrorFeedbackName(c))
+        .Add("train_loss", s.train_loss)
+        .Add("bytes_worker_to_server", s.bytes_worker_to_server)
+        .Add("bytes_server_to_worker", s.bytes_server_to_worker)
+        .Add("bytes_join", s.bytes_join)
+        .Add("fp32_equivalent_bytes", s.fp32_equivalent_bytes())
+        .Add("compression_ratio", s.compression_ratio())
+        .Add("params_checksum", s.params_checksum)
+        .Add("seconds", seconds);
+    if (absl::Status st = json.WriteFile(summary_path); !st.ok()) {
+      return Fail(st);
+    }
+  }
+  if (!s.error.ok()) return Fail(s.error);
+  return 0;
+}
+
+}  // namespace
+}  // namespace effadam
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "The Efficient-Adam parameter server.\nExample: effadam-server "
+      "--listen=127.0.0.1:50051 --workers=4 --rounds=2000 "
+      "--worker_codec=sign --server_codec=sign");
+  absl::ParseCommandLine(argc, argv);
+  return effadam::Run();
+}

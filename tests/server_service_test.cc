@@ -1,0 +1,973 @@
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/checksum.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/parameter_server_service.h"
+
+namespace effadam {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+// Every client call is bounded, so a server that hangs fails the test
+// instead of blocking it.
+constexpr double kCallSeconds = 10;
+
+std::unique_ptr<grpc::ClientContext> Ctx(double seconds = kCallSeconds) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  return ctx;
+}
+
+// w[2000] is compressed; b[7] is below min_compress_elements and goes fp32.
+TensorLayout TestLayout() {
+  return *TensorLayout::Create({{"w", {40, 50}}, {"b", {7}}});
+}
+
+CompressionConfig Compression(const std::string& worker,
+                              const std::string& server) {
+  CompressionConfig c;
+  c.worker_codec = *ParseCodecSpec(worker);
+  c.server_codec = *ParseCodecSpec(server);
+  c.options.block_size = 64;
+  c.options.min_compress_elements = 64;
+  return c;
+}
+
+ServerOptions Options(int workers, const std::string& worker_codec,
+                      const std::string& server_codec) {
+  ServerOptions o;
+  o.workers = workers;
+  o.compression = Compression(worker_codec, server_codec);
+  o.round_timeout = absl::Seconds(30);
+  o.max_chunk_bytes = 100;
+  o.seed = 7;
+  return o;
+}
+
+std::vector<float> InitialParams(size_t n) {
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) x[i] = 0.001f * static_cast<float>(i) - 0.5f;
+  // Bit patterns a lossy path would not keep.
+  x[5] = -0.0f;
+  x[6] = 1e-40f;  // subnormal
+  return x;
+}
+
+std::vector<float> RandomUpdate(size_t n, int rank, int64_t round) {
+  std::mt19937 rng(static_cast<uint32_t>(1000 * rank + round));
+  std::normal_distribution<float> normal(0, 0.01f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+std::string Encode(const UpdateCodec& codec, const std::vector<float>& u) {
+  std::string out;
+  EXPECT_TRUE(codec.EncodeWithFeedback(u, {}, 0, &out).ok());
+  return out;
+}
+
+// A running service on a free loopback port and a stub talking to it.
+class TestServer {
+ public:
+  explicit TestServer(const ServerOptions& options) : options_(options) {
+    auto service = ParameterServerService::Create(options);
+    EXPECT_TRUE(service.ok()) << service.status();
+    service_ = *std::move(service);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port_);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    EXPECT_NE(port_, 0);
+    stub_ = v1::ParameterServer::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
+    layout_ = TestLayout();
+    worker_codec_ = *UpdateCodec::Create(
+        layout_, options.compression.worker_codec, options.compression.options);
+    server_codec_ = *UpdateCodec::Create(
+        layout_, options.compression.server_codec, options.compression.options);
+  }
+  ~TestServer() {
+    service_->Shutdown();
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::seconds(2));
+  }
+
+  v1::ParameterServer::Stub* stub() { return stub_.get(); }
+  ParameterServerService& service() { return *service_; }
+  const ServerOptions& options() const { return options_; }
+  const TensorLayout& layout() const { return layout_; }
+  const UpdateCodec& worker_codec() const { return *worker_codec_; }
+  const UpdateCodec& server_codec() const { return *server_codec_; }
+  size_t n() const { return layout_.num_elements(); }
+
+  v1::JoinRequest JoinRequest(int rank) const {
+    v1::JoinRequest req;
+    for (const TensorSpec& t : layout_.tensors()) {
+      v1::TensorSpec* s = req.add_layout();
+      s->set_name(t.name);
+      for (int64_t d : t.shape) s->add_shape(d);
+    }
+    const CompressionConfig& c = options_.compression;
+    v1::CompressionSettings* cs = req.mutable_compression();
+    cs->set_worker_codec(c.worker_codec.ToString());
+    cs->set_server_codec(c.server_codec.ToString());
+    cs->set_block_size(static_cast<int64_t>(c.options.block_size));
+    cs->set_min_compress_elements(
+        static_cast<int64_t>(c.options.min_compress_elements));
+    cs->set_worker_error_feedback(c.worker_error_feedback);
+    cs->set_server_error_feedback(c.server_error_feedback);
+    req.set_rank(rank);
+    return req;
+  }
+
+  grpc::Status Join(const v1::JoinRequest& req, v1::JoinResponse* resp) {
+    return stub_->Join(Ctx().get(), req, resp);
+  }
+  // Joins with the test layout; the granted rank.
+  int Join(int rank = -1, bool* upload = nullptr) {
+    v1::JoinResponse resp;
+    grpc::Status s = Join(JoinRequest(rank), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    if (upload != nullptr) *upload = resp.upload_initial_params();
+    return s.ok() ? resp.rank() : -1;
+  }
+
+  grpc::Status UploadChunks(const std::vector<v1::ParamsChunk>& chunks) {
+    auto ctx = Ctx();
+    v1::UploadParamsResponse resp;
+    auto writer = stub_->UploadParams(ctx.get(), &resp);
+    for (const v1::ParamsChunk& c : chunks) {
+      if (!writer->Write(c)) break;  // the server has already answered
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+  static std::vector<v1::ParamsChunk> Chunks(int rank,
+                                             const std::vector<float>& x,
+                                             size_t per_chunk) {
+    std::vector<v1::ParamsChunk> chunks;
+    for (size_t b = 0; b < x.size(); b += per_chunk) {
+      const size_t k = std::min(per_chunk, x.size() - b);
+      v1::ParamsChunk c;
+      c.set_rank(rank);
+      c.set_begin(static_cast<int64_t>(b));
+      c.set_values(reinterpret_cast<const char*>(x.data() + b), 4 * k);
+      chunks.push_back(c);
+    }
+    return chunks;
+  }
+  grpc::Status Upload(int rank, const std::vector<float>& x) {
+    return UploadChunks(Chunks(rank, x, options_.max_chunk_bytes / 4));
+  }
+
+  grpc::Status Fetch(int rank, std::vector<float>* x, int* chunks = nullptr,
+                     int64_t* round = nullptr, double seconds = kCallSeconds) {
+    auto ctx = Ctx(seconds);
+    v1::FetchParamsRequest req;
+    req.set_rank(rank);
+    auto reader = stub_->FetchParams(ctx.get(), req);
+    v1::ParamsChunk c;
+    x->clear();
+    int count = 0;
+    while (reader->Read(&c)) {
+      EXPECT_EQ(c.begin(), static_cast<int64_t>(x->size()));
+      EXPECT_LE(c.values().size(), options_.max_chunk_bytes);
+      const size_t k = c.values().size() / 4;
+      x->resize(x->size() + k);
+      std::memcpy(x->data() + x->size() - k, c.values().data(), 4 * k);
+      if (round != nullptr) *round = c.round();
+      ++count;
+    }
+    if (chunks != nullptr) *chunks = count;
+    return reader->Finish();
+  }
+
+  v1::StatusResponse Status() {
+    v1::StatusResponse resp;
+    grpc::Status s = stub_->Status(Ctx().get(), v1::StatusRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp;
+  }
+  std::string Checksum() { return Status().params_checksum(); }
+
+  // Joins `rank` with the initial parameters uploaded; x0 when it uploads.
+  void JoinAndUpload(int rank, const std::vector<float>& x0) {
+    bool upload = false;
+    ASSERT_EQ(Join(rank, &upload), rank);
+    ASSERT_TRUE(upload);
+    grpc::Status s = Upload(rank, x0);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+
+  // Polls Status until `want` workers are live (bounded).
+  bool WaitLive(int want) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(kCallSeconds);
+    while (absl::Now() < deadline) {
+      if (Status().live_workers() == want) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+
+ private:
+  ServerOptions options_;
+  std::unique_ptr<ParameterServerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::ParameterServer::Stub> stub_;
+  int port_ = 0;
+  TensorLayout layout_;
+  std::unique_ptr<UpdateCodec> worker_codec_, server_codec_;
+};
+
+// One worker's Train stream, driven by hand.
+class TrainStream {
+ public:
+  TrainStream(TestServer* server, double seconds = kCallSeconds)
+      : server_(server),
+        ctx_(Ctx(seconds)),
+        stream_(server->stub()->Train(ctx_.get())) {}
+
+  bool Write(const v1::WorkerMessage& m) { return stream_->Write(m); }
+
+  // Sends `update` for `round` in chunks of max_chunk_bytes.
+  bool Send(int rank, int64_t round, const std::string& update,
+            float loss = 0.5f) {
+    const size_t chunk = server_->options().max_chunk_bytes;
+    for (size_t off = 0; off < update.size(); off += chunk) {
+      v1::WorkerMessage m;
+      m.set_rank(rank);
+      m.set_round(round);
+      m.set_offset(static_cast<int64_t>(off));
+      m.set_payload(update.substr(off, chunk));
+      m.set_loss(loss);
+      if (!stream_->Write(m)) return false;
+    }
+    return true;
+  }
+
+  // Reads one whole delta; false when the stream ended first.
+  bool ReadDelta(std::string* delta, int64_t* round, int* contributors) {
+    const size_t size = server_->server_codec().encoded_size();
+    delta->clear();
+    v1::ServerMessage m;
+    while (delta->size() < size) {
+      if (!stream_->Read(&m)) return false;
+      EXPECT_EQ(m.offset(), static_cast<int64_t>(delta->size()));
+      EXPECT_LE(m.payload().size(), server_->options().max_chunk_bytes);
+      if (delta->empty()) {
+        *round = m.round();
+        *contributors = m.contributors();
+      }
+      EXPECT_EQ(m.round(), *round);
+      delta->append(m.payload());
+    }
+    EXPECT_EQ(delta->size(), size);
+    return true;
+  }
+
+  // The server's final status, after reading whatever it still sends.
+  grpc::Status Finish() {
+    stream_->WritesDone();
+    v1::ServerMessage m;
+    while (stream_->Read(&m)) {
+    }
+    return stream_->Finish();
+  }
+  void Cancel() { ctx_->TryCancel(); }
+
+ private:
+  TestServer* server_;
+  std::unique_ptr<grpc::ClientContext> ctx_;
+  std::unique_ptr<
+      grpc::ClientReaderWriter<v1::WorkerMessage, v1::ServerMessage>>
+      stream_;
+};
+
+// The same math without the network: the reference a run must equal.
+std::unique_ptr<RoundEngine> ReferenceEngine(const TestServer& server,
+                                             const std::vector<float>& x0) {
+  const CompressionConfig& c = server.options().compression;
+  std::shared_ptr<const UpdateCodec> wc =
+      *UpdateCodec::Create(server.layout(), c.worker_codec, c.options);
+  std::shared_ptr<const UpdateCodec> sc =
+      *UpdateCodec::Create(server.layout(), c.server_codec, c.options);
+  RoundEngineOptions eo;
+  eo.error_feedback = c.server_error_feedback;
+  eo.seed = server.options().seed;
+  return *RoundEngine::Create(wc, sc, x0, eo);
+}
+
+struct WorkerResult {
+  std::vector<std::string> deltas;
+  std::vector<int> contributors;
+  grpc::Status final_status;
+};
+
+// `workers` workers (ranks 0..), all on one stream each, send RandomUpdate
+// for rounds 1..rounds; the server's --rounds is `rounds`.
+std::vector<WorkerResult> TrainAll(TestServer* server, int workers,
+                                   int64_t rounds) {
+  std::vector<WorkerResult> results(workers);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < workers; ++r) {
+    threads.emplace_back([&, r] {
+      TrainStream stream(server);
+      for (int64_t round = 1; round <= rounds; ++round) {
+        const std::string u =
+            Encode(server->worker_codec(), RandomUpdate(server->n(), r, round));
+        ASSERT_TRUE(stream.Send(r, round, u));
+        std::string delta;
+        int64_t got_round = 0;
+        int contributors = 0;
+        ASSERT_TRUE(stream.ReadDelta(&delta, &got_round, &contributors));
+        EXPECT_EQ(got_round, round);
+        results[r].deltas.push_back(delta);
+        results[r].contributors.push_back(contributors);
+      }
+      results[r].final_status = stream.Finish();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return results;
+}
+
+TEST(ParameterServerService, RejectsOptionsThatCannotWork) {
+  ServerOptions o = Options(0, "sign", "sign");
+  EXPECT_EQ(ParameterServerService::Create(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o = Options(2, "sign", "sign");
+  o.max_chunk_bytes = 3;
+  EXPECT_EQ(ParameterServerService::Create(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ParameterServerService, JoinUploadFetchRoundTripIsBitExact) {
+  ServerOptions o = Options(2, "sign", "q8");
+  o.max_chunk_bytes = 1000;  // 8028 bytes of x: 9 chunks each way
+  TestServer server(o);
+  const std::vector<float> x0 = InitialParams(server.n());
+
+  v1::JoinResponse first;
+  ASSERT_TRUE(server.Join(server.JoinRequest(-1), &first).ok());
+  EXPECT_EQ(first.rank(), 0);
+  EXPECT_TRUE(first.upload_initial_params());
+  EXPECT_EQ(first.round(), 1);
+  EXPECT_EQ(first.num_elements(), 2007);
+  EXPECT_EQ(first.max_chunk_bytes(), 1000);
+  EXPECT_EQ(first.expected_workers(), 2);
+  EXPECT_EQ(first.compression().worker_codec(), "sign");
+  EXPECT_EQ(first.compression().server_codec(), "q8");
+  EXPECT_EQ(first.compression().block_size(), 64);
+  EXPECT_TRUE(first.compression().server_error_feedback());
+
+  grpc::Status up = server.UploadChunks(TestServer::Chunks(0, x0, 250));
+  ASSERT_TRUE(up.ok()) << up.error_message();
+
+  v1::JoinResponse second;
+  ASSERT_TRUE(server.Join(server.JoinRequest(-1), &second).ok());
+  EXPECT_EQ(second.rank(), 1);
+  EXPECT_FALSE(second.upload_initial_params());
+
+  std::vector<float> x;
+  int chunks = 0;
+  int64_t round = 0;
+  grpc::Status s = server.Fetch(1, &x, &chunks, &round);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(chunks, 9);
+  EXPECT_EQ(round, 1);
+  ASSERT_EQ(x.size(), x0.size());
+  EXPECT_EQ(0, std::memcmp(x.data(), x0.data(), 4 * x0.size()));
+
+  const v1::StatusResponse st = server.Status();
+  EXPECT_EQ(st.params_checksum(), ParamsChecksum(x0));
+  EXPECT_EQ(st.bytes_join(), 2 * 4 * 2007);
+  EXPECT_EQ(st.live_workers(), 2);
+  EXPECT_EQ(st.expected_workers(), 2);
+  EXPECT_EQ(st.num_elements(), 2007);
+  EXPECT_EQ(st.round(), 1);
+}
+
+TEST(ParameterServerService, Fp32RoundsGiveTheHandComputedX) {
+  ServerOptions o = Options(2, "fp32", "fp32");
+  o.rounds = 3;
+  TestServer server(o);
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  ASSERT_EQ(server.Join(1), 1);
+
+  const std::vector<WorkerResult> results = TrainAll(&server, 2, 3);
+  std::vector<float> x = x0;
+  for (int64_t round = 1; round <= 3; ++round) {
+    const std::vector<float> u0 = RandomUpdate(x.size(), 0, round);
+    const std::vector<float> u1 = RandomUpdate(x.size(), 1, round);
+    std::vector<float> q(x.size());
+    for (size_t j = 0; j < x.size(); ++j) {
+      q[j] = ((0.0f + u0[j]) + u1[j]) / 2.0f;  // ascending rank
+      x[j] = x[j] + -1.0f * q[j];
+    }
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_EQ(results[r].deltas[round - 1], Encode(server.server_codec(), q))
+          << "rank " << r << " round " << round;
+      EXPECT_EQ(results[r].contributors[round - 1], 2);
+    }
+  }
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(results[r].final_status.ok())
+        << results[r].final_status.error_message();
+  }
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(x));
+  EXPECT_TRUE(server.service().WaitUntilDone(absl::Seconds(5)));
+}
+
+TEST(ParameterServerService, CompressedRoundsEqualTheRoundEngineAndCountBytes) {
+  ServerOptions o = Options(3, "sign", "q4s");  // stochastic: the seed counts
+  o.rounds = 3;
+  TestServer server(o);
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  ASSERT_EQ(server.Join(), 1);
+  ASSERT_EQ(server.Join(), 2);
+
+  const std::vector<WorkerResult> results = TrainAll(&server, 3, 3);
+  std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
+  for (int64_t round = 1; round <= 3; ++round) {
+    for (int r : {2, 0, 1}) {
+      ASSERT_TRUE(ref->Submit(r, round,
+                              Encode(server.worker_codec(),
+                                     RandomUpdate(server.n(), r, round)))
+                      .ok());
+    }
+    const std::string want = *ref->CloseRound();
+    for (int r = 0; r < 3; ++r) {
+      ASSERT_EQ(results[r].deltas.size(), 3u);
+      EXPECT_EQ(results[r].deltas[round - 1], want);
+      EXPECT_EQ(results[r].contributors[round - 1], 3);
+    }
+  }
+  for (int r = 0; r < 3; ++r) EXPECT_TRUE(results[r].final_status.ok());
+  EXPECT_TRUE(server.service().WaitUntilDone(absl::Seconds(5)));
+
+  // Counted as effadam-sim counts: 3 rounds x 3 workers each way.
+  const int64_t w = server.worker_codec().encoded_size();
+  const int64_t s = server.server_codec().encoded_size();
+  const ServerSummary sum = server.service().Summary();
+  EXPECT_EQ(sum.params_checksum, ParamsChecksum(ref->params()));
+  EXPECT_EQ(sum.rounds_closed, 3);
+  EXPECT_EQ(sum.bytes_worker_to_server, 9 * w);
+  EXPECT_EQ(sum.bytes_server_to_worker, 9 * s);
+  EXPECT_EQ(sum.fp32_equivalent_bytes(), 2 * 9 * 4 * 2007);
+  EXPECT_EQ(sum.bytes_join, 4 * 2007);
+  EXPECT_NEAR(sum.compression_ratio(),
+              2.0 * 9 * 4 * 2007 / static_cast<double>(9 * (w + s)), 1e-9);
+  EXPECT_NEAR(sum.train_loss, 0.5, 1e-6);
+  const v1::StatusResponse st = server.Status();
+  EXPECT_EQ(st.round(), 4);
+  EXPECT_EQ(st.live_workers(), 0);  // every stream ended
+  EXPECT_EQ(st.bytes_worker_to_server(), 9 * w);
+}
+
+TEST(ParameterServerService, JoinRejectionsSayWhatIsWrong) {
+  TestServer server(Options(2, "sign", "sign"));
+  // A refused first Join fixes nothing: another layout is still welcome.
+  v1::JoinRequest other = server.JoinRequest(9);
+  other.mutable_layout(0)->set_name("other");
+  v1::JoinResponse resp;
+  grpc::Status s = server.Join(other, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("rank 9 is outside [0, 2)"));
+
+  v1::JoinRequest invalid = server.JoinRequest(-1);
+  invalid.mutable_layout(1)->set_name("w");
+  s = server.Join(invalid, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("invalid layout"));
+
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  const std::string checksum = server.Checksum();
+
+  v1::JoinRequest layout = server.JoinRequest(-1);
+  layout.mutable_layout(0)->set_shape(1, 51);
+  s = server.Join(layout, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(),
+              AllOf(HasSubstr("server has [w[40,50] b[7]]"),
+                    HasSubstr("worker sent [w[40,51] b[7]]")));
+
+  v1::JoinRequest codec = server.JoinRequest(-1);
+  codec.mutable_compression()->set_worker_codec("q4");
+  codec.mutable_compression()->set_block_size(128);
+  s = server.Join(codec, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(),
+              AllOf(HasSubstr("worker_codec: server uses 'sign', worker sent "
+                              "'q4'"),
+                    HasSubstr("block_size: server uses 64, worker sent 128")));
+
+  s = server.Join(server.JoinRequest(0), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_THAT(s.error_message(), HasSubstr("rank 0 is taken"));
+  s = server.Join(server.JoinRequest(-2), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  EXPECT_EQ(server.Join(-1), 1);
+  s = server.Join(server.JoinRequest(-1), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("all 2 ranks are taken"));
+
+  EXPECT_EQ(server.Checksum(), checksum);
+  EXPECT_EQ(server.Status().live_workers(), 2);
+}
+
+TEST(ParameterServerService, BadUploadsKeepNothingAndSomeoneElseUploads) {
+  TestServer server(Options(2, "sign", "sign"));
+  const std::vector<float> x0 = InitialParams(server.n());
+  bool upload = false;
+  ASSERT_EQ(server.Join(-1, &upload), 0);
+  ASSERT_TRUE(upload);
+  ASSERT_EQ(server.Join(-1, &upload), 1);
+  ASSERT_FALSE(upload);
+
+  // Nothing to fetch yet: UNAVAILABLE within the caller's deadline.
+  std::vector<float> x;
+  grpc::Status s = server.Fetch(1, &x, nullptr, nullptr, 0.5);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+
+  s = server.Upload(1, x0);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("rank 1 was not asked to upload the initial "
+                        "parameters (rank 0 was)"));
+
+  struct Case {
+    const char* name;
+    std::vector<v1::ParamsChunk> chunks;
+    const char* message;
+  };
+  std::vector<Case> cases;
+  {
+    auto chunks = TestServer::Chunks(0, x0, 25);
+    std::swap(chunks[1], chunks[2]);
+    cases.push_back({"out of order", chunks, "expected 25"});
+  }
+  {
+    std::vector<float> bad = x0;
+    bad[1234] = std::numeric_limits<float>::quiet_NaN();
+    cases.push_back({"NaN", TestServer::Chunks(0, bad, 25),
+                     "initial parameter 1234 is not finite"});
+  }
+  {
+    auto chunks = TestServer::Chunks(0, x0, 25);
+    chunks.pop_back();
+    cases.push_back({"short", chunks, "ended after 2000 of 2007 elements"});
+  }
+  {
+    auto chunks = TestServer::Chunks(0, x0, 25);
+    chunks.push_back(chunks.back());
+    chunks.back().set_begin(2007);
+    cases.push_back({"long", chunks, "runs past the end"});
+  }
+  cases.push_back(
+      {"oversize", TestServer::Chunks(0, x0, 26), "the limit is 100"});
+  {
+    auto chunks = TestServer::Chunks(0, x0, 25);
+    chunks[0].mutable_values()->pop_back();
+    cases.push_back({"partial float", chunks, "not a positive whole number"});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    s = server.UploadChunks(c.chunks);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr(c.message));
+    EXPECT_EQ(server.Checksum(), "");  // still uninitialized
+    // The failed uploader's rank is free again, and whoever joins next is
+    // told to upload.
+    EXPECT_EQ(server.Status().live_workers(), 1);
+    ASSERT_EQ(server.Join(-1, &upload), 0);
+    EXPECT_TRUE(upload);
+  }
+  s = server.Upload(0, x0);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(x0));
+  s = server.Upload(0, x0);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("already uploaded"));
+  ASSERT_TRUE(server.Fetch(1, &x).ok());
+  EXPECT_EQ(0, std::memcmp(x.data(), x0.data(), 4 * x0.size()));
+}
+
+TEST(ParameterServerService, BadTrainMessagesChangeNothing) {
+  TestServer server(Options(2, "sign", "sign"));
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  const std::string checksum = server.Checksum();
+  const std::string good =
+      Encode(server.worker_codec(), RandomUpdate(server.n(), 1, 1));
+  ASSERT_GT(good.size(), 300u);  // several chunks of 100 bytes
+
+  auto message = [](int rank, int64_t round, int64_t offset,
+                    std::string payload) {
+    v1::WorkerMessage m;
+    m.set_rank(rank);
+    m.set_round(round);
+    m.set_offset(offset);
+    m.set_payload(std::move(payload));
+    return m;
+  };
+  struct Case {
+    const char* name;
+    bool join;
+    std::vector<v1::WorkerMessage> messages;
+    grpc::StatusCode code;
+    const char* text;
+  };
+  std::string nan_scale = good;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::memcpy(&nan_scale[0], &nan, 4);  // the first block's sign scale
+  std::vector<v1::WorkerMessage> nan_chunks;
+  for (size_t off = 0; off < good.size(); off += 100) {
+    nan_chunks.push_back(message(1, 1, off, nan_scale.substr(off, 100)));
+  }
+  std::vector<v1::WorkerMessage> too_long;
+  for (size_t off = 0; off + 100 < good.size(); off += 100) {
+    too_long.push_back(message(1, 1, off, good.substr(off, 100)));
+  }
+  too_long.push_back(
+      message(1, 1, too_long.size() * 100, std::string(100, '\0')));
+  const std::vector<Case> cases = {
+      {"unknown rank",
+       false,
+       {message(1, 1, 0, good.substr(0, 100))},
+       grpc::StatusCode::FAILED_PRECONDITION,
+       "rank 1 has not joined"},
+      {"rank out of range",
+       false,
+       {message(7, 1, 0, good.substr(0, 100))},
+       grpc::StatusCode::FAILED_PRECONDITION,
+       "rank 7 has not joined"},
+      {"future round",
+       true,
+       {message(1, 2, 0, good.substr(0, 100))},
+       grpc::StatusCode::FAILED_PRECONDITION,
+       "sent an update for round 2 but the server is collecting round 1"},
+      {"wrong offset",
+       true,
+       {message(1, 1, 100, good.substr(0, 100))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "at offset 100; expected offset 0"},
+      {"gap",
+       true,
+       {message(1, 1, 0, good.substr(0, 100)),
+        message(1, 1, 150, good.substr(150, 100))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "at offset 150; expected offset 100"},
+      {"oversize chunk",
+       true,
+       {message(1, 1, 0, good.substr(0, 101))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "chunk of 101 bytes exceeds max_chunk_bytes (100)"},
+      {"empty chunk",
+       true,
+       {message(1, 1, 0, "")},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "empty chunk"},
+      {"too long", true, too_long, grpc::StatusCode::INVALID_ARGUMENT,
+       "update is longer than the"},
+      {"round changes mid-update",
+       true,
+       {message(1, 1, 0, good.substr(0, 100)),
+        message(1, 2, 100, good.substr(100, 100))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "a chunk of round 2 arrived in the middle of round 1's update"},
+      {"another rank's message",
+       true,
+       {message(1, 1, 0, good.substr(0, 100)),
+        message(0, 1, 100, good.substr(100, 100))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "a message names rank 0 on rank 1's Train stream"},
+      {"NaN scale", true, nan_chunks, grpc::StatusCode::INVALID_ARGUMENT,
+       "update from rank 1"},
+      {"ends mid-update",
+       true,
+       {message(1, 1, 0, good.substr(0, 100))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "the stream ended after 100 of"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    if (c.join) {
+      ASSERT_EQ(server.Join(1), 1);
+    }
+    TrainStream stream(&server);
+    for (const v1::WorkerMessage& m : c.messages) {
+      if (!stream.Write(m)) break;
+    }
+    const grpc::Status s = stream.Finish();
+    EXPECT_EQ(s.error_code(), c.code) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(c.text));
+    // The stream's rank left; x is as uploaded and round 1 still open.
+    const v1::StatusResponse st = server.Status();
+    EXPECT_EQ(st.live_workers(), 1);
+    EXPECT_EQ(st.params_checksum(), checksum);
+    EXPECT_EQ(st.round(), 1);
+    EXPECT_EQ(st.bytes_worker_to_server(), 0);
+  }
+
+  // A good round now equals a fresh engine's first round: no rejected byte
+  // reached x or E.
+  ASSERT_EQ(server.Join(1), 1);
+  TrainStream s0(&server), s1(&server);
+  const std::string u0 =
+      Encode(server.worker_codec(), RandomUpdate(server.n(), 0, 1));
+  ASSERT_TRUE(s1.Send(1, 1, good));
+  ASSERT_TRUE(s0.Send(0, 1, u0));
+  std::string d0, d1;
+  int64_t r0 = 0, r1 = 0;
+  int c0 = 0, c1 = 0;
+  ASSERT_TRUE(s0.ReadDelta(&d0, &r0, &c0));
+  ASSERT_TRUE(s1.ReadDelta(&d1, &r1, &c1));
+  std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
+  ASSERT_TRUE(ref->Submit(0, 1, u0).ok());
+  ASSERT_TRUE(ref->Submit(1, 1, good).ok());
+  const std::string want = *ref->CloseRound();
+  EXPECT_EQ(d0, want);
+  EXPECT_EQ(d1, want);
+  EXPECT_EQ(c0, 2);
+  EXPECT_EQ(r1, 1);
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
+
+  // Rank 1's stream is open (it just got a delta): a second one is refused.
+  TrainStream dup(&server);
+  dup.Send(1, 2, good);  // may stop early: the server refuses at once
+  const grpc::Status s = dup.Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("rank 1 already has an open Train stream"));
+  s0.Cancel();
+  s1.Cancel();
+}
+
+TEST(ParameterServerService, RoundTimeoutClosesWithTheWorkersPresent) {
+  ServerOptions o = Options(3, "fp32", "sign");
+  o.round_timeout = absl::Milliseconds(300);
+  o.rounds = 2;
+  TestServer server(o);
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  ASSERT_EQ(server.Join(), 1);  // rank 2 never comes
+
+  const absl::Time start = absl::Now();
+  const std::vector<WorkerResult> results = TrainAll(&server, 2, 2);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_GE(took, absl::Milliseconds(2 * 300));
+  EXPECT_LT(took, absl::Seconds(5));
+
+  std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
+  for (int64_t round = 1; round <= 2; ++round) {
+    for (int r : {0, 1}) {
+      ASSERT_TRUE(ref->Submit(r, round,
+                              Encode(server.worker_codec(),
+                                     RandomUpdate(server.n(), r, round)))
+                      .ok());
+    }
+    const std::string want = *ref->CloseRound();
+    for (int r : {0, 1}) {
+      ASSERT_EQ(results[r].deltas.size(), 2u);
+      EXPECT_EQ(results[r].deltas[round - 1], want);
+      EXPECT_EQ(results[r].contributors[round - 1], 2);
+    }
+  }
+  EXPECT_TRUE(results[0].final_status.ok());
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
+}
+
+TEST(ParameterServerService, CancelledWorkerLeavesAndTheOthersGoOn) {
+  TestServer server(Options(2, "sign", "sign"));  // round_timeout 30 s
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  ASSERT_EQ(server.Join(1), 1);
+  auto update = [&](int rank, int64_t round) {
+    return Encode(server.worker_codec(), RandomUpdate(server.n(), rank, round));
+  };
+
+  // Rank 1 sends part of its update and vanishes.
+  {
+    TrainStream gone(&server);
+    v1::WorkerMessage m;
+    m.set_rank(1);
+    m.set_round(1);
+    m.set_payload(update(1, 1).substr(0, 100));
+    ASSERT_TRUE(gone.Write(m));
+    ASSERT_TRUE(server.WaitLive(2));
+    gone.Cancel();
+  }
+  ASSERT_TRUE(server.WaitLive(1));
+
+  // Round 1 closes on rank 0 alone, long before the 30 s timeout.
+  TrainStream s0(&server, 5);
+  ASSERT_TRUE(s0.Send(0, 1, update(0, 1)));
+  std::string delta;
+  int64_t round = 0;
+  int contributors = 0;
+  ASSERT_TRUE(s0.ReadDelta(&delta, &round, &contributors));
+  EXPECT_EQ(round, 1);
+  EXPECT_EQ(contributors, 1);
+
+  // Rank 1 comes back under its old rank, fetches x and takes part again.
+  ASSERT_EQ(server.Join(1), 1);
+  std::vector<float> x;
+  int64_t fetched_round = 0;
+  ASSERT_TRUE(server.Fetch(1, &x, nullptr, &fetched_round).ok());
+  EXPECT_EQ(fetched_round, 2);
+  TrainStream s1(&server, 5);
+  ASSERT_TRUE(s1.Send(1, 2, update(1, 2)));
+  ASSERT_TRUE(s0.Send(0, 2, update(0, 2)));
+  std::string d0, d1;
+  int c0 = 0, c1 = 0;
+  ASSERT_TRUE(s0.ReadDelta(&d0, &round, &c0));
+  ASSERT_TRUE(s1.ReadDelta(&d1, &round, &c1));
+  EXPECT_EQ(c0, 2);
+  EXPECT_EQ(d0, d1);
+
+  std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
+  ASSERT_TRUE(ref->Submit(0, 1, update(0, 1)).ok());
+  ASSERT_EQ(*ref->CloseRound(), delta);
+  EXPECT_EQ(0, std::memcmp(x.data(), ref->params().data(), 4 * x.size()));
+  ASSERT_TRUE(ref->Submit(1, 2, update(1, 2)).ok());
+  ASSERT_TRUE(ref->Submit(0, 2, update(0, 2)).ok());
+  EXPECT_EQ(*ref->CloseRound(), d0);
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
+  s1.Cancel();
+  s0.Cancel();
+}
+
+TEST(ParameterServerService, AnUpdateSentBeforeLeavingStillCounts) {
+  TestServer server(Options(2, "sign", "sign"));  // round_timeout 30 s
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  ASSERT_EQ(server.Join(1), 1);
+  auto update = [&](int rank, int64_t round) {
+    return Encode(server.worker_codec(), RandomUpdate(server.n(), rank, round));
+  };
+  {
+    TrainStream gone(&server);
+    ASSERT_TRUE(gone.Send(1, 1, update(1, 1)));
+    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (server.Status().bytes_worker_to_server() == 0 &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    gone.Cancel();
+  }
+  ASSERT_TRUE(server.WaitLive(1));
+  // Rank 1 comes back in the same round: its second update is not averaged
+  // (the first one is), but it gets the round's delta.
+  ASSERT_EQ(server.Join(1), 1);
+  TrainStream s1(&server, 5), s0(&server, 5);
+  ASSERT_TRUE(s1.Send(1, 1, update(1, 99)));
+  ASSERT_TRUE(s0.Send(0, 1, update(0, 1)));
+  std::string d0, d1;
+  int64_t r0 = 0, r1 = 0;
+  int c0 = 0, c1 = 0;
+  ASSERT_TRUE(s0.ReadDelta(&d0, &r0, &c0));
+  ASSERT_TRUE(s1.ReadDelta(&d1, &r1, &c1));
+  EXPECT_EQ(c0, 2);
+  EXPECT_EQ(d0, d1);
+  std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
+  ASSERT_TRUE(ref->Submit(0, 1, update(0, 1)).ok());
+  ASSERT_TRUE(ref->Submit(1, 1, update(1, 1)).ok());
+  EXPECT_EQ(*ref->CloseRound(), d0);
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
+  s0.Cancel();
+  s1.Cancel();
+}
+
+TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
+  ServerOptions o = Options(2, "sign", "q8");
+  o.round_timeout = absl::Milliseconds(300);
+  TestServer server(o);
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  ASSERT_EQ(server.Join(1), 1);
+  auto update = [&](int rank, int64_t round) {
+    return Encode(server.worker_codec(), RandomUpdate(server.n(), rank, round));
+  };
+  TrainStream s0(&server), s1(&server);
+  ASSERT_TRUE(s0.Send(0, 1, update(0, 1)));
+  std::string d0, d1;
+  int64_t r0 = 0, r1 = 0;
+  int c0 = 0, c1 = 0;
+  ASSERT_TRUE(s0.ReadDelta(&d0, &r0, &c0));  // closed by the timeout
+  EXPECT_EQ(c0, 1);
+  ASSERT_TRUE(s1.Send(1, 1, update(1, 1)));  // late: not averaged
+  ASSERT_TRUE(s1.ReadDelta(&d1, &r1, &c1));
+  EXPECT_EQ(r1, 1);
+  EXPECT_EQ(c1, 1);
+  EXPECT_EQ(d1, d0);
+
+  ASSERT_TRUE(s0.Send(0, 2, update(0, 2)));
+  ASSERT_TRUE(s1.Send(1, 2, update(1, 2)));
+  ASSERT_TRUE(s0.ReadDelta(&d0, &r0, &c0));
+  ASSERT_TRUE(s1.ReadDelta(&d1, &r1, &c1));
+  EXPECT_EQ(r0, 2);
+  EXPECT_EQ(c0, 2);
+  EXPECT_EQ(d0, d1);
+
+  std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
+  ASSERT_TRUE(ref->Submit(0, 1, update(0, 1)).ok());
+  ASSERT_TRUE(ref->CloseRound().ok());
+  ASSERT_TRUE(ref->Submit(0, 2, update(0, 2)).ok());
+  ASSERT_TRUE(ref->Submit(1, 2, update(1, 2)).ok());
+  EXPECT_EQ(*ref->CloseRound(), d0);
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
+  // Wire bytes include the late update: 4 updates, 4 deltas.
+  const ServerSummary sum = server.service().Summary();
+  EXPECT_EQ(sum.bytes_worker_to_server,
+            4 * static_cast<int64_t>(server.worker_codec().encoded_size()));
+  EXPECT_EQ(sum.bytes_server_to_worker,
+            4 * static_cast<int64_t>(server.server_codec().encoded_size()));
+  s0.Cancel();
+  s1.Cancel();
+}
+
+TEST(ParameterServerService, ShutdownEndsWaitingStreamsWithUnavailable) {
+  TestServer server(Options(2, "sign", "sign"));
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  TrainStream s0(&server, 5);
+  ASSERT_TRUE(s0.Send(
+      0, 1, Encode(server.worker_codec(), RandomUpdate(server.n(), 0, 1))));
+  // Once the update is in, the stream waits for rank 1, who never comes.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (server.Status().bytes_worker_to_server() == 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  server.service().Shutdown();
+  const grpc::Status s = s0.Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(s.error_message(), HasSubstr("shutting down"));
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(x0));
+  EXPECT_TRUE(server.service().WaitUntilDone(absl::ZeroDuration()));
+}
+
+}  // namespace
+}  // namespace effadam

@@ -1,0 +1,407 @@
+// WorkerClient against a scripted in-process server on 127.0.0.1: the
+// protocol paths a well-behaved effadam-server never takes (malformed
+// deltas, settings it should have refused, parameters not there yet) and
+// the client's own promises (chunking, byte counts, Cancel, a clean end).
+// The real server is exercised by tests/cluster_test.py.
+
+#include "worker/worker_client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "effadam/v1/parameter_server.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace effadam {
+namespace {
+
+namespace pb = ::effadam::v1;
+using ::testing::HasSubstr;
+
+constexpr int kElements = 10;      // one fp32 tensor: updates are 40 bytes
+constexpr int kMaxChunkBytes = 16;  // so they travel as 16 + 16 + 8
+
+TensorLayout Layout() { return *TensorLayout::Create({{"w", {kElements}}}); }
+
+CompressionConfig Fp32() {
+  CompressionConfig c;
+  c.worker_codec = *ParseCodecSpec("fp32");
+  c.server_codec = *ParseCodecSpec("fp32");
+  c.options.block_size = 8;
+  c.options.min_compress_elements = 1;
+  return c;
+}
+
+std::string Floats(const std::vector<float>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()),
+                     v.size() * sizeof(float));
+}
+
+using Stream = grpc::ServerReaderWriter<pb::ServerMessage, pb::WorkerMessage>;
+
+// Answers like effadam-server unless a test changes a knob. Train collects
+// each round's update and hands it to `respond`, which writes the delta.
+class FakeServer final : public pb::ParameterServer::Service {
+ public:
+  FakeServer() {
+    join_reply.set_rank(0);
+    join_reply.set_round(1);
+    join_reply.set_upload_initial_params(true);
+    join_reply.set_num_elements(kElements);
+    join_reply.set_max_chunk_bytes(kMaxChunkBytes);
+    join_reply.set_expected_workers(1);
+    const CompressionConfig c = Fp32();
+    pb::CompressionSettings* s = join_reply.mutable_compression();
+    s->set_worker_codec("fp32");
+    s->set_server_codec("fp32");
+    s->set_block_size(8);
+    s->set_min_compress_elements(1);
+    s->set_worker_error_feedback(c.worker_error_feedback);
+    s->set_server_error_feedback(c.server_error_feedback);
+    // Default delta: q = 0.5 everywhere, in chunks like the update's.
+    respond = [](Stream* stream, int64_t round, const std::string&) {
+      return SendDelta(stream, round,
+                       Floats(std::vector<float>(kElements, 0.5f)));
+    };
+  }
+
+  static bool SendDelta(Stream* stream, int64_t round,
+                        const std::string& delta) {
+    pb::ServerMessage m;
+    m.set_round(round);
+    m.set_contributors(1);
+    for (size_t off = 0; off < delta.size(); off += kMaxChunkBytes) {
+      m.set_offset(static_cast<int64_t>(off));
+      m.set_payload(delta.substr(off, kMaxChunkBytes));
+      if (!stream->Write(m)) return false;
+    }
+    return true;
+  }
+
+  grpc::Status Join(grpc::ServerContext*, const pb::JoinRequest* request,
+                    pb::JoinResponse* reply) override {
+    absl::MutexLock lock(&mu);
+    join_request = *request;
+    *reply = join_reply;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status UploadParams(grpc::ServerContext*,
+                            grpc::ServerReader<pb::ParamsChunk>* reader,
+                            pb::UploadParamsResponse*) override {
+    pb::ParamsChunk chunk;
+    absl::MutexLock lock(&mu);
+    while (reader->Read(&chunk)) uploaded.push_back(chunk);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status FetchParams(grpc::ServerContext*, const pb::FetchParamsRequest*,
+                           grpc::ServerWriter<pb::ParamsChunk>* writer) override {
+    {
+      absl::MutexLock lock(&mu);
+      if (fetch_unavailable > 0) {
+        --fetch_unavailable;
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no params yet");
+      }
+    }
+    const std::string bytes = Floats(x);
+    pb::ParamsChunk chunk;
+    chunk.set_round(fetch_round);
+    for (size_t off = 0; off < bytes.size(); off += kMaxChunkBytes) {
+      chunk.set_begin(static_cast<int64_t>(off / sizeof(float)));
+      chunk.set_values(bytes.substr(off, kMaxChunkBytes));
+      writer->Write(chunk);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Train(grpc::ServerContext* context, Stream* stream) override {
+    pb::WorkerMessage m;
+    std::string update;
+    while (stream->Read(&m)) {
+      {
+        absl::MutexLock lock(&mu);
+        messages.push_back(m);
+      }
+      update += m.payload();
+      if (update.size() < kElements * sizeof(float)) continue;
+      if (!respond(stream, m.round(), update)) break;
+      update.clear();
+    }
+    absl::MutexLock lock(&mu);
+    train_cancelled = context->IsCancelled();
+    return end_status;
+  }
+
+  grpc::Status Status(grpc::ServerContext*, const pb::StatusRequest*,
+                      pb::StatusResponse*) override {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "");
+  }
+
+  // Knobs, set before the client connects.
+  pb::JoinResponse join_reply;
+  int fetch_unavailable = 0;
+  std::vector<float> x = std::vector<float>(kElements, 1.0f);
+  int64_t fetch_round = 1;
+  // Writes the delta of `round`; false ends the stream with end_status.
+  std::function<bool(Stream*, int64_t round, const std::string& update)>
+      respond;
+  grpc::Status end_status = grpc::Status::OK;
+
+  // What the client sent.
+  absl::Mutex mu;
+  pb::JoinRequest join_request;
+  std::vector<pb::ParamsChunk> uploaded;
+  std::vector<pb::WorkerMessage> messages;
+  bool train_cancelled = false;
+};
+
+class WorkerClientTest : public ::testing::Test {
+ protected:
+  void StartServer() {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port_);
+    builder.RegisterService(&fake_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    ASSERT_GT(port_, 0);
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now()));
+  }
+
+  WorkerClientOptions Options() const {
+    WorkerClientOptions o;
+    o.server = "127.0.0.1:" + std::to_string(port_);
+    o.compression = Fp32();
+    o.adam.lr = 0.1f;
+    o.connect_timeout = absl::Seconds(10);
+    o.finish_timeout = absl::Seconds(5);
+    return o;
+  }
+
+  FakeServer fake_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+TEST_F(WorkerClientTest, JoinsUploadsFetchesAndStepsInChunks) {
+  StartServer();
+  const std::vector<float> x0(kElements, 2.0f);
+  auto client = WorkerClient::Connect(Options(), Layout(), x0);
+  ASSERT_TRUE(client.ok()) << client.status();
+  WorkerClient& c = **client;
+  EXPECT_EQ(c.rank(), 0);
+  EXPECT_EQ(c.num_workers(), 1);
+  EXPECT_EQ(c.round(), 1);
+  {
+    absl::MutexLock lock(&fake_.mu);
+    ASSERT_EQ(fake_.join_request.layout_size(), 1);
+    EXPECT_EQ(fake_.join_request.layout(0).name(), "w");
+    EXPECT_EQ(fake_.join_request.compression().worker_codec(), "fp32");
+    EXPECT_EQ(fake_.join_request.rank(), -1);
+    // 40 bytes of x0 in chunks of at most 16, each starting where the last
+    // ended.
+    ASSERT_EQ(fake_.uploaded.size(), 3u);
+    std::string up;
+    for (const pb::ParamsChunk& ch : fake_.uploaded) {
+      EXPECT_EQ(ch.begin() * 4, static_cast<int64_t>(up.size()));
+      EXPECT_LE(ch.values().size(), static_cast<size_t>(kMaxChunkBytes));
+      up += ch.values();
+    }
+    EXPECT_EQ(up, Floats(x0));
+  }
+  // The replica is the server's x, not the uploaded one.
+  EXPECT_EQ(std::vector<float>(c.params().begin(), c.params().end()),
+            fake_.x);
+
+  std::vector<float> grad(kElements, 1.0f);
+  ASSERT_TRUE(c.Step(grad, 3.5f).ok());
+  ASSERT_TRUE(c.Step(grad, 2.5f).ok());
+  EXPECT_EQ(c.round(), 3);
+  EXPECT_EQ(c.contributors(), 1);
+  // Two deltas of 0.5 applied to the fetched 1.0.
+  for (float v : c.params()) EXPECT_EQ(v, 0.0f);
+  {
+    absl::MutexLock lock(&fake_.mu);
+    ASSERT_EQ(fake_.messages.size(), 6u);
+    for (size_t i = 0; i < 6; ++i) {
+      const pb::WorkerMessage& m = fake_.messages[i];
+      EXPECT_EQ(m.round(), 1 + static_cast<int64_t>(i / 3));
+      EXPECT_EQ(m.offset(), 16 * static_cast<int64_t>(i % 3));
+      // The loss rides on the chunk that completes the update.
+      EXPECT_EQ(m.loss(), i == 2 ? 3.5f : i == 5 ? 2.5f : 0.0f);
+    }
+  }
+  EXPECT_EQ(c.traffic().worker_to_server, 80);
+  EXPECT_EQ(c.traffic().server_to_worker, 80);
+  EXPECT_EQ(c.traffic().fp32_total(), 160);
+  EXPECT_EQ(c.join_bytes(), 80);  // upload + fetch
+  EXPECT_TRUE(c.Finish().ok());
+  EXPECT_TRUE(c.Finish().ok());
+}
+
+TEST_F(WorkerClientTest, RetriesUntilTheParametersExist) {
+  fake_.join_reply.set_upload_initial_params(false);
+  fake_.fetch_unavailable = 2;
+  fake_.fetch_round = 7;
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(), {});
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_EQ((*client)->round(), 7);
+  EXPECT_EQ((*client)->join_bytes(), 40);
+  absl::MutexLock lock(&fake_.mu);
+  EXPECT_TRUE(fake_.uploaded.empty());
+}
+
+TEST_F(WorkerClientTest, GivesUpOnUnavailableAfterTheTimeout) {
+  fake_.join_reply.set_upload_initial_params(false);
+  fake_.fetch_unavailable = 1000;
+  StartServer();
+  WorkerClientOptions o = Options();
+  o.connect_timeout = absl::Milliseconds(500);
+  auto client = WorkerClient::Connect(o, Layout(), {});
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(client.status().message(), HasSubstr("no params yet"));
+}
+
+TEST_F(WorkerClientTest, RejectsSettingsTheServerShouldHaveRefused) {
+  fake_.join_reply.mutable_compression()->set_server_codec("sign");
+  StartServer();
+  WorkerClient c(Options());
+  const absl::Status s = c.Join(Layout());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(s.message(), HasSubstr("sign"));
+}
+
+TEST_F(WorkerClientTest, DeltaOfAnotherRoundEndsTheStream) {
+  fake_.respond = [](Stream* stream, int64_t round, const std::string&) {
+    return FakeServer::SendDelta(stream, round + 1,
+                                 Floats(std::vector<float>(kElements, 0.5f)));
+  };
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(),
+                                      std::vector<float>(kElements));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::vector<float> before((*client)->params().begin(),
+                                  (*client)->params().end());
+  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(s.message(), HasSubstr("round 1"));
+  EXPECT_EQ(std::vector<float>((*client)->params().begin(),
+                               (*client)->params().end()),
+            before);
+  EXPECT_EQ((*client)->Finish(), s);
+}
+
+TEST_F(WorkerClientTest, DeltaThatDoesNotValidateLeavesTheReplica) {
+  fake_.respond = [](Stream* stream, int64_t round, const std::string&) {
+    std::vector<float> q(kElements, 0.5f);
+    q[3] = std::numeric_limits<float>::infinity();
+    return FakeServer::SendDelta(stream, round, Floats(q));
+  };
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(),
+                                      std::vector<float>(kElements));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(s.message(), HasSubstr("server delta"));
+  for (float v : (*client)->params()) EXPECT_EQ(v, 1.0f);
+}
+
+TEST_F(WorkerClientTest, ServerErrorKeepsItsCodeAndMessage) {
+  fake_.respond = [](Stream*, int64_t, const std::string&) { return false; };
+  fake_.end_status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                  "update of round 1 arrived twice");
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(),
+                                      std::vector<float>(kElements));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("update of round 1 arrived twice"));
+  EXPECT_FALSE((*client)->server_finished());
+}
+
+TEST_F(WorkerClientTest, ServerEndingTrainingIsOutOfRangeThenFinishIsOk) {
+  fake_.respond = [](Stream*, int64_t, const std::string&) { return false; };
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(),
+                                      std::vector<float>(kElements));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE((*client)->server_finished());
+  EXPECT_TRUE((*client)->Finish().ok());
+}
+
+TEST_F(WorkerClientTest, RunStopsAtTheLastRound) {
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(),
+                                      std::vector<float>(kElements));
+  ASSERT_TRUE(client.ok()) << client.status();
+  int calls = 0;
+  const absl::Status s = (*client)->Run(
+      4, [&](absl::Span<const float> params, absl::Span<float> grad) {
+        EXPECT_EQ(params.size(), static_cast<size_t>(kElements));
+        for (float& g : grad) g = 1.0f;
+        ++calls;
+        return absl::StatusOr<float>(0.5f);
+      });
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(calls, 4);
+  EXPECT_EQ((*client)->round(), 5);
+}
+
+TEST_F(WorkerClientTest, CancelInterruptsAStepWaitingForItsDelta) {
+  fake_.respond = [](Stream*, int64_t, const std::string&) {
+    absl::SleepFor(absl::Seconds(2));  // a round that does not close
+    return false;
+  };
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(),
+                                      std::vector<float>(kElements));
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    (*client)->Cancel();
+  });
+  const absl::Time start = absl::Now();
+  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  canceller.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  EXPECT_EQ((*client)->Step(std::vector<float>(kElements, 1.0f), 1).code(),
+            absl::StatusCode::kCancelled);
+}
+
+TEST_F(WorkerClientTest, CancelStopsWaitingForAServerThatIsNotThere) {
+  // Nothing listens on the port: Join retries until cancelled.
+  WorkerClientOptions o = Options();
+  o.server = "127.0.0.1:1";
+  WorkerClient c(o);
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    c.Cancel();
+  });
+  const absl::Time start = absl::Now();
+  const absl::Status s = c.Join(Layout());
+  canceller.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+}  // namespace
+}  // namespace effadam

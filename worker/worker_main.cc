@@ -1,0 +1,264 @@
+// effadam-worker: one worker of an Efficient-Adam cluster. Trains a built-in
+// model on its shard of the data and exchanges compressed updates with
+// effadam-server. With the same flags and seed, a cluster of N workers ends
+// with the bits and byte counts of `effadam-sim --workers=N`.
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/checksum.h"
+#include "common/compression_flags.h"
+#include "common/json_writer.h"
+#include "worker/model.h"
+#include "worker/progress.h"
+#include "worker/training_flags.h"
+#include "worker/worker_client.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:50051",
+          "host:port of effadam-server");
+ABSL_FLAG(int32_t, rank, -1,
+          "Rank to claim (selects the data shard); -1: the server assigns "
+          "the lowest free rank");
+ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
+          "How long to wait for the server to listen and to have the initial "
+          "parameters, for Join and again for the fetch of x");
+
+namespace effadam {
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "effadam-worker: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+// Turns SIGINT/SIGTERM into WorkerClient::Cancel(). The signals are blocked
+// in every thread and taken by sigtimedwait on a thread of our own, because
+// a signal handler may not call into gRPC. Construct before any other
+// thread starts, so that gRPC's threads inherit the mask.
+class SignalWatcher {
+ public:
+  SignalWatcher() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+  }
+  ~SignalWatcher() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Cancels `client` on the first signal and exits at once on a second one
+  // (for a stop that hangs); `client` must outlive this.
+  void Watch(WorkerClient* client) {
+    thread_ = std::thread([this, client] {
+      const timespec poll = {0, 200 * 1000 * 1000};
+      while (!done_) {
+        const int sig = sigtimedwait(&set_, nullptr, &poll);
+        if (sig <= 0) continue;
+        if (signal_ != 0) std::_Exit(128 + sig);
+        signal_ = sig;
+        client->Cancel();
+      }
+    });
+  }
+
+  // The signal received, or 0.
+  int signal() const { return signal_; }
+
+ private:
+  sigset_t set_;
+  std::atomic<bool> done_{false};
+  std::atomic<int> signal_{0};
+  std::thread thread_;
+};
+
+int Run() {
+  auto training = TrainingConfigFromFlags();
+  if (!training.ok()) return Fail(training.status());
+  auto compression = CompressionConfigFromFlags();
+  if (!compression.ok()) return Fail(compression.status());
+  const TrainingConfig& tc = *training;
+
+  SignalWatcher signals;
+  WorkerClientOptions options;
+  options.server = absl::GetFlag(FLAGS_server);
+  options.rank = absl::GetFlag(FLAGS_rank);
+  options.compression = *compression;
+  options.adam = tc.adam;
+  options.seed = tc.seed;
+  options.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
+  WorkerClient client(options);
+  signals.Watch(&client);
+  auto fail = [&](const absl::Status& s) {
+    if (signals.signal() != 0) {
+      const char* name = signals.signal() == SIGINT ? "SIGINT" : "SIGTERM";
+      if (client.round() > 0) {
+        std::fprintf(stderr, "effadam-worker: stopped by %s before round %lld\n",
+                     name, static_cast<long long>(client.round()));
+      } else {
+        std::fprintf(stderr, "effadam-worker: stopped by %s while joining\n",
+                     name);
+      }
+      return 128 + signals.signal();
+    }
+    return Fail(s);
+  };
+
+  // The layout must go with Join, but the data shard depends on the rank
+  // Join assigns: a first model of one shard provides the layout, and the
+  // cache lets the real model reuse the data it read.
+  DataCache cache;
+  std::unique_ptr<Model> model;
+  {
+    ModelConfig probe = tc.model;
+    probe.rank = 0;
+    probe.num_workers = 1;
+    probe.load_test_set = false;
+    auto m = MakeModel(probe, &cache);
+    if (!m.ok()) return fail(m.status());
+    if (absl::Status s = client.Join((*m)->layout()); !s.ok()) return fail(s);
+  }
+  const int rank = client.rank();
+  {
+    ModelConfig mc = tc.model;
+    mc.rank = rank;
+    mc.num_workers = client.num_workers();
+    mc.load_test_set = rank == 0;  // rank 0 evaluates, as in effadam-sim
+    auto m = MakeModel(mc, &cache);
+    if (!m.ok()) return fail(m.status());
+    model = *std::move(m);
+  }
+  if (absl::Status s = client.Start(model->InitialParams(tc.seed)); !s.ok()) {
+    return fail(s);
+  }
+
+  const int64_t rounds = tc.rounds;
+  const int64_t every = tc.eval_every > 0 ? tc.eval_every : rounds;
+  std::printf("effadam-worker: rank %d of %d, %s, %zu parameters, codecs "
+              "%s/%s, server %s, starting at round %lld of %lld\n",
+              rank, client.num_workers(), tc.model.name.c_str(),
+              client.params().size(),
+              options.compression.worker_codec.ToString().c_str(),
+              options.compression.server_codec.ToString().c_str(),
+              options.server.c_str(), static_cast<long long>(client.round()),
+              static_cast<long long>(rounds));
+  std::fflush(stdout);
+
+  const absl::Time start = absl::Now();
+  // Train loss: this worker's mean mini-batch loss over the last kLossWindow
+  // rounds, the window effadam-sim uses for the mean over all workers.
+  constexpr size_t kLossWindow = 50;
+  std::deque<double> losses;
+  auto train_loss = [&] {
+    return losses.empty() ? std::numeric_limits<double>::quiet_NaN()
+                          : std::accumulate(losses.begin(), losses.end(), 0.0) /
+                                static_cast<double>(losses.size());
+  };
+  Evaluation eval;
+  bool evaluated = false;  // eval holds the evaluation of the final params
+  std::vector<float> grad(client.params().size());
+  while (client.round() <= rounds) {
+    const float loss = model->Gradient(client.params(), absl::MakeSpan(grad));
+    if (absl::Status s = client.Step(grad, loss); !s.ok()) {
+      if (client.server_finished()) {
+        std::printf("effadam-worker: rank %d: the server ended training "
+                    "after round %lld\n",
+                    rank, static_cast<long long>(client.round() - 1));
+        break;
+      }
+      return fail(s);
+    }
+    losses.push_back(loss);
+    if (losses.size() > kLossWindow) losses.pop_front();
+    const int64_t r = client.round() - 1;  // just applied
+    evaluated = false;
+    if (rank == 0 && (r % every == 0 || r == rounds)) {
+      eval = model->Evaluate(client.params());
+      evaluated = true;
+      std::printf("%s\n",
+                  FormatProgress(r, rounds, train_loss(), eval,
+                                 client.traffic(),
+                                 absl::ToDoubleSeconds(absl::Now() - start))
+                      .c_str());
+      std::fflush(stdout);
+    }
+  }
+  if (absl::Status s = client.Finish(); !s.ok()) return fail(s);
+  if (rank == 0 && !evaluated) eval = model->Evaluate(client.params());
+
+  const int64_t done_rounds = client.round() - 1;
+  const Traffic& t = client.traffic();
+  const std::string checksum = ParamsChecksum(client.params());
+  const std::string result =
+      rank == 0 ? absl::StrFormat(": %s %.4f", eval.metric_name, eval.metric)
+                : "";
+  std::printf("effadam-worker: rank %d done after round %lld%s; this worker "
+              "moved %s (fp32 Adam: %s, %.1fx fewer), join %s; "
+              "params_checksum %s\n",
+              rank, static_cast<long long>(done_rounds), result.c_str(),
+              FormatBytes(t.total()).c_str(),
+              FormatBytes(t.fp32_total()).c_str(), t.ratio(),
+              FormatBytes(client.join_bytes()).c_str(), checksum.c_str());
+  if (!tc.summary_json.empty()) {
+    JsonObject json;
+    json.Add("rounds", done_rounds)
+        .Add("rank", rank)
+        .Add("workers", client.num_workers())
+        .Add("model", tc.model.name)
+        .Add("worker_codec", options.compression.worker_codec.ToString())
+        .Add("server_codec", options.compression.server_codec.ToString());
+    if (rank == 0) {
+      json.Add(eval.metric_name, eval.metric).Add("test_loss", eval.loss);
+    }
+    json.Add("train_loss", train_loss())
+        .Add("bytes_worker_to_server", t.worker_to_server)
+        .Add("bytes_server_to_worker", t.server_to_worker)
+        .Add("bytes_join", client.join_bytes())
+        .Add("fp32_equivalent_bytes", t.fp32_total())
+        .Add("compression_ratio", t.ratio())
+        .Add("params_checksum", checksum)
+        .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
+    if (absl::Status s = json.WriteFile(tc.summary_json); !s.ok()) {
+      return Fail(s);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace effadam
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "One worker of an Efficient-Adam cluster: trains a built-in model on "
+      "its shard and exchanges compressed updates with effadam-server.\n"
+      "Example: effadam-worker --server=127.0.0.1:50051 --model=mlp "
+      "--rounds=2000 --worker_codec=sign --server_codec=sign\n"
+      "Flags other than --server and --rank mean what they mean to "
+      "effadam-sim; the compression flags must equal the server's.\n"
+      "Exit status: 0 done, 1 error, 128+N stopped by signal N "
+      "(SIGINT, SIGTERM).");
+  absl::ParseCommandLine(argc, argv);
+  return effadam::Run();
+}
