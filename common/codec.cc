@@ -4,6 +4,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -98,6 +99,27 @@ float SumAbs(const float* u, const float* e, size_t n) {
 float MaxAbs(const float* u, const float* e, size_t n) {
   float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   size_t j = 0;
+#if defined(__SSE2__)
+  {
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    __m128 lo = _mm_setzero_ps(), hi = _mm_setzero_ps();
+    __m128 nan = _mm_setzero_ps();  // all-ones lanes once a NaN was seen
+    for (; j + 8 <= n; j += 8) {
+      __m128 p0 = _mm_loadu_ps(u + j), p1 = _mm_loadu_ps(u + j + 4);
+      if (e) {
+        p0 = _mm_add_ps(p0, _mm_loadu_ps(e + j));
+        p1 = _mm_add_ps(p1, _mm_loadu_ps(e + j + 4));
+      }
+      nan = _mm_or_ps(nan, _mm_or_ps(_mm_cmpunord_ps(p0, p0),
+                                     _mm_cmpunord_ps(p1, p1)));
+      lo = _mm_max_ps(lo, _mm_and_ps(p0, abs_mask));
+      hi = _mm_max_ps(hi, _mm_and_ps(p1, abs_mask));
+    }
+    if (_mm_movemask_ps(nan)) return std::numeric_limits<float>::quiet_NaN();
+    _mm_storeu_ps(lane, lo);
+    _mm_storeu_ps(lane + 4, hi);
+  }
+#endif
   for (; j + 8 <= n; j += 8)
     for (int l = 0; l < 8; ++l) {
       float a = std::fabs(Feedback(u, e, j + l));
@@ -416,20 +438,60 @@ class QuantCodec final : public Codec {
       if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
       StoreF32(out + 4 * b, s);
       const float step = Step(s);
+      const float inv = s > 0 ? lf / s : 0.0f;
       // A block of subnormals (Adam's m decaying on a dead unit) makes L / s
       // overflow float; double holds L / s for every positive float s.
-      const double inv = s > 0 ? static_cast<double>(lf) / s : 0.0;
+      const bool exact_in_float = inv <= FLT_MAX && !spec().stochastic;
+      const double inv_d = s > 0 ? static_cast<double>(lf) / s : 0.0;
       for (size_t j = 0; j < nb; j += 8) {
         const size_t g = std::min<size_t>(8, nb - j);
-        for (size_t k = 0; k < g; ++k) {
-          const size_t i = begin + j + k;
-          const float p = Feedback(u, e, i);
-          const double x = p * inv;  // |x| <= L up to rounding
-          double r = spec().stochastic ? std::floor(x + Uniform(seed, i))
-                                       : std::nearbyint(x);
-          r = std::clamp(r, -static_cast<double>(lf), static_cast<double>(lf));
-          level[k] = static_cast<int32_t>(r);
-          if (e) e[i] = p - static_cast<float>(level[k]) * step;
+        if (exact_in_float) {
+          // The common case, in float so it vectorizes: adding and removing
+          // 1.5 * 2^23 rounds |x| < 2^22 to the nearest integer, ties to
+          // even, as nearbyint does.
+          const float* uj = u + begin + j;
+          float* ej = e ? e + begin + j : nullptr;
+          size_t k = 0;
+#if defined(__SSE2__)
+          if (g == 8) {
+            const __m128 vinv = _mm_set1_ps(inv), vstep = _mm_set1_ps(step);
+            const __m128 magic = _mm_set1_ps(0x1.8p23f);
+            const __m128 hi = _mm_set1_ps(lf), lo = _mm_set1_ps(-lf);
+            for (; k < 8; k += 4) {
+              __m128 p = _mm_loadu_ps(uj + k);
+              if (ej) p = _mm_add_ps(p, _mm_loadu_ps(ej + k));
+              __m128 r = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(p, vinv), magic),
+                                    magic);
+              r = _mm_min_ps(_mm_max_ps(r, lo), hi);
+              const __m128i l = _mm_cvttps_epi32(r);
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(level + k), l);
+              if (ej) {
+                _mm_storeu_ps(ej + k,
+                              _mm_sub_ps(p, _mm_mul_ps(_mm_cvtepi32_ps(l),
+                                                       vstep)));
+              }
+            }
+          }
+#endif
+          for (; k < g; ++k) {
+            const float p = ej ? uj[k] + ej[k] : uj[k];
+            float r = (p * inv + 0x1.8p23f) - 0x1.8p23f;
+            r = std::min(std::max(r, -lf), lf);
+            level[k] = static_cast<int32_t>(r);
+            if (ej) ej[k] = p - static_cast<float>(level[k]) * step;
+          }
+        } else {
+          for (size_t k = 0; k < g; ++k) {
+            const size_t i = begin + j + k;
+            const float p = Feedback(u, e, i);
+            const double x = p * inv_d;  // |x| <= L up to rounding
+            double r = spec().stochastic ? std::floor(x + Uniform(seed, i))
+                                         : std::nearbyint(x);
+            r = std::clamp(r, -static_cast<double>(lf),
+                           static_cast<double>(lf));
+            level[k] = static_cast<int32_t>(r);
+            if (e) e[i] = p - static_cast<float>(level[k]) * step;
+          }
         }
         PackGroup(level, g, bits, codes + (begin + j) * bits / 8);
       }

@@ -22,7 +22,7 @@ ABSL_FLAG(int64_t, rounds, 300, "Train through this round");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  constexpr int kDim = 4096;
+  constexpr int kDim = 1024;
 
   // 1. Describe the model: named tensors, flattened in order.
   auto layout = effadam::TensorLayout::Create({{"w", {kDim}}, {"b", {1}}});
@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   effadam::WorkerClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
   options.compression = *effadam::CompressionConfigFromFlags();
-  options.adam.lr = 0.01f;
+  options.adam.lr = 0.05f;
   effadam::WorkerClient client(options);
   if (auto s = client.Join(*layout); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
                       absl::Span<float> grad) -> absl::StatusOr<float> {
     std::fill(grad.begin(), grad.end(), 0.0f);
     float loss = 0;
-    const int batch = 32;
+    const int batch = 64;
     std::vector<float> a(kDim);
     for (int k = 0; k < batch; ++k) {
       float y = truth[kDim], pred = x[kDim];
