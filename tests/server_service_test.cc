@@ -767,7 +767,9 @@ TEST(ParameterServerService, BadTrainMessagesChangeNothing) {
 
 TEST(ParameterServerService, RoundTimeoutClosesWithTheWorkersPresent) {
   ServerOptions o = Options(3, "fp32", "sign");
-  o.round_timeout = absl::Milliseconds(300);
+  // Long enough that two sends from this thread land in one round even on
+  // a loaded machine, short enough to keep the test quick.
+  o.round_timeout = absl::Seconds(1);
   o.rounds = 2;
   TestServer server(o);
   const std::vector<float> x0 = InitialParams(server.n());
@@ -902,7 +904,9 @@ TEST(ParameterServerService, AnUpdateSentBeforeLeavingStillCounts) {
 
 TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
   ServerOptions o = Options(2, "sign", "q8");
-  o.round_timeout = absl::Milliseconds(300);
+  // Long enough that two sends from this thread land in one round even on
+  // a loaded machine, short enough to keep the test quick.
+  o.round_timeout = absl::Seconds(1);
   TestServer server(o);
   const std::vector<float> x0 = InitialParams(server.n());
   server.JoinAndUpload(0, x0);
