@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=1500
+ROUNDS=3000
 WORKERS=4
 EXTRA=()
 for arg in "$@"; do
