@@ -91,12 +91,9 @@ int Run() {
         .Add("server_codec", config.compression.server_codec.ToString())
         .Add(eval.metric_name, eval.metric)
         .Add("test_loss", eval.loss)
-        .Add("train_loss", train_loss)
-        .Add("bytes_worker_to_server", t.worker_to_server)
-        .Add("bytes_server_to_worker", t.server_to_worker)
-        .Add("fp32_equivalent_bytes", t.fp32_total())
-        .Add("compression_ratio", t.ratio())
-        .Add("params_checksum", checksum)
+        .Add("train_loss", train_loss);
+    AddTraffic(t, &json);
+    json.Add("params_checksum", checksum)
         .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
     if (absl::Status s = json.WriteFile(config.training.summary_json); !s.ok())
       return Fail(s);

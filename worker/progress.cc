@@ -8,6 +8,13 @@ double Traffic::ratio() const {
   return total() > 0 ? static_cast<double>(fp32_total()) / total() : 0.0;
 }
 
+void AddTraffic(const Traffic& t, JsonObject* json) {
+  json->Add("bytes_worker_to_server", t.worker_to_server)
+      .Add("bytes_server_to_worker", t.server_to_worker)
+      .Add("fp32_equivalent_bytes", t.fp32_total())
+      .Add("compression_ratio", t.ratio());
+}
+
 std::string FormatBytes(int64_t bytes) {
   const double b = static_cast<double>(bytes);
   if (b >= 1e9) return absl::StrFormat("%.2f GB", b / 1e9);

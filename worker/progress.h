@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/json_writer.h"
 #include "worker/model.h"
 
 namespace effadam {
@@ -30,6 +31,11 @@ struct Traffic {
 std::string FormatProgress(int64_t round, int64_t rounds, double train_loss,
                            const Evaluation& eval, const Traffic& traffic,
                            double seconds);
+
+// Adds the traffic fields every summary JSON carries:
+// bytes_worker_to_server, bytes_server_to_worker, fp32_equivalent_bytes,
+// compression_ratio.
+void AddTraffic(const Traffic& traffic, JsonObject* json);
 
 // "12.3 MB", "980 kB", ... (decimal units).
 std::string FormatBytes(int64_t bytes);

@@ -231,12 +231,9 @@ int Run() {
     if (rank == 0) {
       json.Add(eval.metric_name, eval.metric).Add("test_loss", eval.loss);
     }
-    json.Add("train_loss", train_loss())
-        .Add("bytes_worker_to_server", t.worker_to_server)
-        .Add("bytes_server_to_worker", t.server_to_worker)
-        .Add("bytes_join", client.join_bytes())
-        .Add("fp32_equivalent_bytes", t.fp32_total())
-        .Add("compression_ratio", t.ratio())
+    json.Add("train_loss", train_loss());
+    AddTraffic(t, &json);
+    json.Add("bytes_join", client.join_bytes())
         .Add("params_checksum", checksum)
         .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
     if (absl::Status s = json.WriteFile(tc.summary_json); !s.ok()) {
