@@ -37,8 +37,9 @@ trap cleanup EXIT
 trap 'echo; echo "demo: interrupted, stopping the cluster"; exit 130' INT TERM
 
 CODECS=(--worker_codec=sign --server_codec=sign --error_feedback=both)
-"$BIN/effadam-server" --listen=127.0.0.1:0 --workers="$WORKERS" \
-  --rounds="$ROUNDS" "${CODECS[@]}" --summary_json="$RUN/server.json" \
+"$BIN/effadam-server" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
+  --workers="$WORKERS" --rounds="$ROUNDS" "${CODECS[@]}" \
+  --summary_json="$RUN/server.json" \
   >"$RUN/server.out" 2>"$RUN/server.log" &
 PIDS+=($!)
 PORT=""
@@ -51,6 +52,8 @@ for _ in $(seq 1 100); do
 done
 [ -n "$PORT" ] || { echo "demo: the server did not start" >&2; exit 1; }
 echo "demo: effadam-server on 127.0.0.1:$PORT, $WORKERS workers, $ROUNDS rounds, sign/sign with error feedback"
+METRICS=$(sed -n 's/^effadam-server metrics on \(.*\)$/\1/p' "$RUN/server.out")
+[ -n "$METRICS" ] && echo "demo: Prometheus metrics at $METRICS"
 
 for rank in $(seq 0 $((WORKERS - 1))); do
   args=(--server="127.0.0.1:$PORT" --rank="$rank" --model=mlp

@@ -8,9 +8,11 @@ PACKAGES=(
   libabsl-dev libeigen3-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  prometheus-cpp-dev
+  prometheus-cpp-dev prometheus
   dataset-fashion-mnist
-  python3
+  python3 python3-yaml
+  # container tests: podman builds the Dockerfile, docker-compose drives it
+  podman debootstrap uidmap fuse-overlayfs docker-compose
 )
 
 SUDO=""

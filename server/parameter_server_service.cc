@@ -102,6 +102,57 @@ ParameterServerService::ParameterServerService(const ServerOptions& options)
 
 ParameterServerService::~ParameterServerService() = default;
 
+absl::Status ParameterServerService::Reject(Rejection why,
+                                            absl::Status status) const {
+  if (options_.observer != nullptr) options_.observer->OnRejected(why);
+  return status;
+}
+
+void ParameterServerService::CountWireLocked(TrafficDirection direction,
+                                             int64_t bytes) {
+  switch (direction) {
+    case TrafficDirection::kWorkerToServer:
+      wire_worker_to_server_ += bytes;
+      break;
+    case TrafficDirection::kServerToWorker:
+      wire_server_to_worker_ += bytes;
+      break;
+    case TrafficDirection::kJoin:
+      wire_join_ += bytes;
+      break;
+  }
+  if (options_.observer != nullptr) {
+    options_.observer->OnWireBytes(direction, bytes);
+  }
+}
+
+void ParameterServerService::CountWire(TrafficDirection direction,
+                                       int64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  CountWireLocked(direction, bytes);
+}
+
+void ParameterServerService::CountPayloadLocked(TrafficDirection direction,
+                                                int64_t payload_bytes,
+                                                int64_t fp32_bytes) {
+  switch (direction) {
+    case TrafficDirection::kWorkerToServer:
+      bytes_worker_to_server_ += payload_bytes;
+      fp32_worker_to_server_ += fp32_bytes;
+      break;
+    case TrafficDirection::kServerToWorker:
+      bytes_server_to_worker_ += payload_bytes;
+      fp32_server_to_worker_ += fp32_bytes;
+      break;
+    case TrafficDirection::kJoin:
+      bytes_join_ += payload_bytes;
+      break;
+  }
+  if (options_.observer != nullptr) {
+    options_.observer->OnPayloadBytes(direction, payload_bytes, fp32_bytes);
+  }
+}
+
 // ---------------------------------------------------------------- membership
 
 bool ParameterServerService::IsLive(int rank) const {
@@ -142,6 +193,9 @@ void ParameterServerService::Leave(int rank, absl::string_view why) {
     Log(absl::StrCat("rank ", rank, " left (", LiveCountLocked(), "/",
                      options_.workers, " live): ", why));
   }
+  if (options_.observer != nullptr) {
+    options_.observer->OnLiveWorkers(LiveCountLocked());
+  }
   ResetIfEmptyLocked();
   MaybeCloseRoundLocked(absl::Now());
   changed_.SignalAll();
@@ -158,19 +212,23 @@ grpc::Status ParameterServerService::Join(grpc::ServerContext* /*context*/,
   }
   absl::StatusOr<TensorLayout> layout = TensorLayout::Create(std::move(specs));
   if (!layout.ok()) {
-    return ToGrpc(absl::InvalidArgumentError(
-        absl::StrCat("invalid layout: ", layout.status().message())));
+    return ToGrpc(Reject(Rejection::kBadLayout,
+                         absl::InvalidArgumentError(absl::StrCat(
+                             "invalid layout: ", layout.status().message()))));
   }
   if (layout->num_elements() > options_.max_num_elements) {
-    return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
-        "the layout has ", layout->num_elements(),
-        " elements; this server accepts at most ", options_.max_num_elements)));
+    return ToGrpc(Reject(
+        Rejection::kBadLayout,
+        absl::InvalidArgumentError(absl::StrCat(
+            "the layout has ", layout->num_elements(),
+            " elements; this server accepts at most ",
+            options_.max_num_elements))));
   }
   if (absl::Status s =
           CheckCompressionMatches(request->compression(), options_.compression,
                                   "server", "worker");
       !s.ok()) {
-    return ToGrpc(s);
+    return ToGrpc(Reject(Rejection::kCompressionMismatch, s));
   }
 
   absl::MutexLock lock(&mu_);
@@ -179,44 +237,59 @@ grpc::Status ParameterServerService::Join(grpc::ServerContext* /*context*/,
   }
   if (!fatal_.ok()) return ToGrpc(fatal_);
   if (final_closed_at_.has_value()) {
-    return ToGrpc(absl::FailedPreconditionError(absl::StrCat(
-        "training has ended after round ", options_.rounds, " (--rounds)")));
+    return ToGrpc(Reject(Rejection::kTrainingEnded,
+                         absl::FailedPreconditionError(absl::StrCat(
+                             "training has ended after round ",
+                             options_.rounds, " (--rounds)"))));
   }
   const absl::Time now = absl::Now();
   ExpireIdleJoinsLocked(now);
   if (layout_.has_value() && *layout_ != *layout) {
-    return ToGrpc(absl::FailedPreconditionError(
-        absl::StrCat("the layout differs from the server's: server has [",
-                     layout_->DebugString(), "], worker sent [",
-                     layout->DebugString(), "]")));
+    return ToGrpc(Reject(
+        Rejection::kLayoutMismatch,
+        absl::FailedPreconditionError(absl::StrCat(
+            "the layout differs from the server's: server has [",
+            layout_->DebugString(), "], worker sent [", layout->DebugString(),
+            "]"))));
   }
   int rank = request->rank();
   if (rank == -1) {
     rank = 0;
     while (rank < options_.workers && IsLive(rank)) ++rank;
     if (rank == options_.workers) {
-      return ToGrpc(absl::ResourceExhaustedError(absl::StrCat(
-          "all ", options_.workers,
-          " ranks are taken by live workers (--workers=", options_.workers,
-          ")")));
+      return ToGrpc(Reject(
+          Rejection::kNoFreeRank,
+          absl::ResourceExhaustedError(absl::StrCat(
+              "all ", options_.workers,
+              " ranks are taken by live workers (--workers=", options_.workers,
+              ")"))));
     }
   } else if (rank < 0 || rank >= options_.workers) {
-    return ToGrpc(absl::InvalidArgumentError(
-        absl::StrCat("rank ", rank, " is outside [0, ", options_.workers,
-                     ") (--workers); ask for -1 to get the lowest free rank")));
+    return ToGrpc(Reject(
+        Rejection::kBadRank,
+        absl::InvalidArgumentError(absl::StrCat(
+            "rank ", rank, " is outside [0, ", options_.workers,
+            ") (--workers); ask for -1 to get the lowest free rank"))));
   } else if (IsLive(rank)) {
-    return ToGrpc(absl::AlreadyExistsError(
-        absl::StrCat("rank ", rank, " is taken by a live worker")));
+    return ToGrpc(Reject(Rejection::kRankTaken,
+                         absl::AlreadyExistsError(absl::StrCat(
+                             "rank ", rank, " is taken by a live worker"))));
   }
 
   if (!layout_.has_value()) {
     const CompressionConfig& c = options_.compression;
+    // A codec refuses a layout it cannot encode: the layout's fault, since
+    // the settings are the server's own.
     auto wc = UpdateCodec::Create(*layout, c.worker_codec, c.options);
-    if (!wc.ok())
-      return ToGrpc(absl::InvalidArgumentError(wc.status().message()));
+    if (!wc.ok()) {
+      return ToGrpc(Reject(Rejection::kBadLayout,
+                           absl::InvalidArgumentError(wc.status().message())));
+    }
     auto sc = UpdateCodec::Create(*layout, c.server_codec, c.options);
-    if (!sc.ok())
-      return ToGrpc(absl::InvalidArgumentError(sc.status().message()));
+    if (!sc.ok()) {
+      return ToGrpc(Reject(Rejection::kBadLayout,
+                           absl::InvalidArgumentError(sc.status().message())));
+    }
     worker_codec_ = *std::move(wc);
     server_codec_ = *std::move(sc);
     layout_ = *std::move(layout);
@@ -239,6 +312,9 @@ grpc::Status ParameterServerService::Join(grpc::ServerContext* /*context*/,
   response->set_max_chunk_bytes(static_cast<int64_t>(options_.max_chunk_bytes));
   response->set_expected_workers(options_.workers);
   *response->mutable_compression() = CompressionToProto(options_.compression);
+  if (options_.observer != nullptr) {
+    options_.observer->OnLiveWorkers(LiveCountLocked());
+  }
   Log(absl::StrCat("rank ", rank, " joined (", LiveCountLocked(), "/",
                    options_.workers, " live)",
                    upload ? "; it uploads the initial parameters" : ""));
@@ -249,9 +325,10 @@ grpc::Status ParameterServerService::Join(grpc::ServerContext* /*context*/,
 
 absl::Status ParameterServerService::ReadParams(
     grpc::ServerReader<v1::ParamsChunk>* reader, int rank,
-    v1::ParamsChunk* chunk, std::vector<float>* x) const {
+    v1::ParamsChunk* chunk, std::vector<float>* x, int64_t* wire_bytes) const {
   size_t received = 0;
   do {
+    *wire_bytes += static_cast<int64_t>(chunk->ByteSizeLong());
     const std::string& v = chunk->values();
     const int64_t begin = chunk->begin();
     if (chunk->rank() != rank) {
@@ -305,36 +382,49 @@ grpc::Status ParameterServerService::UploadParams(
     v1::UploadParamsResponse* /*response*/) {
   v1::ParamsChunk chunk;
   if (!reader->Read(&chunk)) {
-    return ToGrpc(absl::InvalidArgumentError("the upload has no chunks"));
+    return ToGrpc(Reject(Rejection::kBadUpload,
+                         absl::InvalidArgumentError("the upload has no chunks")));
   }
   const int rank = chunk.rank();
+  const int64_t first_wire = static_cast<int64_t>(chunk.ByteSizeLong());
   size_t n = 0;
   {
     absl::MutexLock lock(&mu_);
+    // A refused upload counts the one chunk that was read.
+    CountWireLocked(TrafficDirection::kJoin, first_wire);
     if (shutting_down_) {
       return ToGrpc(absl::UnavailableError("the server is shutting down"));
     }
     if (engine_) {
-      return ToGrpc(absl::FailedPreconditionError(
-          "the initial parameters are already uploaded"));
+      return ToGrpc(Reject(Rejection::kBadUpload,
+                           absl::FailedPreconditionError(
+                               "the initial parameters are already uploaded")));
     }
     if (rank != uploader_ || rank < 0 || ranks_[rank].phase != Phase::kJoined) {
-      return ToGrpc(absl::FailedPreconditionError(absl::StrCat(
-          "rank ", rank, " was not asked to upload the initial parameters",
-          uploader_ >= 0 ? absl::StrCat(" (rank ", uploader_, " was)") : "")));
+      return ToGrpc(Reject(
+          Rejection::kBadUpload,
+          absl::FailedPreconditionError(absl::StrCat(
+              "rank ", rank, " was not asked to upload the initial parameters",
+              uploader_ >= 0 ? absl::StrCat(" (rank ", uploader_, " was)")
+                             : ""))));
     }
     if (upload_active_) {
-      return ToGrpc(absl::FailedPreconditionError(
-          "an upload of the initial parameters is already in progress"));
+      return ToGrpc(Reject(
+          Rejection::kBadUpload,
+          absl::FailedPreconditionError(
+              "an upload of the initial parameters is already in progress")));
     }
     upload_active_ = true;
     ++ranks_[rank].active_calls;
     n = layout_->num_elements();
   }
   std::vector<float> x(n);
-  absl::Status s = ReadParams(reader, rank, &chunk, &x);
+  int64_t wire = 0;
+  absl::Status s = ReadParams(reader, rank, &chunk, &x, &wire);
 
   absl::MutexLock lock(&mu_);
+  // ReadParams counted the first chunk again.
+  CountWireLocked(TrafficDirection::kJoin, wire - first_wire);
   upload_active_ = false;
   --ranks_[rank].active_calls;
   ranks_[rank].last_seen = absl::Now();
@@ -346,7 +436,8 @@ grpc::Status ParameterServerService::UploadParams(
         RoundEngine::Create(worker_codec_, server_codec_, std::move(x), eo);
     if (engine.ok()) {
       engine_ = *std::move(engine);
-      bytes_join_ += static_cast<int64_t>(n * sizeof(float));
+      CountPayloadLocked(TrafficDirection::kJoin,
+                         static_cast<int64_t>(n * sizeof(float)), 0);
       changed_.SignalAll();
       return grpc::Status::OK;
     }
@@ -359,7 +450,7 @@ grpc::Status ParameterServerService::UploadParams(
     Leave(rank, absl::StrCat("upload failed: ", s.message()));
   }
   ResetIfEmptyLocked();
-  return ToGrpc(s);
+  return ToGrpc(Reject(Rejection::kBadUpload, s));
 }
 
 grpc::Status ParameterServerService::FetchParams(
@@ -395,6 +486,7 @@ grpc::Status ParameterServerService::FetchParams(
   }
   const size_t per_chunk = options_.max_chunk_bytes / sizeof(float);
   int64_t written = 0;
+  int64_t wire = 0;
   bool ok = true;
   v1::ParamsChunk chunk;
   for (size_t begin = 0; begin < x.size() && ok; begin += per_chunk) {
@@ -405,10 +497,14 @@ grpc::Status ParameterServerService::FetchParams(
     chunk.set_values(reinterpret_cast<const char*>(x.data() + begin),
                      count * sizeof(float));
     ok = writer->Write(chunk);
-    if (ok) written += static_cast<int64_t>(count * sizeof(float));
+    if (ok) {
+      written += static_cast<int64_t>(count * sizeof(float));
+      wire += static_cast<int64_t>(chunk.ByteSizeLong());
+    }
   }
   absl::MutexLock lock(&mu_);
-  bytes_join_ += written;
+  CountWireLocked(TrafficDirection::kJoin, wire);
+  CountPayloadLocked(TrafficDirection::kJoin, written, 0);
   if (tracked) {
     --ranks_[rank].active_calls;
     ranks_[rank].last_seen = absl::Now();
@@ -436,23 +532,28 @@ absl::Status ParameterServerService::CheckRoundLocked(int rank,
   if (shutting_down_)
     return absl::UnavailableError("the server is shutting down");
   if (options_.rounds > 0 && round > options_.rounds) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "rank ", rank, " sent round ", round, " but training ends after round ",
-        options_.rounds, " (--rounds)"));
+    return Reject(Rejection::kTrainingEnded,
+                  absl::FailedPreconditionError(absl::StrCat(
+                      "rank ", rank, " sent round ", round,
+                      " but training ends after round ", options_.rounds,
+                      " (--rounds)")));
   }
   const int64_t current = engine_->round();
   if (round == current || (round < current && FindClosedLocked(round))) {
     return absl::OkStatus();
   }
   if (round > current) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("rank ", rank, " sent an update for round ", round,
-                     " but the server is collecting round ", current));
+    return Reject(Rejection::kWrongRound,
+                  absl::FailedPreconditionError(absl::StrCat(
+                      "rank ", rank, " sent an update for round ", round,
+                      " but the server is collecting round ", current)));
   }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "rank ", rank, " sent an update for round ", round,
-      ", too late: the server is collecting round ", current,
-      " and no longer keeps that round's delta; join again and fetch x"));
+  return Reject(
+      Rejection::kWrongRound,
+      absl::FailedPreconditionError(absl::StrCat(
+          "rank ", rank, " sent an update for round ", round,
+          ", too late: the server is collecting round ", current,
+          " and no longer keeps that round's delta; join again and fetch x")));
 }
 
 void ParameterServerService::MaybeCloseRoundLocked(absl::Time now) {
@@ -465,6 +566,10 @@ void ParameterServerService::MaybeCloseRoundLocked(absl::Time now) {
 
   const int64_t round = engine_->round();
   const int contributors = static_cast<int>(engine_->num_submitted());
+  int lagging = 0;  // live, yet not in this round
+  for (int r = 0; r < options_.workers; ++r) {
+    lagging += IsLive(r) && !engine_->HasSubmitted(r);
+  }
   absl::StatusOr<std::string> delta = engine_->CloseRound();
   if (!delta.ok()) {
     // The engine keeps the round's updates after a failed close and has no
@@ -486,6 +591,24 @@ void ParameterServerService::MaybeCloseRoundLocked(absl::Time now) {
   loss_sum_ = 0;
   loss_count_ = 0;
   if (options_.rounds > 0 && round == options_.rounds) final_closed_at_ = now;
+  if (options_.observer != nullptr) {
+    ClosedRoundStats stats;
+    stats.round = round;
+    stats.contributors = contributors;
+    stats.live_workers = LiveCountLocked();
+    stats.lagging_workers = lagging;
+    stats.duration_seconds =
+        absl::ToDoubleSeconds(absl::Now() - round_opened_at_);
+    stats.train_loss = last_loss_;
+    // O(n) per round, so only with an observer; double so that a large
+    // model's sum of squares does not lose the small entries.
+    double sum_squares = 0;
+    for (float e : engine_->error_memory()) {
+      sum_squares += static_cast<double>(e) * static_cast<double>(e);
+    }
+    stats.error_memory_norm = std::sqrt(sum_squares);
+    options_.observer->OnRoundClosed(stats);
+  }
   changed_.SignalAll();
 }
 
@@ -500,9 +623,11 @@ ParameterServerService::AcceptAndWait(grpc::ServerContext* context,
   if (absl::Status s = CheckRoundLocked(rank, round); !s.ok()) return s;
   absl::Time now = absl::Now();
   if (round == engine_->round() && !engine_->HasSubmitted(rank)) {
+    // CheckRoundLocked and HasSubmitted leave only bytes that do not
+    // validate as a reason for Submit to refuse.
     if (absl::Status s = engine_->Submit(rank, round, std::move(update));
         !s.ok()) {
-      return s;
+      return Reject(Rejection::kInvalidPayload, s);
     }
     if (engine_->num_submitted() == 1) round_opened_at_ = now;
     loss_sum_ += loss;
@@ -512,13 +637,14 @@ ParameterServerService::AcceptAndWait(grpc::ServerContext* context,
     // already contributed to it: not averaged, but it must still be well
     // formed, and the worker gets the round's delta like everyone else.
     if (absl::Status s = codec.Validate(update); !s.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("update from rank ", rank, ": ", s.message()));
+      return Reject(Rejection::kInvalidPayload,
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "update from rank ", rank, ": ", s.message())));
     }
   }
-  bytes_worker_to_server_ += size;
-  fp32_worker_to_server_ +=
-      static_cast<int64_t>(codec.num_elements() * sizeof(float));
+  CountPayloadLocked(
+      TrafficDirection::kWorkerToServer, size,
+      static_cast<int64_t>(codec.num_elements() * sizeof(float)));
   MaybeCloseRoundLocked(now);
 
   while (true) {
@@ -531,9 +657,11 @@ ParameterServerService::AcceptAndWait(grpc::ServerContext* context,
       return absl::CancelledError("the worker cancelled its Train stream");
     }
     if (engine_->round() > round) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the delta of round ", round, " is no longer kept (the server is at",
-          " round ", engine_->round(), "); join again and fetch x"));
+      return Reject(Rejection::kWrongRound,
+                    absl::FailedPreconditionError(absl::StrCat(
+                        "the delta of round ", round,
+                        " is no longer kept (the server is at round ",
+                        engine_->round(), "); join again and fetch x")));
     }
     now = absl::Now();
     ExpireIdleJoinsLocked(now);
@@ -552,6 +680,7 @@ absl::Status ParameterServerService::SendDelta(
     const ClosedRound& closed) {
   const std::string& delta = *closed.delta;
   v1::ServerMessage msg;
+  int64_t wire = 0;  // of the chunks written, also when a later one fails
   for (size_t offset = 0; offset < delta.size();
        offset += options_.max_chunk_bytes) {
     const size_t n = std::min(options_.max_chunk_bytes, delta.size() - offset);
@@ -560,15 +689,18 @@ absl::Status ParameterServerService::SendDelta(
     msg.set_payload(delta.data() + offset, n);
     msg.set_contributors(closed.contributors);
     if (!stream->Write(msg)) {
+      CountWire(TrafficDirection::kServerToWorker, wire);
       return absl::CancelledError(
           absl::StrCat("the worker went away while the delta of round ",
                        closed.round, " was sent"));
     }
+    wire += static_cast<int64_t>(msg.ByteSizeLong());
   }
   absl::MutexLock lock(&mu_);
-  bytes_server_to_worker_ += static_cast<int64_t>(delta.size());
-  fp32_server_to_worker_ +=
-      static_cast<int64_t>(server_codec_->num_elements() * sizeof(float));
+  CountWireLocked(TrafficDirection::kServerToWorker, wire);
+  CountPayloadLocked(
+      TrafficDirection::kServerToWorker, static_cast<int64_t>(delta.size()),
+      static_cast<int64_t>(server_codec_->num_elements() * sizeof(float)));
   return absl::OkStatus();
 }
 
@@ -588,9 +720,11 @@ absl::Status ParameterServerService::RunTrain(
     // *msg is the first chunk of an update.
     const int64_t round = msg->round();
     if (next != 0 && round != next) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "rank ", rank, " sent round ", round, "; after the delta of round ",
-          next - 1, " it must send round ", next));
+      return Reject(Rejection::kWrongRound,
+                    absl::FailedPreconditionError(absl::StrCat(
+                        "rank ", rank, " sent round ", round,
+                        "; after the delta of round ", next - 1,
+                        " it must send round ", next)));
     }
     if (next == 0) {
       // Fail fast on a hopeless round, before reading a whole update.
@@ -601,43 +735,54 @@ absl::Status ParameterServerService::RunTrain(
     while (true) {
       const std::string& payload = msg->payload();
       if (msg->rank() != rank) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("a message names rank ", msg->rank(), " on rank ",
-                         rank, "'s Train stream"));
+        return Reject(Rejection::kWrongRank,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "a message names rank ", msg->rank(), " on rank ",
+                          rank, "'s Train stream")));
       }
       if (msg->round() != round) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("a chunk of round ", msg->round(),
-                         " arrived in the middle of "
-                         "round ",
-                         round, "'s update"));
+        return Reject(Rejection::kBadOffset,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "a chunk of round ", msg->round(),
+                          " arrived in the middle of round ", round,
+                          "'s update")));
       }
       if (msg->offset() != static_cast<int64_t>(update.size())) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("chunk of round ", round, " at offset ", msg->offset(),
-                         "; expected offset ", update.size()));
+        return Reject(Rejection::kBadOffset,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "chunk of round ", round, " at offset ",
+                          msg->offset(), "; expected offset ", update.size())));
       }
       if (payload.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "empty chunk at offset ", msg->offset(), " of round ", round));
+        return Reject(Rejection::kBadChunkSize,
+                      absl::InvalidArgumentError(
+                          absl::StrCat("empty chunk at offset ", msg->offset(),
+                                       " of round ", round)));
       }
       if (payload.size() > options_.max_chunk_bytes) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "chunk of ", payload.size(), " bytes exceeds max_chunk_bytes (",
-            options_.max_chunk_bytes, ")"));
+        return Reject(Rejection::kBadChunkSize,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "chunk of ", payload.size(),
+                          " bytes exceeds max_chunk_bytes (",
+                          options_.max_chunk_bytes, ")")));
       }
       if (payload.size() > size - update.size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("round ", round, "'s update is longer than the ", size,
-                         " bytes of a ", codec->spec().ToString(), " update"));
+        return Reject(Rejection::kBadChunkSize,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "round ", round, "'s update is longer than the ",
+                          size, " bytes of a ", codec->spec().ToString(),
+                          " update")));
       }
       update.append(payload);
       if (update.size() == size) break;
       if (!stream->Read(msg)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the stream ended after ", update.size(), " of ", size,
-                         " bytes of round ", round, "'s update"));
+        return Reject(Rejection::kTruncatedUpdate,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "the stream ended after ", update.size(), " of ",
+                          size, " bytes of round ", round, "'s update")));
       }
+      CountWire(TrafficDirection::kWorkerToServer,
+                static_cast<int64_t>(msg->ByteSizeLong()));
     }
     absl::StatusOr<ClosedRound> closed = AcceptAndWait(
         context, *codec, rank, round, std::move(update), msg->loss());
@@ -649,6 +794,8 @@ absl::Status ParameterServerService::RunTrain(
     next = round + 1;
     // A worker that closes its side between rounds leaves cleanly.
     if (!stream->Read(msg)) return absl::OkStatus();
+    CountWire(TrafficDirection::kWorkerToServer,
+              static_cast<int64_t>(msg->ByteSizeLong()));
   }
 }
 
@@ -660,25 +807,33 @@ grpc::Status ParameterServerService::Train(
   const int rank = msg.rank();
   {
     absl::MutexLock lock(&mu_);
+    CountWireLocked(TrafficDirection::kWorkerToServer,
+                    static_cast<int64_t>(msg.ByteSizeLong()));
     if (shutting_down_) {
       return ToGrpc(absl::UnavailableError("the server is shutting down"));
     }
     if (!fatal_.ok()) return ToGrpc(fatal_);
     if (!engine_) {
-      return ToGrpc(absl::FailedPreconditionError(
-          "the initial parameters have not been uploaded yet"));
+      return ToGrpc(Reject(Rejection::kNotReady,
+                           absl::FailedPreconditionError(
+                               "the initial parameters have not been "
+                               "uploaded yet")));
     }
     // A rank dropped for idling is welcome back while nobody else has it:
     // it was slow, not gone.
     if (rank < 0 || rank >= options_.workers ||
         ranks_[rank].phase == Phase::kFree ||
         (ranks_[rank].phase == Phase::kDeparted && !ranks_[rank].expired)) {
-      return ToGrpc(absl::FailedPreconditionError(absl::StrCat(
-          "rank ", rank, " has not joined (or left); call Join first")));
+      return ToGrpc(Reject(Rejection::kUnknownRank,
+                           absl::FailedPreconditionError(absl::StrCat(
+                               "rank ", rank,
+                               " has not joined (or left); call Join first"))));
     }
     if (ranks_[rank].phase == Phase::kTraining) {
-      return ToGrpc(absl::FailedPreconditionError(
-          absl::StrCat("rank ", rank, " already has an open Train stream")));
+      return ToGrpc(Reject(Rejection::kDuplicateStream,
+                           absl::FailedPreconditionError(absl::StrCat(
+                               "rank ", rank,
+                               " already has an open Train stream"))));
     }
     ranks_[rank].phase = Phase::kTraining;
     ranks_[rank].expired = false;
@@ -688,6 +843,12 @@ grpc::Status ParameterServerService::Train(
   {
     absl::MutexLock lock(&mu_);
     --open_streams_;
+    // Streams that a shutdown or a failed round engine ends are the
+    // server's doing, not a worker dropping out.
+    if (!result.ok() && !shutting_down_ && fatal_.ok() &&
+        options_.observer != nullptr) {
+      options_.observer->OnWorkerDropped();
+    }
     Leave(rank, result.ok() ? "closed its Train stream" : result.ToString());
   }
   return ToGrpc(result);
@@ -707,6 +868,9 @@ ServerSummary ParameterServerService::SummaryLocked() const {
   s.bytes_join = bytes_join_;
   s.fp32_worker_to_server = fp32_worker_to_server_;
   s.fp32_server_to_worker = fp32_server_to_worker_;
+  s.wire_worker_to_server = wire_worker_to_server_;
+  s.wire_server_to_worker = wire_server_to_worker_;
+  s.wire_join = wire_join_;
   s.train_loss = last_loss_;
   if (engine_) s.params_checksum = ParamsChecksum(engine_->params());
   s.error = fatal_;

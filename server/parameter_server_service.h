@@ -20,6 +20,7 @@
 #include "common/update_codec.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "server/round_engine.h"
+#include "server/server_observer.h"
 
 namespace effadam {
 
@@ -40,6 +41,9 @@ struct ServerOptions {
   uint64_t seed = 1;
   // Largest model accepted by Join (elements); guards the server's memory.
   size_t max_num_elements = size_t{1} << 31;
+  // Told about traffic, rounds, membership and rejections (for metrics);
+  // null for none. Not owned; must outlive the service.
+  ServerObserver* observer = nullptr;
 };
 
 // What the server has done so far; a consistent snapshot.
@@ -54,6 +58,13 @@ struct ServerSummary {
   int64_t bytes_join = 0;  // UploadParams and FetchParams
   int64_t fp32_worker_to_server = 0;
   int64_t fp32_server_to_worker = 0;
+  // What went over the wire: the serialized sizes (ByteSizeLong) of every
+  // WorkerMessage the server read, every ServerMessage it wrote, and every
+  // ParamsChunk of UploadParams and FetchParams, rejected ones included.
+  // gRPC's 5-byte message prefix and HTTP/2 framing are not counted.
+  int64_t wire_worker_to_server = 0;
+  int64_t wire_server_to_worker = 0;
+  int64_t wire_join = 0;
   // Mean loss the contributors reported for the last closed round; NaN
   // before the first.
   double train_loss = 0;
@@ -83,7 +94,8 @@ struct ServerSummary {
 // or round_timeout after its first update. An update that arrives after its
 // round closed is checked but not averaged, and its stream is sent that
 // round's delta, so the worker stays in step; the last few deltas are kept
-// for this. Byte counts are the codec payloads, as effadam-sim counts them.
+// for this. Byte counts are the codec payloads, as effadam-sim counts them,
+// and the serialized messages that carried them (wire bytes).
 //
 // Every method is thread-safe; gRPC runs each call on its own thread.
 class ParameterServerService final
@@ -159,8 +171,23 @@ class ParameterServerService final
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ServerSummary SummaryLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Reads the upload that starts with *chunk into *x; adds the serialized
+  // size of every chunk read to *wire_bytes, also when it fails.
   absl::Status ReadParams(grpc::ServerReader<v1::ParamsChunk>* reader, int rank,
-                          v1::ParamsChunk* chunk, std::vector<float>* x) const;
+                          v1::ParamsChunk* chunk, std::vector<float>* x,
+                          int64_t* wire_bytes) const;
+
+  // Tells the observer about a rejection and returns `status`, so that a
+  // refusal is one expression: `return Reject(Rejection::kX, Error(...));`.
+  absl::Status Reject(Rejection why, absl::Status status) const;
+  // The byte counts of the summary; the observer hears of every change.
+  void CountWireLocked(TrafficDirection direction, int64_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CountWire(TrafficDirection direction, int64_t bytes)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void CountPayloadLocked(TrafficDirection direction, int64_t payload_bytes,
+                          int64_t fp32_bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // The Train stream of `rank` after its first message `msg` was accepted.
   absl::Status RunTrain(
@@ -227,6 +254,9 @@ class ParameterServerService final
   int64_t bytes_join_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t fp32_worker_to_server_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t fp32_server_to_worker_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t wire_worker_to_server_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t wire_server_to_worker_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t wire_join_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace effadam

@@ -1,7 +1,9 @@
 // effadam-server: the Efficient-Adam parameter server daemon. Serves
 // effadam.v1.ParameterServer (docs/protocol.md), gRPC health checking and
-// server reflection; runs --rounds synchronous rounds (or until SIGTERM),
-// then writes --summary_json and exits 0.
+// server reflection, and Prometheus metrics on --metrics_listen
+// (docs/metrics.md); runs --rounds synchronous rounds (or until SIGTERM),
+// then writes --summary_json, serves the final metrics for
+// --metrics_linger and exits 0.
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -21,7 +23,9 @@
 #include "absl/time/time.h"
 #include "common/compression_flags.h"
 #include "common/json_writer.h"
+#include "common/prometheus_util.h"
 #include "server/parameter_server_service.h"
+#include "server/server_metrics.h"
 
 // The compression flags (--worker_codec, --server_codec, --block_size,
 // --min_compress_elements, --error_feedback) are common/compression_flags.cc.
@@ -42,6 +46,13 @@ ABSL_FLAG(uint64_t, seed, 1,
           "--seed to match effadam-sim");
 ABSL_FLAG(std::string, summary_json, "",
           "Write a JSON summary of the run to this file at exit");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Serve Prometheus metrics at http://ADDRESS/metrics, host:port; "
+          "port 0 picks a free port, which is printed; empty disables");
+ABSL_FLAG(absl::Duration, metrics_linger, absl::ZeroDuration(),
+          "After training ends and --summary_json is written, keep serving "
+          "/metrics this long (or until SIGTERM/SIGINT) so that Prometheus "
+          "scrapes the final values");
 
 namespace effadam {
 namespace {
@@ -91,6 +102,27 @@ const char* ErrorFeedbackName(const CompressionConfig& c) {
 int Run() {
   absl::StatusOr<ServerOptions> options = OptionsFromFlags();
   if (!options.ok()) return Fail(options.status());
+  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
+  if (linger < absl::ZeroDuration()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--metrics_linger must be >= 0, got ", absl::FormatDuration(linger))));
+  }
+
+  // Metrics first: a port that is taken fails the start, before any worker
+  // could join. The metrics outlive the service, which reports to them.
+  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  std::unique_ptr<ServerMetrics> metrics;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<prometheus::Exposer>> e =
+        StartMetricsExposer(metrics_listen);
+    if (!e.ok()) return Fail(e.status());
+    exposer = *std::move(e);
+    metrics = std::make_unique<ServerMetrics>(options->workers);
+    exposer->RegisterCollectable(metrics->registry());
+    options->observer = metrics.get();
+  }
+
   auto service = ParameterServerService::Create(*options);
   if (!service.ok()) return Fail(service.status());
 
@@ -130,6 +162,12 @@ int Run() {
   const CompressionConfig& c = options->compression;
   const std::string host = listen.substr(0, listen.rfind(':'));
   std::printf("effadam-server listening on %s:%d\n", host.c_str(), port);
+  if (exposer != nullptr) {
+    const std::string metrics_host =
+        metrics_listen.substr(0, metrics_listen.rfind(':'));
+    std::printf("effadam-server metrics on http://%s:%d/metrics\n",
+                metrics_host.c_str(), BoundPort(*exposer));
+  }
   std::fflush(stdout);
   std::fprintf(stderr,
                "effadam-server: %d workers, codecs %s/%s, error feedback %s, "
@@ -176,12 +214,29 @@ int Run() {
         .Add("bytes_worker_to_server", s.bytes_worker_to_server)
         .Add("bytes_server_to_worker", s.bytes_server_to_worker)
         .Add("bytes_join", s.bytes_join)
+        .Add("wire_bytes_worker_to_server", s.wire_worker_to_server)
+        .Add("wire_bytes_server_to_worker", s.wire_server_to_worker)
+        .Add("wire_bytes_join", s.wire_join)
         .Add("fp32_equivalent_bytes", s.fp32_equivalent_bytes())
         .Add("compression_ratio", s.compression_ratio())
         .Add("params_checksum", s.params_checksum)
         .Add("seconds", seconds);
     if (absl::Status st = json.WriteFile(summary_path); !st.ok()) {
       return Fail(st);
+    }
+  }
+  // The counters no longer change; a scraper that comes by now reads
+  // exactly the summary's numbers. A signal ends the wait (and a run that
+  // a signal stopped does not wait at all).
+  if (exposer != nullptr && linger > absl::ZeroDuration() &&
+      g_signal.load() == 0) {
+    std::fprintf(stderr,
+                 "effadam-server: serving the final metrics for %s "
+                 "(--metrics_linger; SIGTERM ends it)\n",
+                 absl::FormatDuration(linger).c_str());
+    const absl::Time until = absl::Now() + linger;
+    while (g_signal.load() == 0 && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(50));
     }
   }
   if (!s.error.ok()) return Fail(s.error);

@@ -76,6 +76,9 @@ class Cluster:
         'effadam-server listening on 127.0.0.1:PORT'."""
         p = self.spawn("server", [os.path.join(self.bin, "effadam-server"),
                                   "--listen=%s:%d" % (LOOPBACK, port),
+                                  # Off: the default port would collide
+                                  # between concurrent tests.
+                                  "--metrics_listen=",
                                   "--summary_json=" + self.path("server.json")]
                        + flags)
         deadline = time.time() + 30

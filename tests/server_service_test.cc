@@ -942,12 +942,20 @@ TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
   ASSERT_TRUE(ref->Submit(1, 2, update(1, 2)).ok());
   EXPECT_EQ(*ref->CloseRound(), d0);
   EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
-  // Wire bytes include the late update: 4 updates, 4 deltas.
+  // Wire bytes include the late update: 4 updates, 4 deltas. The server
+  // counts a delta once its write returns, which may be just after this
+  // thread read it, so wait (bounded) for the count to settle.
+  const int64_t want_down =
+      4 * static_cast<int64_t>(server.server_codec().encoded_size());
+  const absl::Time settle = absl::Now() + absl::Seconds(5);
+  while (server.service().Summary().bytes_server_to_worker < want_down &&
+         absl::Now() < settle) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
   const ServerSummary sum = server.service().Summary();
   EXPECT_EQ(sum.bytes_worker_to_server,
             4 * static_cast<int64_t>(server.worker_codec().encoded_size()));
-  EXPECT_EQ(sum.bytes_server_to_worker,
-            4 * static_cast<int64_t>(server.server_codec().encoded_size()));
+  EXPECT_EQ(sum.bytes_server_to_worker, want_down);
   s0.Cancel();
   s1.Cancel();
 }

@@ -217,6 +217,7 @@ absl::Status WorkerClient::Upload(absl::Span<const float> x,
                      n * sizeof(float));
     // A failed Write means the call is over; Finish says why.
     if (!writer->Write(chunk)) break;
+    wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
   }
   writer->WritesDone();
   const grpc::Status s = writer->Finish();
@@ -241,6 +242,7 @@ absl::StatusOr<std::vector<float>> WorkerClient::Fetch(absl::Time deadline) {
     absl::Status bad;
     pb::ParamsChunk chunk;
     while (reader->Read(&chunk)) {
+      wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
       if (!bad.ok()) continue;  // drain, so that Finish may be called
       const std::string& v = chunk.values();
       if (chunk.begin() != static_cast<int64_t>(received) ||
@@ -343,11 +345,17 @@ absl::Span<const float> WorkerClient::params() const {
   return optimizer_->params();
 }
 
+absl::Span<const float> WorkerClient::error_memory() const {
+  if (optimizer_ == nullptr) return {};
+  return optimizer_->error_memory();
+}
+
 absl::Status WorkerClient::EndStream(absl::string_view during) {
   // After a failed Read or Write no message is pending, so Finish returns
   // the server's status at once.
   pb::ServerMessage ignored;
   while (stream_->rw->Read(&ignored)) {
+    wire_.server_to_worker += static_cast<int64_t>(ignored.ByteSizeLong());
   }
   const grpc::Status s = stream_->rw->Finish();
   ReleaseContext();
@@ -389,6 +397,7 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
     if (!stream_->rw->Write(msg)) {
       return EndStream(absl::StrCat("sending the update of round ", round));
     }
+    wire_.worker_to_server += static_cast<int64_t>(msg.ByteSizeLong());
   } while (offset < size);
 
   traffic_.worker_to_server += static_cast<int64_t>(size);
@@ -404,6 +413,7 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
     if (!stream_->rw->Read(&reply)) {
       return EndStream(absl::StrCat("waiting for the delta of round ", round));
     }
+    wire_.server_to_worker += static_cast<int64_t>(reply.ByteSizeLong());
     if (reply.round() != round ||
         reply.offset() != static_cast<int64_t>(delta_.size()) ||
         reply.payload().empty() ||
@@ -479,6 +489,7 @@ absl::Status WorkerClient::Finish() {
   // Deltas of rounds this worker no longer takes part in may still arrive.
   pb::ServerMessage ignored;
   while (stream_->rw->Read(&ignored)) {
+    wire_.server_to_worker += static_cast<int64_t>(ignored.ByteSizeLong());
   }
   const grpc::Status s = stream_->rw->Finish();
   {

@@ -24,6 +24,17 @@ class ClientContext;
 
 namespace effadam {
 
+// What went over the wire for one worker: the serialized sizes
+// (ByteSizeLong) of the protobuf messages it wrote and read, without gRPC's
+// 5-byte message prefix and HTTP/2 framing. The server counts the same
+// messages, so in a run without failures the workers' counts add up to the
+// server's.
+struct WireBytes {
+  int64_t worker_to_server = 0;  // WorkerMessage written
+  int64_t server_to_worker = 0;  // ServerMessage read
+  int64_t join = 0;  // ParamsChunk written (UploadParams), read (FetchParams)
+};
+
 struct WorkerClientOptions {
   // host:port of the parameter server.
   std::string server = "127.0.0.1:50051";
@@ -131,6 +142,13 @@ class WorkerClient {
   const Traffic& traffic() const { return traffic_; }
   // Payload bytes of UploadParams and FetchParams.
   int64_t join_bytes() const { return join_bytes_; }
+  // The messages that carried traffic() and join_bytes(), and any the server
+  // sent after this worker's last round.
+  const WireBytes& wire_bytes() const { return wire_; }
+
+  // The worker's error memory e (what its compression has left out so
+  // far); empty before Start.
+  absl::Span<const float> error_memory() const;
 
  private:
   struct Stream;  // the Train call
@@ -174,6 +192,7 @@ class WorkerClient {
   std::string update_, delta_;  // reused buffers
   Traffic traffic_;
   int64_t join_bytes_ = 0;
+  WireBytes wire_;
 };
 
 }  // namespace effadam

@@ -1,7 +1,8 @@
 // effadam-worker: one worker of an Efficient-Adam cluster. Trains a built-in
 // model on its shard of the data and exchanges compressed updates with
 // effadam-server. With the same flags and seed, a cluster of N workers ends
-// with the bits and byte counts of `effadam-sim --workers=N`.
+// with the bits and byte counts of `effadam-sim --workers=N`. With
+// --metrics_listen it serves Prometheus metrics (docs/metrics.md).
 
 #include <pthread.h>
 #include <signal.h>
@@ -29,10 +30,12 @@
 #include "common/checksum.h"
 #include "common/compression_flags.h"
 #include "common/json_writer.h"
+#include "common/prometheus_util.h"
 #include "worker/model.h"
 #include "worker/progress.h"
 #include "worker/training_flags.h"
 #include "worker/worker_client.h"
+#include "worker/worker_metrics.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
           "host:port of effadam-server");
@@ -42,6 +45,14 @@ ABSL_FLAG(int32_t, rank, -1,
 ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
           "How long to wait for the server to listen and to have the initial "
           "parameters, for Join and again for the fetch of x");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics at http://ADDRESS/metrics, host:port; "
+          "port 0 picks a free port, which is printed; empty (the default) "
+          "disables");
+ABSL_FLAG(absl::Duration, metrics_linger, absl::ZeroDuration(),
+          "After training ends and --summary_json is written, keep serving "
+          "/metrics this long (or until SIGTERM/SIGINT) so that Prometheus "
+          "scrapes the final values");
 
 namespace effadam {
 namespace {
@@ -99,8 +110,27 @@ int Run() {
   auto compression = CompressionConfigFromFlags();
   if (!compression.ok()) return Fail(compression.status());
   const TrainingConfig& tc = *training;
+  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
+  if (linger < absl::ZeroDuration()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--metrics_linger must be >= 0, got ", absl::FormatDuration(linger))));
+  }
 
   SignalWatcher signals;
+  // After the watcher, so that the exposer's threads inherit its signal
+  // mask; before Join, so that a taken port fails the start at once. The
+  // metrics need the rank and are registered after Join.
+  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<prometheus::Exposer>> e =
+        StartMetricsExposer(metrics_listen);
+    if (!e.ok()) return Fail(e.status());
+    exposer = *std::move(e);
+    std::fprintf(stderr, "effadam-worker: metrics on http://%s:%d/metrics\n",
+                 metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(),
+                 BoundPort(*exposer));
+  }
   WorkerClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
   options.rank = absl::GetFlag(FLAGS_rank);
@@ -140,6 +170,11 @@ int Run() {
     if (absl::Status s = client.Join((*m)->layout()); !s.ok()) return fail(s);
   }
   const int rank = client.rank();
+  std::unique_ptr<WorkerMetrics> metrics;
+  if (exposer != nullptr) {
+    metrics = std::make_unique<WorkerMetrics>(rank);
+    exposer->RegisterCollectable(metrics->registry());
+  }
   {
     ModelConfig mc = tc.model;
     mc.rank = rank;
@@ -152,6 +187,7 @@ int Run() {
   if (absl::Status s = client.Start(model->InitialParams(tc.seed)); !s.ok()) {
     return fail(s);
   }
+  if (metrics != nullptr) metrics->Sync(client);  // the join bytes
 
   const int64_t rounds = tc.rounds;
   const int64_t every = tc.eval_every > 0 ? tc.eval_every : rounds;
@@ -180,7 +216,9 @@ int Run() {
   std::vector<float> grad(client.params().size());
   while (client.round() <= rounds) {
     const float loss = model->Gradient(client.params(), absl::MakeSpan(grad));
+    const absl::Time step_start = absl::Now();
     if (absl::Status s = client.Step(grad, loss); !s.ok()) {
+      if (metrics != nullptr) metrics->Sync(client);
       if (client.server_finished()) {
         std::printf("effadam-worker: rank %d: the server ended training "
                     "after round %lld\n",
@@ -189,13 +227,18 @@ int Run() {
       }
       return fail(s);
     }
+    const double step_seconds = absl::ToDoubleSeconds(absl::Now() - step_start);
     losses.push_back(loss);
     if (losses.size() > kLossWindow) losses.pop_front();
+    if (metrics != nullptr) {
+      metrics->RecordStep(client, step_seconds, train_loss());
+    }
     const int64_t r = client.round() - 1;  // just applied
     evaluated = false;
     if (rank == 0 && (r % every == 0 || r == rounds)) {
       eval = model->Evaluate(client.params());
       evaluated = true;
+      if (metrics != nullptr) metrics->RecordEvaluation(eval);
       std::printf("%s\n",
                   FormatProgress(r, rounds, train_loss(), eval,
                                  client.traffic(),
@@ -204,8 +247,13 @@ int Run() {
       std::fflush(stdout);
     }
   }
-  if (absl::Status s = client.Finish(); !s.ok()) return fail(s);
-  if (rank == 0 && !evaluated) eval = model->Evaluate(client.params());
+  const absl::Status finished = client.Finish();
+  if (metrics != nullptr) metrics->Sync(client);
+  if (!finished.ok()) return fail(finished);
+  if (rank == 0 && !evaluated) {
+    eval = model->Evaluate(client.params());
+    if (metrics != nullptr) metrics->RecordEvaluation(eval);
+  }
 
   const int64_t done_rounds = client.round() - 1;
   const Traffic& t = client.traffic();
@@ -233,11 +281,29 @@ int Run() {
     }
     json.Add("train_loss", train_loss());
     AddTraffic(t, &json);
+    const WireBytes& wire = client.wire_bytes();
     json.Add("bytes_join", client.join_bytes())
+        .Add("wire_bytes_worker_to_server", wire.worker_to_server)
+        .Add("wire_bytes_server_to_worker", wire.server_to_worker)
+        .Add("wire_bytes_join", wire.join)
         .Add("params_checksum", checksum)
         .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
     if (absl::Status s = json.WriteFile(tc.summary_json); !s.ok()) {
       return Fail(s);
+    }
+  }
+  // The counters no longer change; a scraper that comes by now reads
+  // exactly the summary's numbers. A signal ends the wait; training is
+  // complete, so the exit status stays 0.
+  if (exposer != nullptr && linger > absl::ZeroDuration() &&
+      signals.signal() == 0) {
+    std::fprintf(stderr,
+                 "effadam-worker: serving the final metrics for %s "
+                 "(--metrics_linger; SIGTERM ends it)\n",
+                 absl::FormatDuration(linger).c_str());
+    const absl::Time until = absl::Now() + linger;
+    while (signals.signal() == 0 && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(50));
     }
   }
   return 0;

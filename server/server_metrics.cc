@@ -1,0 +1,128 @@
+#include "server/server_metrics.h"
+
+#include <limits>
+
+#include "common/prometheus_util.h"
+
+namespace effadam {
+namespace {
+
+prometheus::Family<prometheus::Counter>& CounterFamily(
+    prometheus::Registry& registry, const char* name, const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry);
+}
+
+prometheus::Gauge* Gauge(prometheus::Registry& registry, const char* name,
+                         const char* help) {
+  return &prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(
+      {});
+}
+
+int Index(TrafficDirection d) { return static_cast<int>(d); }
+
+}  // namespace
+
+ServerMetrics::ServerMetrics(int expected_workers)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  prometheus::Registry& r = *registry_;
+  auto& wire = CounterFamily(
+      r, "effadam_server_wire_bytes_total",
+      "Serialized size of the protobuf messages the server read and wrote "
+      "(WorkerMessage, ServerMessage, ParamsChunk), by direction");
+  auto& payload = CounterFamily(
+      r, "effadam_server_payload_bytes_total",
+      "Codec payload bytes of the traffic, counted as effadam-sim counts "
+      "them, by direction");
+  auto& fp32 = CounterFamily(
+      r, "effadam_server_fp32_equivalent_bytes_total",
+      "Bytes fp32 Adam would have moved for the same rounds, by direction");
+  for (TrafficDirection d :
+       {TrafficDirection::kWorkerToServer, TrafficDirection::kServerToWorker,
+        TrafficDirection::kJoin}) {
+    const prometheus::Labels labels = {{"direction", TrafficDirectionName(d)}};
+    wire_bytes_[Index(d)] = &wire.Add(labels);
+    payload_bytes_[Index(d)] = &payload.Add(labels);
+    fp32_bytes_[Index(d)] =
+        d == TrafficDirection::kJoin ? nullptr : &fp32.Add(labels);
+  }
+
+  auto& rejected = CounterFamily(
+      r, "effadam_server_rejected_messages_total",
+      "Messages and calls the server refused, by reason (docs/metrics.md)");
+  for (int i = 0; i < kNumRejections; ++i) {
+    rejected_[i] =
+        &rejected.Add({{"reason", RejectionName(static_cast<Rejection>(i))}});
+  }
+
+  rounds_ = &CounterFamily(r, "effadam_server_rounds_total",
+                           "Rounds closed (their delta computed)")
+                 .Add({});
+  round_ = Gauge(r, "effadam_server_round", "The round being collected");
+  round_duration_ =
+      &prometheus::BuildHistogram()
+           .Name("effadam_server_round_duration_seconds")
+           .Help(
+               "From a round's first update arriving to its delta being "
+               "computed")
+           .Register(r)
+           .Add({}, RoundDurationBuckets());
+  live_workers_ = Gauge(r, "effadam_server_live_workers",
+                        "Workers joined and not departed");
+  expected_workers_ = Gauge(r, "effadam_server_expected_workers",
+                            "Workers the server expects (--workers)");
+  round_contributors_ =
+      Gauge(r, "effadam_server_round_contributors",
+            "Workers averaged into the last closed round's delta");
+  lagging_workers_ =
+      Gauge(r, "effadam_server_lagging_workers",
+            "Live workers that did not contribute to the last closed round");
+  dropped_workers_ =
+      &CounterFamily(r, "effadam_server_dropped_workers_total",
+                     "Train streams that ended with an error or a "
+                     "cancellation while the server was healthy")
+           .Add({});
+  train_loss_ = Gauge(r, "effadam_server_train_loss",
+                      "Mean mini-batch loss the last closed round's "
+                      "contributors reported; NaN before the first round");
+  error_memory_norm_ =
+      Gauge(r, "effadam_server_error_memory_norm",
+            "L2 norm of the server's error memory E after the last round");
+
+  round_->Set(1);
+  expected_workers_->Set(expected_workers);
+  train_loss_->Set(std::numeric_limits<double>::quiet_NaN());
+}
+
+void ServerMetrics::OnWireBytes(TrafficDirection direction, int64_t bytes) {
+  wire_bytes_[Index(direction)]->Increment(static_cast<double>(bytes));
+}
+
+void ServerMetrics::OnPayloadBytes(TrafficDirection direction,
+                                   int64_t payload_bytes, int64_t fp32_bytes) {
+  payload_bytes_[Index(direction)]->Increment(
+      static_cast<double>(payload_bytes));
+  if (prometheus::Counter* fp32 = fp32_bytes_[Index(direction)]) {
+    fp32->Increment(static_cast<double>(fp32_bytes));
+  }
+}
+
+void ServerMetrics::OnRoundClosed(const ClosedRoundStats& stats) {
+  rounds_->Increment();
+  round_->Set(static_cast<double>(stats.round + 1));
+  round_duration_->Observe(stats.duration_seconds);
+  live_workers_->Set(stats.live_workers);
+  round_contributors_->Set(stats.contributors);
+  lagging_workers_->Set(stats.lagging_workers);
+  train_loss_->Set(stats.train_loss);
+  error_memory_norm_->Set(stats.error_memory_norm);
+}
+
+void ServerMetrics::OnLiveWorkers(int live) { live_workers_->Set(live); }
+
+void ServerMetrics::OnRejected(Rejection why) {
+  rejected_[static_cast<int>(why)]->Increment();
+}
+
+void ServerMetrics::OnWorkerDropped() { dropped_workers_->Increment(); }
+
+}  // namespace effadam

@@ -1,0 +1,91 @@
+#ifndef EFFADAM_SERVER_SERVER_OBSERVER_H_
+#define EFFADAM_SERVER_SERVER_OBSERVER_H_
+
+#include <cstdint>
+
+namespace effadam {
+
+// Where bytes travel; the names are those of the summary JSON and of the
+// metrics' `direction` label.
+enum class TrafficDirection {
+  kWorkerToServer,  // Train: WorkerMessage
+  kServerToWorker,  // Train: ServerMessage
+  kJoin,            // UploadParams and FetchParams: ParamsChunk
+};
+inline constexpr int kNumTrafficDirections = 3;
+
+// "worker_to_server", "server_to_worker", "join".
+const char* TrafficDirectionName(TrafficDirection direction);
+
+// Why the server refused a message or a call (docs/metrics.md). One value
+// per kind of client mistake, so a dashboard can tell a misconfigured
+// worker from a buggy one. Refusals that come from the server's own state
+// (shutting down, a failed round engine) are not rejections.
+enum class Rejection {
+  kBadLayout,            // Join: invalid or too large layout
+  kLayoutMismatch,       // Join: layout differs from the server's
+  kCompressionMismatch,  // Join: compression settings differ
+  kBadRank,              // Join: requested rank outside [0, N)
+  kRankTaken,            // Join: requested rank is live
+  kNoFreeRank,           // Join: every rank is live
+  kTrainingEnded,        // Join or an update after round --rounds
+  kBadUpload,            // UploadParams refused or malformed
+  kNotReady,             // Train before the initial parameters exist
+  kUnknownRank,          // Train from a rank that has not joined (or left)
+  kDuplicateStream,      // Train from a rank that already has a stream
+  kWrongRank,            // a message names another rank than its stream's
+  kWrongRound,           // an update for a round the server cannot take
+  kBadOffset,            // a chunk out of order (offset, round mid-update)
+  kBadChunkSize,         // an empty chunk, one over max_chunk_bytes, or
+                         // past the end of the update
+  kTruncatedUpdate,      // the stream ended in the middle of an update
+  kInvalidPayload,       // a complete update whose bytes do not validate
+};
+inline constexpr int kNumRejections = 17;
+
+// The `reason` label: "bad_layout", "layout_mismatch", ...
+const char* RejectionName(Rejection why);
+
+// What a round's closing looked like.
+struct ClosedRoundStats {
+  int64_t round = 0;             // the round that closed
+  int contributors = 0;          // updates averaged into its delta
+  int live_workers = 0;          // live when it closed
+  int lagging_workers = 0;       // live but not among the contributors
+  double duration_seconds = 0;   // first update's arrival to delta computed
+  double train_loss = 0;         // mean loss the contributors reported
+  double error_memory_norm = 0;  // L2 norm of the server's E afterwards
+};
+
+// Receives what ParameterServerService does, for monitoring. The service
+// stays free of any metrics library; server/server_metrics.h turns these
+// calls into Prometheus metrics.
+//
+// Byte calls are made under the service's lock at the moment its own
+// counts (ServerSummary) change, so a counter fed by them equals the
+// summary whenever the service is idle. Implementations must therefore be
+// thread-safe, fast, and must not call back into the service. The default
+// implementations ignore the call.
+class ServerObserver {
+ public:
+  virtual ~ServerObserver() = default;
+
+  // Serialized protobuf size of one message or several (ByteSizeLong()).
+  virtual void OnWireBytes(TrafficDirection /*direction*/, int64_t /*bytes*/) {}
+  // Codec payload bytes as effadam-sim counts them, and what fp32 would
+  // have moved for the same traffic (0 for join traffic).
+  virtual void OnPayloadBytes(TrafficDirection /*direction*/,
+                              int64_t /*payload_bytes*/,
+                              int64_t /*fp32_bytes*/) {}
+  virtual void OnRoundClosed(const ClosedRoundStats& /*stats*/) {}
+  // The number of live workers changed (a Join, a departure).
+  virtual void OnLiveWorkers(int /*live*/) {}
+  virtual void OnRejected(Rejection /*why*/) {}
+  // A worker's Train stream ended with an error or a cancellation while
+  // the server was healthy.
+  virtual void OnWorkerDropped() {}
+};
+
+}  // namespace effadam
+
+#endif  // EFFADAM_SERVER_SERVER_OBSERVER_H_
