@@ -8,6 +8,17 @@
 
 namespace effadam {
 
+google::protobuf::RepeatedPtrField<v1::TensorSpec> LayoutToProto(
+    const TensorLayout& layout) {
+  google::protobuf::RepeatedPtrField<v1::TensorSpec> out;
+  for (const TensorSpec& t : layout.tensors()) {
+    v1::TensorSpec* spec = out.Add();
+    spec->set_name(t.name);
+    for (int64_t d : t.shape) spec->add_shape(d);
+  }
+  return out;
+}
+
 v1::CompressionSettings CompressionToProto(const CompressionConfig& c) {
   v1::CompressionSettings p;
   p.set_worker_codec(c.worker_codec.ToString());

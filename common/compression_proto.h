@@ -3,9 +3,14 @@
 
 #include "absl/status/status.h"
 #include "common/compression_flags.h"
+#include "common/tensor_layout.h"
 #include "effadam/v1/parameter_server.pb.h"
 
 namespace effadam {
+
+// The wire form of a layout: its tensors' names and shapes, in order.
+google::protobuf::RepeatedPtrField<v1::TensorSpec> LayoutToProto(
+    const TensorLayout& layout);
 
 // The wire form of a CompressionConfig, as Join requests and replies carry
 // it; codec names are canonical (CodecSpec::ToString).

@@ -1,11 +1,13 @@
 #include "common/prometheus_util.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <exception>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/time/clock.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -56,6 +58,19 @@ int BoundPort(const prometheus::Exposer& exposer) {
 prometheus::Histogram::BucketBoundaries RoundDurationBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
           0.5,   1,      2.5,   5,    10,    20,   30,  60};
+}
+
+void LingerForScrape(const char* program, absl::Duration linger,
+                     const std::function<bool()>& stopped) {
+  if (linger <= absl::ZeroDuration() || stopped()) return;
+  std::fprintf(stderr,
+               "%s: serving the final metrics for %s (--metrics_linger; "
+               "SIGTERM ends it)\n",
+               program, absl::FormatDuration(linger).c_str());
+  const absl::Time until = absl::Now() + linger;
+  while (!stopped() && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
 }
 
 }  // namespace effadam

@@ -228,16 +228,9 @@ int Run() {
   // The counters no longer change; a scraper that comes by now reads
   // exactly the summary's numbers. A signal ends the wait (and a run that
   // a signal stopped does not wait at all).
-  if (exposer != nullptr && linger > absl::ZeroDuration() &&
-      g_signal.load() == 0) {
-    std::fprintf(stderr,
-                 "effadam-server: serving the final metrics for %s "
-                 "(--metrics_linger; SIGTERM ends it)\n",
-                 absl::FormatDuration(linger).c_str());
-    const absl::Time until = absl::Now() + linger;
-    while (g_signal.load() == 0 && absl::Now() < until) {
-      absl::SleepFor(absl::Milliseconds(50));
-    }
+  if (exposer != nullptr) {
+    LingerForScrape("effadam-server", linger,
+                    [] { return g_signal.load() != 0; });
   }
   if (!s.error.ok()) return Fail(s.error);
   return 0;

@@ -22,6 +22,7 @@
 #include "common/prometheus_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/compression_proto.h"
 #include "prometheus/registry.h"
 #include "server/parameter_server_service.h"
 #include "server/server_metrics.h"
@@ -293,20 +294,8 @@ TEST(Metrics, RejectionsAreCountedByReason) {
   const TensorLayout layout = TestLayout();
   auto join_request = [&](int rank, const std::string& server_codec) {
     v1::JoinRequest req;
-    for (const TensorSpec& t : layout.tensors()) {
-      v1::TensorSpec* spec = req.add_layout();
-      spec->set_name(t.name);
-      for (int64_t d : t.shape) spec->add_shape(d);
-    }
-    const CompressionConfig c = Compression(server_codec);
-    v1::CompressionSettings* cs = req.mutable_compression();
-    cs->set_worker_codec(c.worker_codec.ToString());
-    cs->set_server_codec(c.server_codec.ToString());
-    cs->set_block_size(static_cast<int64_t>(c.options.block_size));
-    cs->set_min_compress_elements(
-        static_cast<int64_t>(c.options.min_compress_elements));
-    cs->set_worker_error_feedback(c.worker_error_feedback);
-    cs->set_server_error_feedback(c.server_error_feedback);
+    *req.mutable_layout() = LayoutToProto(layout);
+    *req.mutable_compression() = CompressionToProto(Compression(server_codec));
     req.set_rank(rank);
     return req;
   };

@@ -16,6 +16,8 @@
 #include "gtest/gtest.h"
 #include "server/parameter_server_service.h"
 
+#include "common/compression_proto.h"
+
 namespace effadam {
 namespace {
 
@@ -120,20 +122,8 @@ class TestServer {
 
   v1::JoinRequest JoinRequest(int rank) const {
     v1::JoinRequest req;
-    for (const TensorSpec& t : layout_.tensors()) {
-      v1::TensorSpec* s = req.add_layout();
-      s->set_name(t.name);
-      for (int64_t d : t.shape) s->add_shape(d);
-    }
-    const CompressionConfig& c = options_.compression;
-    v1::CompressionSettings* cs = req.mutable_compression();
-    cs->set_worker_codec(c.worker_codec.ToString());
-    cs->set_server_codec(c.server_codec.ToString());
-    cs->set_block_size(static_cast<int64_t>(c.options.block_size));
-    cs->set_min_compress_elements(
-        static_cast<int64_t>(c.options.min_compress_elements));
-    cs->set_worker_error_feedback(c.worker_error_feedback);
-    cs->set_server_error_feedback(c.server_error_feedback);
+    *req.mutable_layout() = LayoutToProto(layout_);
+    *req.mutable_compression() = CompressionToProto(options_.compression);
     req.set_rank(rank);
     return req;
   }

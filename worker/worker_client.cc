@@ -132,11 +132,7 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
   if (absl::Status s = ValidateAdamOptions(options_.adam); !s.ok()) return s;
 
   pb::JoinRequest request;
-  for (const TensorSpec& t : layout.tensors()) {
-    pb::TensorSpec* spec = request.add_layout();
-    spec->set_name(t.name);
-    for (int64_t dim : t.shape) spec->add_shape(dim);
-  }
+  *request.mutable_layout() = LayoutToProto(layout);
   *request.mutable_compression() = CompressionToProto(options_.compression);
   request.set_rank(options_.rank);
 

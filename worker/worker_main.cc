@@ -295,16 +295,9 @@ int Run() {
   // The counters no longer change; a scraper that comes by now reads
   // exactly the summary's numbers. A signal ends the wait; training is
   // complete, so the exit status stays 0.
-  if (exposer != nullptr && linger > absl::ZeroDuration() &&
-      signals.signal() == 0) {
-    std::fprintf(stderr,
-                 "effadam-worker: serving the final metrics for %s "
-                 "(--metrics_linger; SIGTERM ends it)\n",
-                 absl::FormatDuration(linger).c_str());
-    const absl::Time until = absl::Now() + linger;
-    while (signals.signal() == 0 && absl::Now() < until) {
-      absl::SleepFor(absl::Milliseconds(50));
-    }
+  if (exposer != nullptr) {
+    LingerForScrape("effadam-worker", linger,
+                    [&] { return signals.signal() != 0; });
   }
   return 0;
 }
