@@ -1,6 +1,7 @@
 #include "common/compression_proto.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,17 @@ google::protobuf::RepeatedPtrField<v1::TensorSpec> LayoutToProto(
     for (int64_t d : t.shape) spec->add_shape(d);
   }
   return out;
+}
+
+absl::StatusOr<TensorLayout> LayoutFromProto(
+    const google::protobuf::RepeatedPtrField<v1::TensorSpec>& specs) {
+  std::vector<TensorSpec> tensors;
+  tensors.reserve(specs.size());
+  for (const v1::TensorSpec& t : specs) {
+    tensors.push_back(TensorSpec{
+        t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end())});
+  }
+  return TensorLayout::Create(std::move(tensors));
 }
 
 v1::CompressionSettings CompressionToProto(const CompressionConfig& c) {

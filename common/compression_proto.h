@@ -2,6 +2,7 @@
 #define EFFADAM_COMMON_COMPRESSION_PROTO_H_
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/compression_flags.h"
 #include "common/tensor_layout.h"
 #include "effadam/v1/parameter_server.pb.h"
@@ -11,6 +12,11 @@ namespace effadam {
 // The wire form of a layout: its tensors' names and shapes, in order.
 google::protobuf::RepeatedPtrField<v1::TensorSpec> LayoutToProto(
     const TensorLayout& layout);
+
+// The layout a wire form names; TensorLayout::Create's errors (empty,
+// duplicate names, bad shapes) as InvalidArgument.
+absl::StatusOr<TensorLayout> LayoutFromProto(
+    const google::protobuf::RepeatedPtrField<v1::TensorSpec>& specs);
 
 // The wire form of a CompressionConfig, as Join requests and replies carry
 // it; codec names are canonical (CodecSpec::ToString).

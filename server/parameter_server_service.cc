@@ -204,13 +204,7 @@ void ParameterServerService::Leave(int rank, absl::string_view why) {
 grpc::Status ParameterServerService::Join(grpc::ServerContext* /*context*/,
                                           const v1::JoinRequest* request,
                                           v1::JoinResponse* response) {
-  std::vector<TensorSpec> specs;
-  specs.reserve(request->layout_size());
-  for (const v1::TensorSpec& t : request->layout()) {
-    specs.push_back(TensorSpec{
-        t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end())});
-  }
-  absl::StatusOr<TensorLayout> layout = TensorLayout::Create(std::move(specs));
+  absl::StatusOr<TensorLayout> layout = LayoutFromProto(request->layout());
   if (!layout.ok()) {
     return ToGrpc(Reject(Rejection::kBadLayout,
                          absl::InvalidArgumentError(absl::StrCat(
@@ -548,9 +542,11 @@ absl::Status ParameterServerService::CheckRoundLocked(int rank,
                       "rank ", rank, " sent an update for round ", round,
                       " but the server is collecting round ", current)));
   }
+  // ABORTED, not FAILED_PRECONDITION: the worker did nothing wrong and
+  // recovers by joining again and fetching x (WorkerClient does).
   return Reject(
-      Rejection::kWrongRound,
-      absl::FailedPreconditionError(absl::StrCat(
+      Rejection::kLagging,
+      absl::AbortedError(absl::StrCat(
           "rank ", rank, " sent an update for round ", round,
           ", too late: the server is collecting round ", current,
           " and no longer keeps that round's delta; join again and fetch x")));
@@ -570,17 +566,26 @@ void ParameterServerService::MaybeCloseRoundLocked(absl::Time now) {
   for (int r = 0; r < options_.workers; ++r) {
     lagging += IsLive(r) && !engine_->HasSubmitted(r);
   }
+  const int64_t dropped_before = engine_->dropped_rounds();
   absl::StatusOr<std::string> delta = engine_->CloseRound();
   if (!delta.ok()) {
-    // The engine keeps the round's updates after a failed close and has no
-    // way to drop them, so the server cannot go on; every stream ends with
-    // this error and the daemon exits.
+    // Only a broken invariant gets here (the engine validated every update
+    // and drops rounds that overflow); the server cannot go on. Every
+    // stream ends with this error and the daemon exits.
     fatal_ = absl::InternalError(absl::StrCat(
         "round ", round, " could not be closed: ", delta.status().message()));
     Log(std::string(fatal_.message()));
     changed_.SignalAll();
     return;
   }
+  const bool dropped = engine_->dropped_rounds() > dropped_before;
+  if (dropped) {
+    Log(absl::StrCat("round ", round, " dropped: the average of its ",
+                     contributors,
+                     " updates overflows float; x and E are unchanged and "
+                     "the delta is zero"));
+  }
+  if (contributors < options_.workers) ++short_rounds_;
   closed_.push_back(
       ClosedRound{round, std::make_shared<const std::string>(*std::move(delta)),
                   contributors});
@@ -607,7 +612,12 @@ void ParameterServerService::MaybeCloseRoundLocked(absl::Time now) {
       sum_squares += static_cast<double>(e) * static_cast<double>(e);
     }
     stats.error_memory_norm = std::sqrt(sum_squares);
+    stats.dropped = dropped;
     options_.observer->OnRoundClosed(stats);
+  }
+  if (options_.checkpoint_every > 0 &&
+      rounds_closed_ % options_.checkpoint_every == 0) {
+    due_checkpoint_ = SnapshotLocked();
   }
   changed_.SignalAll();
 }
@@ -657,8 +667,8 @@ ParameterServerService::AcceptAndWait(grpc::ServerContext* context,
       return absl::CancelledError("the worker cancelled its Train stream");
     }
     if (engine_->round() > round) {
-      return Reject(Rejection::kWrongRound,
-                    absl::FailedPreconditionError(absl::StrCat(
+      return Reject(Rejection::kLagging,
+                    absl::AbortedError(absl::StrCat(
                         "the delta of round ", round,
                         " is no longer kept (the server is at round ",
                         engine_->round(), "); join again and fetch x")));
@@ -860,6 +870,9 @@ ServerSummary ParameterServerService::SummaryLocked() const {
   ServerSummary s;
   s.round = engine_ ? engine_->round() : 1;
   s.rounds_closed = rounds_closed_;
+  s.short_rounds = short_rounds_;
+  s.dropped_rounds = engine_ ? engine_->dropped_rounds() : 0;
+  s.resumed_at_round = resumed_at_round_;
   s.live_workers = LiveCountLocked();
   s.num_elements =
       layout_.has_value() ? static_cast<int64_t>(layout_->num_elements()) : 0;
@@ -898,6 +911,79 @@ grpc::Status ParameterServerService::Status(
   response->set_fp32_equivalent_bytes(s.fp32_equivalent_bytes());
   response->set_params_checksum(s.params_checksum);
   return grpc::Status::OK;
+}
+
+// -------------------------------------------------------------- checkpoints
+
+std::optional<Checkpoint> ParameterServerService::SnapshotLocked() const {
+  if (!engine_) return std::nullopt;
+  Checkpoint c;
+  c.layout = *layout_;
+  c.compression = CompressionToProto(options_.compression);
+  c.rounds_closed = rounds_closed_;
+  c.state.round = engine_->round();
+  c.state.params.assign(engine_->params().begin(), engine_->params().end());
+  c.state.error_memory.assign(engine_->error_memory().begin(),
+                              engine_->error_memory().end());
+  return c;
+}
+
+std::optional<Checkpoint> ParameterServerService::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  return SnapshotLocked();
+}
+
+std::optional<Checkpoint> ParameterServerService::TakeDueCheckpoint() {
+  absl::MutexLock lock(&mu_);
+  std::optional<Checkpoint> c = std::move(due_checkpoint_);
+  due_checkpoint_.reset();
+  return c;
+}
+
+absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
+  if (absl::Status s =
+          CheckCompressionMatches(checkpoint.compression, options_.compression,
+                                  "the server's flags", "the checkpoint");
+      !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot resume from a checkpoint written with other compression "
+        "settings: ", s.message()));
+  }
+  const CompressionConfig& c = options_.compression;
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> wc =
+      UpdateCodec::Create(checkpoint.layout, c.worker_codec, c.options);
+  if (!wc.ok()) return wc.status();
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> sc =
+      UpdateCodec::Create(checkpoint.layout, c.server_codec, c.options);
+  if (!sc.ok()) return sc.status();
+  std::shared_ptr<const UpdateCodec> worker_codec = *std::move(wc);
+  std::shared_ptr<const UpdateCodec> server_codec = *std::move(sc);
+  RoundEngineOptions eo;
+  eo.error_feedback = c.server_error_feedback;
+  eo.seed = options_.seed;
+  const int64_t round = checkpoint.state.round;
+  absl::StatusOr<std::unique_ptr<RoundEngine>> engine = RoundEngine::Restore(
+      worker_codec, server_codec, std::move(checkpoint.state), eo);
+  if (!engine.ok()) return engine.status();
+
+  absl::MutexLock lock(&mu_);
+  if (layout_.has_value() || engine_) {
+    return absl::InvalidArgumentError(
+        "Restore: the server already has a layout or parameters");
+  }
+  layout_ = std::move(checkpoint.layout);
+  worker_codec_ = std::move(worker_codec);
+  server_codec_ = std::move(server_codec);
+  engine_ = *std::move(engine);
+  rounds_closed_ = checkpoint.rounds_closed;
+  resumed_at_round_ = round;
+  // A checkpoint written after the last round: nothing is left to do.
+  if (options_.rounds > 0 && round > options_.rounds) {
+    final_closed_at_ = absl::Now();
+  }
+  if (options_.observer != nullptr) options_.observer->OnResumed(round);
+  changed_.SignalAll();
+  return absl::OkStatus();
 }
 
 bool ParameterServerService::DoneLocked(absl::Time now) const {

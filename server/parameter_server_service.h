@@ -19,6 +19,7 @@
 #include "common/tensor_layout.h"
 #include "common/update_codec.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
+#include "server/checkpoint.h"
 #include "server/round_engine.h"
 #include "server/server_observer.h"
 
@@ -39,6 +40,9 @@ struct ServerOptions {
   // Seeds the server codec's stochastic rounding; equal to the workers'
   // --seed for runs that must match effadam-sim.
   uint64_t seed = 1;
+  // Every this many closed rounds a snapshot of the state is made ready for
+  // TakeDueCheckpoint(); 0 for none while training.
+  int64_t checkpoint_every = 0;
   // Largest model accepted by Join (elements); guards the server's memory.
   size_t max_num_elements = size_t{1} << 31;
   // Told about traffic, rounds, membership and rejections (for metrics);
@@ -50,6 +54,12 @@ struct ServerOptions {
 struct ServerSummary {
   int64_t round = 1;  // the round being collected
   int64_t rounds_closed = 0;
+  // Of rounds_closed by this process: closed with fewer than N updates, and
+  // dropped because their average overflowed.
+  int64_t short_rounds = 0;
+  int64_t dropped_rounds = 0;
+  // The round a restored checkpoint resumed at; 0 for a fresh start.
+  int64_t resumed_at_round = 0;
   int live_workers = 0;
   int64_t num_elements = 0;  // 0 until the first Join fixes the layout
   // Codec payload bytes, counted as effadam-sim counts them.
@@ -138,6 +148,21 @@ class ParameterServerService final
 
   ServerSummary Summary() const;
 
+  // Before the server serves: goes on from `checkpoint` as if the rounds up
+  // to its round had run here. FailedPrecondition when its compression
+  // settings differ from the options' (naming each field), InvalidArgument
+  // when its layout or state cannot be used, and on a second call.
+  absl::Status Restore(Checkpoint checkpoint);
+
+  // The state as of the last closed round: nullopt before the initial
+  // parameters exist. Copies x and E.
+  std::optional<Checkpoint> Snapshot() const;
+
+  // The snapshot made when a multiple of checkpoint_every rounds had
+  // closed, once; nullopt when none is waiting. A newer one replaces one
+  // not yet taken, so a slow writer is never behind by more than one.
+  std::optional<Checkpoint> TakeDueCheckpoint();
+
  private:
   // Where a rank is in its life. kDeparted differs from kFree in one way:
   // a round does not wait for a departed rank.
@@ -170,6 +195,8 @@ class ParameterServerService final
   void Leave(int rank, absl::string_view why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ServerSummary SummaryLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<Checkpoint> SnapshotLocked() const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Reads the upload that starts with *chunk into *x; adds the serialized
   // size of every chunk read to *wire_bytes, also when it fails.
@@ -247,6 +274,9 @@ class ParameterServerService final
   // arrives after its round closed is still sent that round's delta.
   std::deque<ClosedRound> closed_ ABSL_GUARDED_BY(mu_);
   int64_t rounds_closed_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t short_rounds_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t resumed_at_round_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<Checkpoint> due_checkpoint_ ABSL_GUARDED_BY(mu_);
   std::optional<absl::Time> final_closed_at_ ABSL_GUARDED_BY(mu_);
 
   int64_t bytes_worker_to_server_ ABSL_GUARDED_BY(mu_) = 0;

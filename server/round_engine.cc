@@ -13,19 +13,47 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(
     std::shared_ptr<const UpdateCodec> worker_codec,
     std::shared_ptr<const UpdateCodec> server_codec, std::vector<float> x0,
     const RoundEngineOptions& options) {
-  if (!worker_codec || !server_codec ||
-      worker_codec->num_elements() != x0.size() ||
-      server_codec->num_elements() != x0.size()) {
+  RoundEngineState state;
+  state.params = std::move(x0);
+  return Restore(std::move(worker_codec), std::move(server_codec),
+                 std::move(state), options);
+}
+
+absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Restore(
+    std::shared_ptr<const UpdateCodec> worker_codec,
+    std::shared_ptr<const UpdateCodec> server_codec, RoundEngineState state,
+    const RoundEngineOptions& options) {
+  const size_t n = state.params.size();
+  if (!worker_codec || !server_codec || worker_codec->num_elements() != n ||
+      server_codec->num_elements() != n) {
     return absl::InvalidArgumentError(
         "round engine: codecs and initial parameters disagree on the size");
+  }
+  if (state.error_memory.empty()) state.error_memory.assign(n, 0.0f);
+  if (state.error_memory.size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "round engine: ", state.error_memory.size(),
+        " error memory values for ", n, " parameters"));
+  }
+  if (state.round < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("round engine: round must be >= 1, got ", state.round));
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(state.params[i]) ||
+        !std::isfinite(state.error_memory[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "round engine: element ", i, " of x or E is not finite"));
+    }
   }
   std::unique_ptr<RoundEngine> engine(new RoundEngine);
   engine->worker_codec_ = std::move(worker_codec);
   engine->server_codec_ = std::move(server_codec);
   engine->options_ = options;
-  engine->error_.assign(x0.size(), 0.0f);
-  engine->sum_.assign(x0.size(), 0.0f);
-  engine->x_ = std::move(x0);
+  engine->round_ = state.round;
+  engine->error_ = std::move(state.error_memory);
+  engine->sum_.assign(n, 0.0f);
+  engine->x_ = std::move(state.params);
   return engine;
 }
 
@@ -63,16 +91,23 @@ absl::StatusOr<std::string> RoundEngine::CloseRound() {
     if (!s.ok()) return s;
   }
   const float count = static_cast<float>(pending_.size());
-  // Finite updates can still overflow once averaged with E; refuse before
-  // the encoder touches E, so a failed round changes nothing.
+  // Finite updates can still overflow once averaged with E. Such a round is
+  // dropped before the encoder touches E: its delta encodes zeros, so the
+  // workers stay in step and x and E stay as they were.
   bool finite = true;
   for (size_t j = 0; j < sum_.size(); ++j) {
     sum_[j] /= count;
     finite &= std::fabs(sum_[j] + error_[j]) <= FLT_MAX;
   }
   if (!finite) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "round ", round_, ": the averaged update overflows float"));
+    std::fill(sum_.begin(), sum_.end(), 0.0f);
+    std::string zero;
+    absl::Status s = server_codec_->EncodeWithFeedback(sum_, {}, 0, &zero);
+    if (!s.ok()) return s;
+    pending_.clear();
+    ++round_;
+    ++dropped_rounds_;
+    return zero;
   }
 
   std::string delta;

@@ -14,6 +14,14 @@
 
 namespace effadam {
 
+// What a RoundEngine carries from one round to the next: enough to go on
+// after a restart (a checkpoint holds exactly this).
+struct RoundEngineState {
+  int64_t round = 1;          // the round being collected
+  std::vector<float> params;  // x
+  std::vector<float> error_memory;  // E; empty means all zero
+};
+
 struct RoundEngineOptions {
   // Server-side error feedback: keep E = p - Qs(p) and add it next round.
   bool error_feedback = true;
@@ -27,13 +35,22 @@ struct RoundEngineOptions {
 //   avg = mean of the updates in ascending rank,  p = avg + E,
 //   q = Qs(p),  E = p - q,  x = x - q
 // and returns encode(q), the one delta every worker applies.
-// A rejected update leaves the engine exactly as it was. Not thread-safe.
+// A rejected update leaves the engine exactly as it was. A round whose
+// average overflows float (finite updates can still sum past FLT_MAX) is
+// dropped: x and E stay as they were and the delta is zero, so every replica
+// stays in step. Not thread-safe.
 class RoundEngine {
  public:
   // The codecs must describe the same number of elements as x0.
   static absl::StatusOr<std::unique_ptr<RoundEngine>> Create(
       std::shared_ptr<const UpdateCodec> worker_codec,
       std::shared_ptr<const UpdateCodec> server_codec, std::vector<float> x0,
+      const RoundEngineOptions& options);
+  // Goes on from a saved state (round, x, E). InvalidArgument when the sizes
+  // disagree with the codecs, the round is < 1 or a value is not finite.
+  static absl::StatusOr<std::unique_ptr<RoundEngine>> Restore(
+      std::shared_ptr<const UpdateCodec> worker_codec,
+      std::shared_ptr<const UpdateCodec> server_codec, RoundEngineState state,
       const RoundEngineOptions& options);
 
   // The round being collected; the first is 1.
@@ -47,9 +64,12 @@ class RoundEngine {
   size_t num_submitted() const { return pending_.size(); }
   bool HasSubmitted(int rank) const { return pending_.count(rank) > 0; }
 
-  // Closes the round over the updates submitted so far and starts the next.
-  // FailedPrecondition when none was submitted.
+  // Closes the round over the updates submitted so far and starts the next;
+  // returns the encoded delta. FailedPrecondition when none was submitted.
   absl::StatusOr<std::string> CloseRound();
+
+  // Rounds closed with a zero delta because their average overflowed.
+  int64_t dropped_rounds() const { return dropped_rounds_; }
 
   absl::Span<const float> params() const { return x_; }
   absl::Span<const float> error_memory() const { return error_; }
@@ -63,6 +83,7 @@ class RoundEngine {
   std::shared_ptr<const UpdateCodec> server_codec_;
   RoundEngineOptions options_;
   int64_t round_ = 1;
+  int64_t dropped_rounds_ = 0;
   std::vector<float> x_;
   std::vector<float> error_;
   std::vector<float> sum_;                // scratch for the average

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -22,8 +23,10 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/compression_flags.h"
+#include "common/checksum.h"
 #include "common/json_writer.h"
 #include "common/prometheus_util.h"
+#include "server/checkpoint.h"
 #include "server/parameter_server_service.h"
 #include "server/server_metrics.h"
 
@@ -44,6 +47,15 @@ ABSL_FLAG(int64_t, max_chunk_bytes, 1 << 20,
 ABSL_FLAG(uint64_t, seed, 1,
           "Seed of the server codec's stochastic rounding; use the workers' "
           "--seed to match effadam-sim");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Directory for checkpoints of x, the error memory and the round; "
+          "at start the newest one that verifies is restored. Empty: no "
+          "checkpoints");
+ABSL_FLAG(int64_t, checkpoint_every, 100,
+          "With --checkpoint_dir: write a checkpoint every this many rounds "
+          "(and always at the end and on SIGTERM/SIGINT); 0: only then");
+ABSL_FLAG(int32_t, checkpoint_keep, 3,
+          "With --checkpoint_dir: how many of the newest checkpoints to keep");
 ABSL_FLAG(std::string, summary_json, "",
           "Write a JSON summary of the run to this file at exit");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
@@ -89,7 +101,73 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   }
   o.max_chunk_bytes = static_cast<size_t>(chunk);
   o.seed = absl::GetFlag(FLAGS_seed);
+  const int64_t every = absl::GetFlag(FLAGS_checkpoint_every);
+  if (every < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--checkpoint_every must be >= 0, got ", every));
+  }
+  if (!absl::GetFlag(FLAGS_checkpoint_dir).empty()) o.checkpoint_every = every;
   return o;
+}
+
+// Opens --checkpoint_dir and restores its newest good checkpoint into
+// `service`; null store when checkpoints are off.
+absl::StatusOr<std::unique_ptr<CheckpointStore>> RestoreFromFlags(
+    ParameterServerService& service) {
+  const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  if (dir.empty()) return nullptr;
+  absl::StatusOr<CheckpointStore> store =
+      CheckpointStore::Open(dir, absl::GetFlag(FLAGS_checkpoint_keep));
+  if (!store.ok()) return store.status();
+  absl::StatusOr<std::optional<CheckpointStore::Loaded>> loaded =
+      store->LoadNewest();
+  if (!loaded.ok()) return loaded.status();
+  if (!loaded->has_value()) {
+    std::fprintf(stderr, "effadam-server: no checkpoint in %s; fresh start\n",
+                 dir.c_str());
+    return std::make_unique<CheckpointStore>(*std::move(store));
+  }
+  CheckpointStore::Loaded& l = **loaded;
+  for (const std::string& why : l.skipped) {
+    std::fprintf(stderr, "effadam-server: skipped checkpoint %s\n",
+                 why.c_str());
+  }
+  const int64_t round = l.checkpoint.state.round;
+  const std::string checksum = ParamsChecksum(l.checkpoint.state.params);
+  if (absl::Status s = service.Restore(std::move(l.checkpoint)); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("restoring ", l.path, ": ",
+                                               s.message()));
+  }
+  std::fprintf(stderr,
+               "effadam-server: resumed from %s at round %lld, "
+               "params_checksum %s\n",
+               l.path.c_str(), static_cast<long long>(round), checksum.c_str());
+  return std::make_unique<CheckpointStore>(*std::move(store));
+}
+
+// Writes `checkpoint` and reports it; a failure is logged and counted, and
+// training goes on (the previous checkpoint is still there).
+void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
+                     ServerObserver* observer) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<CheckpointStore::Written> w = store.Write(checkpoint);
+  if (!w.ok()) {
+    std::fprintf(stderr, "effadam-server: checkpoint failed: %s\n",
+                 w.status().ToString().c_str());
+    if (observer != nullptr) observer->OnCheckpointFailed();
+    return;
+  }
+  CheckpointStats stats;
+  stats.round = checkpoint.state.round;
+  stats.bytes = w->bytes;
+  stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::fprintf(stderr,
+               "effadam-server: checkpoint %s (round %lld, %lld B, %.2f s), "
+               "params_checksum %s\n",
+               w->path.c_str(), static_cast<long long>(stats.round),
+               static_cast<long long>(stats.bytes), stats.seconds,
+               ParamsChecksum(checkpoint.state.params).c_str());
+  if (observer != nullptr) observer->OnCheckpointWritten(stats);
 }
 
 const char* ErrorFeedbackName(const CompressionConfig& c) {
@@ -125,6 +203,9 @@ int Run() {
 
   auto service = ParameterServerService::Create(*options);
   if (!service.ok()) return Fail(service.status());
+  absl::StatusOr<std::unique_ptr<CheckpointStore>> checkpoints =
+      RestoreFromFlags(**service);
+  if (!checkpoints.ok()) return Fail(checkpoints.status());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -180,14 +261,29 @@ int Run() {
 
   // The main thread is the watcher: it polls the signal flag and waits for
   // training to end; gRPC serves on its own threads.
+  // It also writes the checkpoints, outside the service's lock: rounds go on
+  // while a file is written.
+  int64_t last_checkpoint_round = -1;
   while (g_signal.load() == 0 &&
          !(*service)->WaitUntilDone(absl::Milliseconds(100))) {
+    if (std::optional<Checkpoint> due = (*service)->TakeDueCheckpoint();
+        due.has_value() && *checkpoints != nullptr) {
+      WriteCheckpoint(**checkpoints, *due, options->observer);
+      last_checkpoint_round = due->state.round;
+    }
   }
   server->GetHealthCheckService()->SetServingStatus(false);
   // Waiting calls end now; calls still sending a delta get a few seconds.
   (*service)->Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
+
+  if (*checkpoints != nullptr) {
+    std::optional<Checkpoint> last = (*service)->Snapshot();
+    if (last.has_value() && last->state.round != last_checkpoint_round) {
+      WriteCheckpoint(**checkpoints, *last, options->observer);
+    }
+  }
 
   const ServerSummary s = (*service)->Summary();
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
@@ -206,6 +302,9 @@ int Run() {
   if (!summary_path.empty()) {
     JsonObject json;
     json.Add("rounds", s.rounds_closed)
+        .Add("short_rounds", s.short_rounds)
+        .Add("dropped_rounds", s.dropped_rounds)
+        .Add("resumed_at_round", s.resumed_at_round)
         .Add("workers", options->workers)
         .Add("worker_codec", c.worker_codec.ToString())
         .Add("server_codec", c.server_codec.ToString())

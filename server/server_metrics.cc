@@ -81,6 +81,31 @@ ServerMetrics::ServerMetrics(int expected_workers)
                      "Train streams that ended with an error or a "
                      "cancellation while the server was healthy")
            .Add({});
+  short_rounds_ =
+      &CounterFamily(r, "effadam_server_short_rounds_total",
+                     "Rounds closed with fewer contributors than "
+                     "--workers (on the timeout or after departures)")
+           .Add({});
+  dropped_rounds_ =
+      &CounterFamily(r, "effadam_server_dropped_rounds_total",
+                     "Rounds whose average overflowed float; their delta "
+                     "was zero and x and E were left as they were")
+           .Add({});
+  auto& checkpoints = CounterFamily(r, "effadam_server_checkpoints_total",
+                                    "Checkpoint writes, by result");
+  checkpoints_written_ = &checkpoints.Add({{"result", "written"}});
+  checkpoints_failed_ = &checkpoints.Add({{"result", "failed"}});
+  checkpoint_duration_ =
+      &prometheus::BuildHistogram()
+           .Name("effadam_server_checkpoint_duration_seconds")
+           .Help("Time to write and fsync one checkpoint file")
+           .Register(r)
+           .Add({}, RoundDurationBuckets());
+  checkpoint_bytes_ = Gauge(r, "effadam_server_checkpoint_bytes",
+                            "Size of the last checkpoint file written");
+  checkpoint_round_ =
+      Gauge(r, "effadam_server_checkpoint_round",
+            "The round the last checkpoint written resumes at; 0 before one");
   train_loss_ = Gauge(r, "effadam_server_train_loss",
                       "Mean mini-batch loss the last closed round's "
                       "contributors reported; NaN before the first round");
@@ -90,6 +115,7 @@ ServerMetrics::ServerMetrics(int expected_workers)
 
   round_->Set(1);
   expected_workers_->Set(expected_workers);
+  expected_workers_count_ = expected_workers;
   train_loss_->Set(std::numeric_limits<double>::quiet_NaN());
 }
 
@@ -115,6 +141,8 @@ void ServerMetrics::OnRoundClosed(const ClosedRoundStats& stats) {
   lagging_workers_->Set(stats.lagging_workers);
   train_loss_->Set(stats.train_loss);
   error_memory_norm_->Set(stats.error_memory_norm);
+  if (stats.contributors < expected_workers_count_) short_rounds_->Increment();
+  if (stats.dropped) dropped_rounds_->Increment();
 }
 
 void ServerMetrics::OnLiveWorkers(int live) { live_workers_->Set(live); }
@@ -124,5 +152,18 @@ void ServerMetrics::OnRejected(Rejection why) {
 }
 
 void ServerMetrics::OnWorkerDropped() { dropped_workers_->Increment(); }
+
+void ServerMetrics::OnResumed(int64_t round) {
+  round_->Set(static_cast<double>(round));
+}
+
+void ServerMetrics::OnCheckpointWritten(const CheckpointStats& stats) {
+  checkpoints_written_->Increment();
+  checkpoint_duration_->Observe(stats.seconds);
+  checkpoint_bytes_->Set(static_cast<double>(stats.bytes));
+  checkpoint_round_->Set(static_cast<double>(stats.round));
+}
+
+void ServerMetrics::OnCheckpointFailed() { checkpoints_failed_->Increment(); }
 
 }  // namespace effadam

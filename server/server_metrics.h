@@ -34,6 +34,9 @@ class ServerMetrics final : public ServerObserver {
   void OnLiveWorkers(int live) override;
   void OnRejected(Rejection why) override;
   void OnWorkerDropped() override;
+  void OnResumed(int64_t round) override;
+  void OnCheckpointWritten(const CheckpointStats& stats) override;
+  void OnCheckpointFailed() override;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -50,6 +53,14 @@ class ServerMetrics final : public ServerObserver {
   prometheus::Gauge* round_contributors_;
   prometheus::Gauge* lagging_workers_;
   prometheus::Counter* dropped_workers_;
+  int expected_workers_count_;
+  prometheus::Counter* short_rounds_;
+  prometheus::Counter* dropped_rounds_;
+  prometheus::Counter* checkpoints_written_;
+  prometheus::Counter* checkpoints_failed_;
+  prometheus::Histogram* checkpoint_duration_;
+  prometheus::Gauge* checkpoint_bytes_;
+  prometheus::Gauge* checkpoint_round_;
   prometheus::Gauge* train_loss_;
   prometheus::Gauge* error_memory_norm_;
 };

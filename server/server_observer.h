@@ -40,8 +40,9 @@ enum class Rejection {
                          // past the end of the update
   kTruncatedUpdate,      // the stream ended in the middle of an update
   kInvalidPayload,       // a complete update whose bytes do not validate
+  kLagging,              // an update so late that its round's delta is gone
 };
-inline constexpr int kNumRejections = 17;
+inline constexpr int kNumRejections = 18;
 
 // The `reason` label: "bad_layout", "layout_mismatch", ...
 const char* RejectionName(Rejection why);
@@ -55,6 +56,14 @@ struct ClosedRoundStats {
   double duration_seconds = 0;   // first update's arrival to delta computed
   double train_loss = 0;         // mean loss the contributors reported
   double error_memory_norm = 0;  // L2 norm of the server's E afterwards
+  bool dropped = false;  // its average overflowed; the delta was zero
+};
+
+// A checkpoint file the server wrote.
+struct CheckpointStats {
+  int64_t round = 0;  // the round it resumes at
+  int64_t bytes = 0;
+  double seconds = 0;  // to write and fsync it
 };
 
 // Receives what ParameterServerService does, for monitoring. The service
@@ -84,6 +93,10 @@ class ServerObserver {
   // A worker's Train stream ended with an error or a cancellation while
   // the server was healthy.
   virtual void OnWorkerDropped() {}
+  // The server resumed from a checkpoint at `round`.
+  virtual void OnResumed(int64_t /*round*/) {}
+  virtual void OnCheckpointWritten(const CheckpointStats& /*stats*/) {}
+  virtual void OnCheckpointFailed() {}
 };
 
 }  // namespace effadam

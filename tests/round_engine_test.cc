@@ -1,6 +1,7 @@
 #include "server/round_engine.h"
 
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "gmock/gmock.h"
@@ -138,16 +139,81 @@ TEST(RoundEngine, ClosingAnEmptyRoundIsAnError) {
   EXPECT_EQ(f.engine->round(), 1);
 }
 
-TEST(RoundEngine, OverflowingAverageFailsWithoutTouchingState) {
+TEST(RoundEngine, OverflowingAverageDropsTheRoundWithAZeroDelta) {
   Fixture f = Make("fp32", "sign", true, 64);
   std::vector<float> huge(64, 3e38f);
-  ASSERT_TRUE(f.engine->Submit(0, 1, Encode(*f.worker, huge)).ok());
+  ASSERT_TRUE(f.engine->Submit(0, 1, Encode(*f.worker, Random(64, 1))).ok());
   ASSERT_TRUE(f.engine->Submit(1, 1, Encode(*f.worker, huge)).ok());
+  ASSERT_TRUE(f.engine->Submit(2, 1, Encode(*f.worker, huge)).ok());
   std::vector<float> x(f.engine->params().begin(), f.engine->params().end());
   absl::StatusOr<std::string> d = f.engine->CloseRound();
-  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(f.engine->dropped_rounds(), 1);
+  EXPECT_EQ(f.engine->round(), 2);
+  EXPECT_EQ(f.engine->num_submitted(), 0u);
   EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), 64 * 4));
-  EXPECT_EQ(f.engine->round(), 1);
+  for (float e : f.engine->error_memory()) ASSERT_EQ(e, 0.0f);
+  std::vector<float> applied(64, 0.0f);
+  ASSERT_TRUE(f.server->DecodeAccumulate(*d, 1.0f, absl::MakeSpan(applied)).ok());
+  for (float a : applied) ASSERT_EQ(a, 0.0f);
+  // The next round is an ordinary one.
+  ASSERT_TRUE(f.engine->Submit(0, 2, Encode(*f.worker, Random(64, 2))).ok());
+  ASSERT_TRUE(f.engine->CloseRound().ok());
+  EXPECT_EQ(f.engine->dropped_rounds(), 1);
+}
+
+TEST(RoundEngine, RestoreGoesOnExactlyWhereTheStateWas) {
+  // Two engines: one runs 5 rounds straight, the other is rebuilt from the
+  // first's state after round 3 and must produce the same deltas after it.
+  Fixture a = Make("sign", "q4s"), b = Make("sign", "q4s");
+  for (int64_t r = 1; r <= 5; ++r) {
+    if (r == 4) {
+      RoundEngineState st;
+      st.round = a.engine->round();
+      st.params.assign(a.engine->params().begin(), a.engine->params().end());
+      st.error_memory.assign(a.engine->error_memory().begin(),
+                             a.engine->error_memory().end());
+      auto restored = RoundEngine::Restore(b.worker, b.server, st, {});
+      ASSERT_TRUE(restored.ok()) << restored.status();
+      b.engine = *std::move(restored);
+      EXPECT_EQ(b.engine->round(), 4);
+    }
+    for (int w = 0; w < 3; ++w) {
+      const std::string u = Encode(*a.worker, Random(3000, 10 * r + w));
+      ASSERT_TRUE(a.engine->Submit(w, r, u).ok());
+      if (r >= 4) {
+        ASSERT_TRUE(b.engine->Submit(w, r, u).ok());
+      }
+    }
+    auto da = a.engine->CloseRound();
+    ASSERT_TRUE(da.ok());
+    if (r >= 4) {
+      EXPECT_EQ(*da, *b.engine->CloseRound()) << "round " << r;
+    }
+  }
+  EXPECT_EQ(0, std::memcmp(a.engine->params().data(), b.engine->params().data(),
+                           3000 * 4));
+}
+
+TEST(RoundEngine, RestoreRejectsBadState) {
+  Fixture f = Make("sign", "sign", true, 100);
+  RoundEngineState ok;
+  ok.params.assign(100, 1.0f);
+  EXPECT_TRUE(RoundEngine::Restore(f.worker, f.server, ok, {}).ok());
+  RoundEngineState st = ok;
+  st.round = 0;
+  EXPECT_EQ(RoundEngine::Restore(f.worker, f.server, st, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  st = ok;
+  st.error_memory.assign(99, 0.0f);
+  EXPECT_FALSE(RoundEngine::Restore(f.worker, f.server, st, {}).ok());
+  st = ok;
+  st.error_memory.assign(100, 0.0f);
+  st.error_memory[7] = std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(RoundEngine::Restore(f.worker, f.server, st, {}).ok());
+  st = ok;
+  st.params[3] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_FALSE(RoundEngine::Restore(f.worker, f.server, st, {}).ok());
 }
 
 TEST(RoundEngine, CreateChecksSizes) {

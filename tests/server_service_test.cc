@@ -4,12 +4,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/checksum.h"
 #include "gmock/gmock.h"
@@ -88,10 +90,16 @@ std::string Encode(const UpdateCodec& codec, const std::vector<float>& u) {
 // A running service on a free loopback port and a stub talking to it.
 class TestServer {
  public:
-  explicit TestServer(const ServerOptions& options) : options_(options) {
+  explicit TestServer(const ServerOptions& options,
+                      std::optional<Checkpoint> restore = std::nullopt)
+      : options_(options) {
     auto service = ParameterServerService::Create(options);
     EXPECT_TRUE(service.ok()) << service.status();
     service_ = *std::move(service);
+    if (restore.has_value()) {
+      absl::Status s = service_->Restore(*std::move(restore));
+      EXPECT_TRUE(s.ok()) << s;
+    }
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
                              &port_);
@@ -304,6 +312,23 @@ std::unique_ptr<RoundEngine> ReferenceEngine(const TestServer& server,
   eo.seed = server.options().seed;
   return *RoundEngine::Create(wc, sc, x0, eo);
 }
+
+// Counts the rejections the service reports, by reason.
+class RejectionCounter : public ServerObserver {
+ public:
+  void OnRejected(Rejection why) override {
+    absl::MutexLock lock(&mu_);
+    ++counts_[static_cast<int>(why)];
+  }
+  int count(Rejection why) {
+    absl::MutexLock lock(&mu_);
+    return counts_[static_cast<int>(why)];
+  }
+
+ private:
+  absl::Mutex mu_;
+  int counts_[kNumRejections] = {};
+};
 
 struct WorkerResult {
   std::vector<std::string> deltas;
@@ -969,6 +994,155 @@ TEST(ParameterServerService, ShutdownEndsWaitingStreamsWithUnavailable) {
   EXPECT_THAT(s.error_message(), HasSubstr("shutting down"));
   EXPECT_EQ(server.Checksum(), ParamsChecksum(x0));
   EXPECT_TRUE(server.service().WaitUntilDone(absl::ZeroDuration()));
+}
+
+TEST(ParameterServerService, CheckpointsEveryKRoundsAndARestoreGoesOnExactly) {
+  ServerOptions o = Options(2, "sign", "q4s");
+  o.checkpoint_every = 2;
+  const std::vector<float> x0 = InitialParams(TestLayout().num_elements());
+  std::optional<Checkpoint> due;
+  {
+    TestServer a(o);
+    EXPECT_FALSE(a.service().TakeDueCheckpoint().has_value());
+    a.JoinAndUpload(0, x0);
+    ASSERT_EQ(a.Join(1), 1);
+    TrainAll(&a, 2, 3);
+    due = a.service().TakeDueCheckpoint();
+    ASSERT_TRUE(due.has_value());
+    EXPECT_FALSE(a.service().TakeDueCheckpoint().has_value());
+    EXPECT_EQ(due->state.round, 3);  // taken after round 2 closed
+    EXPECT_EQ(due->rounds_closed, 2);
+  }
+  // The reference: two rounds straight, then round 3 from the restored
+  // state, all in one engine.
+  TestServer b(o, due);
+  std::unique_ptr<RoundEngine> ref = ReferenceEngine(b, x0);
+  for (int64_t round = 1; round <= 2; ++round) {
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_TRUE(ref->Submit(r, round,
+                              Encode(b.worker_codec(),
+                                     RandomUpdate(b.n(), r, round)))
+                      .ok());
+    }
+    ASSERT_TRUE(ref->CloseRound().ok());
+  }
+  EXPECT_EQ(ParamsChecksum(ref->params()), ParamsChecksum(due->state.params));
+
+  bool upload = true;
+  ASSERT_EQ(b.Join(0, &upload), 0);
+  EXPECT_FALSE(upload);
+  ASSERT_EQ(b.Join(1), 1);
+  std::vector<float> x;
+  int64_t fetched_round = 0;
+  ASSERT_TRUE(b.Fetch(0, &x, nullptr, &fetched_round).ok());
+  EXPECT_EQ(fetched_round, 3);
+  EXPECT_EQ(ParamsChecksum(x), ParamsChecksum(due->state.params));
+  TrainStream s0(&b), s1(&b);
+  for (int r = 0; r < 2; ++r) {
+    const std::string u = Encode(b.worker_codec(), RandomUpdate(b.n(), r, 3));
+    ASSERT_TRUE((r == 0 ? s0 : s1).Send(r, 3, u));
+    ASSERT_TRUE(ref->Submit(r, 3, u).ok());
+  }
+  std::string delta;
+  int64_t round = 0;
+  int contributors = 0;
+  ASSERT_TRUE(s0.ReadDelta(&delta, &round, &contributors));
+  EXPECT_EQ(round, 3);
+  EXPECT_EQ(delta, *ref->CloseRound());
+  EXPECT_EQ(b.Checksum(), ParamsChecksum(ref->params()));
+  const ServerSummary sum = b.service().Summary();
+  EXPECT_EQ(sum.resumed_at_round, 3);
+  EXPECT_EQ(sum.rounds_closed, 3);
+  s0.Cancel();
+  s1.Cancel();
+}
+
+TEST(ParameterServerService, RestoreRefusesOtherCompressionSettings) {
+  ServerOptions o = Options(1, "sign", "sign");
+  Checkpoint c;
+  c.layout = TestLayout();
+  c.compression = CompressionToProto(Compression("q4", "sign"));
+  c.state.params.assign(c.layout.num_elements(), 0.0f);
+  auto service = *ParameterServerService::Create(o);
+  const absl::Status s = service->Restore(c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("worker_codec"));
+  EXPECT_EQ(service->Summary().num_elements, 0);
+  c.compression = CompressionToProto(o.compression);
+  EXPECT_TRUE(service->Restore(c).ok());
+  EXPECT_FALSE(service->Restore(c).ok());  // only before serving, once
+}
+
+TEST(ParameterServerService, AWorkerTooFarBehindIsToldToResync) {
+  ServerOptions o = Options(2, "sign", "sign");
+  o.round_timeout = absl::Milliseconds(200);
+  RejectionCounter rejections;
+  o.observer = &rejections;
+  TestServer server(o);
+  server.JoinAndUpload(0, InitialParams(server.n()));
+  ASSERT_EQ(server.Join(1), 1);
+  // Rank 1 sends nothing while rank 0's rounds close on the timeout.
+  TrainStream s0(&server);
+  for (int64_t round = 1; round <= 6; ++round) {
+    ASSERT_TRUE(s0.Send(0, round, Encode(server.worker_codec(),
+                                         RandomUpdate(server.n(), 0, round))));
+    std::string delta;
+    int64_t got = 0;
+    int contributors = 0;
+    ASSERT_TRUE(s0.ReadDelta(&delta, &got, &contributors));
+    EXPECT_EQ(contributors, 1);
+  }
+  const std::string before = server.Checksum();
+  TrainStream s1(&server);
+  ASSERT_TRUE(s1.Send(1, 1, Encode(server.worker_codec(),
+                                   RandomUpdate(server.n(), 1, 1))));
+  const grpc::Status s = s1.Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("join again and fetch x"));
+  EXPECT_EQ(rejections.count(Rejection::kLagging), 1);
+  EXPECT_EQ(server.Checksum(), before);
+  EXPECT_EQ(server.service().Summary().short_rounds, 6);
+  s0.Cancel();
+}
+
+TEST(ParameterServerService, ARoundThatOverflowsIsDroppedAndTrainingGoesOn) {
+  ServerOptions o = Options(2, "fp32", "sign");
+  TestServer server(o);
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  ASSERT_EQ(server.Join(1), 1);
+  TrainStream s0(&server), s1(&server);
+  const std::string huge =
+      Encode(server.worker_codec(), std::vector<float>(server.n(), 3e38f));
+  ASSERT_TRUE(s0.Send(0, 1, huge));
+  ASSERT_TRUE(s1.Send(1, 1, huge));
+  std::string d0, d1;
+  int64_t r = 0;
+  int c = 0;
+  ASSERT_TRUE(s0.ReadDelta(&d0, &r, &c));
+  ASSERT_TRUE(s1.ReadDelta(&d1, &r, &c));
+  EXPECT_EQ(d0, d1);
+  EXPECT_EQ(server.Checksum(), ParamsChecksum(x0));
+  std::vector<float> applied(server.n(), 0.0f);
+  ASSERT_TRUE(
+      server.server_codec().DecodeAccumulate(d0, 1.0f, absl::MakeSpan(applied))
+          .ok());
+  for (float a : applied) ASSERT_EQ(a, 0.0f);
+  // Round 2 is an ordinary round.
+  for (int rank = 0; rank < 2; ++rank) {
+    ASSERT_TRUE((rank == 0 ? s0 : s1)
+                    .Send(rank, 2,
+                          Encode(server.worker_codec(),
+                                 RandomUpdate(server.n(), rank, 2))));
+  }
+  ASSERT_TRUE(s0.ReadDelta(&d0, &r, &c));
+  EXPECT_EQ(r, 2);
+  EXPECT_NE(server.Checksum(), ParamsChecksum(x0));
+  const ServerSummary sum = server.service().Summary();
+  EXPECT_TRUE(sum.error.ok()) << sum.error;
+  EXPECT_EQ(sum.dropped_rounds, 1);
+  s0.Cancel();
+  s1.Cancel();
 }
 
 }  // namespace

@@ -335,6 +335,89 @@ TEST_F(WorkerClientTest, ServerErrorKeepsItsCodeAndMessage) {
   EXPECT_FALSE((*client)->server_finished());
 }
 
+TEST_F(WorkerClientTest, ResyncsAfterALaggingOrBrokenStream) {
+  // The first stream ends without a delta, as a restarting server's or a
+  // lagging worker's does; the client joins again with its rank, fetches
+  // the server's x and round, and steps on a new stream.
+  for (grpc::StatusCode code :
+       {grpc::StatusCode::ABORTED, grpc::StatusCode::UNAVAILABLE}) {
+    SCOPED_TRACE(code);
+    FakeServer fake;
+    int streams = 0;
+    fake.respond = [&streams](Stream* stream, int64_t round,
+                              const std::string&) {
+      if (++streams == 1) return false;
+      return FakeServer::SendDelta(
+          stream, round, Floats(std::vector<float>(kElements, 0.5f)));
+    };
+    fake.end_status = grpc::Status(code, "restarting");
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(&fake);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    ASSERT_NE(server, nullptr);
+    WorkerClientOptions o = Options();
+    o.server = "127.0.0.1:" + std::to_string(port);
+    auto client = WorkerClient::Connect(o, Layout(),
+                                        std::vector<float>(kElements, 2.0f));
+    ASSERT_TRUE(client.ok()) << client.status();
+    {
+      absl::MutexLock lock(&fake.mu);
+      fake.join_reply.set_upload_initial_params(false);
+      fake.join_reply.set_round(7);
+      fake.x.assign(kElements, 3.0f);
+      fake.fetch_round = 7;
+    }
+    const std::vector<float> grad(kElements, 1.0f);
+    ASSERT_TRUE((*client)->Step(grad, 1).ok());
+    EXPECT_EQ((*client)->resyncs(), 1);
+    EXPECT_EQ((*client)->round(), 7);
+    for (float v : (*client)->params()) ASSERT_EQ(v, 3.0f);
+    {
+      absl::MutexLock lock(&fake.mu);
+      EXPECT_EQ(fake.join_request.rank(), 0);  // its own rank, not "any"
+    }
+    ASSERT_TRUE((*client)->Step(grad, 1).ok());
+    EXPECT_EQ((*client)->round(), 8);
+    for (float v : (*client)->params()) ASSERT_EQ(v, 2.5f);
+    EXPECT_EQ((*client)->resyncs(), 1);
+    (*client)->Cancel();
+    server->Shutdown(absl::ToChronoTime(absl::Now()));
+  }
+}
+
+TEST_F(WorkerClientTest, WithoutReconnectTimeoutALostStreamIsAnError) {
+  fake_.respond = [](Stream*, int64_t, const std::string&) { return false; };
+  fake_.end_status = grpc::Status(grpc::StatusCode::ABORTED, "lagging");
+  StartServer();
+  WorkerClientOptions o = Options();
+  o.reconnect_timeout = absl::ZeroDuration();
+  auto client = WorkerClient::Connect(o, Layout(),
+                                      std::vector<float>(kElements));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ((*client)->resyncs(), 0);
+}
+
+TEST_F(WorkerClientTest, ReconnectGivesUpAfterItsTimeout) {
+  StartServer();
+  WorkerClientOptions o = Options();
+  o.reconnect_timeout = absl::Milliseconds(800);
+  auto client = WorkerClient::Connect(o, Layout(),
+                                      std::vector<float>(kElements));
+  ASSERT_TRUE(client.ok()) << client.status();
+  server_->Shutdown(absl::ToChronoTime(absl::Now()));
+  server_.reset();
+  const absl::Time start = absl::Now();
+  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(s.message(), HasSubstr("reconnecting"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(8));
+}
+
 TEST_F(WorkerClientTest, ServerEndingTrainingIsOutOfRangeThenFinishIsOk) {
   fake_.respond = [](Stream*, int64_t, const std::string&) { return false; };
   StartServer();

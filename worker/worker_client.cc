@@ -131,12 +131,22 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
   }
   if (absl::Status s = ValidateAdamOptions(options_.adam); !s.ok()) return s;
 
-  pb::JoinRequest request;
-  *request.mutable_layout() = LayoutToProto(layout);
-  *request.mutable_compression() = CompressionToProto(options_.compression);
-  request.set_rank(options_.rank);
+  layout_ = layout;
+  if (absl::Status s =
+          JoinAs(options_.rank, absl::Now() + options_.connect_timeout);
+      !s.ok()) {
+    return s;
+  }
+  phase_ = Phase::kJoined;
+  return absl::OkStatus();
+}
 
-  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+absl::Status WorkerClient::JoinAs(int rank, absl::Time deadline) {
+  pb::JoinRequest request;
+  *request.mutable_layout() = LayoutToProto(layout_);
+  *request.mutable_compression() = CompressionToProto(options_.compression);
+  request.set_rank(rank);
+
   pb::JoinResponse reply;
   absl::Duration backoff = kFirstBackoff;
   auto stub = pb::ParameterServer::NewStub(channel_);
@@ -153,9 +163,7 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     }
     if (absl::Now() + backoff >= deadline) {
       return FromGrpc(s, absl::StrCat("Join: no server answered at ",
-                                      options_.server, " within ",
-                                      absl::FormatDuration(
-                                          options_.connect_timeout)));
+                                      options_.server, " in time"));
     }
     if (!Backoff(backoff)) return absl::CancelledError("cancelled");
     backoff = std::min(2 * backoff, kMaxBackoff);
@@ -163,15 +171,21 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
 
   if (reply.expected_workers() <= 0 || reply.rank() < 0 ||
       reply.rank() >= reply.expected_workers() ||
-      (options_.rank >= 0 && reply.rank() != options_.rank)) {
+      (rank >= 0 && reply.rank() != rank)) {
     return absl::InternalError(absl::StrCat(
         "Join: the server assigned rank ", reply.rank(), " of ",
-        reply.expected_workers(), " workers (asked for ", options_.rank, ")"));
+        reply.expected_workers(), " workers (asked for ", rank, ")"));
   }
-  if (reply.num_elements() != static_cast<int64_t>(layout.num_elements())) {
+  if (num_workers_ != 0 && reply.expected_workers() != num_workers_) {
+    // The data shard was chosen for the old N.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Join: the server now expects ", reply.expected_workers(),
+        " workers; this worker started with ", num_workers_));
+  }
+  if (reply.num_elements() != static_cast<int64_t>(layout_.num_elements())) {
     return absl::InternalError(absl::StrCat(
         "Join: the server reports ", reply.num_elements(),
-        " elements for a layout of ", layout.num_elements()));
+        " elements for a layout of ", layout_.num_elements()));
   }
   if (reply.max_chunk_bytes() < 4 || reply.max_chunk_bytes() > kMaxChunkBytes) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -186,13 +200,11 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     return absl::InternalError(absl::StrCat(
         "Join: the server accepted this worker but ", s.message()));
   }
-  layout_ = layout;
   rank_ = reply.rank();
   num_workers_ = reply.expected_workers();
   upload_ = reply.upload_initial_params();
   max_chunk_bytes_ = reply.max_chunk_bytes();
   round_ = reply.round();
-  phase_ = Phase::kJoined;
   return absl::OkStatus();
 }
 
@@ -325,14 +337,70 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   if (!optimizer.ok()) return optimizer.status();
   optimizer_ = *std::move(optimizer);
 
+  if (cancelled()) return absl::CancelledError("cancelled");
+  OpenStream();
+  phase_ = Phase::kTraining;
+  return absl::OkStatus();
+}
+
+void WorkerClient::OpenStream() {
   auto stream = std::make_unique<Stream>();
   // The stream lives as long as the worker: no deadline, Cancel ends it.
-  stream->context = NewContext(absl::InfiniteFuture());
-  if (stream->context == nullptr) return absl::CancelledError("cancelled");
+  // A Cancel() that comes first is seen by the first Write.
+  stream->context = std::make_unique<grpc::ClientContext>();
+  {
+    absl::MutexLock lock(&mu_);
+    active_ = stream->context.get();
+    if (cancelled_) stream->context->TryCancel();
+  }
   auto stub = pb::ParameterServer::NewStub(channel_);
   stream->rw = stub->Train(stream->context.get());
   stream_ = std::move(stream);
-  phase_ = Phase::kTraining;
+}
+
+absl::Status WorkerClient::Recover(absl::Status ended) {
+  if (server_finished_ || cancelled() ||
+      options_.reconnect_timeout <= absl::ZeroDuration() ||
+      !(absl::IsUnavailable(ended) || absl::IsAborted(ended))) {
+    return ended;
+  }
+  const absl::Time deadline = absl::Now() + options_.reconnect_timeout;
+  absl::Duration backoff = kFirstBackoff;
+  while (true) {
+    absl::Status s = Resync(deadline);
+    if (s.ok()) {
+      ++resyncs_;
+      final_status_ = absl::OkStatus();
+      phase_ = Phase::kTraining;
+      return absl::OkStatus();
+    }
+    if (cancelled()) s = absl::CancelledError("cancelled");
+    // ALREADY_EXISTS: the server has not yet seen this rank's old stream
+    // end. UNAVAILABLE: it is not back yet.
+    const bool again = absl::IsUnavailable(s) || absl::IsAlreadyExists(s) ||
+                       absl::IsAborted(s);
+    if (!again || absl::Now() + backoff >= deadline || !Backoff(backoff)) {
+      final_status_ = absl::Status(
+          s.code(), absl::StrCat("reconnecting after \"", ended.message(),
+                                 "\": ", s.message()));
+      return final_status_;
+    }
+    backoff = std::min(2 * backoff, kMaxBackoff);
+  }
+}
+
+absl::Status WorkerClient::Resync(absl::Time deadline) {
+  if (absl::Status s = JoinAs(rank_, deadline); !s.ok()) return s;
+  // A server that restarted without a checkpoint asks for the initial
+  // parameters: this replica is the best there is.
+  if (upload_) {
+    const std::vector<float> x(params().begin(), params().end());
+    if (absl::Status s = Upload(x, deadline); !s.ok()) return s;
+  }
+  absl::StatusOr<std::vector<float>> x = Fetch(deadline);
+  if (!x.ok()) return x.status();
+  if (absl::Status s = optimizer_->ResetParams(*x); !s.ok()) return s;
+  OpenStream();
   return absl::OkStatus();
 }
 
@@ -391,7 +459,8 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
     offset += n;
     msg.set_loss(offset == size ? loss : 0.0f);
     if (!stream_->rw->Write(msg)) {
-      return EndStream(absl::StrCat("sending the update of round ", round));
+      return Recover(
+          EndStream(absl::StrCat("sending the update of round ", round)));
     }
     wire_.worker_to_server += static_cast<int64_t>(msg.ByteSizeLong());
   } while (offset < size);
@@ -407,7 +476,8 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
   pb::ServerMessage reply;
   while (delta_.size() < want) {
     if (!stream_->rw->Read(&reply)) {
-      return EndStream(absl::StrCat("waiting for the delta of round ", round));
+      return Recover(
+          EndStream(absl::StrCat("waiting for the delta of round ", round)));
     }
     wire_.server_to_worker += static_cast<int64_t>(reply.ByteSizeLong());
     if (reply.round() != round ||

@@ -52,6 +52,11 @@ struct WorkerClientOptions {
   absl::Duration connect_timeout = absl::Seconds(60);
   // How long Finish waits for the server to end the stream.
   absl::Duration finish_timeout = absl::Seconds(10);
+  // When the Train stream breaks (the server restarts, the network goes) or
+  // the server says this worker fell too far behind, Step joins again with
+  // the same rank, fetches x and goes on; this bounds the attempts (backoff
+  // 100 ms .. 2 s). Zero: Step fails instead.
+  absl::Duration reconnect_timeout = absl::Minutes(5);
 };
 
 // One worker of an effadam cluster: joins the parameter server, keeps the
@@ -105,6 +110,12 @@ class WorkerClient {
   // `loss` is reported to the server. A bad gradient (size, NaN/Inf) is
   // InvalidArgument and changes nothing. OutOfRange when the server has
   // ended training (its --rounds passed); any other error ends the stream.
+  //
+  // If the stream broke or this worker lagged (see reconnect_timeout), Step
+  // resynchronizes instead and returns OK without a delta of its own:
+  // params() is then the server's x and round() the server's round, which
+  // after a server restart from a checkpoint may be an earlier one. m, v and
+  // the error memory are kept.
   absl::Status Step(absl::Span<const float> grad, float loss);
 
   // Steps until round `last_round` is applied or the server ends training,
@@ -136,6 +147,8 @@ class WorkerClient {
   // server closed the round on its timeout.
   int contributors() const { return contributors_; }
   bool server_finished() const { return server_finished_; }
+  // Times Step joined again and fetched x after a broken stream or lag.
+  int resyncs() const { return resyncs_; }
 
   // Payload bytes of the rounds this worker took part in, counted as
   // effadam-sim counts them per worker.
@@ -160,6 +173,9 @@ class WorkerClient {
   // Sleeps up to `d` unless cancelled; false when cancelled.
   bool Backoff(absl::Duration d);
 
+  // The Join call for `rank` (-1: any), retried while the server is
+  // unavailable, and the checks of its reply; sets the fields it fills.
+  absl::Status JoinAs(int rank, absl::Time deadline);
   absl::Status Upload(absl::Span<const float> x, absl::Time deadline);
   // The server's current x; sets round_.
   absl::StatusOr<std::vector<float>> Fetch(absl::Time deadline);
@@ -167,6 +183,12 @@ class WorkerClient {
   absl::Status EndStream(absl::string_view during);
   // Cancels the Train stream for a reason found on this side.
   absl::Status Abandon(absl::Status why);
+  void OpenStream();
+  // After the stream ended with `ended`: resynchronizes (join again, fetch
+  // x, new stream) when `ended` says the server restarted or this worker
+  // lagged; otherwise, or when that fails, returns the error.
+  absl::Status Recover(absl::Status ended);
+  absl::Status Resync(absl::Time deadline);
 
   const WorkerClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -184,6 +206,7 @@ class WorkerClient {
   int64_t max_chunk_bytes_ = 0;
   int64_t round_ = 0;
   int contributors_ = 0;
+  int resyncs_ = 0;
   bool server_finished_ = false;
   std::shared_ptr<const UpdateCodec> server_codec_;
   std::unique_ptr<WorkerOptimizer> optimizer_;

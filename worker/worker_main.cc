@@ -42,6 +42,10 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051",
 ABSL_FLAG(int32_t, rank, -1,
           "Rank to claim (selects the data shard); -1: the server assigns "
           "the lowest free rank");
+ABSL_FLAG(absl::Duration, reconnect_timeout, absl::Minutes(5),
+          "When the server goes away mid-training (a restart) or says this "
+          "worker fell behind, keep trying this long to join again, fetch x "
+          "and go on; 0 exits with the error instead");
 ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
           "How long to wait for the server to listen and to have the initial "
           "parameters, for Join and again for the fetch of x");
@@ -138,6 +142,7 @@ int Run() {
   options.adam = tc.adam;
   options.seed = tc.seed;
   options.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
+  options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
   WorkerClient client(options);
   signals.Watch(&client);
   auto fail = [&](const absl::Status& s) {
@@ -214,6 +219,7 @@ int Run() {
   Evaluation eval;
   bool evaluated = false;  // eval holds the evaluation of the final params
   std::vector<float> grad(client.params().size());
+  int resyncs = 0;
   while (client.round() <= rounds) {
     const float loss = model->Gradient(client.params(), absl::MakeSpan(grad));
     const absl::Time step_start = absl::Now();
@@ -228,6 +234,16 @@ int Run() {
       return fail(s);
     }
     const double step_seconds = absl::ToDoubleSeconds(absl::Now() - step_start);
+    if (client.resyncs() != resyncs) {
+      // No round of this worker's went through; it has the server's x now.
+      resyncs = client.resyncs();
+      std::printf("effadam-worker: rank %d resynchronized with the server "
+                  "(x fetched) at round %lld; resync %d\n",
+                  rank, static_cast<long long>(client.round()), resyncs);
+      std::fflush(stdout);
+      if (metrics != nullptr) metrics->Sync(client);
+      continue;
+    }
     losses.push_back(loss);
     if (losses.size() > kLossWindow) losses.pop_front();
     if (metrics != nullptr) {
@@ -287,6 +303,7 @@ int Run() {
         .Add("wire_bytes_server_to_worker", wire.server_to_worker)
         .Add("wire_bytes_join", wire.join)
         .Add("params_checksum", checksum)
+        .Add("resyncs", client.resyncs())
         .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
     if (absl::Status s = json.WriteFile(tc.summary_json); !s.ok()) {
       return Fail(s);

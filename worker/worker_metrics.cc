@@ -55,6 +55,10 @@ WorkerMetrics::WorkerMetrics(int rank)
                       "Rounds this worker completed (update sent, delta "
                       "applied)")
                  .Add({});
+  resyncs_ = &counters("effadam_worker_resyncs_total",
+                       "Times this worker joined again and fetched x after "
+                       "its stream broke or it fell behind")
+                  .Add({});
   round_duration_ =
       &prometheus::BuildHistogram()
            .Name("effadam_worker_round_duration_seconds")
@@ -100,6 +104,7 @@ void WorkerMetrics::Sync(const WorkerClient& client) {
           &traffic_seen_.fp32_worker_to_server);
   Advance(fp32_down_, t.fp32_server_to_worker,
           &traffic_seen_.fp32_server_to_worker);
+  Advance(resyncs_, client.resyncs(), &resyncs_seen_);
 }
 
 void WorkerMetrics::RecordStep(const WorkerClient& client, double step_seconds,

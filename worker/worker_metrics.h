@@ -54,6 +54,7 @@ class WorkerMetrics {
   prometheus::Counter* fp32_up_;
   prometheus::Counter* fp32_down_;
   prometheus::Counter* rounds_;
+  prometheus::Counter* resyncs_;
   prometheus::Histogram* round_duration_;
   prometheus::Gauge* train_loss_;
   prometheus::Gauge* test_accuracy_;
@@ -64,6 +65,7 @@ class WorkerMetrics {
   WireBytes wire_seen_;
   Traffic traffic_seen_;
   int64_t join_seen_ = 0;
+  int64_t resyncs_seen_ = 0;
 };
 
 }  // namespace effadam

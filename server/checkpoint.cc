@@ -1,0 +1,362 @@
+#include "server/checkpoint.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/match.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/checksum.h"
+#include "common/compression_proto.h"
+#include "effadam/v1/checkpoint.pb.h"
+
+namespace effadam {
+namespace {
+
+constexpr char kMagic[8] = {'E', 'F', 'A', 'D', 'C', 'K', 'P', 'T'};
+constexpr uint32_t kFormatVersion = 1;
+// A header is a layout and a few numbers; anything bigger is not ours.
+constexpr uint32_t kMaxHeaderBytes = 64 << 20;
+constexpr absl::string_view kPrefix = "checkpoint-";
+constexpr absl::string_view kSuffix = ".effadam";
+constexpr absl::string_view kTempMarker = ".tmp-";
+
+void PutU32(uint32_t v, char out[4]) {
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+uint32_t GetU32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) {
+    v |= static_cast<uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  }
+  return v;
+}
+
+absl::string_view FloatBytes(const std::vector<float>& v) {
+  // Little-endian float32, the byte order of every host effadam runs on
+  // (as on the wire, docs/wire_format.md).
+  return absl::string_view(reinterpret_cast<const char*>(v.data()),
+                           v.size() * sizeof(float));
+}
+
+// One description of the file's bytes for both the in-memory form and the
+// streamed write: calls `sink` with consecutive pieces, the last being the
+// CRC-32 of all the others.
+void EmitCheckpoint(const Checkpoint& c,
+                    const std::function<void(absl::string_view)>& sink) {
+  v1::CheckpointHeader header;
+  header.set_format_version(kFormatVersion);
+  *header.mutable_layout() = LayoutToProto(c.layout);
+  *header.mutable_compression() = c.compression;
+  header.set_round(c.state.round);
+  header.set_rounds_closed(c.rounds_closed);
+  header.set_num_elements(static_cast<int64_t>(c.state.params.size()));
+  header.set_params_checksum(ParamsChecksum(c.state.params));
+  header.set_written_unix_ms(absl::ToUnixMillis(absl::Now()));
+  const std::string header_bytes = header.SerializeAsString();
+  char size[4];
+  PutU32(static_cast<uint32_t>(header_bytes.size()), size);
+
+  uLong crc = crc32(0L, Z_NULL, 0);
+  auto emit = [&](absl::string_view piece) {
+    // zlib's length is a uInt; feed large pieces in parts.
+    for (size_t off = 0; off < piece.size(); off += 1u << 30) {
+      const size_t n = std::min(piece.size() - off, size_t{1} << 30);
+      crc = crc32(crc, reinterpret_cast<const Bytef*>(piece.data() + off),
+                  static_cast<uInt>(n));
+    }
+    sink(piece);
+  };
+  emit(absl::string_view(kMagic, sizeof(kMagic)));
+  emit(absl::string_view(size, 4));
+  emit(header_bytes);
+  emit(FloatBytes(c.state.params));
+  emit(FloatBytes(c.state.error_memory));
+  char tail[4];
+  PutU32(static_cast<uint32_t>(crc), tail);
+  sink(absl::string_view(tail, 4));
+}
+
+absl::Status ErrnoError(absl::string_view what, const std::string& path) {
+  return absl::InternalError(
+      absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+absl::Status WriteAll(int fd, absl::string_view bytes,
+                      const std::string& path) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("cannot write", path);
+    }
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FsyncPath(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open", path);
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return ErrnoError("cannot fsync", path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open", path);
+  std::string out;
+  struct stat st;
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+    out.reserve(static_cast<size_t>(st.st_size));
+  }
+  char buf[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      absl::Status s = ErrnoError("cannot read", path);
+      ::close(fd);
+      return s;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+std::string FileName(int64_t round) {
+  return absl::StrFormat("%s%012d%s", kPrefix, round, kSuffix);
+}
+
+}  // namespace
+
+std::string SerializeCheckpoint(const Checkpoint& checkpoint) {
+  std::string out;
+  EmitCheckpoint(checkpoint,
+                 [&](absl::string_view p) { out.append(p.data(), p.size()); });
+  return out;
+}
+
+absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
+  const size_t fixed = sizeof(kMagic) + 4 + 4;  // magic, header size, CRC
+  if (bytes.size() < fixed) {
+    return absl::DataLossError(absl::StrCat(
+        "checkpoint is ", bytes.size(), " bytes, shorter than any checkpoint"));
+  }
+  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return absl::DataLossError("not an effadam checkpoint (bad magic)");
+  }
+  const size_t body = bytes.size() - 4;
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (size_t off = 0; off < body; off += 1u << 30) {
+    const size_t n = std::min(body - off, size_t{1} << 30);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + off),
+                static_cast<uInt>(n));
+  }
+  if (static_cast<uint32_t>(crc) != GetU32(bytes.data() + body)) {
+    return absl::DataLossError(
+        "checkpoint CRC-32 mismatch (torn or corrupted file)");
+  }
+  const uint32_t header_size = GetU32(bytes.data() + sizeof(kMagic));
+  if (header_size > kMaxHeaderBytes ||
+      header_size > bytes.size() - fixed) {
+    return absl::DataLossError(
+        absl::StrCat("checkpoint header size ", header_size,
+                     " does not fit a file of ", bytes.size(), " bytes"));
+  }
+  v1::CheckpointHeader header;
+  if (!header.ParseFromArray(bytes.data() + sizeof(kMagic) + 4,
+                             static_cast<int>(header_size))) {
+    return absl::DataLossError("checkpoint header does not parse");
+  }
+  if (header.format_version() != kFormatVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint format version ", header.format_version(),
+                     "; this server reads version ", kFormatVersion));
+  }
+  absl::StatusOr<TensorLayout> layout = LayoutFromProto(header.layout());
+  if (!layout.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint layout: ", layout.status().message()));
+  }
+  const size_t n = layout->num_elements();
+  if (header.num_elements() < 0 ||
+      static_cast<uint64_t>(header.num_elements()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint says ", header.num_elements(),
+                     " elements for a layout of ", n));
+  }
+  const size_t data = bytes.size() - fixed - header_size;
+  if (n > data / (2 * sizeof(float)) || data != 2 * sizeof(float) * n) {
+    return absl::DataLossError(absl::StrCat(
+        "checkpoint holds ", data, " bytes of x and E; ", n,
+        " elements need ", 2 * sizeof(float) * static_cast<double>(n)));
+  }
+  if (header.round() < 1 || header.rounds_closed() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint round ", header.round(), ", rounds closed ",
+                     header.rounds_closed()));
+  }
+  Checkpoint c;
+  c.layout = *std::move(layout);
+  c.compression = header.compression();
+  c.rounds_closed = header.rounds_closed();
+  c.state.round = header.round();
+  const char* p = bytes.data() + sizeof(kMagic) + 4 + header_size;
+  c.state.params.resize(n);
+  c.state.error_memory.resize(n);
+  std::memcpy(c.state.params.data(), p, n * sizeof(float));
+  std::memcpy(c.state.error_memory.data(), p + n * sizeof(float),
+              n * sizeof(float));
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(c.state.params[i]) ||
+        !std::isfinite(c.state.error_memory[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("checkpoint element ", i, " of x or E is not finite"));
+    }
+  }
+  if (ParamsChecksum(c.state.params) != header.params_checksum()) {
+    return absl::DataLossError(
+        "checkpoint x does not match the params_checksum in its header");
+  }
+  return c;
+}
+
+absl::StatusOr<CheckpointStore> CheckpointStore::Open(std::string dir,
+                                                      int keep) {
+  if (dir.empty()) {
+    return absl::InvalidArgumentError("checkpoint directory is empty");
+  }
+  if (keep < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("must keep at least 1 checkpoint, got ", keep));
+  }
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoError("cannot create checkpoint directory", dir);
+  }
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint path ", dir, " is not a directory"));
+  }
+  return CheckpointStore(std::move(dir), keep);
+}
+
+absl::StatusOr<std::vector<std::pair<int64_t, std::string>>>
+CheckpointStore::List() const {
+  DIR* d = ::opendir(dir_.c_str());
+  if (d == nullptr) return ErrnoError("cannot list", dir_);
+  std::vector<std::pair<int64_t, std::string>> files;
+  while (const dirent* e = ::readdir(d)) {
+    absl::string_view name = e->d_name;
+    int64_t round = 0;
+    if (absl::ConsumePrefix(&name, kPrefix) &&
+        absl::ConsumeSuffix(&name, kSuffix) && absl::SimpleAtoi(name, &round)) {
+      files.emplace_back(round, absl::StrCat(dir_, "/", e->d_name));
+    }
+  }
+  ::closedir(d);
+  std::sort(files.rbegin(), files.rend());
+  return files;
+}
+
+absl::StatusOr<CheckpointStore::Written> CheckpointStore::Write(
+    const Checkpoint& checkpoint) {
+  const std::string path =
+      absl::StrCat(dir_, "/", FileName(checkpoint.state.round));
+  const std::string temp =
+      absl::StrCat(dir_, "/.", FileName(checkpoint.state.round), kTempMarker,
+                   ::getpid());
+  const int fd =
+      ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoError("cannot create", temp);
+  absl::Status status;
+  int64_t bytes = 0;
+  EmitCheckpoint(checkpoint, [&](absl::string_view piece) {
+    if (!status.ok()) return;
+    status = WriteAll(fd, piece, temp);
+    bytes += static_cast<int64_t>(piece.size());
+  });
+  if (status.ok() && ::fsync(fd) != 0) status = ErrnoError("cannot fsync", temp);
+  if (::close(fd) != 0 && status.ok()) status = ErrnoError("cannot close", temp);
+  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    status = ErrnoError("cannot rename into place", temp);
+  }
+  if (!status.ok()) {
+    ::unlink(temp.c_str());
+    return status;
+  }
+  // The rename is durable only once the directory is.
+  if (absl::Status s = FsyncPath(dir_, O_RDONLY | O_DIRECTORY); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> files = List();
+  if (files.ok()) {
+    for (size_t i = static_cast<size_t>(keep_); i < files->size(); ++i) {
+      ::unlink((*files)[i].second.c_str());
+    }
+  }
+  return Written{path, bytes};
+}
+
+absl::StatusOr<std::optional<CheckpointStore::Loaded>>
+CheckpointStore::LoadNewest() {
+  // Leftovers of a write that a crash interrupted: never valid, never read.
+  if (DIR* d = ::opendir(dir_.c_str())) {
+    std::vector<std::string> temps;
+    while (const dirent* e = ::readdir(d)) {
+      absl::string_view name = e->d_name;
+      if (absl::ConsumePrefix(&name, ".") &&
+          absl::StartsWith(name, kPrefix) &&
+          name.find(kTempMarker) != absl::string_view::npos) {
+        temps.push_back(absl::StrCat(dir_, "/", e->d_name));
+      }
+    }
+    ::closedir(d);
+    for (const std::string& t : temps) ::unlink(t.c_str());
+  }
+  absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> files = List();
+  if (!files.ok()) return files.status();
+  std::vector<std::string> skipped;
+  for (const auto& [round, path] : *files) {
+    absl::StatusOr<std::string> bytes = ReadFile(path);
+    absl::StatusOr<Checkpoint> c =
+        bytes.ok() ? ParseCheckpoint(*bytes) : bytes.status();
+    if (c.ok() && c->state.round != round) {
+      c = absl::DataLossError(absl::StrCat("the file holds round ",
+                                           c->state.round));
+    }
+    if (!c.ok()) {
+      skipped.push_back(absl::StrCat(path, ": ", c.status().message()));
+      continue;
+    }
+    return std::optional<Loaded>(Loaded{*std::move(c), path, skipped});
+  }
+  if (skipped.empty()) return std::optional<Loaded>();
+  // Every file failed: say so rather than start from scratch silently.
+  return absl::DataLossError(absl::StrCat(
+      "no checkpoint in ", dir_, " verifies: ", absl::StrJoin(skipped, "; ")));
+}
+
+}  // namespace effadam

@@ -1,0 +1,193 @@
+#include "server/checkpoint.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <string>
+
+#include "common/checksum.h"
+#include "common/compression_proto.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace effadam {
+namespace {
+
+using ::testing::HasSubstr;
+
+Checkpoint Make(int64_t round, size_t n = 40) {
+  Checkpoint c;
+  c.layout = *TensorLayout::Create({{"w", {static_cast<int64_t>(n) - 8}},
+                                    {"b", {8}}});
+  CompressionConfig cc;
+  cc.worker_codec = *ParseCodecSpec("sign");
+  cc.server_codec = *ParseCodecSpec("q4");
+  c.compression = CompressionToProto(cc);
+  c.rounds_closed = round - 1;
+  c.state.round = round;
+  for (size_t i = 0; i < n; ++i) {
+    c.state.params.push_back(0.5f * i - round);
+    c.state.error_memory.push_back(-0.001f * i);
+  }
+  return c;
+}
+
+void ExpectSame(const Checkpoint& a, const Checkpoint& b) {
+  EXPECT_EQ(a.layout, b.layout);
+  EXPECT_EQ(a.compression.SerializeAsString(),
+            b.compression.SerializeAsString());
+  EXPECT_EQ(a.rounds_closed, b.rounds_closed);
+  EXPECT_EQ(a.state.round, b.state.round);
+  EXPECT_EQ(ParamsChecksum(a.state.params), ParamsChecksum(b.state.params));
+  EXPECT_EQ(ParamsChecksum(a.state.error_memory),
+            ParamsChecksum(b.state.error_memory));
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/effadam-ckpt-test-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteAll(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+TEST(Checkpoint, RoundTripsBitForBit) {
+  const Checkpoint c = Make(17);
+  absl::StatusOr<Checkpoint> back = ParseCheckpoint(SerializeCheckpoint(c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ExpectSame(c, *back);
+}
+
+TEST(Checkpoint, EveryTruncationIsRejected) {
+  const std::string bytes = SerializeCheckpoint(Make(3));
+  for (size_t len = 0; len < bytes.size(); ++len) {
+    EXPECT_FALSE(ParseCheckpoint(bytes.substr(0, len)).ok()) << len;
+  }
+  EXPECT_FALSE(ParseCheckpoint(bytes + "x").ok());
+}
+
+TEST(Checkpoint, EveryFlippedByteIsRejected) {
+  const std::string bytes = SerializeCheckpoint(Make(3));
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    std::string bad = bytes;
+    bad[i] ^= 0x20;
+    absl::StatusOr<Checkpoint> c = ParseCheckpoint(bad);
+    EXPECT_FALSE(c.ok()) << "byte " << i;
+  }
+}
+
+TEST(Checkpoint, ImpossibleStatesAreRejectedEvenWithAGoodCrc) {
+  Checkpoint nan = Make(3);
+  nan.state.error_memory[5] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(ParseCheckpoint(SerializeCheckpoint(nan)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Checkpoint round0 = Make(3);
+  round0.state.round = 0;
+  EXPECT_EQ(ParseCheckpoint(SerializeCheckpoint(round0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Checkpoint short_e = Make(3);
+  short_e.state.error_memory.pop_back();
+  EXPECT_FALSE(ParseCheckpoint(SerializeCheckpoint(short_e)).ok());
+  EXPECT_THAT(std::string(ParseCheckpoint("not a checkpoint at all")
+                              .status()
+                              .message()),
+              HasSubstr("magic"));
+}
+
+TEST(CheckpointStore, LoadsTheNewestAndKeepsOnlyKeep) {
+  TempDir dir;
+  absl::StatusOr<CheckpointStore> store = CheckpointStore::Open(dir.path(), 2);
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<std::optional<CheckpointStore::Loaded>> none =
+      store->LoadNewest();
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  for (int64_t r : {11, 21, 31}) {
+    absl::StatusOr<CheckpointStore::Written> w = store->Write(Make(r));
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_EQ(w->bytes, static_cast<int64_t>(ReadAll(w->path).size()));
+  }
+  EXPECT_NE(access((dir.path() + "/checkpoint-000000000031.effadam").c_str(),
+                   F_OK), -1);
+  EXPECT_NE(access((dir.path() + "/checkpoint-000000000021.effadam").c_str(),
+                   F_OK), -1);
+  EXPECT_EQ(access((dir.path() + "/checkpoint-000000000011.effadam").c_str(),
+                   F_OK), -1);
+  auto loaded = store->LoadNewest();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  ExpectSame((*loaded)->checkpoint, Make(31));
+  EXPECT_TRUE((*loaded)->skipped.empty());
+}
+
+TEST(CheckpointStore, SkipsATornNewestFileAndIgnoresTempFiles) {
+  TempDir dir;
+  CheckpointStore store = *CheckpointStore::Open(dir.path(), 3);
+  ASSERT_TRUE(store.Write(Make(10)).ok());
+  const std::string newest = store.Write(Make(20))->path;
+  // A torn write under the final name (as a filesystem without ordered
+  // renames could leave it) and an interrupted temporary file.
+  const std::string bytes = ReadAll(newest);
+  WriteAll(newest, bytes.substr(0, bytes.size() / 2));
+  const std::string temp =
+      dir.path() + "/.checkpoint-000000000030.effadam.tmp-999";
+  WriteAll(temp, SerializeCheckpoint(Make(30)));
+  auto loaded = store.LoadNewest();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_TRUE(loaded->has_value());
+  ExpectSame((*loaded)->checkpoint, Make(10));
+  ASSERT_EQ((*loaded)->skipped.size(), 1u);
+  EXPECT_THAT((*loaded)->skipped[0], HasSubstr("000000000020"));
+  EXPECT_EQ(access(temp.c_str(), F_OK), -1) << "temp file not removed";
+}
+
+TEST(CheckpointStore, AFileWhoseNameLiesAboutItsRoundIsSkipped) {
+  TempDir dir;
+  CheckpointStore store = *CheckpointStore::Open(dir.path(), 3);
+  ASSERT_TRUE(store.Write(Make(5)).ok());
+  WriteAll(dir.path() + "/checkpoint-000000000009.effadam",
+           SerializeCheckpoint(Make(7)));
+  auto loaded = store.LoadNewest();
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_EQ((*loaded)->checkpoint.state.round, 5);
+}
+
+TEST(CheckpointStore, AllCorruptIsAnErrorNotAFreshStart) {
+  TempDir dir;
+  CheckpointStore store = *CheckpointStore::Open(dir.path(), 3);
+  const std::string path = store.Write(Make(5))->path;
+  WriteAll(path, "garbage");
+  auto loaded = store.LoadNewest();
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(loaded.status().message()), HasSubstr(path));
+}
+
+TEST(CheckpointStore, OpenRejectsBadArguments) {
+  TempDir dir;
+  EXPECT_FALSE(CheckpointStore::Open("", 1).ok());
+  EXPECT_FALSE(CheckpointStore::Open(dir.path(), 0).ok());
+  const std::string file = dir.path() + "/file";
+  WriteAll(file, "x");
+  EXPECT_FALSE(CheckpointStore::Open(file, 1).ok());
+  EXPECT_TRUE(CheckpointStore::Open(dir.path() + "/new/", 1).ok());
+}
+
+}  // namespace
+}  // namespace effadam
