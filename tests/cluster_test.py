@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 
 LOOPBACK = "127.0.0.1"
 WORKERS = 3
@@ -71,28 +72,53 @@ class Cluster:
             err = f.read().decode(errors="replace")
         return out, err
 
-    def start_server(self, flags, port=0):
+    def start_server(self, flags, port=0, label="server", metrics=False):
         """Starts effadam-server and returns its port, read from the line
-        'effadam-server listening on 127.0.0.1:PORT'."""
-        p = self.spawn("server", [os.path.join(self.bin, "effadam-server"),
-                                  "--listen=%s:%d" % (LOOPBACK, port),
-                                  # Off: the default port would collide
-                                  # between concurrent tests.
-                                  "--metrics_listen=",
-                                  "--summary_json=" + self.path("server.json")]
+        'effadam-server listening on 127.0.0.1:PORT'. With metrics, on a
+        free port that p.metrics_port holds."""
+        p = self.spawn(label, [os.path.join(self.bin, "effadam-server"),
+                               "--listen=%s:%d" % (LOOPBACK, port),
+                               # Port 0 when on: the default port would
+                               # collide between concurrent tests.
+                               "--metrics_listen=" +
+                               ("%s:0" % LOOPBACK if metrics else ""),
+                               "--summary_json=" + self.path(label + ".json")]
                        + flags)
         deadline = time.time() + 30
         pattern = re.compile(r"effadam-server listening on 127\.0\.0\.1:(\d+)")
+        metrics_pattern = re.compile(
+            r"effadam-server metrics on http://127\.0\.0\.1:(\d+)/")
         while time.time() < deadline:
-            out, err = self.output("server")
+            out, err = self.output(label)
             m = pattern.search(out + err)
-            if m:
+            mm = metrics_pattern.search(out + err)
+            if m and (mm or not metrics):
+                p.metrics_port = int(mm.group(1)) if mm else None
                 return p, int(m.group(1))
             if p.poll() is not None:
-                raise Failure("server exited with %d before listening:\n%s%s"
-                              % (p.returncode, out, err))
+                raise Failure("%s exited with %d before listening:\n%s%s"
+                              % (label, p.returncode, out, err))
             time.sleep(0.05)
-        raise Failure("server did not print its port within 30 s")
+        raise Failure("%s did not print its port within 30 s" % label)
+
+    def metric(self, server, name):
+        """The value of an unlabelled metric on `server`'s /metrics."""
+        url = "http://%s:%d/metrics" % (LOOPBACK, server.metrics_port)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise Failure("no %s on %s" % (name, url))
+
+    def wait_for(self, what, predicate, timeout=60):
+        """Polls predicate() until true; Failure naming `what` after
+        `timeout` seconds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                return
+            time.sleep(0.02)
+        raise Failure("timed out after %d s waiting for %s" % (timeout, what))
 
     def start_worker(self, label, port, flags):
         return self.spawn(label, [os.path.join(self.bin, "effadam-worker"),
@@ -118,9 +144,9 @@ class Cluster:
         with open(self.path(label + ".json")) as f:
             return json.load(f)
 
-    def run_sim(self, flags):
+    def run_sim(self, flags, workers=WORKERS):
         argv = [os.path.join(self.bin, "effadam-sim"),
-                "--workers=%d" % WORKERS,
+                "--workers=%d" % workers,
                 "--summary_json=" + self.path("sim.json")] + flags
         p = self.spawn("sim", argv)
         self.expect_ok(p)
@@ -374,17 +400,19 @@ CASES = [
 ]
 
 
-def main():
+def run_cases(cases, binaries):
+    """The command line of a test file of cases: --bin, --only NAME. Runs
+    each case in its own Cluster, reports every one, fails if any failed."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin", required=True, help="build/bin directory")
     parser.add_argument("--only", help="run this case only")
     args = parser.parse_args()
-    for b in ("effadam-server", "effadam-worker", "effadam-sim"):
+    for b in binaries:
         if not os.access(os.path.join(args.bin, b), os.X_OK):
             print("missing %s in %s" % (b, args.bin))
             return 1
     failed = 0
-    for name, fn in CASES:
+    for name, fn in cases:
         if args.only and name != args.only:
             continue
         c = Cluster(args.bin, name)
@@ -397,6 +425,11 @@ def main():
             detail = str(e) if isinstance(e, Failure) else traceback.format_exc()
             print("FAIL %-28s %5.1f s\n%s" % (name, time.time() - start,
                                                detail))
+            for p in c.procs:  # the last words of every process
+                out, err = c.output(p.label)
+                print("--- %s (exit %s):\n%s" % (
+                    p.label, p.poll(), "\n".join(
+                        (out + err).splitlines()[-8:])))
         finally:
             c.close()
         sys.stdout.flush()
@@ -404,4 +437,5 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cases(CASES, ("effadam-server", "effadam-worker",
+                               "effadam-sim")))
