@@ -9,7 +9,8 @@ scripts/setup.sh
 scripts/build.sh
 
 echo "== AddressSanitizer + UBSan =="
-SAN_TESTS=(codec_test update_codec_test round_engine_test worker_optimizer_test
+SAN_TESTS=(codec_test update_codec_test round_engine_test checkpoint_test
+           worker_optimizer_test
            idx_reader_test server_service_test worker_client_test)
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEFFADAM_SANITIZE=ON -DEFFADAM_BUILD_BENCH=OFF >/dev/null
