@@ -26,6 +26,7 @@ absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Create(
     const CompressionOptions& options) {
   std::unique_ptr<UpdateCodec> uc(new UpdateCodec);
   uc->spec_ = spec;
+  uc->block_size_ = options.block_size;
   auto codec = MakeCodec(spec, options.block_size);
   if (!codec.ok()) return codec.status();
   auto fp32 = MakeCodec(CodecSpec{}, options.block_size);
@@ -77,11 +78,42 @@ absl::Status UpdateCodec::EncodeWithFeedback(absl::Span<const float> update,
     absl::Span<float> e =
         error.empty() ? absl::Span<float>() : error.subspan(s.begin, s.size);
     absl::Status st = s.codec->EncodeWithFeedback(
-        update.subspan(s.begin, s.size), e, SegmentSeed(seed, s.begin),
+        update.subspan(s.begin, s.size), e,
+        SegmentSeed(seed, element_offset_ + s.begin),
         base + s.byte_begin);
     if (!st.ok()) return st;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Slice(
+    size_t first_segment, size_t end_segment) const {
+  if (first_segment >= end_segment || end_segment > segments_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slice of segments [", first_segment, ", ", end_segment,
+        ") of a codec with ", segments_.size(), " segments"));
+  }
+  std::unique_ptr<UpdateCodec> uc(new UpdateCodec);
+  uc->spec_ = spec_;
+  uc->block_size_ = block_size_;
+  auto codec = MakeCodec(spec_, block_size_);
+  if (!codec.ok()) return codec.status();
+  auto fp32 = MakeCodec(CodecSpec{}, block_size_);
+  if (!fp32.ok()) return fp32.status();
+  uc->codec_ = *std::move(codec);
+  uc->fp32_ = *std::move(fp32);
+  const Segment& first = segments_[first_segment];
+  for (size_t i = first_segment; i < end_segment; ++i) {
+    Segment s = segments_[i];
+    s.begin -= first.begin;
+    s.byte_begin -= first.byte_begin;
+    s.codec = s.codec == fp32_.get() ? uc->fp32_.get() : uc->codec_.get();
+    uc->num_elements_ += s.size;
+    uc->encoded_size_ += s.byte_size;
+    uc->segments_.push_back(s);
+  }
+  uc->element_offset_ = element_offset_ + first.begin;
+  return uc;
 }
 
 absl::Status UpdateCodec::Validate(absl::string_view bytes) const {

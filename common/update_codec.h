@@ -49,7 +49,19 @@ class UpdateCodec {
       const TensorLayout& layout, const CodecSpec& spec,
       const CompressionOptions& options);
 
+  // The codec of segments [first_segment, end_segment) alone, as one shard
+  // of the model holds them: elements and bytes count from the slice's
+  // start. Stochastic rounding draws as in this codec, so the slices'
+  // encodings of the slices of an update, concatenated, are this codec's
+  // encoding of the whole update, bit for bit. InvalidArgument for an empty
+  // or out-of-range slice.
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> Slice(size_t first_segment,
+                                                     size_t end_segment) const;
+
   const CodecSpec& spec() const { return spec_; }
+  // Where this codec's elements start in the whole model's x: 0 unless it
+  // is a Slice.
+  size_t element_offset() const { return element_offset_; }
   size_t num_elements() const { return num_elements_; }
   size_t encoded_size() const { return encoded_size_; }
   const std::vector<Segment>& segments() const { return segments_; }
@@ -72,6 +84,8 @@ class UpdateCodec {
   UpdateCodec() = default;
 
   CodecSpec spec_;
+  size_t block_size_ = 0;
+  size_t element_offset_ = 0;
   std::unique_ptr<Codec> codec_;
   std::unique_ptr<Codec> fp32_;
   std::vector<Segment> segments_;
