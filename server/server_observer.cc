@@ -50,6 +50,8 @@ const char* RejectionName(Rejection why) {
       return "truncated_update";
     case Rejection::kInvalidPayload:
       return "invalid_payload";
+    case Rejection::kUnauthenticated:
+      return "unauthenticated";
   }
   return "unknown";
 }

@@ -40,8 +40,9 @@ enum class Rejection {
                          // past the end of the update
   kTruncatedUpdate,      // the stream ended in the middle of an update
   kInvalidPayload,       // a complete update whose bytes do not validate
+  kUnauthenticated,      // a call without the server's token
 };
-inline constexpr int kNumRejections = 17;
+inline constexpr int kNumRejections = 18;
 
 // The `reason` label: "bad_layout", "layout_mismatch", ...
 const char* RejectionName(Rejection why);

@@ -374,20 +374,15 @@ CASES = [
 ]
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", required=True, help="build/bin directory")
-    parser.add_argument("--only", help="run this case only")
-    args = parser.parse_args()
-    for b in ("effadam-server", "effadam-worker", "effadam-sim"):
-        if not os.access(os.path.join(args.bin, b), os.X_OK):
-            print("missing %s in %s" % (b, args.bin))
-            return 1
+def run_cases(bin_dir, cases, only=None, prefix=""):
+    """Runs each (name, fn) of `cases` (all, or the one named `only`) with a
+    Cluster of its own, fn(c) returning a one-line result; prints PASS or
+    FAIL per case and returns how many failed."""
     failed = 0
-    for name, fn in CASES:
-        if args.only and name != args.only:
+    for name, fn in cases:
+        if only and name != only:
             continue
-        c = Cluster(args.bin, name)
+        c = Cluster(bin_dir, prefix + name)
         start = time.time()
         try:
             result = fn(c)
@@ -400,7 +395,19 @@ def main():
         finally:
             c.close()
         sys.stdout.flush()
-    return 1 if failed else 0
+    return failed
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True, help="build/bin directory")
+    parser.add_argument("--only", help="run this case only")
+    args = parser.parse_args()
+    for b in ("effadam-server", "effadam-worker", "effadam-sim"):
+        if not os.access(os.path.join(args.bin, b), os.X_OK):
+            print("missing %s in %s" % (b, args.bin))
+            return 1
+    return 1 if run_cases(args.bin, CASES, args.only) else 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ namespace pb = ::effadam::v1;
 // gRPC's receive limit must fit the server's largest chunk (its
 // --max_chunk_bytes allows up to 2^30) plus the message's other fields.
 constexpr int64_t kMaxChunkBytes = int64_t{1} << 30;
-constexpr int kMaxReceiveBytes = static_cast<int>(kMaxChunkBytes) + (64 << 10);
+constexpr int kMaxReceiveBytes =
+    static_cast<int>(kMaxChunkBytes) + kMessageEnvelopeBytes;
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
 
@@ -59,8 +60,8 @@ WorkerClient::WorkerClient(WorkerClientOptions options)
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(absl::ToInt64Milliseconds(kMaxBackoff)));
   args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
-  channel_ = grpc::CreateCustomChannel(
-      options_.server, grpc::InsecureChannelCredentials(), args);
+  // TLS and keepalive: common/grpc_security.h.
+  channel_ = NewClientChannel(options_.server, options_.security, args);
 }
 
 WorkerClient::~WorkerClient() {
@@ -96,6 +97,7 @@ bool WorkerClient::cancelled() const {
 std::unique_ptr<grpc::ClientContext> WorkerClient::NewContext(
     absl::Time deadline) {
   auto context = std::make_unique<grpc::ClientContext>();
+  AddCallCredentials(options_.security, context.get());
   if (deadline != absl::InfiniteFuture()) {
     context->set_deadline(absl::ToChronoTime(deadline));
   }

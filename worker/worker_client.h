@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/compression_flags.h"
+#include "common/grpc_security.h"
 #include "common/tensor_layout.h"
 #include "worker/progress.h"
 #include "worker/worker_optimizer.h"
@@ -52,6 +53,9 @@ struct WorkerClientOptions {
   absl::Duration connect_timeout = absl::Seconds(60);
   // How long Finish waits for the server to end the stream.
   absl::Duration finish_timeout = absl::Seconds(10);
+  // TLS and the token (LoadClientSecurity, or ClientSecurityFromFlags);
+  // the default is plaintext without a token.
+  ClientSecurity security;
 };
 
 // One worker of an effadam cluster: joins the parameter server, keeps the
