@@ -27,7 +27,7 @@ RUN apt-get update -q \
       libabsl-dev libeigen3-dev zlib1g-dev \
       libgtest-dev libgmock-dev libbenchmark-dev \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-      prometheus-cpp-dev \
+      libssl-dev prometheus-cpp-dev \
  && rm -rf /var/lib/apt/lists/*
 
 FROM build-deps AS build

@@ -14,6 +14,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/client_security_flags.h"
 #include "common/compression_flags.h"
 #include "worker/worker_client.h"
 
@@ -33,6 +34,13 @@ int main(int argc, char** argv) {
   effadam::WorkerClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
   options.compression = *effadam::CompressionConfigFromFlags();
+  // --tls_ca_file, --auth_token_file, ...: as the server requires.
+  auto security = effadam::ClientSecurityFromFlags();
+  if (!security.ok()) {
+    std::fprintf(stderr, "%s\n", security.status().ToString().c_str());
+    return 1;
+  }
+  options.security = *security;
   options.adam.lr = 0.05f;
   effadam::WorkerClient client(options);
   if (auto s = client.Join(*layout); !s.ok()) {

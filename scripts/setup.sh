@@ -8,6 +8,9 @@ PACKAGES=(
   libabsl-dev libeigen3-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # TLS: libssl checks the PEM files at start-up; the openssl CLI makes the
+  # test certificates (tests/security_test.py)
+  libssl-dev openssl
   prometheus-cpp-dev prometheus
   dataset-fashion-mnist
   python3 python3-yaml

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, builds, runs the tests of the
 # code that parses untrusted bytes (codecs, update codec, round engine,
-# worker optimizer, IDX reader, the gRPC service and client) under
-# AddressSanitizer and UBSan, then every test under ctest.
+# worker optimizer, IDX reader, the gRPC service and client, the PEM and
+# token loaders and the token check) under AddressSanitizer and UBSan, then
+# every test under ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,8 +11,8 @@ scripts/build.sh
 
 echo "== AddressSanitizer + UBSan =="
 SAN_TESTS=(codec_test update_codec_test round_engine_test checkpoint_test
-           worker_optimizer_test
-           idx_reader_test server_service_test worker_client_test)
+           worker_optimizer_test idx_reader_test server_service_test
+           worker_client_test grpc_security_test service_auth_test)
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEFFADAM_SANITIZE=ON -DEFFADAM_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "${JOBS:-2}" --target "${SAN_TESTS[@]}"

@@ -1,7 +1,8 @@
 // effadam-health: asks a gRPC server for its grpc.health.v1 status. Exit 0
 // when it answers SERVING, 1 otherwise, with one line saying why. Meant for
 // container health checks (Docker HEALTHCHECK), where no other gRPC client
-// is at hand.
+// is at hand. Speaks TLS (and mutual TLS) with the clients' TLS flags; the
+// health service needs no token (docs/security.md).
 
 #include <cstdio>
 #include <string>
@@ -11,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/client_security_flags.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "host:port of the server");
@@ -21,11 +23,22 @@ ABSL_FLAG(double, timeout, 3.0, "Seconds to wait for the answer");
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Checks a gRPC server's health (grpc.health.v1).\n"
-      "Example: effadam-health --addr=127.0.0.1:50051");
+      "Example: effadam-health --addr=127.0.0.1:50051\n"
+      "Over TLS: --tls_ca_file (and --tls_cert_file/--tls_key_file for "
+      "mutual TLS); --auth_token_file is not needed and not sent.");
   absl::ParseCommandLine(argc, argv);
   const std::string addr = absl::GetFlag(FLAGS_addr);
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  const absl::StatusOr<effadam::ClientSecurity> security =
+      effadam::ClientSecurityFromFlags();
+  if (!security.ok()) {
+    std::fprintf(stderr, "effadam-health: %s\n",
+                 security.status().ToString().c_str());
+    return 1;
+  }
+  auto stub = grpc::health::v1::Health::NewStub(effadam::NewClientChannel(
+      addr, *security, grpc::ChannelArguments()));
+  // No token: grpc.health.v1 needs none, and a secret is not sent where it
+  // is not needed.
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(static_cast<int64_t>(
@@ -35,8 +48,12 @@ int main(int argc, char** argv) {
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status s = stub->Check(&context, request, &response);
   if (!s.ok()) {
-    std::fprintf(stderr, "effadam-health: %s: %s\n", addr.c_str(),
-                 s.error_message().c_str());
+    const std::string hint =
+        s.error_code() == grpc::StatusCode::UNAVAILABLE
+            ? " (" + effadam::ConnectionHint(*security) + ")"
+            : "";
+    std::fprintf(stderr, "effadam-health: %s: %s%s\n", addr.c_str(),
+                 s.error_message().c_str(), hint.c_str());
     return 1;
   }
   const std::string status =

@@ -108,6 +108,14 @@ absl::Status ParameterServerService::Reject(Rejection why,
   return status;
 }
 
+grpc::Status ParameterServerService::Authenticate(
+    const grpc::ServerContext& context) const {
+  if (options_.authenticator == nullptr) return grpc::Status::OK;
+  absl::Status s = options_.authenticator->Check(context);
+  if (s.ok()) return grpc::Status::OK;
+  return ToGrpc(Reject(Rejection::kUnauthenticated, std::move(s)));
+}
+
 void ParameterServerService::CountWireLocked(TrafficDirection direction,
                                              int64_t bytes) {
   switch (direction) {
@@ -201,9 +209,10 @@ void ParameterServerService::Leave(int rank, absl::string_view why) {
   changed_.SignalAll();
 }
 
-grpc::Status ParameterServerService::Join(grpc::ServerContext* /*context*/,
+grpc::Status ParameterServerService::Join(grpc::ServerContext* context,
                                           const v1::JoinRequest* request,
                                           v1::JoinResponse* response) {
+  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
   absl::StatusOr<TensorLayout> layout = LayoutFromProto(request->layout());
   if (!layout.ok()) {
     return ToGrpc(Reject(Rejection::kBadLayout,
@@ -371,9 +380,10 @@ absl::Status ParameterServerService::ReadParams(
 }
 
 grpc::Status ParameterServerService::UploadParams(
-    grpc::ServerContext* /*context*/,
+    grpc::ServerContext* context,
     grpc::ServerReader<v1::ParamsChunk>* reader,
     v1::UploadParamsResponse* /*response*/) {
+  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
   v1::ParamsChunk chunk;
   if (!reader->Read(&chunk)) {
     return ToGrpc(Reject(Rejection::kBadUpload,
@@ -450,6 +460,7 @@ grpc::Status ParameterServerService::UploadParams(
 grpc::Status ParameterServerService::FetchParams(
     grpc::ServerContext* context, const v1::FetchParamsRequest* request,
     grpc::ServerWriter<v1::ParamsChunk>* writer) {
+  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
   const int rank = request->rank();
   std::vector<float> x;
   int64_t round = 0;
@@ -812,6 +823,7 @@ absl::Status ParameterServerService::RunTrain(
 grpc::Status ParameterServerService::Train(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream) {
+  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
   v1::WorkerMessage msg;
   if (!stream->Read(&msg)) return grpc::Status::OK;
   const int rank = msg.rank();
@@ -896,8 +908,9 @@ ServerSummary ParameterServerService::Summary() const {
 }
 
 grpc::Status ParameterServerService::Status(
-    grpc::ServerContext* /*context*/, const v1::StatusRequest* /*request*/,
+    grpc::ServerContext* context, const v1::StatusRequest* /*request*/,
     v1::StatusResponse* response) {
+  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   ExpireIdleJoinsLocked(absl::Now());
   const ServerSummary s = SummaryLocked();

@@ -22,6 +22,7 @@
 #include "server/checkpoint.h"
 #include "server/round_engine.h"
 #include "server/server_observer.h"
+#include "server/token_authenticator.h"
 
 namespace effadam {
 
@@ -48,6 +49,9 @@ struct ServerOptions {
   // Told about traffic, rounds, membership and rejections (for metrics);
   // null for none. Not owned; must outlive the service.
   ServerObserver* observer = nullptr;
+  // Checks the token of every effadam.v1 call before anything else
+  // happens; null: no token required. Not owned; must outlive the service.
+  const TokenAuthenticator* authenticator = nullptr;
 };
 
 // What the server has done so far; a consistent snapshot.
@@ -204,6 +208,9 @@ class ParameterServerService final
                           v1::ParamsChunk* chunk, std::vector<float>* x,
                           int64_t* wire_bytes) const;
 
+  // OK, or UNAUTHENTICATED (counted as a rejection) for a call without the
+  // token; the first thing every RPC handler does.
+  grpc::Status Authenticate(const grpc::ServerContext& context) const;
   // Tells the observer about a rejection and returns `status`, so that a
   // refusal is one expression: `return Reject(Rejection::kX, Error(...));`.
   absl::Status Reject(Rejection why, absl::Status status) const;

@@ -24,11 +24,13 @@
 #include "absl/time/time.h"
 #include "common/compression_flags.h"
 #include "common/checksum.h"
+#include "common/grpc_security.h"
 #include "common/json_writer.h"
 #include "common/prometheus_util.h"
 #include "server/checkpoint.h"
 #include "server/parameter_server_service.h"
 #include "server/server_metrics.h"
+#include "server/token_authenticator.h"
 
 // The compression flags (--worker_codec, --server_codec, --block_size,
 // --min_compress_elements, --error_feedback) are common/compression_flags.cc.
@@ -61,6 +63,21 @@ ABSL_FLAG(std::string, summary_json, "",
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Serve Prometheus metrics at http://ADDRESS/metrics, host:port; "
           "port 0 picks a free port, which is printed; empty disables");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM file of the server's certificate chain; with --tls_key_file "
+          "turns TLS on for the gRPC port (docs/security.md). Empty: "
+          "plaintext");
+ABSL_FLAG(std::string, tls_key_file, "",
+          "PEM file of the private key of --tls_cert_file (unencrypted)");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM file of the CA certificate(s) that sign client certificates; "
+          "turns mutual TLS on: every client must present a certificate it "
+          "signed. Needs --tls_cert_file");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding a shared token (surrounding whitespace ignored; use "
+          "at least 32 random characters, e.g. `openssl rand -hex 32`); "
+          "every effadam.v1 call must then carry `authorization: Bearer "
+          "<token>`. grpc.health.v1 stays open. Empty: no token");
 ABSL_FLAG(absl::Duration, metrics_linger, absl::ZeroDuration(),
           "After training ends and --summary_json is written, keep serving "
           "/metrics this long (or until SIGTERM/SIGINT) so that Prometheus "
@@ -108,6 +125,15 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   }
   if (!absl::GetFlag(FLAGS_checkpoint_dir).empty()) o.checkpoint_every = every;
   return o;
+}
+
+absl::StatusOr<ServerSecurity> SecurityFromFlags() {
+  ServerSecurityFiles files;
+  files.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  files.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  files.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  files.token_file = absl::GetFlag(FLAGS_auth_token_file);
+  return LoadServerSecurity(files);
 }
 
 // Opens --checkpoint_dir and restores its newest good checkpoint into
@@ -186,6 +212,18 @@ int Run() {
         "--metrics_linger must be >= 0, got ", absl::FormatDuration(linger))));
   }
 
+  // Every file is read and checked before anything listens.
+  absl::StatusOr<ServerSecurity> security = SecurityFromFlags();
+  if (!security.ok()) return Fail(security.status());
+  std::optional<TokenAuthenticator> authenticator;
+  if (!security->token.empty()) {
+    absl::StatusOr<TokenAuthenticator> a =
+        TokenAuthenticator::Create(security->token);
+    if (!a.ok()) return Fail(a.status());
+    authenticator = *std::move(a);
+    options->authenticator = &*authenticator;
+  }
+
   // Metrics first: a port that is taken fails the start, before any worker
   // could join. The metrics outlive the service, which reports to them.
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
@@ -212,22 +250,11 @@ int Run() {
   grpc::ServerBuilder builder;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  // TLS, message size limits (a chunk plus its envelope; gRPC refuses
+  // anything larger before it reaches the service), keepalive.
+  ConfigureServer(listen, *security, options->max_chunk_bytes, &builder,
+                  &port);
   builder.RegisterService(service->get());
-  // A chunk plus the few bytes of its message; anything larger is refused
-  // by gRPC before it reaches the service.
-  const int max_message =
-      static_cast<int>(options->max_chunk_bytes) + (64 << 10);
-  builder.SetMaxReceiveMessageSize(max_message);
-  builder.SetMaxSendMessageSize(max_message);
-  // Train streams can sit idle for a whole round: ping so that a worker
-  // whose host vanished is noticed (its stream ends, it leaves the live
-  // set), and accept the workers' own keepalive pings.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  builder.AddChannelArgument(
-      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     return Fail(
@@ -250,6 +277,8 @@ int Run() {
                 metrics_host.c_str(), BoundPort(*exposer));
   }
   std::fflush(stdout);
+  std::fprintf(stderr, "effadam-server: %s\n",
+               DescribeServerSecurity(*security).c_str());
   std::fprintf(stderr,
                "effadam-server: %d workers, codecs %s/%s, error feedback %s, "
                "rounds %lld%s\n",

@@ -52,6 +52,8 @@ const char* RejectionName(Rejection why) {
       return "invalid_payload";
     case Rejection::kLagging:
       return "lagging";
+    case Rejection::kUnauthenticated:
+      return "unauthenticated";
   }
   return "unknown";
 }

@@ -41,8 +41,9 @@ enum class Rejection {
   kTruncatedUpdate,      // the stream ended in the middle of an update
   kInvalidPayload,       // a complete update whose bytes do not validate
   kLagging,              // an update so late that its round's delta is gone
+  kUnauthenticated,      // a call without the server's token
 };
-inline constexpr int kNumRejections = 18;
+inline constexpr int kNumRejections = 19;
 
 // The `reason` label: "bad_layout", "layout_mismatch", ...
 const char* RejectionName(Rejection why);

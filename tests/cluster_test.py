@@ -400,22 +400,16 @@ CASES = [
 ]
 
 
-def run_cases(cases, binaries):
-    """The command line of a test file of cases: --bin, --only NAME. Runs
-    each case in its own Cluster, reports every one, fails if any failed."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bin", required=True, help="build/bin directory")
-    parser.add_argument("--only", help="run this case only")
-    args = parser.parse_args()
-    for b in binaries:
-        if not os.access(os.path.join(args.bin, b), os.X_OK):
-            print("missing %s in %s" % (b, args.bin))
-            return 1
+def run_cases(bin_dir, cases, only=None, prefix=""):
+    """Runs each (name, fn) of `cases` (all, or the one named `only`) with a
+    Cluster of its own, fn(c) returning a one-line result; prints PASS or
+    FAIL per case, with the last lines of every process of a failed one,
+    and returns how many failed."""
     failed = 0
     for name, fn in cases:
-        if args.only and name != args.only:
+        if only and name != only:
             continue
-        c = Cluster(args.bin, name)
+        c = Cluster(bin_dir, prefix + name)
         start = time.time()
         try:
             result = fn(c)
@@ -433,9 +427,23 @@ def run_cases(cases, binaries):
         finally:
             c.close()
         sys.stdout.flush()
-    return 1 if failed else 0
+    return failed
+
+
+def main_for(cases, binaries):
+    """The command line of a file of cases: --bin DIR, --only NAME; checks
+    that `binaries` exist in DIR. The process exit status."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True, help="build/bin directory")
+    parser.add_argument("--only", help="run this case only")
+    args = parser.parse_args()
+    for b in binaries:
+        if not os.access(os.path.join(args.bin, b), os.X_OK):
+            print("missing %s in %s" % (b, args.bin))
+            return 1
+    return 1 if run_cases(args.bin, cases, args.only) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cases(CASES, ("effadam-server", "effadam-worker",
-                               "effadam-sim")))
+    sys.exit(main_for(CASES, ("effadam-server", "effadam-worker",
+                              "effadam-sim")))

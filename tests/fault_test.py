@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_test import Failure, check, run_cases  # noqa: E402
+from cluster_test import Failure, check, main_for  # noqa: E402
 
 SIGN = ["--worker_codec=sign", "--server_codec=sign", "--seed=3"]
 CHECKPOINT_LINE = re.compile(
@@ -239,5 +239,5 @@ CASES = [
 ]
 
 if __name__ == "__main__":
-    sys.exit(run_cases(CASES, ("effadam-server", "effadam-worker",
-                               "effadam-sim", "effadam-synthetic-worker")))
+    sys.exit(main_for(CASES, ("effadam-server", "effadam-worker",
+                              "effadam-sim", "effadam-synthetic-worker")))

@@ -28,7 +28,8 @@ namespace pb = ::effadam::v1;
 // gRPC's receive limit must fit the server's largest chunk (its
 // --max_chunk_bytes allows up to 2^30) plus the message's other fields.
 constexpr int64_t kMaxChunkBytes = int64_t{1} << 30;
-constexpr int kMaxReceiveBytes = static_cast<int>(kMaxChunkBytes) + (64 << 10);
+constexpr int kMaxReceiveBytes =
+    static_cast<int>(kMaxChunkBytes) + kMessageEnvelopeBytes;
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
 
@@ -59,8 +60,8 @@ WorkerClient::WorkerClient(WorkerClientOptions options)
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(absl::ToInt64Milliseconds(kMaxBackoff)));
   args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
-  channel_ = grpc::CreateCustomChannel(
-      options_.server, grpc::InsecureChannelCredentials(), args);
+  // TLS and keepalive: common/grpc_security.h.
+  channel_ = NewClientChannel(options_.server, options_.security, args);
 }
 
 WorkerClient::~WorkerClient() {
@@ -96,6 +97,7 @@ bool WorkerClient::cancelled() const {
 std::unique_ptr<grpc::ClientContext> WorkerClient::NewContext(
     absl::Time deadline) {
   auto context = std::make_unique<grpc::ClientContext>();
+  AddCallCredentials(options_.security, context.get());
   if (deadline != absl::InfiniteFuture()) {
     context->set_deadline(absl::ToChronoTime(deadline));
   }
@@ -115,6 +117,13 @@ bool WorkerClient::Backoff(absl::Duration d) {
   // Wakes early only when Cancel() flips the flag.
   mu_.AwaitWithTimeout(absl::Condition(&cancelled_), d);
   return !cancelled_;
+}
+
+bool WorkerClient::ServerAway(const grpc::Status& s) const {
+  // A server shutting down cancels the calls it has; a Cancel() here is
+  // this worker's own doing.
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         (s.error_code() == grpc::StatusCode::CANCELLED && !cancelled());
 }
 
 absl::Status WorkerClient::Join(const TensorLayout& layout) {
@@ -156,9 +165,9 @@ absl::Status WorkerClient::JoinAs(int rank, absl::Time deadline) {
     const grpc::Status s = stub->Join(context.get(), request, &reply);
     ReleaseContext();
     if (s.ok()) break;
-    // UNAVAILABLE: not listening yet (or restarting); anything else is the
-    // server's answer and final.
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+    // Not listening yet, or going away; anything else is the server's
+    // answer and final.
+    if (!ServerAway(s)) {
       return FromGrpc(s, absl::StrCat("Join ", options_.server));
     }
     if (absl::Now() + backoff >= deadline) {
@@ -287,10 +296,9 @@ absl::StatusOr<std::vector<float>> WorkerClient::Fetch(absl::Time deadline) {
       round_ = round;
       return x;
     }
-    // UNAVAILABLE: the first worker has not uploaded x yet.
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
-      return FromGrpc(s, "FetchParams");
-    }
+    // UNAVAILABLE: the first worker has not uploaded x yet (or the server
+    // is going away).
+    if (!ServerAway(s)) return FromGrpc(s, "FetchParams");
     if (absl::Now() + backoff >= deadline) {
       return FromGrpc(s, absl::StrCat("FetchParams: the server had no "
                                       "parameters within ",
@@ -337,31 +345,27 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   if (!optimizer.ok()) return optimizer.status();
   optimizer_ = *std::move(optimizer);
 
-  if (cancelled()) return absl::CancelledError("cancelled");
-  OpenStream();
+  if (absl::Status s = OpenStream(); !s.ok()) return s;
   phase_ = Phase::kTraining;
   return absl::OkStatus();
 }
 
-void WorkerClient::OpenStream() {
+absl::Status WorkerClient::OpenStream() {
   auto stream = std::make_unique<Stream>();
   // The stream lives as long as the worker: no deadline, Cancel ends it.
-  // A Cancel() that comes first is seen by the first Write.
-  stream->context = std::make_unique<grpc::ClientContext>();
-  {
-    absl::MutexLock lock(&mu_);
-    active_ = stream->context.get();
-    if (cancelled_) stream->context->TryCancel();
-  }
+  stream->context = NewContext(absl::InfiniteFuture());
+  if (stream->context == nullptr) return absl::CancelledError("cancelled");
   auto stub = pb::ParameterServer::NewStub(channel_);
   stream->rw = stub->Train(stream->context.get());
   stream_ = std::move(stream);
+  return absl::OkStatus();
 }
 
 absl::Status WorkerClient::Recover(absl::Status ended) {
   if (server_finished_ || cancelled() ||
       options_.reconnect_timeout <= absl::ZeroDuration() ||
-      !(absl::IsUnavailable(ended) || absl::IsAborted(ended))) {
+      !(absl::IsUnavailable(ended) || absl::IsAborted(ended) ||
+        absl::IsCancelled(ended))) {
     return ended;
   }
   const absl::Time deadline = absl::Now() + options_.reconnect_timeout;
@@ -374,11 +378,11 @@ absl::Status WorkerClient::Recover(absl::Status ended) {
       phase_ = Phase::kTraining;
       return absl::OkStatus();
     }
-    if (cancelled()) s = absl::CancelledError("cancelled");
+    if (cancelled()) break;
     // ALREADY_EXISTS: the server has not yet seen this rank's old stream
-    // end. UNAVAILABLE: it is not back yet.
+    // end. UNAVAILABLE, CANCELLED: it is not back yet, or going away again.
     const bool again = absl::IsUnavailable(s) || absl::IsAlreadyExists(s) ||
-                       absl::IsAborted(s);
+                       absl::IsAborted(s) || absl::IsCancelled(s);
     if (!again || absl::Now() + backoff >= deadline || !Backoff(backoff)) {
       final_status_ = absl::Status(
           s.code(), absl::StrCat("reconnecting after \"", ended.message(),
@@ -387,6 +391,8 @@ absl::Status WorkerClient::Recover(absl::Status ended) {
     }
     backoff = std::min(2 * backoff, kMaxBackoff);
   }
+  final_status_ = absl::CancelledError("cancelled");
+  return final_status_;
 }
 
 absl::Status WorkerClient::Resync(absl::Time deadline) {
@@ -400,8 +406,7 @@ absl::Status WorkerClient::Resync(absl::Time deadline) {
   absl::StatusOr<std::vector<float>> x = Fetch(deadline);
   if (!x.ok()) return x.status();
   if (absl::Status s = optimizer_->ResetParams(*x); !s.ok()) return s;
-  OpenStream();
-  return absl::OkStatus();
+  return OpenStream();
 }
 
 absl::Span<const float> WorkerClient::params() const {

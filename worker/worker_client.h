@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/compression_flags.h"
+#include "common/grpc_security.h"
 #include "common/tensor_layout.h"
 #include "worker/progress.h"
 #include "worker/worker_optimizer.h"
@@ -20,6 +21,7 @@
 namespace grpc {
 class Channel;
 class ClientContext;
+class Status;
 }  // namespace grpc
 
 namespace effadam {
@@ -57,6 +59,9 @@ struct WorkerClientOptions {
   // the same rank, fetches x and goes on; this bounds the attempts (backoff
   // 100 ms .. 2 s). Zero: Step fails instead.
   absl::Duration reconnect_timeout = absl::Minutes(5);
+  // TLS and the token (LoadClientSecurity, or ClientSecurityFromFlags);
+  // the default is plaintext without a token.
+  ClientSecurity security;
 };
 
 // One worker of an effadam cluster: joins the parameter server, keeps the
@@ -170,6 +175,9 @@ class WorkerClient {
   std::unique_ptr<grpc::ClientContext> NewContext(absl::Time deadline);
   void ReleaseContext();
   bool cancelled() const;
+  // A call ended because the server is not there (not listening yet,
+  // restarting, shutting down): worth retrying.
+  bool ServerAway(const grpc::Status& s) const;
   // Sleeps up to `d` unless cancelled; false when cancelled.
   bool Backoff(absl::Duration d);
 
@@ -183,7 +191,7 @@ class WorkerClient {
   absl::Status EndStream(absl::string_view during);
   // Cancels the Train stream for a reason found on this side.
   absl::Status Abandon(absl::Status why);
-  void OpenStream();
+  absl::Status OpenStream();
   // After the stream ended with `ended`: resynchronizes (join again, fetch
   // x, new stream) when `ended` says the server restarted or this worker
   // lagged; otherwise, or when that fails, returns the error.

@@ -28,6 +28,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/checksum.h"
+#include "common/client_security_flags.h"
 #include "common/compression_flags.h"
 #include "common/json_writer.h"
 #include "common/prometheus_util.h"
@@ -113,6 +114,9 @@ int Run() {
   if (!training.ok()) return Fail(training.status());
   auto compression = CompressionConfigFromFlags();
   if (!compression.ok()) return Fail(compression.status());
+  // TLS and the token: common/client_security_flags.cc.
+  auto security = ClientSecurityFromFlags();
+  if (!security.ok()) return Fail(security.status());
   const TrainingConfig& tc = *training;
   const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
   if (linger < absl::ZeroDuration()) {
@@ -143,6 +147,7 @@ int Run() {
   options.seed = tc.seed;
   options.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
   options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
+  options.security = *std::move(security);
   WorkerClient client(options);
   signals.Watch(&client);
   auto fail = [&](const absl::Status& s) {
@@ -156,6 +161,12 @@ int Run() {
                      name);
       }
       return 128 + signals.signal();
+    }
+    // Never connected: say what to check (TLS flags look like a dead server).
+    if (s.code() == absl::StatusCode::kUnavailable && client.rank() < 0) {
+      return Fail(absl::Status(
+          s.code(), absl::StrCat(s.message(), " (",
+                                 ConnectionHint(options.security), ")")));
     }
     return Fail(s);
   };
@@ -328,8 +339,9 @@ int main(int argc, char** argv) {
       "its shard and exchanges compressed updates with effadam-server.\n"
       "Example: effadam-worker --server=127.0.0.1:50051 --model=mlp "
       "--rounds=2000 --worker_codec=sign --server_codec=sign\n"
-      "Flags other than --server and --rank mean what they mean to "
-      "effadam-sim; the compression flags must equal the server's.\n"
+      "Flags other than --server, --rank and the TLS and token flags "
+      "(docs/security.md) mean what they mean to effadam-sim; the "
+      "compression flags must equal the server's.\n"
       "Exit status: 0 done, 1 error, 128+N stopped by signal N "
       "(SIGINT, SIGTERM).");
   absl::ParseCommandLine(argc, argv);

@@ -7,7 +7,9 @@
 #   - the Dockerfile linted with dockerfile-utils (npm), no finding allowed;
 #   - the kustomize base validated against the Kubernetes schemas with
 #     kubernetes-models and @kubernetes-models/prometheus-operator (npm),
-#     plus cross-reference checks (tests/deploy/validate_k8s.cjs);
+#     plus cross-reference checks, and the TLS component deploy/k8s/tls
+#     applied to it (tests/deploy/validate_k8s.cjs; with --bin the flags it
+#     adds are checked against the binaries' --helpfull);
 #   - the manifests' container args are the compose file's (check_consistency.py);
 #   - the Grafana dashboard (check_dashboard.py; with --bin DIR it also runs
 #     the built server and checks the dashboard's metrics are exported).
@@ -77,7 +79,7 @@ if [ -s "$TMP/lint.out" ]; then cat "$TMP/lint.out"; echo "FAIL dockerfile-utils
 echo "ok   Dockerfile: no findings"
 
 step "Kubernetes manifests (kubernetes-models)"
-K8S_ARGS_OUT="$TMP/k8s-args.json" NODE_PATH="$NPM_DIR/node_modules" \
+EFFADAM_BIN="$BIN" K8S_ARGS_OUT="$TMP/k8s-args.json" NODE_PATH="$NPM_DIR/node_modules" \
   node "$ROOT/tests/deploy/validate_k8s.cjs" "$ROOT/deploy/k8s"
 
 step "the manifests run the compose file's commands"

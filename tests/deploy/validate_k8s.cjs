@@ -4,12 +4,18 @@
 // kustomization lists every manifest and each exists, the objects refer to
 // each other correctly (Service/StatefulSet/monitors selectors, ConfigMap,
 // ports), probes and resource requests are set, the worker Job's size
-// equals EFFADAM_WORKERS, and every $(VAR) in args is defined.
+// equals EFFADAM_WORKERS, and every $(VAR) in args is defined. Then the
+// TLS component DIR/tls (JSON patches applied here, since no kustomize is at
+// hand): the patched objects and the generated Secret are valid, every
+// file a flag or probe names is mounted from the Secret, workers do not get
+// the server's key, and (with EFFADAM_BIN, a build/bin directory) every
+// flag exists in the binary that gets it.
 // Usage: node validate_k8s.cjs DIR   (NODE_PATH=the npm prefix's node_modules)
 "use strict";
 const fs = require("fs");
 const path = require("path");
 const YAML = require("yaml");
+const childProcess = require("child_process");
 
 const dir = process.argv[2];
 const failures = [];
@@ -118,7 +124,132 @@ check(workerC.args.some(a => a.startsWith(`--server=${sts.metadata.name}-0.${svc
 if (process.env.K8S_ARGS_OUT) {
   fs.writeFileSync(process.env.K8S_ARGS_OUT, JSON.stringify({server: serverC.args, worker: workerC.args}));
 }
+validateTlsComponent(path.join(dir, "tls"));
 finish();
+
+function validate(obj, what) {
+  const M = model(obj.apiVersion, obj.kind);
+  try {
+    new M(obj).validate();
+    check(true, `${what} is valid against the ${obj.apiVersion} ${obj.kind} schema`);
+  } catch (e) {
+    check(false, `${what}: ${e.message.split("\n").slice(0, 6).join(" | ")}`);
+  }
+}
+
+// RFC 6902 "add" and "replace" (all the component uses) on a copy of obj.
+function applyJsonPatch(obj, ops, what) {
+  const out = JSON.parse(JSON.stringify(obj));
+  for (const op of ops) {
+    const keys = op.path.split("/").slice(1).map(k => k.replace(/~1/g, "/").replace(/~0/g, "~"));
+    const last = keys.pop();
+    let parent = out;
+    for (const k of keys) {
+      if (parent === undefined || parent === null) break;
+      parent = parent[k];
+    }
+    const known = op.op === "add" || op.op === "replace";
+    const ok = known && parent !== undefined && parent !== null &&
+      (op.op === "add" || (Array.isArray(parent) ? last < parent.length : last in parent));
+    check(ok, `${what}: ${op.op} ${op.path} applies`);
+    if (!ok) continue;
+    if (Array.isArray(parent)) {
+      if (last === "-") parent.push(op.value);
+      else if (op.op === "add") parent.splice(Number(last), 0, op.value);
+      else parent[Number(last)] = op.value;
+    } else {
+      parent[last] = op.value;
+    }
+  }
+  return out;
+}
+
+// Whether `help` (--helpfull) defines `flag` ("  --flag (description...").
+function hasFlag(help, flag) {
+  return new RegExp("^\\s+" + flag + " \\(", "m").test(help);
+}
+
+function helpOf(binary) {
+  const bin = process.env.EFFADAM_BIN;
+  if (!bin) return null;
+  const r = childProcess.spawnSync(path.join(bin, binary), ["--helpfull"], {encoding: "utf8", timeout: 30000});
+  return (r.stdout || "") + (r.stderr || "");
+}
+
+function validateTlsComponent(tlsDir) {
+  const kpath = path.join(tlsDir, "kustomization.yaml");
+  check(fs.existsSync(kpath), "the TLS component tls/kustomization.yaml exists");
+  if (!fs.existsSync(kpath)) return;
+  const comp = YAML.parse(fs.readFileSync(kpath, "utf8"));
+  check(comp.kind === "Component" && comp.apiVersion === "kustomize.config.k8s.io/v1alpha1",
+        "tls/ is a kustomize Component");
+  const gen = (comp.secretGenerator || []).find(g => g.name === "effadam-tls");
+  check(!!gen, "tls/ generates the Secret effadam-tls");
+  if (!gen) return;
+  const files = new Set(gen.files);
+  // The Secret as kustomize would generate it, with placeholder contents.
+  const secret = {apiVersion: "v1", kind: "Secret", metadata: {name: "effadam-tls", namespace: kust.namespace},
+                  type: "Opaque", data: Object.fromEntries(gen.files.map(f => [f, Buffer.from("x").toString("base64")]))};
+  validate(secret, "tls/: the generated Secret");
+  const binaries = {StatefulSet: "effadam-server", Job: "effadam-worker"};
+  const patched = {};
+  for (const p of comp.patches) {
+    const target = objs.find(o => o.kind === p.target.kind && o.metadata.name === p.target.name);
+    check(!!target, `tls/${p.path} targets ${p.target.kind}/${p.target.name} of the base`);
+    if (!target) continue;
+    const ops = YAML.parse(fs.readFileSync(path.join(tlsDir, p.path), "utf8"));
+    const obj = applyJsonPatch(target, ops, `tls/${p.path}`);
+    validate(obj, `tls/${p.path}: the patched ${obj.kind}/${obj.metadata.name}`);
+    patched[obj.kind] = obj;
+    const pod = obj.spec.template.spec;
+    const c = pod.containers[0];
+    const vol = (pod.volumes || []).find(v => v.secret && v.secret.secretName === "effadam-tls");
+    check(!!vol, `${obj.kind}: mounts the Secret effadam-tls`);
+    if (!vol) continue;
+    const mount = (c.volumeMounts || []).find(m => m.name === vol.name);
+    check(!!mount && mount.readOnly === true, `${obj.kind}: the Secret is mounted read-only`);
+    const items = new Set((vol.secret.items || []).map(i => i.path));
+    for (const i of vol.secret.items || []) check(files.has(i.key), `${obj.kind}: Secret key ${i.key} is generated`);
+    check(pod.securityContext && pod.securityContext.fsGroup === 10001,
+          `${obj.kind}: fsGroup 10001 reads the 0440 Secret files`);
+    const commands = [c.args];
+    for (const probe of [c.readinessProbe, c.livenessProbe]) if (probe && probe.exec) commands.push(probe.exec.command);
+    for (const argv of commands) {
+      for (const a of argv) {
+        const m = a.match(/^(--[a-z_]+)=(\/etc\/effadam\/tls\/.*)$/);
+        if (!m) continue;
+        const rel = mount ? path.relative(mount.mountPath, m[2]) : m[2];
+        check(!!mount && items.has(rel), `${obj.kind}: ${a} is a mounted Secret file`);
+      }
+    }
+    const help = helpOf(binaries[obj.kind]);
+    if (help !== null) {
+      for (const a of c.args.filter(x => x.startsWith("--tls") || x.startsWith("--auth"))) {
+        check(hasFlag(help, a.split("=")[0]), `${obj.kind}: ${binaries[obj.kind]} has the flag ${a.split("=")[0]}`);
+      }
+    }
+  }
+  const s = patched.StatefulSet, j = patched.Job;
+  if (!s || !j) { check(false, "tls/ patches the server StatefulSet and the worker Job"); return; }
+  const jv = j.spec.template.spec.volumes.find(v => v.name === "tls");
+  check(jv && !jv.secret.items.some(i => i.key === "server.key"), "workers do not mount the server's key");
+  const sc = s.spec.template.spec.containers[0];
+  const dialed = j.spec.template.spec.containers[0].args.find(a => a.startsWith("--server=")).slice(9).split(":")[0];
+  const healthHelp = helpOf("effadam-health");
+  for (const [name, probe] of [["readiness", sc.readinessProbe], ["liveness", sc.livenessProbe]]) {
+    const cmd = probe && probe.exec && probe.exec.command;
+    check(!!cmd && cmd[0] === "effadam-health" && cmd.some(a => a.startsWith("--tls_ca_file=")),
+          `server ${name} probe: effadam-health over TLS (native gRPC probes cannot speak TLS)`);
+    if (!cmd) continue;
+    check(cmd.includes(`--tls_server_name=${dialed}`), `server ${name} probe checks the name the workers dial (${dialed})`);
+    if (healthHelp !== null) {
+      for (const a of cmd.slice(1)) {
+        const flag = a.split("=")[0];
+        check(hasFlag(healthHelp, flag), `effadam-health has the flag ${flag}`);
+      }
+    }
+  }
+}
 
 function finish() {
   if (failures.length) {

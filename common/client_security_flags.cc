@@ -1,0 +1,36 @@
+#include "common/client_security_flags.h"
+
+#include <string>
+
+#include "absl/flags/flag.h"
+
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM file of the CA certificate(s) that signed the server's "
+          "certificate; turns TLS on (docs/security.md). Empty: plaintext");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM file of this client's certificate chain, for a server that "
+          "requires client certificates (mutual TLS); needs --tls_key_file "
+          "and --tls_ca_file");
+ABSL_FLAG(std::string, tls_key_file, "",
+          "PEM file of the private key of --tls_cert_file (unencrypted)");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name to check the server's certificate against; empty: the host "
+          "of the server address");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding the server's shared token (surrounding whitespace "
+          "ignored); sent as `authorization: Bearer <token>` on every call. "
+          "Empty: no token");
+
+namespace effadam {
+
+absl::StatusOr<ClientSecurity> ClientSecurityFromFlags() {
+  ClientSecurityFiles files;
+  files.ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  files.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  files.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  files.server_name = absl::GetFlag(FLAGS_tls_server_name);
+  files.token_file = absl::GetFlag(FLAGS_auth_token_file);
+  return LoadClientSecurity(files);
+}
+
+}  // namespace effadam

@@ -1,0 +1,17 @@
+#ifndef EFFADAM_COMMON_CLIENT_SECURITY_FLAGS_H_
+#define EFFADAM_COMMON_CLIENT_SECURITY_FLAGS_H_
+
+#include "absl/status/statusor.h"
+#include "common/grpc_security.h"
+
+namespace effadam {
+
+// From --tls_ca_file, --tls_cert_file, --tls_key_file, --tls_server_name
+// and --auth_token_file, defined here once for every client binary
+// (effadam-worker, effadam-health, the examples); the files are read and
+// checked now (LoadClientSecurity).
+absl::StatusOr<ClientSecurity> ClientSecurityFromFlags();
+
+}  // namespace effadam
+
+#endif  // EFFADAM_COMMON_CLIENT_SECURITY_FLAGS_H_

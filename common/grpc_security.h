@@ -1,0 +1,170 @@
+#ifndef EFFADAM_COMMON_GRPC_SECURITY_H_
+#define EFFADAM_COMMON_GRPC_SECURITY_H_
+
+// How effadam's gRPC connections are secured and bounded, in one place:
+// TLS (and mutual TLS) from PEM files, the shared bearer token, and the
+// transport limits of both ends (message sizes, keepalive, concurrent
+// streams). docs/security.md describes the flags and the threat model.
+//
+// Loading is separate from use: the loaders read and check every file at
+// start-up (a file that cannot be read, is empty, holds no PEM block, or a
+// key that does not belong to its certificate is InvalidArgument naming the
+// file and its flag), and what they return holds the files' contents, so
+// building credentials later cannot fail.
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace grpc {
+class Channel;
+class ChannelArguments;
+class ChannelCredentials;
+class ClientContext;
+class ServerBuilder;
+class ServerCredentials;
+}  // namespace grpc
+
+namespace effadam {
+
+// The metadata key and scheme of the shared token: every effadam.v1 call
+// carries `authorization: Bearer <token>`.
+inline constexpr absl::string_view kAuthorizationKey = "authorization";
+inline constexpr absl::string_view kBearerPrefix = "Bearer ";
+// Shorter tokens are accepted, with a warning: they can be guessed.
+inline constexpr size_t kRecommendedTokenLength = 32;
+
+// ------------------------------------------------------------- the server
+
+// Paths as given by the server's flags; empty means not given.
+struct ServerSecurityFiles {
+  std::string cert_file;       // --tls_cert_file: the server's chain
+  std::string key_file;        // --tls_key_file: its private key
+  std::string client_ca_file;  // --tls_client_ca_file: mutual TLS
+  std::string token_file;      // --auth_token_file
+};
+
+// What the server enforces, with the files' contents.
+struct ServerSecurity {
+  bool tls = false;
+  std::string cert_pem;
+  std::string key_pem;
+  // Non-empty: clients must present a certificate this CA signed.
+  std::string client_ca_pem;
+  // Non-empty: every effadam.v1 call must carry it (TokenAuthenticator).
+  std::string token;
+};
+
+// Cert and key come together (both enable TLS); a client CA needs them.
+absl::StatusOr<ServerSecurity> LoadServerSecurity(
+    const ServerSecurityFiles& files);
+
+// Insecure credentials without TLS.
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
+    const ServerSecurity& security);
+
+// One line for the start-up log: what a client needs to get in.
+std::string DescribeServerSecurity(const ServerSecurity& security);
+
+// ------------------------------------------------------------- the clients
+
+// Paths and names as given by the clients' flags (common/client_flags.h);
+// empty means not given.
+struct ClientSecurityFiles {
+  std::string ca_file;      // --tls_ca_file: enables TLS
+  std::string cert_file;    // --tls_cert_file: client certificate (mTLS)
+  std::string key_file;     // --tls_key_file
+  std::string server_name;  // --tls_server_name
+  std::string token_file;   // --auth_token_file
+};
+
+// What a client presents, with the files' contents. The default is a
+// plaintext channel without a token.
+struct ClientSecurity {
+  bool tls = false;
+  std::string ca_pem;  // roots that verify the server's certificate
+  std::string cert_pem;  // client certificate chain, with key_pem, or empty
+  std::string key_pem;
+  // The name checked against the server's certificate; empty: the host of
+  // the target address.
+  std::string server_name;
+  // Sent as `authorization: Bearer <token>` on every call; empty: none.
+  std::string token;
+};
+
+// TLS needs the CA; a client certificate needs its key and TLS; a server
+// name needs TLS.
+absl::StatusOr<ClientSecurity> LoadClientSecurity(
+    const ClientSecurityFiles& files);
+
+// A channel to `target` with `security`'s credentials, the client
+// transport settings below, and `args` (for the caller's own settings,
+// e.g. reconnect backoff).
+std::shared_ptr<grpc::Channel> NewClientChannel(const std::string& target,
+                                                const ClientSecurity& security,
+                                                grpc::ChannelArguments args);
+
+// What to check when a server cannot be reached (UNAVAILABLE) with
+// `security`: gRPC's own message says only that the connection closed, the
+// same for a server that is down and a TLS handshake that failed.
+std::string ConnectionHint(const ClientSecurity& security);
+
+// Adds the token's metadata to a call's context (nothing without a token).
+// Call before the call starts.
+void AddCallCredentials(const ClientSecurity& security,
+                        grpc::ClientContext* context);
+
+// ------------------------------------------------------------ file loaders
+
+// The contents of a PEM file of certificates (at least one, all parseable)
+// or of one unencrypted private key; `flag` names the flag in errors.
+absl::StatusOr<std::string> LoadCertificatesPem(const std::string& path,
+                                                absl::string_view flag);
+absl::StatusOr<std::string> LoadPrivateKeyPem(const std::string& path,
+                                              absl::string_view flag);
+
+// The token in `path` without surrounding whitespace. Empty, or holding
+// characters a gRPC header value cannot carry (outside printable ASCII),
+// is an error.
+absl::StatusOr<std::string> LoadTokenFile(const std::string& path,
+                                          absl::string_view flag);
+
+// ------------------------------------------------------ transport limits
+
+// The largest gRPC message either end accepts: one chunk of
+// --max_chunk_bytes plus room for the fields around it and for the other
+// messages (a Join's layout, reflection's descriptors). Larger messages
+// fail with RESOURCE_EXHAUSTED before they reach the service.
+inline constexpr int kMessageEnvelopeBytes = 64 << 10;
+int MaxMessageBytes(size_t max_chunk_bytes);
+
+// Keepalive. Clients ping every kClientKeepaliveTime while a call is open
+// (a Train stream that waits for a slow round included) and give up on the
+// connection after kKeepaliveTimeout without an answer, so a server or
+// network that died silently ends the call instead of hanging it. The
+// server accepts pings down to kServerMinPingInterval apart (half the
+// client's interval), pings its clients every kServerKeepaliveTime, and
+// closes a connection that pings more often than allowed
+// (GRPC_ARG_HTTP2_MAX_PING_STRIKES).
+inline constexpr int kClientKeepaliveTimeMs = 20000;
+inline constexpr int kServerKeepaliveTimeMs = 30000;
+inline constexpr int kKeepaliveTimeoutMs = 10000;
+inline constexpr int kServerMinPingIntervalMs = 10000;
+inline constexpr int kServerMaxPingStrikes = 2;
+// Concurrent calls on one connection; a worker needs two at most (Train and
+// a fetch), in-process clients may share a connection.
+inline constexpr int kMaxConcurrentStreams = 100;
+
+// Adds the listening port with `security`'s credentials and every server
+// transport setting above to `builder`; *port receives the bound port.
+void ConfigureServer(const std::string& address, const ServerSecurity& security,
+                     size_t max_chunk_bytes, grpc::ServerBuilder* builder,
+                     int* port);
+
+}  // namespace effadam
+
+#endif  // EFFADAM_COMMON_GRPC_SECURITY_H_
