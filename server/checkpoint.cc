@@ -13,11 +13,11 @@
 #include <functional>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -69,6 +69,8 @@ void EmitCheckpoint(const Checkpoint& c,
   header.set_num_elements(static_cast<int64_t>(c.state.params.size()));
   header.set_params_checksum(ParamsChecksum(c.state.params));
   header.set_written_unix_ms(absl::ToUnixMillis(absl::Now()));
+  header.set_shard(c.shard);
+  header.set_num_shards(c.num_shards);
   const std::string header_bytes = header.SerializeAsString();
   char size[4];
   PutU32(static_cast<uint32_t>(header_bytes.size()), size);
@@ -178,8 +180,7 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
         "checkpoint CRC-32 mismatch (torn or corrupted file)");
   }
   const uint32_t header_size = GetU32(bytes.data() + sizeof(kMagic));
-  if (header_size > kMaxHeaderBytes ||
-      header_size > bytes.size() - fixed) {
+  if (header_size > kMaxHeaderBytes || header_size > bytes.size() - fixed) {
     return absl::DataLossError(
         absl::StrCat("checkpoint header size ", header_size,
                      " does not fit a file of ", bytes.size(), " bytes"));
@@ -199,18 +200,26 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint layout: ", layout.status().message()));
   }
-  const size_t n = layout->num_elements();
-  if (header.num_elements() < 0 ||
-      static_cast<uint64_t>(header.num_elements()) != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("checkpoint says ", header.num_elements(),
-                     " elements for a layout of ", n));
+  const int num_shards = std::max(header.num_shards(), 1);
+  if (header.shard() < 0 || header.shard() >= num_shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint of shard ", header.shard(), " of ", num_shards));
   }
+  // A shard holds part of the layout's elements; which part follows from
+  // the compression settings (the server checks it when it restores).
+  const uint64_t count = static_cast<uint64_t>(header.num_elements());
+  if (header.num_elements() <= 0 || count > layout->num_elements() ||
+      (num_shards == 1 && count != layout->num_elements())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint says ", header.num_elements(), " elements for a layout of ",
+        layout->num_elements(), " split in ", num_shards));
+  }
+  const size_t n = static_cast<size_t>(count);
   const size_t data = bytes.size() - fixed - header_size;
   if (n > data / (2 * sizeof(float)) || data != 2 * sizeof(float) * n) {
     return absl::DataLossError(absl::StrCat(
-        "checkpoint holds ", data, " bytes of x and E; ", n,
-        " elements need ", 2 * sizeof(float) * static_cast<double>(n)));
+        "checkpoint holds ", data, " bytes of x and E; ", n, " elements need ",
+        2 * sizeof(float) * static_cast<double>(n)));
   }
   if (header.round() < 1 || header.rounds_closed() < 0) {
     return absl::InvalidArgumentError(
@@ -221,6 +230,8 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
   c.layout = *std::move(layout);
   c.compression = header.compression();
   c.rounds_closed = header.rounds_closed();
+  c.shard = header.shard();
+  c.num_shards = num_shards;
   c.state.round = header.round();
   const char* p = bytes.data() + sizeof(kMagic) + 4 + header_size;
   c.state.params.resize(n);
@@ -285,9 +296,8 @@ absl::StatusOr<CheckpointStore::Written> CheckpointStore::Write(
     const Checkpoint& checkpoint) {
   const std::string path =
       absl::StrCat(dir_, "/", FileName(checkpoint.state.round));
-  const std::string temp =
-      absl::StrCat(dir_, "/.", FileName(checkpoint.state.round), kTempMarker,
-                   ::getpid());
+  const std::string temp = absl::StrCat(
+      dir_, "/.", FileName(checkpoint.state.round), kTempMarker, ::getpid());
   const int fd =
       ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoError("cannot create", temp);
@@ -298,8 +308,10 @@ absl::StatusOr<CheckpointStore::Written> CheckpointStore::Write(
     status = WriteAll(fd, piece, temp);
     bytes += static_cast<int64_t>(piece.size());
   });
-  if (status.ok() && ::fsync(fd) != 0) status = ErrnoError("cannot fsync", temp);
-  if (::close(fd) != 0 && status.ok()) status = ErrnoError("cannot close", temp);
+  if (status.ok() && ::fsync(fd) != 0)
+    status = ErrnoError("cannot fsync", temp);
+  if (::close(fd) != 0 && status.ok())
+    status = ErrnoError("cannot close", temp);
   if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
     status = ErrnoError("cannot rename into place", temp);
   }
@@ -327,8 +339,7 @@ CheckpointStore::LoadNewest() {
     std::vector<std::string> temps;
     while (const dirent* e = ::readdir(d)) {
       absl::string_view name = e->d_name;
-      if (absl::ConsumePrefix(&name, ".") &&
-          absl::StartsWith(name, kPrefix) &&
+      if (absl::ConsumePrefix(&name, ".") && absl::StartsWith(name, kPrefix) &&
           name.find(kTempMarker) != absl::string_view::npos) {
         temps.push_back(absl::StrCat(dir_, "/", e->d_name));
       }
@@ -344,8 +355,8 @@ CheckpointStore::LoadNewest() {
     absl::StatusOr<Checkpoint> c =
         bytes.ok() ? ParseCheckpoint(*bytes) : bytes.status();
     if (c.ok() && c->state.round != round) {
-      c = absl::DataLossError(absl::StrCat("the file holds round ",
-                                           c->state.round));
+      c = absl::DataLossError(
+          absl::StrCat("the file holds round ", c->state.round));
     }
     if (!c.ok()) {
       skipped.push_back(absl::StrCat(path, ": ", c.status().message()));

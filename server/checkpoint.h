@@ -17,13 +17,16 @@ namespace effadam {
 
 // Everything the parameter server needs to go on after a restart: the
 // layout and compression settings it was fixed to, the round engine's state
-// (round, x, E) and how many rounds training has closed. Updates of the round
+// (round, x, E; of the server's shard only) and how many rounds training
+// has closed. Updates of the round
 // in progress are not part of it; workers send them again.
 struct Checkpoint {
   TensorLayout layout;
   v1::CompressionSettings compression;
   RoundEngineState state;
   int64_t rounds_closed = 0;
+  int shard = 0;  // which part of the layout's x state holds
+  int num_shards = 1;
 };
 
 // The bytes of a checkpoint file (docs/checkpoint.md): magic, header, raw x

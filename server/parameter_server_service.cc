@@ -86,6 +86,12 @@ ParameterServerService::Create(const ServerOptions& options) {
         absl::StrCat("--round_timeout must be > 0, got ",
                      absl::FormatDuration(options.round_timeout)));
   }
+  if (options.num_shards < 1 || options.shard < 0 ||
+      options.shard >= options.num_shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--shard must be in [0, --num_shards), got shard ", options.shard,
+        " of ", options.num_shards));
+  }
   if (options.max_chunk_bytes < sizeof(float)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_chunk_bytes must hold at least one float32, got ",
@@ -280,21 +286,15 @@ grpc::Status ParameterServerService::Join(grpc::ServerContext* context,
   }
 
   if (!layout_.has_value()) {
-    const CompressionConfig& c = options_.compression;
-    // A codec refuses a layout it cannot encode: the layout's fault, since
-    // the settings are the server's own.
-    auto wc = UpdateCodec::Create(*layout, c.worker_codec, c.options);
-    if (!wc.ok()) {
-      return ToGrpc(Reject(Rejection::kBadLayout,
-                           absl::InvalidArgumentError(wc.status().message())));
+    // A codec refuses a layout it cannot encode (or split into the shards):
+    // the layout's fault, since the settings are the server's own.
+    absl::StatusOr<Codecs> codecs = CodecsFor(*layout);
+    if (!codecs.ok()) {
+      return ToGrpc(Reject(Rejection::kBadLayout, codecs.status()));
     }
-    auto sc = UpdateCodec::Create(*layout, c.server_codec, c.options);
-    if (!sc.ok()) {
-      return ToGrpc(Reject(Rejection::kBadLayout,
-                           absl::InvalidArgumentError(sc.status().message())));
-    }
-    worker_codec_ = *std::move(wc);
-    server_codec_ = *std::move(sc);
+    worker_codec_ = std::move(codecs->worker);
+    server_codec_ = std::move(codecs->server);
+    shard_range_ = codecs->range;
     layout_ = *std::move(layout);
   }
   bool upload = false;
@@ -315,6 +315,10 @@ grpc::Status ParameterServerService::Join(grpc::ServerContext* context,
   response->set_max_chunk_bytes(static_cast<int64_t>(options_.max_chunk_bytes));
   response->set_expected_workers(options_.workers);
   *response->mutable_compression() = CompressionToProto(options_.compression);
+  response->set_shard(options_.shard);
+  response->set_num_shards(options_.num_shards);
+  response->set_shard_begin(static_cast<int64_t>(shard_range_.begin));
+  response->set_shard_size(static_cast<int64_t>(shard_range_.size));
   if (options_.observer != nullptr) {
     options_.observer->OnLiveWorkers(LiveCountLocked());
   }
@@ -420,7 +424,7 @@ grpc::Status ParameterServerService::UploadParams(
     }
     upload_active_ = true;
     ++ranks_[rank].active_calls;
-    n = layout_->num_elements();
+    n = worker_codec_->num_elements();  // this shard's part of x
   }
   std::vector<float> x(n);
   int64_t wire = 0;
@@ -433,11 +437,8 @@ grpc::Status ParameterServerService::UploadParams(
   --ranks_[rank].active_calls;
   ranks_[rank].last_seen = absl::Now();
   if (s.ok()) {
-    RoundEngineOptions eo;
-    eo.error_feedback = options_.compression.server_error_feedback;
-    eo.seed = options_.seed;
-    absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
-        RoundEngine::Create(worker_codec_, server_codec_, std::move(x), eo);
+    absl::StatusOr<std::unique_ptr<RoundEngine>> engine = RoundEngine::Create(
+        worker_codec_, server_codec_, std::move(x), EngineOptions());
     if (engine.ok()) {
       engine_ = *std::move(engine);
       CountPayloadLocked(TrafficDirection::kJoin,
@@ -926,6 +927,43 @@ grpc::Status ParameterServerService::Status(
   return grpc::Status::OK;
 }
 
+RoundEngineOptions ParameterServerService::EngineOptions() const {
+  RoundEngineOptions eo;
+  eo.error_feedback = options_.compression.server_error_feedback;
+  eo.seed = options_.seed;
+  return eo;
+}
+
+absl::StatusOr<ParameterServerService::Codecs>
+ParameterServerService::CodecsFor(const TensorLayout& layout) const {
+  const CompressionConfig& c = options_.compression;
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> wc =
+      UpdateCodec::Create(layout, c.worker_codec, c.options);
+  if (!wc.ok()) return absl::InvalidArgumentError(wc.status().message());
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> sc =
+      UpdateCodec::Create(layout, c.server_codec, c.options);
+  if (!sc.ok()) return absl::InvalidArgumentError(sc.status().message());
+  absl::StatusOr<std::vector<ShardRange>> plan =
+      PlanShards(**wc, options_.num_shards);
+  if (!plan.ok()) return plan.status();
+  Codecs codecs;
+  codecs.range = (*plan)[options_.shard];
+  if (options_.num_shards == 1) {
+    codecs.worker = *std::move(wc);
+    codecs.server = *std::move(sc);
+    return codecs;
+  }
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> ws =
+      (*wc)->Slice(codecs.range.first_segment, codecs.range.end_segment);
+  if (!ws.ok()) return ws.status();
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> ss =
+      (*sc)->Slice(codecs.range.first_segment, codecs.range.end_segment);
+  if (!ss.ok()) return ss.status();
+  codecs.worker = *std::move(ws);
+  codecs.server = *std::move(ss);
+  return codecs;
+}
+
 // -------------------------------------------------------------- checkpoints
 
 std::optional<Checkpoint> ParameterServerService::SnapshotLocked() const {
@@ -934,6 +972,8 @@ std::optional<Checkpoint> ParameterServerService::SnapshotLocked() const {
   c.layout = *layout_;
   c.compression = CompressionToProto(options_.compression);
   c.rounds_closed = rounds_closed_;
+  c.shard = options_.shard;
+  c.num_shards = options_.num_shards;
   c.state.round = engine_->round();
   c.state.params.assign(engine_->params().begin(), engine_->params().end());
   c.state.error_memory.assign(engine_->error_memory().begin(),
@@ -962,21 +1002,19 @@ absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
         "cannot resume from a checkpoint written with other compression "
         "settings: ", s.message()));
   }
-  const CompressionConfig& c = options_.compression;
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> wc =
-      UpdateCodec::Create(checkpoint.layout, c.worker_codec, c.options);
-  if (!wc.ok()) return wc.status();
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> sc =
-      UpdateCodec::Create(checkpoint.layout, c.server_codec, c.options);
-  if (!sc.ok()) return sc.status();
-  std::shared_ptr<const UpdateCodec> worker_codec = *std::move(wc);
-  std::shared_ptr<const UpdateCodec> server_codec = *std::move(sc);
-  RoundEngineOptions eo;
-  eo.error_feedback = c.server_error_feedback;
-  eo.seed = options_.seed;
+  if (checkpoint.shard != options_.shard ||
+      checkpoint.num_shards != options_.num_shards) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the checkpoint is of shard ", checkpoint.shard, " of ",
+        checkpoint.num_shards, "; this server is shard ", options_.shard,
+        " of ", options_.num_shards, " (--shard, --num_shards)"));
+  }
+  absl::StatusOr<Codecs> codecs = CodecsFor(checkpoint.layout);
+  if (!codecs.ok()) return codecs.status();
   const int64_t round = checkpoint.state.round;
-  absl::StatusOr<std::unique_ptr<RoundEngine>> engine = RoundEngine::Restore(
-      worker_codec, server_codec, std::move(checkpoint.state), eo);
+  absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
+      RoundEngine::Restore(codecs->worker, codecs->server,
+                           std::move(checkpoint.state), EngineOptions());
   if (!engine.ok()) return engine.status();
 
   absl::MutexLock lock(&mu_);
@@ -985,8 +1023,9 @@ absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
         "Restore: the server already has a layout or parameters");
   }
   layout_ = std::move(checkpoint.layout);
-  worker_codec_ = std::move(worker_codec);
-  server_codec_ = std::move(server_codec);
+  worker_codec_ = std::move(codecs->worker);
+  server_codec_ = std::move(codecs->server);
+  shard_range_ = codecs->range;
   engine_ = *std::move(engine);
   rounds_closed_ = checkpoint.rounds_closed;
   resumed_at_round_ = round;

@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/compression_flags.h"
+#include "common/shard_plan.h"
 #include "common/tensor_layout.h"
 #include "common/update_codec.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
@@ -41,6 +42,10 @@ struct ServerOptions {
   // Seeds the server codec's stochastic rounding; equal to the workers'
   // --seed for runs that must match effadam-sim.
   uint64_t seed = 1;
+  // This server owns shard `shard` of `num_shards` (PlanShards over the
+  // layout's worker codec): x, E and every update and delta of that part.
+  int shard = 0;
+  int num_shards = 1;
   // Every this many closed rounds a snapshot of the state is made ready for
   // TakeDueCheckpoint(); 0 for none while training.
   int64_t checkpoint_every = 0;
@@ -186,6 +191,16 @@ class ParameterServerService final
 
   explicit ParameterServerService(const ServerOptions& options);
 
+  // The worker and server codecs of this server's shard of `layout`;
+  // InvalidArgument when the codecs refuse the layout or it has fewer
+  // segments than there are shards.
+  struct Codecs {
+    std::shared_ptr<const UpdateCodec> worker, server;
+    ShardRange range;
+  };
+  absl::StatusOr<Codecs> CodecsFor(const TensorLayout& layout) const;
+  RoundEngineOptions EngineOptions() const;
+
   bool IsLive(int rank) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int LiveCountLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops joined ranks that stayed without a Train stream (and without an
@@ -265,6 +280,7 @@ class ParameterServerService final
   std::optional<TensorLayout> layout_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const UpdateCodec> worker_codec_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const UpdateCodec> server_codec_ ABSL_GUARDED_BY(mu_);
+  ShardRange shard_range_ ABSL_GUARDED_BY(mu_);
   // Created by the successful UploadParams; never replaced after that.
   std::unique_ptr<RoundEngine> engine_ ABSL_GUARDED_BY(mu_);
   int uploader_ ABSL_GUARDED_BY(mu_) = -1;  // rank told to upload

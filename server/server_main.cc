@@ -38,6 +38,12 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve on, host:port; port 0 picks a free port, which "
           "is printed");
 ABSL_FLAG(int32_t, workers, 4, "Expected number of workers (ranks 0..N-1)");
+ABSL_FLAG(int32_t, shard, 0,
+          "This server's shard of the model, in [0, --num_shards) "
+          "(docs/sharding.md)");
+ABSL_FLAG(int32_t, num_shards, 1,
+          "Number of servers the model is split over; every worker connects "
+          "to all of them");
 ABSL_FLAG(int64_t, rounds, 0,
           "Stop after this many rounds; 0 runs until SIGTERM/SIGINT");
 ABSL_FLAG(double, round_timeout, 60,
@@ -103,6 +109,8 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   if (!compression.ok()) return compression.status();
   o.compression = *compression;
   o.workers = absl::GetFlag(FLAGS_workers);
+  o.shard = absl::GetFlag(FLAGS_shard);
+  o.num_shards = absl::GetFlag(FLAGS_num_shards);
   o.rounds = absl::GetFlag(FLAGS_rounds);
   const double timeout = absl::GetFlag(FLAGS_round_timeout);
   if (!(timeout > 0)) {
@@ -234,7 +242,11 @@ int Run() {
         StartMetricsExposer(metrics_listen);
     if (!e.ok()) return Fail(e.status());
     exposer = *std::move(e);
-    metrics = std::make_unique<ServerMetrics>(options->workers);
+    prometheus::Labels labels;
+    if (options->num_shards > 1) {
+      labels["shard"] = std::to_string(options->shard);
+    }
+    metrics = std::make_unique<ServerMetrics>(options->workers, labels);
     exposer->RegisterCollectable(metrics->registry());
     options->observer = metrics.get();
   }

@@ -8,109 +8,125 @@ namespace effadam {
 namespace {
 
 prometheus::Family<prometheus::Counter>& CounterFamily(
-    prometheus::Registry& registry, const char* name, const char* help) {
-  return prometheus::BuildCounter().Name(name).Help(help).Register(registry);
+    prometheus::Registry& registry, const prometheus::Labels& labels,
+    const char* name, const char* help) {
+  return prometheus::BuildCounter()
+      .Name(name)
+      .Help(help)
+      .Labels(labels)
+      .Register(registry);
 }
 
-prometheus::Gauge* Gauge(prometheus::Registry& registry, const char* name,
+prometheus::Gauge* Gauge(prometheus::Registry& registry,
+                         const prometheus::Labels& labels, const char* name,
                          const char* help) {
-  return &prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(
-      {});
+  return &prometheus::BuildGauge()
+              .Name(name)
+              .Help(help)
+              .Labels(labels)
+              .Register(registry)
+              .Add({});
 }
 
 int Index(TrafficDirection d) { return static_cast<int>(d); }
 
 }  // namespace
 
-ServerMetrics::ServerMetrics(int expected_workers)
+ServerMetrics::ServerMetrics(int expected_workers,
+                             const prometheus::Labels& labels)
     : registry_(std::make_shared<prometheus::Registry>()) {
   prometheus::Registry& r = *registry_;
   auto& wire = CounterFamily(
-      r, "effadam_server_wire_bytes_total",
+      r, labels, "effadam_server_wire_bytes_total",
       "Serialized size of the protobuf messages the server read and wrote "
       "(WorkerMessage, ServerMessage, ParamsChunk), by direction");
   auto& payload = CounterFamily(
-      r, "effadam_server_payload_bytes_total",
+      r, labels, "effadam_server_payload_bytes_total",
       "Codec payload bytes of the traffic, counted as effadam-sim counts "
       "them, by direction");
   auto& fp32 = CounterFamily(
-      r, "effadam_server_fp32_equivalent_bytes_total",
+      r, labels, "effadam_server_fp32_equivalent_bytes_total",
       "Bytes fp32 Adam would have moved for the same rounds, by direction");
   for (TrafficDirection d :
        {TrafficDirection::kWorkerToServer, TrafficDirection::kServerToWorker,
         TrafficDirection::kJoin}) {
-    const prometheus::Labels labels = {{"direction", TrafficDirectionName(d)}};
-    wire_bytes_[Index(d)] = &wire.Add(labels);
-    payload_bytes_[Index(d)] = &payload.Add(labels);
+    const prometheus::Labels direction = {
+        {"direction", TrafficDirectionName(d)}};
+    wire_bytes_[Index(d)] = &wire.Add(direction);
+    payload_bytes_[Index(d)] = &payload.Add(direction);
     fp32_bytes_[Index(d)] =
-        d == TrafficDirection::kJoin ? nullptr : &fp32.Add(labels);
+        d == TrafficDirection::kJoin ? nullptr : &fp32.Add(direction);
   }
 
   auto& rejected = CounterFamily(
-      r, "effadam_server_rejected_messages_total",
+      r, labels, "effadam_server_rejected_messages_total",
       "Messages and calls the server refused, by reason (docs/metrics.md)");
   for (int i = 0; i < kNumRejections; ++i) {
     rejected_[i] =
         &rejected.Add({{"reason", RejectionName(static_cast<Rejection>(i))}});
   }
 
-  rounds_ = &CounterFamily(r, "effadam_server_rounds_total",
+  rounds_ = &CounterFamily(r, labels, "effadam_server_rounds_total",
                            "Rounds closed (their delta computed)")
                  .Add({});
-  round_ = Gauge(r, "effadam_server_round", "The round being collected");
+  round_ =
+      Gauge(r, labels, "effadam_server_round", "The round being collected");
   round_duration_ =
       &prometheus::BuildHistogram()
+           .Labels(labels)
            .Name("effadam_server_round_duration_seconds")
            .Help(
                "From a round's first update arriving to its delta being "
                "computed")
            .Register(r)
            .Add({}, RoundDurationBuckets());
-  live_workers_ = Gauge(r, "effadam_server_live_workers",
+  live_workers_ = Gauge(r, labels, "effadam_server_live_workers",
                         "Workers joined and not departed");
-  expected_workers_ = Gauge(r, "effadam_server_expected_workers",
+  expected_workers_ = Gauge(r, labels, "effadam_server_expected_workers",
                             "Workers the server expects (--workers)");
   round_contributors_ =
-      Gauge(r, "effadam_server_round_contributors",
+      Gauge(r, labels, "effadam_server_round_contributors",
             "Workers averaged into the last closed round's delta");
   lagging_workers_ =
-      Gauge(r, "effadam_server_lagging_workers",
+      Gauge(r, labels, "effadam_server_lagging_workers",
             "Live workers that did not contribute to the last closed round");
   dropped_workers_ =
-      &CounterFamily(r, "effadam_server_dropped_workers_total",
+      &CounterFamily(r, labels, "effadam_server_dropped_workers_total",
                      "Train streams that ended with an error or a "
                      "cancellation while the server was healthy")
            .Add({});
   short_rounds_ =
-      &CounterFamily(r, "effadam_server_short_rounds_total",
+      &CounterFamily(r, labels, "effadam_server_short_rounds_total",
                      "Rounds closed with fewer contributors than "
                      "--workers (on the timeout or after departures)")
            .Add({});
   dropped_rounds_ =
-      &CounterFamily(r, "effadam_server_dropped_rounds_total",
+      &CounterFamily(r, labels, "effadam_server_dropped_rounds_total",
                      "Rounds whose average overflowed float; their delta "
                      "was zero and x and E were left as they were")
            .Add({});
-  auto& checkpoints = CounterFamily(r, "effadam_server_checkpoints_total",
-                                    "Checkpoint writes, by result");
+  auto& checkpoints =
+      CounterFamily(r, labels, "effadam_server_checkpoints_total",
+                    "Checkpoint writes, by result");
   checkpoints_written_ = &checkpoints.Add({{"result", "written"}});
   checkpoints_failed_ = &checkpoints.Add({{"result", "failed"}});
   checkpoint_duration_ =
       &prometheus::BuildHistogram()
+           .Labels(labels)
            .Name("effadam_server_checkpoint_duration_seconds")
            .Help("Time to write and fsync one checkpoint file")
            .Register(r)
            .Add({}, RoundDurationBuckets());
-  checkpoint_bytes_ = Gauge(r, "effadam_server_checkpoint_bytes",
+  checkpoint_bytes_ = Gauge(r, labels, "effadam_server_checkpoint_bytes",
                             "Size of the last checkpoint file written");
   checkpoint_round_ =
-      Gauge(r, "effadam_server_checkpoint_round",
+      Gauge(r, labels, "effadam_server_checkpoint_round",
             "The round the last checkpoint written resumes at; 0 before one");
-  train_loss_ = Gauge(r, "effadam_server_train_loss",
+  train_loss_ = Gauge(r, labels, "effadam_server_train_loss",
                       "Mean mini-batch loss the last closed round's "
                       "contributors reported; NaN before the first round");
   error_memory_norm_ =
-      Gauge(r, "effadam_server_error_memory_norm",
+      Gauge(r, labels, "effadam_server_error_memory_norm",
             "L2 norm of the server's error memory E after the last round");
 
   round_->Set(1);

@@ -20,7 +20,9 @@ namespace effadam {
 // Thread-safe: prometheus-cpp's metrics are.
 class ServerMetrics final : public ServerObserver {
  public:
-  explicit ServerMetrics(int expected_workers);
+  // `labels` go on every series (shard="k" for a sharded server).
+  explicit ServerMetrics(int expected_workers,
+                         const prometheus::Labels& labels = {});
   ServerMetrics(const ServerMetrics&) = delete;
   ServerMetrics& operator=(const ServerMetrics&) = delete;
 

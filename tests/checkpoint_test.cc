@@ -41,6 +41,8 @@ void ExpectSame(const Checkpoint& a, const Checkpoint& b) {
   EXPECT_EQ(a.compression.SerializeAsString(),
             b.compression.SerializeAsString());
   EXPECT_EQ(a.rounds_closed, b.rounds_closed);
+  EXPECT_EQ(a.shard, b.shard);
+  EXPECT_EQ(a.num_shards, b.num_shards);
   EXPECT_EQ(a.state.round, b.state.round);
   EXPECT_EQ(ParamsChecksum(a.state.params), ParamsChecksum(b.state.params));
   EXPECT_EQ(ParamsChecksum(a.state.error_memory),
@@ -74,6 +76,26 @@ TEST(Checkpoint, RoundTripsBitForBit) {
   absl::StatusOr<Checkpoint> back = ParseCheckpoint(SerializeCheckpoint(c));
   ASSERT_TRUE(back.ok()) << back.status();
   ExpectSame(c, *back);
+}
+
+TEST(Checkpoint, AShardHoldsPartOfTheLayout) {
+  Checkpoint c = Make(9);
+  c.shard = 1;
+  c.num_shards = 2;
+  c.state.params.resize(8);
+  c.state.error_memory.resize(8);
+  absl::StatusOr<Checkpoint> back = ParseCheckpoint(SerializeCheckpoint(c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->shard, 1);
+  EXPECT_EQ(back->num_shards, 2);
+  EXPECT_EQ(back->state.params.size(), 8u);
+  // Unsharded, the part must be the whole layout.
+  c.shard = 0;
+  c.num_shards = 1;
+  EXPECT_FALSE(ParseCheckpoint(SerializeCheckpoint(c)).ok());
+  c.num_shards = 2;
+  c.shard = 2;
+  EXPECT_FALSE(ParseCheckpoint(SerializeCheckpoint(c)).ok());
 }
 
 TEST(Checkpoint, EveryTruncationIsRejected) {

@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/checksum.h"
+#include "common/shard_plan.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/parameter_server_service.h"
@@ -113,6 +114,12 @@ class TestServer {
         layout_, options.compression.worker_codec, options.compression.options);
     server_codec_ = *UpdateCodec::Create(
         layout_, options.compression.server_codec, options.compression.options);
+    if (options.num_shards > 1) {  // this server's part of the model
+      const ShardRange r =
+          (*PlanShards(*worker_codec_, options.num_shards))[options.shard];
+      worker_codec_ = *worker_codec_->Slice(r.first_segment, r.end_segment);
+      server_codec_ = *server_codec_->Slice(r.first_segment, r.end_segment);
+    }
   }
   ~TestServer() {
     service_->Shutdown();
@@ -126,7 +133,8 @@ class TestServer {
   const TensorLayout& layout() const { return layout_; }
   const UpdateCodec& worker_codec() const { return *worker_codec_; }
   const UpdateCodec& server_codec() const { return *server_codec_; }
-  size_t n() const { return layout_.num_elements(); }
+  // Elements of this server's part of x (all of it without sharding).
+  size_t n() const { return worker_codec_->num_elements(); }
 
   v1::JoinRequest JoinRequest(int rank) const {
     v1::JoinRequest req;
@@ -1143,6 +1151,98 @@ TEST(ParameterServerService, ARoundThatOverflowsIsDroppedAndTrainingGoesOn) {
   EXPECT_EQ(sum.dropped_rounds, 1);
   s0.Cancel();
   s1.Cancel();
+}
+
+TEST(ParameterServerService, TwoShardsComputeTheUnshardedServersDeltas) {
+  // Shard k of 2 owns whole segments; workers send each shard its byte
+  // range of the whole-model update. The shards' deltas, concatenated, and
+  // their x, concatenated, are those of one unsharded server.
+  const TensorLayout layout = TestLayout();
+  const CompressionConfig cc = Compression("sign", "q4s");
+  std::shared_ptr<const UpdateCodec> wc =
+      *UpdateCodec::Create(layout, cc.worker_codec, cc.options);
+  const std::vector<ShardRange> plan = *PlanShards(*wc, 2);
+  const std::vector<float> x0 = InitialParams(layout.num_elements());
+  std::vector<std::unique_ptr<TestServer>> shards;
+  for (int k = 0; k < 2; ++k) {
+    ServerOptions o = Options(2, "sign", "q4s");
+    o.shard = k;
+    o.num_shards = 2;
+    shards.push_back(std::make_unique<TestServer>(o));
+    v1::JoinResponse resp;
+    ASSERT_TRUE(shards[k]->Join(shards[k]->JoinRequest(0), &resp).ok());
+    EXPECT_EQ(resp.shard(), k);
+    EXPECT_EQ(resp.num_shards(), 2);
+    EXPECT_EQ(resp.shard_begin(), static_cast<int64_t>(plan[k].begin));
+    EXPECT_EQ(resp.shard_size(), static_cast<int64_t>(plan[k].size));
+    EXPECT_EQ(resp.num_elements(),
+              static_cast<int64_t>(layout.num_elements()));
+    ASSERT_TRUE(shards[k]
+                    ->Upload(0, std::vector<float>(
+                                    x0.begin() + plan[k].begin,
+                                    x0.begin() + plan[k].begin + plan[k].size))
+                    .ok());
+    ASSERT_EQ(shards[k]->Join(1), 1);
+  }
+  TestServer whole(Options(2, "sign", "q4s"));
+  std::unique_ptr<RoundEngine> ref = ReferenceEngine(whole, x0);
+  std::vector<std::unique_ptr<TrainStream>> streams;  // [shard][rank]
+  for (int k = 0; k < 2; ++k) {
+    for (int r = 0; r < 2; ++r) {
+      streams.push_back(std::make_unique<TrainStream>(shards[k].get()));
+    }
+  }
+  for (int64_t round = 1; round <= 3; ++round) {
+    for (int r = 0; r < 2; ++r) {
+      const std::string u =
+          Encode(*wc, RandomUpdate(layout.num_elements(), r, round));
+      ASSERT_TRUE(ref->Submit(r, round, u).ok());
+      for (int k = 0; k < 2; ++k) {
+        ASSERT_TRUE(streams[2 * k + r]->Send(
+            r, round, u.substr(plan[k].byte_begin, plan[k].byte_size)));
+      }
+    }
+    std::string joined;
+    for (int k = 0; k < 2; ++k) {
+      for (int r = 0; r < 2; ++r) {
+        std::string delta;
+        int64_t got = 0;
+        int contributors = 0;
+        ASSERT_TRUE(streams[2 * k + r]->ReadDelta(&delta, &got, &contributors));
+        EXPECT_EQ(got, round);
+        if (r == 0) joined += delta;
+      }
+    }
+    EXPECT_EQ(joined, *ref->CloseRound()) << "round " << round;
+  }
+  std::vector<float> x;
+  for (int k = 0; k < 2; ++k) {
+    std::vector<float> part;
+    ASSERT_TRUE(shards[k]->Fetch(0, &part).ok());
+    x.insert(x.end(), part.begin(), part.end());
+  }
+  EXPECT_EQ(ParamsChecksum(x), ParamsChecksum(ref->params()));
+  for (auto& s : streams) s->Cancel();
+}
+
+TEST(ParameterServerService, ARestoreChecksTheShard) {
+  ServerOptions o = Options(1, "sign", "sign");
+  o.shard = 1;
+  o.num_shards = 2;
+  Checkpoint c;
+  c.layout = TestLayout();
+  c.compression = CompressionToProto(o.compression);
+  c.shard = 0;
+  c.num_shards = 2;
+  c.state.params.assign(2000, 0.0f);  // shard 0 of 2 is w[40,50]
+  auto service = *ParameterServerService::Create(o);
+  const absl::Status s = service->Restore(c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("shard 0 of 2"));
+  c.shard = 1;
+  EXPECT_FALSE(service->Restore(c).ok());  // shard 1 is b[7]: wrong size
+  c.state.params.assign(7, 0.0f);
+  EXPECT_TRUE(service->Restore(c).ok());
 }
 
 }  // namespace
