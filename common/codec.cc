@@ -712,12 +712,22 @@ absl::Status Codec::Decode(absl::Span<const uint8_t> bytes,
   return DecodeAccumulate(bytes, 1.0f, out);
 }
 
+absl::Status CheckBlockSize(int64_t block_size) {
+  if (block_size > 0 && block_size % 8 == 0 && block_size <= 65536) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "must be a positive multiple of 8 up to 65536, got ", block_size));
+}
+
 absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(const CodecSpec& spec,
                                                  size_t block_size) {
-  if (block_size == 0 || block_size % 8 != 0 || block_size > 65536) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block size must be a positive multiple of 8 up to 65536, got ",
-        block_size));
+  // Sizes beyond int64 are far past the limit; clamp rather than wrap.
+  const int64_t block = static_cast<int64_t>(
+      std::min<size_t>(block_size, std::numeric_limits<int64_t>::max()));
+  if (absl::Status s = CheckBlockSize(block); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block size ", s.message()));
   }
   switch (spec.kind) {
     case CodecKind::kFp32:

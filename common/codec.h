@@ -76,9 +76,13 @@ class Codec {
   size_t block_size_;
 };
 
-// Builds the codec for `spec` with blocks of `block_size` elements: a
-// positive multiple of 8 (so blocks start on byte boundaries), at most 65536
-// (topk's indices are 16-bit).
+// OK for a block size every codec accepts: a positive multiple of 8 (so
+// blocks start on byte boundaries), at most 65536 (topk's indices are
+// 16-bit). Otherwise InvalidArgument "must be a positive multiple ...".
+absl::Status CheckBlockSize(int64_t block_size);
+
+// Builds the codec for `spec` with blocks of `block_size` elements
+// (CheckBlockSize).
 absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(const CodecSpec& spec,
                                                  size_t block_size);
 

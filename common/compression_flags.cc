@@ -4,6 +4,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "common/codec.h"
 
 ABSL_FLAG(std::string, worker_codec, "sign",
           "Codec of the worker -> server updates: fp32, bf16, fp16, sign, "
@@ -33,34 +34,50 @@ absl::Status ParseErrorFeedback(absl::string_view name, CompressionConfig* c) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<CompressionConfig> CompressionConfigFromFlags() {
+absl::StatusOr<CompressionConfig> MakeCompressionConfig(
+    absl::string_view worker_codec, absl::string_view server_codec,
+    int64_t block_size, int64_t min_compress_elements,
+    bool worker_error_feedback, bool server_error_feedback) {
   CompressionConfig c;
-  auto named = [](absl::string_view flag, const absl::Status& s) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", s.message()));
+  auto named = [](absl::string_view field, const absl::Status& s) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", s.message()));
   };
-  auto w = ParseCodecSpec(absl::GetFlag(FLAGS_worker_codec));
-  if (!w.ok()) return named("--worker_codec", w.status());
-  auto s = ParseCodecSpec(absl::GetFlag(FLAGS_server_codec));
-  if (!s.ok()) return named("--server_codec", s.status());
+  auto w = ParseCodecSpec(worker_codec);
+  if (!w.ok()) return named("worker_codec", w.status());
+  auto s = ParseCodecSpec(server_codec);
+  if (!s.ok()) return named("server_codec", s.status());
   c.worker_codec = *w;
   c.server_codec = *s;
-  const int64_t block = absl::GetFlag(FLAGS_block_size);
-  if (block <= 0 || block % 8 != 0 || block > 65536) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--block_size must be a positive multiple of 8 up to 65536, got ",
-        block));
+  if (absl::Status st = CheckBlockSize(block_size); !st.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_size ", st.message()));
   }
-  c.options.block_size = static_cast<size_t>(block);
-  const int64_t min_compress = absl::GetFlag(FLAGS_min_compress_elements);
-  if (min_compress < 0) {
+  c.options.block_size = static_cast<size_t>(block_size);
+  if (min_compress_elements < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--min_compress_elements must be >= 0, got ", min_compress));
+        "min_compress_elements must be >= 0, got ", min_compress_elements));
   }
-  c.options.min_compress_elements = static_cast<size_t>(min_compress);
+  c.options.min_compress_elements = static_cast<size_t>(min_compress_elements);
+  c.worker_error_feedback = worker_error_feedback;
+  c.server_error_feedback = server_error_feedback;
+  return c;
+}
+
+absl::StatusOr<CompressionConfig> CompressionConfigFromFlags() {
+  CompressionConfig feedback;
   if (absl::Status st =
-          ParseErrorFeedback(absl::GetFlag(FLAGS_error_feedback), &c);
+          ParseErrorFeedback(absl::GetFlag(FLAGS_error_feedback), &feedback);
       !st.ok()) {
     return st;
+  }
+  absl::StatusOr<CompressionConfig> c = MakeCompressionConfig(
+      absl::GetFlag(FLAGS_worker_codec), absl::GetFlag(FLAGS_server_codec),
+      absl::GetFlag(FLAGS_block_size),
+      absl::GetFlag(FLAGS_min_compress_elements),
+      feedback.worker_error_feedback, feedback.server_error_feedback);
+  // The messages start with the field's name; here it is a flag.
+  if (!c.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", c.status().message()));
   }
   return c;
 }

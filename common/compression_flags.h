@@ -1,6 +1,8 @@
 #ifndef EFFADAM_COMMON_COMPRESSION_FLAGS_H_
 #define EFFADAM_COMMON_COMPRESSION_FLAGS_H_
 
+#include <cstdint>
+
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/codec_spec.h"
@@ -17,6 +19,16 @@ struct CompressionConfig {
   bool worker_error_feedback = true;
   bool server_error_feedback = true;
 };
+
+// Checks raw compression settings, as flags or a peer's JoinRequest carry
+// them, and assembles the config: codec names must parse
+// (ParseCodecSpec), block_size must suit every codec (CheckBlockSize),
+// min_compress_elements must be >= 0. A bad value is InvalidArgument whose
+// message starts with the field's name ("block_size must be ...").
+absl::StatusOr<CompressionConfig> MakeCompressionConfig(
+    absl::string_view worker_codec, absl::string_view server_codec,
+    int64_t block_size, int64_t min_compress_elements,
+    bool worker_error_feedback, bool server_error_feedback);
 
 // Parses --error_feedback: both | worker | server | none.
 absl::Status ParseErrorFeedback(absl::string_view name, CompressionConfig* c);

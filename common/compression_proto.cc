@@ -21,14 +21,26 @@ google::protobuf::RepeatedPtrField<v1::TensorSpec> LayoutToProto(
 }
 
 absl::StatusOr<TensorLayout> LayoutFromProto(
-    const google::protobuf::RepeatedPtrField<v1::TensorSpec>& specs) {
+    const google::protobuf::RepeatedPtrField<v1::TensorSpec>& specs,
+    size_t max_num_elements) {
   std::vector<TensorSpec> tensors;
   tensors.reserve(specs.size());
   for (const v1::TensorSpec& t : specs) {
     tensors.push_back(TensorSpec{
         t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end())});
   }
-  return TensorLayout::Create(std::move(tensors));
+  absl::StatusOr<TensorLayout> layout =
+      TensorLayout::Create(std::move(tensors));
+  if (!layout.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid layout: ", layout.status().message()));
+  }
+  if (layout->num_elements() > max_num_elements) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the layout has ", layout->num_elements(),
+        " elements; this server accepts at most ", max_num_elements));
+  }
+  return layout;
 }
 
 v1::CompressionSettings CompressionToProto(const CompressionConfig& c) {
@@ -43,15 +55,28 @@ v1::CompressionSettings CompressionToProto(const CompressionConfig& c) {
   return p;
 }
 
+absl::StatusOr<CompressionConfig> CompressionFromProto(
+    const v1::CompressionSettings& p) {
+  return MakeCompressionConfig(p.worker_codec(), p.server_codec(),
+                               p.block_size(), p.min_compress_elements(),
+                               p.worker_error_feedback(),
+                               p.server_error_feedback());
+}
+
 absl::Status CheckCompressionMatches(const v1::CompressionSettings& theirs,
                                      const CompressionConfig& ours,
                                      absl::string_view ours_name,
                                      absl::string_view theirs_name) {
+  absl::StatusOr<CompressionConfig> parsed = CompressionFromProto(theirs);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(theirs_name, " sent malformed compression settings: ",
+                     parsed.status().message()));
+  }
   std::vector<std::string> diffs;
   auto codec = [&](const char* field, const std::string& name,
-                   const CodecSpec& spec) {
-    absl::StatusOr<CodecSpec> parsed = ParseCodecSpec(name);
-    if (!parsed.ok() || !(*parsed == spec)) {
+                   const CodecSpec& spec, const CodecSpec& theirs_spec) {
+    if (!(theirs_spec == spec)) {
       diffs.push_back(absl::StrCat(field, ": ", ours_name, " uses '",
                                    spec.ToString(), "', ", theirs_name,
                                    " sent '", name, "'"));
@@ -63,8 +88,10 @@ absl::Status CheckCompressionMatches(const v1::CompressionSettings& theirs,
                                    ", ", theirs_name, " sent ", value));
     }
   };
-  codec("worker_codec", theirs.worker_codec(), ours.worker_codec);
-  codec("server_codec", theirs.server_codec(), ours.server_codec);
+  codec("worker_codec", theirs.worker_codec(), ours.worker_codec,
+        parsed->worker_codec);
+  codec("server_codec", theirs.server_codec(), ours.server_codec,
+        parsed->server_codec);
   number("block_size", theirs.block_size(),
          static_cast<int64_t>(ours.options.block_size));
   number("min_compress_elements", theirs.min_compress_elements(),

@@ -14,6 +14,8 @@ PACKAGES=(
   prometheus-cpp-dev prometheus
   dataset-fashion-mnist
   python3 python3-yaml
+  # libFuzzer targets (tests/fuzz): clang and its fuzzer/sanitizer runtimes
+  clang libclang-rt-14-dev
   # container tests: podman builds the Dockerfile, docker-compose drives it
   podman debootstrap uidmap fuse-overlayfs docker-compose
 )

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, builds, runs the tests of the
-# code that parses untrusted bytes (codecs, update codec, round engine,
-# worker optimizer, IDX reader, the gRPC service and client, the PEM and
-# token loaders and the token check) under AddressSanitizer and UBSan, then
-# every test under ctest.
+# code that parses untrusted bytes (codecs, update codec, chunk assembler,
+# round engine, checkpoints, worker optimizer, IDX reader, the gRPC service
+# and client, the PEM and token loaders and the token check, the bad-input
+# table) under AddressSanitizer and UBSan, runs the libFuzzer targets for a
+# bounded time (clang, build-fuzz), then every test under ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 
 echo "== AddressSanitizer + UBSan =="
-SAN_TESTS=(codec_test update_codec_test round_engine_test checkpoint_test
-           worker_optimizer_test idx_reader_test server_service_test
-           worker_client_test grpc_security_test service_auth_test)
+SAN_TESTS=(codec_test update_codec_test chunk_assembler_test round_engine_test
+           checkpoint_test worker_optimizer_test idx_reader_test
+           server_service_test worker_client_test bad_input_test
+           grpc_security_test service_auth_test)
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEFFADAM_SANITIZE=ON -DEFFADAM_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "${JOBS:-2}" --target "${SAN_TESTS[@]}"
@@ -20,6 +22,14 @@ for t in "${SAN_TESTS[@]}"; do
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     "build-asan/bin/$t" --gtest_brief=1
 done
+
+echo "== libFuzzer (clang): each target ${FUZZ_SECONDS:-20} s =="
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_COMPILER=clang++ -DEFFADAM_FUZZ=ON -DEFFADAM_BUILD_BENCH=OFF \
+  -DEFFADAM_FUZZ_SECONDS="${FUZZ_SECONDS:-20}" >/dev/null
+cmake --build build-fuzz -j "${JOBS:-2}" --target fuzzers
+# One fuzzer at a time: each already keeps a core busy.
+(cd build-fuzz && ctest -L fuzz --output-on-failure -j 1)
 
 echo "== ctest =="
 cd build

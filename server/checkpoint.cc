@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -195,7 +196,8 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
         absl::StrCat("checkpoint format version ", header.format_version(),
                      "; this server reads version ", kFormatVersion));
   }
-  absl::StatusOr<TensorLayout> layout = LayoutFromProto(header.layout());
+  absl::StatusOr<TensorLayout> layout = LayoutFromProto(
+      header.layout(), std::numeric_limits<size_t>::max());
   if (!layout.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint layout: ", layout.status().message()));

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/checksum.h"
+#include "common/chunk_assembler.h"
 #include "common/codec_spec.h"
 
 namespace effadam {
@@ -59,6 +60,26 @@ absl::Time FetchGiveUp(const grpc::ServerContext& context, absl::Time now,
     give_up = std::min(give_up, absl::FromChrono(deadline) - kDeadlineMargin);
   }
   return give_up;
+}
+
+// The rejection reason of a chunk the Train stream's assembler refused.
+// The first chunk's round is checked before the assembler sees it, so a
+// round it refuses is one that changed in the middle of an update.
+Rejection TrainRejection(ChunkFault fault) {
+  switch (fault) {
+    case ChunkFault::kWrongRank:
+      return Rejection::kWrongRank;
+    case ChunkFault::kWrongRound:
+    case ChunkFault::kBadOffset:
+      return Rejection::kBadOffset;
+    case ChunkFault::kTruncated:
+      return Rejection::kTruncatedUpdate;
+    case ChunkFault::kNone:
+    case ChunkFault::kBadSize:
+    case ChunkFault::kNonFinite:  // not checked for encoded updates
+      break;
+  }
+  return Rejection::kBadChunkSize;
 }
 
 }  // namespace
@@ -219,25 +240,18 @@ grpc::Status ParameterServerService::Join(grpc::ServerContext* context,
                                           const v1::JoinRequest* request,
                                           v1::JoinResponse* response) {
   if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
-  absl::StatusOr<TensorLayout> layout = LayoutFromProto(request->layout());
-  if (!layout.ok()) {
-    return ToGrpc(Reject(Rejection::kBadLayout,
-                         absl::InvalidArgumentError(absl::StrCat(
-                             "invalid layout: ", layout.status().message()))));
-  }
-  if (layout->num_elements() > options_.max_num_elements) {
-    return ToGrpc(Reject(
-        Rejection::kBadLayout,
-        absl::InvalidArgumentError(absl::StrCat(
-            "the layout has ", layout->num_elements(),
-            " elements; this server accepts at most ",
-            options_.max_num_elements))));
-  }
+  absl::StatusOr<TensorLayout> layout =
+      LayoutFromProto(request->layout(), options_.max_num_elements);
+  if (!layout.ok()) return ToGrpc(Reject(Rejection::kBadLayout, layout.status()));
   if (absl::Status s =
           CheckCompressionMatches(request->compression(), options_.compression,
                                   "server", "worker");
       !s.ok()) {
-    return ToGrpc(Reject(Rejection::kCompressionMismatch, s));
+    // InvalidArgument: malformed on its own; else it differs from ours.
+    return ToGrpc(Reject(s.code() == absl::StatusCode::kInvalidArgument
+                             ? Rejection::kBadCompression
+                             : Rejection::kCompressionMismatch,
+                         s));
   }
 
   absl::MutexLock lock(&mu_);
@@ -333,53 +347,33 @@ grpc::Status ParameterServerService::Join(grpc::ServerContext* context,
 absl::Status ParameterServerService::ReadParams(
     grpc::ServerReader<v1::ParamsChunk>* reader, int rank,
     v1::ParamsChunk* chunk, std::vector<float>* x, int64_t* wire_bytes) const {
-  size_t received = 0;
+  ChunkRules rules;
+  rules.total_bytes = x->size() * sizeof(float);
+  rules.max_chunk_bytes = options_.max_chunk_bytes;
+  rules.unit = sizeof(float);
+  rules.finite_float32 = true;
+  rules.rank = rank;
+  absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
+  if (!assembler.ok()) return assembler.status();
+  // ParamsChunk.round is FetchParams' field; an upload leaves it 0.
+  assembler->Start(0);
   do {
     *wire_bytes += static_cast<int64_t>(chunk->ByteSizeLong());
-    const std::string& v = chunk->values();
-    const int64_t begin = chunk->begin();
-    if (chunk->rank() != rank) {
-      return absl::InvalidArgumentError(absl::StrCat("a chunk names rank ",
-                                                     chunk->rank(), " in rank ",
-                                                     rank, "'s upload"));
+    if (!assembler->Add(chunk->rank(), chunk->round(), chunk->begin(),
+                        chunk->values())
+             .ok()) {
+      break;
     }
-    if (begin < 0 || static_cast<size_t>(begin) != received) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk begins at element ", begin, "; expected ",
-                       received, " (chunks must arrive in order)"));
-    }
-    if (v.empty() || v.size() % sizeof(float) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk at element ", begin, " has ", v.size(),
-                       " bytes, not a positive whole number of float32"));
-    }
-    if (v.size() > options_.max_chunk_bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk at element ", begin, " has ", v.size(),
-                       " bytes; the limit is ", options_.max_chunk_bytes,
-                       " (max_chunk_bytes)"));
-    }
-    const size_t count = v.size() / sizeof(float);
-    if (count > x->size() - received) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk at element ", begin, " runs past the end of x (",
-                       x->size(), " elements)"));
-    }
-    // Little-endian float32 on the wire, the byte order of every host the
-    // codecs run on.
-    std::memcpy(x->data() + received, v.data(), v.size());
-    for (size_t i = received; i < received + count; ++i) {
-      if (!std::isfinite((*x)[i])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "initial parameter ", i, " is not finite (", (*x)[i], ")"));
-      }
-    }
-    received += count;
+    // A chunk after the last one runs past the end, so read to the end.
   } while (reader->Read(chunk));
-  if (received != x->size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the upload ended after ", received, " of ", x->size(), " elements"));
+  if (absl::Status s = assembler->Finish(); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("initial parameters: ", s.message()));
   }
+  // Little-endian float32 on the wire, the byte order of every host the
+  // codecs run on.
+  const std::string bytes = assembler->TakeBuffer();
+  std::memcpy(x->data(), bytes.data(), bytes.size());
   return absl::OkStatus();
 }
 
@@ -543,6 +537,12 @@ absl::Status ParameterServerService::CheckRoundLocked(int rank,
                       "rank ", rank, " sent round ", round,
                       " but training ends after round ", options_.rounds,
                       " (--rounds)")));
+  }
+  if (round < 1) {
+    return Reject(Rejection::kWrongRound,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "rank ", rank, " sent round ", round,
+                      "; rounds count from 1")));
   }
   const int64_t current = engine_->round();
   if (round == current || (round < current && FindClosedLocked(round))) {
@@ -735,9 +735,13 @@ absl::Status ParameterServerService::RunTrain(
     absl::MutexLock lock(&mu_);
     codec = worker_codec_;  // fixed for good once the engine exists
   }
-  const size_t size = codec->encoded_size();
+  ChunkRules rules;
+  rules.total_bytes = codec->encoded_size();
+  rules.max_chunk_bytes = options_.max_chunk_bytes;
+  rules.rank = rank;
+  absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
+  if (!assembler.ok()) return assembler.status();
   int64_t next = 0;  // the round this stream must send; 0 before the first
-  std::string update;
   while (true) {
     // *msg is the first chunk of an update.
     const int64_t round = msg->round();
@@ -753,61 +757,24 @@ absl::Status ParameterServerService::RunTrain(
       absl::MutexLock lock(&mu_);
       if (absl::Status s = CheckRoundLocked(rank, round); !s.ok()) return s;
     }
-    update.clear();
+    assembler->Start(round);
     while (true) {
-      const std::string& payload = msg->payload();
-      if (msg->rank() != rank) {
-        return Reject(Rejection::kWrongRank,
+      absl::Status s = assembler->Add(msg->rank(), msg->round(), msg->offset(),
+                                      msg->payload());
+      if (s.ok() && assembler->complete()) break;
+      if (s.ok() && !stream->Read(msg)) s = assembler->Finish();
+      if (!s.ok()) {
+        return Reject(TrainRejection(assembler->fault()),
                       absl::InvalidArgumentError(absl::StrCat(
-                          "a message names rank ", msg->rank(), " on rank ",
-                          rank, "'s Train stream")));
-      }
-      if (msg->round() != round) {
-        return Reject(Rejection::kBadOffset,
-                      absl::InvalidArgumentError(absl::StrCat(
-                          "a chunk of round ", msg->round(),
-                          " arrived in the middle of round ", round,
-                          "'s update")));
-      }
-      if (msg->offset() != static_cast<int64_t>(update.size())) {
-        return Reject(Rejection::kBadOffset,
-                      absl::InvalidArgumentError(absl::StrCat(
-                          "chunk of round ", round, " at offset ",
-                          msg->offset(), "; expected offset ", update.size())));
-      }
-      if (payload.empty()) {
-        return Reject(Rejection::kBadChunkSize,
-                      absl::InvalidArgumentError(
-                          absl::StrCat("empty chunk at offset ", msg->offset(),
-                                       " of round ", round)));
-      }
-      if (payload.size() > options_.max_chunk_bytes) {
-        return Reject(Rejection::kBadChunkSize,
-                      absl::InvalidArgumentError(absl::StrCat(
-                          "chunk of ", payload.size(),
-                          " bytes exceeds max_chunk_bytes (",
-                          options_.max_chunk_bytes, ")")));
-      }
-      if (payload.size() > size - update.size()) {
-        return Reject(Rejection::kBadChunkSize,
-                      absl::InvalidArgumentError(absl::StrCat(
-                          "round ", round, "'s update is longer than the ",
-                          size, " bytes of a ", codec->spec().ToString(),
-                          " update")));
-      }
-      update.append(payload);
-      if (update.size() == size) break;
-      if (!stream->Read(msg)) {
-        return Reject(Rejection::kTruncatedUpdate,
-                      absl::InvalidArgumentError(absl::StrCat(
-                          "the stream ended after ", update.size(), " of ",
-                          size, " bytes of round ", round, "'s update")));
+                          "round ", round, "'s ", codec->spec().ToString(),
+                          " update from rank ", rank, ": ", s.message())));
       }
       CountWire(TrafficDirection::kWorkerToServer,
                 static_cast<int64_t>(msg->ByteSizeLong()));
     }
-    absl::StatusOr<ClosedRound> closed = AcceptAndWait(
-        context, *codec, rank, round, std::move(update), msg->loss());
+    absl::StatusOr<ClosedRound> closed =
+        AcceptAndWait(context, *codec, rank, round, assembler->TakeBuffer(),
+                      msg->loss());
     if (!closed.ok()) return closed.status();
     if (absl::Status s = SendDelta(stream, *closed); !s.ok()) return s;
     if (options_.rounds > 0 && round >= options_.rounds) {
@@ -905,7 +872,10 @@ ServerSummary ParameterServerService::SummaryLocked() const {
 
 ServerSummary ParameterServerService::Summary() const {
   absl::MutexLock lock(&mu_);
-  return SummaryLocked();
+  ServerSummary s = SummaryLocked();
+  // O(n), so here only and not in every Status call.
+  if (engine_) s.error_checksum = ParamsChecksum(engine_->error_memory());
+  return s;
 }
 
 grpc::Status ParameterServerService::Status(

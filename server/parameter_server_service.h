@@ -89,6 +89,9 @@ struct ServerSummary {
   double train_loss = 0;
   // ParamsChecksum of x; empty before the initial parameters exist.
   std::string params_checksum;
+  // ParamsChecksum of the server's error memory E, likewise; computed by
+  // Summary() only (it reads all of E), so the Status RPC leaves it empty.
+  std::string error_checksum;
   // Not OK once the round engine failed to close a round (the server can
   // make no further progress).
   absl::Status error;

@@ -22,6 +22,8 @@ const char* RejectionName(Rejection why) {
       return "layout_mismatch";
     case Rejection::kCompressionMismatch:
       return "compression_mismatch";
+    case Rejection::kBadCompression:
+      return "bad_compression";
     case Rejection::kBadRank:
       return "bad_rank";
     case Rejection::kRankTaken:

@@ -25,6 +25,8 @@ enum class Rejection {
   kBadLayout,            // Join: invalid or too large layout
   kLayoutMismatch,       // Join: layout differs from the server's
   kCompressionMismatch,  // Join: compression settings differ
+  kBadCompression,       // Join: malformed compression settings (a codec
+                         // name that does not parse, a bad block size)
   kBadRank,              // Join: requested rank outside [0, N)
   kRankTaken,            // Join: requested rank is live
   kNoFreeRank,           // Join: every rank is live
@@ -36,14 +38,15 @@ enum class Rejection {
   kWrongRank,            // a message names another rank than its stream's
   kWrongRound,           // an update for a round the server cannot take
   kBadOffset,            // a chunk out of order (offset, round mid-update)
-  kBadChunkSize,         // an empty chunk, one over max_chunk_bytes, or
-                         // past the end of the update
+  kBadChunkSize,         // an empty chunk, one over max_chunk_bytes, past
+                         // the end of the update, or of another size than
+                         // min(max_chunk_bytes, bytes remaining)
   kTruncatedUpdate,      // the stream ended in the middle of an update
   kInvalidPayload,       // a complete update whose bytes do not validate
   kLagging,              // an update so late that its round's delta is gone
   kUnauthenticated,      // a call without the server's token
 };
-inline constexpr int kNumRejections = 19;
+inline constexpr int kNumRejections = 20;
 
 // The `reason` label: "bad_layout", "layout_mismatch", ...
 const char* RejectionName(Rejection why);

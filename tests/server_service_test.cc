@@ -18,308 +18,22 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/parameter_server_service.h"
-
-#include "common/compression_proto.h"
+#include "tests/service_test_util.h"
 
 namespace effadam {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-// Every client call is bounded, so a server that hangs fails the test
-// instead of blocking it.
-constexpr double kCallSeconds = 10;
-
-std::unique_ptr<grpc::ClientContext> Ctx(double seconds = kCallSeconds) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(
-      std::chrono::system_clock::now() +
-      std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
-  return ctx;
-}
-
-// w[2000] is compressed; b[7] is below min_compress_elements and goes fp32.
-TensorLayout TestLayout() {
-  return *TensorLayout::Create({{"w", {40, 50}}, {"b", {7}}});
-}
-
-CompressionConfig Compression(const std::string& worker,
-                              const std::string& server) {
-  CompressionConfig c;
-  c.worker_codec = *ParseCodecSpec(worker);
-  c.server_codec = *ParseCodecSpec(server);
-  c.options.block_size = 64;
-  c.options.min_compress_elements = 64;
-  return c;
-}
-
-ServerOptions Options(int workers, const std::string& worker_codec,
-                      const std::string& server_codec) {
-  ServerOptions o;
-  o.workers = workers;
-  o.compression = Compression(worker_codec, server_codec);
-  o.round_timeout = absl::Seconds(30);
-  o.max_chunk_bytes = 100;
-  o.seed = 7;
-  return o;
-}
-
-std::vector<float> InitialParams(size_t n) {
-  std::vector<float> x(n);
-  for (size_t i = 0; i < n; ++i) x[i] = 0.001f * static_cast<float>(i) - 0.5f;
-  // Bit patterns a lossy path would not keep.
-  x[5] = -0.0f;
-  x[6] = 1e-40f;  // subnormal
-  return x;
-}
-
-std::vector<float> RandomUpdate(size_t n, int rank, int64_t round) {
-  std::mt19937 rng(static_cast<uint32_t>(1000 * rank + round));
-  std::normal_distribution<float> normal(0, 0.01f);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
-
-std::string Encode(const UpdateCodec& codec, const std::vector<float>& u) {
-  std::string out;
-  EXPECT_TRUE(codec.EncodeWithFeedback(u, {}, 0, &out).ok());
-  return out;
-}
-
-// A running service on a free loopback port and a stub talking to it.
-class TestServer {
- public:
-  explicit TestServer(const ServerOptions& options,
-                      std::optional<Checkpoint> restore = std::nullopt)
-      : options_(options) {
-    auto service = ParameterServerService::Create(options);
-    EXPECT_TRUE(service.ok()) << service.status();
-    service_ = *std::move(service);
-    if (restore.has_value()) {
-      absl::Status s = service_->Restore(*std::move(restore));
-      EXPECT_TRUE(s.ok()) << s;
-    }
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                             &port_);
-    builder.RegisterService(service_.get());
-    server_ = builder.BuildAndStart();
-    EXPECT_NE(port_, 0);
-    stub_ = v1::ParameterServer::NewStub(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
-    layout_ = TestLayout();
-    worker_codec_ = *UpdateCodec::Create(
-        layout_, options.compression.worker_codec, options.compression.options);
-    server_codec_ = *UpdateCodec::Create(
-        layout_, options.compression.server_codec, options.compression.options);
-    if (options.num_shards > 1) {  // this server's part of the model
-      const ShardRange r =
-          (*PlanShards(*worker_codec_, options.num_shards))[options.shard];
-      worker_codec_ = *worker_codec_->Slice(r.first_segment, r.end_segment);
-      server_codec_ = *server_codec_->Slice(r.first_segment, r.end_segment);
-    }
-  }
-  ~TestServer() {
-    service_->Shutdown();
-    server_->Shutdown(std::chrono::system_clock::now() +
-                      std::chrono::seconds(2));
-  }
-
-  v1::ParameterServer::Stub* stub() { return stub_.get(); }
-  ParameterServerService& service() { return *service_; }
-  const ServerOptions& options() const { return options_; }
-  const TensorLayout& layout() const { return layout_; }
-  const UpdateCodec& worker_codec() const { return *worker_codec_; }
-  const UpdateCodec& server_codec() const { return *server_codec_; }
-  // Elements of this server's part of x (all of it without sharding).
-  size_t n() const { return worker_codec_->num_elements(); }
-
-  v1::JoinRequest JoinRequest(int rank) const {
-    v1::JoinRequest req;
-    *req.mutable_layout() = LayoutToProto(layout_);
-    *req.mutable_compression() = CompressionToProto(options_.compression);
-    req.set_rank(rank);
-    return req;
-  }
-
-  grpc::Status Join(const v1::JoinRequest& req, v1::JoinResponse* resp) {
-    return stub_->Join(Ctx().get(), req, resp);
-  }
-  // Joins with the test layout; the granted rank.
-  int Join(int rank = -1, bool* upload = nullptr) {
-    v1::JoinResponse resp;
-    grpc::Status s = Join(JoinRequest(rank), &resp);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    if (upload != nullptr) *upload = resp.upload_initial_params();
-    return s.ok() ? resp.rank() : -1;
-  }
-
-  grpc::Status UploadChunks(const std::vector<v1::ParamsChunk>& chunks) {
-    auto ctx = Ctx();
-    v1::UploadParamsResponse resp;
-    auto writer = stub_->UploadParams(ctx.get(), &resp);
-    for (const v1::ParamsChunk& c : chunks) {
-      if (!writer->Write(c)) break;  // the server has already answered
-    }
-    writer->WritesDone();
-    return writer->Finish();
-  }
-  static std::vector<v1::ParamsChunk> Chunks(int rank,
-                                             const std::vector<float>& x,
-                                             size_t per_chunk) {
-    std::vector<v1::ParamsChunk> chunks;
-    for (size_t b = 0; b < x.size(); b += per_chunk) {
-      const size_t k = std::min(per_chunk, x.size() - b);
-      v1::ParamsChunk c;
-      c.set_rank(rank);
-      c.set_begin(static_cast<int64_t>(b));
-      c.set_values(reinterpret_cast<const char*>(x.data() + b), 4 * k);
-      chunks.push_back(c);
-    }
-    return chunks;
-  }
-  grpc::Status Upload(int rank, const std::vector<float>& x) {
-    return UploadChunks(Chunks(rank, x, options_.max_chunk_bytes / 4));
-  }
-
-  grpc::Status Fetch(int rank, std::vector<float>* x, int* chunks = nullptr,
-                     int64_t* round = nullptr, double seconds = kCallSeconds) {
-    auto ctx = Ctx(seconds);
-    v1::FetchParamsRequest req;
-    req.set_rank(rank);
-    auto reader = stub_->FetchParams(ctx.get(), req);
-    v1::ParamsChunk c;
-    x->clear();
-    int count = 0;
-    while (reader->Read(&c)) {
-      EXPECT_EQ(c.begin(), static_cast<int64_t>(x->size()));
-      EXPECT_LE(c.values().size(), options_.max_chunk_bytes);
-      const size_t k = c.values().size() / 4;
-      x->resize(x->size() + k);
-      std::memcpy(x->data() + x->size() - k, c.values().data(), 4 * k);
-      if (round != nullptr) *round = c.round();
-      ++count;
-    }
-    if (chunks != nullptr) *chunks = count;
-    return reader->Finish();
-  }
-
-  v1::StatusResponse Status() {
-    v1::StatusResponse resp;
-    grpc::Status s = stub_->Status(Ctx().get(), v1::StatusRequest(), &resp);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return resp;
-  }
-  std::string Checksum() { return Status().params_checksum(); }
-
-  // Joins `rank` with the initial parameters uploaded; x0 when it uploads.
-  void JoinAndUpload(int rank, const std::vector<float>& x0) {
-    bool upload = false;
-    ASSERT_EQ(Join(rank, &upload), rank);
-    ASSERT_TRUE(upload);
-    grpc::Status s = Upload(rank, x0);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-  }
-
-  // Polls Status until `want` workers are live (bounded).
-  bool WaitLive(int want) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(kCallSeconds);
-    while (absl::Now() < deadline) {
-      if (Status().live_workers() == want) return true;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return false;
-  }
-
- private:
-  ServerOptions options_;
-  std::unique_ptr<ParameterServerService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<v1::ParameterServer::Stub> stub_;
-  int port_ = 0;
-  TensorLayout layout_;
-  std::unique_ptr<UpdateCodec> worker_codec_, server_codec_;
-};
-
-// One worker's Train stream, driven by hand.
-class TrainStream {
- public:
-  TrainStream(TestServer* server, double seconds = kCallSeconds)
-      : server_(server),
-        ctx_(Ctx(seconds)),
-        stream_(server->stub()->Train(ctx_.get())) {}
-
-  bool Write(const v1::WorkerMessage& m) { return stream_->Write(m); }
-
-  // Sends `update` for `round` in chunks of max_chunk_bytes.
-  bool Send(int rank, int64_t round, const std::string& update,
-            float loss = 0.5f) {
-    const size_t chunk = server_->options().max_chunk_bytes;
-    for (size_t off = 0; off < update.size(); off += chunk) {
-      v1::WorkerMessage m;
-      m.set_rank(rank);
-      m.set_round(round);
-      m.set_offset(static_cast<int64_t>(off));
-      m.set_payload(update.substr(off, chunk));
-      m.set_loss(loss);
-      if (!stream_->Write(m)) return false;
-    }
-    return true;
-  }
-
-  // Reads one whole delta; false when the stream ended first.
-  bool ReadDelta(std::string* delta, int64_t* round, int* contributors) {
-    const size_t size = server_->server_codec().encoded_size();
-    delta->clear();
-    v1::ServerMessage m;
-    while (delta->size() < size) {
-      if (!stream_->Read(&m)) return false;
-      EXPECT_EQ(m.offset(), static_cast<int64_t>(delta->size()));
-      EXPECT_LE(m.payload().size(), server_->options().max_chunk_bytes);
-      if (delta->empty()) {
-        *round = m.round();
-        *contributors = m.contributors();
-      }
-      EXPECT_EQ(m.round(), *round);
-      delta->append(m.payload());
-    }
-    EXPECT_EQ(delta->size(), size);
-    return true;
-  }
-
-  // The server's final status, after reading whatever it still sends.
-  grpc::Status Finish() {
-    stream_->WritesDone();
-    v1::ServerMessage m;
-    while (stream_->Read(&m)) {
-    }
-    return stream_->Finish();
-  }
-  void Cancel() { ctx_->TryCancel(); }
-
- private:
-  TestServer* server_;
-  std::unique_ptr<grpc::ClientContext> ctx_;
-  std::unique_ptr<
-      grpc::ClientReaderWriter<v1::WorkerMessage, v1::ServerMessage>>
-      stream_;
-};
-
-// The same math without the network: the reference a run must equal.
-std::unique_ptr<RoundEngine> ReferenceEngine(const TestServer& server,
-                                             const std::vector<float>& x0) {
-  const CompressionConfig& c = server.options().compression;
-  std::shared_ptr<const UpdateCodec> wc =
-      *UpdateCodec::Create(server.layout(), c.worker_codec, c.options);
-  std::shared_ptr<const UpdateCodec> sc =
-      *UpdateCodec::Create(server.layout(), c.server_codec, c.options);
-  RoundEngineOptions eo;
-  eo.error_feedback = c.server_error_feedback;
-  eo.seed = server.options().seed;
-  return *RoundEngine::Create(wc, sc, x0, eo);
-}
+using service_test::Encode;
+using service_test::InitialParams;
+using service_test::Options;
+using service_test::RandomUpdate;
+using service_test::ReferenceEngine;
+using service_test::TestServer;
+using service_test::TrainStream;
+using service_test::Compression;
+using service_test::TestLayout;
 
 // Counts the rejections the service reports, by reason.
 class RejectionCounter : public ServerObserver {
@@ -589,31 +303,33 @@ TEST(ParameterServerService, BadUploadsKeepNothingAndSomeoneElseUploads) {
   {
     auto chunks = TestServer::Chunks(0, x0, 25);
     std::swap(chunks[1], chunks[2]);
-    cases.push_back({"out of order", chunks, "expected 25"});
+    cases.push_back({"out of order", chunks, "expected element 25"});
   }
   {
     std::vector<float> bad = x0;
     bad[1234] = std::numeric_limits<float>::quiet_NaN();
     cases.push_back({"NaN", TestServer::Chunks(0, bad, 25),
-                     "initial parameter 1234 is not finite"});
+                     "initial parameters: element 1234 is not finite"});
   }
   {
     auto chunks = TestServer::Chunks(0, x0, 25);
     chunks.pop_back();
-    cases.push_back({"short", chunks, "ended after 2000 of 2007 elements"});
+    cases.push_back({"short", chunks, "ended after 8000 of 8028 bytes"});
   }
   {
     auto chunks = TestServer::Chunks(0, x0, 25);
     chunks.push_back(chunks.back());
     chunks.back().set_begin(2007);
-    cases.push_back({"long", chunks, "runs past the end"});
+    cases.push_back({"long", chunks, "the buffer would be too long"});
   }
   cases.push_back(
-      {"oversize", TestServer::Chunks(0, x0, 26), "the limit is 100"});
+      {"oversize", TestServer::Chunks(0, x0, 26),
+       "over max_chunk_bytes (100)"});
   {
     auto chunks = TestServer::Chunks(0, x0, 25);
     chunks[0].mutable_values()->pop_back();
-    cases.push_back({"partial float", chunks, "not a positive whole number"});
+    cases.push_back(
+        {"partial float", chunks, "not a whole number of 4-byte elements"});
   }
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -706,26 +422,26 @@ TEST(ParameterServerService, BadTrainMessagesChangeNothing) {
        true,
        {message(1, 1, 0, good.substr(0, 101))},
        grpc::StatusCode::INVALID_ARGUMENT,
-       "chunk of 101 bytes exceeds max_chunk_bytes (100)"},
+       "chunk at offset 0 has 101 bytes, over max_chunk_bytes (100)"},
       {"empty chunk",
        true,
        {message(1, 1, 0, "")},
        grpc::StatusCode::INVALID_ARGUMENT,
        "empty chunk"},
       {"too long", true, too_long, grpc::StatusCode::INVALID_ARGUMENT,
-       "update is longer than the"},
+       "the buffer would be too long"},
       {"round changes mid-update",
        true,
        {message(1, 1, 0, good.substr(0, 100)),
         message(1, 2, 100, good.substr(100, 100))},
        grpc::StatusCode::INVALID_ARGUMENT,
-       "a chunk of round 2 arrived in the middle of round 1's update"},
+       "a chunk of round 2 arrived where round 1 was expected"},
       {"another rank's message",
        true,
        {message(1, 1, 0, good.substr(0, 100)),
         message(0, 1, 100, good.substr(100, 100))},
        grpc::StatusCode::INVALID_ARGUMENT,
-       "a message names rank 0 on rank 1's Train stream"},
+       "a chunk names rank 0 on rank 1's stream"},
       {"NaN scale", true, nan_chunks, grpc::StatusCode::INVALID_ARGUMENT,
        "update from rank 1"},
       {"ends mid-update",

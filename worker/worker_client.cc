@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/chunk_assembler.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 
 namespace effadam {
@@ -246,6 +247,14 @@ absl::Status WorkerClient::Upload(absl::Span<const float> x,
 absl::StatusOr<std::vector<float>> WorkerClient::Fetch(absl::Time deadline) {
   auto stub = pb::ParameterServer::NewStub(channel_);
   const size_t n = layout_.num_elements();
+  ChunkRules rules;
+  rules.total_bytes = n * sizeof(float);
+  rules.max_chunk_bytes = static_cast<size_t>(max_chunk_bytes_);
+  rules.unit = sizeof(float);
+  rules.finite_float32 = true;
+  rules.rank = rank_;
+  absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
+  if (!assembler.ok()) return assembler.status();
   absl::Duration backoff = kFirstBackoff;
   while (true) {
     auto context = NewContext(deadline);
@@ -253,47 +262,30 @@ absl::StatusOr<std::vector<float>> WorkerClient::Fetch(absl::Time deadline) {
     pb::FetchParamsRequest request;
     request.set_rank(rank_);
     auto reader = stub->FetchParams(context.get(), request);
-    std::vector<float> x(n);
-    size_t received = 0;
-    int64_t round = -1;
+    // Every chunk names the round x is current for; the first sets it.
+    assembler->Start(std::nullopt);
     absl::Status bad;
     pb::ParamsChunk chunk;
     while (reader->Read(&chunk)) {
       wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
       if (!bad.ok()) continue;  // drain, so that Finish may be called
-      const std::string& v = chunk.values();
-      if (chunk.begin() != static_cast<int64_t>(received) ||
-          v.size() % sizeof(float) != 0 ||
-          v.size() / sizeof(float) > n - received ||
-          (round >= 0 && chunk.round() != round)) {
-        bad = absl::InternalError(absl::StrCat(
-            "FetchParams: chunk at element ", chunk.begin(), " with ",
-            v.size(), " bytes for round ", chunk.round(), " does not follow ",
-            received, " of ", n, " elements received for round ", round));
-        context->TryCancel();
-        continue;
-      }
-      std::memcpy(x.data() + received, v.data(), v.size());
-      received += v.size() / sizeof(float);
-      round = chunk.round();
+      bad = assembler->Add(chunk.rank(), chunk.round(), chunk.begin(),
+                           chunk.values());
+      if (!bad.ok()) context->TryCancel();
     }
     const grpc::Status s = reader->Finish();
     ReleaseContext();
-    if (!bad.ok()) return bad;
+    if (s.ok() && bad.ok()) bad = assembler->Finish();
+    if (!bad.ok()) {
+      return absl::InternalError(
+          absl::StrCat("FetchParams: the server's x: ", bad.message()));
+    }
     if (s.ok()) {
-      if (received != n) {
-        return absl::InternalError(absl::StrCat(
-            "FetchParams: the server sent ", received, " of ", n,
-            " elements"));
-      }
-      for (size_t i = 0; i < n; ++i) {
-        if (!std::isfinite(x[i])) {
-          return absl::InternalError(absl::StrCat(
-              "FetchParams: element ", i, " of the server's x is not finite"));
-        }
-      }
+      const std::string bytes = assembler->TakeBuffer();
+      std::vector<float> x(n);
+      std::memcpy(x.data(), bytes.data(), bytes.size());
       join_bytes_ += static_cast<int64_t>(n * sizeof(float));
-      round_ = round;
+      round_ = *assembler->round();
       return x;
     }
     // UNAVAILABLE: the first worker has not uploaded x yet (or the server
@@ -339,6 +331,14 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   wo.error_feedback = cc.worker_error_feedback;
   wo.seed = options_.seed;
   wo.rank = rank_;
+  ChunkRules delta_rules;
+  delta_rules.total_bytes = (*sc)->encoded_size();
+  delta_rules.max_chunk_bytes = static_cast<size_t>(max_chunk_bytes_);
+  absl::StatusOr<ChunkAssembler> delta_assembler =
+      ChunkAssembler::Create(delta_rules);
+  if (!delta_assembler.ok()) return delta_assembler.status();
+  delta_assembler_ =
+      std::make_unique<ChunkAssembler>(*std::move(delta_assembler));
   server_codec_ = *std::move(sc);
   auto optimizer = WorkerOptimizer::Create(*std::move(wc), server_codec_,
                                            *std::move(x0), wo);
@@ -476,28 +476,23 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
 
   // The delta's length follows from the layout and the server codec, so the
   // last chunk is known without an end marker.
-  const size_t want = server_codec_->encoded_size();
-  delta_.clear();
+  delta_assembler_->Start(round);
   pb::ServerMessage reply;
-  while (delta_.size() < want) {
+  while (!delta_assembler_->complete()) {
     if (!stream_->rw->Read(&reply)) {
       return Recover(
           EndStream(absl::StrCat("waiting for the delta of round ", round)));
     }
     wire_.server_to_worker += static_cast<int64_t>(reply.ByteSizeLong());
-    if (reply.round() != round ||
-        reply.offset() != static_cast<int64_t>(delta_.size()) ||
-        reply.payload().empty() ||
-        reply.payload().size() > want - delta_.size()) {
+    if (absl::Status s = delta_assembler_->Add(
+            -1, reply.round(), reply.offset(), reply.payload());
+        !s.ok()) {
       return Abandon(absl::InternalError(absl::StrCat(
-          "Train: expected the delta of round ", round, " from byte ",
-          delta_.size(), " of ", want, ", the server sent round ",
-          reply.round(), " bytes ", reply.offset(), "..+",
-          reply.payload().size())));
+          "Train: the delta of round ", round, ": ", s.message())));
     }
-    delta_.append(reply.payload());
     contributors_ = reply.contributors();
   }
+  delta_ = delta_assembler_->TakeBuffer();
   if (absl::Status s = optimizer_->ApplyDelta(delta_); !s.ok()) {
     return Abandon(absl::InternalError(
         absl::StrCat("Train, round ", round, ": ", s.message())));

@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/chunk_assembler.h"
 #include "common/compression_flags.h"
 #include "common/grpc_security.h"
 #include "common/tensor_layout.h"
@@ -217,10 +218,13 @@ class WorkerClient {
   int resyncs_ = 0;
   bool server_finished_ = false;
   std::shared_ptr<const UpdateCodec> server_codec_;
+  // Reassembles each round's delta from the server's chunks.
+  std::unique_ptr<ChunkAssembler> delta_assembler_;
   std::unique_ptr<WorkerOptimizer> optimizer_;
   std::unique_ptr<Stream> stream_;
   absl::Status final_status_;
-  std::string update_, delta_;  // reused buffers
+  std::string update_;  // reused buffer
+  std::string delta_;   // the last delta received
   Traffic traffic_;
   int64_t join_bytes_ = 0;
   WireBytes wire_;
