@@ -389,6 +389,48 @@ def case_sigterm(c):
     return "exit %d" % rc
 
 
+def case_toy_sharded(c):
+    # The model split over S = 1, 2, 3 servers (docs/sharding.md): every
+    # worker's x, and the shards' byte counts summed, equal effadam-sim's
+    # unsharded run. Shard boundaries fall on codec segments, so this is
+    # exact; q4s on the server checks that stochastic rounding draws as in
+    # the whole model.
+    rounds = 20
+    flags = TOY + ["--worker_codec=sign", "--server_codec=q4s",
+                   "--rounds=%d" % rounds, "--eval_every=10"]
+    sim = c.run_sim(flags)
+    results = []
+    for shards in (1, 2, 3):
+        ports, servers = [], []
+        for k in range(shards):
+            label = "s%d_shard%d" % (shards, k)
+            server, port = c.start_server(
+                server_flags(flags, rounds) +
+                ["--shard=%d" % k, "--num_shards=%d" % shards], label=label)
+            servers.append(server)
+            ports.append(port)
+        addresses = ",".join("%s:%d" % (LOOPBACK, p) for p in ports)
+        workers = [c.spawn("s%d_w%d" % (shards, i), [
+            os.path.join(c.bin, "effadam-worker"), "--server=" + addresses,
+            "--summary_json=" + c.path("s%d_w%d.json" % (shards, i))] + flags)
+            for i in range(WORKERS)]
+        for p in workers + servers:
+            c.expect_ok(p)
+        for i in range(WORKERS):
+            got = c.summary("s%d_w%d" % (shards, i))["params_checksum"]
+            check(got == sim["params_checksum"],
+                  "S=%d worker %d params_checksum %s, effadam-sim %s"
+                  % (shards, i, got, sim["params_checksum"]))
+        for key in ("bytes_worker_to_server", "bytes_server_to_worker"):
+            total = sum(c.summary("s%d_shard%d" % (shards, k))[key]
+                        for k in range(shards))
+            check(total == sim[key], "S=%d shards' %s %d, effadam-sim %d"
+                  % (shards, key, total, sim[key]))
+        results.append(shards)
+    return "S = %s: params_checksum %s = effadam-sim" % (
+        ", ".join(map(str, results)), sim["params_checksum"])
+
+
 CASES = [
     ("toy_fp32", case_toy_fp32),
     ("toy_sign_and_refusals", case_toy_sign_and_refusals),
@@ -397,6 +439,7 @@ CASES = [
     ("toy_worker_before_server", case_worker_before_server),
     ("mlp_sign", case_mlp_sign),
     ("sigterm", case_sigterm),
+    ("toy_sharded", case_toy_sharded),
 ]
 
 

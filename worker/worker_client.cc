@@ -1,79 +1,70 @@
 #include "worker/worker_client.h"
 
-#include "common/compression_proto.h"
-
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <thread>
 #include <utility>
 
-#include <grpcpp/grpcpp.h>
-
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "common/chunk_assembler.h"
-#include "effadam/v1/parameter_server.grpc.pb.h"
+#include "common/compression_proto.h"
 
 namespace effadam {
-
-// Parameters travel as raw float32 bytes, which the wire defines as
-// little-endian; a big-endian host would need a byte swap here.
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-              "effadam's wire format is little-endian");
-
 namespace {
 
 namespace pb = ::effadam::v1;
 
-// gRPC's receive limit must fit the server's largest chunk (its
-// --max_chunk_bytes allows up to 2^30) plus the message's other fields.
-constexpr int64_t kMaxChunkBytes = int64_t{1} << 30;
-constexpr int kMaxReceiveBytes =
-    static_cast<int>(kMaxChunkBytes) + kMessageEnvelopeBytes;
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
+// Largest chunk a worker accepts from a server's JoinResponse (its
+// --max_chunk_bytes allows up to 2^30).
+constexpr int64_t kMaxChunkBytes = int64_t{1} << 30;
 
-absl::Status FromGrpc(const grpc::Status& s, absl::string_view during) {
-  if (s.ok()) return absl::OkStatus();
-  // grpc::StatusCode and absl::StatusCode share their numbering.
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                      absl::StrCat(during, ": ", s.error_message()));
+// The stream of a shard ended so that joining again may help: the server
+// went away (restart, shutdown) or said this worker lags behind.
+bool Recoverable(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsAborted(s) || absl::IsCancelled(s);
 }
 
 }  // namespace
 
-struct WorkerClient::Stream {
-  std::unique_ptr<grpc::ClientContext> context;
-  std::unique_ptr<grpc::ClientReaderWriter<pb::WorkerMessage, pb::ServerMessage>>
-      rw;
-};
+absl::StatusOr<std::vector<std::string>> ShardAddresses(
+    const std::string& server, int num_shards) {
+  std::vector<std::string> out;
+  if (absl::StrContains(server, "{shard}")) {
+    if (num_shards < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "server address pattern ", server, " needs the number of shards"));
+    }
+    for (int k = 0; k < num_shards; ++k) {
+      out.push_back(
+          absl::StrReplaceAll(server, {{"{shard}", absl::StrCat(k)}}));
+    }
+    return out;
+  }
+  for (absl::string_view a : absl::StrSplit(server, ',')) {
+    if (a.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("empty address in server list \"", server, "\""));
+    }
+    out.emplace_back(a);
+  }
+  if (num_shards != 0 && static_cast<size_t>(num_shards) != out.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(out.size(), " server addresses for ", num_shards,
+                     " shards: \"", server, "\""));
+  }
+  return out;
+}
 
 WorkerClient::WorkerClient(WorkerClientOptions options)
-    : options_(std::move(options)) {
-  grpc::ChannelArguments args;
-  // The server may not be listening yet; reconnect as eagerly as Join
-  // retries instead of gRPC's default 1 s .. 120 s.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-              static_cast<int>(absl::ToInt64Milliseconds(kFirstBackoff)));
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-              static_cast<int>(absl::ToInt64Milliseconds(kFirstBackoff)));
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
-              static_cast<int>(absl::ToInt64Milliseconds(kMaxBackoff)));
-  args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
-  // TLS and keepalive: common/grpc_security.h.
-  channel_ = NewClientChannel(options_.server, options_.security, args);
-}
+    : options_(std::move(options)) {}
 
-WorkerClient::~WorkerClient() {
-  // A stream still open (an error path skipped Finish) is cancelled rather
-  // than closed: the server sees this worker leave at once, and Finish
-  // returns without waiting for the server.
-  if (stream_ != nullptr) {
-    stream_->context->TryCancel();
-    EndStream("").IgnoreError();
-  }
-}
+// Each ShardLink cancels a stream still open (an error path skipped
+// Finish): the servers see this worker leave at once.
+WorkerClient::~WorkerClient() = default;
 
 absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Connect(
     const WorkerClientOptions& options, const TensorLayout& layout,
@@ -87,44 +78,12 @@ absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Connect(
 void WorkerClient::Cancel() {
   absl::MutexLock lock(&mu_);
   cancelled_ = true;
-  if (active_ != nullptr) active_->TryCancel();
+  for (Shard& s : shards_) s.link->Cancel();
 }
 
 bool WorkerClient::cancelled() const {
   absl::MutexLock lock(&mu_);
   return cancelled_;
-}
-
-std::unique_ptr<grpc::ClientContext> WorkerClient::NewContext(
-    absl::Time deadline) {
-  auto context = std::make_unique<grpc::ClientContext>();
-  AddCallCredentials(options_.security, context.get());
-  if (deadline != absl::InfiniteFuture()) {
-    context->set_deadline(absl::ToChronoTime(deadline));
-  }
-  absl::MutexLock lock(&mu_);
-  if (cancelled_) return nullptr;
-  active_ = context.get();
-  return context;
-}
-
-void WorkerClient::ReleaseContext() {
-  absl::MutexLock lock(&mu_);
-  active_ = nullptr;
-}
-
-bool WorkerClient::Backoff(absl::Duration d) {
-  absl::MutexLock lock(&mu_);
-  // Wakes early only when Cancel() flips the flag.
-  mu_.AwaitWithTimeout(absl::Condition(&cancelled_), d);
-  return !cancelled_;
-}
-
-bool WorkerClient::ServerAway(const grpc::Status& s) const {
-  // A server shutting down cancels the calls it has; a Cancel() here is
-  // this worker's own doing.
-  return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-         (s.error_code() == grpc::StatusCode::CANCELLED && !cancelled());
 }
 
 absl::Status WorkerClient::Join(const TensorLayout& layout) {
@@ -140,166 +99,124 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     return absl::InvalidArgumentError("Join: the layout has no tensors");
   }
   if (absl::Status s = ValidateAdamOptions(options_.adam); !s.ok()) return s;
+  absl::StatusOr<std::vector<std::string>> addresses =
+      ShardAddresses(options_.server, options_.num_shards);
+  if (!addresses.ok()) return addresses.status();
+  const CompressionConfig& cc = options_.compression;
+  auto wc = UpdateCodec::Create(layout, cc.worker_codec, cc.options);
+  if (!wc.ok()) return wc.status();
+  auto sc = UpdateCodec::Create(layout, cc.server_codec, cc.options);
+  if (!sc.ok()) return sc.status();
+  const int num_shards = static_cast<int>(addresses->size());
+  absl::StatusOr<std::vector<ShardRange>> update_plan =
+      PlanShards(**wc, num_shards);
+  if (!update_plan.ok()) return update_plan.status();
+  absl::StatusOr<std::vector<ShardRange>> delta_plan =
+      PlanShards(**sc, num_shards);
+  if (!delta_plan.ok()) return delta_plan.status();
 
   layout_ = layout;
-  if (absl::Status s =
-          JoinAs(options_.rank, absl::Now() + options_.connect_timeout);
-      !s.ok()) {
-    return s;
+  worker_codec_ = *std::move(wc);
+  server_codec_ = *std::move(sc);
+  {
+    absl::MutexLock lock(&mu_);
+    if (cancelled_) return absl::CancelledError("cancelled");
+    for (int k = 0; k < num_shards; ++k) {
+      Shard s;
+      s.link = std::make_unique<ShardLink>((*addresses)[k], options_.security);
+      s.update_range = (*update_plan)[k];
+      s.delta_range = (*delta_plan)[k];
+      shards_.push_back(std::move(s));
+    }
+  }
+  // Shard 0 assigns the rank; the others are asked for the same one.
+  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+  for (size_t k = 0; k < shards_.size(); ++k) {
+    if (absl::Status s = JoinShard(k, k == 0 ? options_.rank : rank_, deadline);
+        !s.ok()) {
+      return s;
+    }
   }
   phase_ = Phase::kJoined;
   return absl::OkStatus();
 }
 
-absl::Status WorkerClient::JoinAs(int rank, absl::Time deadline) {
+absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline) {
+  Shard& shard = shards_[k];
   pb::JoinRequest request;
   *request.mutable_layout() = LayoutToProto(layout_);
   *request.mutable_compression() = CompressionToProto(options_.compression);
   request.set_rank(rank);
+  absl::StatusOr<pb::JoinResponse> reply = shard.link->Join(request, deadline);
+  if (!reply.ok()) return reply.status();
 
-  pb::JoinResponse reply;
-  absl::Duration backoff = kFirstBackoff;
-  auto stub = pb::ParameterServer::NewStub(channel_);
-  while (true) {
-    auto context = NewContext(deadline);
-    if (context == nullptr) return absl::CancelledError("cancelled");
-    const grpc::Status s = stub->Join(context.get(), request, &reply);
-    ReleaseContext();
-    if (s.ok()) break;
-    // Not listening yet, or going away; anything else is the server's
-    // answer and final.
-    if (!ServerAway(s)) {
-      return FromGrpc(s, absl::StrCat("Join ", options_.server));
-    }
-    if (absl::Now() + backoff >= deadline) {
-      return FromGrpc(s, absl::StrCat("Join: no server answered at ",
-                                      options_.server, " in time"));
-    }
-    if (!Backoff(backoff)) return absl::CancelledError("cancelled");
-    backoff = std::min(2 * backoff, kMaxBackoff);
-  }
-
-  if (reply.expected_workers() <= 0 || reply.rank() < 0 ||
-      reply.rank() >= reply.expected_workers() ||
-      (rank >= 0 && reply.rank() != rank)) {
+  const std::string& who = shard.link->address();
+  if (reply->expected_workers() <= 0 || reply->rank() < 0 ||
+      reply->rank() >= reply->expected_workers() ||
+      (rank >= 0 && reply->rank() != rank)) {
     return absl::InternalError(absl::StrCat(
-        "Join: the server assigned rank ", reply.rank(), " of ",
-        reply.expected_workers(), " workers (asked for ", rank, ")"));
+        "Join: ", who, " assigned rank ", reply->rank(), " of ",
+        reply->expected_workers(), " workers (asked for ", rank, ")"));
   }
-  if (num_workers_ != 0 && reply.expected_workers() != num_workers_) {
-    // The data shard was chosen for the old N.
+  if (num_workers_ != 0 && reply->expected_workers() != num_workers_) {
+    // The data shard was chosen for the first N.
     return absl::FailedPreconditionError(absl::StrCat(
-        "Join: the server now expects ", reply.expected_workers(),
-        " workers; this worker started with ", num_workers_));
+        "Join: ", who, " expects ", reply->expected_workers(),
+        " workers; this worker has ", num_workers_));
   }
-  if (reply.num_elements() != static_cast<int64_t>(layout_.num_elements())) {
+  if (reply->num_elements() != static_cast<int64_t>(layout_.num_elements())) {
     return absl::InternalError(absl::StrCat(
-        "Join: the server reports ", reply.num_elements(),
+        "Join: ", who, " reports ", reply->num_elements(),
         " elements for a layout of ", layout_.num_elements()));
   }
-  if (reply.max_chunk_bytes() < 4 || reply.max_chunk_bytes() > kMaxChunkBytes) {
+  if (reply->max_chunk_bytes() < 4 ||
+      reply->max_chunk_bytes() > kMaxChunkBytes) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "Join: the server's max_chunk_bytes ", reply.max_chunk_bytes(),
+        "Join: the max_chunk_bytes ", reply->max_chunk_bytes(), " of ", who,
         " is outside what this worker accepts, [4, ", kMaxChunkBytes, "]"));
+  }
+  // A server without sharding leaves the fields at 0.
+  const int server_shards = std::max(reply->num_shards(), 1);
+  const int64_t size = reply->num_shards() == 0
+                           ? reply->num_elements()
+                           : reply->shard_size();
+  if (server_shards != num_shards() || reply->shard() != static_cast<int>(k) ||
+      reply->shard_begin() != static_cast<int64_t>(shard.update_range.begin) ||
+      size != static_cast<int64_t>(shard.update_range.size)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Join: ", who, " is shard ", reply->shard(), " of ", server_shards,
+        " holding elements [", reply->shard_begin(), ", +", size,
+        "); this worker has ", num_shards(),
+        " server addresses and expects shard ", k, " to hold [",
+        shard.update_range.begin, ", +", shard.update_range.size, ")"));
   }
   // The server refuses a Join whose settings differ from its own, so a
   // reply naming other settings means the two sides disagree on the protocol.
   if (absl::Status s = CheckCompressionMatches(
-          reply.compression(), options_.compression, "this worker", "server");
+          reply->compression(), options_.compression, "this worker", who);
       !s.ok()) {
     return absl::InternalError(absl::StrCat(
-        "Join: the server accepted this worker but ", s.message()));
+        "Join: ", who, " accepted this worker but ", s.message()));
   }
-  rank_ = reply.rank();
-  num_workers_ = reply.expected_workers();
-  upload_ = reply.upload_initial_params();
-  max_chunk_bytes_ = reply.max_chunk_bytes();
-  round_ = reply.round();
+  rank_ = reply->rank();
+  num_workers_ = reply->expected_workers();
+  shard.upload = reply->upload_initial_params();
+  shard.max_chunk_bytes = reply->max_chunk_bytes();
+  shard.round = reply->round();
   return absl::OkStatus();
 }
 
-absl::Status WorkerClient::Upload(absl::Span<const float> x,
-                                  absl::Time deadline) {
-  auto stub = pb::ParameterServer::NewStub(channel_);
-  auto context = NewContext(deadline);
-  if (context == nullptr) return absl::CancelledError("cancelled");
-  pb::UploadParamsResponse reply;
-  auto writer = stub->UploadParams(context.get(), &reply);
-  const size_t per_chunk = static_cast<size_t>(max_chunk_bytes_) / 4;
-  pb::ParamsChunk chunk;
-  chunk.set_rank(rank_);
-  for (size_t begin = 0; begin < x.size(); begin += per_chunk) {
-    const size_t n = std::min(per_chunk, x.size() - begin);
-    chunk.set_begin(static_cast<int64_t>(begin));
-    chunk.set_values(reinterpret_cast<const char*>(x.data() + begin),
-                     n * sizeof(float));
-    // A failed Write means the call is over; Finish says why.
-    if (!writer->Write(chunk)) break;
-    wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
-  }
-  writer->WritesDone();
-  const grpc::Status s = writer->Finish();
-  ReleaseContext();
-  if (s.ok()) join_bytes_ += static_cast<int64_t>(x.size() * sizeof(float));
-  return FromGrpc(s, "UploadParams");
-}
-
-absl::StatusOr<std::vector<float>> WorkerClient::Fetch(absl::Time deadline) {
-  auto stub = pb::ParameterServer::NewStub(channel_);
-  const size_t n = layout_.num_elements();
-  ChunkRules rules;
-  rules.total_bytes = n * sizeof(float);
-  rules.max_chunk_bytes = static_cast<size_t>(max_chunk_bytes_);
-  rules.unit = sizeof(float);
-  rules.finite_float32 = true;
-  rules.rank = rank_;
-  absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
-  if (!assembler.ok()) return assembler.status();
-  absl::Duration backoff = kFirstBackoff;
-  while (true) {
-    auto context = NewContext(deadline);
-    if (context == nullptr) return absl::CancelledError("cancelled");
-    pb::FetchParamsRequest request;
-    request.set_rank(rank_);
-    auto reader = stub->FetchParams(context.get(), request);
-    // Every chunk names the round x is current for; the first sets it.
-    assembler->Start(std::nullopt);
-    absl::Status bad;
-    pb::ParamsChunk chunk;
-    while (reader->Read(&chunk)) {
-      wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
-      if (!bad.ok()) continue;  // drain, so that Finish may be called
-      bad = assembler->Add(chunk.rank(), chunk.round(), chunk.begin(),
-                           chunk.values());
-      if (!bad.ok()) context->TryCancel();
-    }
-    const grpc::Status s = reader->Finish();
-    ReleaseContext();
-    if (s.ok() && bad.ok()) bad = assembler->Finish();
-    if (!bad.ok()) {
-      return absl::InternalError(
-          absl::StrCat("FetchParams: the server's x: ", bad.message()));
-    }
-    if (s.ok()) {
-      const std::string bytes = assembler->TakeBuffer();
-      std::vector<float> x(n);
-      std::memcpy(x.data(), bytes.data(), bytes.size());
-      join_bytes_ += static_cast<int64_t>(n * sizeof(float));
-      round_ = *assembler->round();
-      return x;
-    }
-    // UNAVAILABLE: the first worker has not uploaded x yet (or the server
-    // is going away).
-    if (!ServerAway(s)) return FromGrpc(s, "FetchParams");
-    if (absl::Now() + backoff >= deadline) {
-      return FromGrpc(s, absl::StrCat("FetchParams: the server had no "
-                                      "parameters within ",
-                                      absl::FormatDuration(
-                                          options_.connect_timeout)));
-    }
-    if (!Backoff(backoff)) return absl::CancelledError("cancelled");
-    backoff = std::min(2 * backoff, kMaxBackoff);
-  }
+absl::Status WorkerClient::FetchShard(size_t k, absl::Time deadline,
+                                      std::vector<float>* x) {
+  Shard& shard = shards_[k];
+  const ShardRange& r = shard.update_range;
+  absl::StatusOr<std::vector<float>> part = shard.link->Fetch(
+      rank_, r.size, static_cast<size_t>(shard.max_chunk_bytes), deadline,
+      &shard.round);
+  if (!part.ok()) return part.status();
+  std::copy(part->begin(), part->end(), x->begin() + r.begin);
+  join_bytes_ += static_cast<int64_t>(r.size * sizeof(float));
+  return absl::OkStatus();
 }
 
 absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
@@ -308,105 +225,98 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
         phase_ == Phase::kNew ? "Start: Join first" : "Start: already started");
   }
   const size_t n = layout_.num_elements();
-  const CompressionConfig& cc = options_.compression;
-  auto wc = UpdateCodec::Create(layout_, cc.worker_codec, cc.options);
-  if (!wc.ok()) return wc.status();
-  auto sc = UpdateCodec::Create(layout_, cc.server_codec, cc.options);
-  if (!sc.ok()) return sc.status();
-
   const absl::Time deadline = absl::Now() + options_.connect_timeout;
-  if (upload_) {
-    if (initial_params.size() != n) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "Start: ", initial_params.size(),
-          " initial parameters for a layout of ", n, " elements"));
+  std::vector<float> x0(n);
+  for (size_t k = 0; k < shards_.size(); ++k) {
+    Shard& shard = shards_[k];
+    const ShardRange& r = shard.update_range;
+    if (shard.upload) {
+      if (initial_params.size() != n) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Start: ", initial_params.size(),
+            " initial parameters for a layout of ", n, " elements"));
+      }
+      if (absl::Status s = shard.link->Upload(
+              rank_, initial_params.subspan(r.begin, r.size),
+              static_cast<size_t>(shard.max_chunk_bytes), deadline);
+          !s.ok()) {
+        return s;
+      }
+      join_bytes_ += static_cast<int64_t>(r.size * sizeof(float));
     }
-    if (absl::Status s = Upload(initial_params, deadline); !s.ok()) return s;
+    if (absl::Status s = FetchShard(k, deadline, &x0); !s.ok()) return s;
+    ChunkRules rules;
+    rules.total_bytes = shard.delta_range.byte_size;
+    rules.max_chunk_bytes = static_cast<size_t>(shard.max_chunk_bytes);
+    absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
+    if (!assembler.ok()) return assembler.status();
+    shard.delta = std::make_unique<ChunkAssembler>(*std::move(assembler));
   }
-  absl::StatusOr<std::vector<float>> x0 = Fetch(deadline);
-  if (!x0.ok()) return x0.status();
 
   WorkerOptimizer::Options wo;
   wo.adam = options_.adam;
-  wo.error_feedback = cc.worker_error_feedback;
+  wo.error_feedback = options_.compression.worker_error_feedback;
   wo.seed = options_.seed;
   wo.rank = rank_;
-  ChunkRules delta_rules;
-  delta_rules.total_bytes = (*sc)->encoded_size();
-  delta_rules.max_chunk_bytes = static_cast<size_t>(max_chunk_bytes_);
-  absl::StatusOr<ChunkAssembler> delta_assembler =
-      ChunkAssembler::Create(delta_rules);
-  if (!delta_assembler.ok()) return delta_assembler.status();
-  delta_assembler_ =
-      std::make_unique<ChunkAssembler>(*std::move(delta_assembler));
-  server_codec_ = *std::move(sc);
-  auto optimizer = WorkerOptimizer::Create(*std::move(wc), server_codec_,
-                                           *std::move(x0), wo);
+  auto optimizer = WorkerOptimizer::Create(worker_codec_, server_codec_,
+                                           std::move(x0), wo);
   if (!optimizer.ok()) return optimizer.status();
   optimizer_ = *std::move(optimizer);
-
-  if (absl::Status s = OpenStream(); !s.ok()) return s;
+  if (absl::Status s = server_codec_->EncodeWithFeedback(
+          std::vector<float>(n, 0.0f), {}, 0, &zero_delta_);
+      !s.ok()) {
+    return s;
+  }
+  for (Shard& shard : shards_) {
+    if (absl::Status s = shard.link->OpenStream(); !s.ok()) return s;
+  }
   phase_ = Phase::kTraining;
   return absl::OkStatus();
 }
 
-absl::Status WorkerClient::OpenStream() {
-  auto stream = std::make_unique<Stream>();
-  // The stream lives as long as the worker: no deadline, Cancel ends it.
-  stream->context = NewContext(absl::InfiniteFuture());
-  if (stream->context == nullptr) return absl::CancelledError("cancelled");
-  auto stub = pb::ParameterServer::NewStub(channel_);
-  stream->rw = stub->Train(stream->context.get());
-  stream_ = std::move(stream);
-  return absl::OkStatus();
-}
-
-absl::Status WorkerClient::Recover(absl::Status ended) {
-  if (server_finished_ || cancelled() ||
-      options_.reconnect_timeout <= absl::ZeroDuration() ||
-      !(absl::IsUnavailable(ended) || absl::IsAborted(ended) ||
-        absl::IsCancelled(ended))) {
+absl::Status WorkerClient::Recover(size_t k, const absl::Status& ended) {
+  if (cancelled() || options_.reconnect_timeout <= absl::ZeroDuration() ||
+      !Recoverable(ended)) {
     return ended;
   }
+  ShardLink& link = *shards_[k].link;
   const absl::Time deadline = absl::Now() + options_.reconnect_timeout;
   absl::Duration backoff = kFirstBackoff;
   while (true) {
-    absl::Status s = Resync(deadline);
-    if (s.ok()) {
-      ++resyncs_;
-      final_status_ = absl::OkStatus();
-      phase_ = Phase::kTraining;
-      return absl::OkStatus();
-    }
-    if (cancelled()) break;
+    const absl::Status s = Resync(k, deadline);
+    if (s.ok()) return absl::OkStatus();
+    if (cancelled()) return absl::CancelledError("cancelled");
     // ALREADY_EXISTS: the server has not yet seen this rank's old stream
     // end. UNAVAILABLE, CANCELLED: it is not back yet, or going away again.
-    const bool again = absl::IsUnavailable(s) || absl::IsAlreadyExists(s) ||
-                       absl::IsAborted(s) || absl::IsCancelled(s);
-    if (!again || absl::Now() + backoff >= deadline || !Backoff(backoff)) {
-      final_status_ = absl::Status(
+    if (!(Recoverable(s) || absl::IsAlreadyExists(s)) ||
+        absl::Now() + backoff >= deadline || !link.Backoff(backoff)) {
+      return absl::Status(
           s.code(), absl::StrCat("reconnecting after \"", ended.message(),
                                  "\": ", s.message()));
-      return final_status_;
     }
     backoff = std::min(2 * backoff, kMaxBackoff);
   }
-  final_status_ = absl::CancelledError("cancelled");
-  return final_status_;
 }
 
-absl::Status WorkerClient::Resync(absl::Time deadline) {
-  if (absl::Status s = JoinAs(rank_, deadline); !s.ok()) return s;
+absl::Status WorkerClient::Resync(size_t k, absl::Time deadline) {
+  Shard& shard = shards_[k];
+  if (absl::Status s = JoinShard(k, rank_, deadline); !s.ok()) return s;
+  const ShardRange& r = shard.update_range;
   // A server that restarted without a checkpoint asks for the initial
   // parameters: this replica is the best there is.
-  if (upload_) {
-    const std::vector<float> x(params().begin(), params().end());
-    if (absl::Status s = Upload(x, deadline); !s.ok()) return s;
+  if (shard.upload) {
+    if (absl::Status s = shard.link->Upload(
+            rank_, params().subspan(r.begin, r.size),
+            static_cast<size_t>(shard.max_chunk_bytes), deadline);
+        !s.ok()) {
+      return s;
+    }
+    join_bytes_ += static_cast<int64_t>(r.size * sizeof(float));
   }
-  absl::StatusOr<std::vector<float>> x = Fetch(deadline);
-  if (!x.ok()) return x.status();
-  if (absl::Status s = optimizer_->ResetParams(*x); !s.ok()) return s;
-  return OpenStream();
+  std::vector<float> x(params().begin(), params().end());
+  if (absl::Status s = FetchShard(k, deadline, &x); !s.ok()) return s;
+  if (absl::Status s = optimizer_->ResetParams(x); !s.ok()) return s;
+  return shard.link->OpenStream();
 }
 
 absl::Span<const float> WorkerClient::params() const {
@@ -419,27 +329,28 @@ absl::Span<const float> WorkerClient::error_memory() const {
   return optimizer_->error_memory();
 }
 
-absl::Status WorkerClient::EndStream(absl::string_view during) {
-  // After a failed Read or Write no message is pending, so Finish returns
-  // the server's status at once.
-  pb::ServerMessage ignored;
-  while (stream_->rw->Read(&ignored)) {
-    wire_.server_to_worker += static_cast<int64_t>(ignored.ByteSizeLong());
+int64_t WorkerClient::round() const {
+  if (shards_.empty()) return 0;
+  int64_t r = shards_[0].round;
+  for (const Shard& s : shards_) r = std::min(r, s.round);
+  return r;
+}
+
+int WorkerClient::contributors() const {
+  if (shards_.empty()) return 0;
+  int c = shards_[0].contributors;
+  for (const Shard& s : shards_) c = std::min(c, s.contributors);
+  return c;
+}
+
+WireBytes WorkerClient::wire_bytes() const {
+  WireBytes sum;
+  for (const Shard& s : shards_) {
+    sum.worker_to_server += s.link->wire().worker_to_server;
+    sum.server_to_worker += s.link->wire().server_to_worker;
+    sum.join += s.link->wire().join;
   }
-  const grpc::Status s = stream_->rw->Finish();
-  ReleaseContext();
-  stream_.reset();
-  phase_ = Phase::kDone;
-  if (s.ok()) {
-    server_finished_ = true;
-    final_status_ = absl::OutOfRangeError(absl::StrCat(
-        "the server ended training before round ", round_));
-  } else if (s.error_code() == grpc::StatusCode::CANCELLED && cancelled()) {
-    final_status_ = absl::CancelledError("cancelled");
-  } else {
-    final_status_ = FromGrpc(s, absl::StrCat("Train, ", during));
-  }
-  return final_status_;
+  return sum;
 }
 
 absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
@@ -450,65 +361,81 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
   if (absl::Status s = optimizer_->ComputeUpdate(grad, &update_); !s.ok()) {
     return s;
   }
-  const int64_t round = round_;
-  const size_t size = update_.size();
-  const size_t chunk_bytes = static_cast<size_t>(max_chunk_bytes_);
-  pb::WorkerMessage msg;
-  msg.set_rank(rank_);
-  msg.set_round(round);
-  size_t offset = 0;
-  do {
-    const size_t n = std::min(chunk_bytes, size - offset);
-    msg.set_offset(static_cast<int64_t>(offset));
-    msg.set_payload(update_.data() + offset, n);
-    offset += n;
-    msg.set_loss(offset == size ? loss : 0.0f);
-    if (!stream_->rw->Write(msg)) {
-      return Recover(
-          EndStream(absl::StrCat("sending the update of round ", round)));
-    }
-    wire_.worker_to_server += static_cast<int64_t>(msg.ByteSizeLong());
-  } while (offset < size);
+  // Each shard gets its part of the update on its own stream, in parallel;
+  // a shard whose server has finished, or whose stream broke, contributes
+  // a zero part to the delta.
+  delta_ = zero_delta_;
+  std::vector<absl::Status> results(shards_.size());
+  auto exchange = [&](size_t k) {
+    Shard& s = shards_[k];
+    if (!s.link->stream_open()) return;  // its server finished training
+    results[k] = s.link->Exchange(
+        rank_, s.round,
+        absl::string_view(update_).substr(s.update_range.byte_begin,
+                                          s.update_range.byte_size),
+        loss, static_cast<size_t>(s.max_chunk_bytes), s.delta.get(),
+        &s.contributors);
+  };
+  std::vector<std::thread> threads;
+  for (size_t k = 1; k < shards_.size(); ++k) threads.emplace_back(exchange, k);
+  exchange(0);
+  for (std::thread& t : threads) t.join();
 
-  traffic_.worker_to_server += static_cast<int64_t>(size);
-  traffic_.fp32_worker_to_server +=
-      static_cast<int64_t>(sizeof(float) * optimizer_->params().size());
-
-  // The delta's length follows from the layout and the server codec, so the
-  // last chunk is known without an end marker.
-  delta_assembler_->Start(round);
-  pb::ServerMessage reply;
-  while (!delta_assembler_->complete()) {
-    if (!stream_->rw->Read(&reply)) {
-      return Recover(
-          EndStream(absl::StrCat("waiting for the delta of round ", round)));
+  bool progressed = false;  // some shard's round went through
+  std::vector<size_t> broken;
+  for (size_t k = 0; k < shards_.size(); ++k) {
+    Shard& s = shards_[k];
+    const absl::Status& r = results[k];
+    if (s.link->server_finished() || (r.ok() && !s.link->stream_open())) {
+      continue;
     }
-    wire_.server_to_worker += static_cast<int64_t>(reply.ByteSizeLong());
-    if (absl::Status s = delta_assembler_->Add(
-            -1, reply.round(), reply.offset(), reply.payload());
-        !s.ok()) {
-      return Abandon(absl::InternalError(absl::StrCat(
-          "Train: the delta of round ", round, ": ", s.message())));
+    if (r.ok()) {
+      const std::string part = s.delta->TakeBuffer();
+      std::memcpy(delta_.data() + s.delta_range.byte_begin, part.data(),
+                  part.size());
+      traffic_.worker_to_server +=
+          static_cast<int64_t>(s.update_range.byte_size);
+      traffic_.server_to_worker += static_cast<int64_t>(part.size());
+      traffic_.fp32_worker_to_server +=
+          static_cast<int64_t>(sizeof(float) * s.update_range.size);
+      traffic_.fp32_server_to_worker +=
+          static_cast<int64_t>(sizeof(float) * s.update_range.size);
+      ++s.round;
+      progressed = true;
+    } else if (absl::IsInternal(r) || !Recoverable(r) || cancelled() ||
+               options_.reconnect_timeout <= absl::ZeroDuration()) {
+      return Abandon(r);
+    } else {
+      broken.push_back(k);
     }
-    contributors_ = reply.contributors();
   }
-  delta_ = delta_assembler_->TakeBuffer();
-  if (absl::Status s = optimizer_->ApplyDelta(delta_); !s.ok()) {
-    return Abandon(absl::InternalError(
-        absl::StrCat("Train, round ", round, ": ", s.message())));
+  if (progressed) {
+    if (absl::Status s = optimizer_->ApplyDelta(delta_); !s.ok()) {
+      return Abandon(absl::InternalError(
+          absl::StrCat("Train, round ", round(), ": ", s.message())));
+    }
   }
-  traffic_.server_to_worker += static_cast<int64_t>(delta_.size());
-  traffic_.fp32_server_to_worker +=
-      static_cast<int64_t>(sizeof(float) * optimizer_->params().size());
-  ++round_;
+  for (size_t k : broken) {
+    if (absl::Status s = Recover(k, results[k]); !s.ok()) return Abandon(s);
+  }
+  if (!broken.empty()) ++resyncs_;
+  const bool all_finished =
+      std::all_of(shards_.begin(), shards_.end(),
+                  [](const Shard& s) { return s.link->server_finished(); });
+  if (all_finished) {
+    server_finished_ = true;
+    phase_ = Phase::kDone;
+    final_status_ = absl::OutOfRangeError(absl::StrCat(
+        "the server ended training before round ", round()));
+    return final_status_;
+  }
   return absl::OkStatus();
 }
 
 absl::Status WorkerClient::Abandon(absl::Status why) {
-  // Cancelling tells the server this worker left; its status is moot.
-  stream_->context->TryCancel();
-  EndStream("").IgnoreError();
+  for (Shard& s : shards_) s.link->Abandon();
   server_finished_ = false;
+  phase_ = Phase::kDone;
   final_status_ = std::move(why);
   return final_status_;
 }
@@ -521,7 +448,7 @@ absl::Status WorkerClient::Run(
     return absl::FailedPreconditionError("Run: call Start first");
   }
   std::vector<float> grad(optimizer_->params().size());
-  while (round_ <= last_round) {
+  while (round() <= last_round) {
     absl::StatusOr<float> loss = gradient(params(), absl::MakeSpan(grad));
     if (!loss.ok()) return loss.status();
     absl::Status s = Step(grad, *loss);
@@ -539,43 +466,13 @@ absl::Status WorkerClient::Finish() {
     phase_ = Phase::kDone;
     return absl::OkStatus();
   }
-  // WritesDone tells the server this worker is leaving; it then ends the
-  // stream. A watchdog bounds the wait on a server that does not.
-  stream_->rw->WritesDone();
-  bool done = false, timed_out = false;
-  grpc::ClientContext* context = stream_->context.get();
-  std::thread watchdog([&] {
-    absl::MutexLock lock(&mu_);
-    if (!mu_.AwaitWithTimeout(absl::Condition(&done),
-                              options_.finish_timeout)) {
-      timed_out = true;
-      context->TryCancel();
-    }
-  });
-  // Deltas of rounds this worker no longer takes part in may still arrive.
-  pb::ServerMessage ignored;
-  while (stream_->rw->Read(&ignored)) {
-    wire_.server_to_worker += static_cast<int64_t>(ignored.ByteSizeLong());
+  absl::Status first;
+  for (Shard& s : shards_) {
+    absl::Status st = s.link->Finish(options_.finish_timeout);
+    if (first.ok()) first = st;
   }
-  const grpc::Status s = stream_->rw->Finish();
-  {
-    absl::MutexLock lock(&mu_);
-    done = true;
-  }
-  watchdog.join();
-  ReleaseContext();
-  stream_.reset();
   phase_ = Phase::kDone;
-  if (timed_out) {
-    final_status_ = absl::DeadlineExceededError(absl::StrCat(
-        "Train: the server did not end the stream within ",
-        absl::FormatDuration(options_.finish_timeout),
-        " of this worker's last round"));
-  } else if (s.error_code() == grpc::StatusCode::CANCELLED && cancelled()) {
-    final_status_ = absl::CancelledError("cancelled");
-  } else {
-    final_status_ = FromGrpc(s, "Train, closing the stream");
-  }
+  final_status_ = first;
   return final_status_;
 }
 

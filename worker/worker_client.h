@@ -16,31 +16,22 @@
 #include "common/compression_flags.h"
 #include "common/grpc_security.h"
 #include "common/tensor_layout.h"
+#include "common/shard_plan.h"
 #include "worker/progress.h"
+#include "worker/shard_link.h"
 #include "worker/worker_optimizer.h"
-
-namespace grpc {
-class Channel;
-class ClientContext;
-class Status;
-}  // namespace grpc
 
 namespace effadam {
 
-// What went over the wire for one worker: the serialized sizes
-// (ByteSizeLong) of the protobuf messages it wrote and read, without gRPC's
-// 5-byte message prefix and HTTP/2 framing. The server counts the same
-// messages, so in a run without failures the workers' counts add up to the
-// server's.
-struct WireBytes {
-  int64_t worker_to_server = 0;  // WorkerMessage written
-  int64_t server_to_worker = 0;  // ServerMessage read
-  int64_t join = 0;  // ParamsChunk written (UploadParams), read (FetchParams)
-};
-
 struct WorkerClientOptions {
-  // host:port of the parameter server.
+  // host:port of the parameter server; for a model sharded over S servers
+  // (docs/sharding.md) their S addresses in shard order, comma-separated,
+  // or one address with "{shard}" where the shard number goes (with
+  // num_shards), e.g. "effadam-server-{shard}.effadam-server:50051".
   std::string server = "127.0.0.1:50051";
+  // With a "{shard}" pattern: the number of shards. Otherwise 0, or the
+  // number of addresses (a check).
+  int num_shards = 0;
   // The rank to claim, or -1 for the lowest free one.
   int rank = -1;
   // Must equal the server's settings field by field (Join checks it).
@@ -147,88 +138,86 @@ class WorkerClient {
   int num_workers() const { return num_workers_; }
   // Valid after Start: the round whose update Step sends next; params() is
   // x after round() - 1 (rounds count from 1).
-  int64_t round() const { return round_; }
+  int64_t round() const;
   absl::Span<const float> params() const;
   // Workers averaged into the last delta; below num_workers() when the
-  // server closed the round on its timeout.
-  int contributors() const { return contributors_; }
+  // server closed the round on its timeout. The fewest over the shards.
+  int contributors() const;
+  // Every server ended training (its --rounds passed).
   bool server_finished() const { return server_finished_; }
   // Times Step joined again and fetched x after a broken stream or lag.
   int resyncs() const { return resyncs_; }
+  // The servers this worker talks to, one per shard.
+  int num_shards() const { return static_cast<int>(shards_.size()); }
 
   // Payload bytes of the rounds this worker took part in, counted as
   // effadam-sim counts them per worker.
   const Traffic& traffic() const { return traffic_; }
   // Payload bytes of UploadParams and FetchParams.
   int64_t join_bytes() const { return join_bytes_; }
-  // The messages that carried traffic() and join_bytes(), and any the server
-  // sent after this worker's last round.
-  const WireBytes& wire_bytes() const { return wire_; }
+  // The messages that carried traffic() and join_bytes(), and any the
+  // servers sent after this worker's last round; summed over the shards.
+  WireBytes wire_bytes() const;
 
   // The worker's error memory e (what its compression has left out so
   // far); empty before Start.
   absl::Span<const float> error_memory() const;
 
  private:
-  struct Stream;  // the Train call
+  // One server of the model and where this worker stands with it. Each
+  // shard has its own round: a shard restored from an older checkpoint
+  // trains its part again while the others go on.
+  struct Shard {
+    std::unique_ptr<ShardLink> link;
+    ShardRange update_range;  // in the worker codec's update
+    ShardRange delta_range;   // in the server codec's delta
+    int64_t max_chunk_bytes = 0;
+    bool upload = false;     // told to upload its part of x0
+    int64_t round = 0;       // the round its next update is for
+    int contributors = 0;
+    std::unique_ptr<ChunkAssembler> delta;
+  };
 
-  // A fresh context registered for Cancel(); null when already cancelled.
-  std::unique_ptr<grpc::ClientContext> NewContext(absl::Time deadline);
-  void ReleaseContext();
   bool cancelled() const;
-  // A call ended because the server is not there (not listening yet,
-  // restarting, shutting down): worth retrying.
-  bool ServerAway(const grpc::Status& s) const;
-  // Sleeps up to `d` unless cancelled; false when cancelled.
-  bool Backoff(absl::Duration d);
-
-  // The Join call for `rank` (-1: any), retried while the server is
-  // unavailable, and the checks of its reply; sets the fields it fills.
-  absl::Status JoinAs(int rank, absl::Time deadline);
-  absl::Status Upload(absl::Span<const float> x, absl::Time deadline);
-  // The server's current x; sets round_.
-  absl::StatusOr<std::vector<float>> Fetch(absl::Time deadline);
-  // The Train stream's final status, after a failed Read or Write.
-  absl::Status EndStream(absl::string_view during);
-  // Cancels the Train stream for a reason found on this side.
+  // Join of shard k for `rank` (-1: any) and the checks of its reply;
+  // sets rank_, num_workers_ and the shard's fields.
+  absl::Status JoinShard(size_t k, int rank, absl::Time deadline);
+  // Shard k's part of the current x (and its round).
+  absl::Status FetchShard(size_t k, absl::Time deadline, std::vector<float>* x);
+  // After shard k's stream ended with `ended`: joins again, fetches its
+  // part of x and opens a new stream when `ended` says the server restarted
+  // or this worker lagged; otherwise, or when that fails, the error.
+  absl::Status Recover(size_t k, const absl::Status& ended);
+  absl::Status Resync(size_t k, absl::Time deadline);
+  // Ends every stream after an error found here; returns `why`.
   absl::Status Abandon(absl::Status why);
-  absl::Status OpenStream();
-  // After the stream ended with `ended`: resynchronizes (join again, fetch
-  // x, new stream) when `ended` says the server restarted or this worker
-  // lagged; otherwise, or when that fails, returns the error.
-  absl::Status Recover(absl::Status ended);
-  absl::Status Resync(absl::Time deadline);
 
   const WorkerClientOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
+  std::vector<Shard> shards_;
 
   mutable absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::ClientContext* active_ ABSL_GUARDED_BY(mu_) = nullptr;
 
   enum class Phase { kNew, kJoined, kTraining, kDone };
   Phase phase_ = Phase::kNew;
   TensorLayout layout_;
   int rank_ = -1;
   int num_workers_ = 0;
-  bool upload_ = false;
-  int64_t max_chunk_bytes_ = 0;
-  int64_t round_ = 0;
-  int contributors_ = 0;
   int resyncs_ = 0;
   bool server_finished_ = false;
-  std::shared_ptr<const UpdateCodec> server_codec_;
-  // Reassembles each round's delta from the server's chunks.
-  std::unique_ptr<ChunkAssembler> delta_assembler_;
+  std::shared_ptr<const UpdateCodec> worker_codec_, server_codec_;
   std::unique_ptr<WorkerOptimizer> optimizer_;
-  std::unique_ptr<Stream> stream_;
   absl::Status final_status_;
   std::string update_;  // reused buffer
-  std::string delta_;   // the last delta received
+  std::string delta_;   // the last delta, all shards' parts
+  std::string zero_delta_;  // a delta of zeros: the part of finished shards
   Traffic traffic_;
   int64_t join_bytes_ = 0;
-  WireBytes wire_;
 };
+
+// The addresses of WorkerClientOptions::server, one per shard.
+absl::StatusOr<std::vector<std::string>> ShardAddresses(
+    const std::string& server, int num_shards);
 
 }  // namespace effadam
 

@@ -39,7 +39,11 @@
 #include "worker/worker_metrics.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
-          "host:port of effadam-server");
+          "Parameter server, host:port; for a sharded model every shard's "
+          "address in shard order, comma-separated, or one address with "
+          "{shard} for the shard number (with --num_shards)");
+ABSL_FLAG(int32_t, num_shards, 0,
+          "Number of shards when --server has a {shard} pattern");
 ABSL_FLAG(int32_t, rank, -1,
           "Rank to claim (selects the data shard); -1: the server assigns "
           "the lowest free rank");
@@ -141,6 +145,7 @@ int Run() {
   }
   WorkerClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
+  options.num_shards = absl::GetFlag(FLAGS_num_shards);
   options.rank = absl::GetFlag(FLAGS_rank);
   options.compression = *compression;
   options.adam = tc.adam;
