@@ -292,8 +292,13 @@ int Run() {
   std::fprintf(stderr, "effadam-server: %s\n",
                DescribeServerSecurity(*security).c_str());
   std::fprintf(stderr,
-               "effadam-server: %d workers, codecs %s/%s, error feedback %s, "
+               "effadam-server: %s%d workers, codecs %s/%s, error feedback %s, "
                "rounds %lld%s\n",
+               options->num_shards > 1
+                   ? absl::StrCat("shard ", options->shard, " of ",
+                                  options->num_shards, ", ")
+                         .c_str()
+                   : "",
                options->workers, c.worker_codec.ToString().c_str(),
                c.server_codec.ToString().c_str(), ErrorFeedbackName(c),
                static_cast<long long>(options->rounds),

@@ -46,6 +46,7 @@ def main():
             # Not started by the test; on the host network too so that no
             # service uses compose's default bridge network and compose does
             # not create it.
+            "server-shard1": {"network_mode": "host"},
             "prometheus": {"network_mode": "host"},
             "grafana": {"network_mode": "host"},
         },

@@ -117,8 +117,15 @@ for (const [who, c, pod] of [["server", serverC, sts.spec.template], ["worker", 
     }
   }
 }
-check(workerC.args.some(a => a.startsWith(`--server=${sts.metadata.name}-0.${svc.metadata.name}:`)),
-      "workers dial the server pod's stable name through the headless Service");
+check(workerC.args.some(a => a.startsWith(`--server=${sts.metadata.name}-{shard}.${svc.metadata.name}:`)),
+      "workers dial every shard's server pod by its stable name through the headless Service");
+check(workerC.args.includes("--num_shards=$(EFFADAM_NUM_SHARDS)") &&
+      serverC.args.includes("--num_shards=$(EFFADAM_NUM_SHARDS)"),
+      "server and workers take the number of shards from the ConfigMap");
+check((serverC.env || []).some(e => e.name === "FLAGS_shard" && e.valueFrom &&
+        e.valueFrom.fieldRef.fieldPath === "metadata.labels['apps.kubernetes.io/pod-index']") &&
+      serverC.args.includes("--fromenv=shard"),
+      "each server pod is the shard of its StatefulSet ordinal");
 // The args must be those of deploy/docker-compose.yml; a file of them is
 // written for static_check.sh to compare.
 if (process.env.K8S_ARGS_OUT) {
@@ -234,7 +241,8 @@ function validateTlsComponent(tlsDir) {
   const jv = j.spec.template.spec.volumes.find(v => v.name === "tls");
   check(jv && !jv.secret.items.some(i => i.key === "server.key"), "workers do not mount the server's key");
   const sc = s.spec.template.spec.containers[0];
-  const dialed = j.spec.template.spec.containers[0].args.find(a => a.startsWith("--server=")).slice(9).split(":")[0];
+  // Shard 0's name; the certificate's SAN covers every shard's (docs/security.md).
+  const dialed = j.spec.template.spec.containers[0].args.find(a => a.startsWith("--server=")).slice(9).split(":")[0].replace("{shard}", "0");
   const healthHelp = helpOf("effadam-health");
   for (const [name, probe] of [["readiness", sc.readinessProbe], ["liveness", sc.livenessProbe]]) {
     const cmd = probe && probe.exec && probe.exec.command;
