@@ -652,8 +652,12 @@ ParameterServerService::AcceptAndWait(grpc::ServerContext* context,
       return Reject(Rejection::kInvalidPayload, s);
     }
     if (engine_->num_submitted() == 1) round_opened_at_ = now;
-    loss_sum_ += loss;
-    ++loss_count_;
+    // The loss is the worker's report, not part of the math: a NaN or Inf
+    // one is left out of the mean rather than refusing a good update.
+    if (std::isfinite(loss)) {
+      loss_sum_ += loss;
+      ++loss_count_;
+    }
   } else {
     // Its round closed without it, or an earlier incarnation of this rank
     // already contributed to it: not averaged, but it must still be well

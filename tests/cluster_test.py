@@ -431,6 +431,27 @@ def case_toy_sharded(c):
         ", ".join(map(str, results)), sim["params_checksum"])
 
 
+def case_shard_unreachable(c):
+    # Shard 1 of 2 is not there: the worker retries with backoff, then
+    # fails naming that shard's address.
+    flags = TOY + ["--worker_codec=sign", "--server_codec=sign",
+                   "--rounds=5"]
+    _, port = c.start_server(server_flags(flags, 5) +
+                             ["--shard=0", "--num_shards=2"])
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind((LOOPBACK, 0))
+        dead = s.getsockname()[1]
+    missing = "%s:%d" % (LOOPBACK, dead)
+    w = c.spawn("worker", [os.path.join(c.bin, "effadam-worker"),
+                           "--server=%s:%d,%s" % (LOOPBACK, port, missing),
+                           "--connect_timeout=2s"] + flags)
+    rc = c.wait(w, timeout=30)
+    _, err = c.output("worker")
+    check(rc == 1 and missing in err and "UNAVAILABLE" in err,
+          "exit %d, stderr %r" % (rc, err))
+    return "exit 1: %s" % err.strip().splitlines()[-1][:100]
+
+
 CASES = [
     ("toy_fp32", case_toy_fp32),
     ("toy_sign_and_refusals", case_toy_sign_and_refusals),
@@ -440,6 +461,7 @@ CASES = [
     ("mlp_sign", case_mlp_sign),
     ("sigterm", case_sigterm),
     ("toy_sharded", case_toy_sharded),
+    ("shard_unreachable", case_shard_unreachable),
 ]
 
 
