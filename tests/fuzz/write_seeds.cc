@@ -14,6 +14,7 @@
 
 #include "common/codec.h"
 #include "common/compression_proto.h"
+#include "server/checkpoint.h"
 #include "effadam/v1/parameter_server.pb.h"
 
 namespace effadam {
@@ -200,6 +201,33 @@ void JoinRequestSeeds(const fs::path& dir) {
   Write(dir, "empty", request({}, same));
 }
 
+// Whole checkpoint files (flag 0: taken as they are) and one with a bad
+// CRC that flag 1 repairs.
+void CheckpointSeeds(const fs::path& dir) {
+  Checkpoint c;
+  c.layout = *TensorLayout::Create({{"w", {40, 3}}, {"b", {5}}});
+  CompressionConfig cc;
+  cc.worker_codec = *ParseCodecSpec("sign");
+  cc.server_codec = *ParseCodecSpec("q4");
+  c.compression = CompressionToProto(cc);
+  c.state.round = 7;
+  c.rounds_closed = 6;
+  for (size_t i = 0; i < c.layout.num_elements(); ++i) {
+    c.state.params.push_back(0.25f * static_cast<float>(i) - 3.0f);
+    c.state.error_memory.push_back(1e-3f * static_cast<float>(i));
+  }
+  Write(dir, "whole", std::string(1, '\0') + SerializeCheckpoint(c));
+  Checkpoint shard = c;
+  shard.shard = 1;
+  shard.num_shards = 2;
+  shard.state.params.resize(5);
+  shard.state.error_memory.resize(5);
+  Write(dir, "shard", std::string(1, '\0') + SerializeCheckpoint(shard));
+  std::string torn = SerializeCheckpoint(c);
+  torn[20] ^= 1;
+  Write(dir, "crc_repaired", std::string(1, '\1') + torn);
+}
+
 }  // namespace
 }  // namespace effadam
 
@@ -213,5 +241,6 @@ int main(int argc, char** argv) {
   effadam::CodecSpecSeeds(dir / "fuzz_codec_spec");
   effadam::ChunkAssemblerSeeds(dir / "fuzz_chunk_assembler");
   effadam::JoinRequestSeeds(dir / "fuzz_join_request");
+  effadam::CheckpointSeeds(dir / "fuzz_checkpoint");
   return 0;
 }
