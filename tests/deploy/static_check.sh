@@ -43,6 +43,18 @@ step "docker-compose config"
 # An empty environment file keeps a user's .env out of the check.
 (cd "$ROOT/deploy" && env -i PATH="$PATH" docker-compose -f docker-compose.yml config -q)
 echo "ok   deploy/docker-compose.yml"
+# The sharded profile: a second server service for shard 1 of 2, which the
+# workers dial beside the first (docs/sharding.md).
+sharded=$(cd "$ROOT/deploy" && env -i PATH="$PATH" EFFADAM_NUM_SHARDS=2 \
+  EFFADAM_SERVER_ADDR=server:50051,server-shard1:50051 \
+  docker-compose -f docker-compose.yml --profile sharded config)
+for want in "FLAGS_shard: '1'" "--num_shards=2" \
+            "--server=server:50051,server-shard1:50051"; do
+  if ! grep -qF -- "$want" <<<"$sharded"; then
+    echo "FAIL compose --profile sharded: no $want"; exit 1
+  fi
+done
+echo "ok   deploy/docker-compose.yml --profile sharded: shard 1 of 2, workers dial both"
 python3 "$ROOT/tests/deploy/make_override.py" --compose "$ROOT/deploy/docker-compose.yml" \
   --data "$TMP/data" --metrics 1 > "$TMP/override.yml"
 env -i PATH="$PATH" EFFADAM_SERVER_LISTEN=127.0.0.1:50051 docker-compose \
