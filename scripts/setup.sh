@@ -11,6 +11,8 @@ PACKAGES=(
   prometheus-cpp-dev prometheus
   dataset-fashion-mnist
   python3 python3-yaml
+  # bench/e2e: network namespaces and tc shaping, plots
+  iproute2 python3-matplotlib
   # container tests: podman builds the Dockerfile, docker-compose drives it
   podman debootstrap uidmap fuse-overlayfs docker-compose
 )
