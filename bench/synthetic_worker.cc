@@ -1,12 +1,20 @@
 // effadam-synthetic-worker: a worker whose gradient costs one pass over x,
 // for soak tests, fault tests and server benchmarks at any model size
-// (--elements), where a real model's compute would hide the server's cost.
+// (--elements), where a real model's compute would hide the system's cost.
 // It minimises 0.5 * ||x - t_rank||^2 with targets that differ per rank
 // around a common one, on the WorkerClient library like any user's model.
+//
+// For benchmarks it times its rounds as it sees them (from one gradient
+// call to the next: Adam, encode, send, wait for the others and the server,
+// receive and apply the delta), after --warmup_rounds (it prints "measuring
+// from round R" when they start), and ends its stdout with the JSON summary
+// (also written to --summary_json).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -19,12 +27,19 @@
 #include "common/checksum.h"
 #include "common/compression_flags.h"
 #include "common/json_writer.h"
+#include "worker/progress.h"
 #include "worker/worker_client.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "Parameter server");
 ABSL_FLAG(int32_t, rank, -1, "Rank to claim; -1 for the lowest free one");
 ABSL_FLAG(int64_t, elements, 1 << 20,
-          "Model size: a tensor w of this many float32 and a bias of 16");
+          "Model size: tensors w* of this many float32 in all, and a bias of "
+          "16");
+ABSL_FLAG(int64_t, tensor_elements, 0,
+          "Largest tensor w* (as a deep network's layers); 0: one tensor");
+ABSL_FLAG(int64_t, warmup_rounds, 0,
+          "Rounds not timed at the start (connection set-up, first-touch "
+          "page faults)");
 ABSL_FLAG(int64_t, rounds, 1000, "Train through this round");
 ABSL_FLAG(double, lr, 0.01, "Adam learning rate");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of stochastic rounding (qNs codecs)");
@@ -51,12 +66,23 @@ float Target(int rank, int64_t j) {
 
 int Run() {
   const int64_t elements = absl::GetFlag(FLAGS_elements);
-  if (elements < 1) {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--elements must be >= 1, got ", elements)));
+  const int64_t tensor_elements = absl::GetFlag(FLAGS_tensor_elements);
+  const int64_t warmup = absl::GetFlag(FLAGS_warmup_rounds);
+  if (elements < 1 || tensor_elements < 0 || warmup < 0) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "need --elements >= 1, --tensor_elements >= 0, --warmup_rounds >= 0; "
+        "got ",
+        elements, ", ", tensor_elements, ", ", warmup)));
   }
-  absl::StatusOr<TensorLayout> layout =
-      TensorLayout::Create({{"w", {elements}}, {"b", {16}}});
+  const int64_t piece = tensor_elements > 0 ? tensor_elements : elements;
+  std::vector<TensorSpec> tensors;
+  for (int64_t begin = 0; begin < elements; begin += piece) {
+    tensors.push_back(
+        {tensors.empty() ? "w" : absl::StrCat("w", tensors.size()),
+         {std::min(piece, elements - begin)}});
+  }
+  tensors.push_back({"b", {16}});
+  absl::StatusOr<TensorLayout> layout = TensorLayout::Create(tensors);
   if (!layout.ok()) return Fail(layout.status());
   absl::StatusOr<CompressionConfig> compression = CompressionConfigFromFlags();
   if (!compression.ok()) return Fail(compression.status());
@@ -75,47 +101,79 @@ int Run() {
     return Fail(s);
   }
   const int rank = client.rank();
-  std::printf("effadam-synthetic-worker: rank %d started at round %lld\n",
-              rank, static_cast<long long>(client.round()));
+  std::printf("effadam-synthetic-worker: rank %d started at round %lld\n", rank,
+              static_cast<long long>(client.round()));
   std::fflush(stdout);
   std::vector<float> target(n);
   for (size_t j = 0; j < n; ++j) target[j] = Target(rank, j);
 
   const absl::Time start = absl::Now();
   int resyncs = 0;
-  absl::Status s = client.Run(
-      absl::GetFlag(FLAGS_rounds),
-      [&](absl::Span<const float> x, absl::Span<float> grad) {
-        if (client.resyncs() != resyncs) {
-          resyncs = client.resyncs();
-          std::printf("effadam-synthetic-worker: rank %d resynchronized at "
-                      "round %lld\n",
-                      rank, static_cast<long long>(client.round()));
-          std::fflush(stdout);
-        }
-        double loss = 0;
-        for (size_t j = 0; j < n; ++j) {
-          grad[j] = x[j] - target[j];
-          loss += 0.5 * static_cast<double>(grad[j]) * grad[j];
-        }
-        return static_cast<float>(loss / static_cast<double>(n));
-      });
+  int64_t calls = 0;
+  absl::Time last;
+  std::vector<double> round_seconds;
+  absl::Status s =
+      client.Run(absl::GetFlag(FLAGS_rounds),
+                 [&](absl::Span<const float> x, absl::Span<float> grad) {
+                   const absl::Time now = absl::Now();
+                   ++calls;
+                   if (calls == warmup + 1) {
+                     std::printf("measuring from round %lld\n",
+                                 static_cast<long long>(client.round()));
+                     std::fflush(stdout);
+                   } else if (calls > warmup + 1) {
+                     round_seconds.push_back(absl::ToDoubleSeconds(now - last));
+                   }
+                   last = now;
+                   if (client.resyncs() != resyncs) {
+                     resyncs = client.resyncs();
+                     std::printf(
+                         "effadam-synthetic-worker: rank %d resynchronized at "
+                         "round %lld\n",
+                         rank, static_cast<long long>(client.round()));
+                     std::fflush(stdout);
+                   }
+                   double loss = 0;
+                   for (size_t j = 0; j < n; ++j) {
+                     grad[j] = x[j] - target[j];
+                     loss += 0.5 * static_cast<double>(grad[j]) * grad[j];
+                   }
+                   return static_cast<float>(loss / static_cast<double>(n));
+                 });
   if (!s.ok()) return Fail(s);
   const std::string checksum = ParamsChecksum(client.params());
-  std::printf("effadam-synthetic-worker: rank %d done after round %lld, "
-              "params_checksum %s\n",
-              rank, static_cast<long long>(client.round() - 1),
-              checksum.c_str());
+  std::printf(
+      "effadam-synthetic-worker: rank %d done after round %lld, "
+      "params_checksum %s\n",
+      rank, static_cast<long long>(client.round() - 1), checksum.c_str());
+  // The last timed round ends when its delta is applied, after the final
+  // gradient call.
+  if (calls > warmup)
+    round_seconds.push_back(absl::ToDoubleSeconds(absl::Now() - last));
+  std::sort(round_seconds.begin(), round_seconds.end());
+  const double timed =
+      std::accumulate(round_seconds.begin(), round_seconds.end(), 0.0);
+  const double count =
+      static_cast<double>(std::max<size_t>(round_seconds.size(), 1));
+  JsonObject json;
+  json.Add("rank", rank)
+      .Add("workers", client.num_workers())
+      .Add("params", static_cast<int64_t>(n))
+      .Add("rounds", client.round() - 1)
+      .Add("resyncs", client.resyncs())
+      .Add("measured_rounds", static_cast<int64_t>(round_seconds.size()))
+      .Add(
+          "round_seconds_median",
+          round_seconds.empty() ? 0.0 : round_seconds[round_seconds.size() / 2])
+      .Add("round_seconds_mean", timed / count)
+      .Add("round_seconds_max",
+           round_seconds.empty() ? 0.0 : round_seconds.back());
+  AddTraffic(client.traffic(), &json);
+  json.Add("params_checksum", checksum)
+      .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
+  std::printf("%s\n", json.ToString().c_str());
   const std::string path = absl::GetFlag(FLAGS_summary_json);
   if (!path.empty()) {
-    JsonObject json;
-    json.Add("rank", rank)
-        .Add("rounds", client.round() - 1)
-        .Add("resyncs", client.resyncs())
-        .Add("bytes_worker_to_server", client.traffic().worker_to_server)
-        .Add("bytes_server_to_worker", client.traffic().server_to_worker)
-        .Add("params_checksum", checksum)
-        .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
     if (absl::Status w = json.WriteFile(path); !w.ok()) return Fail(w);
   }
   return 0;

@@ -16,6 +16,8 @@ PACKAGES=(
   python3 python3-yaml
   # libFuzzer targets (tests/fuzz): clang and its fuzzer/sanitizer runtimes
   clang libclang-rt-14-dev
+  # bench/e2e: network namespaces and tc shaping, plots
+  iproute2 python3-matplotlib
   # container tests: podman builds the Dockerfile, docker-compose drives it
   podman debootstrap uidmap fuse-overlayfs docker-compose
 )

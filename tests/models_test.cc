@@ -148,6 +148,35 @@ TEST(MakeModelTest, ClassifierLayoutsFollowPyTorch) {
   EXPECT_EQ((*logreg)->layout().DebugString(), "weight[10,784] bias[10]");
 }
 
+TEST(MakeModelTest, MlpHiddenWidthsSetTheLayers) {
+  SKIP_WITHOUT_FASHION_MNIST();
+  ModelConfig c = Config("mlp");
+  c.mlp_hidden = {2048, 2048};
+  auto wide = MakeModel(c, &SharedCache());
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  EXPECT_EQ((*wide)->layout().DebugString(),
+            "fc1.weight[2048,784] fc1.bias[2048] fc2.weight[2048,2048] "
+            "fc2.bias[2048] fc3.weight[10,2048] fc3.bias[10]");
+  EXPECT_EQ((*wide)->layout().num_elements(), 5824522u);
+  c.mlp_hidden = {32};
+  auto one = MakeModel(c, &SharedCache());
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ((*one)->layout().DebugString(),
+            "fc1.weight[32,784] fc1.bias[32] fc2.weight[10,32] fc2.bias[10]");
+}
+
+TEST(MakeModelTest, RejectsBadMlpHiddenWidths) {
+  for (const std::vector<int>& hidden :
+       std::vector<std::vector<int>>{{}, {0}, {256, -1}}) {
+    ModelConfig c = Config("mlp");
+    c.mlp_hidden = hidden;
+    auto m = MakeModel(c, &SharedCache());
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(m.status().message(), "hidden widths"))
+        << m.status().message();
+  }
+}
+
 TEST(MakeModelTest, CacheReadsEachSetOnce) {
   SKIP_WITHOUT_FASHION_MNIST();
   DataCache& cache = SharedCache();

@@ -66,6 +66,9 @@ class SimCli(unittest.TestCase):
             (["--workers=0"], "--workers"),
             (["--lr_schedule=cosine"], "--lr_schedule"),
             (["--data_dir=/nonexistent", "--model=mlp"], "/nonexistent"),
+            (["--model=mlp", "--mlp_hidden=256,x"], "--mlp_hidden"),
+            (["--model=mlp", "--mlp_hidden=0"], "--mlp_hidden"),
+            (["--model=mlp", "--mlp_hidden="], "--mlp_hidden"),
         ]
         for flags, needle in cases:
             r = sim(*TOY, *flags)

@@ -1,11 +1,13 @@
 #include "worker/model.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "worker/classifier_model.h"
 #include "worker/idx_reader.h"
 #include "worker/toy_model.h"
@@ -87,6 +89,14 @@ absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config,
         "unknown model '", config.name, "'; known models: toy, logreg, mlp"));
   }
   if (absl::Status s = ValidateModelConfig(config); !s.ok()) return s;
+  if (config.name == "mlp" &&
+      (config.mlp_hidden.empty() ||
+       std::any_of(config.mlp_hidden.begin(), config.mlp_hidden.end(),
+                   [](int w) { return w <= 0; }))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "mlp hidden widths must be one or more positive numbers, got [",
+        absl::StrJoin(config.mlp_hidden, ","), "]"));
+  }
 
   if (config.name == "toy") {
     auto toy = ToyModel::Create(config);
@@ -109,9 +119,12 @@ absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config,
     if (!loaded.ok()) return loaded.status();
     test = *std::move(loaded);
   }
-  std::vector<int> widths = config.name == "logreg"
-                                ? std::vector<int>{784, 10}
-                                : std::vector<int>{784, 256, 128, 10};
+  std::vector<int> widths = {784};
+  if (config.name == "mlp") {
+    widths.insert(widths.end(), config.mlp_hidden.begin(),
+                  config.mlp_hidden.end());
+  }
+  widths.push_back(10);
   auto model = ClassifierModel::Create(config, std::move(widths),
                                        *std::move(train), std::move(test));
   if (!model.ok()) return model.status();

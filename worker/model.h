@@ -44,6 +44,10 @@ class Model {
 
 struct ModelConfig {
   std::string name = "mlp";  // toy | logreg | mlp
+  // Hidden layer widths of "mlp", input side first: {256, 128} is the
+  // 784-256-128-10 MLP (235,146 parameters), {2048, 2048} a wide one
+  // (5,824,522) on which communication dominates a round.
+  std::vector<int> mlp_hidden = {256, 128};
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int rank = 0;          // this worker's shard
   int num_workers = 1;   // number of shards
@@ -79,9 +83,10 @@ class DataCache {
   std::unique_ptr<Rep> rep_;
 };
 
-// Makes a built-in model. Unknown names, missing or malformed data files are
-// clear errors. `cache` may be null: the model then reads its own copy of the
-// data, freed with it.
+// Makes a built-in model. Unknown names, "mlp" without hidden widths or
+// with a width <= 0, missing or malformed data files are clear errors.
+// `cache` may be null: the model then reads its own copy of the data, freed
+// with it.
 absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config,
                                                  DataCache* cache = nullptr);
 

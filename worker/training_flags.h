@@ -21,9 +21,10 @@ struct TrainingConfig {
   std::string summary_json;  // empty: no summary file
 };
 
-// From --model, --data_dir, --batch_size, --lr, --beta1, --beta2, --eps,
-// --lr_schedule, --beta2_schedule, --theta, --bias_correction,
-// --weight_decay, --seed, --rounds, --eval_every, --summary_json.
+// From --model, --mlp_hidden, --data_dir, --batch_size, --lr, --beta1,
+// --beta2, --eps, --lr_schedule, --beta2_schedule, --theta,
+// --bias_correction, --weight_decay, --seed, --rounds, --eval_every,
+// --summary_json.
 absl::StatusOr<TrainingConfig> TrainingConfigFromFlags();
 
 }  // namespace effadam
