@@ -23,7 +23,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "common/checksum.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -37,6 +36,7 @@ using service_test::Encode;
 using service_test::InitialParams;
 using service_test::Options;
 using service_test::RandomUpdate;
+using service_test::RejectionCounter;
 using service_test::ReferenceEngine;
 using service_test::TestServer;
 using service_test::TrainStream;
@@ -45,23 +45,6 @@ using service_test::TrainStream;
 // kWarmupRounds + 1 is being collected, so E is not zero.
 constexpr int64_t kWarmupRounds = 5;
 constexpr int64_t kRounds = 8;
-
-// Counts the service's rejections by reason.
-class RecordingObserver final : public ServerObserver {
- public:
-  void OnRejected(Rejection why) override {
-    absl::MutexLock lock(&mu_);
-    ++counts_[static_cast<int>(why)];
-  }
-  std::array<int, kNumRejections> counts() const {
-    absl::MutexLock lock(&mu_);
-    return counts_;
-  }
-
- private:
-  mutable absl::Mutex mu_;
-  std::array<int, kNumRejections> counts_ ABSL_GUARDED_BY(mu_) = {};
-};
 
 // One row of docs/bad_input.md, as observed.
 struct Row {
@@ -157,7 +140,7 @@ class Harness {
   }
 
  private:
-  RecordingObserver observer_;
+  RejectionCounter observer_;
   std::unique_ptr<TestServer> server_;
 };
 

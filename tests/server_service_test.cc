@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/checksum.h"
 #include "common/shard_plan.h"
@@ -33,24 +32,8 @@ using service_test::ReferenceEngine;
 using service_test::TestServer;
 using service_test::TrainStream;
 using service_test::Compression;
+using service_test::RejectionCounter;
 using service_test::TestLayout;
-
-// Counts the rejections the service reports, by reason.
-class RejectionCounter : public ServerObserver {
- public:
-  void OnRejected(Rejection why) override {
-    absl::MutexLock lock(&mu_);
-    ++counts_[static_cast<int>(why)];
-  }
-  int count(Rejection why) {
-    absl::MutexLock lock(&mu_);
-    return counts_[static_cast<int>(why)];
-  }
-
- private:
-  absl::Mutex mu_;
-  int counts_[kNumRejections] = {};
-};
 
 struct WorkerResult {
   std::vector<std::string> deltas;

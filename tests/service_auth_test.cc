@@ -8,7 +8,6 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -23,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "server/parameter_server_service.h"
 #include "server/token_authenticator.h"
+#include "tests/service_test_util.h"
 #include "worker/worker_client.h"
 
 namespace effadam {
@@ -33,21 +33,12 @@ using ::testing::HasSubstr;
 constexpr char kToken[] = "0123456789abcdef0123456789abcdef";
 constexpr size_t kMaxChunkBytes = 1000;
 
-// Counts rejections by reason and every wire byte.
-class CountingObserver : public ServerObserver {
+// Counts rejections by reason, and every wire byte.
+class CountingObserver : public service_test::RejectionCounter {
  public:
-  void OnRejected(Rejection why) override { ++rejected[static_cast<int>(why)]; }
   void OnWireBytes(TrafficDirection, int64_t bytes) override {
     wire_bytes += bytes;
   }
-  int Rejected(Rejection why) const { return rejected[static_cast<int>(why)]; }
-  int TotalRejected() const {
-    int total = 0;
-    for (const auto& r : rejected) total += r;
-    return total;
-  }
-
-  std::array<std::atomic<int>, kNumRejections> rejected{};
   std::atomic<int64_t> wire_bytes{0};
 };
 
@@ -173,7 +164,7 @@ TEST_F(ServiceAuthTest, EveryRpcRefusesAMissingOrWrongTokenAndChangesNothing) {
   ASSERT_TRUE(Status(Credential::kRight, &before).ok());
   const ServerSummary summary_before = service_->Summary();
   const int64_t wire_before = observer_.wire_bytes;
-  ASSERT_EQ(observer_.TotalRejected(), 0);
+  ASSERT_EQ(observer_.total(), 0);
 
   for (Credential c : {Credential::kNone, Credential::kWrong}) {
     const char* why =
@@ -193,8 +184,8 @@ TEST_F(ServiceAuthTest, EveryRpcRefusesAMissingOrWrongTokenAndChangesNothing) {
       EXPECT_THAT(s.error_message(), HasSubstr("--auth_token_file")) << name;
     }
   }
-  EXPECT_EQ(observer_.Rejected(Rejection::kUnauthenticated), 10);
-  EXPECT_EQ(observer_.TotalRejected(), 10);
+  EXPECT_EQ(observer_.count(Rejection::kUnauthenticated), 10);
+  EXPECT_EQ(observer_.total(), 10);
   EXPECT_EQ(observer_.wire_bytes, wire_before);
 
   v1::StatusResponse after;
@@ -223,7 +214,7 @@ TEST_F(ServiceAuthTest, WorkerClientSendsTheTokenOnEveryCall) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_THAT(std::string(refused.status().message()),
               HasSubstr("no token was sent"));
-  EXPECT_EQ(observer_.Rejected(Rejection::kUnauthenticated), 1);
+  EXPECT_EQ(observer_.count(Rejection::kUnauthenticated), 1);
 
   o.security.token = kToken;
   auto client = WorkerClient::Connect(o, Layout(), x0);
@@ -235,7 +226,7 @@ TEST_F(ServiceAuthTest, WorkerClientSendsTheTokenOnEveryCall) {
   }
   EXPECT_TRUE((*client)->Finish().ok());
   EXPECT_EQ(service_->Summary().rounds_closed, 3);
-  EXPECT_EQ(observer_.TotalRejected(), 1);
+  EXPECT_EQ(observer_.total(), 1);
 }
 
 TEST_F(ServiceAuthTest, HealthNeedsNoToken) {
@@ -247,7 +238,7 @@ TEST_F(ServiceAuthTest, HealthNeedsNoToken) {
   const grpc::Status s = health->Check(&ctx, req, &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
-  EXPECT_EQ(observer_.TotalRejected(), 0);
+  EXPECT_EQ(observer_.total(), 0);
 }
 
 TEST_F(ServiceAuthTest, MessagesOverTheLimitAreRefusedByGrpc) {
@@ -261,7 +252,7 @@ TEST_F(ServiceAuthTest, MessagesOverTheLimitAreRefusedByGrpc) {
   grpc::Status s = Train(Credential::kRight, kMaxChunkBytes + 1);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << s.error_message();
-  EXPECT_EQ(observer_.Rejected(Rejection::kBadChunkSize), 1);
+  EXPECT_EQ(observer_.count(Rejection::kBadChunkSize), 1);
 
   // ... above it gRPC does, before the service sees the message: the call
   // fails with RESOURCE_EXHAUSTED and nothing is counted.
@@ -283,7 +274,7 @@ TEST_F(ServiceAuthTest, MessagesOverTheLimitAreRefusedByGrpc) {
         << s.error_message();
   }
   EXPECT_EQ(observer_.wire_bytes, wire);
-  EXPECT_EQ(observer_.TotalRejected(), 1);  // the bad_chunk_size above
+  EXPECT_EQ(observer_.total(), 1);  // the bad_chunk_size above
 
   // The refused calls changed nothing but the one stream that ended:
   // rank 0 is still joined (it never had a stream of its own).

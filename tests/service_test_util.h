@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/compression_proto.h"
 #include "common/shard_plan.h"
@@ -90,6 +92,30 @@ inline std::string Encode(const UpdateCodec& codec,
 }
 
 // A running service on a free loopback port and a stub talking to it.
+// Counts the rejections the service reports, by reason (thread-safe: the
+// service calls it from its RPC threads).
+class RejectionCounter : public ServerObserver {
+ public:
+  void OnRejected(Rejection why) override {
+    absl::MutexLock lock(&mu_);
+    ++counts_[static_cast<int>(why)];
+  }
+  std::array<int, kNumRejections> counts() const {
+    absl::MutexLock lock(&mu_);
+    return counts_;
+  }
+  int count(Rejection why) const { return counts()[static_cast<int>(why)]; }
+  int total() const {
+    int sum = 0;
+    for (int c : counts()) sum += c;
+    return sum;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::array<int, kNumRejections> counts_ ABSL_GUARDED_BY(mu_) = {};
+};
+
 class TestServer {
  public:
   explicit TestServer(const ServerOptions& options,
