@@ -49,6 +49,17 @@ uint32_t GetU32(const char* p) {
   return v;
 }
 
+// zlib's crc32 continued over `bytes`; its length argument is a uInt, so
+// large inputs go in parts.
+uLong Crc32(uLong crc, absl::string_view bytes) {
+  for (size_t off = 0; off < bytes.size(); off += size_t{1} << 30) {
+    const size_t n = std::min(bytes.size() - off, size_t{1} << 30);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + off),
+                static_cast<uInt>(n));
+  }
+  return crc;
+}
+
 absl::string_view FloatBytes(const std::vector<float>& v) {
   // Little-endian float32, the byte order of every host effadam runs on
   // (as on the wire, docs/wire_format.md).
@@ -58,9 +69,9 @@ absl::string_view FloatBytes(const std::vector<float>& v) {
 
 // One description of the file's bytes for both the in-memory form and the
 // streamed write: calls `sink` with consecutive pieces, the last being the
-// CRC-32 of all the others.
-void EmitCheckpoint(const Checkpoint& c,
-                    const std::function<void(absl::string_view)>& sink) {
+// CRC-32 of all the others. Returns the params checksum the header holds.
+std::string EmitCheckpoint(const Checkpoint& c,
+                           const std::function<void(absl::string_view)>& sink) {
   v1::CheckpointHeader header;
   header.set_format_version(kFormatVersion);
   *header.mutable_layout() = LayoutToProto(c.layout);
@@ -68,7 +79,8 @@ void EmitCheckpoint(const Checkpoint& c,
   header.set_round(c.state.round);
   header.set_rounds_closed(c.rounds_closed);
   header.set_num_elements(static_cast<int64_t>(c.state.params.size()));
-  header.set_params_checksum(ParamsChecksum(c.state.params));
+  std::string params_checksum = ParamsChecksum(c.state.params);
+  header.set_params_checksum(params_checksum);
   header.set_written_unix_ms(absl::ToUnixMillis(absl::Now()));
   header.set_shard(c.shard);
   header.set_num_shards(c.num_shards);
@@ -78,12 +90,7 @@ void EmitCheckpoint(const Checkpoint& c,
 
   uLong crc = crc32(0L, Z_NULL, 0);
   auto emit = [&](absl::string_view piece) {
-    // zlib's length is a uInt; feed large pieces in parts.
-    for (size_t off = 0; off < piece.size(); off += 1u << 30) {
-      const size_t n = std::min(piece.size() - off, size_t{1} << 30);
-      crc = crc32(crc, reinterpret_cast<const Bytef*>(piece.data() + off),
-                  static_cast<uInt>(n));
-    }
+    crc = Crc32(crc, piece);
     sink(piece);
   };
   emit(absl::string_view(kMagic, sizeof(kMagic)));
@@ -94,6 +101,7 @@ void EmitCheckpoint(const Checkpoint& c,
   char tail[4];
   PutU32(static_cast<uint32_t>(crc), tail);
   sink(absl::string_view(tail, 4));
+  return params_checksum;
 }
 
 absl::Status ErrnoError(absl::string_view what, const std::string& path) {
@@ -170,12 +178,7 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
     return absl::DataLossError("not an effadam checkpoint (bad magic)");
   }
   const size_t body = bytes.size() - 4;
-  uLong crc = crc32(0L, Z_NULL, 0);
-  for (size_t off = 0; off < body; off += 1u << 30) {
-    const size_t n = std::min(body - off, size_t{1} << 30);
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + off),
-                static_cast<uInt>(n));
-  }
+  const uLong crc = Crc32(crc32(0L, Z_NULL, 0), bytes.substr(0, body));
   if (static_cast<uint32_t>(crc) != GetU32(bytes.data() + body)) {
     return absl::DataLossError(
         "checkpoint CRC-32 mismatch (torn or corrupted file)");
@@ -196,8 +199,8 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
         absl::StrCat("checkpoint format version ", header.format_version(),
                      "; this server reads version ", kFormatVersion));
   }
-  absl::StatusOr<TensorLayout> layout = LayoutFromProto(
-      header.layout(), std::numeric_limits<size_t>::max());
+  absl::StatusOr<TensorLayout> layout =
+      LayoutFromProto(header.layout(), std::numeric_limits<size_t>::max());
   if (!layout.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint layout: ", layout.status().message()));
@@ -305,11 +308,12 @@ absl::StatusOr<CheckpointStore::Written> CheckpointStore::Write(
   if (fd < 0) return ErrnoError("cannot create", temp);
   absl::Status status;
   int64_t bytes = 0;
-  EmitCheckpoint(checkpoint, [&](absl::string_view piece) {
-    if (!status.ok()) return;
-    status = WriteAll(fd, piece, temp);
-    bytes += static_cast<int64_t>(piece.size());
-  });
+  std::string params_checksum =
+      EmitCheckpoint(checkpoint, [&](absl::string_view piece) {
+        if (!status.ok()) return;
+        status = WriteAll(fd, piece, temp);
+        bytes += static_cast<int64_t>(piece.size());
+      });
   if (status.ok() && ::fsync(fd) != 0)
     status = ErrnoError("cannot fsync", temp);
   if (::close(fd) != 0 && status.ok())
@@ -331,7 +335,7 @@ absl::StatusOr<CheckpointStore::Written> CheckpointStore::Write(
       ::unlink((*files)[i].second.c_str());
     }
   }
-  return Written{path, bytes};
+  return Written{path, bytes, std::move(params_checksum)};
 }
 
 absl::StatusOr<std::optional<CheckpointStore::Loaded>>

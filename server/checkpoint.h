@@ -52,6 +52,7 @@ class CheckpointStore {
   struct Written {
     std::string path;
     int64_t bytes = 0;
+    std::string params_checksum;  // of the x it holds, as its header says
   };
   // Writes `checkpoint` and removes the older files beyond `keep`.
   absl::StatusOr<Written> Write(const Checkpoint& checkpoint);

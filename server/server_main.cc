@@ -200,7 +200,7 @@ void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
                "params_checksum %s\n",
                w->path.c_str(), static_cast<long long>(stats.round),
                static_cast<long long>(stats.bytes), stats.seconds,
-               ParamsChecksum(checkpoint.state.params).c_str());
+               w->params_checksum.c_str());
   if (observer != nullptr) observer->OnCheckpointWritten(stats);
 }
 

@@ -146,6 +146,7 @@ TEST(CheckpointStore, LoadsTheNewestAndKeepsOnlyKeep) {
     absl::StatusOr<CheckpointStore::Written> w = store->Write(Make(r));
     ASSERT_TRUE(w.ok()) << w.status();
     EXPECT_EQ(w->bytes, static_cast<int64_t>(ReadAll(w->path).size()));
+    EXPECT_EQ(w->params_checksum, ParamsChecksum(Make(r).state.params));
   }
   EXPECT_NE(access((dir.path() + "/checkpoint-000000000031.effadam").c_str(),
                    F_OK), -1);
