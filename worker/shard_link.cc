@@ -21,9 +21,6 @@ namespace {
 
 namespace pb = ::effadam::v1;
 
-// gRPC's receive limit must fit the server's largest chunk (its
-// --max_chunk_bytes allows up to 2^30) plus the message's other fields.
-constexpr int kMaxReceiveBytes = (1 << 30) + kMessageEnvelopeBytes;
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
 
@@ -53,7 +50,9 @@ ShardLink::ShardLink(std::string address, const ClientSecurity& security)
               static_cast<int>(absl::ToInt64Milliseconds(kFirstBackoff)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(absl::ToInt64Milliseconds(kMaxBackoff)));
-  args.SetMaxReceiveMessageSize(kMaxReceiveBytes);
+  // Room for the largest chunk a server may send plus the message's other
+  // fields.
+  args.SetMaxReceiveMessageSize(MaxMessageBytes(kLargestServerChunkBytes));
   // TLS and keepalive: common/grpc_security.h.
   channel_ = NewClientChannel(address_, security_, args);
 }

@@ -36,6 +36,10 @@ struct WireBytes {
   int64_t join = 0;  // ParamsChunk written (UploadParams), read (FetchParams)
 };
 
+// The largest chunk a worker accepts from a server's JoinResponse: the
+// server's --max_chunk_bytes allows up to 2^30.
+inline constexpr int64_t kLargestServerChunkBytes = int64_t{1} << 30;
+
 // One worker's connection to one parameter server (the whole model, or one
 // shard of it): the protocol's calls on one channel, retried while the
 // server is away (not listening yet, restarting, shutting down), and the

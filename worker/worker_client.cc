@@ -18,9 +18,6 @@ namespace pb = ::effadam::v1;
 
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
-// Largest chunk a worker accepts from a server's JoinResponse (its
-// --max_chunk_bytes allows up to 2^30).
-constexpr int64_t kMaxChunkBytes = int64_t{1} << 30;
 
 // The stream of a shard ended so that joining again may help: the server
 // went away (restart, shutdown) or said this worker lags behind.
@@ -170,10 +167,10 @@ absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline) {
         " elements for a layout of ", layout_.num_elements()));
   }
   if (reply->max_chunk_bytes() < 4 ||
-      reply->max_chunk_bytes() > kMaxChunkBytes) {
+      reply->max_chunk_bytes() > kLargestServerChunkBytes) {
     return absl::FailedPreconditionError(absl::StrCat(
         "Join: the max_chunk_bytes ", reply->max_chunk_bytes(), " of ", who,
-        " is outside what this worker accepts, [4, ", kMaxChunkBytes, "]"));
+        " is outside what this worker accepts, [4, ", kLargestServerChunkBytes, "]"));
   }
   // A server without sharding leaves the fields at 0.
   const int server_shards = std::max(reply->num_shards(), 1);
@@ -364,7 +361,15 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
   // Each shard gets its part of the update on its own stream, in parallel;
   // a shard whose server has finished, or whose stream broke, contributes
   // a zero part to the delta.
-  delta_ = zero_delta_;
+  delta_.resize(zero_delta_.size());
+  auto put = [this](const Shard& s, absl::string_view part) {
+    std::memcpy(delta_.data() + s.delta_range.byte_begin, part.data(),
+                part.size());
+  };
+  auto put_zero = [&](const Shard& s) {
+    put(s, absl::string_view(zero_delta_)
+               .substr(s.delta_range.byte_begin, s.delta_range.byte_size));
+  };
   std::vector<absl::Status> results(shards_.size());
   auto exchange = [&](size_t k) {
     Shard& s = shards_[k];
@@ -387,12 +392,12 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
     Shard& s = shards_[k];
     const absl::Status& r = results[k];
     if (s.link->server_finished() || (r.ok() && !s.link->stream_open())) {
+      put_zero(s);
       continue;
     }
     if (r.ok()) {
       const std::string part = s.delta->TakeBuffer();
-      std::memcpy(delta_.data() + s.delta_range.byte_begin, part.data(),
-                  part.size());
+      put(s, part);
       traffic_.worker_to_server +=
           static_cast<int64_t>(s.update_range.byte_size);
       traffic_.server_to_worker += static_cast<int64_t>(part.size());
@@ -406,6 +411,7 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
                options_.reconnect_timeout <= absl::ZeroDuration()) {
       return Abandon(r);
     } else {
+      put_zero(s);
       broken.push_back(k);
     }
   }
