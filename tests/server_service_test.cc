@@ -801,8 +801,10 @@ TEST(ParameterServerService, AWorkerTooFarBehindIsToldToResync) {
   }
   const std::string before = server.Checksum();
   TrainStream s1(&server);
-  ASSERT_TRUE(s1.Send(1, 1, Encode(server.worker_codec(),
-                                   RandomUpdate(server.n(), 1, 1))));
+  // The server refuses the round at its first chunk and may end the stream
+  // before the later chunks are written, so Send may report a failed
+  // write; the stream's status says why.
+  s1.Send(1, 1, Encode(server.worker_codec(), RandomUpdate(server.n(), 1, 1)));
   const grpc::Status s = s1.Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("join again and fetch x"));
