@@ -33,36 +33,50 @@ absl::Status ParseErrorFeedback(absl::string_view name, CompressionConfig* c) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<CompressionConfig> CompressionConfigFromFlags() {
+const char* ErrorFeedbackName(const CompressionConfig& c) {
+  if (c.worker_error_feedback && c.server_error_feedback) return "both";
+  if (c.worker_error_feedback) return "worker";
+  if (c.server_error_feedback) return "server";
+  return "none";
+}
+
+absl::StatusOr<CompressionConfig> MakeCompressionConfig(
+    absl::string_view worker_codec, absl::string_view server_codec,
+    int64_t block_size, int64_t min_compress_elements,
+    absl::string_view error_feedback) {
   CompressionConfig c;
   auto named = [](absl::string_view flag, const absl::Status& s) {
     return absl::InvalidArgumentError(absl::StrCat(flag, ": ", s.message()));
   };
-  auto w = ParseCodecSpec(absl::GetFlag(FLAGS_worker_codec));
+  auto w = ParseCodecSpec(worker_codec);
   if (!w.ok()) return named("--worker_codec", w.status());
-  auto s = ParseCodecSpec(absl::GetFlag(FLAGS_server_codec));
+  auto s = ParseCodecSpec(server_codec);
   if (!s.ok()) return named("--server_codec", s.status());
   c.worker_codec = *w;
   c.server_codec = *s;
-  const int64_t block = absl::GetFlag(FLAGS_block_size);
-  if (block <= 0 || block % 8 != 0 || block > 65536) {
+  if (block_size <= 0 || block_size % 8 != 0 || block_size > 65536) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--block_size must be a positive multiple of 8 up to 65536, got ",
-        block));
+        block_size));
   }
-  c.options.block_size = static_cast<size_t>(block);
-  const int64_t min_compress = absl::GetFlag(FLAGS_min_compress_elements);
-  if (min_compress < 0) {
+  c.options.block_size = static_cast<size_t>(block_size);
+  if (min_compress_elements < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--min_compress_elements must be >= 0, got ", min_compress));
+        "--min_compress_elements must be >= 0, got ", min_compress_elements));
   }
-  c.options.min_compress_elements = static_cast<size_t>(min_compress);
-  if (absl::Status st =
-          ParseErrorFeedback(absl::GetFlag(FLAGS_error_feedback), &c);
-      !st.ok()) {
+  c.options.min_compress_elements = static_cast<size_t>(min_compress_elements);
+  if (absl::Status st = ParseErrorFeedback(error_feedback, &c); !st.ok()) {
     return st;
   }
   return c;
+}
+
+absl::StatusOr<CompressionConfig> CompressionConfigFromFlags() {
+  return MakeCompressionConfig(absl::GetFlag(FLAGS_worker_codec),
+                               absl::GetFlag(FLAGS_server_codec),
+                               absl::GetFlag(FLAGS_block_size),
+                               absl::GetFlag(FLAGS_min_compress_elements),
+                               absl::GetFlag(FLAGS_error_feedback));
 }
 
 }  // namespace effadam

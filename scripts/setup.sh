@@ -14,6 +14,10 @@ PACKAGES=(
   prometheus-cpp-dev prometheus
   dataset-fashion-mnist
   python3 python3-yaml
+  # the Python package (python/): bindings, the PyTorch optimizer and its
+  # examples; jargon-text is the char-level language model's corpus
+  python3-dev pybind11-dev python3-pybind11 python3-numpy python3-torch
+  jargon-text
   # container tests: podman builds the Dockerfile, docker-compose drives it
   podman debootstrap uidmap fuse-overlayfs docker-compose
 )
