@@ -11,7 +11,7 @@ A local cluster of 4 such workers and effadam-server, 1-bit both ways with
 error feedback (docs/python.md has the measured results):
 
     PYTHONPATH=build/python python3 examples/local_cluster.py --workers=4 \\
-        --rounds=4000 --worker_codec=sign --server_codec=sign -- \\
+        --rounds=6000 --worker_codec=sign --server_codec=sign -- \\
         examples/fashion_mnist_cnn.py
 """
 

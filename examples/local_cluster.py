@@ -3,7 +3,7 @@
 processes of a worker script, all on 127.0.0.1.
 
     PYTHONPATH=build/python python3 examples/local_cluster.py --workers=4 \\
-        --rounds=3000 --worker_codec=sign --server_codec=sign -- \\
+        --rounds=6000 --worker_codec=sign --server_codec=sign -- \\
         examples/fashion_mnist_cnn.py [worker flags...]
 
 The server gets --workers, --rounds and the compression flags; every
