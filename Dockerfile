@@ -34,6 +34,7 @@ FROM build-deps AS build
 WORKDIR /src
 COPY . .
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DEFFADAM_BUILD_BENCH=OFF \
+      -DEFFADAM_BUILD_PYTHON=OFF \
  && cmake --build /build -j "$(nproc)" --target effadam-server effadam-worker effadam-health \
  && install -d /out/bin \
  && install -m 0755 -s /build/bin/effadam-server /build/bin/effadam-worker \

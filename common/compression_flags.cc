@@ -63,23 +63,38 @@ absl::StatusOr<CompressionConfig> MakeCompressionConfig(
   return c;
 }
 
-absl::StatusOr<CompressionConfig> CompressionConfigFromFlags() {
+const char* ErrorFeedbackName(const CompressionConfig& c) {
+  if (c.worker_error_feedback && c.server_error_feedback) return "both";
+  if (c.worker_error_feedback) return "worker";
+  if (c.server_error_feedback) return "server";
+  return "none";
+}
+
+absl::StatusOr<CompressionConfig> CompressionConfigFromFlagValues(
+    absl::string_view worker_codec, absl::string_view server_codec,
+    int64_t block_size, int64_t min_compress_elements,
+    absl::string_view error_feedback) {
   CompressionConfig feedback;
-  if (absl::Status st =
-          ParseErrorFeedback(absl::GetFlag(FLAGS_error_feedback), &feedback);
+  if (absl::Status st = ParseErrorFeedback(error_feedback, &feedback);
       !st.ok()) {
     return st;
   }
   absl::StatusOr<CompressionConfig> c = MakeCompressionConfig(
-      absl::GetFlag(FLAGS_worker_codec), absl::GetFlag(FLAGS_server_codec),
-      absl::GetFlag(FLAGS_block_size),
-      absl::GetFlag(FLAGS_min_compress_elements),
+      worker_codec, server_codec, block_size, min_compress_elements,
       feedback.worker_error_feedback, feedback.server_error_feedback);
   // The messages start with the field's name; here it is a flag.
   if (!c.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--", c.status().message()));
   }
   return c;
+}
+
+absl::StatusOr<CompressionConfig> CompressionConfigFromFlags() {
+  return CompressionConfigFromFlagValues(
+      absl::GetFlag(FLAGS_worker_codec), absl::GetFlag(FLAGS_server_codec),
+      absl::GetFlag(FLAGS_block_size),
+      absl::GetFlag(FLAGS_min_compress_elements),
+      absl::GetFlag(FLAGS_error_feedback));
 }
 
 }  // namespace effadam

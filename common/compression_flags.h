@@ -32,9 +32,19 @@ absl::StatusOr<CompressionConfig> MakeCompressionConfig(
 
 // Parses --error_feedback: both | worker | server | none.
 absl::Status ParseErrorFeedback(absl::string_view name, CompressionConfig* c);
+// The --error_feedback value that gives c's settings.
+const char* ErrorFeedbackName(const CompressionConfig& c);
 
-// From --worker_codec, --server_codec, --block_size, --min_compress_elements,
-// --error_feedback; a bad value is InvalidArgument naming the flag.
+// The settings from the values of --worker_codec, --server_codec,
+// --block_size, --min_compress_elements and --error_feedback, however they
+// were given (the flags, the Python module's arguments); a bad value is
+// InvalidArgument naming the flag.
+absl::StatusOr<CompressionConfig> CompressionConfigFromFlagValues(
+    absl::string_view worker_codec, absl::string_view server_codec,
+    int64_t block_size, int64_t min_compress_elements,
+    absl::string_view error_feedback);
+
+// CompressionConfigFromFlagValues of the flags' values.
 absl::StatusOr<CompressionConfig> CompressionConfigFromFlags();
 
 }  // namespace effadam

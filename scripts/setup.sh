@@ -18,6 +18,10 @@ PACKAGES=(
   clang libclang-rt-14-dev
   # bench/e2e: network namespaces and tc shaping, plots
   iproute2 python3-matplotlib
+  # the Python package (python/): bindings, the PyTorch optimizer and its
+  # examples; jargon-text is the char-level language model's corpus
+  python3-dev pybind11-dev python3-pybind11 python3-numpy python3-torch
+  jargon-text
   # container tests: podman builds the Dockerfile, docker-compose drives it
   podman debootstrap uidmap fuse-overlayfs docker-compose
 )

@@ -204,13 +204,6 @@ void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
   if (observer != nullptr) observer->OnCheckpointWritten(stats);
 }
 
-const char* ErrorFeedbackName(const CompressionConfig& c) {
-  if (c.worker_error_feedback && c.server_error_feedback) return "both";
-  if (c.worker_error_feedback) return "worker";
-  if (c.server_error_feedback) return "server";
-  return "none";
-}
-
 int Run() {
   absl::StatusOr<ServerOptions> options = OptionsFromFlags();
   if (!options.ok()) return Fail(options.status());

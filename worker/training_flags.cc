@@ -41,6 +41,20 @@ ABSL_FLAG(std::string, summary_json, "",
 
 namespace effadam {
 
+absl::StatusOr<LrSchedule> ParseLrSchedule(absl::string_view name) {
+  if (name == "constant") return LrSchedule::kConstant;
+  if (name == "inverse_sqrt") return LrSchedule::kInverseSqrt;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--lr_schedule must be constant or inverse_sqrt, got '", name, "'"));
+}
+
+absl::StatusOr<Beta2Schedule> ParseBeta2Schedule(absl::string_view name) {
+  if (name == "constant") return Beta2Schedule::kConstant;
+  if (name == "theta") return Beta2Schedule::kOneMinusThetaOverT;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--beta2_schedule must be constant or theta, got '", name, "'"));
+}
+
 absl::StatusOr<TrainingConfig> TrainingConfigFromFlags() {
   TrainingConfig c;
   c.model.name = absl::GetFlag(FLAGS_model);
@@ -76,26 +90,14 @@ absl::StatusOr<TrainingConfig> TrainingConfigFromFlags() {
   a.theta = static_cast<float>(absl::GetFlag(FLAGS_theta));
   a.bias_correction = absl::GetFlag(FLAGS_bias_correction);
   a.weight_decay = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
-  const std::string lr_schedule = absl::GetFlag(FLAGS_lr_schedule);
-  if (lr_schedule == "constant") {
-    a.lr_schedule = LrSchedule::kConstant;
-  } else if (lr_schedule == "inverse_sqrt") {
-    a.lr_schedule = LrSchedule::kInverseSqrt;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--lr_schedule must be constant or inverse_sqrt, got '", lr_schedule,
-        "'"));
-  }
-  const std::string b2_schedule = absl::GetFlag(FLAGS_beta2_schedule);
-  if (b2_schedule == "constant") {
-    a.beta2_schedule = Beta2Schedule::kConstant;
-  } else if (b2_schedule == "theta") {
-    a.beta2_schedule = Beta2Schedule::kOneMinusThetaOverT;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--beta2_schedule must be constant or theta, got '", b2_schedule,
-        "'"));
-  }
+  absl::StatusOr<LrSchedule> lr_schedule =
+      ParseLrSchedule(absl::GetFlag(FLAGS_lr_schedule));
+  if (!lr_schedule.ok()) return lr_schedule.status();
+  a.lr_schedule = *lr_schedule;
+  absl::StatusOr<Beta2Schedule> b2_schedule =
+      ParseBeta2Schedule(absl::GetFlag(FLAGS_beta2_schedule));
+  if (!b2_schedule.ok()) return b2_schedule.status();
+  a.beta2_schedule = *b2_schedule;
   if (absl::Status s = ValidateAdamOptions(a); !s.ok()) return s;
 
   c.rounds = absl::GetFlag(FLAGS_rounds);

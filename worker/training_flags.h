@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "worker/model.h"
 #include "worker/worker_optimizer.h"
 
@@ -20,6 +21,11 @@ struct TrainingConfig {
   int64_t eval_every = 100;  // 0: only at the end
   std::string summary_json;  // empty: no summary file
 };
+
+// The values of --lr_schedule (constant, inverse_sqrt) and --beta2_schedule
+// (constant, theta); anything else is InvalidArgument naming the flag.
+absl::StatusOr<LrSchedule> ParseLrSchedule(absl::string_view name);
+absl::StatusOr<Beta2Schedule> ParseBeta2Schedule(absl::string_view name);
 
 // From --model, --mlp_hidden, --data_dir, --batch_size, --lr, --beta1,
 // --beta2, --eps, --lr_schedule, --beta2_schedule, --theta,

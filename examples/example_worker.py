@@ -1,0 +1,138 @@
+"""What the Python example workers share: their flags, the training loop
+around effadam.optim.EfficientAdam, progress lines and the summary JSON.
+
+An example supplies the model, a sampler of its data shard and an
+evaluation; see fashion_mnist_cnn.py and char_lm.py.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+
+from effadam.optim import EfficientAdam
+
+
+def parser(description, lr, batch_size, eval_every, lr_schedule="constant"):
+    """The flags every example worker takes, with the example's defaults.
+    local_cluster.py passes --server, --rank, --rounds and the compression
+    flags, the same ones it gives effadam-server."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--server", default="127.0.0.1:50051",
+                   help="effadam-server host:port")
+    p.add_argument("--rank", type=int, default=-1,
+                   help="rank to claim; -1 for the lowest free one")
+    p.add_argument("--rounds", type=int, default=3000,
+                   help="train through this round")
+    for flag in ("worker_codec", "server_codec", "error_feedback"):
+        p.add_argument("--" + flag, help="as effadam-server's; must match it")
+    for flag in ("block_size", "min_compress_elements"):
+        p.add_argument("--" + flag, type=int,
+                       help="as effadam-server's; must match it")
+    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    p.add_argument("--lr_schedule", default=lr_schedule,
+                   help="constant (lr) or inverse_sqrt (lr / sqrt(round))")
+    p.add_argument("--batch_size", type=int, default=batch_size,
+                   help="mini-batch per worker and round")
+    p.add_argument("--seed", type=int, default=1,
+                   help="initialization and data order")
+    p.add_argument("--eval_every", type=int, default=eval_every,
+                   help="rank 0 evaluates every this many rounds (0: at the "
+                        "end only)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of this worker")
+    p.add_argument("--summary_json", default="",
+                   help="write the run's summary here at the end")
+    return p
+
+
+def _megabytes(n):
+    return "%.1f MB" % (n / 1e6)
+
+
+def train(args, make_model, make_sampler, loss_fn, evaluate):
+    """Trains make_model() as one worker of the cluster at args.server.
+
+    make_model() -> the nn.Module, built after torch is seeded with
+      args.seed (torch seeds itself at random otherwise), so that a run is
+      repeatable whichever worker joins first and uploads its values.
+    make_sampler(rank, num_workers, generator) -> () -> batch: this
+      worker's shard of the training data, known once the worker has joined.
+    loss_fn(model, batch) -> the mini-batch loss (a 0-d tensor).
+    evaluate(model) -> {name: value}: rank 0's evaluation on held-out data.
+    Returns the process exit status."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = make_model()
+    start = time.time()
+    opt = EfficientAdam(model.named_parameters(), server=args.server,
+                        rank=args.rank, lr=args.lr, seed=args.seed,
+                        lr_schedule=args.lr_schedule,
+                        worker_codec=args.worker_codec,
+                        server_codec=args.server_codec,
+                        error_feedback=args.error_feedback,
+                        block_size=args.block_size,
+                        min_compress_elements=args.min_compress_elements)
+    rank = opt.rank
+    print("rank %d of %d joined: %d parameters in %d tensors, round %d"
+          % (rank, opt.num_workers, opt.layout.num_elements,
+             len(opt.layout), opt.round), flush=True)
+    generator = torch.Generator().manual_seed(args.seed * 1000 + rank)
+    sample = make_sampler(rank, opt.num_workers, generator)
+
+    metrics = {}
+    loss_sum, loss_count = 0.0, 0
+    try:
+        while opt.round <= args.rounds:
+            batch = sample()
+            opt.zero_grad()
+            loss = loss_fn(model, batch)
+            loss.backward()
+            opt.step(loss=loss)
+            if opt.server_finished:
+                break
+            loss_sum += loss.item()
+            loss_count += 1
+            done = opt.round - 1
+            if rank == 0 and (done == args.rounds or (
+                    args.eval_every and done % args.eval_every == 0)):
+                model.eval()
+                with torch.no_grad():
+                    metrics = evaluate(model)
+                model.train()
+                t = opt.traffic
+                print("round %d/%d  loss %.4f  %s  up %s  down %s  "
+                      "(%.1fx fewer than fp32)  %.1f s" % (
+                          done, args.rounds, loss_sum / max(loss_count, 1),
+                          "  ".join("%s %.4f" % kv for kv in metrics.items()),
+                          _megabytes(t.worker_to_server),
+                          _megabytes(t.server_to_worker), t.ratio,
+                          time.time() - start), flush=True)
+                loss_sum, loss_count = 0.0, 0
+        opt.finish()
+    except KeyboardInterrupt:
+        print("rank %d interrupted at round %d" % (rank, opt.round),
+              file=sys.stderr)
+        return 130
+
+    import effadam  # the checksum is the C++ one, as in every summary
+    summary = dict(rank=rank, rounds=opt.round - 1,
+                   bytes_worker_to_server=opt.traffic.worker_to_server,
+                   bytes_server_to_worker=opt.traffic.server_to_worker,
+                   fp32_equivalent_bytes=opt.traffic.fp32_total,
+                   compression_ratio=opt.traffic.ratio,
+                   params_checksum=effadam.params_checksum(opt.client.params),
+                   seconds=round(time.time() - start, 3),
+                   # This process's CPU time: what the run costs on a machine
+                   # that other work shares.
+                   cpu_seconds=round(time.process_time(), 3))
+    summary.update({k: v for k, v in metrics.items() if math.isfinite(v)})
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary, f, indent=1)
+    print("rank %d done after round %d, params_checksum %s"
+          % (rank, summary["rounds"], summary["params_checksum"]), flush=True)
+    return 0

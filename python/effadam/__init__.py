@@ -1,0 +1,35 @@
+"""effadam from Python: the C++ worker library and codecs, bound with
+pybind11 (nothing is implemented twice).
+
+    import effadam
+    layout = effadam.TensorLayout([("w", (1024,)), ("b", (1,))])
+    client = effadam.WorkerClient(server="127.0.0.1:50051",
+                                  compression=effadam.CompressionConfig())
+
+The PyTorch optimizer is effadam.optim.EfficientAdam (imports torch).
+docs/python.md describes the API.
+"""
+
+from ._effadam import (  # noqa: F401
+    AdamOptions,
+    ClientSecurity,
+    Codec,
+    CompressionConfig,
+    InvalidArgumentError,
+    StatusCode,
+    StatusError,
+    TensorLayout,
+    Traffic,
+    UpdateCodec,
+    WireBytes,
+    WorkerClient,
+    load_idx_dataset,
+    params_checksum,
+)
+
+__all__ = [
+    "AdamOptions", "ClientSecurity", "Codec", "CompressionConfig",
+    "InvalidArgumentError", "StatusCode", "StatusError", "TensorLayout",
+    "Traffic", "UpdateCodec", "WireBytes", "WorkerClient", "load_idx_dataset",
+    "params_checksum",
+]

@@ -1,0 +1,308 @@
+#include "python/py_worker_client.h"
+
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include <pybind11/numpy.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "python/arrays.h"
+#include "python/status_error.h"
+
+namespace py = pybind11;
+
+namespace effadam::python {
+namespace {
+
+// How long Ctrl-C may wait to be noticed during a blocking call.
+constexpr absl::Duration kSignalPoll = absl::Milliseconds(100);
+
+// Marks the client busy for one blocking call.
+class BusyScope {
+ public:
+  explicit BusyScope(std::atomic<bool>* busy) : busy_(busy) {
+    if (busy_->exchange(true)) {
+      busy_ = nullptr;
+      ThrowStatus(absl::FailedPreconditionError(
+          "another call of this WorkerClient is in progress in another "
+          "thread; a WorkerClient is not thread-safe (only cancel() may be "
+          "called meanwhile)"));
+    }
+  }
+  ~BusyScope() {
+    if (busy_ != nullptr) *busy_ = false;
+  }
+  BusyScope(const BusyScope&) = delete;
+  BusyScope& operator=(const BusyScope&) = delete;
+
+ private:
+  std::atomic<bool>* busy_;
+};
+
+absl::Duration Seconds(double s, const char* name) {
+  if (!(s >= 0)) {
+    ThrowStatus(absl::InvalidArgumentError(
+        absl::StrCat(name, " must be >= 0 seconds, got ", s)));
+  }
+  return absl::Seconds(s);
+}
+
+}  // namespace
+
+PyWorkerClient::PyWorkerClient(WorkerClientOptions options)
+    : client_(std::make_unique<WorkerClient>(std::move(options))) {}
+
+PyWorkerClient::~PyWorkerClient() = default;
+
+absl::Status PyWorkerClient::Blocking(
+    const std::function<absl::Status()>& call) {
+  BusyScope busy(&busy_);
+  struct Result {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+    absl::Status status ABSL_GUARDED_BY(mu);
+  } result;
+  std::thread worker([&] {
+    absl::Status s;
+    try {
+      s = call();
+    } catch (const std::exception& e) {  // e.g. bad_alloc: not a crash
+      s = absl::InternalError(e.what());
+    }
+    absl::MutexLock lock(&result.mu);
+    result.status = std::move(s);
+    result.done = true;
+  });
+  bool interrupted = false;
+  while (true) {
+    bool done;
+    {
+      py::gil_scoped_release nogil;
+      absl::MutexLock lock(&result.mu);
+      done = result.mu.AwaitWithTimeout(absl::Condition(&result.done),
+                                        kSignalPoll);
+    }
+    if (done) break;
+    // Runs the Python signal handlers (only in the main thread); non-zero
+    // when one raised, e.g. KeyboardInterrupt for Ctrl-C.
+    if (PyErr_CheckSignals() != 0) {
+      interrupted = true;
+      client_->Cancel();
+      break;
+    }
+  }
+  {
+    py::gil_scoped_release nogil;
+    worker.join();
+  }
+  if (interrupted) throw py::error_already_set();
+  absl::MutexLock lock(&result.mu);
+  return result.status;
+}
+
+void PyWorkerClient::Join(const TensorLayout& layout) {
+  ThrowIfError(Blocking([&] { return client_->Join(layout); }));
+}
+
+void PyWorkerClient::Start(py::handle initial_params) {
+  FloatsIn x = ToFloats(initial_params, "initial_params");
+  ThrowIfError(Blocking([&] { return client_->Start(x.span); }));
+}
+
+void PyWorkerClient::Step(py::handle grad, float loss) {
+  FloatsIn g = ToFloats(grad, "grad");
+  ThrowIfError(Blocking([&] { return client_->Step(g.span, loss); }));
+}
+
+void PyWorkerClient::Run(int64_t last_round, py::function gradient) {
+  // The callback runs on the blocking call's thread; what it raises is
+  // raised again here, in the caller's thread, once Run has returned.
+  std::exception_ptr raised;
+  auto call_gradient = [&](absl::Span<const float> params,
+                           absl::Span<float> grad) -> absl::StatusOr<float> {
+    py::gil_scoped_acquire gil;
+    try {
+      // Copies: the arrays may outlive the call, the spans do not.
+      py::array_t<float> p = CopyToArray(params);
+      py::array_t<float> g(static_cast<py::ssize_t>(grad.size()));
+      std::memset(g.mutable_data(), 0, grad.size() * sizeof(float));
+      const float loss = gradient(p, g).cast<float>();
+      if (g.size() != static_cast<py::ssize_t>(grad.size()) || g.ndim() != 1) {
+        return absl::InvalidArgumentError(
+            "run: the gradient function must fill `grad` in place");
+      }
+      std::memcpy(grad.data(), g.data(), grad.size() * sizeof(float));
+      return loss;
+    } catch (...) {
+      raised = std::current_exception();
+      return absl::CancelledError("run: the gradient function raised");
+    }
+  };
+  absl::Status s =
+      Blocking([&] { return client_->Run(last_round, call_gradient); });
+  if (raised) std::rethrow_exception(raised);
+  ThrowIfError(s);
+}
+
+void PyWorkerClient::Finish() {
+  ThrowIfError(Blocking([&] { return client_->Finish(); }));
+}
+
+void PyWorkerClient::Cancel() { client_->Cancel(); }
+
+void BindWorkerClient(py::module_& m) {
+  const WorkerClientOptions defaults;
+  // The flags' defaults, which the server's flags share: a default worker
+  // joins a default server.
+  const CompressionConfig default_compression =
+      ValueOrThrow(CompressionConfigFromFlags());
+  py::class_<Traffic>(m, "Traffic",
+                      "Codec payload bytes of the rounds a worker took part "
+                      "in, and what fp32 Adam would have moved.")
+      .def_readonly("worker_to_server", &Traffic::worker_to_server)
+      .def_readonly("server_to_worker", &Traffic::server_to_worker)
+      .def_readonly("fp32_worker_to_server", &Traffic::fp32_worker_to_server)
+      .def_readonly("fp32_server_to_worker", &Traffic::fp32_server_to_worker)
+      .def_property_readonly("total", &Traffic::total)
+      .def_property_readonly("fp32_total", &Traffic::fp32_total)
+      .def_property_readonly("ratio", &Traffic::ratio,
+                             "fp32 bytes / actual bytes; 0 before any traffic")
+      .def("__repr__", [](const Traffic& t) {
+        return absl::StrCat("Traffic(worker_to_server=", t.worker_to_server,
+                            ", server_to_worker=", t.server_to_worker,
+                            ", fp32_worker_to_server=", t.fp32_worker_to_server,
+                            ", fp32_server_to_worker=", t.fp32_server_to_worker,
+                            ")");
+      });
+  py::class_<WireBytes>(m, "WireBytes",
+                        "Serialized sizes of the gRPC messages a worker "
+                        "wrote and read.")
+      .def_readonly("worker_to_server", &WireBytes::worker_to_server)
+      .def_readonly("server_to_worker", &WireBytes::server_to_worker)
+      .def_readonly("join", &WireBytes::join);
+
+  py::class_<PyWorkerClient>(m, "WorkerClient", R"doc(
+One worker of an effadam cluster (the C++ WorkerClient): it owns the replica
+of x, Adam's m and v, the error memory, the codecs and the Train stream.
+
+    client = effadam.WorkerClient(server="127.0.0.1:50051",
+                                  compression=effadam.CompressionConfig())
+    client.join(layout)              # rank and num_workers known now
+    client.start(initial_params)     # the first worker uploads; all fetch x
+    while client.round <= last_round:
+        loss = my_gradient(client.params, grad)
+        client.step(grad, loss)
+    client.finish()
+
+Blocking calls release the GIL; Ctrl-C cancels the client and raises
+KeyboardInterrupt. Errors raise effadam.StatusError (code, message).
+Not thread-safe, except cancel().)doc")
+      .def(py::init([](std::string server, int rank,
+                       const CompressionConfig& compression,
+                       const AdamOptions& adam, uint64_t seed,
+                       double connect_timeout, double finish_timeout,
+                       double reconnect_timeout,
+                       const ClientSecurity& security) {
+             WorkerClientOptions o;
+             o.server = std::move(server);
+             o.rank = rank;
+             o.compression = compression;
+             o.adam = adam;
+             o.seed = seed;
+             o.connect_timeout = Seconds(connect_timeout, "connect_timeout");
+             o.finish_timeout = Seconds(finish_timeout, "finish_timeout");
+             o.reconnect_timeout =
+                 Seconds(reconnect_timeout, "reconnect_timeout");
+             o.security = security;
+             return std::make_unique<PyWorkerClient>(std::move(o));
+           }),
+           py::kw_only(), py::arg("server") = defaults.server,
+           py::arg("rank") = defaults.rank,
+           py::arg("compression") = default_compression,
+           py::arg("adam") = defaults.adam, py::arg("seed") = defaults.seed,
+           py::arg("connect_timeout") =
+               absl::ToDoubleSeconds(defaults.connect_timeout),
+           py::arg("finish_timeout") =
+               absl::ToDoubleSeconds(defaults.finish_timeout),
+           py::arg("reconnect_timeout") =
+               absl::ToDoubleSeconds(defaults.reconnect_timeout),
+           py::arg("security") = defaults.security,
+           "Does not touch the network. rank -1: the lowest free one. "
+           "compression must equal the server's settings (the default is "
+           "the flags' default, sign both ways); timeouts are in seconds "
+           "(WorkerClientOptions).")
+      .def("join", &PyWorkerClient::Join, py::arg("layout"),
+           "Announces the layout and compression settings and gets a rank.")
+      .def("start", &PyWorkerClient::Start, py::arg("initial_params"),
+           "Uploads initial_params if the server asks this worker for them "
+           "(the first worker; otherwise they are not read), fetches the "
+           "server's x and opens the Train stream.")
+      .def("step", &PyWorkerClient::Step, py::arg("grad"),
+           py::arg("loss") = std::numeric_limits<float>::quiet_NaN(),
+           "One round: an Adam step on grad (the gradient at params; float32 "
+           "vector, converted if it is not), the compressed update sent, the "
+           "server's delta applied. loss is reported to the server (NaN: not "
+           "measured). OUT_OF_RANGE when the server has ended training; a bad "
+           "gradient is INVALID_ARGUMENT and changes nothing.")
+      .def("run", &PyWorkerClient::Run, py::arg("last_round"),
+           py::arg("gradient"),
+           "Steps until round last_round is applied or the server ends "
+           "training, then finishes. gradient(params, grad) gets a copy of x "
+           "and a float32 array of zeros to fill in place, and returns the "
+           "loss; what it raises stops the run and is raised again here.")
+      .def("finish", &PyWorkerClient::Finish,
+           "Closes this worker's side of the stream and waits for the "
+           "server's final status. Idempotent.")
+      .def("cancel", &PyWorkerClient::Cancel,
+           "Makes the current and every later call fail with CANCELLED. Any "
+           "thread may call it.")
+      .def_property_readonly(
+          "rank", [](const PyWorkerClient& c) { return c.client().rank(); })
+      .def_property_readonly(
+          "num_workers",
+          [](const PyWorkerClient& c) { return c.client().num_workers(); })
+      .def_property_readonly(
+          "round", [](const PyWorkerClient& c) { return c.client().round(); },
+          "The round whose update step() sends next; params is x after "
+          "round - 1.")
+      .def_property_readonly(
+          "params",
+          [](py::object self) {
+            return ReadOnlyView(self.cast<const PyWorkerClient&>().client().params(),
+                                self);
+          },
+          "The replica of x: a read-only numpy view of the library's memory "
+          "(no copy) that every step() changes in place; copy it "
+          "(np.array(client.params)) to keep a snapshot. Empty before start().")
+      .def_property_readonly(
+          "error_memory",
+          [](py::object self) {
+            return ReadOnlyView(
+                self.cast<const PyWorkerClient&>().client().error_memory(), self);
+          },
+          "The worker's error memory e, a read-only view like params.")
+      .def_property_readonly(
+          "contributors",
+          [](const PyWorkerClient& c) { return c.client().contributors(); })
+      .def_property_readonly(
+          "server_finished",
+          [](const PyWorkerClient& c) { return c.client().server_finished(); })
+      .def_property_readonly(
+          "resyncs", [](const PyWorkerClient& c) { return c.client().resyncs(); })
+      .def_property_readonly(
+          "traffic", [](const PyWorkerClient& c) { return c.client().traffic(); })
+      .def_property_readonly(
+          "join_bytes",
+          [](const PyWorkerClient& c) { return c.client().join_bytes(); })
+      .def_property_readonly("wire_bytes", [](const PyWorkerClient& c) {
+        return c.client().wire_bytes();
+      });
+}
+
+}  // namespace effadam::python

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Mixed clusters: C++ and Python workers in one cluster end with exactly
+the x of a cluster of C++ workers only, given the same gradients.
+
+The C++ worker is effadam-synthetic-worker; its Python twin,
+tests/python_synthetic_worker.py, computes the same gradient with the same
+float32 operations through effadam.WorkerClient (--mode=binding) or
+through the PyTorch optimizer (--mode=torch). Every case runs the same
+server flags; the server's and every worker's params_checksum and byte
+counts must equal those of the all-C++ cluster.
+
+Usage: python_cluster_test.py --bin BUILD/bin [--only NAME]
+(run by /usr/bin/python3 with PYTHONPATH=BUILD/python, as ctest does). The
+torch case is skipped, saying so, where python3-torch is not installed.
+Only 127.0.0.1 is used; every process is killed and every file removed.
+"""
+
+import importlib.util
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from cluster_test import check, main_for  # noqa: E402
+
+WORKERS = 4
+ROUNDS = 40
+ELEMENTS = 5000
+# Small blocks so that w goes through the codec in several blocks; b (16
+# elements) travels as fp32.
+FLAGS = ["--worker_codec=sign", "--server_codec=sign", "--block_size=64",
+         "--min_compress_elements=64"]
+KEYS = ("params_checksum", "bytes_worker_to_server", "bytes_server_to_worker")
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def run_cluster(c, name, kinds):
+    """A server and one worker per entry of kinds ('cpp', 'binding',
+    'torch'), rank i running kinds[i]; returns (server summary, {rank:
+    worker summary})."""
+    server, port = c.start_server(
+        ["--workers=%d" % WORKERS, "--rounds=%d" % ROUNDS] + FLAGS,
+        label=name + "_server")
+    procs = []
+    for rank, kind in enumerate(kinds):
+        label = "%s_rank%d_%s" % (name, rank, kind)
+        common = ["--server=127.0.0.1:%d" % port, "--rank=%d" % rank,
+                  "--rounds=%d" % ROUNDS, "--elements=%d" % ELEMENTS,
+                  "--summary_json=" + c.path(label + ".json")] + FLAGS
+        if kind == "cpp":
+            argv = [os.path.join(c.bin, "effadam-synthetic-worker")] + common
+        else:
+            argv = [sys.executable,
+                    os.path.join(HERE, "python_synthetic_worker.py"),
+                    "--mode=" + kind] + common
+        procs.append((label, c.spawn(label, argv)))
+    for _, p in procs:
+        c.expect_ok(p)
+    c.expect_ok(server)
+    return (c.summary(name + "_server"),
+            {rank: c.summary(label) for rank, (label, _) in enumerate(procs)})
+
+
+def expect_same(reference, got, what):
+    ref_server, ref_workers = reference
+    server, workers = got
+    for key in KEYS:
+        check(server[key] == ref_server[key],
+              "%s: server %s %s, all-C++ cluster %s"
+              % (what, key, server[key], ref_server[key]))
+        for rank, w in sorted(workers.items()):
+            check(w[key] == ref_workers[rank][key],
+                  "%s: rank %d %s %s, all-C++ cluster %s"
+                  % (what, rank, key, w[key], ref_workers[rank][key]))
+    for rank, w in sorted(workers.items()):
+        check(w["rounds"] == ROUNDS, "%s: rank %d ran %s rounds"
+              % (what, rank, w["rounds"]))
+        check(w["params_checksum"] == server["params_checksum"],
+              "%s: rank %d's replica differs from the server's" % (what, rank))
+
+
+def case_mixed_cluster(c):
+    reference = run_cluster(c, "cpp", ["cpp"] * WORKERS)
+    ref_server = reference[0]
+    check(ref_server["rounds"] == ROUNDS, "the server closed %s rounds"
+          % ref_server["rounds"])
+    expect_same(reference, run_cluster(c, "binding",
+                                       ["binding", "cpp", "binding", "cpp"]),
+                "2 C++ + 2 Python (WorkerClient) workers")
+    result = ("params_checksum %s after %d rounds: all-C++ = C++ + "
+              "WorkerClient" % (ref_server["params_checksum"], ROUNDS))
+    if not HAVE_TORCH:
+        print("SKIPPED the PyTorch-optimizer part: python3-torch is not "
+              "installed (scripts/setup.sh installs it)")
+        return result + "; torch part skipped"
+    expect_same(reference, run_cluster(c, "torch",
+                                       ["cpp", "torch", "binding", "torch"]),
+                "1 C++ + 1 WorkerClient + 2 EfficientAdam workers")
+    return result + " = C++ + WorkerClient + EfficientAdam"
+
+
+CASES = [("mixed_cluster", case_mixed_cluster)]
+
+if __name__ == "__main__":
+    sys.exit(main_for(CASES, ("effadam-server", "effadam-synthetic-worker")))

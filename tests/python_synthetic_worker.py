@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""The Python twin of effadam-synthetic-worker (bench/synthetic_worker.cc):
+the same layout (w[elements], b[16]), the same per-rank targets and the
+same gradient x - t, computed with the same float32 operations, so that a
+cluster that mixes it with the C++ worker must end bit-identical to one of
+C++ workers only (tests/python_cluster_test.py).
+
+--mode=binding drives effadam.WorkerClient with numpy; --mode=torch trains
+an nn.Module through effadam.optim.EfficientAdam, its gradient from
+autograd of 0.5 * sum((x - t)^2), which is x - t exactly, and with a
+frozen parameter that must stay out of the layout and untouched.
+Writes the same summary JSON fields as the C++ worker.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+import effadam
+
+
+def targets(rank, n):
+    """bench/synthetic_worker.cc's Target(rank, j) for j < n, in float32:
+    a common target in [-1, 1) plus a per-rank offset."""
+    j = np.arange(n, dtype=np.uint64)
+    h = (j * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
+    common = ((h >> np.uint64(8)).astype(np.float32) * np.float32(2.0 ** -23)
+              - np.float32(1.0))
+    return common + np.float32(0.01) * np.float32((rank % 7) - 3)
+
+
+def compression(args):
+    return effadam.CompressionConfig(
+        worker_codec=args.worker_codec, server_codec=args.server_codec,
+        block_size=args.block_size,
+        min_compress_elements=args.min_compress_elements)
+
+
+def run_binding(args):
+    layout = effadam.TensorLayout([("w", (args.elements,)), ("b", (16,))])
+    client = effadam.WorkerClient(
+        server=args.server, rank=args.rank, compression=compression(args),
+        adam=effadam.AdamOptions(lr=args.lr), seed=args.seed)
+    client.join(layout)
+    n = layout.num_elements
+    client.start(np.zeros(n, dtype=np.float32))
+    t = targets(client.rank, n)
+    print("python_synthetic_worker: rank %d started at round %d"
+          % (client.rank, client.round), flush=True)
+    grad = np.empty(n, dtype=np.float32)
+    while client.round <= args.rounds:
+        np.subtract(client.params, t, out=grad)
+        loss = 0.5 * float(np.dot(grad.astype(np.float64), grad)) / n
+        try:
+            client.step(grad, loss)
+        except effadam.StatusError as e:
+            if e.code != effadam.StatusCode.OUT_OF_RANGE:
+                raise
+            break
+    client.finish()
+    return client, client.rank
+
+
+def run_torch(args):
+    import torch  # only this mode needs it
+    from effadam.optim import EfficientAdam
+
+    class Synthetic(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(n))
+            self.frozen = torch.nn.Parameter(torch.full((3,), 7.0),
+                                             requires_grad=False)
+            self.b = torch.nn.Parameter(torch.zeros(16))
+
+        def forward(self, t):
+            d = torch.cat([self.w, self.b]) - t
+            return 0.5 * (d * d).sum()
+
+    model = Synthetic(args.elements)
+    opt = EfficientAdam(
+        model.named_parameters(), server=args.server, rank=args.rank,
+        lr=args.lr, seed=args.seed, worker_codec=args.worker_codec,
+        server_codec=args.server_codec, block_size=args.block_size,
+        min_compress_elements=args.min_compress_elements)
+    if opt.names != ["w", "b"]:
+        raise AssertionError("layout names %s, want ['w', 'b']" % opt.names)
+    t = torch.from_numpy(targets(opt.rank, opt.layout.num_elements))
+    print("python_synthetic_worker: rank %d started at round %d"
+          % (opt.rank, opt.round), flush=True)
+    while opt.round <= args.rounds:
+        opt.zero_grad()
+        loss = model(t)
+        loss.backward()
+        opt.step(loss=loss / opt.layout.num_elements)
+        if opt.server_finished:
+            break
+    opt.finish()
+    if not torch.equal(model.frozen, torch.full((3,), 7.0)):
+        raise AssertionError("the frozen parameter changed")
+    # The parameters hold the library's replica, bit for bit.
+    flat = torch.cat([model.w.detach(), model.b.detach()]).numpy()
+    if not np.array_equal(flat.view(np.uint32),
+                          np.asarray(opt.client.params).view(np.uint32)):
+        raise AssertionError("the parameters differ from the replica")
+    return opt.client, opt.rank
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--server", required=True)
+    p.add_argument("--rank", type=int, default=-1)
+    p.add_argument("--elements", type=int, default=1 << 20)
+    p.add_argument("--rounds", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--worker_codec", default="sign")
+    p.add_argument("--server_codec", default="sign")
+    p.add_argument("--block_size", type=int, default=1024)
+    p.add_argument("--min_compress_elements", type=int, default=1024)
+    p.add_argument("--mode", choices=("binding", "torch"), default="binding")
+    p.add_argument("--summary_json", default="")
+    args = p.parse_args()
+    client, rank = (run_torch if args.mode == "torch" else run_binding)(args)
+    checksum = effadam.params_checksum(client.params)
+    print("python_synthetic_worker: rank %d done after round %d, "
+          "params_checksum %s" % (rank, client.round - 1, checksum))
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(dict(rank=rank, rounds=client.round - 1,
+                           resyncs=client.resyncs,
+                           bytes_worker_to_server=client.traffic.worker_to_server,
+                           bytes_server_to_worker=client.traffic.server_to_worker,
+                           params_checksum=checksum), f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
