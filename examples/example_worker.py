@@ -22,7 +22,12 @@ def parser(description, lr, batch_size, eval_every, lr_schedule="constant"):
     flags, the same ones it gives effadam-server."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--server", default="127.0.0.1:50051",
-                   help="effadam-server host:port")
+                   help="effadam-server host:port; for a sharded model the "
+                        "shards' addresses, comma-separated, or a {shard} "
+                        "pattern with --num_shards")
+    p.add_argument("--num_shards", type=int, default=None,
+                   help="with a {shard} pattern in --server: the number of "
+                        "shards")
     p.add_argument("--rank", type=int, default=-1,
                    help="rank to claim; -1 for the lowest free one")
     p.add_argument("--rounds", type=int, default=3000,
@@ -69,6 +74,7 @@ def train(args, make_model, make_sampler, loss_fn, evaluate):
     model = make_model()
     start = time.time()
     opt = EfficientAdam(model.named_parameters(), server=args.server,
+                        num_shards=args.num_shards,
                         rank=args.rank, lr=args.lr, seed=args.seed,
                         lr_schedule=args.lr_schedule,
                         worker_codec=args.worker_codec,

@@ -203,7 +203,7 @@ of x, Adam's m and v, the error memory, the codecs and the Train stream.
 Blocking calls release the GIL; Ctrl-C cancels the client and raises
 KeyboardInterrupt. Errors raise effadam.StatusError (code, message).
 Not thread-safe, except cancel().)doc")
-      .def(py::init([](std::string server, int rank,
+      .def(py::init([](std::string server, int num_shards, int rank,
                        const CompressionConfig& compression,
                        const AdamOptions& adam, uint64_t seed,
                        double connect_timeout, double finish_timeout,
@@ -211,6 +211,7 @@ Not thread-safe, except cancel().)doc")
                        const ClientSecurity& security) {
              WorkerClientOptions o;
              o.server = std::move(server);
+             o.num_shards = num_shards;
              o.rank = rank;
              o.compression = compression;
              o.adam = adam;
@@ -223,6 +224,7 @@ Not thread-safe, except cancel().)doc")
              return std::make_unique<PyWorkerClient>(std::move(o));
            }),
            py::kw_only(), py::arg("server") = defaults.server,
+           py::arg("num_shards") = defaults.num_shards,
            py::arg("rank") = defaults.rank,
            py::arg("compression") = default_compression,
            py::arg("adam") = defaults.adam, py::arg("seed") = defaults.seed,
@@ -233,7 +235,10 @@ Not thread-safe, except cancel().)doc")
            py::arg("reconnect_timeout") =
                absl::ToDoubleSeconds(defaults.reconnect_timeout),
            py::arg("security") = defaults.security,
-           "Does not touch the network. rank -1: the lowest free one. "
+           "Does not touch the network. server: host:port, or for a model "
+           "sharded over S servers their addresses in shard order, "
+           "comma-separated, or one address with '{shard}' and num_shards=S "
+           "(docs/sharding.md). rank -1: the lowest free one. "
            "compression must equal the server's settings (the default is "
            "the flags' default, sign both ways); timeouts are in seconds "
            "(WorkerClientOptions).")

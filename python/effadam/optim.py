@@ -79,14 +79,16 @@ class EfficientAdam(torch.optim.Optimizer):
       param1, ...). Parameters that do not require grad are left alone and
       are not part of the layout; every parameter must be float32; a
       0-dimensional parameter travels as shape (1,).
-    server: host:port of effadam-server.
+    server: host:port of effadam-server; for a model sharded over several
+      servers their addresses, comma-separated, or a '{shard}' pattern with
+      num_shards (docs/sharding.md).
     lr, betas, eps, weight_decay (decoupled, as AdamW), bias_correction,
       lr_schedule ('constant' or 'inverse_sqrt'), beta2_schedule
       ('constant' or 'theta'), theta: effadam.AdamOptions.
     worker_codec, server_codec, block_size, min_compress_elements,
       error_feedback: effadam.CompressionConfig; must equal the server's.
-    rank, seed, connect_timeout, finish_timeout, reconnect_timeout,
-      security: effadam.WorkerClient.
+    num_shards, rank, seed, connect_timeout, finish_timeout,
+      reconnect_timeout, security: effadam.WorkerClient.
     Any of them left None keeps the library's default (the flags' defaults
     of effadam-worker).
 
@@ -102,7 +104,7 @@ class EfficientAdam(torch.optim.Optimizer):
     round has been averaged.
     """
 
-    def __init__(self, params, server=None, *, lr=None, betas=None, eps=None,
+    def __init__(self, params, server=None, *, num_shards=None, lr=None, betas=None, eps=None,
                  weight_decay=None, bias_correction=None, lr_schedule=None,
                  beta2_schedule=None, theta=None, worker_codec=None,
                  server_codec=None, block_size=None,
@@ -146,7 +148,8 @@ class EfficientAdam(torch.optim.Optimizer):
         self.server_finished = False
 
         client = _effadam.WorkerClient(**_given(
-            server=server, rank=rank, compression=compression, adam=adam,
+            server=server, num_shards=num_shards, rank=rank,
+            compression=compression, adam=adam,
             seed=seed, connect_timeout=connect_timeout,
             finish_timeout=finish_timeout,
             reconnect_timeout=reconnect_timeout, security=security))
