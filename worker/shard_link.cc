@@ -92,39 +92,49 @@ void ShardLink::ReleaseContext() {
   active_ = nullptr;
 }
 
-bool ShardLink::Backoff(absl::Duration d) {
-  absl::MutexLock lock(&mu_);
-  // Wakes early only when Cancel() flips the flag.
-  mu_.AwaitWithTimeout(absl::Condition(&cancelled_), d);
-  return !cancelled_;
+bool ShardLink::ServerAway(const absl::Status& s) const {
+  return absl::IsUnavailable(s) || (absl::IsCancelled(s) && !cancelled());
 }
 
-bool ShardLink::ServerAway(const grpc::Status& s) const {
-  return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-         (s.error_code() == grpc::StatusCode::CANCELLED && !cancelled());
+absl::Status ShardLink::Retry(
+    absl::Time deadline, absl::string_view late,
+    absl::FunctionRef<absl::Status()> attempt,
+    absl::FunctionRef<bool(const absl::Status&)> retry) {
+  absl::Duration backoff = kFirstBackoff;
+  while (true) {
+    const absl::Status s = attempt();
+    if (cancelled()) return absl::CancelledError("cancelled");
+    if (s.ok() || !retry(s)) return s;
+    if (absl::Now() + backoff >= deadline) {
+      if (late.empty()) return s;
+      return absl::Status(s.code(), absl::StrCat(late, ": ", s.message()));
+    }
+    absl::MutexLock lock(&mu_);
+    // Wakes early only when Cancel() flips the flag.
+    mu_.AwaitWithTimeout(absl::Condition(&cancelled_), backoff);
+    if (cancelled_) return absl::CancelledError("cancelled");
+    backoff = std::min(2 * backoff, kMaxBackoff);
+  }
 }
 
 absl::StatusOr<pb::JoinResponse> ShardLink::Join(
     const pb::JoinRequest& request, absl::Time deadline) {
   pb::JoinResponse reply;
-  absl::Duration backoff = kFirstBackoff;
   auto stub = pb::ParameterServer::NewStub(channel_);
-  while (true) {
-    auto context = NewContext(deadline);
-    if (context == nullptr) return absl::CancelledError("cancelled");
-    const grpc::Status s = stub->Join(context.get(), request, &reply);
-    ReleaseContext();
-    if (s.ok()) return reply;
-    // Not listening yet, or going away; anything else is the server's
-    // answer and final.
-    if (!ServerAway(s)) return FromGrpc(s, absl::StrCat("Join ", address_));
-    if (absl::Now() + backoff >= deadline) {
-      return FromGrpc(s, absl::StrCat("Join: no server answered at ",
-                                      address_, " in time"));
-    }
-    if (!Backoff(backoff)) return absl::CancelledError("cancelled");
-    backoff = std::min(2 * backoff, kMaxBackoff);
-  }
+  // Not listening yet, or going away; anything else is the server's answer
+  // and final.
+  const absl::Status s = Retry(
+      deadline, "no server answered in time",
+      [&]() -> absl::Status {
+        auto context = NewContext(deadline);
+        if (context == nullptr) return absl::CancelledError("cancelled");
+        const grpc::Status s = stub->Join(context.get(), request, &reply);
+        ReleaseContext();
+        return FromGrpc(s, absl::StrCat("Join ", address_));
+      },
+      [this](const absl::Status& s) { return ServerAway(s); });
+  if (!s.ok()) return s;
+  return reply;
 }
 
 absl::Status ShardLink::Upload(int rank, absl::Span<const float> x,
@@ -165,48 +175,45 @@ absl::StatusOr<std::vector<float>> ShardLink::Fetch(int rank, size_t n,
   rules.rank = rank;
   absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
   if (!assembler.ok()) return assembler.status();
-  absl::Duration backoff = kFirstBackoff;
-  while (true) {
-    auto context = NewContext(deadline);
-    if (context == nullptr) return absl::CancelledError("cancelled");
-    pb::FetchParamsRequest request;
-    request.set_rank(rank);
-    auto reader = stub->FetchParams(context.get(), request);
-    // Every chunk names the round x is current for; the first sets it.
-    assembler->Start(std::nullopt);
-    absl::Status bad;
-    pb::ParamsChunk chunk;
-    while (reader->Read(&chunk)) {
-      wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
-      if (!bad.ok()) continue;  // drain, so that Finish may be called
-      bad = assembler->Add(chunk.rank(), chunk.round(), chunk.begin(),
-                           chunk.values());
-      if (!bad.ok()) context->TryCancel();
-    }
-    const grpc::Status s = reader->Finish();
-    ReleaseContext();
-    if (s.ok() && bad.ok()) bad = assembler->Finish();
-    if (!bad.ok()) {
-      return absl::InternalError(absl::StrCat("FetchParams: ", address_,
-                                              "'s x: ", bad.message()));
-    }
-    if (s.ok()) {
-      const std::string bytes = assembler->TakeBuffer();
-      std::vector<float> x(n);
-      std::memcpy(x.data(), bytes.data(), bytes.size());
-      *round = *assembler->round();
-      return x;
-    }
-    // UNAVAILABLE: the first worker has not uploaded x yet (or the server
-    // is going away).
-    if (!ServerAway(s)) return FromGrpc(s, "FetchParams");
-    if (absl::Now() + backoff >= deadline) {
-      return FromGrpc(s, absl::StrCat("FetchParams: ", address_,
-                                      " had no parameters in time"));
-    }
-    if (!Backoff(backoff)) return absl::CancelledError("cancelled");
-    backoff = std::min(2 * backoff, kMaxBackoff);
+  // `bad`: the server's bytes did not assemble, which is final.
+  absl::Status bad;
+  const absl::Status s = Retry(
+      deadline, "no parameters in time",
+      [&]() -> absl::Status {
+        auto context = NewContext(deadline);
+        if (context == nullptr) return absl::CancelledError("cancelled");
+        pb::FetchParamsRequest request;
+        request.set_rank(rank);
+        auto reader = stub->FetchParams(context.get(), request);
+        // Every chunk names the round x is current for; the first sets it.
+        assembler->Start(std::nullopt);
+        pb::ParamsChunk chunk;
+        while (reader->Read(&chunk)) {
+          wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
+          if (!bad.ok()) continue;  // drain, so that Finish may be called
+          bad = assembler->Add(chunk.rank(), chunk.round(), chunk.begin(),
+                               chunk.values());
+          if (!bad.ok()) context->TryCancel();
+        }
+        const grpc::Status s = reader->Finish();
+        ReleaseContext();
+        if (s.ok() && bad.ok()) bad = assembler->Finish();
+        if (!bad.ok()) return bad;
+        return FromGrpc(s, absl::StrCat("FetchParams ", address_));
+      },
+      // UNAVAILABLE: the first worker has not uploaded x yet (or the server
+      // is going away).
+      [&](const absl::Status& s) { return bad.ok() && ServerAway(s); });
+  if (!bad.ok()) {
+    return absl::InternalError(absl::StrCat("FetchParams: ", address_,
+                                            "'s x: ", bad.message()));
   }
+  if (!s.ok()) return s;
+  const std::string bytes = assembler->TakeBuffer();
+  std::vector<float> x(n);
+  std::memcpy(x.data(), bytes.data(), bytes.size());
+  *round = *assembler->round();
+  return x;
 }
 
 absl::Status ShardLink::OpenStream() {

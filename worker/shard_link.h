@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -97,9 +98,15 @@ class ShardLink {
   // A call that ended with `s` found the server away, not refusing: worth
   // retrying. (A server shutting down cancels its calls; a Cancel() here is
   // this worker's own doing.)
-  bool ServerAway(const grpc::Status& s) const;
-  // Sleeps up to `d` unless cancelled; false when cancelled.
-  bool Backoff(absl::Duration d);
+  bool ServerAway(const absl::Status& s) const;
+  // Calls `attempt` until it returns OK or a status `retry` rejects,
+  // sleeping 100 ms, 200 ms, ... up to 2 s in between. When the next
+  // attempt would start after `deadline`, returns the last status with
+  // "`late`: " before its message (unchanged if `late` is empty); Cancelled
+  // once Cancel() has been called.
+  absl::Status Retry(absl::Time deadline, absl::string_view late,
+                     absl::FunctionRef<absl::Status()> attempt,
+                     absl::FunctionRef<bool(const absl::Status&)> retry);
 
   const WireBytes& wire() const { return wire_; }
 

@@ -16,8 +16,6 @@ namespace {
 
 namespace pb = ::effadam::v1;
 
-constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
-constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
 
 // The stream of a shard ended so that joining again may help: the server
 // went away (restart, shutdown) or said this worker lags behind.
@@ -276,23 +274,19 @@ absl::Status WorkerClient::Recover(size_t k, const absl::Status& ended) {
       !Recoverable(ended)) {
     return ended;
   }
-  ShardLink& link = *shards_[k].link;
   const absl::Time deadline = absl::Now() + options_.reconnect_timeout;
-  absl::Duration backoff = kFirstBackoff;
-  while (true) {
-    const absl::Status s = Resync(k, deadline);
-    if (s.ok()) return absl::OkStatus();
-    if (cancelled()) return absl::CancelledError("cancelled");
-    // ALREADY_EXISTS: the server has not yet seen this rank's old stream
-    // end. UNAVAILABLE, CANCELLED: it is not back yet, or going away again.
-    if (!(Recoverable(s) || absl::IsAlreadyExists(s)) ||
-        absl::Now() + backoff >= deadline || !link.Backoff(backoff)) {
-      return absl::Status(
-          s.code(), absl::StrCat("reconnecting after \"", ended.message(),
-                                 "\": ", s.message()));
-    }
-    backoff = std::min(2 * backoff, kMaxBackoff);
-  }
+  const absl::Status s = shards_[k].link->Retry(
+      deadline, "", [&] { return Resync(k, deadline); },
+      // ALREADY_EXISTS: the server has not yet seen this rank's old stream
+      // end. UNAVAILABLE, CANCELLED: it is not back yet, or going away
+      // again.
+      [](const absl::Status& s) {
+        return Recoverable(s) || absl::IsAlreadyExists(s);
+      });
+  if (s.ok() || (absl::IsCancelled(s) && cancelled())) return s;
+  return absl::Status(s.code(), absl::StrCat("reconnecting after \"",
+                                             ended.message(), "\": ",
+                                             s.message()));
 }
 
 absl::Status WorkerClient::Resync(size_t k, absl::Time deadline) {
