@@ -86,7 +86,7 @@ int Run() {
     JsonObject json;
     json.Add("rounds", rounds)
         .Add("workers", config.workers)
-        .Add("model", config.training.model.name)
+        .Add("model", ModelLabel(config.training.model))
         .Add("worker_codec", config.compression.worker_codec.ToString())
         .Add("server_codec", config.compression.server_codec.ToString())
         .Add(eval.metric_name, eval.metric)

@@ -165,6 +165,15 @@ TEST(MakeModelTest, MlpHiddenWidthsSetTheLayers) {
             "fc1.weight[32,784] fc1.bias[32] fc2.weight[10,32] fc2.bias[10]");
 }
 
+TEST(ModelLabelTest, NamesTheLayersSoTwoMlpsDiffer) {
+  ModelConfig c = Config("mlp");
+  EXPECT_EQ(ModelLabel(c), "mlp 784-256-128-10");
+  c.mlp_hidden = {2048, 2048};
+  EXPECT_EQ(ModelLabel(c), "mlp 784-2048-2048-10");
+  EXPECT_EQ(ModelLabel(Config("logreg")), "logreg 784-10");
+  EXPECT_EQ(ModelLabel(Config("toy")), "toy");
+}
+
 TEST(MakeModelTest, RejectsBadMlpHiddenWidths) {
   for (const std::vector<int>& hidden :
        std::vector<std::vector<int>>{{}, {0}, {256, -1}}) {

@@ -81,6 +81,23 @@ absl::Status ValidateModelConfig(const ModelConfig& config) {
   return absl::OkStatus();
 }
 
+std::vector<int> LayerWidths(const ModelConfig& config) {
+  if (config.name == "toy") return {};
+  std::vector<int> widths = {784};
+  if (config.name == "mlp") {
+    widths.insert(widths.end(), config.mlp_hidden.begin(),
+                  config.mlp_hidden.end());
+  }
+  widths.push_back(10);
+  return widths;
+}
+
+std::string ModelLabel(const ModelConfig& config) {
+  const std::vector<int> widths = LayerWidths(config);
+  if (widths.empty()) return config.name;
+  return absl::StrCat(config.name, " ", absl::StrJoin(widths, "-"));
+}
+
 absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config,
                                                  DataCache* cache) {
   // Checked before any data is read, so a bad flag fails at once.
@@ -119,13 +136,7 @@ absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelConfig& config,
     if (!loaded.ok()) return loaded.status();
     test = *std::move(loaded);
   }
-  std::vector<int> widths = {784};
-  if (config.name == "mlp") {
-    widths.insert(widths.end(), config.mlp_hidden.begin(),
-                  config.mlp_hidden.end());
-  }
-  widths.push_back(10);
-  auto model = ClassifierModel::Create(config, std::move(widths),
+  auto model = ClassifierModel::Create(config, LayerWidths(config),
                                        *std::move(train), std::move(test));
   if (!model.ok()) return model.status();
   return std::unique_ptr<Model>(*std::move(model));

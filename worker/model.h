@@ -61,6 +61,13 @@ struct Dataset;  // worker/idx_reader.h
 // InvalidArgument unless 0 <= rank < num_workers and batch_size > 0.
 absl::Status ValidateModelConfig(const ModelConfig& config);
 
+// The layer widths of the classifiers, input first: {784, 10} for logreg,
+// {784, mlp_hidden..., 10} for mlp; empty for toy.
+std::vector<int> LayerWidths(const ModelConfig& config);
+// What summaries call the model: "toy", "logreg 784-10",
+// "mlp 784-256-128-10", so that two MLPs are told apart.
+std::string ModelLabel(const ModelConfig& config);
+
 // Data shared by all models made in one process, so that N logical workers
 // in one simulator read the files once. Empty until a model needs it; keeps
 // what it loaded until it is destroyed. Safe to use from several threads.

@@ -305,7 +305,7 @@ int Run() {
     json.Add("rounds", done_rounds)
         .Add("rank", rank)
         .Add("workers", client.num_workers())
-        .Add("model", tc.model.name)
+        .Add("model", ModelLabel(tc.model))
         .Add("worker_codec", options.compression.worker_codec.ToString())
         .Add("server_codec", options.compression.server_codec.ToString());
     if (rank == 0) {
