@@ -10,22 +10,14 @@ SIM=build/bin/effadam-sim
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
-SETTINGS=(
-  "fp32/fp32        --worker_codec=fp32 --server_codec=fp32"
-  "sign/fp32+EF     --worker_codec=sign --server_codec=fp32"
-  "sign/sign+EF     --worker_codec=sign --server_codec=sign"
-  "sign/sign,no-EF  --worker_codec=sign --server_codec=sign --error_feedback=none"
-  "q4/q4+EF         --worker_codec=q4 --server_codec=q4"
-  "topk:0.01/q4+EF  --worker_codec=topk:0.01 --server_codec=q4"
-)
 printf "%-16s %9s %10s %14s %14s %8s %8s\n" setting accuracy train_loss \
   "up B/round" "down B/round" ratio seconds
 i=0
-for s in "${SETTINGS[@]}"; do
-  name=${s%% *}
-  flags=${s#* }
-  # shellcheck disable=SC2086
-  "$SIM" --eval_every=0 "$@" $flags --summary_json="$OUT/$i.json" >/dev/null
+# The settings bench/e2e/e2e_bench.py runs too, one per line.
+while IFS=$'\t' read -r name worker server feedback; do
+  case "$name" in ''|'#'*) continue ;; esac
+  "$SIM" --eval_every=0 "$@" --worker_codec="$worker" --server_codec="$server" \
+    --error_feedback="$feedback" --summary_json="$OUT/$i.json" </dev/null >/dev/null
   python3 - "$OUT/$i.json" "$name" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -37,4 +29,4 @@ print("%-16s %9.4f %10.4f %14d %14d %7.1fx %8.1f" % (
     s["compression_ratio"], s["seconds"]))
 PY
   i=$((i + 1))
-done
+done < bench/codec_settings.tsv

@@ -42,15 +42,19 @@ LOOPBACK = "127.0.0.1"
 WORKERS = 4
 SEED = 1
 
-# name, worker codec, server codec, error feedback
-SETTINGS = [
-    ("fp32/fp32", "fp32", "fp32", "both"),
-    ("sign/fp32+EF", "sign", "fp32", "both"),
-    ("sign/sign,no-EF", "sign", "sign", "none"),
-    ("sign/sign+EF", "sign", "sign", "both"),
-    ("q4/q4+EF", "q4", "q4", "both"),
-    ("topk:0.01/q4+EF", "topk:0.01", "q4", "both"),
-]
+
+
+def read_settings():
+    """(name, worker codec, server codec, error feedback) from
+    bench/codec_settings.tsv, which scripts/compare_codecs.sh reads too."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                        "codec_settings.tsv")
+    with open(path) as f:
+        return [tuple(line.rstrip("\n").split("\t")) for line in f
+                if line.strip() and not line.startswith("#")]
+
+
+SETTINGS = read_settings()
 QUICK_SETTINGS = ["fp32/fp32", "sign/sign+EF"]
 
 # flags, rounds, evaluation interval of the sim curve, target accuracy
