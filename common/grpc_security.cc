@@ -425,21 +425,37 @@ int MaxMessageBytes(size_t max_chunk_bytes) {
       std::min<size_t>(bytes, static_cast<size_t>(INT32_MAX)));
 }
 
+absl::Status CheckServerTransport(const ServerTransport& transport) {
+  for (const auto& [flag, d] :
+       {std::pair<const char*, absl::Duration>{"--keepalive_time",
+                                               transport.keepalive_time},
+        {"--keepalive_timeout", transport.keepalive_timeout}}) {
+    if (d < absl::Milliseconds(1) || d > absl::Hours(24)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          flag, " must be in [1ms, 24h], got ", absl::FormatDuration(d)));
+    }
+  }
+  return absl::OkStatus();
+}
+
 void ConfigureServer(const std::string& address, const ServerSecurity& security,
-                     size_t max_chunk_bytes, grpc::ServerBuilder* builder,
-                     int* port) {
+                     const ServerTransport& transport,
+                     grpc::ServerBuilder* builder, int* port) {
   builder->AddListeningPort(address, MakeServerCredentials(security), port);
-  const int max_message = MaxMessageBytes(max_chunk_bytes);
+  const int max_message = MaxMessageBytes(transport.max_chunk_bytes);
   builder->SetMaxReceiveMessageSize(max_message);
   builder->SetMaxSendMessageSize(max_message);
   // Train streams can sit idle for a whole round: ping so that a worker
   // whose host vanished is noticed (its stream ends, it leaves the live
   // set), and accept the workers' own pings at their rate, idle ones
   // included, but not faster.
-  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
-                              kServerKeepaliveTimeMs);
-  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-                              kKeepaliveTimeoutMs);
+  builder->AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(transport.keepalive_time)));
+  builder->AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(
+          absl::ToInt64Milliseconds(transport.keepalive_timeout)));
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder->AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace grpc {
 class Channel;
@@ -147,11 +148,11 @@ int MaxMessageBytes(size_t max_chunk_bytes);
 // connection after kKeepaliveTimeout without an answer, so a server or
 // network that died silently ends the call instead of hanging it. The
 // server accepts pings down to kServerMinPingInterval apart (half the
-// client's interval), pings its clients every kServerKeepaliveTime, and
-// closes a connection that pings more often than allowed
-// (GRPC_ARG_HTTP2_MAX_PING_STRIKES).
+// client's interval), pings its clients every ServerTransport's
+// keepalive_time (--keepalive_time) and drops a connection whose answer
+// takes longer than its keepalive_timeout, and closes a connection that
+// pings more often than allowed (GRPC_ARG_HTTP2_MAX_PING_STRIKES).
 inline constexpr int kClientKeepaliveTimeMs = 20000;
-inline constexpr int kServerKeepaliveTimeMs = 30000;
 inline constexpr int kKeepaliveTimeoutMs = 10000;
 inline constexpr int kServerMinPingIntervalMs = 10000;
 inline constexpr int kServerMaxPingStrikes = 2;
@@ -159,11 +160,25 @@ inline constexpr int kServerMaxPingStrikes = 2;
 // a fetch), in-process clients may share a connection.
 inline constexpr int kMaxConcurrentStreams = 100;
 
+// The server's transport settings that its flags choose.
+struct ServerTransport {
+  size_t max_chunk_bytes = 1 << 20;  // messages may be this plus envelope
+  // How often the server pings each connection, and how long it waits for
+  // the answer before it drops the connection (and so a hung or vanished
+  // worker's stream: the worker leaves the round at once instead of after
+  // --round_timeout).
+  absl::Duration keepalive_time = absl::Seconds(30);
+  absl::Duration keepalive_timeout = absl::Seconds(10);
+};
+
+// InvalidArgument unless both keepalive durations are in [1 ms, 24 h].
+absl::Status CheckServerTransport(const ServerTransport& transport);
+
 // Adds the listening port with `security`'s credentials and every server
 // transport setting above to `builder`; *port receives the bound port.
 void ConfigureServer(const std::string& address, const ServerSecurity& security,
-                     size_t max_chunk_bytes, grpc::ServerBuilder* builder,
-                     int* port);
+                     const ServerTransport& transport,
+                     grpc::ServerBuilder* builder, int* port);
 
 }  // namespace effadam
 

@@ -52,6 +52,14 @@ ABSL_FLAG(double, round_timeout, 60,
 ABSL_FLAG(int64_t, max_chunk_bytes, 1 << 20,
           "Largest payload of one chunk of UploadParams, FetchParams and "
           "Train, in bytes");
+ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(30),
+          "How often the server pings each worker's connection: a worker "
+          "whose host hung or vanished is dropped after --keepalive_time + "
+          "--keepalive_timeout and its round closes without it (instead of "
+          "after --round_timeout)");
+ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
+          "How long the server waits for the answer to a ping before it "
+          "drops the connection");
 ABSL_FLAG(uint64_t, seed, 1,
           "Seed of the server codec's stochastic rounding; use the workers' "
           "--seed to match effadam-sim");
@@ -257,8 +265,14 @@ int Run() {
   int port = 0;
   // TLS, message size limits (a chunk plus its envelope; gRPC refuses
   // anything larger before it reaches the service), keepalive.
-  ConfigureServer(listen, *security, options->max_chunk_bytes, &builder,
-                  &port);
+  ServerTransport transport;
+  transport.max_chunk_bytes = options->max_chunk_bytes;
+  transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
+  transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
+  if (absl::Status s = CheckServerTransport(transport); !s.ok()) {
+    return Fail(s);
+  }
+  ConfigureServer(listen, *security, transport, &builder, &port);
   builder.RegisterService(service->get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
@@ -345,6 +359,8 @@ int Run() {
         .Add("dropped_rounds", s.dropped_rounds)
         .Add("resumed_at_round", s.resumed_at_round)
         .Add("workers", options->workers)
+        .Add("shard", options->shard)
+        .Add("num_shards", options->num_shards)
         .Add("worker_codec", c.worker_codec.ToString())
         .Add("server_codec", c.server_codec.ToString())
         .Add("error_feedback", ErrorFeedbackName(c))

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Faults with real processes on loopback (docs/faults.md): a worker killed
-with SIGKILL and restarted, the server killed with SIGKILL and restarted
+with SIGKILL and restarted, a worker that hangs (SIGSTOP: its connection
+stays open but nobody answers) and is dropped by the server's keepalive,
+the server killed with SIGKILL and restarted
 from its checkpoint, the server killed while it writes a checkpoint, and
 SIGTERM for both daemons. Each case prints what it measured (rounds lost,
 time to rejoin, the round resumed at).
@@ -103,6 +105,47 @@ def case_worker_sigkill(c):
             "rejoined in %.2f s at round %d; %d rounds without rank 2; "
             "params_checksum %s everywhere"
             % (killed_at_round, after, rejoin, restarted_at, lost, checksum))
+
+
+def case_worker_hangs(c):
+    # A worker that stops answering with its TCP connection still open (a
+    # hung process or host: SIGSTOP here) is what a round timeout alone
+    # would wait out; the server's keepalive pings drop its connection
+    # after --keepalive_time + --keepalive_timeout and the round closes
+    # without it. After SIGCONT the worker finds its stream gone, resyncs
+    # and finishes with everyone.
+    rounds = 2500
+    server, port = c.start_server(
+        ["--workers=3", "--rounds=%d" % rounds, "--round_timeout=600",
+         "--keepalive_time=1s", "--keepalive_timeout=1s"] + SIGN,
+        metrics=True)
+    workers = {r: synthetic(c, "w%d" % r, port, r, rounds) for r in range(3)}
+    c.wait_for("round 200", lambda: round_of(c, server) >= 200)
+    workers[2].send_signal(signal.SIGSTOP)
+    stopped_at_round = round_of(c, server)
+    stopped_at = time.time()
+    try:
+        # Far sooner than the 600 s round timeout: keepalive (1 s + 1 s)
+        # plus the round in flight.
+        c.wait_for("rounds after the hang",
+                   lambda: round_of(c, server) >= stopped_at_round + 50,
+                   timeout=30)
+        after = time.time() - stopped_at
+    finally:
+        workers[2].send_signal(signal.SIGCONT)
+    for p in workers.values():
+        c.expect_ok(p)
+    c.expect_ok(server)
+    s = c.summary("server")
+    check(s["rounds"] == rounds, "server closed %d rounds" % s["rounds"])
+    w2 = c.summary("w2")
+    check(w2["resyncs"] >= 1, "the hung worker resynced %d times"
+          % w2["resyncs"])
+    checksum = expect_same_checksums(c, "server", ["w0", "w1", "w2"])
+    return ("stopped at round %d; 50 rounds went on %.1f s later (keepalive "
+            "1 s + 1 s, round timeout 600 s); %d rounds without it; it "
+            "resynced after SIGCONT; params_checksum %s everywhere"
+            % (stopped_at_round, after, s["short_rounds"], checksum))
 
 
 def case_server_sigkill_restores_checkpoint(c):
@@ -232,6 +275,7 @@ def case_sigterm_both_daemons(c):
 
 CASES = [
     ("worker_sigkill", case_worker_sigkill),
+    ("worker_hangs", case_worker_hangs),
     ("server_sigkill", case_server_sigkill_restores_checkpoint),
     ("server_sigkill_mid_checkpoint",
      case_server_sigkill_during_checkpoint_write),

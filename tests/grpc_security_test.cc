@@ -15,7 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/token_authenticator.h"
@@ -326,6 +328,24 @@ TEST_F(FilesTest, ClientSecurityNeedsACaForTls) {
   EXPECT_EQ(mtls->cert_pem, a.cert_pem);
   EXPECT_EQ(mtls->key_pem, a.key_pem);
   EXPECT_EQ(mtls->token, "abc");
+}
+
+TEST(ServerTransportTest, KeepaliveDurationsMustBeSensible) {
+  ServerTransport t;
+  EXPECT_TRUE(CheckServerTransport(t).ok());
+  t.keepalive_time = absl::Milliseconds(1);
+  t.keepalive_timeout = absl::Hours(24);
+  EXPECT_TRUE(CheckServerTransport(t).ok());
+  t.keepalive_time = absl::ZeroDuration();
+  absl::Status s = CheckServerTransport(t);
+  EXPECT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_TRUE(absl::StrContains(s.message(), "--keepalive_time")) << s;
+  t.keepalive_time = absl::Seconds(1);
+  t.keepalive_timeout = absl::Hours(25);
+  s = CheckServerTransport(t);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--keepalive_timeout")) << s;
+  t.keepalive_timeout = -absl::Seconds(1);
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckServerTransport(t)));
 }
 
 TEST(MaxMessageBytesTest, IsAChunkPlusTheEnvelope) {

@@ -74,7 +74,9 @@ class ServiceAuthTest : public ::testing::Test {
     service_ = *std::move(service);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder builder;
-    ConfigureServer("127.0.0.1:0", ServerSecurity{}, kMaxChunkBytes, &builder,
+    ServerTransport transport;
+    transport.max_chunk_bytes = kMaxChunkBytes;
+    ConfigureServer("127.0.0.1:0", ServerSecurity{}, transport, &builder,
                     &port_);
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
