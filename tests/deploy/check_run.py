@@ -8,6 +8,10 @@ delta per worker and round), sign both ways compresses well over 20x, and
 the loss went down from ln(10) (untrained 10-class MLP).
 Prometheus: the scrape target was up, the scraped counters agree with the
 summary, and every effadam_server_* metric the dashboard queries exists.
+Workers (--log): every rank ended with the server's params_checksum.
+Sharded (--shard_summaries, --shard_log): the same run over S server
+shards closed every round on each shard, the shards' byte counts add up to
+the unsharded server's, and every worker ended with the x it had there.
 """
 import argparse
 import json
@@ -49,6 +53,15 @@ def dashboard_metrics(path):
             and "duration" in n else n for n in names}
 
 
+def worker_checksums(log_path):
+    """{rank: params_checksum} from the workers' last lines in a compose log."""
+    with open(log_path) as f:
+        log = f.read()
+    found = re.findall(r"effadam-worker: rank (\d+) done after round \d+.*?"
+                       r"params_checksum ([0-9a-f]+)", log)
+    return {int(rank): checksum for rank, checksum in found}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--summary", required=True)
@@ -57,7 +70,11 @@ def main():
     p.add_argument("--log")
     p.add_argument("--prometheus")
     p.add_argument("--dashboard")
+    p.add_argument("--shard_summaries", nargs="*", default=[])
+    p.add_argument("--shard_log")
     a = p.parse_args()
+    if a.shard_summaries and not (a.log and a.shard_log):
+        p.error("--shard_summaries needs --log and --shard_log")
 
     with open(a.summary) as f:
         s = json.load(f)
@@ -79,10 +96,29 @@ def main():
                   f"summary: wire bytes {d} {s[f'wire_bytes_{d}']} >= payload {payload}")
 
     if a.log:
-        with open(a.log) as f:
-            log = f.read()
-        ranks = sorted(set(int(r) for r in re.findall(r"\brank[= ](\d+)", log)))
-        print("ranks seen in the logs:", ranks)
+        final = worker_checksums(a.log)
+        check(sorted(final) == list(range(a.workers)),
+              f"ranks {sorted(final)} reported their final params_checksum")
+        check(all(c == s["params_checksum"] for c in final.values()),
+              f"every worker's params_checksum == the server's {s['params_checksum']}")
+
+    if a.shard_summaries:
+        shards = []
+        for path in a.shard_summaries:
+            with open(path) as f:
+                shards.append(json.load(f))
+        for k, sh in enumerate(shards):
+            check(sh["shard"] == k and sh["num_shards"] == len(shards),
+                  f"summary {k}: shard {sh['shard']} of {sh['num_shards']}")
+            check(sh["rounds"] == a.rounds and sh["workers"] == a.workers,
+                  f"shard {k}: {sh['rounds']} rounds with {sh['workers']} workers")
+        for d in ("worker_to_server", "server_to_worker"):
+            total = sum(sh[f"bytes_{d}"] for sh in shards)
+            check(total == s[f"bytes_{d}"],
+                  f"shards' {d} bytes add up to {total} == unsharded {s[f'bytes_{d}']}")
+        sharded = worker_checksums(a.shard_log)
+        check(sharded == final,
+              f"every worker's params_checksum over {len(shards)} shards == unsharded: {sharded}")
 
     if a.prometheus:
         base = a.prometheus

@@ -13,6 +13,8 @@
 # run to end; check every container exited 0, the server's summary (rounds,
 # workers, exact byte counts, compression ratio, loss) and that Prometheus
 # scraped the server's metrics (every server metric the dashboard uses).
+# Then the same run with the `sharded` profile (2 server containers): every
+# worker ends with the first run's x, and the shards' bytes add up to its.
 #
 # Cache (kept between runs, EFFADAM_CI_CACHE, default /var/cache/effadam-ci;
 # delete it to start cold): the debootstrap root file system, and podman's
@@ -173,14 +175,15 @@ else
 fi
 
 # --- loopback ports and the host-network override ------------------------------
-read -r GRPC_PORT METRICS_PORT PROM_PORT < <(python3 - <<'PY'
+read -r GRPC_PORT METRICS_PORT PROM_PORT SHARD1_PORT < <(python3 - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(4)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
 PY
 )
-chown 10001:10001 "$WORK/data"
+mkdir -p "$WORK/sharded0" "$WORK/sharded1"
+chown 10001:10001 "$WORK/data" "$WORK/sharded0" "$WORK/sharded1"
 export EFFADAM_IMAGE="$IMAGE"
 export EFFADAM_WORKERS="$NWORKERS" EFFADAM_ROUNDS="$ROUNDS" EFFADAM_MODEL=mlp
 export EFFADAM_EVAL_EVERY=100 EFFADAM_ROUND_TIMEOUT=60
@@ -190,9 +193,15 @@ export EFFADAM_METRICS_LINGER=4s
 export EFFADAM_SERVER_LISTEN="127.0.0.1:$GRPC_PORT"
 export EFFADAM_SERVER_METRICS_LISTEN="127.0.0.1:$METRICS_PORT"
 export EFFADAM_SERVER_ADDR="127.0.0.1:$GRPC_PORT"
+export EFFADAM_SHARD1_LISTEN="127.0.0.1:$SHARD1_PORT"
 python3 "$ROOT/tests/deploy/make_override.py" \
   --compose "$ROOT/deploy/docker-compose.yml" --data "$WORK/data" \
-  --metrics "$METRICS" > "$WORK/override.yml"
+  --data_shard1 "$WORK/sharded1" --metrics "$METRICS" > "$WORK/override.yml"
+# The sharded run: fresh data volumes, so that shard 0 does not resume the
+# first run's checkpoints.
+python3 "$ROOT/tests/deploy/make_override.py" \
+  --compose "$ROOT/deploy/docker-compose.yml" --data "$WORK/sharded0" \
+  --data_shard1 "$WORK/sharded1" --metrics 0 > "$WORK/override-sharded.yml"
 
 # --- Prometheus on the host, scraping the server container on loopback --------
 if [ "$METRICS" = 1 ]; then
@@ -218,43 +227,73 @@ for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 export DOCKER_HOST="unix://$SOCK"
 COMPOSE=(docker-compose -p "$PROJECT" -f "$ROOT/deploy/docker-compose.yml" -f "$WORK/override.yml")
 
+# run_compose NAME SERVERS SERVICES... : with the compose command in RUN,
+# `up` the services (NWORKERS worker replicas), wait until every container
+# has exited (a server exits 0 after --rounds, each worker after its last
+# round), keep the logs in $WORK/NAME.log and check that SERVERS + NWORKERS
+# containers exited 0.
+run_compose() {
+  local name=$1 servers=$2; shift 2
+  local t0 deadline running failed id code cname
+  t0=$(date +%s)
+  "${RUN[@]}" up -d --no-build --scale worker="$NWORKERS" "$@"
+  deadline=$(( $(date +%s) + 900 ))
+  while :; do
+    running=$(podman ps -q --filter "label=com.docker.compose.project=$PROJECT" | wc -l)
+    [ "$running" -eq 0 ] && break
+    # A container that failed fails the run now: the others may wait for
+    # it until their timeouts.
+    failed=$(podman ps -a --filter "label=com.docker.compose.project=$PROJECT" \
+      --filter status=exited --format '{{.Names}} {{.ExitCode}}' | awk '$2 != 0')
+    if [ -n "$failed" ]; then
+      "${RUN[@]}" logs --tail=30
+      echo "container_test: exited with an error: $failed" >&2; exit 1
+    fi
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      "${RUN[@]}" logs --tail=30; echo "container_test: timed out" >&2; exit 1
+    fi
+    sleep 2
+  done
+  log "$name run finished in $(( $(date +%s) - t0 )) s"
+  "${RUN[@]}" logs --no-color >"$WORK/$name.log" 2>&1 || true
+  grep -E 'effadam-server:|rank 0' "$WORK/$name.log" | tail -8 || true
+  mapfile -t ids < <(podman ps -a -q --filter "label=com.docker.compose.project=$PROJECT")
+  [ "${#ids[@]}" -eq $(( NWORKERS + servers )) ] \
+    || { echo "container_test: ${#ids[@]} containers, want $(( NWORKERS + servers ))" >&2; exit 1; }
+  for id in "${ids[@]}"; do
+    read -r cname code < <(podman inspect --format '{{.Name}} {{.State.ExitCode}}' "$id")
+    if [ "$code" != 0 ]; then
+      tail -30 "$WORK/$name.log"
+      echo "container_test: $cname exited $code" >&2; exit 1
+    fi
+  done
+}
+
 log "docker-compose up server + $NWORKERS workers, $ROUNDS rounds of mlp"
-t0=$(date +%s)
-"${COMPOSE[@]}" up -d --no-build --scale worker="$NWORKERS" server worker
-
-# Wait until every container has exited (the server exits 0 after --rounds,
-# each worker after its last round).
-deadline=$(( $(date +%s) + 900 ))
-while :; do
-  running=$(podman ps -q --filter "label=com.docker.compose.project=$PROJECT" | wc -l)
-  [ "$running" -eq 0 ] && break
-  if [ "$(date +%s)" -gt "$deadline" ]; then
-    "${COMPOSE[@]}" logs --tail=30; echo "container_test: timed out" >&2; exit 1
-  fi
-  sleep 2
-done
-log "run finished in $(( $(date +%s) - t0 )) s"
-"${COMPOSE[@]}" logs --no-color >"$WORK/compose.log" 2>&1 || true
-grep -E 'effadam-server:|rank 0' "$WORK/compose.log" | tail -8 || true
-
-# --- checks -----------------------------------------------------------------------
-# Every container of the project (1 server + NWORKERS workers) exited 0.
-mapfile -t ids < <(podman ps -a -q --filter "label=com.docker.compose.project=$PROJECT")
-[ "${#ids[@]}" -eq $(( NWORKERS + 1 )) ] \
-  || { echo "container_test: ${#ids[@]} containers, want $(( NWORKERS + 1 ))" >&2; exit 1; }
-for id in "${ids[@]}"; do
-  read -r name code < <(podman inspect --format '{{.Name}} {{.State.ExitCode}}' "$id")
-  if [ "$code" != 0 ]; then
-    tail -30 "$WORK/compose.log"
-    echo "container_test: $name exited $code" >&2; exit 1
-  fi
-done
+RUN=("${COMPOSE[@]}")
+run_compose compose 1 server worker
 
 python3 "$ROOT/tests/deploy/check_run.py" \
   --summary "$WORK/data/server-summary.json" --rounds "$ROUNDS" --workers "$NWORKERS" \
   --log "$WORK/compose.log" \
   $( [ "$METRICS" = 1 ] && echo --prometheus "http://127.0.0.1:$PROM_PORT" \
        --dashboard "$ROOT/deploy/grafana/dashboards/effadam.json" )
+
+# --- the sharded profile: the same run, the model over 2 servers --------------
+# (docs/sharding.md). Every worker must end with the x of the run above, and
+# the shards' byte counts must add up to its server's.
+"${COMPOSE[@]}" down --volumes >/dev/null 2>&1
+export EFFADAM_NUM_SHARDS=2
+export EFFADAM_SERVER_ADDR="127.0.0.1:$GRPC_PORT,127.0.0.1:$SHARD1_PORT"
+log "docker-compose --profile sharded up: 2 server shards + $NWORKERS workers"
+RUN=(docker-compose -p "$PROJECT" -f "$ROOT/deploy/docker-compose.yml"
+     -f "$WORK/override-sharded.yml" --profile sharded)
+run_compose sharded 2 server server-shard1 worker
+python3 "$ROOT/tests/deploy/check_run.py" \
+  --summary "$WORK/data/server-summary.json" --rounds "$ROUNDS" --workers "$NWORKERS" \
+  --log "$WORK/compose.log" \
+  --shard_summaries "$WORK/sharded0/server-summary.json" "$WORK/sharded1/server-summary.json" \
+  --shard_log "$WORK/sharded.log"
 log "PASS"
 exit 0
 }

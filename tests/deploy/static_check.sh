@@ -56,9 +56,10 @@ for want in "FLAGS_shard: '1'" "--num_shards=2" \
 done
 echo "ok   deploy/docker-compose.yml --profile sharded: shard 1 of 2, workers dial both"
 python3 "$ROOT/tests/deploy/make_override.py" --compose "$ROOT/deploy/docker-compose.yml" \
-  --data "$TMP/data" --metrics 1 > "$TMP/override.yml"
-env -i PATH="$PATH" EFFADAM_SERVER_LISTEN=127.0.0.1:50051 docker-compose \
-  -f "$ROOT/deploy/docker-compose.yml" -f "$TMP/override.yml" config -q
+  --data "$TMP/data" --data_shard1 "$TMP/data1" --metrics 1 > "$TMP/override.yml"
+env -i PATH="$PATH" EFFADAM_SERVER_LISTEN=127.0.0.1:50051 \
+  EFFADAM_SHARD1_LISTEN=127.0.0.1:50052 docker-compose \
+  -f "$ROOT/deploy/docker-compose.yml" -f "$TMP/override.yml" --profile sharded config -q
 echo "ok   deploy/docker-compose.yml + the container test's host-network override"
 
 step "promtool check config"
