@@ -9,12 +9,15 @@ C++ workers only (tests/python_cluster_test.py).
 an nn.Module through effadam.optim.EfficientAdam, its gradient from
 autograd of 0.5 * sum((x - t)^2), which is x - t exactly, and with a
 frozen parameter that must stay out of the layout and untouched.
-Writes the same summary JSON fields as the C++ worker.
+Writes the same summary JSON fields as the C++ worker, with
+round_seconds_median over the rounds after --warmup_rounds as it measures
+it (gradient, step, delta applied), for bench/python_overhead.py.
 """
 
 import argparse
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -29,6 +32,25 @@ def targets(rank, n):
     common = ((h >> np.uint64(8)).astype(np.float32) * np.float32(2.0 ** -23)
               - np.float32(1.0))
     return common + np.float32(0.01) * np.float32((rank % 7) - 3)
+
+
+class RoundTimer:
+    """Times each round from one tick() to the next, as the C++ worker
+    does from one gradient call to the next, after `warmup` rounds."""
+
+    def __init__(self, warmup):
+        self.warmup, self.ticks, self.last, self.seconds = warmup, 0, 0.0, []
+
+    def tick(self):
+        now = time.perf_counter()
+        self.ticks += 1
+        if self.ticks > self.warmup + 1:
+            self.seconds.append(now - self.last)
+        self.last = now
+
+    def median(self):
+        s = sorted(self.seconds)
+        return s[len(s) // 2] if s else 0.0
 
 
 def compression(args):
@@ -50,17 +72,20 @@ def run_binding(args):
     print("python_synthetic_worker: rank %d started at round %d"
           % (client.rank, client.round), flush=True)
     grad = np.empty(n, dtype=np.float32)
+    timer = RoundTimer(args.warmup_rounds)
     while client.round <= args.rounds:
+        timer.tick()
         np.subtract(client.params, t, out=grad)
-        loss = 0.5 * float(np.dot(grad.astype(np.float64), grad)) / n
+        loss = 0.5 * float(np.dot(grad, grad)) / n  # BLAS sdot: one pass
         try:
             client.step(grad, loss)
         except effadam.StatusError as e:
             if e.code != effadam.StatusCode.OUT_OF_RANGE:
                 raise
             break
+    timer.tick()
     client.finish()
-    return client, client.rank
+    return client, client.rank, timer
 
 
 def run_torch(args):
@@ -90,13 +115,16 @@ def run_torch(args):
     t = torch.from_numpy(targets(opt.rank, opt.layout.num_elements))
     print("python_synthetic_worker: rank %d started at round %d"
           % (opt.rank, opt.round), flush=True)
+    timer = RoundTimer(args.warmup_rounds)
     while opt.round <= args.rounds:
+        timer.tick()
         opt.zero_grad()
         loss = model(t)
         loss.backward()
         opt.step(loss=loss / opt.layout.num_elements)
         if opt.server_finished:
             break
+    timer.tick()
     opt.finish()
     if not torch.equal(model.frozen, torch.full((3,), 7.0)):
         raise AssertionError("the frozen parameter changed")
@@ -105,7 +133,7 @@ def run_torch(args):
     if not np.array_equal(flat.view(np.uint32),
                           np.asarray(opt.client.params).view(np.uint32)):
         raise AssertionError("the parameters differ from the replica")
-    return opt.client, opt.rank
+    return opt.client, opt.rank, timer
 
 
 def main():
@@ -121,9 +149,11 @@ def main():
     p.add_argument("--block_size", type=int, default=1024)
     p.add_argument("--min_compress_elements", type=int, default=1024)
     p.add_argument("--mode", choices=("binding", "torch"), default="binding")
+    p.add_argument("--warmup_rounds", type=int, default=0)
     p.add_argument("--summary_json", default="")
     args = p.parse_args()
-    client, rank = (run_torch if args.mode == "torch" else run_binding)(args)
+    client, rank, timer = (run_torch if args.mode == "torch"
+                           else run_binding)(args)
     checksum = effadam.params_checksum(client.params)
     print("python_synthetic_worker: rank %d done after round %d, "
           "params_checksum %s" % (rank, client.round - 1, checksum))
@@ -133,7 +163,9 @@ def main():
                            resyncs=client.resyncs,
                            bytes_worker_to_server=client.traffic.worker_to_server,
                            bytes_server_to_worker=client.traffic.server_to_worker,
-                           params_checksum=checksum), f)
+                           params_checksum=checksum,
+                           measured_rounds=len(timer.seconds),
+                           round_seconds_median=timer.median()), f)
     return 0
 
 
