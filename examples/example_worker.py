@@ -49,6 +49,9 @@ def parser(description, lr, batch_size, eval_every, lr_schedule="constant"):
                         "end only)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of this worker")
+    p.add_argument("--metrics_listen", default="",
+                   help="serve this worker's Prometheus metrics at "
+                        "http://HOST:PORT/metrics (docs/metrics.md)")
     p.add_argument("--summary_json", default="",
                    help="write the run's summary here at the end")
     return p
@@ -81,7 +84,8 @@ def train(args, make_model, make_sampler, loss_fn, evaluate):
                         server_codec=args.server_codec,
                         error_feedback=args.error_feedback,
                         block_size=args.block_size,
-                        min_compress_elements=args.min_compress_elements)
+                        min_compress_elements=args.min_compress_elements,
+                        metrics_listen=args.metrics_listen)
     rank = opt.rank
     print("rank %d of %d joined: %d parameters in %d tensors, round %d"
           % (rank, opt.num_workers, opt.layout.num_elements,
@@ -109,6 +113,9 @@ def train(args, make_model, make_sampler, loss_fn, evaluate):
                 with torch.no_grad():
                     metrics = evaluate(model)
                 model.train()
+                opt.record_evaluation(
+                    test_loss=metrics.get("test_loss", math.nan),
+                    test_accuracy=metrics.get("test_accuracy", math.nan))
                 t = opt.traffic
                 print("round %d/%d  loss %.4f  %s  up %s  down %s  "
                       "(%.1fx fewer than fp32)  %.1f s" % (

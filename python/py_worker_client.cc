@@ -1,5 +1,6 @@
 #include "python/py_worker_client.h"
 
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -9,9 +10,11 @@
 
 #include <pybind11/numpy.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/prometheus_util.h"
 #include "python/arrays.h"
 #include "python/status_error.h"
 
@@ -55,10 +58,32 @@ absl::Duration Seconds(double s, const char* name) {
 
 }  // namespace
 
-PyWorkerClient::PyWorkerClient(WorkerClientOptions options)
-    : client_(std::make_unique<WorkerClient>(std::move(options))) {}
+PyWorkerClient::PyWorkerClient(WorkerClientOptions options,
+                               const std::string& metrics_listen)
+    : client_(std::make_unique<WorkerClient>(std::move(options))) {
+  if (!metrics_listen.empty()) {
+    exposer_ = ValueOrThrow(StartMetricsExposer(metrics_listen));
+  }
+}
 
 PyWorkerClient::~PyWorkerClient() = default;
+
+void PyWorkerClient::SyncMetrics() {
+  if (metrics_ != nullptr) metrics_->Sync(*client_);
+}
+
+void PyWorkerClient::RecordEvaluation(double test_loss, double test_accuracy) {
+  if (metrics_ == nullptr) return;
+  Evaluation eval;
+  eval.loss = test_loss;
+  eval.metric = test_accuracy;
+  eval.metric_name = std::isnan(test_accuracy) ? "" : "test_accuracy";
+  metrics_->RecordEvaluation(eval);
+}
+
+int PyWorkerClient::metrics_port() const {
+  return exposer_ == nullptr ? 0 : BoundPort(*exposer_);
+}
 
 absl::Status PyWorkerClient::Blocking(
     const std::function<absl::Status()>& call) {
@@ -108,24 +133,58 @@ absl::Status PyWorkerClient::Blocking(
 
 void PyWorkerClient::Join(const TensorLayout& layout) {
   ThrowIfError(Blocking([&] { return client_->Join(layout); }));
+  // The series carry the rank, known only now.
+  if (exposer_ != nullptr && metrics_ == nullptr) {
+    metrics_ = std::make_unique<WorkerMetrics>(client_->rank());
+    exposer_->RegisterCollectable(metrics_->registry());
+    SyncMetrics();
+  }
 }
 
 void PyWorkerClient::Start(py::handle initial_params) {
   FloatsIn x = ToFloats(initial_params, "initial_params");
-  ThrowIfError(Blocking([&] { return client_->Start(x.span); }));
+  const absl::Status s = Blocking([&] { return client_->Start(x.span); });
+  SyncMetrics();
+  ThrowIfError(s);
 }
 
 void PyWorkerClient::Step(py::handle grad, float loss) {
   FloatsIn g = ToFloats(grad, "grad");
-  ThrowIfError(Blocking([&] { return client_->Step(g.span, loss); }));
+  const absl::Time start = absl::Now();
+  const absl::Status s = Blocking([&] { return client_->Step(g.span, loss); });
+  if (metrics_ != nullptr && s.ok()) {
+    metrics_->RecordStep(*client_, absl::ToDoubleSeconds(absl::Now() - start),
+                         loss);
+  } else {
+    SyncMetrics();
+  }
+  ThrowIfError(s);
 }
 
 void PyWorkerClient::Run(int64_t last_round, py::function gradient) {
   // The callback runs on the blocking call's thread; what it raises is
   // raised again here, in the caller's thread, once Run has returned.
   std::exception_ptr raised;
+  // A round's step runs from the return of one gradient call to the next
+  // call; the metrics record it then (on the client's own thread, as
+  // WorkerMetrics asks).
+  absl::Time last_call;
+  int64_t last_round_called = -1;  // the round of the last gradient call
+  float last_loss = std::numeric_limits<float>::quiet_NaN();
+  auto record_round = [&] {
+    if (metrics_ != nullptr && last_round_called >= 0 &&
+        client_->round() > last_round_called) {
+      metrics_->RecordStep(*client_,
+                           absl::ToDoubleSeconds(absl::Now() - last_call),
+                           last_loss);
+    }
+  };
   auto call_gradient = [&](absl::Span<const float> params,
                            absl::Span<float> grad) -> absl::StatusOr<float> {
+    record_round();
+    last_round_called = client_->round();
+    // The step's time starts when the gradient is there, as in step().
+    absl::Cleanup step_starts = [&] { last_call = absl::Now(); };
     py::gil_scoped_acquire gil;
     try {
       // Copies: the arrays may outlive the call, the spans do not.
@@ -138,6 +197,7 @@ void PyWorkerClient::Run(int64_t last_round, py::function gradient) {
             "run: the gradient function must fill `grad` in place");
       }
       std::memcpy(grad.data(), g.data(), grad.size() * sizeof(float));
+      last_loss = loss;
       return loss;
     } catch (...) {
       raised = std::current_exception();
@@ -146,12 +206,16 @@ void PyWorkerClient::Run(int64_t last_round, py::function gradient) {
   };
   absl::Status s =
       Blocking([&] { return client_->Run(last_round, call_gradient); });
+  record_round();  // the last round, if its delta was applied
+  SyncMetrics();
   if (raised) std::rethrow_exception(raised);
   ThrowIfError(s);
 }
 
 void PyWorkerClient::Finish() {
-  ThrowIfError(Blocking([&] { return client_->Finish(); }));
+  const absl::Status s = Blocking([&] { return client_->Finish(); });
+  SyncMetrics();
+  ThrowIfError(s);
 }
 
 void PyWorkerClient::Cancel() { client_->Cancel(); }
@@ -208,7 +272,8 @@ Not thread-safe, except cancel().)doc")
                        const AdamOptions& adam, uint64_t seed,
                        double connect_timeout, double finish_timeout,
                        double reconnect_timeout,
-                       const ClientSecurity& security) {
+                       const ClientSecurity& security,
+                       const std::string& metrics_listen) {
              WorkerClientOptions o;
              o.server = std::move(server);
              o.num_shards = num_shards;
@@ -221,7 +286,8 @@ Not thread-safe, except cancel().)doc")
              o.reconnect_timeout =
                  Seconds(reconnect_timeout, "reconnect_timeout");
              o.security = security;
-             return std::make_unique<PyWorkerClient>(std::move(o));
+             return std::make_unique<PyWorkerClient>(std::move(o),
+                                                     metrics_listen);
            }),
            py::kw_only(), py::arg("server") = defaults.server,
            py::arg("num_shards") = defaults.num_shards,
@@ -235,13 +301,16 @@ Not thread-safe, except cancel().)doc")
            py::arg("reconnect_timeout") =
                absl::ToDoubleSeconds(defaults.reconnect_timeout),
            py::arg("security") = defaults.security,
+           py::arg("metrics_listen") = "",
            "Does not touch the network. server: host:port, or for a model "
            "sharded over S servers their addresses in shard order, "
            "comma-separated, or one address with '{shard}' and num_shards=S "
            "(docs/sharding.md). rank -1: the lowest free one. "
            "compression must equal the server's settings (the default is "
            "the flags' default, sign both ways); timeouts are in seconds "
-           "(WorkerClientOptions).")
+           "(WorkerClientOptions). metrics_listen: host:port to serve "
+           "effadam-worker's Prometheus metrics on from join() on (port 0: "
+           "any free port, see metrics_port); empty: none.")
       .def("join", &PyWorkerClient::Join, py::arg("layout"),
            "Announces the layout and compression settings and gets a rank.")
       .def("start", &PyWorkerClient::Start, py::arg("initial_params"),
@@ -264,6 +333,16 @@ Not thread-safe, except cancel().)doc")
       .def("finish", &PyWorkerClient::Finish,
            "Closes this worker's side of the stream and waits for the "
            "server's final status. Idempotent.")
+      .def("record_evaluation", &PyWorkerClient::RecordEvaluation,
+           py::kw_only(),
+           py::arg("test_loss") = std::numeric_limits<double>::quiet_NaN(),
+           py::arg("test_accuracy") = std::numeric_limits<double>::quiet_NaN(),
+           "Sets the test_loss and test_accuracy gauges of the metrics "
+           "(rank 0's evaluation on held-out data); NaN leaves one as it "
+           "is. No-op without metrics_listen.")
+      .def_property_readonly("metrics_port", &PyWorkerClient::metrics_port,
+                             "The port /metrics is served on; 0 without "
+                             "metrics_listen.")
       .def("cancel", &PyWorkerClient::Cancel,
            "Makes the current and every later call fail with CANCELLED. Any "
            "thread may call it.")

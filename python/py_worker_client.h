@@ -4,11 +4,17 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include <pybind11/pybind11.h>
 
 #include "absl/status/status.h"
 #include "worker/worker_client.h"
+#include "worker/worker_metrics.h"
+
+namespace prometheus {
+class Exposer;
+}  // namespace prometheus
 
 namespace effadam::python {
 
@@ -20,11 +26,18 @@ namespace effadam::python {
 // raises KeyboardInterrupt as soon as the call has returned. Errors raise
 // StatusError with the library's code and message.
 //
+// With a metrics address it serves the effadam_worker_* metrics of
+// effadam-worker (WorkerMetrics, docs/metrics.md) from the rank's Join on:
+// rounds, step durations, the loss step() reports, bytes, resyncs, and what
+// record_evaluation() says, so Python workers show on the same dashboard.
+//
 // Like WorkerClient, not thread-safe except cancel(); a second blocking
 // call while one is running raises FAILED_PRECONDITION instead of racing.
 class PyWorkerClient {
  public:
-  explicit PyWorkerClient(WorkerClientOptions options);
+  // metrics_listen: host:port for /metrics (port 0 picks one, see
+  // metrics_port()); empty for none. Raises when it cannot be bound.
+  PyWorkerClient(WorkerClientOptions options, const std::string& metrics_listen);
   ~PyWorkerClient();
 
   void Join(const TensorLayout& layout);
@@ -33,6 +46,11 @@ class PyWorkerClient {
   void Run(int64_t last_round, pybind11::function gradient);
   void Finish();
   void Cancel();
+  // Rank 0's evaluation on held-out data, for the test_accuracy and
+  // test_loss gauges (NaN: not measured). No-op without metrics.
+  void RecordEvaluation(double test_loss, double test_accuracy);
+  // The port /metrics is served on; 0 without metrics.
+  int metrics_port() const;
 
   const WorkerClient& client() const { return *client_; }
 
@@ -41,8 +59,13 @@ class PyWorkerClient {
   // for a signal whose handler raised (KeyboardInterrupt).
   absl::Status Blocking(const std::function<absl::Status()>& call);
 
+  // Brings the metrics' byte counters to the client's counts.
+  void SyncMetrics();
+
   std::unique_ptr<WorkerClient> client_;
   std::atomic<bool> busy_{false};
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<WorkerMetrics> metrics_;  // after Join, with exposer_
 };
 
 // Adds WorkerClient, Traffic and WireBytes to `m`.

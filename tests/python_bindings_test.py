@@ -3,8 +3,9 @@
 layouts, settings and codecs against their documented behaviour, errors as
 StatusError with the library's code and message, and effadam.WorkerClient
 against a real effadam-server on loopback: refusals, bad gradients, run()
-with a Python gradient, the GIL released while a step blocks, cancel() from
-another thread and Ctrl-C (SIGINT) during a blocking step.
+with a Python gradient, the worker's Prometheus metrics, the GIL released
+while a step blocks, cancel() from another thread and Ctrl-C (SIGINT)
+during a blocking step.
 
 Usage: python_bindings_test.py --bin BUILD/bin [unittest args]
 (run by /usr/bin/python3 with PYTHONPATH=BUILD/python, as ctest does).
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 import numpy as np
 
@@ -28,6 +30,20 @@ import effadam
 
 BIN = None  # --bin
 LAYOUT = [("w", (64,)), ("b", (16,))]
+
+
+def scrape(address):
+    """{series: value} of the unlabelled-or-labelled samples at
+    http://address/metrics (Prometheus text format)."""
+    with urllib.request.urlopen("http://%s/metrics" % address,
+                                timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
 
 
 def fnv1a64(data):
@@ -328,6 +344,46 @@ class WorkerClientTest(ServerTestCase):
         with self.assertRaises(KeyError) as e:
             c2.run(4, broken)
         self.assertIn("from the gradient", str(e.exception))
+
+    def test_metrics_of_a_python_worker(self):
+        # The same effadam_worker_* series as effadam-worker, labelled with
+        # the rank, their byte counters equal to the client's own counts.
+        with self.assertRaises(effadam.StatusError) as e:
+            effadam.WorkerClient(metrics_listen="no-port-here")
+        self.assertEqual(e.exception.code,
+                         effadam.StatusCode.INVALID_ARGUMENT)
+        s = self.server("--workers=1", "--rounds=100", "--worker_codec=fp32",
+                        "--server_codec=fp32")
+        c = self.client(s, metrics_listen="127.0.0.1:0")
+        self.assertGreater(c.metrics_port, 0)
+        self.assertEqual(self.client(s).metrics_port, 0)
+        c.join(effadam.TensorLayout(LAYOUT))
+        c.start(np.zeros(80, np.float32))
+        for _ in range(3):
+            c.step(np.ones(80, np.float32), 0.5)
+        target = np.zeros(80, np.float32)
+
+        def gradient(params, grad):
+            grad[:] = params - target
+            return 0.25
+
+        c.run(6, gradient)  # rounds 4, 5 and 6
+        c.record_evaluation(test_accuracy=0.75)
+        metrics = scrape("127.0.0.1:%d" % c.metrics_port)
+        rank = '{rank="0"}'
+        self.assertEqual(metrics["effadam_worker_rounds_total" + rank], 6)
+        self.assertEqual(metrics["effadam_worker_train_loss" + rank], 0.25)
+        self.assertEqual(metrics["effadam_worker_test_accuracy" + rank], 0.75)
+        self.assertEqual(
+            metrics["effadam_worker_round_duration_seconds_count" + rank], 6)
+        for direction, count in (("worker_to_server",
+                                  c.traffic.worker_to_server),
+                                 ("server_to_worker",
+                                  c.traffic.server_to_worker)):
+            key = ('effadam_worker_payload_bytes_total{rank="0",'
+                   'direction="%s"}' % direction)
+            self.assertEqual(metrics[key], count)
+            self.assertEqual(count, 6 * 80 * 4)
 
     def blocked_client(self):
         """A client whose next step blocks: its server waits for a second

@@ -124,7 +124,7 @@ void WorkerMetrics::RecordStep(const WorkerClient& client, double step_seconds,
 
 void WorkerMetrics::RecordEvaluation(const Evaluation& eval) {
   if (eval.metric_name == "test_accuracy") test_accuracy_->Set(eval.metric);
-  test_loss_->Set(eval.loss);
+  if (!std::isnan(eval.loss)) test_loss_->Set(eval.loss);
 }
 
 }  // namespace effadam

@@ -34,7 +34,7 @@ class WorkerMetrics {
   void RecordStep(const WorkerClient& client, double step_seconds,
                   double train_loss);
   // After an evaluation (rank 0): test accuracy when the model's metric is
-  // an accuracy, and the test loss.
+  // an accuracy, and the test loss unless it is NaN (not measured).
   void RecordEvaluation(const Evaluation& eval);
   // Brings the byte counters to the client's counts, e.g. after a failed
   // Step or Finish, which may move bytes too.

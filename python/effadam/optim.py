@@ -89,6 +89,9 @@ class EfficientAdam(torch.optim.Optimizer):
       error_feedback: effadam.CompressionConfig; must equal the server's.
     num_shards, rank, seed, connect_timeout, finish_timeout,
       reconnect_timeout, security: effadam.WorkerClient.
+    metrics_listen: host:port where this worker serves effadam-worker's
+      Prometheus metrics (docs/metrics.md) from the moment it joins; see
+      record_evaluation() for the test gauges.
     Any of them left None keeps the library's default (the flags' defaults
     of effadam-worker).
 
@@ -110,7 +113,7 @@ class EfficientAdam(torch.optim.Optimizer):
                  server_codec=None, block_size=None,
                  min_compress_elements=None, error_feedback=None, rank=None,
                  seed=None, connect_timeout=None, finish_timeout=None,
-                 reconnect_timeout=None, security=None):
+                 reconnect_timeout=None, security=None, metrics_listen=None):
         self._client = None
         named = _named_trainable(params)
         beta1, beta2 = betas if betas is not None else (None, None)
@@ -152,7 +155,8 @@ class EfficientAdam(torch.optim.Optimizer):
             compression=compression, adam=adam,
             seed=seed, connect_timeout=connect_timeout,
             finish_timeout=finish_timeout,
-            reconnect_timeout=reconnect_timeout, security=security))
+            reconnect_timeout=reconnect_timeout, security=security,
+            metrics_listen=metrics_listen))
         client.join(self.layout)
         with torch.no_grad():
             for p, off, n in self._slices:
@@ -218,6 +222,14 @@ class EfficientAdam(torch.optim.Optimizer):
             return loss
         self._write_back()
         return loss
+
+    def record_evaluation(self, *, test_loss=math.nan,
+                          test_accuracy=math.nan):
+        """Rank 0's evaluation on held-out data, for the test_loss and
+        test_accuracy gauges of the metrics (metrics_listen); NaN leaves
+        one as it is."""
+        self._client.record_evaluation(test_loss=test_loss,
+                                       test_accuracy=test_accuracy)
 
     def finish(self):
         """Closes this worker's stream and waits for the server's final
