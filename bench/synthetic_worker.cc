@@ -25,6 +25,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/checksum.h"
+#include "common/client_security_flags.h"
 #include "common/compression_flags.h"
 #include "common/json_writer.h"
 #include "worker/progress.h"
@@ -94,6 +95,13 @@ int Run() {
   options.adam.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
   options.seed = absl::GetFlag(FLAGS_seed);
   options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
+  // TLS, the token and keepalive, as effadam-worker takes them.
+  absl::StatusOr<ClientSecurity> security = ClientSecurityFromFlags();
+  if (!security.ok()) return Fail(security.status());
+  options.security = *std::move(security);
+  absl::StatusOr<ClientKeepalive> keepalive = ClientKeepaliveFromFlags();
+  if (!keepalive.ok()) return Fail(keepalive.status());
+  options.keepalive = *keepalive;
   WorkerClient client(options);
   if (absl::Status s = client.Join(*layout); !s.ok()) return Fail(s);
   const size_t n = layout->num_elements();

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "absl/time/time.h"
 
 ABSL_FLAG(std::string, tls_ca_file, "",
           "PEM file of the CA certificate(s) that signed the server's "
@@ -21,6 +22,16 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "ignored); sent as `authorization: Bearer <token>` on every call. "
           "Empty: no token");
 
+ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(20),
+          "How often to ping the server while a call is open: a server "
+          "whose host hung or vanished ends the call after --keepalive_time "
+          "+ --keepalive_timeout (then the worker resyncs until "
+          "--reconnect_timeout). Must be at least the server's "
+          "--min_ping_interval");
+ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
+          "How long to wait for the answer to a ping before giving up on "
+          "the connection");
+
 namespace effadam {
 
 absl::StatusOr<ClientSecurity> ClientSecurityFromFlags() {
@@ -31,6 +42,14 @@ absl::StatusOr<ClientSecurity> ClientSecurityFromFlags() {
   files.server_name = absl::GetFlag(FLAGS_tls_server_name);
   files.token_file = absl::GetFlag(FLAGS_auth_token_file);
   return LoadClientSecurity(files);
+}
+
+absl::StatusOr<ClientKeepalive> ClientKeepaliveFromFlags() {
+  ClientKeepalive k;
+  k.time = absl::GetFlag(FLAGS_keepalive_time);
+  k.timeout = absl::GetFlag(FLAGS_keepalive_timeout);
+  if (absl::Status s = CheckClientKeepalive(k); !s.ok()) return s;
+  return k;
 }
 
 }  // namespace effadam

@@ -12,6 +12,10 @@ namespace effadam {
 // checked now (LoadClientSecurity).
 absl::StatusOr<ClientSecurity> ClientSecurityFromFlags();
 
+// From --keepalive_time and --keepalive_timeout (the worker binaries'),
+// checked (CheckClientKeepalive).
+absl::StatusOr<ClientKeepalive> ClientKeepaliveFromFlags();
+
 }  // namespace effadam
 
 #endif  // EFFADAM_COMMON_CLIENT_SECURITY_FLAGS_H_

@@ -31,6 +31,12 @@ namespace {
 constexpr size_t kMaxPemBytes = 1 << 20;
 constexpr size_t kMaxTokenBytes = 4096;
 
+// A channel argument in milliseconds; the durations are checked to be at
+// most 24 h, well inside int.
+int Milliseconds(absl::Duration d) {
+  return static_cast<int>(absl::ToInt64Milliseconds(d));
+}
+
 absl::Status FileError(absl::string_view flag, const std::string& path,
                        absl::string_view what) {
   return absl::InvalidArgumentError(
@@ -366,15 +372,15 @@ absl::StatusOr<ClientSecurity> LoadClientSecurity(
   return s;
 }
 
-std::shared_ptr<grpc::Channel> NewClientChannel(const std::string& target,
-                                                const ClientSecurity& security,
-                                                grpc::ChannelArguments args) {
+std::shared_ptr<grpc::Channel> NewClientChannel(
+    const std::string& target, const ClientSecurity& security,
+    grpc::ChannelArguments args, const ClientKeepalive& keepalive) {
   // Pings only while a call is open: a worker between calls (loading its
   // data) has nothing to lose, and the server would count idle pings as
   // strikes anyway. No cap on pings without data: a Train stream waits for
   // a slow round without any.
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kClientKeepaliveTimeMs);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, Milliseconds(keepalive.time));
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, Milliseconds(keepalive.timeout));
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   std::shared_ptr<grpc::ChannelCredentials> credentials;
@@ -425,17 +431,36 @@ int MaxMessageBytes(size_t max_chunk_bytes) {
       std::min<size_t>(bytes, static_cast<size_t>(INT32_MAX)));
 }
 
+namespace {
+
+// A keepalive duration of a flag: InvalidArgument unless in [1 ms, 24 h].
+absl::Status CheckKeepaliveFlag(const char* flag, absl::Duration d) {
+  if (d < absl::Milliseconds(1) || d > absl::Hours(24)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, " must be in [1ms, 24h], got ", absl::FormatDuration(d)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status CheckServerTransport(const ServerTransport& transport) {
   for (const auto& [flag, d] :
        {std::pair<const char*, absl::Duration>{"--keepalive_time",
                                                transport.keepalive_time},
-        {"--keepalive_timeout", transport.keepalive_timeout}}) {
-    if (d < absl::Milliseconds(1) || d > absl::Hours(24)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          flag, " must be in [1ms, 24h], got ", absl::FormatDuration(d)));
-    }
+        {"--keepalive_timeout", transport.keepalive_timeout},
+        {"--min_ping_interval", transport.min_client_ping_interval}}) {
+    if (absl::Status s = CheckKeepaliveFlag(flag, d); !s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckClientKeepalive(const ClientKeepalive& keepalive) {
+  if (absl::Status s = CheckKeepaliveFlag("--keepalive_time", keepalive.time);
+      !s.ok()) {
+    return s;
+  }
+  return CheckKeepaliveFlag("--keepalive_timeout", keepalive.timeout);
 }
 
 void ConfigureServer(const std::string& address, const ServerSecurity& security,
@@ -449,17 +474,14 @@ void ConfigureServer(const std::string& address, const ServerSecurity& security,
   // whose host vanished is noticed (its stream ends, it leaves the live
   // set), and accept the workers' own pings at their rate, idle ones
   // included, but not faster.
-  builder->AddChannelArgument(
-      GRPC_ARG_KEEPALIVE_TIME_MS,
-      static_cast<int>(absl::ToInt64Milliseconds(transport.keepalive_time)));
-  builder->AddChannelArgument(
-      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-      static_cast<int>(
-          absl::ToInt64Milliseconds(transport.keepalive_timeout)));
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                              Milliseconds(transport.keepalive_time));
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                              Milliseconds(transport.keepalive_timeout));
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder->AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-      kServerMinPingIntervalMs);
+      Milliseconds(transport.min_client_ping_interval));
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES,
                               kServerMaxPingStrikes);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);

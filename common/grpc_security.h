@@ -102,13 +102,6 @@ struct ClientSecurity {
 absl::StatusOr<ClientSecurity> LoadClientSecurity(
     const ClientSecurityFiles& files);
 
-// A channel to `target` with `security`'s credentials, the client
-// transport settings below, and `args` (for the caller's own settings,
-// e.g. reconnect backoff).
-std::shared_ptr<grpc::Channel> NewClientChannel(const std::string& target,
-                                                const ClientSecurity& security,
-                                                grpc::ChannelArguments args);
-
 // What to check when a server cannot be reached (UNAVAILABLE) with
 // `security`: gRPC's own message says only that the connection closed, the
 // same for a server that is down and a TLS handshake that failed.
@@ -143,18 +136,15 @@ absl::StatusOr<std::string> LoadTokenFile(const std::string& path,
 inline constexpr int kMessageEnvelopeBytes = 64 << 10;
 int MaxMessageBytes(size_t max_chunk_bytes);
 
-// Keepalive. Clients ping every kClientKeepaliveTime while a call is open
+// Keepalive. Clients ping every ClientKeepalive::time while a call is open
 // (a Train stream that waits for a slow round included) and give up on the
-// connection after kKeepaliveTimeout without an answer, so a server or
-// network that died silently ends the call instead of hanging it. The
-// server accepts pings down to kServerMinPingInterval apart (half the
-// client's interval), pings its clients every ServerTransport's
-// keepalive_time (--keepalive_time) and drops a connection whose answer
-// takes longer than its keepalive_timeout, and closes a connection that
-// pings more often than allowed (GRPC_ARG_HTTP2_MAX_PING_STRIKES).
-inline constexpr int kClientKeepaliveTimeMs = 20000;
-inline constexpr int kKeepaliveTimeoutMs = 10000;
-inline constexpr int kServerMinPingIntervalMs = 10000;
+// connection after ClientKeepalive::timeout without an answer, so a server
+// or network that died silently ends the call instead of hanging it. The
+// server pings its clients every ServerTransport::keepalive_time and drops
+// a connection whose answer takes longer than its keepalive_timeout; it
+// accepts client pings down to ServerTransport::min_client_ping_interval
+// apart and closes a connection that pings more often than that
+// (GRPC_ARG_HTTP2_MAX_PING_STRIKES).
 inline constexpr int kServerMaxPingStrikes = 2;
 // Concurrent calls on one connection; a worker needs two at most (Train and
 // a fetch), in-process clients may share a connection.
@@ -169,10 +159,30 @@ struct ServerTransport {
   // --round_timeout).
   absl::Duration keepalive_time = absl::Seconds(30);
   absl::Duration keepalive_timeout = absl::Seconds(10);
+  // The shortest interval between a client's pings the server accepts:
+  // at most the workers' ClientKeepalive::time, half of it to be safe.
+  absl::Duration min_client_ping_interval = absl::Seconds(10);
 };
 
-// InvalidArgument unless both keepalive durations are in [1 ms, 24 h].
+// InvalidArgument naming the flag unless every duration is in [1 ms, 24 h].
 absl::Status CheckServerTransport(const ServerTransport& transport);
+
+// A client's keepalive (see above): the defaults suit the server's
+// default min_client_ping_interval.
+struct ClientKeepalive {
+  absl::Duration time = absl::Seconds(20);
+  absl::Duration timeout = absl::Seconds(10);
+};
+
+// InvalidArgument naming the flag unless both are in [1 ms, 24 h].
+absl::Status CheckClientKeepalive(const ClientKeepalive& keepalive);
+
+// A channel to `target` with `security`'s credentials, `keepalive`, and
+// `args` (for the caller's own settings, e.g. reconnect backoff).
+std::shared_ptr<grpc::Channel> NewClientChannel(
+    const std::string& target, const ClientSecurity& security,
+    grpc::ChannelArguments args,
+    const ClientKeepalive& keepalive = ClientKeepalive());
 
 // Adds the listening port with `security`'s credentials and every server
 // transport setting above to `builder`; *port receives the bound port.

@@ -273,6 +273,7 @@ Not thread-safe, except cancel().)doc")
                        double connect_timeout, double finish_timeout,
                        double reconnect_timeout,
                        const ClientSecurity& security,
+                       double keepalive_time, double keepalive_timeout,
                        const std::string& metrics_listen) {
              WorkerClientOptions o;
              o.server = std::move(server);
@@ -286,6 +287,10 @@ Not thread-safe, except cancel().)doc")
              o.reconnect_timeout =
                  Seconds(reconnect_timeout, "reconnect_timeout");
              o.security = security;
+             o.keepalive.time = Seconds(keepalive_time, "keepalive_time");
+             o.keepalive.timeout =
+                 Seconds(keepalive_timeout, "keepalive_timeout");
+             ThrowIfError(CheckClientKeepalive(o.keepalive));
              return std::make_unique<PyWorkerClient>(std::move(o),
                                                      metrics_listen);
            }),
@@ -301,6 +306,10 @@ Not thread-safe, except cancel().)doc")
            py::arg("reconnect_timeout") =
                absl::ToDoubleSeconds(defaults.reconnect_timeout),
            py::arg("security") = defaults.security,
+           py::arg("keepalive_time") =
+               absl::ToDoubleSeconds(defaults.keepalive.time),
+           py::arg("keepalive_timeout") =
+               absl::ToDoubleSeconds(defaults.keepalive.timeout),
            py::arg("metrics_listen") = "",
            "Does not touch the network. server: host:port, or for a model "
            "sharded over S servers their addresses in shard order, "

@@ -60,6 +60,10 @@ ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(30),
 ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
           "How long the server waits for the answer to a ping before it "
           "drops the connection");
+ABSL_FLAG(absl::Duration, min_ping_interval, absl::Seconds(10),
+          "The shortest interval between a worker's keepalive pings that "
+          "the server accepts; a connection that pings faster is closed. "
+          "Keep it at most the workers' --keepalive_time");
 ABSL_FLAG(uint64_t, seed, 1,
           "Seed of the server codec's stochastic rounding; use the workers' "
           "--seed to match effadam-sim");
@@ -269,6 +273,7 @@ int Run() {
   transport.max_chunk_bytes = options->max_chunk_bytes;
   transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
   transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
+  transport.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval);
   if (absl::Status s = CheckServerTransport(transport); !s.ok()) {
     return Fail(s);
   }

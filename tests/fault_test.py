@@ -2,7 +2,8 @@
 """Faults with real processes on loopback (docs/faults.md): a worker killed
 with SIGKILL and restarted, a worker that hangs (SIGSTOP: its connection
 stays open but nobody answers) and is dropped by the server's keepalive,
-the server killed with SIGKILL and restarted
+a server that hangs and is given up on by the workers' keepalive, the
+server killed with SIGKILL and restarted
 from its checkpoint, the server killed while it writes a checkpoint, and
 SIGTERM for both daemons. Each case prints what it measured (rounds lost,
 time to rejoin, the round resumed at).
@@ -148,6 +149,40 @@ def case_worker_hangs(c):
             % (stopped_at_round, after, s["short_rounds"], checksum))
 
 
+def case_server_hangs(c):
+    # A server that stops answering with its connections still open (a hung
+    # process or host, a partition): without keepalive a worker's Train
+    # stream would wait forever. Its pings (1 s + 1 s here, the server
+    # accepting them) end the stream; the worker tries to resync for
+    # --reconnect_timeout and then fails, naming the server.
+    rounds = 100000
+    server, port = c.start_server(
+        ["--workers=2", "--rounds=%d" % rounds, "--min_ping_interval=500ms"]
+        + SIGN, metrics=True)
+    keepalive = ["--keepalive_time=1s", "--keepalive_timeout=1s",
+                 "--reconnect_timeout=3s"]
+    workers = [synthetic(c, "w%d" % r, port, r, rounds, extra=keepalive)
+               for r in range(2)]
+    c.wait_for("round 100", lambda: round_of(c, server) >= 100)
+    server.send_signal(signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        took = []
+        for w in workers:
+            rc = c.wait(w, timeout=30)
+            took.append(time.time() - stopped_at)
+            _, err = c.output(w.label)
+            check(rc == 1 and "127.0.0.1:%d" % port in err,
+                  "%s: exit %s, stderr %r" % (w.label, rc, err[-300:]))
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+    last = c.output("w0")[1].strip().splitlines()[-1]
+    return ("both workers gave up %.1f s and %.1f s after the server hung "
+            "(keepalive 1 s + 1 s, reconnect_timeout 3 s): %s"
+            % (took[0], took[1], last[:160]))
+
+
 def case_server_sigkill_restores_checkpoint(c):
     # The MLP on 4 workers; the server is killed mid-run and started again on
     # the same port with the same flags. It restores the newest checkpoint
@@ -276,6 +311,7 @@ def case_sigterm_both_daemons(c):
 CASES = [
     ("worker_sigkill", case_worker_sigkill),
     ("worker_hangs", case_worker_hangs),
+    ("server_hangs", case_server_hangs),
     ("server_sigkill", case_server_sigkill_restores_checkpoint),
     ("server_sigkill_mid_checkpoint",
      case_server_sigkill_during_checkpoint_write),

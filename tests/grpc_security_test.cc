@@ -346,6 +346,24 @@ TEST(ServerTransportTest, KeepaliveDurationsMustBeSensible) {
   EXPECT_TRUE(absl::StrContains(s.message(), "--keepalive_timeout")) << s;
   t.keepalive_timeout = -absl::Seconds(1);
   EXPECT_TRUE(absl::IsInvalidArgument(CheckServerTransport(t)));
+  t.keepalive_timeout = absl::Seconds(1);
+  t.min_client_ping_interval = absl::ZeroDuration();
+  s = CheckServerTransport(t);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--min_ping_interval")) << s;
+}
+
+TEST(ClientKeepaliveTest, DurationsMustBeSensible) {
+  ClientKeepalive k;
+  EXPECT_TRUE(CheckClientKeepalive(k).ok());
+  // The defaults ping no faster than a default server accepts.
+  EXPECT_GE(k.time, ServerTransport().min_client_ping_interval);
+  k.time = absl::InfiniteDuration();
+  absl::Status s = CheckClientKeepalive(k);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--keepalive_time")) << s;
+  k.time = absl::Seconds(1);
+  k.timeout = absl::ZeroDuration();
+  s = CheckClientKeepalive(k);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--keepalive_timeout")) << s;
 }
 
 TEST(MaxMessageBytesTest, IsAChunkPlusTheEnvelope) {

@@ -39,7 +39,8 @@ struct ShardLink::Stream {
       rw;
 };
 
-ShardLink::ShardLink(std::string address, const ClientSecurity& security)
+ShardLink::ShardLink(std::string address, const ClientSecurity& security,
+                     const ClientKeepalive& keepalive)
     : address_(std::move(address)), security_(security) {
   grpc::ChannelArguments args;
   // The server may not be listening yet; reconnect as eagerly as Join
@@ -54,7 +55,7 @@ ShardLink::ShardLink(std::string address, const ClientSecurity& security)
   // fields.
   args.SetMaxReceiveMessageSize(MaxMessageBytes(kLargestServerChunkBytes));
   // TLS and keepalive: common/grpc_security.h.
-  channel_ = NewClientChannel(address_, security_, args);
+  channel_ = NewClientChannel(address_, security_, args, keepalive);
 }
 
 ShardLink::~ShardLink() {

@@ -52,7 +52,8 @@ inline constexpr int64_t kLargestServerChunkBytes = int64_t{1} << 30;
 class ShardLink {
  public:
   // Does not touch the network.
-  ShardLink(std::string address, const ClientSecurity& security);
+  ShardLink(std::string address, const ClientSecurity& security,
+            const ClientKeepalive& keepalive);
   ~ShardLink();
   ShardLink(const ShardLink&) = delete;
   ShardLink& operator=(const ShardLink&) = delete;

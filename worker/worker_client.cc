@@ -118,7 +118,8 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     if (cancelled_) return absl::CancelledError("cancelled");
     for (int k = 0; k < num_shards; ++k) {
       Shard s;
-      s.link = std::make_unique<ShardLink>((*addresses)[k], options_.security);
+      s.link = std::make_unique<ShardLink>((*addresses)[k], options_.security,
+                                           options_.keepalive);
       s.update_range = (*update_plan)[k];
       s.delta_range = (*delta_plan)[k];
       shards_.push_back(std::move(s));

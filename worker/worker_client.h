@@ -54,6 +54,8 @@ struct WorkerClientOptions {
   // TLS and the token (LoadClientSecurity, or ClientSecurityFromFlags);
   // the default is plaintext without a token.
   ClientSecurity security;
+  // Pings while a call is open (common/grpc_security.h).
+  ClientKeepalive keepalive;
 };
 
 // One worker of an effadam cluster: joins the parameter server, keeps the

@@ -121,6 +121,8 @@ int Run() {
   // TLS and the token: common/client_security_flags.cc.
   auto security = ClientSecurityFromFlags();
   if (!security.ok()) return Fail(security.status());
+  auto keepalive = ClientKeepaliveFromFlags();
+  if (!keepalive.ok()) return Fail(keepalive.status());
   const TrainingConfig& tc = *training;
   const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
   if (linger < absl::ZeroDuration()) {
@@ -153,6 +155,7 @@ int Run() {
   options.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
   options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
   options.security = *std::move(security);
+  options.keepalive = *keepalive;
   WorkerClient client(options);
   signals.Watch(&client);
   auto fail = [&](const absl::Status& s) {

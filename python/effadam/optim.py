@@ -88,7 +88,8 @@ class EfficientAdam(torch.optim.Optimizer):
     worker_codec, server_codec, block_size, min_compress_elements,
       error_feedback: effadam.CompressionConfig; must equal the server's.
     num_shards, rank, seed, connect_timeout, finish_timeout,
-      reconnect_timeout, security: effadam.WorkerClient.
+      reconnect_timeout, security, keepalive_time, keepalive_timeout:
+      effadam.WorkerClient.
     metrics_listen: host:port where this worker serves effadam-worker's
       Prometheus metrics (docs/metrics.md) from the moment it joins; see
       record_evaluation() for the test gauges.
@@ -113,7 +114,8 @@ class EfficientAdam(torch.optim.Optimizer):
                  server_codec=None, block_size=None,
                  min_compress_elements=None, error_feedback=None, rank=None,
                  seed=None, connect_timeout=None, finish_timeout=None,
-                 reconnect_timeout=None, security=None, metrics_listen=None):
+                 reconnect_timeout=None, security=None, keepalive_time=None,
+                 keepalive_timeout=None, metrics_listen=None):
         self._client = None
         named = _named_trainable(params)
         beta1, beta2 = betas if betas is not None else (None, None)
@@ -156,6 +158,8 @@ class EfficientAdam(torch.optim.Optimizer):
             seed=seed, connect_timeout=connect_timeout,
             finish_timeout=finish_timeout,
             reconnect_timeout=reconnect_timeout, security=security,
+            keepalive_time=keepalive_time,
+            keepalive_timeout=keepalive_timeout,
             metrics_listen=metrics_listen))
         client.join(self.layout)
         with torch.no_grad():
