@@ -548,8 +548,19 @@ class QuantCodec final : public Codec {
 
  private:
   // One definition of the step for encoder and decoder, so e = p - Q(p) is
-  // computed from exactly the Q(p) a decoder sees.
-  float Step(float s) const { return s / static_cast<float>(levels_); }
+  // computed from exactly the Q(p) a decoder sees. For a finite s within
+  // rounding of FLT_MAX, L * (s / L) can round past it, and the largest
+  // level would decode to infinity (and e to -infinity): such a step is
+  // lowered by an ulp or two. Every other s keeps s / L exactly (a
+  // non-finite s, which Validate refuses, too).
+  float Step(float s) const {
+    const float lf = static_cast<float>(levels_);
+    float step = s / lf;
+    if (s <= FLT_MAX) {
+      while (lf * step > FLT_MAX) step = std::nextafter(step, 0.0f);
+    }
+    return step;
+  }
 
   // Counter-based uniform in [0, 1) from (seed, element index): the same
   // draw whatever order or chunking encodes the element.

@@ -2,6 +2,7 @@
 
 #include "common/codec.h"
 
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -348,6 +349,31 @@ TEST(QuantCodec, Q4LevelsAndLayout) {
   EXPECT_EQ(enc.bytes[5], 0x87);
   EXPECT_EQ(enc.bytes[6], 0x39);
   EXPECT_EQ(enc.bytes[7], 0xE7);
+}
+
+TEST(QuantCodec, ABlockNearFloatMaxDecodesFinite) {
+  // L * (s / L) can round past FLT_MAX: the largest level must still decode
+  // to a finite value and leave a finite error (found by fuzz_codec).
+  int overflowing = 0;  // blocks where the naive step would have overflowed
+  for (const char* name : {"q2", "q3", "q4", "q5", "q6", "q7", "q8", "q4s"}) {
+    auto c = Make(name, 8);
+    const float levels = static_cast<float>((1 << (c->spec().bits - 1)) - 1);
+    for (float s : {FLT_MAX, std::nextafter(FLT_MAX, 0.0f), 3.3e38f,
+                    3.0e38f}) {
+      const float naive = s / levels;
+      if (!(levels * naive <= FLT_MAX)) ++overflowing;
+      std::vector<float> u = {s, -s, s / 2, 0, 1, -1, s / 3, -s / 5};
+      std::vector<float> zero(u.size(), 0.0f);
+      Encoded enc = EncodeEF(*c, u, zero, 7);
+      std::vector<float> q = DecodeAll(*c, enc.bytes, u.size());
+      for (size_t i = 0; i < u.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(q[i])) << name << " s=" << s << " i=" << i;
+        ASSERT_TRUE(std::isfinite(enc.error[i])) << name << " s=" << s;
+        EXPECT_EQ(enc.error[i], u[i] - q[i]) << name << " i=" << i;
+      }
+    }
+  }
+  EXPECT_GT(overflowing, 0);  // the case this test is about did occur
 }
 
 TEST(QuantCodec, StochasticRoundingIsUnbiasedAndSeeded) {
