@@ -140,8 +140,15 @@ def main():
                   f"scraped wire bytes {d} {wire} >= payload bytes {pay}")
             check(fp32 is not None and pay and fp32 / pay > 20,
                   f"scraped fp32-equivalent / payload {d}: {fp32 and pay and fp32 / pay:.1f} > 20")
-        live = scalar(base, f"max_over_time(effadam_server_live_workers{window})")
-        check(live == a.workers, f"effadam_server_live_workers peaked at {live}")
+        # Gauges that keep their last value while the server lingers, so
+        # the check does not hang on a scrape landing inside a short run:
+        # every worker contributed to the last round, and all have left.
+        contributors = scalar(base, "last_over_time(effadam_server_round_contributors"
+                                    f"{window})")
+        check(contributors == a.workers,
+              f"effadam_server_round_contributors at the end {contributors} == {a.workers}")
+        live = scalar(base, f"last_over_time(effadam_server_live_workers{window})")
+        check(live == 0, f"effadam_server_live_workers at the end {live} == 0")
         if a.dashboard:
             url = base + "/api/v1/label/__name__/values"
             with urllib.request.urlopen(url, timeout=10) as r:
