@@ -224,6 +224,15 @@ int Run() {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         "--metrics_linger must be >= 0, got ", absl::FormatDuration(linger))));
   }
+  // Checked with the other flags, before a checkpoint is restored.
+  ServerTransport transport;
+  transport.max_chunk_bytes = options->max_chunk_bytes;
+  transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
+  transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
+  transport.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval);
+  if (absl::Status s = CheckServerTransport(transport); !s.ok()) {
+    return Fail(s);
+  }
 
   // Every file is read and checked before anything listens.
   absl::StatusOr<ServerSecurity> security = SecurityFromFlags();
@@ -269,14 +278,6 @@ int Run() {
   int port = 0;
   // TLS, message size limits (a chunk plus its envelope; gRPC refuses
   // anything larger before it reaches the service), keepalive.
-  ServerTransport transport;
-  transport.max_chunk_bytes = options->max_chunk_bytes;
-  transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
-  transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
-  transport.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval);
-  if (absl::Status s = CheckServerTransport(transport); !s.ok()) {
-    return Fail(s);
-  }
   ConfigureServer(listen, *security, transport, &builder, &port);
   builder.RegisterService(service->get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
