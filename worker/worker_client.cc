@@ -202,6 +202,20 @@ absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline) {
   return absl::OkStatus();
 }
 
+absl::Status WorkerClient::UploadShard(size_t k, absl::Span<const float> x,
+                                       absl::Time deadline) {
+  Shard& shard = shards_[k];
+  const ShardRange& r = shard.update_range;
+  if (absl::Status s = shard.link->Upload(
+          rank_, x.subspan(r.begin, r.size),
+          static_cast<size_t>(shard.max_chunk_bytes), deadline);
+      !s.ok()) {
+    return s;
+  }
+  join_bytes_ += static_cast<int64_t>(r.size * sizeof(float));
+  return absl::OkStatus();
+}
+
 absl::Status WorkerClient::FetchShard(size_t k, absl::Time deadline,
                                       std::vector<float>* x) {
   Shard& shard = shards_[k];
@@ -225,20 +239,16 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   std::vector<float> x0(n);
   for (size_t k = 0; k < shards_.size(); ++k) {
     Shard& shard = shards_[k];
-    const ShardRange& r = shard.update_range;
     if (shard.upload) {
       if (initial_params.size() != n) {
         return absl::InvalidArgumentError(absl::StrCat(
             "Start: ", initial_params.size(),
             " initial parameters for a layout of ", n, " elements"));
       }
-      if (absl::Status s = shard.link->Upload(
-              rank_, initial_params.subspan(r.begin, r.size),
-              static_cast<size_t>(shard.max_chunk_bytes), deadline);
+      if (absl::Status s = UploadShard(k, initial_params, deadline);
           !s.ok()) {
         return s;
       }
-      join_bytes_ += static_cast<int64_t>(r.size * sizeof(float));
     }
     if (absl::Status s = FetchShard(k, deadline, &x0); !s.ok()) return s;
     ChunkRules rules;
@@ -293,17 +303,10 @@ absl::Status WorkerClient::Recover(size_t k, const absl::Status& ended) {
 absl::Status WorkerClient::Resync(size_t k, absl::Time deadline) {
   Shard& shard = shards_[k];
   if (absl::Status s = JoinShard(k, rank_, deadline); !s.ok()) return s;
-  const ShardRange& r = shard.update_range;
   // A server that restarted without a checkpoint asks for the initial
   // parameters: this replica is the best there is.
   if (shard.upload) {
-    if (absl::Status s = shard.link->Upload(
-            rank_, params().subspan(r.begin, r.size),
-            static_cast<size_t>(shard.max_chunk_bytes), deadline);
-        !s.ok()) {
-      return s;
-    }
-    join_bytes_ += static_cast<int64_t>(r.size * sizeof(float));
+    if (absl::Status s = UploadShard(k, params(), deadline); !s.ok()) return s;
   }
   std::vector<float> x(params().begin(), params().end());
   if (absl::Status s = FetchShard(k, deadline, &x); !s.ok()) return s;

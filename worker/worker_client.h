@@ -184,6 +184,10 @@ class WorkerClient {
   // Join of shard k for `rank` (-1: any) and the checks of its reply;
   // sets rank_, num_workers_ and the shard's fields.
   absl::Status JoinShard(size_t k, int rank, absl::Time deadline);
+  // Uploads shard k's part of the whole-model vector `x` (its server asked
+  // for the initial parameters).
+  absl::Status UploadShard(size_t k, absl::Span<const float> x,
+                           absl::Time deadline);
   // Shard k's part of the current x (and its round).
   absl::Status FetchShard(size_t k, absl::Time deadline, std::vector<float>* x);
   // After shard k's stream ended with `ended`: joins again, fetches its
