@@ -101,6 +101,20 @@ class Cluster:
             time.sleep(0.05)
         raise Failure("%s did not print its port within 30 s" % label)
 
+    def start_shards(self, flags, shards, label):
+        """`shards` servers that hold one model between them
+        (docs/sharding.md), labelled LABEL0, LABEL1, ...; returns their
+        processes and the workers' --server value (every address, in shard
+        order)."""
+        servers, addresses = [], []
+        for k in range(shards):
+            p, port = self.start_server(
+                flags + ["--shard=%d" % k, "--num_shards=%d" % shards],
+                label="%s%d" % (label, k))
+            servers.append(p)
+            addresses.append("%s:%d" % (LOOPBACK, port))
+        return servers, ",".join(addresses)
+
     def metric(self, server, name):
         """The value of an unlabelled metric on `server`'s /metrics."""
         url = "http://%s:%d/metrics" % (LOOPBACK, server.metrics_port)
@@ -401,15 +415,8 @@ def case_toy_sharded(c):
     sim = c.run_sim(flags)
     results = []
     for shards in (1, 2, 3):
-        ports, servers = [], []
-        for k in range(shards):
-            label = "s%d_shard%d" % (shards, k)
-            server, port = c.start_server(
-                server_flags(flags, rounds) +
-                ["--shard=%d" % k, "--num_shards=%d" % shards], label=label)
-            servers.append(server)
-            ports.append(port)
-        addresses = ",".join("%s:%d" % (LOOPBACK, p) for p in ports)
+        servers, addresses = c.start_shards(server_flags(flags, rounds),
+                                            shards, "s%d_shard" % shards)
         workers = [c.spawn("s%d_w%d" % (shards, i), [
             os.path.join(c.bin, "effadam-worker"), "--server=" + addresses,
             "--summary_json=" + c.path("s%d_w%d.json" % (shards, i))] + flags)

@@ -39,19 +39,13 @@ def run_cluster(c, name, kinds, shards=1):
     worker per entry of kinds ('cpp', 'binding', 'torch'), rank i running
     kinds[i]; returns (server summary, {rank: worker summary}), the byte
     counts of the server summary summed over shards."""
-    servers, addresses = [], []
-    for k in range(shards):
-        shard_flags = (["--shard=%d" % k, "--num_shards=%d" % shards]
-                       if shards > 1 else [])
-        server, port = c.start_server(
-            ["--workers=%d" % WORKERS, "--rounds=%d" % ROUNDS] + FLAGS +
-            shard_flags, label="%s_server%d" % (name, k))
-        servers.append(server)
-        addresses.append("127.0.0.1:%d" % port)
+    servers, addresses = c.start_shards(
+        ["--workers=%d" % WORKERS, "--rounds=%d" % ROUNDS] + FLAGS, shards,
+        name + "_server")
     procs = []
     for rank, kind in enumerate(kinds):
         label = "%s_rank%d_%s" % (name, rank, kind)
-        common = ["--server=" + ",".join(addresses), "--rank=%d" % rank,
+        common = ["--server=" + addresses, "--rank=%d" % rank,
                   "--rounds=%d" % ROUNDS, "--elements=%d" % ELEMENTS,
                   "--summary_json=" + c.path(label + ".json")] + FLAGS
         if kind == "cpp":
