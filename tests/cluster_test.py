@@ -37,6 +37,20 @@ class Failure(Exception):
     pass
 
 
+def scrape(address, timeout=10):
+    """{series: value} of every sample at http://address/metrics
+    (Prometheus text format; a series is its name and labels as printed)."""
+    with urllib.request.urlopen("http://%s/metrics" % address,
+                                timeout=timeout) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
 def check(cond, what):
     if not cond:
         raise Failure(what)
@@ -117,12 +131,11 @@ class Cluster:
 
     def metric(self, server, name):
         """The value of an unlabelled metric on `server`'s /metrics."""
-        url = "http://%s:%d/metrics" % (LOOPBACK, server.metrics_port)
-        with urllib.request.urlopen(url, timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
-        raise Failure("no %s on %s" % (name, url))
+        address = "%s:%d" % (LOOPBACK, server.metrics_port)
+        value = scrape(address, timeout=5).get(name)
+        if value is None:
+            raise Failure("no %s on http://%s/metrics" % (name, address))
+        return value
 
     def wait_for(self, what, predicate, timeout=60):
         """Polls predicate() until true; Failure naming `what` after

@@ -12,38 +12,20 @@ Usage: python_bindings_test.py --bin BUILD/bin [unittest args]
 """
 
 import os
-import re
-import shutil
 import signal
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
 import numpy as np
 
 import effadam
+from cluster_test import Cluster, scrape
 
 BIN = None  # --bin
 LAYOUT = [("w", (64,)), ("b", (16,))]
-
-
-def scrape(address):
-    """{series: value} of the unlabelled-or-labelled samples at
-    http://address/metrics (Prometheus text format)."""
-    with urllib.request.urlopen("http://%s/metrics" % address,
-                                timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, value = line.rsplit(" ", 1)
-            out[series] = float(value)
-    return out
 
 
 def fnv1a64(data):
@@ -54,36 +36,20 @@ def fnv1a64(data):
 
 
 class Server:
-    """effadam-server on a free loopback port; stop() kills it and removes
-    its directory."""
+    """effadam-server on a free loopback port (cluster_test's Cluster);
+    stop() kills it and removes its directory."""
 
     def __init__(self, *flags):
-        self.dir = tempfile.mkdtemp(prefix="effadam_pybind_")
-        log = os.path.join(self.dir, "server.log")
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [os.path.join(BIN, "effadam-server"), "--listen=127.0.0.1:0",
-                 "--metrics_listen="] + list(flags),
-                stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with open(log, errors="replace") as f:
-                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", f.read())
-            if m:
-                self.address = "127.0.0.1:" + m.group(1)
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError("effadam-server did not start")
+        self.cluster = Cluster(BIN, "pybind")
+        try:
+            _, port = self.cluster.start_server(list(flags))
+        except Exception:
+            self.cluster.close()
+            raise
+        self.address = "127.0.0.1:%d" % port
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.cluster.close()
 
 
 def fp32():
