@@ -307,8 +307,8 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
   *response->mutable_compression() = CompressionToProto(options_.compression);
   response->set_shard(options_.shard);
   response->set_num_shards(options_.num_shards);
-  response->set_shard_begin(static_cast<int64_t>(model_->range.begin));
-  response->set_shard_size(static_cast<int64_t>(model_->range.size));
+  response->set_shard_begin(static_cast<int64_t>(model_->codecs.range.begin));
+  response->set_shard_size(static_cast<int64_t>(model_->codecs.range.size));
   observer_.OnLiveWorkers(membership_.LiveCount());
   logger_.Info(absl::StrCat("rank ", *rank, " joined (",
                             membership_.LiveCount(), "/", options_.workers,
@@ -398,7 +398,7 @@ absl::Status ParameterServerService::DoUploadParams(
     if (!id.ok()) return id.status();
     upload_id = *id;
     upload_call_ = context;
-    n = model_->worker_codec->num_elements();  // this shard's part of x
+    n = model_->codecs.worker->num_elements();  // this shard's part of x
   }
   std::vector<float> x;
   int64_t wire = 0;
@@ -423,7 +423,7 @@ absl::Status ParameterServerService::DoUploadParams(
   upload_call_ = nullptr;
   if (s.ok() && !shutting_down_) {
     absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
-        RoundEngine::Create(model_->worker_codec, model_->server_codec,
+        RoundEngine::Create(model_->codecs.worker, model_->codecs.server,
                             std::move(x), EngineOptions());
     if (engine.ok()) {
       Checkpoint identity;
@@ -589,7 +589,7 @@ absl::Status ParameterServerService::SendDelta(
   CountPayloadLocked(TrafficDirection::kServerToWorker,
                      static_cast<int64_t>(delta.size()),
                      static_cast<int64_t>(
-                         model_->server_codec->num_elements() * sizeof(float)));
+                         model_->codecs.server->num_elements() * sizeof(float)));
   return absl::OkStatus();
 }
 
@@ -600,7 +600,7 @@ absl::Status ParameterServerService::RunTrain(
   std::shared_ptr<const UpdateCodec> codec;
   {
     absl::MutexLock lock(&mu_);
-    codec = model_->worker_codec;  // fixed for good once rounds started
+    codec = model_->codecs.worker;  // fixed for good once rounds started
   }
   ChunkRules rules;
   rules.total_bytes = codec->encoded_size();
@@ -754,27 +754,10 @@ RoundEngineOptions ParameterServerService::EngineOptions() const {
 
 absl::StatusOr<ParameterServerService::Model>
 ParameterServerService::ModelFor(TensorLayout layout) const {
-  const CompressionConfig& c = options_.compression;
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> wc =
-      UpdateCodec::Create(layout, c.worker_codec, c.options);
-  if (!wc.ok()) return absl::InvalidArgumentError(wc.status().message());
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> sc =
-      UpdateCodec::Create(layout, c.server_codec, c.options);
-  if (!sc.ok()) return absl::InvalidArgumentError(sc.status().message());
-  absl::StatusOr<std::vector<ShardRange>> plan =
-      PlanShards(**wc, options_.num_shards);
-  if (!plan.ok()) return plan.status();
-  const ShardRange range = (*plan)[options_.shard];
-  if (options_.num_shards == 1) {
-    return Model{std::move(layout), *std::move(wc), *std::move(sc), range};
-  }
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> ws =
-      (*wc)->Slice(range.first_segment, range.end_segment);
-  if (!ws.ok()) return ws.status();
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> ss =
-      (*sc)->Slice(range.first_segment, range.end_segment);
-  if (!ss.ok()) return ss.status();
-  return Model{std::move(layout), *std::move(ws), *std::move(ss), range};
+  absl::StatusOr<ShardCodecs> codecs = MakeShardCodecs(
+      layout, options_.compression, options_.shard, options_.num_shards);
+  if (!codecs.ok()) return codecs.status();
+  return Model{std::move(layout), *std::move(codecs)};
 }
 
 // -------------------------------------------------------------- checkpoints
@@ -808,7 +791,7 @@ absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
   absl::StatusOr<Model> model = ModelFor(checkpoint.layout);
   if (!model.ok()) return model.status();
   absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
-      RoundEngine::Restore(model->worker_codec, model->server_codec,
+      RoundEngine::Restore(model->codecs.worker, model->codecs.server,
                            std::move(checkpoint.state), EngineOptions());
   if (!engine.ok()) return engine.status();
 

@@ -175,14 +175,12 @@ class ParameterServerService final
   // the server is empty again) or by Restore.
   struct Model {
     TensorLayout layout;
-    std::shared_ptr<const UpdateCodec> worker_codec, server_codec;
-    ShardRange range;  // this shard's part of the layout
+    ShardCodecs codecs;  // of this shard's part of the layout
   };
 
   explicit ParameterServerService(const ServerOptions& options);
 
-  // The layout's codecs and shard; InvalidArgument when the codecs refuse
-  // the layout or it has fewer segments than there are shards.
+  // The layout with this shard's codecs (MakeShardCodecs).
   absl::StatusOr<Model> ModelFor(TensorLayout layout) const;
   RoundEngineOptions EngineOptions() const;
 
