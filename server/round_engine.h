@@ -29,7 +29,7 @@ struct RoundEngineOptions {
   uint64_t seed = 0;
 };
 
-// The server's math for synchronous rounds (DESIGN.md section 1): holds the
+// The server's math for synchronous rounds (docs/design.md, "The algorithm"): holds the
 // model x and the error memory E, collects the workers' encoded updates for
 // the current round, and closing the round computes
 //   avg = mean of the updates in ascending rank,  p = avg + E,
