@@ -7,8 +7,10 @@ on loopback, sign both ways, the same O(n) gradient (x - t) computed by
            effadam.WorkerClient (the bindings, GIL released, a thread per
            blocking call)
   torch    tests/python_synthetic_worker.py --mode=torch: an nn.Module,
-           autograd and effadam.optim.EfficientAdam (the flat gradient
-           gathered from .grad and x written back into the parameters)
+           autograd of 0.5 * sum((x - t)^2) and effadam.optim.EfficientAdam
+  torch_fn the same with the gradient from an autograd.Function that makes
+           one pass over x, as the C++ worker does: what autograd and the
+           optimizer cost, without a naive loss's extra passes
 
 at each model size, the kinds interleaved so they share the machine's
 state. Prints the median seconds per round after a warm-up and the ratio
@@ -68,7 +70,7 @@ def main():
     a = p.parse_args()
     kinds = ["cpp", "binding"]
     if importlib.util.find_spec("torch") is not None:
-        kinds.append("torch")
+        kinds += ["torch", "torch_fn"]
     else:
         print("python_overhead: torch is not installed; no torch row")
     rows = []
