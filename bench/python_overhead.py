@@ -11,6 +11,9 @@ on loopback, sign both ways, the same O(n) gradient (x - t) computed by
   torch_fn the same with the gradient from an autograd.Function that makes
            one pass over x, as the C++ worker does: what autograd and the
            optimizer cost, without a naive loss's extra passes
+  torch_fn_gather  torch_fn with flat_params=False: the path of CUDA
+           parameters on the CPU (a gather and a copy back per step), so
+           that the difference to torch_fn is what those copies cost
 
 at each model size, the kinds interleaved so they share the machine's
 state. Prints the median seconds per round after a warm-up and the ratio
@@ -67,14 +70,18 @@ def main():
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--json", default="")
+    p.add_argument("--kinds", default="",
+                   help="comma-separated subset of the rows (cpp always)")
     a = p.parse_args()
     kinds = ["cpp", "binding"]
     if importlib.util.find_spec("torch") is not None:
-        kinds += ["torch", "torch_fn"]
+        kinds += ["torch", "torch_fn", "torch_fn_gather"]
     else:
         print("python_overhead: torch is not installed; no torch row")
+    if a.kinds:
+        kinds = ["cpp"] + [k for k in a.kinds.split(",") if k != "cpp"]
     rows = []
-    print("%12s %8s %12s %10s" % ("elements", "worker", "s/round", "vs C++"))
+    print("%12s %16s %12s %10s" % ("elements", "worker", "s/round", "vs C++"))
     for n in (int(x) for x in a.elements.split(",")):
         results = {k: one_run(a.bin, k, n, a.rounds, a.warmup) for k in kinds}
         # Same gradient, same float operations: the same x at the end.
@@ -87,7 +94,7 @@ def main():
             sec = results[k][0]
             rows.append(dict(elements=n, worker=k, round_seconds_median=sec,
                              ratio_to_cpp=sec / base if base else None))
-            print("%12d %8s %12.4f %9.2fx" % (n, k, sec, sec / base))
+            print("%12d %16s %12.4f %9.2fx" % (n, k, sec, sec / base))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -437,6 +437,28 @@ class StateDictTest(ServerTestCase):
 
 
 class CudaTest(ServerTestCase):
+    def test_the_gather_path_on_cpu_equals_the_flat_one(self):
+        # flat_params=False runs what CUDA runs (one gather, one copy back),
+        # with the parameters' own storage kept.
+        flags = ("--workers=1", "--rounds=10")
+        flat, gather = mlp(), mlp()
+        storage = [p.data_ptr() for p in gather.parameters()]
+        o1 = EfficientAdam(flat, 1e-2, server=self.server(*flags).address)
+        o2 = EfficientAdam(gather, 1e-2, server=self.server(*flags).address,
+                           flat_params=False)
+        for x, y in batches(10):
+            for m, o in ((flat, o1), (gather, o2)):
+                o.zero_grad()
+                F.cross_entropy(m(x), y).backward()
+                o.step()
+        for a, b in zip(flat.parameters(), gather.parameters()):
+            self.assertTrue(torch.equal(a, b))
+        self.assertEqual([p.data_ptr() for p in gather.parameters()], storage)
+        self.assertEqual(effadam.params_checksum(o1.client.params),
+                         effadam.params_checksum(o2.client.params))
+        o1.finish()
+        o2.finish()
+
     def test_cuda_parameters_equal_cpu_ones(self):
         if not torch.cuda.is_available():
             self.skipTest("CUDA is not available (torch %s, %s): the GPU path "

@@ -12,7 +12,9 @@ frozen parameter that must stay out of the layout and untouched;
 --mode=torch_fn is the same with the gradient from a torch.autograd.Function
 whose backward hands out the x - t its forward computed (one pass over x, as
 the C++ worker makes): autograd and the optimizer without the extra passes
-of a naive loss expression.
+of a naive loss expression; --mode=torch_fn_gather is torch_fn with
+flat_params=False, the path CUDA parameters take (the gradients gathered
+into one buffer and x copied back into each parameter every step).
 Writes the same summary JSON fields as the C++ worker, with
 round_seconds_median over the rounds after --warmup_rounds as it measures
 it (gradient, step, delta applied), for bench/python_overhead.py.
@@ -94,7 +96,8 @@ def run_binding(args):
 
 def run_torch(args):
     import torch  # only this mode needs it
-    fused = args.mode == "torch_fn"
+    fused = args.mode.startswith("torch_fn")
+    extra = {"flat_params": False} if args.mode.endswith("_gather") else {}
     from effadam.optim import EfficientAdam
 
     class Synthetic(torch.nn.Module):
@@ -132,7 +135,7 @@ def run_torch(args):
         model.named_parameters(), server=args.server, rank=args.rank,
         lr=args.lr, seed=args.seed, worker_codec=args.worker_codec,
         server_codec=args.server_codec, block_size=args.block_size,
-        min_compress_elements=args.min_compress_elements)
+        min_compress_elements=args.min_compress_elements, **extra)
     if opt.names != ["w", "b"]:
         raise AssertionError("layout names %s, want ['w', 'b']" % opt.names)
     t = torch.from_numpy(targets(opt.rank, opt.layout.num_elements))
@@ -171,7 +174,8 @@ def main():
     p.add_argument("--server_codec", default="sign")
     p.add_argument("--block_size", type=int, default=1024)
     p.add_argument("--min_compress_elements", type=int, default=1024)
-    p.add_argument("--mode", choices=("binding", "torch", "torch_fn"), default="binding")
+    p.add_argument("--mode", choices=("binding", "torch", "torch_fn",
+                                       "torch_fn_gather"), default="binding")
     p.add_argument("--warmup_rounds", type=int, default=0)
     p.add_argument("--summary_json", default="")
     args = p.parse_args()

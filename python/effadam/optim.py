@@ -140,6 +140,9 @@ class EfficientAdam(torch.optim.Optimizer):
     metrics_listen: host:port where this worker serves effadam-worker's
       Prometheus metrics (docs/metrics.md) from the moment it joins; see
       record_evaluation() for the test gauges.
+    flat_params: True (the default on the CPU) makes the parameters views
+      of one flat buffer; False keeps their storage and gathers and copies
+      back every step, as on CUDA.
     Any of them left None keeps the library's default (the flags' defaults
     of effadam-worker).
 
@@ -151,9 +154,9 @@ class EfficientAdam(torch.optim.Optimizer):
     On the CPU the parameters become views of one flat float32 buffer (the
     replica is copied back with one memcpy) and, after the first step, so do
     their gradients while zero_grad() zeroes them in place (no gather). On
-    CUDA, the gradients are gathered on the device into one flat tensor,
-    copied once into a pinned host buffer, and x goes back with one
-    non-blocking host-to-device copy.
+    CUDA (or with flat_params=False), the gradients are gathered on the
+    device into one flat tensor, copied once into a (pinned) host buffer,
+    and x goes back with one (non-blocking) host-to-device copy.
 
     step() needs every parameter's gradient at the current x; a parameter
     whose .grad is None counts as a zero gradient (Adam's momentum still
@@ -173,7 +176,8 @@ class EfficientAdam(torch.optim.Optimizer):
                  min_compress_elements=None, error_feedback=None, seed=None,
                  connect_timeout=None, finish_timeout=None,
                  reconnect_timeout=None, security=None, keepalive_time=None,
-                 keepalive_timeout=None, metrics_listen=None):
+                 keepalive_timeout=None, metrics_listen=None,
+                 flat_params=None):
         self._client = None
         if amsgrad:
             raise ValueError("amsgrad is not supported: the library runs Adam")
@@ -224,6 +228,13 @@ class EfficientAdam(torch.optim.Optimizer):
         self._params = [p for _, p in named]
         self.device = self._params[0].device
         self._cuda = self.device.type == "cuda"
+        # Parameters as views of the flat replica: the CPU's default. Else
+        # (CUDA, or flat_params=False) one gather and one copy back a step.
+        self._flat_params = (self.device.type == "cpu" if flat_params is None
+                             else bool(flat_params))
+        if self._flat_params and self.device.type != "cpu":
+            raise ValueError("flat_params=True needs CPU parameters; these "
+                             "are on %s" % self.device)
         n = self.layout.num_elements
         # Flat float32 host buffers that numpy (for the library) and torch
         # share; pinned for CUDA, so that the copies can be asynchronous.
@@ -260,7 +271,7 @@ class EfficientAdam(torch.optim.Optimizer):
         client.start(self._x)
         self._client = client
         self._lr_sent = adam.lr
-        if not self._cuda:
+        if self._flat_params:
             # The parameters become views of the flat replica: writing x
             # back is then one copy.
             with torch.no_grad():
@@ -507,12 +518,16 @@ class EfficientAdam(torch.optim.Optimizer):
 
     def _gather(self, grads):
         """The gradients into the flat host buffer."""
-        if self._cuda:
-            flat = _flatten_dense_tensors([
-                g.reshape(-1) if g is not None else
-                torch.zeros(p.numel(), device=p.device)
-                for p, g in zip(self._params, grads)])
-            self._grad_t.copy_(flat)  # waits for the device
+        if not self._flat_params:
+            flat = [g.reshape(-1) if g is not None else
+                    torch.zeros(p.numel(), device=p.device)
+                    for p, g in zip(self._params, grads)]
+            if self._cuda:
+                # One gather on the device, one copy to the host, which
+                # waits for the device.
+                self._grad_t.copy_(_flatten_dense_tensors(flat))
+            else:
+                torch.cat(flat, out=self._grad_t)
             return
         for p, g, view in zip(self._params, grads, self._grad_views):
             if g is view:
@@ -530,15 +545,16 @@ class EfficientAdam(torch.optim.Optimizer):
         if self._copied_back is not None:
             self._copied_back.synchronize()  # _x_t is read by the last copy
         np.copyto(self._x, self._client.params)
-        if not self._cuda:
+        if self._flat_params:
             return  # the parameters are views of _x_t
-        flat = self._x_t.to(self.device, non_blocking=True)
+        flat = self._x_t.to(self.device, non_blocking=self._cuda)
         with torch.no_grad():
             for p, v in zip(self._params,
                             _unflatten_dense_tensors(flat, self._params)):
-                p.copy_(v, non_blocking=True)
-        self._copied_back = torch.cuda.Event()
-        self._copied_back.record()
+                p.copy_(v, non_blocking=self._cuda)
+        if self._cuda:
+            self._copied_back = torch.cuda.Event()
+            self._copied_back.record()
 
 
 def _host_floats(t):
