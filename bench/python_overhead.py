@@ -21,6 +21,9 @@ to the C++ worker; with --json, writes the rows there too.
 
 Usage: PYTHONPATH=build/python /usr/bin/python3 bench/python_overhead.py \\
            --bin build/bin [--elements 1000000,10000000] [--rounds 60]
+           [--kinds torch,torch_fn]    (a subset of the rows)
+       ... bench/python_overhead.py --copy_cost --bin build/bin --elements ...
+           (the copies alone, no server)
 Only 127.0.0.1 is used; every process is killed at the end.
 """
 
@@ -63,6 +66,43 @@ def one_run(bin_dir, kind, elements, rounds, warmup):
         c.close()
 
 
+def copy_cost(sizes, repeats=15):
+    """What EfficientAdam's copies cost per step without the network, one
+    thread, median of `repeats`: the flat path (zero_grad's fill of the
+    flat gradient and x copied out of the library into the flat buffer the
+    parameters view) against the gather path of CUDA parameters run on the
+    CPU (the gradients of w and b gathered into one buffer, x copied out of
+    the library, then into each parameter)."""
+    import time
+    import numpy as np
+    import torch
+    torch.set_num_threads(1)
+
+    def median_ms(f):
+        t = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+        return sorted(t)[len(t) // 2] * 1e3
+
+    print("%12s %10s %10s %12s %10s %12s" % (
+        "elements", "zero_grad", "x out", "flat total", "gather",
+        "gather total"))
+    for n in sizes:
+        flat = torch.zeros(n)
+        x, library = flat.numpy(), np.ones(n, np.float32)
+        w, b = torch.zeros(n - 16), torch.zeros(16)
+        gw, gb = torch.ones(n - 16), torch.ones(16)
+        fill = median_ms(flat.zero_)
+        out = median_ms(lambda: np.copyto(x, library))
+        gather = median_ms(lambda: torch.cat([gw, gb], out=flat))
+        back = median_ms(lambda: (w.copy_(flat[:n - 16]),
+                                  b.copy_(flat[n - 16:])))
+        print("%12d %9.2fms %9.2fms %11.2fms %9.2fms %11.2fms" % (
+            n, fill, out, fill + out, gather, gather + out + back))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bin", required=True)
@@ -70,9 +110,14 @@ def main():
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--json", default="")
+    p.add_argument("--copy_cost", action="store_true",
+                   help="only the copies' cost per step, without a server")
     p.add_argument("--kinds", default="",
                    help="comma-separated subset of the rows (cpp always)")
     a = p.parse_args()
+    if a.copy_cost:
+        copy_cost([int(x) for x in a.elements.split(",")])
+        return 0
     kinds = ["cpp", "binding"]
     if importlib.util.find_spec("torch") is not None:
         kinds += ["torch", "torch_fn", "torch_fn_gather"]
