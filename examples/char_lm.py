@@ -13,7 +13,7 @@ and a per-position softmax over the characters; 165k parameters. Rank 0
 reports bits per character and next-character accuracy on the held-out
 text.
 
-    PYTHONPATH=build/python python3 examples/local_cluster.py --workers=4 \\
+    PYTHONPATH=build/python /usr/bin/python3 -m effadam.run --nproc=4 \\
         --rounds=1500 --worker_codec=sign --server_codec=sign -- \\
         examples/char_lm.py
 """

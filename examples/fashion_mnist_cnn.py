@@ -10,9 +10,13 @@ Data: the Debian package dataset-fashion-mnist, read by the C++ IDX reader.
 A local cluster of 4 such workers and effadam-server, 1-bit both ways with
 error feedback (docs/python.md has the measured results):
 
-    PYTHONPATH=build/python python3 examples/local_cluster.py --workers=4 \\
+    PYTHONPATH=build/python /usr/bin/python3 -m effadam.run --nproc=4 \\
         --rounds=6000 --worker_codec=sign --server_codec=sign -- \\
         examples/fashion_mnist_cnn.py
+
+(--lr_schedule=warmup_cosine --warmup_rounds=300 --rounds=6000 for a
+warm-up and cosine decay, a torch LambdaLR.) The Dockerfile's pytorch image
+runs this script.
 """
 
 import os

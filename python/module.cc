@@ -3,6 +3,8 @@
 // are the C++ ones; this file only converts arguments, results and errors.
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +26,7 @@
 #include "python/py_worker_client.h"
 #include "python/status_error.h"
 #include "worker/idx_reader.h"
+#include "worker/launch_env.h"
 #include "worker/training_flags.h"
 #include "worker/worker_optimizer.h"
 
@@ -137,12 +140,17 @@ server's settings (its --worker_codec, --server_codec, --block_size,
   const AdamOptions adam;
   py::class_<AdamOptions>(m, "AdamOptions", R"doc(
 The worker's Adam: d = lr_t * m_hat / (sqrt(v_hat) + eps), with
-lr_schedule 'constant' (lr) or 'inverse_sqrt' (lr / sqrt(t)), beta2_schedule
-'constant' (beta2) or 'theta' (1 - theta / t), decoupled weight decay.)doc")
+lr_schedule 'constant' (lr), 'inverse_sqrt' (lr / sqrt(t)) or
+'warmup_cosine' (linear warm-up over warmup_rounds, then a half cosine to 0
+at schedule_rounds), beta2_schedule 'constant' (beta2) or 'theta'
+(1 - theta / t). weight_decay is decoupled (AdamW: d += lr_t * wd * x) when
+decoupled_weight_decay, else L2 added to the gradient (torch's Adam).)doc")
       .def(py::init([](float lr, float beta1, float beta2, float eps,
                        const std::string& lr_schedule,
                        const std::string& beta2_schedule, float theta,
-                       bool bias_correction, float weight_decay) {
+                       bool bias_correction, float weight_decay,
+                       bool decoupled_weight_decay, int64_t warmup_rounds,
+                       int64_t schedule_rounds) {
              AdamOptions a;
              a.lr = lr;
              a.beta1 = beta1;
@@ -153,6 +161,11 @@ lr_schedule 'constant' (lr) or 'inverse_sqrt' (lr / sqrt(t)), beta2_schedule
              a.theta = theta;
              a.bias_correction = bias_correction;
              a.weight_decay = weight_decay;
+             a.weight_decay_mode = decoupled_weight_decay
+                                       ? WeightDecayMode::kDecoupled
+                                       : WeightDecayMode::kL2;
+             a.warmup_rounds = warmup_rounds;
+             a.schedule_rounds = schedule_rounds;
              ThrowIfError(ValidateAdamOptions(a));
              return a;
            }),
@@ -162,14 +175,37 @@ lr_schedule 'constant' (lr) or 'inverse_sqrt' (lr / sqrt(t)), beta2_schedule
            py::arg("beta2_schedule") = "constant",
            py::arg("theta") = adam.theta,
            py::arg("bias_correction") = adam.bias_correction,
-           py::arg("weight_decay") = adam.weight_decay)
+           py::arg("weight_decay") = adam.weight_decay,
+           py::arg("decoupled_weight_decay") =
+               adam.weight_decay_mode == WeightDecayMode::kDecoupled,
+           py::arg("warmup_rounds") = adam.warmup_rounds,
+           py::arg("schedule_rounds") = adam.schedule_rounds)
       .def_readonly("lr", &AdamOptions::lr)
       .def_readonly("beta1", &AdamOptions::beta1)
       .def_readonly("beta2", &AdamOptions::beta2)
       .def_readonly("eps", &AdamOptions::eps)
       .def_readonly("theta", &AdamOptions::theta)
       .def_readonly("bias_correction", &AdamOptions::bias_correction)
-      .def_readonly("weight_decay", &AdamOptions::weight_decay);
+      .def_readonly("weight_decay", &AdamOptions::weight_decay)
+      .def_property_readonly(
+          "decoupled_weight_decay",
+          [](const AdamOptions& a) {
+            return a.weight_decay_mode == WeightDecayMode::kDecoupled;
+          })
+      .def_readonly("warmup_rounds", &AdamOptions::warmup_rounds)
+      .def_readonly("schedule_rounds", &AdamOptions::schedule_rounds)
+      .def_property_readonly("lr_schedule", [](const AdamOptions& a) {
+        switch (a.lr_schedule) {
+          case LrSchedule::kConstant: return "constant";
+          case LrSchedule::kInverseSqrt: return "inverse_sqrt";
+          case LrSchedule::kWarmupCosine: return "warmup_cosine";
+        }
+        return "constant";
+      })
+      .def_property_readonly("beta2_schedule", [](const AdamOptions& a) {
+        return a.beta2_schedule == Beta2Schedule::kConstant ? "constant"
+                                                            : "theta";
+      });
 
   py::class_<ClientSecurity>(m, "ClientSecurity", R"doc(
 TLS and the shared token of a client (docs/security.md), loaded and checked
@@ -199,6 +235,64 @@ plaintext channel without a token.)doc")
       .def_property_readonly(
           "token", [](const ClientSecurity& s) { return !s.token.empty(); },
           "Whether a token is sent (the token itself is not exposed).");
+}
+
+// effadam.resolve_placement: worker/launch_env.h, the same function
+// effadam-worker calls, over os.environ or a given mapping.
+void BindPlacement(py::module_& m) {
+  py::class_<WorkerPlacement>(m, "WorkerPlacement",
+                              "Where a worker's server is and which rank it "
+                              "claims (resolve_placement).")
+      .def_readonly("server", &WorkerPlacement::server)
+      .def_readonly("num_shards", &WorkerPlacement::num_shards)
+      .def_readonly("rank", &WorkerPlacement::rank)
+      .def_readonly("world_size", &WorkerPlacement::world_size)
+      .def_readonly("server_source", &WorkerPlacement::server_source)
+      .def_readonly("rank_source", &WorkerPlacement::rank_source)
+      .def("__repr__", [](const WorkerPlacement& p) {
+        return absl::StrCat("WorkerPlacement(server='", p.server,
+                            "' from ", p.server_source, ", num_shards=",
+                            p.num_shards, ", rank=", p.rank, " from ",
+                            p.rank_source, ", world_size=", p.world_size,
+                            ")");
+      });
+  m.def(
+      "resolve_placement",
+      [](std::optional<std::string> server, std::optional<int> num_shards,
+         std::optional<int> rank, std::optional<py::dict> environ) {
+        GivenPlacement g{std::move(server), num_shards, rank};
+        EnvLookup env = ProcessEnvironment();
+        std::map<std::string, std::string> copy;
+        if (environ.has_value()) {
+          for (auto [k, v] : *environ) {
+            copy[py::str(k)] = py::str(v);
+          }
+          env = [&copy](const std::string& name) -> std::optional<std::string> {
+            auto it = copy.find(name);
+            if (it == copy.end()) return std::nullopt;
+            return it->second;
+          };
+        }
+        return ValueOrThrow(ResolvePlacement(g, env));
+      },
+      py::kw_only(), py::arg("server") = py::none(),
+      py::arg("num_shards") = py::none(), py::arg("rank") = py::none(),
+      py::arg("environ") = py::none(),
+      "server, num_shards and rank where given (not None), the others from "
+      "the environment (environ, default the process's): EFFADAM_SERVER, "
+      "else MASTER_ADDR:EFFADAM_PORT (default port 50051), else "
+      "127.0.0.1:50051; EFFADAM_NUM_SHARDS; RANK, else JOB_COMPLETION_INDEX, "
+      "else -1; WORLD_SIZE. InvalidArgumentError names a bad variable or a "
+      "rank outside WORLD_SIZE. What effadam-worker does with its flags.");
+  m.def(
+      "check_world_size",
+      [](const WorkerPlacement& p, int server_workers,
+         const std::string& server) {
+        ThrowIfError(CheckWorldSize(p, server_workers, server));
+      },
+      py::arg("placement"), py::arg("server_workers"), py::arg("server"),
+      "After join: FailedPreconditionError naming both when WORLD_SIZE was "
+      "set and differs from the server's --workers.");
 }
 
 // The C++ IDX reader (worker/idx_reader.h) with the data handed to numpy
@@ -232,6 +326,7 @@ PYBIND11_MODULE(_effadam, m) {
   BindSettings(m);
   BindCodecs(m);
   BindWorkerClient(m);
+  BindPlacement(m);
   m.def("load_idx_dataset", &LoadIdx, py::arg("images_path"),
         py::arg("labels_path"),
         "An IDX image file and its label file (gzip'ed or plain), read by "

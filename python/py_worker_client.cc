@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include <pybind11/numpy.h>
@@ -220,6 +221,11 @@ void PyWorkerClient::Finish() {
 
 void PyWorkerClient::Cancel() { client_->Cancel(); }
 
+WorkerClient& PyWorkerClient::idle_client() {
+  BusyScope busy(&busy_);  // raises while a blocking call runs
+  return *client_;
+}
+
 void BindWorkerClient(py::module_& m) {
   const WorkerClientOptions defaults;
   // The flags' defaults, which the server's flags share: a default worker
@@ -373,6 +379,72 @@ Not thread-safe, except cancel().)doc")
           "The replica of x: a read-only numpy view of the library's memory "
           "(no copy) that every step() changes in place; copy it "
           "(np.array(client.params)) to keep a snapshot. Empty before start().")
+      .def_property(
+          "lr",
+          [](const PyWorkerClient& c) {
+            const WorkerOptimizer* o = c.client().optimizer();
+            return o == nullptr ? std::numeric_limits<float>::quiet_NaN()
+                                : o->lr();
+          },
+          [](PyWorkerClient& c, float lr) {
+            WorkerOptimizer* o = c.idle_client().optimizer();
+            if (o == nullptr) {
+              ThrowStatus(absl::FailedPreconditionError(
+                  "lr: call start() first"));
+            }
+            ThrowIfError(o->SetLr(lr));
+          },
+          "The base learning rate of the next step() (the Adam options' lr "
+          "until set; lr_schedule scales it). Set it between steps for a "
+          "schedule of your own: finite and >= 0, else InvalidArgumentError "
+          "and nothing changes. NaN before start().")
+      .def(
+          "optimizer_state",
+          [](const PyWorkerClient& c) {
+            const WorkerOptimizer* o = c.client().optimizer();
+            if (o == nullptr) {
+              ThrowStatus(absl::FailedPreconditionError(
+                  "optimizer_state: call start() first"));
+            }
+            const WorkerOptimizer::State st = o->state();
+            py::dict d;
+            d["step"] = st.step;
+            d["beta1_power"] = st.beta1_power;
+            d["beta2_power"] = st.beta2_power;
+            d["m"] = CopyToArray(st.m);
+            d["v"] = CopyToArray(st.v);
+            d["e"] = CopyToArray(st.e);
+            return d;
+          },
+          "A copy of Adam's state: {'step', 'beta1_power', 'beta2_power' "
+          "(the bias-correction products), 'm', 'v', 'e' (float32 arrays: "
+          "the moments and the error memory)}.")
+      .def(
+          "restore_optimizer_state",
+          [](PyWorkerClient& c, int64_t step, double beta1_power,
+             double beta2_power, py::handle m, py::handle v, py::handle e) {
+            WorkerOptimizer* o = c.idle_client().optimizer();
+            if (o == nullptr) {
+              ThrowStatus(absl::FailedPreconditionError(
+                  "restore_optimizer_state: call start() first"));
+            }
+            WorkerOptimizer::State st;
+            st.step = step;
+            st.beta1_power = beta1_power;
+            st.beta2_power = beta2_power;
+            for (auto [obj, name, out] :
+                 {std::tuple{m, "m", &st.m}, std::tuple{v, "v", &st.v},
+                  std::tuple{e, "e", &st.e}}) {
+              const FloatsIn in = ToFloats(obj, name);
+              out->assign(in.span.begin(), in.span.end());
+            }
+            ThrowIfError(o->RestoreState(std::move(st)));
+          },
+          py::kw_only(), py::arg("step"), py::arg("beta1_power"),
+          py::arg("beta2_power"), py::arg("m"), py::arg("v"), py::arg("e"),
+          "Replaces Adam's state with one optimizer_state() returned (after "
+          "start(); x stays the server's). A state of another size or with "
+          "NaN/Inf raises InvalidArgumentError and changes nothing.")
       .def_property_readonly(
           "error_memory",
           [](py::object self) {

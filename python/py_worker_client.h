@@ -53,6 +53,9 @@ class PyWorkerClient {
   int metrics_port() const;
 
   const WorkerClient& client() const { return *client_; }
+  // For settings between blocking calls (the learning rate, the optimizer
+  // state): raises FAILED_PRECONDITION while one runs in another thread.
+  WorkerClient& idle_client();
 
  private:
   // Runs `call` as the class comment says and returns its status; raises

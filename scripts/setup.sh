@@ -22,6 +22,9 @@ PACKAGES=(
   # examples; jargon-text is the char-level language model's corpus
   python3-dev pybind11-dev python3-pybind11 python3-numpy python3-torch
   jargon-text
+  # OpenBLAS for torch: without it Debian's torch uses the reference BLAS
+  # (forward and backward 6.5x slower)
+  libopenblas0-pthread
   # container tests: podman builds the Dockerfile, docker-compose drives it
   podman debootstrap uidmap fuse-overlayfs docker-compose
 )

@@ -103,7 +103,17 @@ class LayoutAndSettingsTest(unittest.TestCase):
         a = effadam.AdamOptions(lr=0.5, lr_schedule="inverse_sqrt",
                                 beta2_schedule="theta", theta=0.5)
         self.assertEqual((a.lr, a.theta), (0.5, 0.5))
+        self.assertEqual((a.lr_schedule, a.beta2_schedule),
+                         ("inverse_sqrt", "theta"))
+        self.assertTrue(a.decoupled_weight_decay)
+        a = effadam.AdamOptions(lr_schedule="warmup_cosine", warmup_rounds=10,
+                                schedule_rounds=100,
+                                decoupled_weight_decay=False)
+        self.assertEqual((a.warmup_rounds, a.schedule_rounds), (10, 100))
+        self.assertFalse(a.decoupled_weight_decay)
         for kwargs, needle in ((dict(lr=0), "lr"),
+                               (dict(lr_schedule="warmup_cosine",
+                                     warmup_rounds=5), "warmup_rounds"),
                                (dict(beta1=1.0), "beta1"),
                                (dict(lr_schedule="cosine"), "--lr_schedule"),
                                (dict(beta2_schedule="x"), "--beta2_schedule")):

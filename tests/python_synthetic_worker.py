@@ -8,7 +8,13 @@ C++ workers only (tests/python_cluster_test.py).
 --mode=binding drives effadam.WorkerClient with numpy; --mode=torch trains
 an nn.Module through effadam.optim.EfficientAdam, its gradient from
 autograd of 0.5 * sum((x - t)^2), which is x - t exactly, and with a
-frozen parameter that must stay out of the layout and untouched.
+frozen parameter that must stay out of the layout and untouched;
+--mode=torch_fn is the same with the gradient from a torch.autograd.Function
+whose backward hands out the x - t its forward computed (one pass over x, as
+the C++ worker makes): autograd and the optimizer without the extra passes
+of a naive loss expression; --mode=torch_fn_gather is torch_fn with
+flat_params=False, the path CUDA parameters take (the gradients gathered
+into one buffer and x copied back into each parameter every step).
 Writes the same summary JSON fields as the C++ worker, with
 round_seconds_median over the rounds after --warmup_rounds as it measures
 it (gradient, step, delta applied), for bench/python_overhead.py.
@@ -90,6 +96,8 @@ def run_binding(args):
 
 def run_torch(args):
     import torch  # only this mode needs it
+    fused = args.mode.startswith("torch_fn")
+    extra = {"flat_params": False} if args.mode.endswith("_gather") else {}
     from effadam.optim import EfficientAdam
 
     class Synthetic(torch.nn.Module):
@@ -101,15 +109,33 @@ def run_torch(args):
             self.b = torch.nn.Parameter(torch.zeros(16))
 
         def forward(self, t):
+            if fused:
+                return HalfSquaredDistance.apply(self.w, self.b, t)
             d = torch.cat([self.w, self.b]) - t
             return 0.5 * (d * d).sum()
+
+    class HalfSquaredDistance(torch.autograd.Function):
+        """0.5 * |(w, b) - t|^2, its gradient (w, b) - t from the forward."""
+
+        @staticmethod
+        def forward(ctx, w, b, t):
+            n = w.numel()
+            dw, db = w - t[:n], b - t[n:]
+            ctx.grads = (dw, db)
+            return 0.5 * (torch.dot(dw, dw) + torch.dot(db, db))
+
+        @staticmethod
+        def backward(ctx, out):
+            dw, db = ctx.grads
+            del ctx.grads
+            return dw, db, None  # out is 1 in this bench: x - t exactly
 
     model = Synthetic(args.elements)
     opt = EfficientAdam(
         model.named_parameters(), server=args.server, rank=args.rank,
         lr=args.lr, seed=args.seed, worker_codec=args.worker_codec,
         server_codec=args.server_codec, block_size=args.block_size,
-        min_compress_elements=args.min_compress_elements)
+        min_compress_elements=args.min_compress_elements, **extra)
     if opt.names != ["w", "b"]:
         raise AssertionError("layout names %s, want ['w', 'b']" % opt.names)
     t = torch.from_numpy(targets(opt.rank, opt.layout.num_elements))
@@ -148,11 +174,12 @@ def main():
     p.add_argument("--server_codec", default="sign")
     p.add_argument("--block_size", type=int, default=1024)
     p.add_argument("--min_compress_elements", type=int, default=1024)
-    p.add_argument("--mode", choices=("binding", "torch"), default="binding")
+    p.add_argument("--mode", choices=("binding", "torch", "torch_fn",
+                                       "torch_fn_gather"), default="binding")
     p.add_argument("--warmup_rounds", type=int, default=0)
     p.add_argument("--summary_json", default="")
     args = p.parse_args()
-    client, rank, timer = (run_torch if args.mode == "torch"
+    client, rank, timer = (run_torch if args.mode.startswith("torch")
                            else run_binding)(args)
     checksum = effadam.params_checksum(client.params)
     print("python_synthetic_worker: rank %d done after round %d, "

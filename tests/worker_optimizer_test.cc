@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 
 #include "gmock/gmock.h"
@@ -57,29 +58,46 @@ struct ReferenceAdam {
     double b2 = o.beta2_schedule == Beta2Schedule::kConstant
                     ? o.beta2
                     : 1.0 - double(o.theta) / t;
-    double lr = o.lr_schedule == LrSchedule::kConstant ? o.lr
-                                                       : o.lr / std::sqrt(t);
+    double lr = o.lr;
+    if (o.lr_schedule == LrSchedule::kInverseSqrt) lr = o.lr / std::sqrt(t);
+    if (o.lr_schedule == LrSchedule::kWarmupCosine) {
+      const double w = o.warmup_rounds, total = o.schedule_rounds;
+      lr = t <= w ? o.lr * t / w
+                  : t >= total ? 0.0
+                               : o.lr * 0.5 *
+                                     (1 + std::cos(M_PI * (t - w) / (total - w)));
+    }
     p1 *= o.beta1;
     p2 *= b2;
     std::vector<double> d(kN);
+    const bool l2 = o.weight_decay_mode == WeightDecayMode::kL2;
     for (size_t i = 0; i < kN; ++i) {
-      m[i] = o.beta1 * m[i] + (1 - o.beta1) * g[i];
-      v[i] = b2 * v[i] + (1 - b2) * double(g[i]) * g[i];
+      const double gi = l2 ? g[i] + double(o.weight_decay) * x[i] : g[i];
+      m[i] = o.beta1 * m[i] + (1 - o.beta1) * gi;
+      v[i] = b2 * v[i] + (1 - b2) * gi * gi;
       double mh = m[i], vh = v[i];
       if (o.bias_correction) {
         mh /= 1 - p1;
         vh /= 1 - p2;
       }
-      d[i] = lr * mh / (std::sqrt(vh) + o.eps) + lr * o.weight_decay * x[i];
+      d[i] = lr * mh / (std::sqrt(vh) + o.eps) +
+             (l2 ? 0.0 : lr * o.weight_decay * x[i]);
     }
     return d;
   }
 };
 
-void ExpectMatchesReference(const AdamOptions& adam) {
+// 20 steps against the reference; with lr_of_step, each step's lr is set
+// first (SetLr) in the optimizer and in the reference.
+void ExpectMatchesReference(const AdamOptions& adam,
+                            const std::function<float(int)>& lr_of_step = {}) {
   auto w = Make("fp32", adam);
   ReferenceAdam ref{adam};
   for (int t = 1; t <= 20; ++t) {
+    if (lr_of_step) {
+      ASSERT_TRUE(w->SetLr(lr_of_step(t)).ok());
+      ref.o.lr = lr_of_step(t);
+    }
     std::vector<float> g = Grad(t);
     std::vector<float> x(w->params().begin(), w->params().end());
     std::string update;
@@ -112,6 +130,101 @@ TEST(WorkerOptimizer, MatchesWithDecoupledWeightDecay) {
   a.weight_decay = 0.1f;
   a.lr = 0.01f;
   ExpectMatchesReference(a);
+}
+
+TEST(WorkerOptimizer, MatchesWithL2WeightDecay) {
+  AdamOptions a;
+  a.weight_decay = 0.1f;
+  a.weight_decay_mode = WeightDecayMode::kL2;
+  a.lr = 0.01f;
+  ExpectMatchesReference(a);
+}
+
+TEST(WorkerOptimizer, MatchesWithWarmupCosine) {
+  AdamOptions a;
+  a.lr_schedule = LrSchedule::kWarmupCosine;
+  a.warmup_rounds = 5;
+  a.schedule_rounds = 18;  // the last steps run at lr 0
+  ExpectMatchesReference(a);
+}
+
+TEST(ScheduledLr, WarmupCosineShape) {
+  AdamOptions a;
+  a.lr_schedule = LrSchedule::kWarmupCosine;
+  a.warmup_rounds = 10;
+  a.schedule_rounds = 110;
+  EXPECT_FLOAT_EQ(ScheduledLr(a, 2.0f, 1), 0.2f);
+  EXPECT_FLOAT_EQ(ScheduledLr(a, 2.0f, 10), 2.0f);
+  EXPECT_FLOAT_EQ(ScheduledLr(a, 2.0f, 60), 1.0f);  // half way down
+  EXPECT_EQ(ScheduledLr(a, 2.0f, 110), 0.0f);
+  EXPECT_EQ(ScheduledLr(a, 2.0f, 500), 0.0f);
+  a.warmup_rounds = 0;
+  EXPECT_FLOAT_EQ(ScheduledLr(a, 2.0f, 1),
+                  float(1.0 + std::cos(M_PI / 110)));
+  a.warmup_rounds = 111;
+  EXPECT_THAT(std::string(ValidateAdamOptions(a).message()),
+              ::testing::HasSubstr("warmup_rounds"));
+}
+
+// Two optimizers fed the same gradients; their updates compared bit for bit.
+void ExpectSameUpdates(WorkerOptimizer& a, WorkerOptimizer& b, int steps,
+                       int seed) {
+  for (int t = 0; t < steps; ++t) {
+    std::vector<float> g = Grad(seed + t);
+    std::string ua, ub;
+    ASSERT_TRUE(a.ComputeUpdate(g, &ua).ok());
+    ASSERT_TRUE(b.ComputeUpdate(g, &ub).ok());
+    ASSERT_EQ(ua, ub) << "step " << t;
+  }
+}
+
+TEST(WorkerOptimizer, SettingTheSameLrEveryStepChangesNoBit) {
+  AdamOptions a;
+  a.lr = 3e-3f;
+  auto fixed = Make("sign", a);
+  auto set = Make("sign", a);
+  for (int t = 0; t < 10; ++t) {
+    ASSERT_TRUE(set->SetLr(3e-3f).ok());
+    ExpectSameUpdates(*fixed, *set, 1, 40 + t);
+  }
+}
+
+TEST(WorkerOptimizer, PerStepLrIsTheLrOfThatStep) {
+  // Steps with lr 1e-2, then 1e-3, then 0 equal a reference whose
+  // options change.
+  ExpectMatchesReference({}, [](int t) {
+    return t <= 8 ? 1e-2f : t <= 16 ? 1e-3f : 0.0f;
+  });
+  auto w = Make("fp32", {});
+  EXPECT_TRUE(w->SetLr(0.0f).ok());  // a warm-up's first step
+  for (float bad : {-1e-3f, NAN, INFINITY}) {
+    EXPECT_EQ(w->SetLr(bad).code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(w->lr(), 0.0f);
+}
+
+TEST(WorkerOptimizer, RestoredStateContinuesBitForBit) {
+  auto original = Make("sign", {});
+  std::string u;
+  for (int t = 0; t < 7; ++t) ASSERT_TRUE(original->ComputeUpdate(Grad(t), &u).ok());
+  auto restored = Make("sign", {});
+  ASSERT_TRUE(restored->RestoreState(original->state()).ok());
+  EXPECT_EQ(restored->step(), 7);
+  ExpectSameUpdates(*original, *restored, 5, 100);
+
+  WorkerOptimizer::State bad = original->state();
+  bad.m.pop_back();
+  EXPECT_THAT(std::string(restored->RestoreState(bad).message()),
+              ::testing::HasSubstr("m has"));
+  bad = original->state();
+  bad.e[3] = NAN;
+  EXPECT_EQ(restored->RestoreState(bad).code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = original->state();
+  bad.beta1_power = 2;
+  EXPECT_EQ(restored->RestoreState(bad).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(restored->step(), 12);  // unchanged by the refusals
 }
 
 TEST(WorkerOptimizer, ErrorFeedbackLosesNothingOverTime) {

@@ -24,7 +24,11 @@ ABSL_FLAG(double, beta1, 0.9, "Adam beta1");
 ABSL_FLAG(double, beta2, 0.999, "Adam beta2 (with --beta2_schedule=constant)");
 ABSL_FLAG(double, eps, 1e-8, "Adam epsilon");
 ABSL_FLAG(std::string, lr_schedule, "constant",
-          "constant (lr) or inverse_sqrt (lr / sqrt(t))");
+          "constant (lr), inverse_sqrt (lr / sqrt(t)) or warmup_cosine "
+          "(linear from 0 to lr over --warmup_rounds, then a half cosine "
+          "down to 0 at --rounds)");
+ABSL_FLAG(int64_t, warmup_rounds, 0,
+          "Rounds of linear warm-up of --lr_schedule=warmup_cosine");
 ABSL_FLAG(std::string, beta2_schedule, "constant",
           "constant (beta2) or theta (1 - theta / t)");
 ABSL_FLAG(double, theta, 1.0, "theta of --beta2_schedule=theta, in (0, 1]");
@@ -44,8 +48,10 @@ namespace effadam {
 absl::StatusOr<LrSchedule> ParseLrSchedule(absl::string_view name) {
   if (name == "constant") return LrSchedule::kConstant;
   if (name == "inverse_sqrt") return LrSchedule::kInverseSqrt;
+  if (name == "warmup_cosine") return LrSchedule::kWarmupCosine;
   return absl::InvalidArgumentError(absl::StrCat(
-      "--lr_schedule must be constant or inverse_sqrt, got '", name, "'"));
+      "--lr_schedule must be constant, inverse_sqrt or warmup_cosine, got '",
+      name, "'"));
 }
 
 absl::StatusOr<Beta2Schedule> ParseBeta2Schedule(absl::string_view name) {
@@ -98,13 +104,20 @@ absl::StatusOr<TrainingConfig> TrainingConfigFromFlags() {
       ParseBeta2Schedule(absl::GetFlag(FLAGS_beta2_schedule));
   if (!b2_schedule.ok()) return b2_schedule.status();
   a.beta2_schedule = *b2_schedule;
-  if (absl::Status s = ValidateAdamOptions(a); !s.ok()) return s;
-
   c.rounds = absl::GetFlag(FLAGS_rounds);
   if (c.rounds <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--rounds must be > 0, got ", c.rounds));
   }
+  a.warmup_rounds = absl::GetFlag(FLAGS_warmup_rounds);
+  a.schedule_rounds = c.rounds;
+  if (a.lr_schedule == LrSchedule::kWarmupCosine &&
+      !(a.warmup_rounds >= 0 && a.warmup_rounds <= c.rounds)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--warmup_rounds must be in [0, --rounds=", c.rounds, "], got ",
+        a.warmup_rounds));
+  }
+  if (absl::Status s = ValidateAdamOptions(a); !s.ok()) return s;
   c.eval_every = absl::GetFlag(FLAGS_eval_every);
   if (c.eval_every < 0) {
     return absl::InvalidArgumentError(

@@ -22,13 +22,14 @@ struct TrainingConfig {
   std::string summary_json;  // empty: no summary file
 };
 
-// The values of --lr_schedule (constant, inverse_sqrt) and --beta2_schedule
-// (constant, theta); anything else is InvalidArgument naming the flag.
+// The values of --lr_schedule (constant, inverse_sqrt, warmup_cosine) and
+// --beta2_schedule (constant, theta); anything else is InvalidArgument
+// naming the flag.
 absl::StatusOr<LrSchedule> ParseLrSchedule(absl::string_view name);
 absl::StatusOr<Beta2Schedule> ParseBeta2Schedule(absl::string_view name);
 
 // From --model, --mlp_hidden, --data_dir, --batch_size, --lr, --beta1,
-// --beta2, --eps, --lr_schedule, --beta2_schedule, --theta,
+// --beta2, --eps, --lr_schedule, --warmup_rounds, --beta2_schedule, --theta,
 // --bias_correction, --weight_decay, --seed, --rounds, --eval_every,
 // --summary_json.
 absl::StatusOr<TrainingConfig> TrainingConfigFromFlags();

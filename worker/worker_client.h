@@ -166,6 +166,12 @@ class WorkerClient {
   // far); empty before Start.
   absl::Span<const float> error_memory() const;
 
+  // The optimizer after Start (null before): its per-round learning rate
+  // (SetLr) and its state, which a worker checkpoints and restores after a
+  // restart (state, RestoreState).
+  WorkerOptimizer* optimizer() { return optimizer_.get(); }
+  const WorkerOptimizer* optimizer() const { return optimizer_.get(); }
+
  private:
   // One server of the model and where this worker stands with it. Each
   // shard has its own round: a shard restored from an older checkpoint

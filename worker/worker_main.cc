@@ -22,6 +22,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -32,6 +33,7 @@
 #include "common/compression_flags.h"
 #include "common/json_writer.h"
 #include "common/prometheus_util.h"
+#include "worker/launch_env.h"
 #include "worker/model.h"
 #include "worker/progress.h"
 #include "worker/training_flags.h"
@@ -113,7 +115,24 @@ class SignalWatcher {
   std::thread thread_;
 };
 
+// --server, --num_shards and --rank where set to other than their
+// defaults; the others come from the environment (worker/launch_env.h).
+// (This abseil keeps IsSpecifiedOnCommandLine private.)
+absl::StatusOr<WorkerPlacement> PlacementFromFlagsAndEnvironment() {
+  auto given = [](const char* name) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    return flag->CurrentValue() != flag->DefaultValue();
+  };
+  GivenPlacement g;
+  if (given("server")) g.server = absl::GetFlag(FLAGS_server);
+  if (given("num_shards")) g.num_shards = absl::GetFlag(FLAGS_num_shards);
+  if (given("rank")) g.rank = absl::GetFlag(FLAGS_rank);
+  return ResolvePlacement(g, ProcessEnvironment());
+}
+
 int Run() {
+  auto placement = PlacementFromFlagsAndEnvironment();
+  if (!placement.ok()) return Fail(placement.status());
   auto training = TrainingConfigFromFlags();
   if (!training.ok()) return Fail(training.status());
   auto compression = CompressionConfigFromFlags();
@@ -146,9 +165,9 @@ int Run() {
                  BoundPort(*exposer));
   }
   WorkerClientOptions options;
-  options.server = absl::GetFlag(FLAGS_server);
-  options.num_shards = absl::GetFlag(FLAGS_num_shards);
-  options.rank = absl::GetFlag(FLAGS_rank);
+  options.server = placement->server;
+  options.num_shards = placement->num_shards;
+  options.rank = placement->rank;
   options.compression = *compression;
   options.adam = tc.adam;
   options.seed = tc.seed;
@@ -192,6 +211,11 @@ int Run() {
     auto m = MakeModel(probe, &cache);
     if (!m.ok()) return fail(m.status());
     if (absl::Status s = client.Join((*m)->layout()); !s.ok()) return fail(s);
+    if (absl::Status s = CheckWorldSize(*placement, client.num_workers(),
+                                        options.server);
+        !s.ok()) {
+      return fail(s);
+    }
   }
   const int rank = client.rank();
   std::unique_ptr<WorkerMetrics> metrics;

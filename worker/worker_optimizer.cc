@@ -32,7 +32,38 @@ absl::Status ValidateAdamOptions(const AdamOptions& o) {
   if (!(o.theta > 0 && o.theta <= 1)) return bad("theta ((0, 1])", o.theta);
   if (!(o.weight_decay >= 0 && o.weight_decay < FLT_MAX))
     return bad("weight_decay (>= 0)", o.weight_decay);
+  if (o.lr_schedule == LrSchedule::kWarmupCosine &&
+      !(o.schedule_rounds > 0 && o.warmup_rounds >= 0 &&
+        o.warmup_rounds <= o.schedule_rounds)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "adam option warmup_rounds out of range: the warmup_cosine schedule "
+        "needs 0 <= warmup_rounds <= rounds and rounds > 0, got "
+        "warmup_rounds ", o.warmup_rounds, " of ", o.schedule_rounds,
+        " rounds"));
+  }
   return absl::OkStatus();
+}
+
+float ScheduledLr(const AdamOptions& o, float base_lr, int64_t t) {
+  switch (o.lr_schedule) {
+    case LrSchedule::kConstant:
+      return base_lr;
+    case LrSchedule::kInverseSqrt:
+      return base_lr / std::sqrt(static_cast<float>(t));
+    case LrSchedule::kWarmupCosine: {
+      if (t <= o.warmup_rounds) {
+        return static_cast<float>(static_cast<double>(base_lr) * t /
+                                  o.warmup_rounds);
+      }
+      if (t >= o.schedule_rounds) return 0.0f;
+      const double progress =
+          static_cast<double>(t - o.warmup_rounds) /
+          static_cast<double>(o.schedule_rounds - o.warmup_rounds);
+      return static_cast<float>(0.5 * base_lr *
+                                (1.0 + std::cos(M_PI * progress)));
+    }
+  }
+  return base_lr;
 }
 
 absl::StatusOr<std::unique_ptr<WorkerOptimizer>> WorkerOptimizer::Create(
@@ -50,6 +81,7 @@ absl::StatusOr<std::unique_ptr<WorkerOptimizer>> WorkerOptimizer::Create(
   w->worker_codec_ = std::move(worker_codec);
   w->server_codec_ = std::move(server_codec);
   w->options_ = options;
+  w->lr_ = options.adam.lr;
   const size_t n = x0.size();
   w->x_ = std::move(x0);
   w->m_.assign(n, 0.0f);
@@ -75,9 +107,7 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
   const float b2 = o.beta2_schedule == Beta2Schedule::kConstant
                        ? o.beta2
                        : 1.0f - o.theta / static_cast<float>(t);
-  const float lr = o.lr_schedule == LrSchedule::kConstant
-                       ? o.lr
-                       : o.lr / std::sqrt(static_cast<float>(t));
+  const float lr = ScheduledLr(o, lr_, t);
   const double beta1_power = beta1_power_ * b1;
   const double beta2_power = beta2_power_ * b2;
 
@@ -88,10 +118,20 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
     inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - beta2_power));
   }
   auto m = Arr(m_), v = Arr(v_), d = Arr(d_);
-  m = b1 * m + (1.0f - b1) * g;
-  v = b2 * v + (1.0f - b2) * g.square();
+  if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kL2) {
+    // torch.optim.Adam: g + wd * x, in d_ (overwritten below) so that the
+    // caller's gradient stays as it is.
+    d = g + o.weight_decay * Arr(x_);
+    m = b1 * m + (1.0f - b1) * d;
+    v = b2 * v + (1.0f - b2) * d.square();
+  } else {
+    m = b1 * m + (1.0f - b1) * g;
+    v = b2 * v + (1.0f - b2) * g.square();
+  }
   d = step * m / (v.sqrt() * inv_sqrt_bc2 + o.eps);
-  if (o.weight_decay > 0) d += (lr * o.weight_decay) * Arr(x_);
+  if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kDecoupled) {
+    d += (lr * o.weight_decay) * Arr(x_);
+  }
 
   const uint64_t seed = options_.seed ^
                         (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(t)) ^
@@ -106,6 +146,63 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
   t_ = t;
   beta1_power_ = beta1_power;
   beta2_power_ = beta2_power;
+  return absl::OkStatus();
+}
+
+absl::Status WorkerOptimizer::SetLr(float lr) {
+  if (!(lr >= 0 && lr < FLT_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "learning rate must be finite and >= 0, got ", lr));
+  }
+  lr_ = lr;
+  return absl::OkStatus();
+}
+
+WorkerOptimizer::State WorkerOptimizer::state() const {
+  State s;
+  s.step = t_;
+  s.beta1_power = beta1_power_;
+  s.beta2_power = beta2_power_;
+  s.m = m_;
+  s.v = v_;
+  s.e = e_;
+  return s;
+}
+
+absl::Status WorkerOptimizer::RestoreState(State s) {
+  const size_t n = x_.size();
+  for (const auto& [name, vec] :
+       {std::pair<const char*, const std::vector<float>*>{"m", &s.m},
+        {"v", &s.v},
+        {"e", &s.e}}) {
+    if (vec->size() != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer state: ", name, " has ", vec->size(),
+                       " elements, the model has ", n));
+    }
+    const ConstArrayMap a(vec->data(), static_cast<Eigen::Index>(n));
+    if (!a.isFinite().all()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer state: ", name, " holds NaN or Inf"));
+    }
+  }
+  if (!(ConstArrayMap(s.v.data(), static_cast<Eigen::Index>(n)) >= 0).all()) {
+    return absl::InvalidArgumentError(
+        "optimizer state: v (the second moment) holds a negative value");
+  }
+  if (s.step < 0 || !(s.beta1_power >= 0 && s.beta1_power <= 1) ||
+      !(s.beta2_power >= 0 && s.beta2_power <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer state: step ", s.step, " and bias-correction products ",
+        s.beta1_power, ", ", s.beta2_power,
+        " must be >= 0 and in [0, 1]"));
+  }
+  t_ = s.step;
+  beta1_power_ = s.beta1_power;
+  beta2_power_ = s.beta2_power;
+  m_ = std::move(s.m);
+  v_ = std::move(s.v);
+  e_ = std::move(s.e);
   return absl::OkStatus();
 }
 

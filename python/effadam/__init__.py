@@ -6,8 +6,9 @@ pybind11 (nothing is implemented twice).
     client = effadam.WorkerClient(server="127.0.0.1:50051",
                                   compression=effadam.CompressionConfig())
 
-The PyTorch optimizer is effadam.optim.EfficientAdam (imports torch).
-docs/python.md describes the API.
+The PyTorch optimizers are effadam.optim.EfficientAdam and EfficientAdamW
+(import torch); `python3 -m effadam.run --nproc=N -- train.py` launches a
+server and N workers. docs/python.md describes the API.
 """
 
 from ._effadam import (  # noqa: F401
@@ -23,13 +24,17 @@ from ._effadam import (  # noqa: F401
     UpdateCodec,
     WireBytes,
     WorkerClient,
+    WorkerPlacement,
+    check_world_size,
     load_idx_dataset,
     params_checksum,
+    resolve_placement,
 )
 
 __all__ = [
     "AdamOptions", "ClientSecurity", "Codec", "CompressionConfig",
     "InvalidArgumentError", "StatusCode", "StatusError", "TensorLayout",
-    "Traffic", "UpdateCodec", "WireBytes", "WorkerClient", "load_idx_dataset",
-    "params_checksum",
+    "Traffic", "UpdateCodec", "WireBytes", "WorkerClient", "WorkerPlacement",
+    "check_world_size", "load_idx_dataset", "params_checksum",
+    "resolve_placement",
 ]

@@ -15,6 +15,9 @@
 # scraped the server's metrics (every server metric the dashboard uses).
 # Then the same run with the `sharded` profile (2 server containers): every
 # worker ends with the first run's x, and the shards' bytes add up to its.
+# Then the `pytorch` profile: the Dockerfile's pytorch image, 4 PyTorch
+# workers (examples/fashion_mnist_cnn.py) against the server for a short
+# run; every worker's params_checksum equals the server's.
 #
 # Cache (kept between runs, EFFADAM_CI_CACHE, default /var/cache/effadam-ci;
 # delete it to start cold): the debootstrap root file system, and podman's
@@ -73,6 +76,8 @@ flock -w 1800 9
 WORK="$(mktemp -d /tmp/effadam-container-test.XXXXXX)"
 PROJECT="effadamct$$"
 IMAGE="localhost/effadam:ct-$$"
+PYIMAGE="localhost/effadam-pytorch:ct-$$"
+PYROUNDS="${EFFADAM_TEST_PYTORCH_ROUNDS:-30}"
 CACHE_TAG="localhost/effadam-ci:cache"
 SOCK="$WORK/podman.sock"
 # Podman's run state: a fixed path per cache, because podman records its
@@ -117,6 +122,7 @@ cleanup() {
     | xargs -r podman volume rm -f >/dev/null 2>&1
   # Remove the test's tag; the image's layers stay, tagged as the cache.
   podman untag "$IMAGE" >/dev/null 2>&1
+  podman untag "$PYIMAGE" >/dev/null 2>&1
   rm -rf "$WORK" "$RUN_DIR"
   exit $rc
 }
@@ -147,13 +153,16 @@ t0=$(date +%s)
 BUILD=(podman build --format docker --network=host --pull=never --layers)
 { "${BUILD[@]}" --target build-deps -t "$CACHE_TAG-build-deps" "$ROOT" \
   && "${BUILD[@]}" -t "$IMAGE" "$ROOT" \
-  && "${BUILD[@]}" --target build -t "$CACHE_TAG-build" "$ROOT"; } >"$WORK/build.log" 2>&1 \
+  && "${BUILD[@]}" --target build -t "$CACHE_TAG-build" "$ROOT" \
+  && "${BUILD[@]}" --target build-python -t "$CACHE_TAG-build-python" "$ROOT" \
+  && "${BUILD[@]}" --target pytorch -t "$PYIMAGE" "$ROOT"; } >"$WORK/build.log" 2>&1 \
   || { tail -40 "$WORK/build.log"; exit 1; }
 log "image built in $(( $(date +%s) - t0 )) s"
 # The newest image stays tagged as the cache of the runtime stage's layers;
 # untagged leftovers of earlier runs are pruned, so the cache holds at most
 # the base, build-deps, one build stage and one image.
 podman tag "$IMAGE" "$CACHE_TAG-last"
+podman tag "$PYIMAGE" "$CACHE_TAG-pytorch-last"
 for _ in 1 2 3 4 5; do
   [ -z "$(podman image prune -f 2>/dev/null)" ] && break
 done
@@ -163,6 +172,10 @@ podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE" | grep -q 
 for b in effadam-server effadam-worker effadam-health; do
   podman run --rm --no-healthcheck --network=host --entrypoint "$b" "$IMAGE" --version >/dev/null
 done
+# The pytorch image: unprivileged, torch with OpenBLAS, the package.
+[ "$(podman image inspect --format '{{.Config.User}}' "$PYIMAGE")" = "effadam:effadam" ]
+podman run --rm --network=host --entrypoint python3 "$PYIMAGE" -c \
+  "import torch, effadam.optim; assert 'openblas' in open('/proc/self/maps').read(), 'torch without OpenBLAS'"
 
 # Does this build export metrics (--metrics_listen)? Until it does, the test
 # runs without it and says so.
@@ -182,8 +195,8 @@ for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
 PY
 )
-mkdir -p "$WORK/sharded0" "$WORK/sharded1"
-chown 10001:10001 "$WORK/data" "$WORK/sharded0" "$WORK/sharded1"
+mkdir -p "$WORK/sharded0" "$WORK/sharded1" "$WORK/pytorch"
+chown 10001:10001 "$WORK/data" "$WORK/sharded0" "$WORK/sharded1" "$WORK/pytorch"
 export EFFADAM_IMAGE="$IMAGE"
 export EFFADAM_WORKERS="$NWORKERS" EFFADAM_ROUNDS="$ROUNDS" EFFADAM_MODEL=mlp
 export EFFADAM_EVAL_EVERY=100 EFFADAM_ROUND_TIMEOUT=60
@@ -202,6 +215,9 @@ python3 "$ROOT/tests/deploy/make_override.py" \
 python3 "$ROOT/tests/deploy/make_override.py" \
   --compose "$ROOT/deploy/docker-compose.yml" --data "$WORK/sharded0" \
   --data_shard1 "$WORK/sharded1" --metrics 0 > "$WORK/override-sharded.yml"
+python3 "$ROOT/tests/deploy/make_override.py" \
+  --compose "$ROOT/deploy/docker-compose.yml" --data "$WORK/pytorch" \
+  --data_shard1 "$WORK/sharded1" --metrics 0 > "$WORK/override-pytorch.yml"
 
 # --- Prometheus on the host, scraping the server container on loopback --------
 if [ "$METRICS" = 1 ]; then
@@ -236,7 +252,7 @@ run_compose() {
   local name=$1 servers=$2; shift 2
   local t0 deadline running failed id code cname
   t0=$(date +%s)
-  "${RUN[@]}" up -d --no-build --scale worker="$NWORKERS" "$@"
+  "${RUN[@]}" up -d --no-build --scale "${WORKER_SERVICE:-worker}=$NWORKERS" "$@"
   deadline=$(( $(date +%s) + 900 ))
   while :; do
     running=$(podman ps -q --filter "label=com.docker.compose.project=$PROJECT" | wc -l)
@@ -294,6 +310,31 @@ python3 "$ROOT/tests/deploy/check_run.py" \
   --log "$WORK/compose.log" \
   --shard_summaries "$WORK/sharded0/server-summary.json" "$WORK/sharded1/server-summary.json" \
   --shard_log "$WORK/sharded.log"
+
+# --- the pytorch profile: PyTorch workers from the pytorch image ---------------
+"${RUN[@]}" down --volumes >/dev/null 2>&1
+export EFFADAM_NUM_SHARDS=1 EFFADAM_SERVER_ADDR="127.0.0.1:$GRPC_PORT"
+export EFFADAM_PYTORCH_IMAGE="$PYIMAGE" EFFADAM_ROUNDS="$PYROUNDS"
+export EFFADAM_EVAL_EVERY="$PYROUNDS"
+log "docker-compose --profile pytorch up: server + $NWORKERS PyTorch workers, $PYROUNDS rounds of the CNN"
+RUN=(docker-compose -p "$PROJECT" -f "$ROOT/deploy/docker-compose.yml"
+     -f "$WORK/override-pytorch.yml" --profile pytorch)
+WORKER_SERVICE=pytorch-worker run_compose pytorch 1 server pytorch-worker
+python3 - "$WORK/pytorch/server-summary.json" "$WORK/pytorch.log" "$NWORKERS" "$PYROUNDS" <<'PY'
+import json, re, sys
+summary, log, workers, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = json.load(open(summary))
+text = open(log, errors="replace").read()
+said = re.findall(r"rank (\d+) done after round (\d+), params_checksum ([0-9a-f]{16})", text)
+assert s["rounds"] == rounds, s
+assert sorted(int(r) for r, _, _ in said) == list(range(workers)), said
+bad = [(r, c) for r, n, c in said if c != s["params_checksum"] or int(n) != rounds]
+assert not bad, "server %s, workers %s" % (s["params_checksum"], bad)
+acc = re.findall(r"test_accuracy ([0-9.]+)", text)
+print("container_test: pytorch: %d workers, %d rounds, every params_checksum "
+      "equal to the server's %s; rank 0 test_accuracy %s"
+      % (workers, rounds, s["params_checksum"], acc[-1] if acc else "-"))
+PY
 log "PASS"
 exit 0
 }

@@ -10,6 +10,8 @@ Prometheus in the test scrapes the server. With --metrics 0 the server's is
 emptied too. (--metrics_linger goes with --metrics_listen.) The commands are otherwise the base file's, so
 the test runs the same flags a user and the Kubernetes manifests do.
 
+pytorch-worker (the `pytorch` profile) is treated as worker.
+
 server-shard1 (the `sharded` profile) listens on ${EFFADAM_SHARD1_LISTEN}
 instead, since on one host network the two servers cannot share a port,
 without metrics, its data volume a bind mount of --data_shard1.
@@ -52,6 +54,11 @@ def main():
             "worker": {
                 "network_mode": "host",
                 "command": command("worker", False),
+            },
+            # The `pytorch` profile's workers, like the C++ ones.
+            "pytorch-worker": {
+                "network_mode": "host",
+                "command": command("pytorch-worker", False),
             },
             "server-shard1": {
                 "network_mode": "host",

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Static checks of the deploy files (no container engine, no cluster):
-#   - docker-compose config of deploy/docker-compose.yml (and with the
-#     container test's host-network override);
+#   - docker-compose config of deploy/docker-compose.yml, its sharded and
+#     pytorch profiles (and with the container test's host-network override);
 #   - promtool check config of deploy/prometheus/prometheus.yml, and the
 #     Grafana provisioning files parse;
 #   - the Dockerfile linted with dockerfile-utils (npm), no finding allowed;
 #   - the kustomize base validated against the Kubernetes schemas with
 #     kubernetes-models and @kubernetes-models/prometheus-operator (npm),
-#     plus cross-reference checks, and the TLS component deploy/k8s/tls
-#     applied to it (tests/deploy/validate_k8s.cjs; with --bin the flags it
+#     plus cross-reference checks, the TLS component deploy/k8s/tls and the
+#     overlay deploy/k8s/overlays/pytorch applied to it
+#     (tests/deploy/validate_k8s.cjs; with --bin the flags the TLS component
 #     adds are checked against the binaries' --helpfull);
 #   - the manifests' container args are the compose file's (check_consistency.py);
 #   - the Grafana dashboard (check_dashboard.py; with --bin DIR it also runs
@@ -55,11 +56,25 @@ for want in "FLAGS_shard: '1'" "--num_shards=2" \
   fi
 done
 echo "ok   deploy/docker-compose.yml --profile sharded: shard 1 of 2, workers dial both"
+# The pytorch profile: PyTorch workers from the Dockerfile's pytorch target,
+# the server from the environment, WORLD_SIZE the server's --workers.
+pytorch=$(cd "$ROOT/deploy" && env -i PATH="$PATH" EFFADAM_WORKERS=3 \
+  docker-compose -f docker-compose.yml --profile pytorch config)
+for want in "target: pytorch" "/opt/effadam/examples/fashion_mnist_cnn.py" \
+            "EFFADAM_SERVER: server:50051" "WORLD_SIZE: '3'" "--workers=3"; do
+  if ! grep -qF -- "$want" <<<"$pytorch"; then
+    echo "FAIL compose --profile pytorch: no $want"; exit 1
+  fi
+done
+grep -q '^FROM .* AS pytorch$' "$ROOT/Dockerfile" \
+  || { echo "FAIL Dockerfile: no pytorch target"; exit 1; }
+echo "ok   deploy/docker-compose.yml --profile pytorch: the example from the pytorch image, WORLD_SIZE = --workers"
 python3 "$ROOT/tests/deploy/make_override.py" --compose "$ROOT/deploy/docker-compose.yml" \
   --data "$TMP/data" --data_shard1 "$TMP/data1" --metrics 1 > "$TMP/override.yml"
 env -i PATH="$PATH" EFFADAM_SERVER_LISTEN=127.0.0.1:50051 \
   EFFADAM_SHARD1_LISTEN=127.0.0.1:50052 docker-compose \
-  -f "$ROOT/deploy/docker-compose.yml" -f "$TMP/override.yml" --profile sharded config -q
+  -f "$ROOT/deploy/docker-compose.yml" -f "$TMP/override.yml" --profile sharded \
+  --profile pytorch config -q
 echo "ok   deploy/docker-compose.yml + the container test's host-network override"
 
 step "promtool check config"

@@ -132,7 +132,64 @@ if (process.env.K8S_ARGS_OUT) {
   fs.writeFileSync(process.env.K8S_ARGS_OUT, JSON.stringify({server: serverC.args, worker: workerC.args}));
 }
 validateTlsComponent(path.join(dir, "tls"));
+validatePytorchOverlay(path.join(dir, "overlays", "pytorch"));
 finish();
+
+// The overlay overlays/pytorch: the base's worker Job patched to run the
+// PyTorch example from the pytorch image, validated as the base is, its
+// flags those the example takes, its rank the completion index.
+function validatePytorchOverlay(odir) {
+  const kpath = path.join(odir, "kustomization.yaml");
+  check(fs.existsSync(kpath), "the overlay overlays/pytorch exists");
+  if (!fs.existsSync(kpath)) return;
+  const k = YAML.parse(fs.readFileSync(kpath, "utf8"));
+  check(k.kind === "Kustomization" && JSON.stringify(k.resources) === JSON.stringify(["../.."]),
+        "overlays/pytorch is a Kustomization of the base");
+  const p = (k.patches || []).find(x => x.target && x.target.kind === "Job");
+  check(!!p && p.target.name === job.metadata.name, "overlays/pytorch patches the worker Job");
+  if (!p) return;
+  const ops = YAML.parse(fs.readFileSync(path.join(odir, p.path), "utf8"));
+  const pj = applyJsonPatch(job, ops, `overlays/pytorch/${p.path}`);
+  validate(pj, "overlays/pytorch: the patched Job");
+  const c = pj.spec.template.spec.containers[0];
+  check((k.images || []).some(i => i.name === c.image) && c.image === "effadam-pytorch",
+        "overlays/pytorch: the worker runs the image effadam-pytorch, set in images:");
+  const script = c.command && c.command[0] === "python3" && c.command[1];
+  const m = script && script.match(/^\/opt\/effadam\/(examples\/[a-z_]+\.py)$/);
+  check(!!m && fs.existsSync(path.join(dir, "..", "..", m[1])),
+        `overlays/pytorch: runs an example the image holds (${script})`);
+  if (m) {
+    // Every flag must be one the example (or example_worker.py) defines.
+    const src = [m[1], "examples/example_worker.py"]
+      .map(f => fs.readFileSync(path.join(dir, "..", "..", f), "utf8")).join("\n");
+    for (const a of c.args) {
+      const flag = a.split("=")[0];
+      // Defined as "--flag", or by a loop over "flag" names.
+      check(src.includes(`"${flag}"`) || src.includes(`"${flag.slice(2)}"`),
+            `overlays/pytorch: the example takes ${flag}`);
+    }
+  }
+  check(!c.args.some(a => /^--(rank|server|num_shards)=/.test(a)),
+        "overlays/pytorch: no --rank or --server: the rank is the completion index, the server EFFADAM_SERVER");
+  const env = Object.fromEntries((c.env || []).map(e => [e.name, e]));
+  check(!!env.JOB_COMPLETION_INDEX && env.JOB_COMPLETION_INDEX.valueFrom,
+        "overlays/pytorch: JOB_COMPLETION_INDEX (the rank) is in the environment");
+  check(env.EFFADAM_SERVER && env.EFFADAM_SERVER.value ===
+        `${sts.metadata.name}-{shard}.${svc.metadata.name}:50051`,
+        "overlays/pytorch: EFFADAM_SERVER dials every shard's server pod");
+  check(env.WORLD_SIZE && env.WORLD_SIZE.value === "$(EFFADAM_WORKERS)",
+        "overlays/pytorch: WORLD_SIZE is EFFADAM_WORKERS, checked against the server's --workers");
+  const defined = new Set([...Object.keys(cm.data), ...(c.env || []).map(e => e.name)]);
+  for (const s of [...c.args, ...(c.env || []).map(e => e.value || "")]) {
+    for (const r of s.matchAll(/\$\(([A-Z0-9_]+)\)/g)) {
+      check(defined.has(r[1]), `overlays/pytorch: $(${r[1]}) in ${s} is defined`);
+    }
+  }
+  check(c.resources.requests.cpu && c.resources.requests.memory && c.resources.limits.memory,
+        "overlays/pytorch: cpu and memory requests, a memory limit");
+  check(c.ports.some(x => x.containerPort === 9465) && c.args.includes("--metrics_listen=0.0.0.0:9465"),
+        "overlays/pytorch: the worker serves metrics on the port the PodMonitor scrapes");
+}
 
 function validate(obj, what) {
   const M = model(obj.apiVersion, obj.kind);
