@@ -11,8 +11,8 @@
 # Base images are referred to by their full name (docker.io/library/...), so
 # podman and docker resolve the same image.
 #
-# Stages: "build" compiles the two daemons with Debian's toolchain and
-# libraries ("build-python" adds the pybind11 module to the same tree);
+# Stages: "build" compiles the two daemons and the pybind11 module with
+# Debian's toolchain and libraries, once;
 # "runtime-base" holds only the shared libraries the binaries actually link
 # (computed with ldd, so a new dependency cannot be forgotten), the binaries,
 # the Fashion-MNIST data set the built-in models read, the effadam user, and
@@ -33,18 +33,23 @@ RUN apt-get update -q \
       libabsl-dev libeigen3-dev zlib1g-dev \
       libgtest-dev libgmock-dev libbenchmark-dev \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-      libssl-dev prometheus-cpp-dev \
+      libssl-dev prometheus-cpp-dev python3-dev pybind11-dev \
  && rm -rf /var/lib/apt/lists/*
 
 FROM build-deps AS build
 WORKDIR /src
 COPY . .
+# One compilation for both images: the Python module needs position-
+# independent code, so everything is built that way once.
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DEFFADAM_BUILD_BENCH=OFF \
-      -DEFFADAM_BUILD_PYTHON=OFF \
- && cmake --build /build -j "$(nproc)" --target effadam-server effadam-worker effadam-health \
- && install -d /out/bin \
+      -DEFFADAM_BUILD_PYTHON=ON \
+ && cmake --build /build -j "$(nproc)" \
+      --target effadam-server effadam-worker effadam-health effadam_python \
+ && install -d /out/bin /out/python \
  && install -m 0755 -s /build/bin/effadam-server /build/bin/effadam-worker \
-      /build/bin/effadam-health /out/bin/
+      /build/bin/effadam-health /out/bin/ \
+ && cp -r /build/python/effadam /out/python/ \
+ && strip --strip-unneeded /out/python/effadam/*.so
 
 # The Debian packages that own the shared libraries the binaries load: the
 # runtime stage installs exactly these (plus the data set).
@@ -59,18 +64,6 @@ RUN ldd /out/bin/* \
       | cut -d: -f1 | sort -u > /out/runtime-packages \
  && test -s /out/runtime-packages \
  && cat /out/runtime-packages
-
-# The Python module, compiled in the same tree: only the bindings are new.
-FROM build AS build-python
-RUN apt-get update -q \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      python3-dev pybind11-dev \
- && rm -rf /var/lib/apt/lists/* \
- && cmake -S . -B /build -DEFFADAM_BUILD_PYTHON=ON \
- && cmake --build /build -j "$(nproc)" --target effadam_python \
- && install -d /out/python \
- && cp -r /build/python/effadam /out/python/ \
- && strip --strip-unneeded /out/python/effadam/*.so
 
 # -------------------------------------------------------------- runtime stages
 FROM docker.io/library/debian:bookworm AS runtime-base
@@ -108,7 +101,7 @@ RUN apt-get update -q \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
       python3 python3-numpy python3-torch libopenblas0-pthread \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build-python /out/python/effadam /usr/local/lib/python3.11/dist-packages/effadam
+COPY --from=build /out/python/effadam /usr/local/lib/python3.11/dist-packages/effadam
 COPY examples/ /opt/effadam/examples/
 RUN python3 -c "import effadam, effadam.optim, effadam.run; print('effadam', effadam.__file__)"
 # No bytecode files on a read-only root file system; torch's caches in /tmp.

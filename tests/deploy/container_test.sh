@@ -154,7 +154,6 @@ BUILD=(podman build --format docker --network=host --pull=never --layers)
 { "${BUILD[@]}" --target build-deps -t "$CACHE_TAG-build-deps" "$ROOT" \
   && "${BUILD[@]}" -t "$IMAGE" "$ROOT" \
   && "${BUILD[@]}" --target build -t "$CACHE_TAG-build" "$ROOT" \
-  && "${BUILD[@]}" --target build-python -t "$CACHE_TAG-build-python" "$ROOT" \
   && "${BUILD[@]}" --target pytorch -t "$PYIMAGE" "$ROOT"; } >"$WORK/build.log" 2>&1 \
   || { tail -40 "$WORK/build.log"; exit 1; }
 log "image built in $(( $(date +%s) - t0 )) s"
