@@ -30,7 +30,7 @@ bool Membership::HasDeparted(int rank) const {
   return InRange(rank) && ranks_[rank].phase == Phase::kDeparted;
 }
 
-absl::StatusOr<int> Membership::Join(int requested, bool params_exist,
+absl::StatusOr<int> Membership::Join(int requested, bool wanted,
                                      absl::Time now, bool* upload) {
   int rank = requested;
   if (rank == -1) {
@@ -54,7 +54,7 @@ absl::StatusOr<int> Membership::Join(int requested, bool params_exist,
                     absl::AlreadyExistsError(absl::StrCat(
                         "rank ", rank, " is taken by a live worker")));
   }
-  *upload = !params_exist && uploader_ < 0;
+  *upload = wanted && uploader_ < 0;
   if (*upload) {
     uploader_ = rank;
     upload_progress_at_ = now;

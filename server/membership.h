@@ -45,9 +45,10 @@ class Membership {
 
   // Join: `requested` is -1 for the lowest free rank. The rank, or a
   // rejection: kNoFreeRank, kBadRank (out of range), kRankTaken (live).
-  // `params_exist`: whether the initial parameters are there; if not and
-  // nobody is uploading, *upload is set and this rank is the uploader.
-  absl::StatusOr<int> Join(int requested, bool params_exist, absl::Time now,
+  // `wanted`: the server wants parameters from this worker (it has none
+  // yet, or the worker's replica is newer than its x); if nobody else is
+  // asked to upload, *upload is set and this rank is the uploader.
+  absl::StatusOr<int> Join(int requested, bool wanted, absl::Time now,
                            bool* upload);
 
   // Train: the rank may open its stream (joined, or dropped for idling and

@@ -291,11 +291,29 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
     if (!m.ok()) return Rejected(Rejection::kBadLayout, m.status());
     new_model = *std::move(m);
   }
+  const int64_t replica_round = request.replica_round();
+  if (replica_round < 0) {
+    return Rejected(Rejection::kWrongRound,
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "replica_round must be >= 0 (0: no replica), got ",
+                        replica_round)));
+  }
+  // Parameters are wanted when there are none, or when the worker's
+  // replica is newer than x (a restarted server).
+  const bool wanted =
+      !rounds_.started() || rounds_.AcceptsReplica(replica_round);
   bool upload = false;
-  absl::StatusOr<int> rank = membership_.Join(
-      request.rank(), rounds_.started(), clock_.Now(), &upload);
+  absl::StatusOr<int> rank =
+      membership_.Join(request.rank(), wanted, clock_.Now(), &upload);
   if (!rank.ok()) return rank.status();
   if (new_model.has_value()) model_ = *std::move(new_model);
+  if (upload) {
+    replica_claim_.reset();
+    if (replica_round > 0) {
+      replica_claim_ =
+          ReplicaClaim{*rank, replica_round, request.replica_checksum()};
+    }
+  }
 
   response->set_rank(*rank);
   response->set_round(rounds_.round());
@@ -310,18 +328,27 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
   response->set_shard_begin(static_cast<int64_t>(model_->codecs.range.begin));
   response->set_shard_size(static_cast<int64_t>(model_->codecs.range.size));
   observer_.OnLiveWorkers(membership_.LiveCount());
+  std::string note;
+  if (replica_round > 0) {
+    note = absl::StrCat("; its replica is at round ", replica_round, ", x at ",
+                        rounds_.started() ? absl::StrCat(rounds_.round())
+                                          : std::string("none"),
+                        upload ? ": it uploads its replica"
+                               : ": x is kept (as new, or rounds closed "
+                                 "since the start)");
+  } else if (upload) {
+    note = "; it uploads the initial parameters";
+  }
   logger_.Info(absl::StrCat("rank ", *rank, " joined (",
                             membership_.LiveCount(), "/", options_.workers,
-                            " live)",
-                            upload ? "; it uploads the initial parameters"
-                                   : ""));
+                            " live)", note));
   return absl::OkStatus();
 }
 
 // ---------------------------------------------------------- initial params
 
 absl::Status ParameterServerService::ReadParams(
-    grpc::ServerReader<v1::ParamsChunk>* reader, int rank,
+    grpc::ServerReader<v1::ParamsChunk>* reader, int rank, int64_t round,
     size_t num_elements, v1::ParamsChunk* chunk, std::vector<float>* x,
     int64_t* wire_bytes) {
   ChunkRules rules;
@@ -334,8 +361,7 @@ absl::Status ParameterServerService::ReadParams(
   rules.reserve_total = false;
   absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
   if (!assembler.ok()) return assembler.status();
-  // ParamsChunk.round is FetchParams' field; an upload leaves it 0.
-  assembler->Start(0);
+  assembler->Start(round);
   // A chunk after the last one runs past the end, so read to the end.
   while (true) {
     *wire_bytes += static_cast<int64_t>(chunk->ByteSizeLong());
@@ -382,6 +408,7 @@ absl::Status ParameterServerService::DoUploadParams(
   const int64_t first_wire = static_cast<int64_t>(chunk.ByteSizeLong());
   size_t n = 0;
   int64_t upload_id = 0;
+  std::optional<ReplicaClaim> claim;  // the replica this rank declared
   {
     absl::MutexLock lock(&mu_);
     // A refused upload counts the one chunk that was read.
@@ -389,7 +416,11 @@ absl::Status ParameterServerService::DoUploadParams(
     if (shutting_down_) {
       return absl::UnavailableError("the server is shutting down");
     }
-    if (rounds_.started()) {
+    if (replica_claim_.has_value() && replica_claim_->rank == *rank) {
+      claim = replica_claim_;
+    }
+    if (rounds_.started() &&
+        !(claim.has_value() && rounds_.AcceptsReplica(claim->round))) {
       return Rejected(Rejection::kBadUpload,
                       absl::FailedPreconditionError(
                           "the initial parameters are already uploaded"));
@@ -400,11 +431,13 @@ absl::Status ParameterServerService::DoUploadParams(
     upload_call_ = context;
     n = model_->codecs.worker->num_elements();  // this shard's part of x
   }
+  // Chunks of the initial parameters carry round 0; a replica's, its round.
+  const int64_t round = claim.has_value() ? claim->round : 0;
   std::vector<float> x;
   int64_t wire = 0;
   absl::Status s;
   try {
-    s = ReadParams(reader, *rank, n, &chunk, &x, &wire);
+    s = ReadParams(reader, *rank, round, n, &chunk, &x, &wire);
   } catch (const std::bad_alloc&) {
     s = absl::ResourceExhaustedError(absl::StrCat(
         "the server cannot hold the ", n, " parameters of this layout"));
@@ -421,24 +454,17 @@ absl::Status ParameterServerService::DoUploadParams(
                         "the upload stalled and was given up; join again"));
   }
   upload_call_ = nullptr;
-  if (s.ok() && !shutting_down_) {
-    absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
-        RoundEngine::Create(model_->codecs.worker, model_->codecs.server,
-                            std::move(x), EngineOptions());
-    if (engine.ok()) {
-      Checkpoint identity;
-      identity.layout = model_->layout;
-      identity.compression = CompressionToProto(options_.compression);
-      identity.shard = options_.shard;
-      identity.num_shards = options_.num_shards;
-      rounds_.Start(*std::move(engine), std::move(identity),
-                    /*rounds_closed=*/0, /*resumed=*/false);
-      CountPayloadLocked(TrafficDirection::kJoin,
-                         static_cast<int64_t>(n * sizeof(float)), 0);
-      changed_.SignalAll();
-      return absl::OkStatus();
-    }
-    s = engine.status();
+  if (s.ok() && claim.has_value() && ParamsChecksum(x) != claim->checksum) {
+    s = absl::InvalidArgumentError(absl::StrCat(
+        "the replica's params_checksum is ", ParamsChecksum(x),
+        ", not the ", claim->checksum, " its Join declared"));
+  }
+  if (s.ok() && !shutting_down_) s = StartFromUpload(*rank, round, std::move(x));
+  if (s.ok()) {
+    CountPayloadLocked(TrafficDirection::kJoin,
+                       static_cast<int64_t>(n * sizeof(float)), 0);
+    changed_.SignalAll();
+    return absl::OkStatus();
   }
   if (s.ok()) s = absl::UnavailableError("the server is shutting down");
   // Nothing is kept. The uploader must join again (so its rank is freed),
@@ -451,6 +477,49 @@ absl::Status ParameterServerService::DoUploadParams(
     return s;  // the server's limits or state, not the upload's bytes
   }
   return Rejected(Rejection::kBadUpload, s);
+}
+
+absl::Status ParameterServerService::StartFromUpload(int rank, int64_t round,
+                                                    std::vector<float> x) {
+  RoundEngineState state;
+  state.round = std::max<int64_t>(round, 1);
+  state.params = std::move(x);  // E starts at zero
+  absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
+      RoundEngine::Restore(model_->codecs.worker, model_->codecs.server,
+                           std::move(state), EngineOptions());
+  if (!engine.ok()) return engine.status();
+  const std::string checksum = ParamsChecksum((*engine)->params());
+  if (!rounds_.started()) {
+    Checkpoint identity;
+    identity.layout = model_->layout;
+    identity.compression = CompressionToProto(options_.compression);
+    identity.shard = options_.shard;
+    identity.num_shards = options_.num_shards;
+    // A replica's rounds all closed, on this server's earlier life.
+    rounds_.Start(*std::move(engine), std::move(identity),
+                  /*rounds_closed=*/std::max<int64_t>(round - 1, 0),
+                  /*resumed=*/round > 0);
+    if (round > 0) {
+      logger_.Info(absl::StrCat("x recovered from rank ", rank,
+                                "'s replica at round ", round,
+                                " (no checkpoint), params_checksum ", checksum,
+                                "; the server's error memory starts at zero"));
+    }
+    return absl::OkStatus();
+  }
+  // A round may have closed while the replica was read.
+  if (!rounds_.AcceptsReplica(round)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the replica of round ", round, " is no longer newer than x (round ",
+        rounds_.round(), ")"));
+  }
+  const int64_t was = rounds_.round();
+  rounds_.Recover(*std::move(engine));
+  logger_.Info(absl::StrCat(
+      "x recovered from rank ", rank, "'s replica at round ", round,
+      ", newer than x at round ", was, ", params_checksum ", checksum,
+      "; the server's error memory starts at zero"));
+  return absl::OkStatus();
 }
 
 grpc::Status ParameterServerService::FetchParams(

@@ -207,12 +207,18 @@ class ParameterServerService final
       int* rank);
 
   // Reads the upload that starts with *chunk into *x (x's size is this
-  // shard's element count; memory grows with what arrives). Adds the
-  // serialized size of every chunk read to *wire_bytes, also when it fails.
+  // shard's element count; memory grows with what arrives); every chunk
+  // must carry `round`. Adds the serialized size of every chunk read to
+  // *wire_bytes, also when it fails.
   absl::Status ReadParams(grpc::ServerReader<v1::ParamsChunk>* reader,
-                          int rank, size_t num_elements,
+                          int rank, int64_t round, size_t num_elements,
                           v1::ParamsChunk* chunk, std::vector<float>* x,
                           int64_t* wire_bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  // Rounds start from an upload of `rank`: the initial parameters (round
+  // 0), or a replica at `round` (a fresh server goes on from it; a started
+  // one takes it if it is still newer than x).
+  absl::Status StartFromUpload(int rank, int64_t round, std::vector<float> x)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The Train stream of `rank` after its first message `msg` was accepted.
   absl::Status RunTrain(
       grpc::ServerContext* context,
@@ -267,6 +273,14 @@ class ParameterServerService final
   RoundCoordinator rounds_ ABSL_GUARDED_BY(mu_);
   // The upload in flight, cancelled when its uploader stalls.
   grpc::ServerContext* upload_call_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // What the uploader's Join said of its replica (none for the initial
+  // parameters); its upload must match.
+  struct ReplicaClaim {
+    int rank;
+    int64_t round;
+    std::string checksum;
+  };
+  std::optional<ReplicaClaim> replica_claim_ ABSL_GUARDED_BY(mu_);
   TrafficCounts traffic_ ABSL_GUARDED_BY(mu_);
 };
 

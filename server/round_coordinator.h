@@ -57,6 +57,18 @@ class RoundCoordinator {
   void Start(std::unique_ptr<RoundEngine> engine, Checkpoint identity,
              int64_t rounds_closed, bool resumed);
   bool started() const { return engine_ != nullptr; }
+
+  // Zero lost rounds: until a round closes after Start, a replica that
+  // rejoining workers hold at a round later than x's is better than x (a
+  // restarted server's checkpoint is up to checkpoint_every - 1 rounds
+  // old). Whether a replica at `round` would be taken now.
+  bool AcceptsReplica(int64_t round) const;
+  // Goes on from a replica: `engine` holds it (at its round, with E zero:
+  // the server's residual of the rounds since the checkpoint is lost).
+  // rounds_closed counts the rounds the replica is ahead; updates pending
+  // for the old round are dropped, and their workers, told that the delta
+  // is gone, resync. Needs AcceptsReplica(engine->round()).
+  void Recover(std::unique_ptr<RoundEngine> engine);
   // Null before Start.
   const RoundEngine* engine() const { return engine_.get(); }
   // The round being collected; 1 before Start.
@@ -121,6 +133,8 @@ class RoundCoordinator {
   // The most recent closed rounds, oldest first.
   std::deque<ClosedRound> closed_;
   int64_t rounds_closed_ = 0;
+  // rounds_closed_ at Start (or Recover): replicas are taken until it moves.
+  int64_t rounds_closed_at_start_ = 0;
   int64_t short_rounds_ = 0;
   int64_t resumed_at_round_ = 0;
   std::optional<Checkpoint> due_checkpoint_;

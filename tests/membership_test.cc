@@ -23,17 +23,17 @@ Membership Make(int workers) {
 TEST(Membership, JoinGivesTheLowestFreeRankAndRefusesWithAReason) {
   Membership m = Make(2);
   bool upload = false;
-  EXPECT_EQ(*m.Join(-1, false, kT0, &upload), 0);
+  EXPECT_EQ(*m.Join(-1, true, kT0, &upload), 0);
   EXPECT_TRUE(upload);  // the first Join uploads
-  EXPECT_EQ(*m.Join(-1, false, kT0, &upload), 1);
+  EXPECT_EQ(*m.Join(-1, true, kT0, &upload), 1);
   EXPECT_FALSE(upload);
-  absl::StatusOr<int> full = m.Join(-1, false, kT0, &upload);
+  absl::StatusOr<int> full = m.Join(-1, true, kT0, &upload);
   EXPECT_TRUE(absl::IsResourceExhausted(full.status()));
   EXPECT_EQ(RejectionOf(full.status()), Rejection::kNoFreeRank);
-  absl::StatusOr<int> taken = m.Join(1, false, kT0, &upload);
+  absl::StatusOr<int> taken = m.Join(1, true, kT0, &upload);
   EXPECT_TRUE(absl::IsAlreadyExists(taken.status()));
   EXPECT_EQ(RejectionOf(taken.status()), Rejection::kRankTaken);
-  absl::StatusOr<int> out = m.Join(2, false, kT0, &upload);
+  absl::StatusOr<int> out = m.Join(2, true, kT0, &upload);
   EXPECT_TRUE(absl::IsInvalidArgument(out.status()));
   EXPECT_EQ(RejectionOf(out.status()), Rejection::kBadRank);
   EXPECT_EQ(m.LiveCount(), 2);
@@ -42,7 +42,7 @@ TEST(Membership, JoinGivesTheLowestFreeRankAndRefusesWithAReason) {
 TEST(Membership, OnceTheParametersExistNobodyUploads) {
   Membership m = Make(2);
   bool upload = true;
-  EXPECT_EQ(*m.Join(-1, /*params_exist=*/true, kT0, &upload), 0);
+  EXPECT_EQ(*m.Join(-1, /*wanted=*/false, kT0, &upload), 0);
   EXPECT_FALSE(upload);
   EXPECT_EQ(m.uploader(), -1);
 }
@@ -50,25 +50,25 @@ TEST(Membership, OnceTheParametersExistNobodyUploads) {
 TEST(Membership, AFailedUploadLetsTheNextJoinUpload) {
   Membership m = Make(3);
   bool upload = false;
-  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 0);
+  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 0);
   absl::StatusOr<int64_t> id = m.BeginUpload(0, kT0);
   ASSERT_TRUE(id.ok());
   // Only one upload at a time, and only by the uploader.
-  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 1);
+  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 1);
   EXPECT_FALSE(upload);
   absl::Status other = m.BeginUpload(1, kT0).status();
   EXPECT_EQ(RejectionOf(other), Rejection::kBadUpload);
   EXPECT_THAT(other.message(), HasSubstr("rank 0 was"));
   EXPECT_TRUE(m.EndUpload(*id, 0, kT0));
   m.Leave(0);
-  EXPECT_EQ(*m.Join(-1, false, kT0, &upload), 0);
+  EXPECT_EQ(*m.Join(-1, true, kT0, &upload), 0);
   EXPECT_TRUE(upload);
 }
 
 TEST(Membership, AnUploaderThatStallsLosesItsRank) {
   Membership m = Make(2);
   bool upload = false;
-  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 0);
+  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 0);
   ASSERT_TRUE(upload);
   // It must start within the stall timeout...
   EXPECT_TRUE(m.Expire(kT0 + absl::Seconds(30)).empty());
@@ -85,7 +85,7 @@ TEST(Membership, AnUploaderThatStallsLosesItsRank) {
   EXPECT_EQ(m.uploader(), -1);
   // The next Join uploads while the stalled call is still being cancelled;
   // when that call ends, it changes nothing of the new incarnation's.
-  EXPECT_EQ(*m.Join(-1, false, kT0 + absl::Seconds(77), &upload), 0);
+  EXPECT_EQ(*m.Join(-1, true, kT0 + absl::Seconds(77), &upload), 0);
   EXPECT_TRUE(upload);
   absl::StatusOr<int64_t> again = m.BeginUpload(0, kT0 + absl::Seconds(77));
   ASSERT_TRUE(again.ok());
@@ -98,19 +98,19 @@ TEST(Membership, AnUploaderThatStallsLosesItsRank) {
 TEST(Membership, AnUploaderThatNeverStartsLosesItsRank) {
   Membership m = Make(1);
   bool upload = false;
-  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 0);
+  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 0);
   std::vector<Membership::Expired> gone = m.Expire(kT0 + absl::Seconds(31));
   ASSERT_EQ(gone.size(), 1u);
   EXPECT_TRUE(gone[0].stalled_uploader);
-  EXPECT_EQ(*m.Join(-1, false, kT0 + absl::Seconds(31), &upload), 0);
+  EXPECT_EQ(*m.Join(-1, true, kT0 + absl::Seconds(31), &upload), 0);
   EXPECT_TRUE(upload);
 }
 
 TEST(Membership, IdleJoinsExpireAndMayComeBackWithTheirStream) {
   Membership m = Make(2);
   bool upload = false;
-  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 0);
-  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 1);
+  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 0);
+  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 1);
   ASSERT_TRUE(m.BeginTrain(1).ok());
   // A call in flight keeps rank 0 from idling.
   ASSERT_TRUE(m.BeginCall(0));
@@ -134,7 +134,7 @@ TEST(Membership, TrainNeedsAJoinAndOneStream) {
   bool upload = false;
   EXPECT_EQ(RejectionOf(m.BeginTrain(0)), Rejection::kUnknownRank);
   EXPECT_EQ(RejectionOf(m.BeginTrain(-3)), Rejection::kUnknownRank);
-  ASSERT_EQ(*m.Join(0, true, kT0, &upload), 0);
+  ASSERT_EQ(*m.Join(0, false, kT0, &upload), 0);
   ASSERT_TRUE(m.BeginTrain(0).ok());
   EXPECT_EQ(RejectionOf(m.BeginTrain(0)), Rejection::kDuplicateStream);
   m.Leave(0);
@@ -146,7 +146,7 @@ TEST(Membership, EmptyOnlyWithNobodyLiveAndNoUpload) {
   Membership m = Make(2);
   EXPECT_TRUE(m.Empty());
   bool upload = false;
-  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 0);
+  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 0);
   EXPECT_FALSE(m.Empty());
   absl::StatusOr<int64_t> id = m.BeginUpload(0, kT0);
   ASSERT_TRUE(id.ok());

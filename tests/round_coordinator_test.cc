@@ -21,7 +21,7 @@ class RoundCoordinatorTest : public ::testing::Test {
   RoundCoordinatorTest() : membership_(Rules()) {
     bool upload = false;
     for (int r = 0; r < 3; ++r) {
-      EXPECT_EQ(*membership_.Join(r, true, clock_.Now(), &upload), r);
+      EXPECT_EQ(*membership_.Join(r, false, clock_.Now(), &upload), r);
     }
     layout_ = *TensorLayout::Create({{"w", {256}}});
     codec_ = *UpdateCodec::Create(layout_, *ParseCodecSpec("fp32"), {});

@@ -1172,3 +1172,117 @@ TEST(ParameterServerServiceLimits, ADeclaredHugeLayoutCostsOnlyWhatArrives) {
 
 }  // namespace
 }  // namespace effadam
+
+// ------------------------------------- issue 17: zero lost rounds on a
+// server crash. A restarted server whose checkpoint is older than the
+// replicas its workers hold takes the newest replica (checked by its
+// checksum), so rounds_closed after the restart equals rounds_closed
+// before it.
+
+namespace effadam {
+namespace {
+
+v1::JoinRequest ReplicaJoin(TestServer& server, int rank, int64_t round,
+                            const std::string& checksum) {
+  v1::JoinRequest req = server.JoinRequest(rank);
+  req.set_replica_round(round);
+  req.set_replica_checksum(checksum);
+  return req;
+}
+
+grpc::Status UploadReplica(TestServer& server, int rank, int64_t round,
+                           const std::vector<float>& x) {
+  std::vector<v1::ParamsChunk> chunks = TestServer::Chunks(
+      rank, x, server.options().max_chunk_bytes / sizeof(float));
+  for (v1::ParamsChunk& c : chunks) c.set_round(round);
+  return server.UploadChunks(chunks);
+}
+
+TEST(ParameterServerServiceRecovery, ANewerReplicaWinsOverTheCheckpoint) {
+  ServerOptions o = Options(2, "sign", "sign");
+  o.checkpoint_every = 2;
+  const std::vector<float> x0 = InitialParams(TestLayout().num_elements());
+  std::optional<Checkpoint> checkpoint;
+  std::vector<float> replica;  // the workers' x after 3 rounds
+  int64_t closed_before = 0;
+  {
+    TestServer a(o);
+    a.JoinAndUpload(0, x0);
+    ASSERT_EQ(a.Join(1), 1);
+    TrainAll(&a, 2, 3);
+    checkpoint = a.service().TakeDueCheckpoint();  // after round 2
+    ASSERT_TRUE(checkpoint.has_value());
+    ASSERT_EQ(checkpoint->state.round, 3);
+    ASSERT_TRUE(a.Fetch(0, &replica).ok());
+    closed_before = a.service().Summary().rounds_closed;
+    ASSERT_EQ(closed_before, 3);
+  }
+  const std::string replica_sum = ParamsChecksum(replica);
+  RecordingLogger log;
+  o.logger = &log;
+  TestServer b(o, checkpoint);
+  v1::JoinResponse resp;
+  // A replica as old as x is not asked for.
+  ASSERT_TRUE(b.Join(ReplicaJoin(b, 1, 3, ParamsChecksum(
+                                                checkpoint->state.params)),
+                     &resp)
+                  .ok());
+  EXPECT_FALSE(resp.upload_initial_params());
+  // A newer one is, and must be what its Join declared.
+  ASSERT_TRUE(b.Join(ReplicaJoin(b, 0, 4, replica_sum), &resp).ok());
+  ASSERT_TRUE(resp.upload_initial_params());
+  std::vector<float> forged = replica;
+  forged[0] += 1.0f;
+  EXPECT_EQ(UploadReplica(b, 0, 4, forged).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(b.service().Summary().round, 3);  // unchanged
+  // Rank 0 had to leave; it joins again and uploads the true replica.
+  ASSERT_TRUE(b.Join(ReplicaJoin(b, 0, 4, replica_sum), &resp).ok());
+  ASSERT_TRUE(resp.upload_initial_params());
+  ASSERT_TRUE(UploadReplica(b, 0, 4, replica).ok());
+  const ServerSummary s = b.service().Summary();
+  EXPECT_EQ(s.round, 4);
+  EXPECT_EQ(s.rounds_closed, closed_before);  // zero rounds lost
+  EXPECT_EQ(s.params_checksum, replica_sum);
+  EXPECT_EQ(s.error_checksum,
+            ParamsChecksum(std::vector<float>(b.n(), 0.0f)));  // E restarts
+  EXPECT_TRUE(log.Contains("x recovered from rank 0's replica at round 4"));
+  // Rank 1 fetches the replica and both train on from round 4.
+  std::vector<float> x;
+  int64_t round = 0;
+  ASSERT_TRUE(b.Fetch(1, &x, nullptr, &round).ok());
+  EXPECT_EQ(round, 4);
+  EXPECT_EQ(ParamsChecksum(x), replica_sum);
+}
+
+TEST(ParameterServerServiceRecovery, ReplicasAreTakenOnlyUntilARoundCloses) {
+  ServerOptions o = Options(1, "fp32", "fp32");
+  TestServer server(o);
+  const std::vector<float> x0 = InitialParams(server.n());
+  server.JoinAndUpload(0, x0);
+  TrainAll(&server, 1, 1);
+  v1::JoinResponse resp;
+  ASSERT_TRUE(
+      server.Join(ReplicaJoin(server, 0, 9, ParamsChecksum(x0)), &resp).ok());
+  EXPECT_FALSE(resp.upload_initial_params());  // a round closed here
+}
+
+// A server restarted without a checkpoint goes on at the first rejoining
+// worker's replica round, not at round 1.
+TEST(ParameterServerServiceRecovery, WithoutACheckpointTheReplicaKeepsItsRound) {
+  ServerOptions o = Options(2, "sign", "sign");
+  TestServer server(o);
+  const std::vector<float> x = InitialParams(server.n());
+  v1::JoinResponse resp;
+  ASSERT_TRUE(
+      server.Join(ReplicaJoin(server, 1, 41, ParamsChecksum(x)), &resp).ok());
+  ASSERT_TRUE(resp.upload_initial_params());
+  ASSERT_TRUE(UploadReplica(server, 1, 41, x).ok());
+  const ServerSummary s = server.service().Summary();
+  EXPECT_EQ(s.round, 41);
+  EXPECT_EQ(s.rounds_closed, 40);
+  EXPECT_EQ(s.resumed_at_round, 41);
+}
+
+}  // namespace
+}  // namespace effadam

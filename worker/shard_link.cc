@@ -138,7 +138,8 @@ absl::StatusOr<pb::JoinResponse> ShardLink::Join(
   return reply;
 }
 
-absl::Status ShardLink::Upload(int rank, absl::Span<const float> x,
+absl::Status ShardLink::Upload(int rank, int64_t round,
+                               absl::Span<const float> x,
                                size_t max_chunk_bytes, absl::Time deadline) {
   auto stub = pb::ParameterServer::NewStub(channel_);
   auto context = NewContext(deadline);
@@ -148,6 +149,7 @@ absl::Status ShardLink::Upload(int rank, absl::Span<const float> x,
   const size_t per_chunk = max_chunk_bytes / sizeof(float);
   pb::ParamsChunk chunk;
   chunk.set_rank(rank);
+  chunk.set_round(round);
   for (size_t begin = 0; begin < x.size(); begin += per_chunk) {
     const size_t n = std::min(per_chunk, x.size() - begin);
     chunk.set_begin(static_cast<int64_t>(begin));

@@ -64,8 +64,9 @@ class ShardLink {
   // The server's refusals keep their code and message.
   absl::StatusOr<v1::JoinResponse> Join(const v1::JoinRequest& request,
                                         absl::Time deadline);
-  // UploadParams of `x` in chunks of at most max_chunk_bytes.
-  absl::Status Upload(int rank, absl::Span<const float> x,
+  // UploadParams of `x` in chunks of at most max_chunk_bytes, each naming
+  // `round` (0 for the initial parameters, else a replica's round).
+  absl::Status Upload(int rank, int64_t round, absl::Span<const float> x,
                       size_t max_chunk_bytes, absl::Time deadline);
   // FetchParams of `n` floats, retried while the server is away or has no
   // parameters yet; *round is the round the server is collecting.

@@ -1,5 +1,7 @@
 #include "worker/worker_client.h"
 
+#include "common/checksum.h"
+
 #include <algorithm>
 #include <cstring>
 #include <thread>
@@ -143,6 +145,14 @@ absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline) {
   *request.mutable_layout() = LayoutToProto(layout_);
   *request.mutable_compression() = CompressionToProto(options_.compression);
   request.set_rank(rank);
+  // x is at the start of shard.round: every delta before it is applied.
+  const int64_t replica_round = optimizer_ != nullptr ? shard.round : 0;
+  if (replica_round > 0) {
+    const ShardRange& r = shard.update_range;
+    request.set_replica_round(replica_round);
+    request.set_replica_checksum(
+        ParamsChecksum(params().subspan(r.begin, r.size)));
+  }
   absl::StatusOr<pb::JoinResponse> reply = shard.link->Join(request, deadline);
   if (!reply.ok()) return reply.status();
 
@@ -197,6 +207,7 @@ absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline) {
   rank_ = reply->rank();
   num_workers_ = reply->expected_workers();
   shard.upload = reply->upload_initial_params();
+  shard.upload_round = shard.upload ? replica_round : 0;
   shard.max_chunk_bytes = reply->max_chunk_bytes();
   shard.round = reply->round();
   return absl::OkStatus();
@@ -207,7 +218,7 @@ absl::Status WorkerClient::UploadShard(size_t k, absl::Span<const float> x,
   Shard& shard = shards_[k];
   const ShardRange& r = shard.update_range;
   if (absl::Status s = shard.link->Upload(
-          rank_, x.subspan(r.begin, r.size),
+          rank_, shard.upload_round, x.subspan(r.begin, r.size),
           static_cast<size_t>(shard.max_chunk_bytes), deadline);
       !s.ok()) {
     return s;

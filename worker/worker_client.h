@@ -181,7 +181,8 @@ class WorkerClient {
     ShardRange update_range;  // in the worker codec's update
     ShardRange delta_range;   // in the server codec's delta
     int64_t max_chunk_bytes = 0;
-    bool upload = false;     // told to upload its part of x0
+    bool upload = false;     // told to upload its part of x0 (or replica)
+    int64_t upload_round = 0;  // 0: the initial x0; else the replica's round
     int64_t round = 0;       // the round its next update is for
     int contributors = 0;
     std::unique_ptr<ChunkAssembler> delta;
@@ -189,10 +190,12 @@ class WorkerClient {
 
   bool cancelled() const;
   // Join of shard k for `rank` (-1: any) and the checks of its reply;
-  // sets rank_, num_workers_ and the shard's fields.
+  // sets rank_, num_workers_ and the shard's fields. Once training, the
+  // Join declares this worker's replica of the shard's part of x (its
+  // round and checksum), which a restarted server may ask for.
   absl::Status JoinShard(size_t k, int rank, absl::Time deadline);
   // Uploads shard k's part of the whole-model vector `x` (its server asked
-  // for the initial parameters).
+  // for the initial parameters, or for this worker's replica).
   absl::Status UploadShard(size_t k, absl::Span<const float> x,
                            absl::Time deadline);
   // Shard k's part of the current x (and its round).
