@@ -10,6 +10,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <memory>
@@ -27,6 +28,7 @@
 #include "common/grpc_security.h"
 #include "common/json_writer.h"
 #include "common/prometheus_util.h"
+#include "server/call_guard.h"
 #include "server/checkpoint.h"
 #include "server/parameter_server_service.h"
 #include "server/server_metrics.h"
@@ -64,6 +66,20 @@ ABSL_FLAG(absl::Duration, min_ping_interval, absl::Seconds(10),
           "The shortest interval between a worker's keepalive pings that "
           "the server accepts; a connection that pings faster is closed. "
           "Keep it at most the workers' --keepalive_time");
+ABSL_FLAG(int32_t, max_threads, 256,
+          "Threads gRPC may use for calls, its pollers included; a call that "
+          "finds all busy fails at once with RESOURCE_EXHAUSTED. At least "
+          "2 x --workers + 4 (each worker holds a Train stream and at times "
+          "a fetch); bounds what floods of calls can take "
+          "(docs/security.md)");
+ABSL_FLAG(int64_t, max_transport_memory_mb, 512,
+          "MiB of buffers gRPC's transport may hold before it shrinks them "
+          "and closes the connections that hold the most");
+ABSL_FLAG(int32_t, max_streams_per_connection, 100,
+          "Concurrent calls one connection may have open");
+ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(5),
+          "A connection without any call for this long is closed; clients "
+          "reconnect when they next call");
 ABSL_FLAG(uint64_t, seed, 1,
           "Seed of the server codec's stochastic rounding; use the workers' "
           "--seed to match effadam-sim");
@@ -230,7 +246,15 @@ int Run() {
   transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
   transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
   transport.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval);
-  if (absl::Status s = CheckServerTransport(transport); !s.ok()) {
+  transport.max_threads = absl::GetFlag(FLAGS_max_threads);
+  transport.max_transport_memory_bytes = static_cast<size_t>(
+      std::clamp<int64_t>(absl::GetFlag(FLAGS_max_transport_memory_mb), 0,
+                          int64_t{1} << 30)) << 20;
+  transport.max_streams_per_connection =
+      absl::GetFlag(FLAGS_max_streams_per_connection);
+  transport.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle);
+  if (absl::Status s = CheckServerTransport(transport, options->workers);
+      !s.ok()) {
     return Fail(s);
   }
 
@@ -279,6 +303,10 @@ int Run() {
   // TLS, message size limits (a chunk plus its envelope; gRPC refuses
   // anything larger before it reaches the service), keepalive.
   ConfigureServer(listen, *security, transport, &builder, &port);
+  // Unparseable requests get INVALID_ARGUMENT; calls holding threads are
+  // counted for the health status below.
+  CallGuard guard(options->observer);
+  guard.Install(&builder);
   builder.RegisterService(service->get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
@@ -323,8 +351,22 @@ int Run() {
   // It also writes the checkpoints, outside the service's lock: rounds go on
   // while a file is written.
   int64_t last_checkpoint_round = -1;
+  // Health says NOT_SERVING while every call thread is taken (a flood, or
+  // too small a --max_threads): new calls would fail with
+  // RESOURCE_EXHAUSTED.
+  bool serving = true;
   while (g_signal.load() == 0 &&
          !(*service)->WaitUntilDone(absl::Milliseconds(100))) {
+    if (const bool free_thread =
+            guard.calls_in_flight() < CallThreads(transport);
+        free_thread != serving) {
+      serving = free_thread;
+      server->GetHealthCheckService()->SetServingStatus(serving);
+      std::fprintf(stderr, "effadam-server: %s\n",
+                   serving ? "call threads free again: SERVING"
+                           : "every call thread is busy (--max_threads): "
+                             "NOT_SERVING");
+    }
     if (std::optional<Checkpoint> due = (*service)->TakeDueCheckpoint();
         due.has_value() && *checkpoints != nullptr) {
       WriteCheckpoint(**checkpoints, *due, options->observer);
