@@ -8,6 +8,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <malloc.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -80,6 +81,10 @@ ABSL_FLAG(int32_t, max_streams_per_connection, 100,
 ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(5),
           "A connection without any call for this long is closed; clients "
           "reconnect when they next call");
+ABSL_FLAG(absl::Duration, send_stall_timeout, absl::Seconds(60),
+          "A call whose outgoing message waits this long for its client to "
+          "read it (a FetchParams or Train client that stopped reading) is "
+          "cancelled, freeing its thread and buffers");
 ABSL_FLAG(uint64_t, seed, 1,
           "Seed of the server codec's stochastic rounding; use the workers' "
           "--seed to match effadam-sim");
@@ -233,6 +238,12 @@ void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
 }
 
 int Run() {
+  // Buffers of 1 MiB and more (a FetchParams call's copy of x, chunks) are
+  // mapped for themselves and unmapped when freed. glibc's default raises
+  // this threshold after the first such free, after which every thread's
+  // arena keeps the largest buffer it ever held: a burst of calls on many
+  // threads would keep the server's RSS that high for good.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   absl::StatusOr<ServerOptions> options = OptionsFromFlags();
   if (!options.ok()) return Fail(options.status());
   const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
@@ -303,9 +314,19 @@ int Run() {
   // TLS, message size limits (a chunk plus its envelope; gRPC refuses
   // anything larger before it reaches the service), keepalive.
   ConfigureServer(listen, *security, transport, &builder, &port);
-  // Unparseable requests get INVALID_ARGUMENT; calls holding threads are
-  // counted for the health status below.
-  CallGuard guard(options->observer);
+  // Unparseable requests get INVALID_ARGUMENT, FetchParams calls are
+  // bounded, stalled writes cancelled; calls holding threads are counted
+  // for the health status below.
+  CallLimits limits;
+  limits.max_concurrent_fetches = options->workers;
+  limits.send_stall_timeout = absl::GetFlag(FLAGS_send_stall_timeout);
+  if (limits.send_stall_timeout < absl::Seconds(1) ||
+      limits.send_stall_timeout > absl::Hours(24)) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--send_stall_timeout must be in [1s, 24h], got ",
+                     absl::FormatDuration(limits.send_stall_timeout))));
+  }
+  CallGuard guard(options->observer, limits);
   guard.Install(&builder);
   builder.RegisterService(service->get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -15,6 +15,11 @@ first to a pids cgroup and a memory cgroup (cgroup v1 or v2; the test exits
   health check is truthful: NOT_SERVING, and Status fails with
   RESOURCE_EXHAUSTED; once the flood's connections close it says SERVING
   again and two workers train to the end.
+- fetch_never_read: with a 16 MiB model uploaded, 40 FetchParams calls on
+  connections whose flow-control window is 0. At most --workers of them are
+  served (the rest end with RESOURCE_EXHAUSTED), those are cancelled after
+  --send_stall_timeout, RSS grows by at most two copies of the model, and
+  the workers train to the end.
 - idle_connections: 2,000 HTTP/2 connections that never start a call are
   closed by the server (GOAWAY, then the socket ends) within
   --max_connection_idle plus a margin.
@@ -25,6 +30,7 @@ cgroups and temporary directories are removed.
 """
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -262,6 +268,59 @@ def case_train_never_send(c):
             % (sampler.threads, busy_threads, sampler.rss >> 20, rounds))
 
 
+def case_fetch_never_read(c):
+    elements = 4 << 20  # a 16 MiB model
+    server, port = start_confined_server(c, ["--send_stall_timeout=3s"])
+    synth = os.path.join(c.bin, "effadam-synthetic-worker")
+    common = ["--server=%s:%d" % (LOOPBACK, port), "--elements=%d" % elements,
+              "--rounds=%d" % ROUNDS, "--worker_codec=sign",
+              "--server_codec=sign", "--block_size=64",
+              "--min_compress_elements=64"]
+    # Rank 0 joins, uploads the 16 MiB model and waits for rank 1.
+    first = c.spawn("worker0", [synth, "--rank=0"] + common)
+    def uploaded():
+        rc, out = status(c, port)
+        return rc == 0 and json.loads(out)["params_checksum"] != ""
+
+    c.wait_for("the initial parameters", uploaded, timeout=60)
+    time.sleep(1)
+    base_rss = Sampler(server.pid).now()[1]
+    sampler = Sampler(server.pid)
+    conns = []
+    try:
+        # 40 FetchParams calls on 4 connections whose window is 0: the
+        # server cannot send a byte of any of them.
+        for _ in range(4):
+            conn = h2.Connection((LOOPBACK, port), window=0)
+            conns.append(conn)
+            for _ in range(10):
+                sid = conn.open_stream(h2.FETCH)
+                conn.send_message(sid, b"", end_stream=True)
+        time.sleep(2)
+        held_rss = sampler.now()[1]
+        # The stalled calls are cancelled after --send_stall_timeout.
+        c.wait_for("the stalled fetches to be cancelled",
+                   lambda: sampler.now()[0] <= THREAD_SLACK + 4, timeout=30)
+    finally:
+        for conn in conns:
+            conn.close()
+    sampler.stop()
+    grown = sampler.rss - base_rss
+    bound = 2 * (elements * 4) + (64 << 20)  # one copy per worker, slack
+    check(grown <= bound,
+          "40 unread FetchParams grew RSS by %d MB (bound %d MB; %d MB "
+          "before, %d MB 2 s in)" % (grown >> 20, bound >> 20,
+                                     base_rss >> 20, held_rss >> 20))
+    second = c.spawn("worker1", [synth, "--rank=1"] + common)
+    for w in (first, second):
+        c.expect_ok(w)
+    finish(c, server)
+    return ("40 unread FetchParams of a 16 MiB model: RSS %d MB -> peak %d "
+            "MB (+%d MB, %d MB 2 s in); workers trained to the end"
+            % (base_rss >> 20, sampler.rss >> 20, grown >> 20,
+               held_rss >> 20))
+
+
 def case_idle_connections(c):
     idle = 2
     server, port = start_confined_server(
@@ -314,6 +373,7 @@ def confined(fn):
 CASES = [
     ("rapid_reset", confined(case_rapid_reset)),
     ("train_never_send", confined(case_train_never_send)),
+    ("fetch_never_read", confined(case_fetch_never_read)),
     ("idle_connections", confined(case_idle_connections)),
 ]
 
@@ -339,7 +399,7 @@ def main():
     args = parser.parse_args()
     LONG = args.long
     for b in ("effadam-server", "effadam-worker", "effadam-health",
-              "status_probe"):
+              "status_probe", "effadam-synthetic-worker"):
         if not os.access(os.path.join(args.bin, b), os.X_OK):
             print("missing %s in %s" % (b, args.bin))
             return 1

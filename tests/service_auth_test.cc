@@ -82,7 +82,7 @@ class ServiceAuthTest : public ::testing::Test {
     transport.max_chunk_bytes = kMaxChunkBytes;
     ConfigureServer("127.0.0.1:0", ServerSecurity{}, transport, &builder,
                     &port_);
-    guard_ = std::make_unique<CallGuard>(&observer_);
+    guard_ = std::make_unique<CallGuard>(&observer_, CallLimits());
     guard_->Install(&builder);
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
