@@ -471,11 +471,15 @@ absl::Status CheckServerTransport(const ServerTransport& transport,
         " workers: each holds a Train stream and at times a fetch; use at "
         "least ", 2 * workers + 2 + kServerPollers));
   }
-  if (transport.max_transport_memory_bytes < kMinTransportMemoryBytes) {
+  const size_t min_memory =
+      std::max(kMinTransportMemoryBytes,
+               4 * static_cast<size_t>(MaxMessageBytes(transport.max_chunk_bytes)));
+  if (transport.max_transport_memory_bytes < min_memory) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_transport_memory_mb must be at least ",
-        kMinTransportMemoryBytes >> 20, ", got ",
-        transport.max_transport_memory_bytes >> 20));
+        (min_memory + (1 << 20) - 1) >> 20,
+        " (16, and 4 messages of --max_chunk_bytes and their envelope), "
+        "got ", transport.max_transport_memory_bytes >> 20));
   }
   if (transport.max_streams_per_connection < 2 ||
       transport.max_streams_per_connection > 65536) {

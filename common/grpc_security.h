@@ -171,7 +171,10 @@ struct ServerTransport {
   // Memory gRPC's transport may hold (buffers of connections and calls);
   // above it gRPC reclaims: it shrinks buffers and, under pressure, closes
   // the connections that hold the most. Not the service's own memory.
-  size_t max_transport_memory_bytes = size_t{512} << 20;
+  // gRPC 1.51 receives a message whole before it compares its size with
+  // the limit, so this is also what bounds over-limit messages sent at
+  // once on many connections.
+  size_t max_transport_memory_bytes = size_t{128} << 20;
   // Concurrent calls on one connection; a worker needs two at most (Train
   // and a fetch), in-process clients may share a connection.
   int max_streams_per_connection = 100;
@@ -184,6 +187,7 @@ struct ServerTransport {
 // max_threads is in [kMinServerThreads, 65536] and leaves every one of
 // `workers` a Train stream and a fetch (CallThreads >= 2 x workers + 2),
 // max_transport_memory_bytes is at least kMinTransportMemoryBytes and
+// 4 largest messages (MaxMessageBytes), and
 // max_streams_per_connection is in [2, 65536].
 inline constexpr int kMinServerThreads = 8;
 inline constexpr size_t kMinTransportMemoryBytes = size_t{16} << 20;

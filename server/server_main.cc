@@ -73,9 +73,11 @@ ABSL_FLAG(int32_t, max_threads, 256,
           "2 x --workers + 4 (each worker holds a Train stream and at times "
           "a fetch); bounds what floods of calls can take "
           "(docs/security.md)");
-ABSL_FLAG(int64_t, max_transport_memory_mb, 512,
+ABSL_FLAG(int64_t, max_transport_memory_mb, 128,
           "MiB of buffers gRPC's transport may hold before it shrinks them "
-          "and closes the connections that hold the most");
+          "and closes the connections that hold the most (also what bounds "
+          "over-limit messages sent at once); at least 4 x "
+          "(--max_chunk_bytes + 64 KiB)");
 ABSL_FLAG(int32_t, max_streams_per_connection, 100,
           "Concurrent calls one connection may have open");
 ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(5),

@@ -80,6 +80,12 @@ class Connection:
         self.goaway = False
         self.closed = threading.Event()
         self.next_stream = 1
+        # Flow control of what this client sends (RFC 9113 6.9): the
+        # connection's window and the initial window of every stream.
+        self.window_cv = threading.Condition()
+        self.conn_window = 65535
+        self.initial_stream_window = 65535
+        self.stream_windows = {}
         settings = struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, window)
         self.send(PREFACE + frame(SETTINGS, 0, 0, settings))
         self.read = read
@@ -111,8 +117,31 @@ class Connection:
                 kind, flags = head[3], head[4]
                 payload = self._recv_exact(length)
                 if kind == SETTINGS and not flags & ACK:
+                    for i in range(0, len(payload), 6):
+                        key, value = struct.unpack(">HI", payload[i:i + 6])
+                        if key == SETTINGS_INITIAL_WINDOW_SIZE:
+                            with self.window_cv:
+                                delta = value - self.initial_stream_window
+                                self.initial_stream_window = value
+                                for sid in self.stream_windows:
+                                    self.stream_windows[sid] += delta
+                                self.window_cv.notify_all()
                     self.send(frame(SETTINGS, ACK, 0))
                     handshake_done = True
+                elif kind == WINDOW_UPDATE:
+                    increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+                    sid = struct.unpack(">I", head[5:9])[0] & 0x7FFFFFFF
+                    with self.window_cv:
+                        if sid == 0:
+                            self.conn_window += increment
+                        elif sid in self.stream_windows:
+                            self.stream_windows[sid] += increment
+                        self.window_cv.notify_all()
+                elif kind == RST_STREAM:
+                    sid = struct.unpack(">I", head[5:9])[0] & 0x7FFFFFFF
+                    with self.window_cv:
+                        self.stream_windows.pop(sid, None)
+                        self.window_cv.notify_all()
                 elif kind == PING and not flags & ACK:
                     self.send(frame(PING, ACK, 0, payload))
                 elif kind == GOAWAY:
@@ -126,6 +155,8 @@ class Connection:
     def open_stream(self, path, token=None, end_stream=False):
         sid = self.next_stream
         self.next_stream += 2
+        with self.window_cv:
+            self.stream_windows[sid] = self.initial_stream_window
         self.send(frame(HEADERS, END_HEADERS | (END_STREAM if end_stream else 0),
                         sid, request_headers(path, token)))
         return sid
@@ -133,6 +164,34 @@ class Connection:
     def send_message(self, sid, body, end_stream=False):
         self.send(frame(DATA, END_STREAM if end_stream else 0, sid,
                         grpc_message(body)))
+
+    def send_flow_controlled(self, sid, data, deadline, end_stream=False):
+        """Sends `data` as DATA frames of at most 16 KiB on stream `sid`
+        within the peer's windows; returns the bytes sent: all of them, or
+        fewer if the server reset the stream, closed the connection or the
+        deadline passed."""
+        sent = 0
+        while sent < len(data) or (end_stream and sent == len(data) == 0):
+            with self.window_cv:
+                while True:
+                    if sid not in self.stream_windows or self.closed.is_set():
+                        return sent
+                    room = min(self.conn_window, self.stream_windows[sid],
+                               16384, len(data) - sent)
+                    if room > 0 or len(data) == sent:
+                        break
+                    if time.time() >= deadline:
+                        return sent
+                    self.window_cv.wait(0.1)
+                self.conn_window -= room
+                self.stream_windows[sid] -= room
+            last = sent + room == len(data)
+            self.send(frame(DATA, END_STREAM if (last and end_stream) else 0,
+                            sid, data[sent:sent + room]))
+            sent += room
+            if last:
+                break
+        return sent
 
     def close(self):
         try:

@@ -20,6 +20,9 @@ first to a pids cgroup and a memory cgroup (cgroup v1 or v2; the test exits
   served (the rest end with RESOURCE_EXHAUSTED), those are cancelled after
   --send_stall_timeout, RSS grows by at most two copies of the model, and
   the workers train to the end.
+- over_limit_messages: eight 100 MiB messages (the limit is 1 MiB + 64
+  KiB) sent at once on eight connections: RSS grows by at most 3 x the
+  default --max_transport_memory_mb, and the workers train afterwards.
 - idle_connections: 2,000 HTTP/2 connections that never start a call are
   closed by the server (GOAWAY, then the socket ends) within
   --max_connection_idle plus a margin.
@@ -321,6 +324,47 @@ def case_fetch_never_read(c):
                held_rss >> 20))
 
 
+def case_over_limit_messages(c):
+    server, port = start_confined_server(c, [])
+    time.sleep(0.5)
+    base_rss = Sampler(server.pid).now()[1]
+    sampler = Sampler(server.pid)
+    message = h2.grpc_message(bytes(100 << 20))
+    sent = []
+
+    def send_one():
+        conn = h2.Connection((LOOPBACK, port))
+        try:
+            sid = conn.open_stream(h2.JOIN)
+            sent.append(conn.send_flow_controlled(
+                sid, message, time.time() + 60, end_stream=True))
+        finally:
+            conn.close()
+
+    # Eight 100 MiB messages (the limit is 1 MiB + 64 KiB) at once, one per
+    # connection: gRPC 1.51 receives a message whole before it checks its
+    # size; the transport's memory quota is what stops them.
+    senders = [threading.Thread(target=send_one) for _ in range(8)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(90)
+    time.sleep(1)
+    sampler.stop()
+    grown = sampler.rss - base_rss
+    bound = 3 * (128 << 20)  # the default --max_transport_memory_mb, x3
+    check(grown <= bound,
+          "eight 100 MiB messages grew RSS by %d MB (bound %d MB)"
+          % (grown >> 20, bound >> 20))
+    check(health(c, port), "health is not SERVING")
+    rounds = train_two_workers(c, port)
+    finish(c, server)
+    return ("8 x 100 MiB at once (%s MiB got through before gRPC closed "
+            "the connection): RSS %d -> peak %d MB; workers ran %s rounds"
+            % ([n >> 20 for n in sent], base_rss >> 20, sampler.rss >> 20,
+               rounds))
+
+
 def case_idle_connections(c):
     idle = 2
     server, port = start_confined_server(
@@ -374,6 +418,7 @@ CASES = [
     ("rapid_reset", confined(case_rapid_reset)),
     ("train_never_send", confined(case_train_never_send)),
     ("fetch_never_read", confined(case_fetch_never_read)),
+    ("over_limit_messages", confined(case_over_limit_messages)),
     ("idle_connections", confined(case_idle_connections)),
 ]
 
