@@ -79,6 +79,7 @@ class Connection:
         self.lock = threading.Lock()
         self.goaway = False
         self.closed = threading.Event()
+        self.handshaken = threading.Event()  # the server's SETTINGS came
         self.next_stream = 1
         # Flow control of what this client sends (RFC 9113 6.9): the
         # connection's window and the initial window of every stream.
@@ -128,6 +129,7 @@ class Connection:
                                 self.window_cv.notify_all()
                     self.send(frame(SETTINGS, ACK, 0))
                     handshake_done = True
+                    self.handshaken.set()
                 elif kind == WINDOW_UPDATE:
                     increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
                     sid = struct.unpack(">I", head[5:9])[0] & 0x7FFFFFFF
