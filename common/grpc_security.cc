@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
+#include <grpcpp/security/auth_metadata_processor.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <openssl/bio.h>
@@ -504,8 +505,14 @@ absl::Status CheckClientKeepalive(const ClientKeepalive& keepalive) {
 
 void ConfigureServer(const std::string& address, const ServerSecurity& security,
                      const ServerTransport& transport,
-                     grpc::ServerBuilder* builder, int* port) {
-  builder->AddListeningPort(address, MakeServerCredentials(security), port);
+                     grpc::ServerBuilder* builder, int* port,
+                     std::shared_ptr<grpc::AuthMetadataProcessor> tls_gate) {
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      MakeServerCredentials(security);
+  if (security.tls && tls_gate != nullptr) {
+    credentials->SetAuthMetadataProcessor(std::move(tls_gate));
+  }
+  builder->AddListeningPort(address, credentials, port);
   const int max_message = MaxMessageBytes(transport.max_chunk_bytes);
   builder->SetMaxReceiveMessageSize(max_message);
   builder->SetMaxSendMessageSize(max_message);

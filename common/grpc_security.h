@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 
 namespace grpc {
+class AuthMetadataProcessor;
 class Channel;
 class ChannelArguments;
 class ChannelCredentials;
@@ -217,10 +218,14 @@ std::shared_ptr<grpc::Channel> NewClientChannel(
     const ClientKeepalive& keepalive = ClientKeepalive());
 
 // Adds the listening port with `security`'s credentials and every server
-// transport setting above to `builder`; *port receives the bound port.
-void ConfigureServer(const std::string& address, const ServerSecurity& security,
-                     const ServerTransport& transport,
-                     grpc::ServerBuilder* builder, int* port);
+// transport setting above to `builder`; *port receives the bound port. With
+// TLS, `tls_gate` (if not null) checks every call's metadata before the
+// call is given a thread (server/token_gate.h); gRPC 1.51 cannot run it on
+// a plaintext port, where it is not installed.
+void ConfigureServer(
+    const std::string& address, const ServerSecurity& security,
+    const ServerTransport& transport, grpc::ServerBuilder* builder, int* port,
+    std::shared_ptr<grpc::AuthMetadataProcessor> tls_gate = nullptr);
 
 }  // namespace effadam
 

@@ -34,6 +34,7 @@
 #include "server/parameter_server_service.h"
 #include "server/server_metrics.h"
 #include "server/token_authenticator.h"
+#include "server/token_gate.h"
 
 // The compression flags (--worker_codec, --server_codec, --block_size,
 // --min_compress_elements, --error_feedback) are common/compression_flags.cc.
@@ -315,7 +316,13 @@ int Run() {
   int port = 0;
   // TLS, message size limits (a chunk plus its envelope; gRPC refuses
   // anything larger before it reaches the service), keepalive.
-  ConfigureServer(listen, *security, transport, &builder, &port);
+  // With TLS and a token, calls without it are refused before they take a
+  // thread (server/token_gate.h).
+  std::shared_ptr<TokenGate> gate;
+  if (authenticator.has_value()) {
+    gate = std::make_shared<TokenGate>(&*authenticator, options->observer);
+  }
+  ConfigureServer(listen, *security, transport, &builder, &port, gate);
   // Unparseable requests get INVALID_ARGUMENT, FetchParams calls are
   // bounded, stalled writes cancelled; calls holding threads are counted
   // for the health status below.

@@ -8,6 +8,7 @@ Every function takes an address (host, port) on loopback and a deadline
 """
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -73,9 +74,14 @@ class Connection:
     false, in which case it stops reading after the handshake, so that the
     server's writes fill the socket."""
 
-    def __init__(self, address, window=65535, read=True):
+    def __init__(self, address, window=65535, read=True, tls_ca=None):
         self.sock = socket.create_connection(address, timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls_ca:  # TLS with ALPN h2, the server's name "localhost"
+            context = ssl.create_default_context(cafile=tls_ca)
+            context.set_alpn_protocols(["h2"])
+            self.sock = context.wrap_socket(self.sock,
+                                            server_hostname="localhost")
         self.lock = threading.Lock()
         self.goaway = False
         self.closed = threading.Event()
@@ -204,13 +210,13 @@ class Connection:
 
 
 def rapid_reset(address, streams, deadline, path=TRAIN, token=None,
-                batch=500, hold=0.0):
+                batch=500, hold=0.0, tls_ca=None):
     """HEADERS + RST_STREAM(CANCEL) pairs for `streams` streams on one
     connection, written in batches, then the connection is kept open for
     `hold` seconds (the server still works through what it read); returns
     how many were sent (fewer if the server closed the connection or the
     deadline passed)."""
-    c = Connection(address)
+    c = Connection(address, tls_ca=tls_ca)
     block = request_headers(path, token)
     sent = 0
     try:

@@ -10,6 +10,11 @@ first to a pids cgroup and a memory cgroup (cgroup v1 or v2; the test exits
   --max_threads + THREAD_SLACK and its RSS under RSS_BOUND; afterwards the
   health check says SERVING and two workers with the token train to the
   end.
+- rapid_reset_tls: the same flood, 100,000 streams, over TLS against a
+  server with TLS and a token: the token is checked before a call is
+  queued (server/token_gate.h), so the server starts no call thread at all
+  and its RSS grows by less than 128 MB; health over TLS says SERVING and
+  two workers with the token train to the end.
 - train_never_send: 1,000 Train streams on 10 connections that never send
   a message. Threads stay bounded; while every call thread is taken the
   health check is truthful: NOT_SERVING, and Status fails with
@@ -45,6 +50,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster_test import TOY, LOOPBACK, Failure, check, run_cases  # noqa: E402
 import http2_flood as h2  # noqa: E402
+from security_test import make_pki  # noqa: E402
 
 ROUNDS = 20
 MAX_THREADS = 256  # the server's default --max_threads
@@ -234,6 +240,46 @@ def case_rapid_reset(c):
                            sampler.rss >> 20, rounds))
 
 
+def case_rapid_reset_tls(c):
+    pki = make_pki(c.dir)
+    token = c.path("token")
+    with open(token, "w") as f:
+        f.write(secrets.token_hex(32))
+    server, port = start_confined_server(
+        c, ["--auth_token_file=" + token, "--tls_cert_file=" + pki["server.pem"],
+            "--tls_key_file=" + pki["server.key"]])
+    base_threads, base_rss = Sampler(server.pid).now()
+    sampler = Sampler(server.pid)
+    streams = 100000
+    start = time.time()
+    sent = h2.rapid_reset((LOOPBACK, port), streams, time.time() + 120,
+                          hold=5, tls_ca=pki["ca.pem"])
+    flood_seconds = time.time() - start
+    sampler.stop()
+    check(server.poll() is None, "the server died in the flood")
+    check(sent == streams, "only %d of %d streams were sent" % (sent, streams))
+    # The token is checked before a call is queued: no call thread at all.
+    check(sampler.threads <= base_threads + 4,
+          "the server grew from %d to %d threads" % (base_threads,
+                                                     sampler.threads))
+    check(sampler.rss <= base_rss + (128 << 20),
+          "the server's RSS grew from %d to %d MB" % (base_rss >> 20,
+                                                      sampler.rss >> 20))
+    r = subprocess.run([os.path.join(c.bin, "effadam-health"),
+                        "--addr=%s:%d" % (LOOPBACK, port),
+                        "--tls_ca_file=" + pki["ca.pem"]],
+                       capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    check(r.returncode == 0 and "SERVING" in r.stdout,
+          "health over TLS: %s%s" % (r.stdout, r.stderr))
+    rounds = train_two_workers(c, port, ["--auth_token_file=" + token,
+                                         "--tls_ca_file=" + pki["ca.pem"]])
+    finish(c, server)
+    return ("%d unauthenticated streams over TLS in %.1f s: threads %d -> "
+            "peak %d, RSS %d -> peak %d MB; workers ran %s rounds"
+            % (sent, flood_seconds, base_threads, sampler.threads,
+               base_rss >> 20, sampler.rss >> 20, rounds))
+
+
 def case_train_never_send(c):
     server, port = start_confined_server(c, [])
     sampler = Sampler(server.pid)
@@ -419,6 +465,7 @@ def confined(fn):
 
 CASES = [
     ("rapid_reset", confined(case_rapid_reset)),
+    ("rapid_reset_tls", confined(case_rapid_reset_tls)),
     ("train_never_send", confined(case_train_never_send)),
     ("fetch_never_read", confined(case_fetch_never_read)),
     ("over_limit_messages", confined(case_over_limit_messages)),
