@@ -28,6 +28,7 @@
 #include "common/checksum.h"
 #include "common/grpc_security.h"
 #include "common/json_writer.h"
+#include "common/logger.h"
 #include "common/prometheus_util.h"
 #include "server/call_guard.h"
 #include "server/checkpoint.h"
@@ -303,6 +304,8 @@ int Run() {
     options->observer = metrics.get();
   }
 
+  StderrLogger logger("effadam-server");
+  options->logger = &logger;
   auto service = ParameterServerService::Create(*options);
   if (!service.ok()) return Fail(service.status());
   absl::StatusOr<std::unique_ptr<CheckpointStore>> checkpoints =
@@ -424,9 +427,10 @@ int Run() {
                "params_checksum %s\n",
                g_signal.load() != 0 ? "stopped by signal" : "done",
                static_cast<long long>(s.rounds_closed), seconds,
-               static_cast<long long>(s.bytes_worker_to_server),
-               static_cast<long long>(s.bytes_server_to_worker),
-               s.compression_ratio(), static_cast<long long>(s.bytes_join),
+               static_cast<long long>(s.traffic.up().payload),
+               static_cast<long long>(s.traffic.down().payload),
+               s.traffic.compression_ratio(),
+               static_cast<long long>(s.traffic.join().payload),
                s.params_checksum.empty() ? "(no parameters)"
                                          : s.params_checksum.c_str());
   const std::string summary_path = absl::GetFlag(FLAGS_summary_json);
@@ -443,14 +447,14 @@ int Run() {
         .Add("server_codec", c.server_codec.ToString())
         .Add("error_feedback", ErrorFeedbackName(c))
         .Add("train_loss", s.train_loss)
-        .Add("bytes_worker_to_server", s.bytes_worker_to_server)
-        .Add("bytes_server_to_worker", s.bytes_server_to_worker)
-        .Add("bytes_join", s.bytes_join)
-        .Add("wire_bytes_worker_to_server", s.wire_worker_to_server)
-        .Add("wire_bytes_server_to_worker", s.wire_server_to_worker)
-        .Add("wire_bytes_join", s.wire_join)
-        .Add("fp32_equivalent_bytes", s.fp32_equivalent_bytes())
-        .Add("compression_ratio", s.compression_ratio())
+        .Add("bytes_worker_to_server", s.traffic.up().payload)
+        .Add("bytes_server_to_worker", s.traffic.down().payload)
+        .Add("bytes_join", s.traffic.join().payload)
+        .Add("wire_bytes_worker_to_server", s.traffic.up().wire)
+        .Add("wire_bytes_server_to_worker", s.traffic.down().wire)
+        .Add("wire_bytes_join", s.traffic.join().wire)
+        .Add("fp32_equivalent_bytes", s.traffic.fp32_equivalent())
+        .Add("compression_ratio", s.traffic.compression_ratio())
         .Add("params_checksum", s.params_checksum)
         .Add("seconds", seconds);
     if (absl::Status st = json.WriteFile(summary_path); !st.ok()) {
