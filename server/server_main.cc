@@ -387,7 +387,10 @@ int Run() {
   // Health says NOT_SERVING while every call thread is taken (a flood, or
   // too small a --max_threads): new calls would fail with
   // RESOURCE_EXHAUSTED.
+  // A flood flips it up to 10 times a second: the log says so at most a
+  // few times a minute.
   bool serving = true;
+  LogRateLimiter health_log(4, absl::Minutes(1));
   while (g_signal.load() == 0 &&
          !(*service)->WaitUntilDone(absl::Milliseconds(100))) {
     if (const bool free_thread =
@@ -395,10 +398,16 @@ int Run() {
         free_thread != serving) {
       serving = free_thread;
       server->GetHealthCheckService()->SetServingStatus(serving);
-      std::fprintf(stderr, "effadam-server: %s\n",
-                   serving ? "call threads free again: SERVING"
-                           : "every call thread is busy (--max_threads): "
-                             "NOT_SERVING");
+      int64_t suppressed = 0;
+      if (health_log.Allow(absl::Now(), &suppressed)) {
+        logger.Warning(absl::StrCat(
+            serving ? "call threads free again: SERVING"
+                    : "every call thread is busy (--max_threads): "
+                      "NOT_SERVING",
+            suppressed > 0
+                ? absl::StrCat(" (", suppressed, " changes not logged)")
+                : ""));
+      }
     }
     if (std::optional<Checkpoint> due = (*service)->TakeDueCheckpoint();
         due.has_value() && *checkpoints != nullptr) {
