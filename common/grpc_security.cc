@@ -1,6 +1,8 @@
 #include "common/grpc_security.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/auth_metadata_processor.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <openssl/bio.h>
@@ -444,7 +446,8 @@ absl::Status CheckKeepaliveFlag(const char* flag, absl::Duration d) {
 
 }  // namespace
 
-absl::Status CheckServerTransport(const ServerTransport& transport) {
+absl::Status CheckServerTransport(const ServerTransport& transport,
+                                  int workers) {
   for (const auto& [flag, d] :
        {std::pair<const char*, absl::Duration>{"--keepalive_time",
                                                transport.keepalive_time},
@@ -452,7 +455,44 @@ absl::Status CheckServerTransport(const ServerTransport& transport) {
         {"--min_ping_interval", transport.min_client_ping_interval}}) {
     if (absl::Status s = CheckKeepaliveFlag(flag, d); !s.ok()) return s;
   }
+  if (absl::Status s =
+          CheckKeepaliveFlag("--max_connection_idle", transport.max_connection_idle);
+      !s.ok()) {
+    return s;
+  }
+  if (transport.max_threads < kMinServerThreads ||
+      transport.max_threads > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_threads must be in [", kMinServerThreads,
+                     ", 65536], got ", transport.max_threads));
+  }
+  if (CallThreads(transport) < 2 * workers + 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_threads=", transport.max_threads, " is too few for ", workers,
+        " workers: each holds a Train stream and at times a fetch; use at "
+        "least ", 2 * workers + 2 + kServerPollers));
+  }
+  const size_t min_memory =
+      std::max(kMinTransportMemoryBytes,
+               4 * static_cast<size_t>(MaxMessageBytes(transport.max_chunk_bytes)));
+  if (transport.max_transport_memory_bytes < min_memory) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_transport_memory_mb must be at least ",
+        (min_memory + (1 << 20) - 1) >> 20,
+        " (16, and 4 messages of --max_chunk_bytes and their envelope), "
+        "got ", transport.max_transport_memory_bytes >> 20));
+  }
+  if (transport.max_streams_per_connection < 2 ||
+      transport.max_streams_per_connection > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_streams_per_connection must be in [2, 65536], "
+                     "got ", transport.max_streams_per_connection));
+  }
   return absl::OkStatus();
+}
+
+int CallThreads(const ServerTransport& transport) {
+  return transport.max_threads - kServerPollers;
 }
 
 absl::Status CheckClientKeepalive(const ClientKeepalive& keepalive) {
@@ -465,8 +505,14 @@ absl::Status CheckClientKeepalive(const ClientKeepalive& keepalive) {
 
 void ConfigureServer(const std::string& address, const ServerSecurity& security,
                      const ServerTransport& transport,
-                     grpc::ServerBuilder* builder, int* port) {
-  builder->AddListeningPort(address, MakeServerCredentials(security), port);
+                     grpc::ServerBuilder* builder, int* port,
+                     std::shared_ptr<grpc::AuthMetadataProcessor> tls_gate) {
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      MakeServerCredentials(security);
+  if (security.tls && tls_gate != nullptr) {
+    credentials->SetAuthMetadataProcessor(std::move(tls_gate));
+  }
+  builder->AddListeningPort(address, credentials, port);
   const int max_message = MaxMessageBytes(transport.max_chunk_bytes);
   builder->SetMaxReceiveMessageSize(max_message);
   builder->SetMaxSendMessageSize(max_message);
@@ -486,7 +532,23 @@ void ConfigureServer(const std::string& address, const ServerSecurity& security,
                               kServerMaxPingStrikes);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder->AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
-                              kMaxConcurrentStreams);
+                              transport.max_streams_per_connection);
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                              Milliseconds(transport.max_connection_idle));
+  // The synchronous server's threads: one completion queue, at most
+  // kServerPollers threads waiting for new calls, and every thread (pollers
+  // and calls) taken from the quota; without the quota gRPC starts a
+  // thread for every call it is given, without bound.
+  builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS,
+                               1);
+  builder->SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
+  builder->SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, kServerPollers);
+  grpc::ResourceQuota quota("effadam-server");
+  quota.SetMaxThreads(transport.max_threads);
+  quota.Resize(transport.max_transport_memory_bytes);
+  builder->SetResourceQuota(quota);
 }
 
 }  // namespace effadam

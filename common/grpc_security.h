@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 
 namespace grpc {
+class AuthMetadataProcessor;
 class Channel;
 class ChannelArguments;
 class ChannelCredentials;
@@ -146,11 +147,10 @@ int MaxMessageBytes(size_t max_chunk_bytes);
 // apart and closes a connection that pings more often than that
 // (GRPC_ARG_HTTP2_MAX_PING_STRIKES).
 inline constexpr int kServerMaxPingStrikes = 2;
-// Concurrent calls on one connection; a worker needs two at most (Train and
-// a fetch), in-process clients may share a connection.
-inline constexpr int kMaxConcurrentStreams = 100;
-
-// The server's transport settings that its flags choose.
+// The server's transport settings that its flags choose, and the limits on
+// what clients can make it hold (docs/security.md, "Limits"). The server is
+// synchronous: every call in progress holds a thread, so threads are the
+// resource that floods exhaust first.
 struct ServerTransport {
   size_t max_chunk_bytes = 1 << 20;  // messages may be this plus envelope
   // How often the server pings each connection, and how long it waits for
@@ -162,10 +162,43 @@ struct ServerTransport {
   // The shortest interval between a client's pings the server accepts:
   // at most the workers' ClientKeepalive::time, half of it to be safe.
   absl::Duration min_client_ping_interval = absl::Seconds(10);
+  // Threads gRPC may start for calls (a grpc::ResourceQuota), pollers
+  // included. A call that arrives when all are busy fails at once with
+  // RESOURCE_EXHAUSTED ("Server Threadpool Exhausted") instead of starting a
+  // thread; this caps what a flood (HTTP/2 rapid reset, streams that never
+  // send) can take. A worker holds one (its Train stream) plus one for a
+  // fetch or an upload at times.
+  int max_threads = 256;
+  // Memory gRPC's transport may hold (buffers of connections and calls);
+  // above it gRPC reclaims: it shrinks buffers and, under pressure, closes
+  // the connections that hold the most. Not the service's own memory.
+  // gRPC 1.51 receives a message whole before it compares its size with
+  // the limit, so this is also what bounds over-limit messages sent at
+  // once on many connections.
+  size_t max_transport_memory_bytes = size_t{128} << 20;
+  // Concurrent calls on one connection; a worker needs two at most (Train
+  // and a fetch), in-process clients may share a connection.
+  int max_streams_per_connection = 100;
+  // A connection without any call for this long is closed (GOAWAY); a
+  // worker's channel reconnects by itself when it next calls.
+  absl::Duration max_connection_idle = absl::Minutes(5);
 };
 
-// InvalidArgument naming the flag unless every duration is in [1 ms, 24 h].
-absl::Status CheckServerTransport(const ServerTransport& transport);
+// InvalidArgument naming the flag unless every duration is in [1 ms, 24 h],
+// max_threads is in [kMinServerThreads, 65536] and leaves every one of
+// `workers` a Train stream and a fetch (CallThreads >= 2 x workers + 2),
+// max_transport_memory_bytes is at least kMinTransportMemoryBytes and
+// 4 largest messages (MaxMessageBytes), and
+// max_streams_per_connection is in [2, 65536].
+inline constexpr int kMinServerThreads = 8;
+inline constexpr size_t kMinTransportMemoryBytes = size_t{16} << 20;
+absl::Status CheckServerTransport(const ServerTransport& transport,
+                                  int workers = 1);
+
+// The number of threads `transport` leaves for calls: max_threads less the
+// pollers that wait for new calls (kServerPollers).
+inline constexpr int kServerPollers = 2;
+int CallThreads(const ServerTransport& transport);
 
 // A client's keepalive (see above): the defaults suit the server's
 // default min_client_ping_interval.
@@ -185,10 +218,14 @@ std::shared_ptr<grpc::Channel> NewClientChannel(
     const ClientKeepalive& keepalive = ClientKeepalive());
 
 // Adds the listening port with `security`'s credentials and every server
-// transport setting above to `builder`; *port receives the bound port.
-void ConfigureServer(const std::string& address, const ServerSecurity& security,
-                     const ServerTransport& transport,
-                     grpc::ServerBuilder* builder, int* port);
+// transport setting above to `builder`; *port receives the bound port. With
+// TLS, `tls_gate` (if not null) checks every call's metadata before the
+// call is given a thread (server/token_gate.h); gRPC 1.51 cannot run it on
+// a plaintext port, where it is not installed.
+void ConfigureServer(
+    const std::string& address, const ServerSecurity& security,
+    const ServerTransport& transport, grpc::ServerBuilder* builder, int* port,
+    std::shared_ptr<grpc::AuthMetadataProcessor> tls_gate = nullptr);
 
 }  // namespace effadam
 

@@ -8,8 +8,10 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <malloc.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <memory>
@@ -28,10 +30,12 @@
 #include "common/json_writer.h"
 #include "common/logger.h"
 #include "common/prometheus_util.h"
+#include "server/call_guard.h"
 #include "server/checkpoint.h"
 #include "server/parameter_server_service.h"
 #include "server/server_metrics.h"
 #include "server/token_authenticator.h"
+#include "server/token_gate.h"
 
 // The compression flags (--worker_codec, --server_codec, --block_size,
 // --min_compress_elements, --error_feedback) are common/compression_flags.cc.
@@ -65,6 +69,26 @@ ABSL_FLAG(absl::Duration, min_ping_interval, absl::Seconds(10),
           "The shortest interval between a worker's keepalive pings that "
           "the server accepts; a connection that pings faster is closed. "
           "Keep it at most the workers' --keepalive_time");
+ABSL_FLAG(int32_t, max_threads, 256,
+          "Threads gRPC may use for calls, its pollers included; a call that "
+          "finds all busy fails at once with RESOURCE_EXHAUSTED. At least "
+          "2 x --workers + 4 (each worker holds a Train stream and at times "
+          "a fetch); bounds what floods of calls can take "
+          "(docs/security.md)");
+ABSL_FLAG(int64_t, max_transport_memory_mb, 128,
+          "MiB of buffers gRPC's transport may hold before it shrinks them "
+          "and closes the connections that hold the most (also what bounds "
+          "over-limit messages sent at once); at least 4 x "
+          "(--max_chunk_bytes + 64 KiB)");
+ABSL_FLAG(int32_t, max_streams_per_connection, 100,
+          "Concurrent calls one connection may have open");
+ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(5),
+          "A connection without any call for this long is closed; clients "
+          "reconnect when they next call");
+ABSL_FLAG(absl::Duration, send_stall_timeout, absl::Seconds(60),
+          "A call whose outgoing message waits this long for its client to "
+          "read it (a FetchParams or Train client that stopped reading) is "
+          "cancelled, freeing its thread and buffers");
 ABSL_FLAG(uint64_t, seed, 1,
           "Seed of the server codec's stochastic rounding; use the workers' "
           "--seed to match effadam-sim");
@@ -218,6 +242,12 @@ void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
 }
 
 int Run() {
+  // Buffers of 1 MiB and more (a FetchParams call's copy of x, chunks) are
+  // mapped for themselves and unmapped when freed. glibc's default raises
+  // this threshold after the first such free, after which every thread's
+  // arena keeps the largest buffer it ever held: a burst of calls on many
+  // threads would keep the server's RSS that high for good.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   absl::StatusOr<ServerOptions> options = OptionsFromFlags();
   if (!options.ok()) return Fail(options.status());
   const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
@@ -231,7 +261,15 @@ int Run() {
   transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
   transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
   transport.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval);
-  if (absl::Status s = CheckServerTransport(transport); !s.ok()) {
+  transport.max_threads = absl::GetFlag(FLAGS_max_threads);
+  transport.max_transport_memory_bytes = static_cast<size_t>(
+      std::clamp<int64_t>(absl::GetFlag(FLAGS_max_transport_memory_mb), 0,
+                          int64_t{1} << 30)) << 20;
+  transport.max_streams_per_connection =
+      absl::GetFlag(FLAGS_max_streams_per_connection);
+  transport.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle);
+  if (absl::Status s = CheckServerTransport(transport, options->workers);
+      !s.ok()) {
     return Fail(s);
   }
 
@@ -281,7 +319,27 @@ int Run() {
   int port = 0;
   // TLS, message size limits (a chunk plus its envelope; gRPC refuses
   // anything larger before it reaches the service), keepalive.
-  ConfigureServer(listen, *security, transport, &builder, &port);
+  // With TLS and a token, calls without it are refused before they take a
+  // thread (server/token_gate.h).
+  std::shared_ptr<TokenGate> gate;
+  if (authenticator.has_value()) {
+    gate = std::make_shared<TokenGate>(&*authenticator, options->observer);
+  }
+  ConfigureServer(listen, *security, transport, &builder, &port, gate);
+  // Unparseable requests get INVALID_ARGUMENT, FetchParams calls are
+  // bounded, stalled writes cancelled; calls holding threads are counted
+  // for the health status below.
+  CallLimits limits;
+  limits.max_concurrent_fetches = options->workers;
+  limits.send_stall_timeout = absl::GetFlag(FLAGS_send_stall_timeout);
+  if (limits.send_stall_timeout < absl::Seconds(1) ||
+      limits.send_stall_timeout > absl::Hours(24)) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--send_stall_timeout must be in [1s, 24h], got ",
+                     absl::FormatDuration(limits.send_stall_timeout))));
+  }
+  CallGuard guard(options->observer, limits);
+  guard.Install(&builder);
   builder.RegisterService(service->get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
@@ -326,8 +384,31 @@ int Run() {
   // It also writes the checkpoints, outside the service's lock: rounds go on
   // while a file is written.
   int64_t last_checkpoint_round = -1;
+  // Health says NOT_SERVING while every call thread is taken (a flood, or
+  // too small a --max_threads): new calls would fail with
+  // RESOURCE_EXHAUSTED.
+  // A flood flips it up to 10 times a second: the log says so at most a
+  // few times a minute.
+  bool serving = true;
+  LogRateLimiter health_log(4, absl::Minutes(1));
   while (g_signal.load() == 0 &&
          !(*service)->WaitUntilDone(absl::Milliseconds(100))) {
+    if (const bool free_thread =
+            guard.calls_in_flight() < CallThreads(transport);
+        free_thread != serving) {
+      serving = free_thread;
+      server->GetHealthCheckService()->SetServingStatus(serving);
+      int64_t suppressed = 0;
+      if (health_log.Allow(absl::Now(), &suppressed)) {
+        logger.Warning(absl::StrCat(
+            serving ? "call threads free again: SERVING"
+                    : "every call thread is busy (--max_threads): "
+                      "NOT_SERVING",
+            suppressed > 0
+                ? absl::StrCat(" (", suppressed, " changes not logged)")
+                : ""));
+      }
+    }
     if (std::optional<Checkpoint> due = (*service)->TakeDueCheckpoint();
         due.has_value() && *checkpoints != nullptr) {
       WriteCheckpoint(**checkpoints, *due, options->observer);

@@ -56,6 +56,8 @@ const char* RejectionName(Rejection why) {
       return "lagging";
     case Rejection::kUnauthenticated:
       return "unauthenticated";
+    case Rejection::kUnparseable:
+      return "unparseable";
   }
   return "unknown";
 }

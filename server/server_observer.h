@@ -37,8 +37,9 @@ enum class Rejection {
   kInvalidPayload,       // a complete update whose bytes do not validate
   kLagging,              // an update so late that its round's delta is gone
   kUnauthenticated,      // a call without the server's token
+  kUnparseable,          // a request that does not parse as its message
 };
-inline constexpr int kNumRejections = 20;
+inline constexpr int kNumRejections = 21;
 
 // The `reason` label: "bad_layout", "layout_mismatch", ...
 const char* RejectionName(Rejection why);

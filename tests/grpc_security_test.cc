@@ -352,6 +352,39 @@ TEST(ServerTransportTest, KeepaliveDurationsMustBeSensible) {
   EXPECT_TRUE(absl::StrContains(s.message(), "--min_ping_interval")) << s;
 }
 
+TEST(ServerTransportTest, LimitsMustBeSensible) {
+  ServerTransport t;
+  EXPECT_TRUE(CheckServerTransport(t, 4).ok());
+  // Every worker needs a Train stream and a fetch, besides the pollers.
+  t.max_threads = 2 * 100 + 2 + kServerPollers;
+  EXPECT_TRUE(CheckServerTransport(t, 100).ok());
+  absl::Status s = CheckServerTransport(t, 101);
+  EXPECT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_TRUE(absl::StrContains(s.message(), "--max_threads")) << s;
+  t.max_threads = kMinServerThreads - 1;
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckServerTransport(t)));
+  t = ServerTransport();
+  t.max_transport_memory_bytes = kMinTransportMemoryBytes - 1;
+  s = CheckServerTransport(t);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--max_transport_memory_mb"))
+      << s;
+  // Room for 4 of the largest messages.
+  t.max_chunk_bytes = size_t{64} << 20;
+  t.max_transport_memory_bytes = 4 * size_t{MaxMessageBytes(t.max_chunk_bytes)};
+  EXPECT_TRUE(CheckServerTransport(t).ok());
+  t.max_transport_memory_bytes -= 1;
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckServerTransport(t)));
+  t = ServerTransport();
+  t.max_streams_per_connection = 1;
+  s = CheckServerTransport(t);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--max_streams_per_connection"))
+      << s;
+  t = ServerTransport();
+  t.max_connection_idle = absl::ZeroDuration();
+  s = CheckServerTransport(t);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--max_connection_idle")) << s;
+}
+
 TEST(ClientKeepaliveTest, DurationsMustBeSensible) {
   ClientKeepalive k;
   EXPECT_TRUE(CheckClientKeepalive(k).ok());

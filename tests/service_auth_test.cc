@@ -2,9 +2,12 @@
 // (ConfigureServer) with a token: every effadam.v1 RPC refuses a call
 // without the token, or with a wrong one, with UNAUTHENTICATED before it
 // changes or counts anything; grpc.health.v1 needs no token; a message
-// over the size limit is refused by gRPC itself with RESOURCE_EXHAUSTED.
+// over the size limit is refused by gRPC itself with RESOURCE_EXHAUSTED;
+// bytes that do not parse as the request (CallGuard) are INVALID_ARGUMENT
+// with a message, counted as `unparseable`.
 // 127.0.0.1 only.
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -20,6 +23,7 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "server/call_guard.h"
 #include "server/parameter_server_service.h"
 #include "server/token_authenticator.h"
 #include "tests/service_test_util.h"
@@ -78,6 +82,8 @@ class ServiceAuthTest : public ::testing::Test {
     transport.max_chunk_bytes = kMaxChunkBytes;
     ConfigureServer("127.0.0.1:0", ServerSecurity{}, transport, &builder,
                     &port_);
+    guard_ = std::make_unique<CallGuard>(&observer_, CallLimits());
+    guard_->Install(&builder);
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
@@ -150,6 +156,7 @@ class ServiceAuthTest : public ::testing::Test {
   int port_ = 0;
   ServerOptions options_;
   CountingObserver observer_;
+  std::unique_ptr<CallGuard> guard_;
   std::unique_ptr<TokenAuthenticator> authenticator_;
   std::unique_ptr<ParameterServerService> service_;
   std::unique_ptr<grpc::Server> server_;
@@ -283,6 +290,48 @@ TEST_F(ServiceAuthTest, MessagesOverTheLimitAreRefusedByGrpc) {
   const ServerSummary after = service_->Summary();
   EXPECT_EQ(after.round, before.round);
   EXPECT_EQ(after.params_checksum, before.params_checksum);
+}
+
+// Garbage bytes where Join, Status and FetchParams expect their request:
+// gRPC alone answers INTERNAL with no message and the service never sees
+// the call; behind CallGuard the client is told what was wrong, the
+// rejection is counted, and nothing else changes.
+TEST_F(ServiceAuthTest, RequestsThatDoNotParseAreInvalidArgument) {
+  grpc::GenericStub generic(channel_);
+  // A field 1 of wire type 7 (no such type): no protobuf message parses it.
+  const std::string garbage = "\x0f\xff\xff\xff\xff garbage";
+  const grpc::Slice slice(garbage);
+  for (const char* method :
+       {"/effadam.v1.ParameterServer/Join", "/effadam.v1.ParameterServer/Status",
+        "/effadam.v1.ParameterServer/FetchParams"}) {
+    SCOPED_TRACE(method);
+    auto ctx = Ctx(Credential::kRight);
+    grpc::CompletionQueue cq;
+    std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+        generic.PrepareCall(ctx.get(), method, &cq);
+    void* tag = nullptr;
+    bool ok = false;
+    call->StartCall(reinterpret_cast<void*>(1));
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    grpc::ByteBuffer request(&slice, 1);
+    call->WriteLast(request, grpc::WriteOptions(), reinterpret_cast<void*>(2));
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    grpc::Status status;
+    call->Finish(&status, reinterpret_cast<void*>(3));
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("does not parse"));
+    EXPECT_THAT(status.error_message(), HasSubstr(method));
+    cq.Shutdown();
+    while (cq.Next(&tag, &ok)) {
+    }
+  }
+  EXPECT_EQ(observer_.count(Rejection::kUnparseable), 3);
+  EXPECT_EQ(observer_.total(), 3);
+  // The server is as before: no layout, no rank taken.
+  EXPECT_EQ(service_->Summary().num_elements, 0);
+  EXPECT_EQ(service_->Summary().live_workers, 0);
 }
 
 }  // namespace
