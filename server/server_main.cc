@@ -2,31 +2,37 @@
 // effadam.v1.ParameterServer (docs/protocol.md), gRPC health checking and
 // server reflection, and Prometheus metrics on --metrics_listen
 // (docs/metrics.md); runs --rounds synchronous rounds (or until SIGTERM),
-// then writes --summary_json, serves the final metrics for
-// --metrics_linger and exits 0.
+// then writes --summary_json and stays in the finished state (Status,
+// health and /metrics still served) for --metrics_linger, and exits 0.
+// Started on a --checkpoint_dir whose run is complete, it says so, keeps
+// the summary and goes straight to the finished state (deploy/README.md,
+// "Lifecycle").
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <signal.h>
 
-#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/compression_flags.h"
 #include "common/checksum.h"
 #include "common/grpc_security.h"
+#include "common/host_port.h"
 #include "common/json_writer.h"
+#include "common/logger.h"
 #include "common/prometheus_util.h"
+#include "daemon/command_line.h"
+#include "daemon/duration_flag.h"
+#include "daemon/lifecycle.h"
+#include "daemon/process_metrics.h"
 #include "server/checkpoint.h"
 #include "server/parameter_server_service.h"
 #include "server/server_metrics.h"
@@ -46,21 +52,21 @@ ABSL_FLAG(int32_t, num_shards, 1,
           "to all of them");
 ABSL_FLAG(int64_t, rounds, 0,
           "Stop after this many rounds; 0 runs until SIGTERM/SIGINT");
-ABSL_FLAG(double, round_timeout, 60,
-          "Seconds after a round's first update at which it closes with the "
-          "updates present");
+ABSL_FLAG(effadam::DurationFlag, round_timeout, absl::Seconds(60),
+          "How long after a round's first update it closes with the updates "
+          "present");
 ABSL_FLAG(int64_t, max_chunk_bytes, 1 << 20,
           "Largest payload of one chunk of UploadParams, FetchParams and "
           "Train, in bytes");
-ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(30),
+ABSL_FLAG(effadam::DurationFlag, keepalive_time, absl::Seconds(30),
           "How often the server pings each worker's connection: a worker "
           "whose host hung or vanished is dropped after --keepalive_time + "
           "--keepalive_timeout and its round closes without it (instead of "
           "after --round_timeout)");
-ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
+ABSL_FLAG(effadam::DurationFlag, keepalive_timeout, absl::Seconds(10),
           "How long the server waits for the answer to a ping before it "
           "drops the connection");
-ABSL_FLAG(absl::Duration, min_ping_interval, absl::Seconds(10),
+ABSL_FLAG(effadam::DurationFlag, min_ping_interval, absl::Seconds(10),
           "The shortest interval between a worker's keepalive pings that "
           "the server accepts; a connection that pings faster is closed. "
           "Keep it at most the workers' --keepalive_time");
@@ -69,7 +75,9 @@ ABSL_FLAG(uint64_t, seed, 1,
           "--seed to match effadam-sim");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Directory for checkpoints of x, the error memory and the round; "
-          "at start the newest one that verifies is restored. Empty: no "
+          "at start the newest one that verifies is restored; if it completes "
+          "--rounds, the server does not train again and keeps "
+          "--summary_json. A new run needs an empty directory. Empty: no "
           "checkpoints");
 ABSL_FLAG(int64_t, checkpoint_every, 100,
           "With --checkpoint_dir: write a checkpoint every this many rounds "
@@ -96,22 +104,21 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "at least 32 random characters, e.g. `openssl rand -hex 32`); "
           "every effadam.v1 call must then carry `authorization: Bearer "
           "<token>`. grpc.health.v1 stays open. Empty: no token");
-ABSL_FLAG(absl::Duration, metrics_linger, absl::ZeroDuration(),
-          "After training ends and --summary_json is written, keep serving "
-          "/metrics this long (or until SIGTERM/SIGINT) so that Prometheus "
-          "scrapes the final values");
+ABSL_FLAG(effadam::DurationFlag, metrics_linger, absl::ZeroDuration(),
+          "After training ends and --summary_json is written, stay in the "
+          "finished state this long (or until SIGTERM/SIGINT): Status, "
+          "health and /metrics are served, so that Prometheus scrapes the "
+          "final values; \"inf\" until a signal (Kubernetes: until the pod "
+          "is deleted)");
+
 
 namespace effadam {
 namespace {
 
-// Set by the signal handler, read by the main loop: the only thing a
-// handler may safely do.
-std::atomic<int> g_signal{0};
+constexpr char kProgram[] = "effadam-server";
 
-extern "C" void OnSignal(int signo) { g_signal.store(signo); }
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "effadam-server: %s\n", s.ToString().c_str());
+int Fail(Logger& log, const absl::Status& s) {
+  log.Error(s.ToString());
   return 1;
 }
 
@@ -124,12 +131,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.shard = absl::GetFlag(FLAGS_shard);
   o.num_shards = absl::GetFlag(FLAGS_num_shards);
   o.rounds = absl::GetFlag(FLAGS_rounds);
-  const double timeout = absl::GetFlag(FLAGS_round_timeout);
-  if (!(timeout > 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--round_timeout must be > 0 seconds, got ", timeout));
+  o.round_timeout = absl::GetFlag(FLAGS_round_timeout).value;
+  if (o.round_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--round_timeout must be > 0");
   }
-  o.round_timeout = absl::Seconds(timeout);
   const int64_t chunk = absl::GetFlag(FLAGS_max_chunk_bytes);
   // gRPC's message size limits are ints; leave room for the envelope.
   if (chunk < 4 || chunk > (int64_t{1} << 30)) {
@@ -156,50 +161,66 @@ absl::StatusOr<ServerSecurity> SecurityFromFlags() {
   return LoadServerSecurity(files);
 }
 
+// What --checkpoint_dir held at start.
+struct Restored {
+  std::unique_ptr<CheckpointStore> store;  // null: checkpoints are off
+  // The round of the restored checkpoint; 0 without one.
+  int64_t round = 0;
+  // The checkpoint completes --rounds: the run is over, nothing to train.
+  bool run_complete = false;
+};
+
 // Opens --checkpoint_dir and restores its newest good checkpoint into
-// `service`; null store when checkpoints are off.
-absl::StatusOr<std::unique_ptr<CheckpointStore>> RestoreFromFlags(
-    ParameterServerService& service) {
+// `service`.
+absl::StatusOr<Restored> RestoreFromFlags(ParameterServerService& service,
+                                          int64_t rounds, Logger& log) {
+  Restored out;
   const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
-  if (dir.empty()) return nullptr;
+  if (dir.empty()) return out;
   absl::StatusOr<CheckpointStore> store =
       CheckpointStore::Open(dir, absl::GetFlag(FLAGS_checkpoint_keep));
   if (!store.ok()) return store.status();
   absl::StatusOr<std::optional<CheckpointStore::Loaded>> loaded =
       store->LoadNewest();
   if (!loaded.ok()) return loaded.status();
+  out.store = std::make_unique<CheckpointStore>(*std::move(store));
   if (!loaded->has_value()) {
-    std::fprintf(stderr, "effadam-server: no checkpoint in %s; fresh start\n",
-                 dir.c_str());
-    return std::make_unique<CheckpointStore>(*std::move(store));
+    log.Info(absl::StrCat("no checkpoint in ", dir, "; fresh start"));
+    return out;
   }
   CheckpointStore::Loaded& l = **loaded;
   for (const std::string& why : l.skipped) {
-    std::fprintf(stderr, "effadam-server: skipped checkpoint %s\n",
-                 why.c_str());
+    log.Warning(absl::StrCat("skipped checkpoint ", why));
   }
-  const int64_t round = l.checkpoint.state.round;
+  out.round = l.checkpoint.state.round;
+  out.run_complete = CompletesRun(l.checkpoint, rounds);
   const std::string checksum = ParamsChecksum(l.checkpoint.state.params);
   if (absl::Status s = service.Restore(std::move(l.checkpoint)); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("restoring ", l.path, ": ",
                                                s.message()));
   }
-  std::fprintf(stderr,
-               "effadam-server: resumed from %s at round %lld, "
-               "params_checksum %s\n",
-               l.path.c_str(), static_cast<long long>(round), checksum.c_str());
-  return std::make_unique<CheckpointStore>(*std::move(store));
+  if (out.run_complete) {
+    log.Info(absl::StrCat(
+        "the run in ", dir, " is complete: ", l.path, " follows round ",
+        out.round - 1, " of ", rounds,
+        " (--rounds), params_checksum ", checksum,
+        "; not training again and keeping --summary_json. A new run needs "
+        "an empty --checkpoint_dir; a larger --rounds trains on"));
+  } else {
+    log.Info(absl::StrCat("resumed from ", l.path, " at round ", out.round,
+                          ", params_checksum ", checksum));
+  }
+  return out;
 }
 
 // Writes `checkpoint` and reports it; a failure is logged and counted, and
 // training goes on (the previous checkpoint is still there).
 void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
-                     ServerObserver* observer) {
+                     ServerObserver* observer, Logger& log) {
   const absl::Time start = absl::Now();
   absl::StatusOr<CheckpointStore::Written> w = store.Write(checkpoint);
   if (!w.ok()) {
-    std::fprintf(stderr, "effadam-server: checkpoint failed: %s\n",
-                 w.status().ToString().c_str());
+    log.Error(absl::StrCat("checkpoint failed: ", w.status().ToString()));
     if (observer != nullptr) observer->OnCheckpointFailed();
     return;
   }
@@ -207,41 +228,128 @@ void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
   stats.round = checkpoint.state.round;
   stats.bytes = w->bytes;
   stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  std::fprintf(stderr,
-               "effadam-server: checkpoint %s (round %lld, %lld B, %.2f s), "
-               "params_checksum %s\n",
-               w->path.c_str(), static_cast<long long>(stats.round),
-               static_cast<long long>(stats.bytes), stats.seconds,
-               w->params_checksum.c_str());
+  log.Info(absl::StrFormat("checkpoint %s (round %d, %d B, %.2f s), "
+                           "params_checksum %s",
+                           w->path, stats.round, stats.bytes, stats.seconds,
+                           w->params_checksum));
   if (observer != nullptr) observer->OnCheckpointWritten(stats);
 }
 
-int Run() {
-  absl::StatusOr<ServerOptions> options = OptionsFromFlags();
-  if (!options.ok()) return Fail(options.status());
-  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
-  if (linger < absl::ZeroDuration()) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "--metrics_linger must be >= 0, got ", absl::FormatDuration(linger))));
+// The run's summary: the log line and --summary_json.
+absl::Status ReportSummary(const ServerOptions& options, const ServerSummary& s,
+                           double seconds, bool signalled, Logger& log) {
+  log.Info(absl::StrFormat(
+      "%s after %d rounds in %.1f s; moved %d B up, %d B down (%.1fx fewer "
+      "than fp32), %d B join; params_checksum %s",
+      signalled ? "stopped by signal" : "done", s.rounds_closed, seconds,
+      s.bytes_worker_to_server, s.bytes_server_to_worker,
+      s.compression_ratio(), s.bytes_join,
+      s.params_checksum.empty() ? "(no parameters)" : s.params_checksum));
+  const std::string path = absl::GetFlag(FLAGS_summary_json);
+  if (path.empty()) return absl::OkStatus();
+  const CompressionConfig& c = options.compression;
+  JsonObject json;
+  json.Add("rounds", s.rounds_closed)
+      .Add("short_rounds", s.short_rounds)
+      .Add("dropped_rounds", s.dropped_rounds)
+      .Add("resumed_at_round", s.resumed_at_round)
+      .Add("workers", options.workers)
+      .Add("shard", options.shard)
+      .Add("num_shards", options.num_shards)
+      .Add("worker_codec", c.worker_codec.ToString())
+      .Add("server_codec", c.server_codec.ToString())
+      .Add("error_feedback", ErrorFeedbackName(c))
+      .Add("train_loss", s.train_loss)
+      .Add("bytes_worker_to_server", s.bytes_worker_to_server)
+      .Add("bytes_server_to_worker", s.bytes_server_to_worker)
+      .Add("bytes_join", s.bytes_join)
+      .Add("wire_bytes_worker_to_server", s.wire_worker_to_server)
+      .Add("wire_bytes_server_to_worker", s.wire_server_to_worker)
+      .Add("wire_bytes_join", s.wire_join)
+      .Add("fp32_equivalent_bytes", s.fp32_equivalent_bytes())
+      .Add("compression_ratio", s.compression_ratio())
+      .Add("params_checksum", s.params_checksum)
+      .Add("seconds", seconds);
+  return json.WriteFile(path);
+}
+
+void LogStart(const ServerOptions& options, const ServerSecurity& security,
+              Logger& log) {
+  const CompressionConfig& c = options.compression;
+  log.Info(DescribeServerSecurity(security));
+  log.Info(absl::StrCat(
+      options.num_shards > 1
+          ? absl::StrCat("shard ", options.shard, " of ", options.num_shards,
+                         ", ")
+          : "",
+      options.workers, " workers, codecs ", c.worker_codec.ToString(), "/",
+      c.server_codec.ToString(), ", error feedback ", ErrorFeedbackName(c),
+      ", rounds ", options.rounds,
+      options.rounds == 0 ? " (until SIGTERM)" : ""));
+}
+
+// Trains until the run ends or a signal comes, writing checkpoints on the
+// way (outside the service's lock: rounds go on while a file is written),
+// then stops the service and writes the final checkpoint. The main thread
+// is the watcher; gRPC serves on its own threads.
+void Train(ParameterServerService& service, CheckpointStore* checkpoints,
+           ServerObserver* observer, const SignalWatcher& signals,
+           Logger& log) {
+  int64_t last_checkpoint_round = -1;
+  while (signals.signal() == 0 &&
+         !service.WaitUntilDone(absl::Milliseconds(100))) {
+    if (std::optional<Checkpoint> due = service.TakeDueCheckpoint();
+        due.has_value() && checkpoints != nullptr) {
+      WriteCheckpoint(*checkpoints, *due, observer, log);
+      last_checkpoint_round = due->state.round;
+    }
   }
+  // Waiting calls and Train streams end now; Status keeps working.
+  service.Shutdown();
+  if (checkpoints != nullptr) {
+    std::optional<Checkpoint> last = service.Snapshot();
+    if (last.has_value() && last->state.round != last_checkpoint_round) {
+      WriteCheckpoint(*checkpoints, *last, observer, log);
+    }
+  }
+}
+
+int Run() {
+  // First: every thread started later inherits its signal mask.
+  SignalWatcher signals;
+  signals.Watch(nullptr);
+  StderrLogger log(kProgram);
+  absl::StatusOr<ServerOptions> options = OptionsFromFlags();
+  if (!options.ok()) return Fail(log, options.status());
+  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger).value;
   // Checked with the other flags, before a checkpoint is restored.
   ServerTransport transport;
   transport.max_chunk_bytes = options->max_chunk_bytes;
-  transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
-  transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
-  transport.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval);
+  transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time).value;
+  transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout).value;
+  transport.min_client_ping_interval =
+      absl::GetFlag(FLAGS_min_ping_interval).value;
   if (absl::Status s = CheckServerTransport(transport); !s.ok()) {
-    return Fail(s);
+    return Fail(log, s);
+  }
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  absl::StatusOr<HostPort> listen_address =
+      ParseHostPort(listen, "--listen", /*min_port=*/0);
+  if (!listen_address.ok()) return Fail(log, listen_address.status());
+  // A taken port fails the start at once with the reason, before a
+  // checkpoint is read (gRPC would only log its own line).
+  if (absl::Status s = ProbeListen(*listen_address); !s.ok()) {
+    return Fail(log, s);
   }
 
   // Every file is read and checked before anything listens.
   absl::StatusOr<ServerSecurity> security = SecurityFromFlags();
-  if (!security.ok()) return Fail(security.status());
+  if (!security.ok()) return Fail(log, security.status());
   std::optional<TokenAuthenticator> authenticator;
   if (!security->token.empty()) {
     absl::StatusOr<TokenAuthenticator> a =
         TokenAuthenticator::Create(security->token);
-    if (!a.ok()) return Fail(a.status());
+    if (!a.ok()) return Fail(log, a.status());
     authenticator = *std::move(a);
     options->authenticator = &*authenticator;
   }
@@ -251,30 +359,32 @@ int Run() {
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<prometheus::Exposer> exposer;
+  const auto process_metrics = std::make_shared<ProcessCollector>();
   if (!metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<prometheus::Exposer>> e =
         StartMetricsExposer(metrics_listen);
-    if (!e.ok()) return Fail(e.status());
+    if (!e.ok()) return Fail(log, e.status());
     exposer = *std::move(e);
     prometheus::Labels labels;
     if (options->num_shards > 1) {
       labels["shard"] = std::to_string(options->shard);
     }
     metrics = std::make_unique<ServerMetrics>(options->workers, labels);
+    metrics->SetTargetRounds(options->rounds);
     exposer->RegisterCollectable(metrics->registry());
+    exposer->RegisterCollectable(process_metrics);
     options->observer = metrics.get();
   }
 
   auto service = ParameterServerService::Create(*options);
-  if (!service.ok()) return Fail(service.status());
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> checkpoints =
-      RestoreFromFlags(**service);
-  if (!checkpoints.ok()) return Fail(checkpoints.status());
+  if (!service.ok()) return Fail(log, service.status());
+  absl::StatusOr<Restored> restored =
+      RestoreFromFlags(**service, options->rounds, log);
+  if (!restored.ok()) return Fail(log, restored.status());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  const std::string listen = absl::GetFlag(FLAGS_listen);
   int port = 0;
   // TLS, message size limits (a chunk plus its envelope; gRPC refuses
   // anything larger before it reaches the service), keepalive.
@@ -282,128 +392,52 @@ int Run() {
   builder.RegisterService(service->get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
-    return Fail(
-        absl::UnavailableError(absl::StrCat("cannot listen on ", listen)));
+    return Fail(log, absl::UnavailableError(absl::StrCat(
+                         "cannot listen on ", listen,
+                         ": gRPC could not bind it (its log line above says "
+                         "why)")));
   }
-
-  struct sigaction action = {};
-  action.sa_handler = OnSignal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
-
-  const CompressionConfig& c = options->compression;
-  const std::string host = listen.substr(0, listen.rfind(':'));
-  std::printf("effadam-server listening on %s:%d\n", host.c_str(), port);
+  std::printf("%s listening on %s:%d\n", kProgram,
+              listen_address->host.c_str(), port);
   if (exposer != nullptr) {
-    const std::string metrics_host =
-        metrics_listen.substr(0, metrics_listen.rfind(':'));
-    std::printf("effadam-server metrics on http://%s:%d/metrics\n",
-                metrics_host.c_str(), BoundPort(*exposer));
+    std::printf("%s metrics on http://%s:%d/metrics\n", kProgram,
+                metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(),
+                BoundPort(*exposer));
   }
   std::fflush(stdout);
-  std::fprintf(stderr, "effadam-server: %s\n",
-               DescribeServerSecurity(*security).c_str());
-  std::fprintf(stderr,
-               "effadam-server: %s%d workers, codecs %s/%s, error feedback %s, "
-               "rounds %lld%s\n",
-               options->num_shards > 1
-                   ? absl::StrCat("shard ", options->shard, " of ",
-                                  options->num_shards, ", ")
-                         .c_str()
-                   : "",
-               options->workers, c.worker_codec.ToString().c_str(),
-               c.server_codec.ToString().c_str(), ErrorFeedbackName(c),
-               static_cast<long long>(options->rounds),
-               options->rounds == 0 ? " (until SIGTERM)" : "");
-  const absl::Time start = absl::Now();
+  LogStart(*options, *security, log);
 
-  // The main thread is the watcher: it polls the signal flag and waits for
-  // training to end; gRPC serves on its own threads.
-  // It also writes the checkpoints, outside the service's lock: rounds go on
-  // while a file is written.
-  int64_t last_checkpoint_round = -1;
-  while (g_signal.load() == 0 &&
-         !(*service)->WaitUntilDone(absl::Milliseconds(100))) {
-    if (std::optional<Checkpoint> due = (*service)->TakeDueCheckpoint();
-        due.has_value() && *checkpoints != nullptr) {
-      WriteCheckpoint(**checkpoints, *due, options->observer);
-      last_checkpoint_round = due->state.round;
+  absl::Status result;
+  if (!restored->run_complete) {
+    const absl::Time start = absl::Now();
+    Train(**service, restored->store.get(), options->observer, signals, log);
+    const ServerSummary s = (*service)->Summary();
+    result = s.error;
+    if (absl::Status w = ReportSummary(
+            *options, s, absl::ToDoubleSeconds(absl::Now() - start),
+            signals.signal() != 0, log);
+        !w.ok()) {
+      result = w;
     }
   }
-  server->GetHealthCheckService()->SetServingStatus(false);
-  // Waiting calls end now; calls still sending a delta get a few seconds.
-  (*service)->Shutdown();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  server->Wait();
-
-  if (*checkpoints != nullptr) {
-    std::optional<Checkpoint> last = (*service)->Snapshot();
-    if (last.has_value() && last->state.round != last_checkpoint_round) {
-      WriteCheckpoint(**checkpoints, *last, options->observer);
-    }
-  }
-
-  const ServerSummary s = (*service)->Summary();
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  std::fprintf(stderr,
-               "effadam-server: %s after %lld rounds in %.1f s; moved %lld B "
-               "up, %lld B down (%.1fx fewer than fp32), %lld B join; "
-               "params_checksum %s\n",
-               g_signal.load() != 0 ? "stopped by signal" : "done",
-               static_cast<long long>(s.rounds_closed), seconds,
-               static_cast<long long>(s.bytes_worker_to_server),
-               static_cast<long long>(s.bytes_server_to_worker),
-               s.compression_ratio(), static_cast<long long>(s.bytes_join),
-               s.params_checksum.empty() ? "(no parameters)"
-                                         : s.params_checksum.c_str());
-  const std::string summary_path = absl::GetFlag(FLAGS_summary_json);
-  if (!summary_path.empty()) {
-    JsonObject json;
-    json.Add("rounds", s.rounds_closed)
-        .Add("short_rounds", s.short_rounds)
-        .Add("dropped_rounds", s.dropped_rounds)
-        .Add("resumed_at_round", s.resumed_at_round)
-        .Add("workers", options->workers)
-        .Add("shard", options->shard)
-        .Add("num_shards", options->num_shards)
-        .Add("worker_codec", c.worker_codec.ToString())
-        .Add("server_codec", c.server_codec.ToString())
-        .Add("error_feedback", ErrorFeedbackName(c))
-        .Add("train_loss", s.train_loss)
-        .Add("bytes_worker_to_server", s.bytes_worker_to_server)
-        .Add("bytes_server_to_worker", s.bytes_server_to_worker)
-        .Add("bytes_join", s.bytes_join)
-        .Add("wire_bytes_worker_to_server", s.wire_worker_to_server)
-        .Add("wire_bytes_server_to_worker", s.wire_server_to_worker)
-        .Add("wire_bytes_join", s.wire_join)
-        .Add("fp32_equivalent_bytes", s.fp32_equivalent_bytes())
-        .Add("compression_ratio", s.compression_ratio())
-        .Add("params_checksum", s.params_checksum)
-        .Add("seconds", seconds);
-    if (absl::Status st = json.WriteFile(summary_path); !st.ok()) {
-      return Fail(st);
-    }
-  }
-  // The counters no longer change; a scraper that comes by now reads
-  // exactly the summary's numbers. A signal ends the wait (and a run that
-  // a signal stopped does not wait at all).
-  if (exposer != nullptr) {
-    LingerForScrape("effadam-server", linger,
-                    [] { return g_signal.load() != 0; });
-  }
-  if (!s.error.ok()) return Fail(s.error);
-  return 0;
+  // The finished state: Join and the training calls are refused; Status,
+  // health and /metrics answer with the final values until the linger ends
+  // or a signal comes.
+  if (metrics != nullptr) metrics->SetFinished();
+  server->GetHealthCheckService()->SetServingStatus(
+      "effadam.v1.ParameterServer", false);
+  LingerForScrape(log, linger, [&] { return signals.signal() != 0; });
+  ExitNow(result.ok() ? 0 : Fail(log, result));
 }
 
 }  // namespace
 }  // namespace effadam
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  effadam::ParseCommandLineOrExit(
+      argc, argv,
       "The Efficient-Adam parameter server.\nExample: effadam-server "
       "--listen=127.0.0.1:50051 --workers=4 --rounds=2000 "
       "--worker_codec=sign --server_codec=sign");
-  absl::ParseCommandLine(argc, argv);
   return effadam::Run();
 }
