@@ -116,6 +116,8 @@ namespace effadam {
 namespace {
 
 constexpr char kProgram[] = "effadam-server";
+// How long calls still in flight at exit get to finish.
+constexpr absl::Duration kFinalCallsBudget = absl::Milliseconds(500);
 
 int Fail(Logger& log, const absl::Status& s) {
   log.Error(s.ToString());
@@ -427,6 +429,11 @@ int Run() {
   server->GetHealthCheckService()->SetServingStatus(
       "effadam.v1.ParameterServer", false);
   LingerForScrape(log, linger, [&] { return signals.signal() != 0; });
+  // The streams are over (the service ended them); what gRPC still has to
+  // send, e.g. the final status a worker's Finish waits for, goes out
+  // before the process ends.
+  server->Shutdown(absl::ToChronoTime(absl::Now() + kFinalCallsBudget));
+  server->Wait();
   ExitNow(result.ok() ? 0 : Fail(log, result));
 }
 
