@@ -33,8 +33,12 @@ RUN apt-get update -q \
 FROM build-deps AS build
 WORKDIR /src
 COPY . .
+# The context has no .git: --version and effadam_build_info show this
+# revision (docker build --build-arg EFFADAM_GIT_REVISION=$(git rev-parse
+# --short=12 HEAD) ...), "unknown" without it.
+ARG EFFADAM_GIT_REVISION=unknown
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DEFFADAM_BUILD_BENCH=OFF \
-      -DEFFADAM_BUILD_PYTHON=OFF \
+      -DEFFADAM_BUILD_PYTHON=OFF -DEFFADAM_GIT_REVISION="$EFFADAM_GIT_REVISION" \
  && cmake --build /build -j "$(nproc)" --target effadam-server effadam-worker effadam-health \
  && install -d /out/bin \
  && install -m 0755 -s /build/bin/effadam-server /build/bin/effadam-worker \
