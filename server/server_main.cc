@@ -118,6 +118,8 @@ namespace {
 constexpr char kProgram[] = "effadam-server";
 // How long calls still in flight at exit get to finish.
 constexpr absl::Duration kFinalCallsBudget = absl::Milliseconds(500);
+// How long calls still sending a delta get when training stops.
+constexpr absl::Duration kDrainBudget = absl::Seconds(5);
 
 int Fail(Logger& log, const absl::Status& s) {
   log.Error(s.ToString());
@@ -290,13 +292,36 @@ void LogStart(const ServerOptions& options, const ServerSecurity& security,
       options.rounds == 0 ? " (until SIGTERM)" : ""));
 }
 
+// Serves `service` (and health and reflection) on `listen`; *port is the
+// port bound. Unavailable naming the address when gRPC cannot bind it.
+absl::StatusOr<std::unique_ptr<grpc::Server>> Serve(
+    const std::string& listen, const ServerSecurity& security,
+    const ServerTransport& transport, ParameterServerService* service,
+    int* port) {
+  grpc::ServerBuilder builder;
+  *port = 0;
+  // TLS, message size limits (a chunk plus its envelope; gRPC refuses
+  // anything larger before it reaches the service), keepalive.
+  ConfigureServer(listen, security, transport, &builder, port);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || *port == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", listen,
+        ": gRPC could not bind it (its log line above says why)"));
+  }
+  return server;
+}
+
 // Trains until the run ends or a signal comes, writing checkpoints on the
 // way (outside the service's lock: rounds go on while a file is written),
-// then stops the service and writes the final checkpoint. The main thread
-// is the watcher; gRPC serves on its own threads.
-void Train(ParameterServerService& service, CheckpointStore* checkpoints,
-           ServerObserver* observer, const SignalWatcher& signals,
-           Logger& log) {
+// then stops the service and drains `server`: when this returns no call is
+// running and the service's state and counts are final. Returns the round
+// of the last checkpoint written (-1: none). The main thread is the
+// watcher; gRPC serves on its own threads.
+int64_t Train(ParameterServerService& service, grpc::Server& server,
+              CheckpointStore* checkpoints, ServerObserver* observer,
+              const SignalWatcher& signals, Logger& log) {
   int64_t last_checkpoint_round = -1;
   while (signals.signal() == 0 &&
          !service.WaitUntilDone(absl::Milliseconds(100))) {
@@ -306,14 +331,25 @@ void Train(ParameterServerService& service, CheckpointStore* checkpoints,
       last_checkpoint_round = due->state.round;
     }
   }
-  // Waiting calls and Train streams end now; Status keeps working.
+  // Waiting calls end now; calls still sending a delta get a few seconds.
   service.Shutdown();
-  if (checkpoints != nullptr) {
-    std::optional<Checkpoint> last = service.Snapshot();
-    if (last.has_value() && last->state.round != last_checkpoint_round) {
-      WriteCheckpoint(*checkpoints, *last, observer, log);
-    }
+  server.Shutdown(absl::ToChronoTime(absl::Now() + kDrainBudget));
+  server.Wait();
+  return last_checkpoint_round;
+}
+
+// The finished state after a run that completed here: a service restored
+// from the final state, which refuses Join ("training has ended") and
+// answers Status, served on the same port. Null (logged) if it cannot be.
+std::unique_ptr<ParameterServerService> FinishedService(
+    ServerOptions options, Checkpoint final_state) {
+  options.observer = nullptr;  // the metrics keep the run's final values
+  absl::StatusOr<std::unique_ptr<ParameterServerService>> service =
+      ParameterServerService::Create(options);
+  if (!service.ok() || !(*service)->Restore(std::move(final_state)).ok()) {
+    return nullptr;
   }
+  return *std::move(service);
 }
 
 int Run() {
@@ -386,19 +422,11 @@ int Run() {
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
   int port = 0;
-  // TLS, message size limits (a chunk plus its envelope; gRPC refuses
-  // anything larger before it reaches the service), keepalive.
-  ConfigureServer(listen, *security, transport, &builder, &port);
-  builder.RegisterService(service->get());
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    return Fail(log, absl::UnavailableError(absl::StrCat(
-                         "cannot listen on ", listen,
-                         ": gRPC could not bind it (its log line above says "
-                         "why)")));
-  }
+  absl::StatusOr<std::unique_ptr<grpc::Server>> served =
+      Serve(listen, *security, transport, service->get(), &port);
+  if (!served.ok()) return Fail(log, served.status());
+  std::unique_ptr<grpc::Server> server = *std::move(served);
   std::printf("%s listening on %s:%d\n", kProgram,
               listen_address->host.c_str(), port);
   if (exposer != nullptr) {
@@ -410,9 +438,20 @@ int Run() {
   LogStart(*options, *security, log);
 
   absl::Status result;
+  // Serves the finished state when training ended here (a run restored as
+  // complete is served by `service` itself).
+  std::unique_ptr<ParameterServerService> finished;
   if (!restored->run_complete) {
     const absl::Time start = absl::Now();
-    Train(**service, restored->store.get(), options->observer, signals, log);
+    const int64_t last_checkpoint_round =
+        Train(**service, *server, restored->store.get(), options->observer,
+              signals, log);
+    server.reset();
+    std::optional<Checkpoint> last = (*service)->Snapshot();
+    if (restored->store != nullptr && last.has_value() &&
+        last->state.round != last_checkpoint_round) {
+      WriteCheckpoint(*restored->store, *last, options->observer, log);
+    }
     const ServerSummary s = (*service)->Summary();
     result = s.error;
     if (absl::Status w = ReportSummary(
@@ -421,19 +460,36 @@ int Run() {
         !w.ok()) {
       result = w;
     }
+    if (linger > absl::ZeroDuration() && signals.signal() == 0 &&
+        last.has_value() && CompletesRun(*last, options->rounds)) {
+      finished = FinishedService(*options, *std::move(last));
+      int bound = 0;
+      absl::StatusOr<std::unique_ptr<grpc::Server>> again =
+          finished == nullptr
+              ? absl::InternalError("cannot restore the final state")
+              : Serve(listen_address->host + ":" + std::to_string(port),
+                      *security, transport, finished.get(), &bound);
+      if (again.ok()) {
+        server = *std::move(again);
+      } else {
+        log.Warning(absl::StrCat("the finished state serves /metrics only: ",
+                                 again.status().ToString()));
+      }
+    }
   }
-  // The finished state: Join and the training calls are refused; Status,
+  // The finished state: Join is refused ("training has ended"); Status,
   // health and /metrics answer with the final values until the linger ends
   // or a signal comes.
   if (metrics != nullptr) metrics->SetFinished();
-  server->GetHealthCheckService()->SetServingStatus(
-      "effadam.v1.ParameterServer", false);
+  if (server != nullptr) {
+    server->GetHealthCheckService()->SetServingStatus(
+        "effadam.v1.ParameterServer", false);
+  }
   LingerForScrape(log, linger, [&] { return signals.signal() != 0; });
-  // The streams are over (the service ended them); what gRPC still has to
-  // send, e.g. the final status a worker's Finish waits for, goes out
-  // before the process ends.
-  server->Shutdown(absl::ToChronoTime(absl::Now() + kFinalCallsBudget));
-  server->Wait();
+  if (server != nullptr) {
+    server->Shutdown(absl::ToChronoTime(absl::Now() + kFinalCallsBudget));
+    server->Wait();
+  }
   ExitNow(result.ok() ? 0 : Fail(log, result));
 }
 

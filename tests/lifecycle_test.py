@@ -59,16 +59,56 @@ def exit_after_line(c, p, label, pattern, timeout=30):
     raise AssertionError("%s did not exit within %d s" % (label, timeout))
 
 
-def run_to_end(c, rounds, server_extra, label="server"):
+def run_to_end(c, rounds, server_extra, label="server", metrics=False):
     """A server and two toy workers (ranks 0 and 1) through `rounds`."""
     flags = TOY + FP32 + ["--rounds=%d" % rounds]
     server, port = c.start_server(["--workers=2", "--rounds=%d" % rounds] +
-                                  FP32 + server_extra, label=label)
+                                  FP32 + server_extra, label=label,
+                                  metrics=metrics)
+    server.port = port
     workers = [c.start_worker("%s_w%d" % (label, r), port,
                               flags + ["--rank=%d" % r]) for r in (0, 1)]
     for w in workers:
         c.expect_ok(w)
     return server
+
+
+def check_finished_state(c, server, port, label):
+    """`server` is in the finished state: health SERVING, the training
+    service NOT_SERVING, a worker refused with the reason; SIGTERM ends it
+    with 0 within a second."""
+    health = os.path.join(c.bin, "effadam-health")
+    addr = "--addr=127.0.0.1:%d" % port
+    r = subprocess.run([health, addr], capture_output=True, text=True,
+                       timeout=30)
+    check(r.returncode == 0 and "SERVING" in r.stdout,
+          "health SERVING while finished: %s" % r.stdout)
+    r = subprocess.run([health, addr, "--service=effadam.v1.ParameterServer"],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and "NOT_SERVING" in r.stdout,
+          "the training service NOT_SERVING: %s" % r.stdout)
+    late = c.start_worker(label, port, TOY + FP32 + ["--rounds=20"])
+    check(c.wait(late, timeout=30) == 1, "a late worker is refused")
+    check("training has ended" in "".join(c.output(label)),
+          "the late worker is told why: %s" % "".join(c.output(label)))
+    server.send_signal(signal.SIGTERM)
+    start = time.time()
+    check(c.wait(server, timeout=10) == 0, "SIGTERM ends the finished state "
+          "with 0")
+    check(time.time() - start < EXIT_BUDGET, "at once")
+
+
+def case_finished_state(c):
+    # The Kubernetes model: after the last round the server stays up
+    # (--metrics_linger=inf) with the final values until deleted.
+    server = run_to_end(c, 20, ["--metrics_linger=inf"], metrics=True)
+    c.wait_for("the summary", lambda: os.path.exists(c.path("server.json")))
+    check(c.metric(server, "effadam_server_finished") == 1, "finished gauge")
+    check(c.metric(server, "effadam_server_rounds_total") == 20,
+          "final rounds on /metrics")
+    check(c.summary("server")["rounds"] == 20, "summary written")
+    check_finished_state(c, server, server.port, "late")
+    return "Status/health/metrics served after the run until SIGTERM"
 
 
 def case_restart_after_completion(c):
@@ -98,23 +138,7 @@ def case_restart_after_completion(c):
     check(c.metric(again, "effadam_server_target_rounds") == 20,
           "target rounds gauge")
     check(c.metric(again, "effadam_server_round") == 21, "round gauge")
-    health = os.path.join(c.bin, "effadam-health")
-    addr = "--addr=127.0.0.1:%d" % port
-    r = subprocess.run([health, addr], capture_output=True, text=True,
-                       timeout=30)
-    check(r.returncode == 0 and "SERVING" in r.stdout,
-          "health SERVING while finished: %s" % r.stdout)
-    r = subprocess.run([health, addr, "--service=effadam.v1.ParameterServer"],
-                       capture_output=True, text=True, timeout=30)
-    check(r.returncode == 1 and "NOT_SERVING" in r.stdout,
-          "the training service NOT_SERVING: %s" % r.stdout)
-    late = c.start_worker("late", port, TOY + FP32 + ["--rounds=20"])
-    check(c.wait(late, timeout=30) == 1, "a late worker is refused")
-    check("training has ended" in "".join(c.output("late")),
-          "the late worker is told why: %s" % "".join(c.output("late")))
-    again.send_signal(signal.SIGTERM)
-    check(c.wait(again, timeout=10) == 0, "SIGTERM ends the finished state "
-          "with 0")
+    check_finished_state(c, again, port, "late")
     with open(summary, "rb") as f:
         check(f.read() == first, "the summary is kept byte for byte")
     check({n: os.stat(os.path.join(ckpt, n)).st_mtime_ns
@@ -218,6 +242,7 @@ def case_worker_logs_attempts(c):
 
 
 CASES = [
+    ("finished_state", case_finished_state),
     ("restart_after_completion", case_restart_after_completion),
     ("prompt_exit", case_prompt_exit),
     ("rank_still_held", case_rank_still_held),
