@@ -141,7 +141,9 @@ absl::Status ChunkAssembler::Add(int rank, int64_t round, int64_t offset,
       }
     }
   }
-  if (received == 0) buffer_.reserve(rules_.total_bytes);
+  if (received == 0 && rules_.reserve_total) {
+    buffer_.reserve(rules_.total_bytes);
+  }
   buffer_.append(payload.data(), size);
   return absl::OkStatus();
 }

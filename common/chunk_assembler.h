@@ -41,6 +41,9 @@ struct ChunkRules {
   bool finite_float32 = false;
   // The rank every chunk must name, or -1 when chunks carry no rank.
   int rank = -1;
+  // Reserve the whole buffer at the first chunk (no regrowth); false makes
+  // memory follow what arrives, for a size a client only declared.
+  bool reserve_total = true;
 };
 
 // Reassembles one buffer (an encoded update, a delta, the parameters) from

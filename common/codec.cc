@@ -96,6 +96,15 @@ float SumAbs(const float* u, const float* e, size_t n) {
          ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
+// mean |p| over n elements in double: the fallback when SumAbs's float sum
+// overflows although every p is finite (n values near FLT_MAX / n). Each
+// |p| <= FLT_MAX, so the mean is a finite float again.
+float MeanAbsWide(const float* u, const float* e, size_t n) {
+  double sum = 0;
+  for (size_t j = 0; j < n; ++j) sum += std::fabs(Feedback(u, e, j));
+  return static_cast<float>(sum / static_cast<double>(n));
+}
+
 float MaxAbs(const float* u, const float* e, size_t n) {
   float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   size_t j = 0;
@@ -305,8 +314,11 @@ class SignCodec final : public Codec {
     for (size_t b = 0; b < frame.blocks; ++b) {
       const size_t begin = b * block_size();
       const size_t nb = std::min(block_size(), n - begin);
-      const float s = SumAbs(u + begin, e ? e + begin : nullptr, nb) /
-                      static_cast<float>(nb);
+      const float* eb = e ? e + begin : nullptr;
+      float s = SumAbs(u + begin, eb, nb) / static_cast<float>(nb);
+      // A float sum of finite values can overflow; only a NaN or Inf in p
+      // keeps the wide mean from being finite.
+      if (!(s <= FLT_MAX)) s = MeanAbsWide(u + begin, eb, nb);
       if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
       StoreF32(out + 4 * b, s);
       // Blocks are multiples of 8 elements, so each starts on a byte.

@@ -73,7 +73,7 @@ std::string DescribeServerSecurity(const ServerSecurity& security);
 
 // ------------------------------------------------------------- the clients
 
-// Paths and names as given by the clients' flags (common/client_flags.h);
+// Paths and names as given by the clients' flags (common/client_security_flags.h);
 // empty means not given.
 struct ClientSecurityFiles {
   std::string ca_file;      // --tls_ca_file: enables TLS

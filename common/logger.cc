@@ -43,6 +43,23 @@ void StderrLogger::Log(LogLevel level, absl::string_view message) {
   std::fflush(stderr);
 }
 
+bool LogRateLimiter::Allow(absl::Time now, int64_t* suppressed) {
+  absl::MutexLock lock(&mu_);
+  if (suppressed != nullptr) *suppressed = 0;
+  if (now >= period_start_ + period_) {
+    period_start_ = now;
+    allowed_ = 0;
+    if (suppressed != nullptr) *suppressed = held_back_;
+    held_back_ = 0;
+  }
+  if (allowed_ < burst_) {
+    ++allowed_;
+    return true;
+  }
+  ++held_back_;
+  return false;
+}
+
 void RecordingLogger::Log(LogLevel level, absl::string_view message) {
   absl::MutexLock lock(&mu_);
   lines_.push_back(Line{level, std::string(message)});

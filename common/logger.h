@@ -1,12 +1,14 @@
 #ifndef EFFADAM_COMMON_LOGGER_H_
 #define EFFADAM_COMMON_LOGGER_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace effadam {
 
@@ -46,6 +48,27 @@ class StderrLogger final : public Logger {
  private:
   const std::string program_;
   absl::Mutex mu_;  // keeps lines from two threads apart
+};
+
+// Lets at most `burst` lines through per `period` and counts the rest, so
+// that a flood of bad calls cannot fill a disk with log lines.
+// Thread-safe.
+class LogRateLimiter {
+ public:
+  LogRateLimiter(int burst, absl::Duration period)
+      : burst_(burst), period_(period) {}
+  // Whether a line may be written at `now`. When a new period lets lines
+  // through again, *suppressed (if not null) gets how many were held back
+  // since, for the line to mention; else 0.
+  bool Allow(absl::Time now, int64_t* suppressed);
+
+ private:
+  const int burst_;
+  const absl::Duration period_;
+  absl::Mutex mu_;
+  absl::Time period_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int allowed_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t held_back_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Keeps every line; for tests.

@@ -56,4 +56,30 @@ absl::StatusOr<std::vector<ShardRange>> PlanShards(const UpdateCodec& codec,
   return plan;
 }
 
+absl::StatusOr<ShardCodecs> MakeShardCodecs(const TensorLayout& layout,
+                                            const CompressionConfig& config,
+                                            int shard, int num_shards) {
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> wc =
+      UpdateCodec::Create(layout, config.worker_codec, config.options);
+  if (!wc.ok()) return absl::InvalidArgumentError(wc.status().message());
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> sc =
+      UpdateCodec::Create(layout, config.server_codec, config.options);
+  if (!sc.ok()) return absl::InvalidArgumentError(sc.status().message());
+  absl::StatusOr<std::vector<ShardRange>> plan = PlanShards(**wc, num_shards);
+  if (!plan.ok()) return plan.status();
+  if (shard < 0 || shard >= num_shards) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shard ", shard, " is outside [0, ", num_shards, ")"));
+  }
+  const ShardRange range = (*plan)[shard];
+  if (num_shards == 1) return ShardCodecs{*std::move(wc), *std::move(sc), range};
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> ws =
+      (*wc)->Slice(range.first_segment, range.end_segment);
+  if (!ws.ok()) return ws.status();
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> ss =
+      (*sc)->Slice(range.first_segment, range.end_segment);
+  if (!ss.ok()) return ss.status();
+  return ShardCodecs{*std::move(ws), *std::move(ss), range};
+}
+
 }  // namespace effadam

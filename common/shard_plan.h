@@ -2,9 +2,12 @@
 #define EFFADAM_COMMON_SHARD_PLAN_H_
 
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/compression_flags.h"
+#include "common/tensor_layout.h"
 #include "common/update_codec.h"
 
 namespace effadam {
@@ -34,6 +37,19 @@ struct ShardRange {
 // InvalidArgument when num_shards < 1 or exceeds the number of segments.
 absl::StatusOr<std::vector<ShardRange>> PlanShards(const UpdateCodec& codec,
                                                    int num_shards);
+
+// What a server holding shard `shard` of `num_shards` of a model encodes
+// and decodes: the worker and server codecs of its part (the whole codecs
+// without sharding) and the range.
+struct ShardCodecs {
+  std::shared_ptr<const UpdateCodec> worker, server;
+  ShardRange range;
+};
+// InvalidArgument when a codec refuses the layout or the layout has fewer
+// segments than there are shards.
+absl::StatusOr<ShardCodecs> MakeShardCodecs(const TensorLayout& layout,
+                                            const CompressionConfig& config,
+                                            int shard, int num_shards);
 
 }  // namespace effadam
 

@@ -4,7 +4,8 @@
 # round engine, checkpoints, worker optimizer, IDX reader, the gRPC service
 # and client, the PEM and token loaders and the token check, the bad-input
 # table) under AddressSanitizer and UBSan, runs the libFuzzer targets for a
-# bounded time (clang, build-fuzz), then every test under ctest.
+# bounded time (clang, build-fuzz, which also checks the thread-safety
+# annotations), then every test under ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -27,7 +28,10 @@ echo "== libFuzzer (clang): each target ${FUZZ_SECONDS:-20} s =="
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_COMPILER=clang++ -DEFFADAM_FUZZ=ON -DEFFADAM_BUILD_BENCH=OFF \
   -DEFFADAM_FUZZ_SECONDS="${FUZZ_SECONDS:-20}" >/dev/null
-cmake --build build-fuzz -j "${JOBS:-2}" --target fuzzers
+# The clang build also checks the thread-safety annotations of the
+# threaded libraries (-Werror=thread-safety, CMakeLists.txt).
+cmake --build build-fuzz -j "${JOBS:-2}" --target fuzzers \
+  effadam_server_service effadam_worker_client
 # One fuzzer at a time: each already keeps a core busy.
 (cd build-fuzz && ctest -L fuzz --output-on-failure -j 1)
 

@@ -35,7 +35,7 @@ struct Checkpoint {
 // SIGTERM) never completes.
 bool CompletesRun(const Checkpoint& checkpoint, int64_t rounds);
 
-// The bytes of a checkpoint file (docs/checkpoint.md): magic, header, raw x
+// The bytes of a checkpoint file (docs/faults.md, "Server restarts and checkpoints"): magic, header, raw x
 // and E, and a CRC-32 of all of it. Parse accepts exactly what Serialize
 // makes and rejects any other input with DataLoss (truncated, corrupted,
 // trailing bytes) or InvalidArgument (a well-formed file that describes an

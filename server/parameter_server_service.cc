@@ -1,31 +1,23 @@
 #include "server/parameter_server_service.h"
 
-#include "common/compression_proto.h"
-
 #include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <cstdio>
 #include <cstring>
-#include <limits>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/checksum.h"
 #include "common/chunk_assembler.h"
 #include "common/codec_spec.h"
+#include "common/compression_proto.h"
 
 namespace effadam {
 namespace {
 
-// How many closed rounds keep their delta. A worker whose update arrives
-// after its round closed on the timeout is sent that round's delta, so it
-// stays in step; one that falls further behind must join again.
-constexpr size_t kKeptRounds = 4;
-
-// Waiters wake at least this often to notice a cancelled call, an idle
-// join that expired or a round timeout.
+// Waiters wake at least this often (real time) to notice a cancelled call
+// and to apply the timing rules against the clock, which may be a fake one
+// that jumps.
 constexpr absl::Duration kPoll = absl::Milliseconds(100);
 
 // FetchParams gives up this long before the call's deadline, so the client
@@ -33,33 +25,33 @@ constexpr absl::Duration kPoll = absl::Milliseconds(100);
 constexpr absl::Duration kDeadlineMargin = absl::Milliseconds(50);
 
 // A joined rank keeps its place this long without a Train stream (or an
-// Upload/Fetch call) before it is dropped from the live set: at least a
+// Upload/Fetch call), and an uploader may pause this long: at least a
 // minute, so a worker that loads its data or computes its first gradient
 // slowly is not mistaken for a dead one.
-absl::Duration JoinIdleGrace(absl::Duration round_timeout) {
+absl::Duration IdleGrace(absl::Duration round_timeout) {
   return std::max(round_timeout, absl::Seconds(60));
 }
 
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  // absl and gRPC share the canonical code numbering.
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
-                      std::string(s.message()));
-}
-
-void Log(const std::string& line) {
-  std::fprintf(stderr, "effadam-server: %s\n", line.c_str());
-}
-
-// When a FetchParams that waits for the initial parameters gives up.
-absl::Time FetchGiveUp(const grpc::ServerContext& context, absl::Time now,
-                       absl::Duration cap) {
-  absl::Time give_up = now + cap;
-  const std::chrono::system_clock::time_point deadline = context.deadline();
-  if (deadline != std::chrono::system_clock::time_point::max()) {
-    give_up = std::min(give_up, absl::FromChrono(deadline) - kDeadlineMargin);
+  std::string message(s.message());
+  if (message.size() > kMaxStatusMessageBytes) {
+    constexpr absl::string_view kCut = " ... (cut; the server log has it all)";
+    message.resize(kMaxStatusMessageBytes - kCut.size());
+    message.append(kCut.data(), kCut.size());
   }
-  return give_up;
+  // absl and gRPC share the canonical code numbering.
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), message);
+}
+
+// How long a call may still take by its deadline (gRPC's clock, which is
+// the transport's business, not a rule of the service); infinite without.
+absl::Duration CallTimeLeft(const grpc::ServerContext& context) {
+  const std::chrono::system_clock::time_point deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteDuration();
+  }
+  return absl::FromChrono(deadline - std::chrono::system_clock::now());
 }
 
 // The rejection reason of a chunk the Train stream's assembler refused.
@@ -83,13 +75,6 @@ Rejection TrainRejection(ChunkFault fault) {
 }
 
 }  // namespace
-
-double ServerSummary::compression_ratio() const {
-  const int64_t actual = bytes_worker_to_server + bytes_server_to_worker;
-  if (actual == 0) return 0;
-  return static_cast<double>(fp32_equivalent_bytes()) /
-         static_cast<double>(actual);
-}
 
 absl::StatusOr<std::unique_ptr<ParameterServerService>>
 ParameterServerService::Create(const ServerOptions& options) {
@@ -122,43 +107,79 @@ ParameterServerService::Create(const ServerOptions& options) {
       new ParameterServerService(options));
 }
 
+namespace {
+
+Membership::Rules MembershipRules(const ServerOptions& o) {
+  Membership::Rules r;
+  r.workers = o.workers;
+  r.join_idle_grace = IdleGrace(o.round_timeout);
+  r.upload_stall_timeout = IdleGrace(o.round_timeout);
+  return r;
+}
+
+RoundCoordinator::Rules RoundRules(const ServerOptions& o) {
+  RoundCoordinator::Rules r;
+  r.workers = o.workers;
+  r.rounds = o.rounds;
+  r.round_timeout = o.round_timeout;
+  r.checkpoint_every = o.checkpoint_every;
+  return r;
+}
+
+}  // namespace
+
 ParameterServerService::ParameterServerService(const ServerOptions& options)
     : options_(options),
-      ranks_(static_cast<size_t>(options.workers)),
-      last_loss_(std::numeric_limits<double>::quiet_NaN()) {}
+      clock_(options.clock != nullptr ? *options.clock : Clock::Real()),
+      logger_(options.logger != nullptr ? *options.logger
+                                        : Logger::Discard()),
+      observer_(options.observer != nullptr ? *options.observer
+                                            : ServerObserver::None()),
+      rejection_log_(/*burst=*/20, absl::Seconds(10)),
+      membership_(MembershipRules(options)),
+      rounds_(RoundRules(options), membership_, clock_, observer_, logger_) {}
 
 ParameterServerService::~ParameterServerService() = default;
 
-absl::Status ParameterServerService::Reject(Rejection why,
-                                            absl::Status status) const {
-  if (options_.observer != nullptr) options_.observer->OnRejected(why);
-  return status;
+grpc::Status ParameterServerService::Finish(const grpc::ServerContext& context,
+                                            const char* rpc, int rank,
+                                            const absl::Status& status) const {
+  if (status.ok()) return grpc::Status::OK;
+  if (std::optional<Rejection> why = RejectionOf(status)) {
+    observer_.OnRejected(*why);
+    int64_t suppressed = 0;
+    if (rejection_log_.Allow(clock_.Now(), &suppressed)) {
+      logger_.Warning(absl::StrCat(
+          "rejected ", rpc, " from ", context.peer(),
+          rank >= 0 ? absl::StrCat(" rank ", rank) : std::string(), " (",
+          RejectionName(*why), "): ", status.ToString(),
+          suppressed > 0 ? absl::StrCat(" [", suppressed,
+                                        " more rejections not logged]")
+                         : std::string()));
+    }
+  }
+  return ToGrpc(status);
 }
 
-grpc::Status ParameterServerService::Authenticate(
+absl::Status ParameterServerService::Authenticate(
     const grpc::ServerContext& context) const {
-  if (options_.authenticator == nullptr) return grpc::Status::OK;
+  if (options_.authenticator == nullptr) return absl::OkStatus();
   absl::Status s = options_.authenticator->Check(context);
-  if (s.ok()) return grpc::Status::OK;
-  return ToGrpc(Reject(Rejection::kUnauthenticated, std::move(s)));
+  if (s.ok()) return s;
+  return Rejected(Rejection::kUnauthenticated, std::move(s));
+}
+
+absl::Status ParameterServerService::ServingLocked() const {
+  if (shutting_down_) {
+    return absl::UnavailableError("the server is shutting down");
+  }
+  return rounds_.fatal();
 }
 
 void ParameterServerService::CountWireLocked(TrafficDirection direction,
                                              int64_t bytes) {
-  switch (direction) {
-    case TrafficDirection::kWorkerToServer:
-      wire_worker_to_server_ += bytes;
-      break;
-    case TrafficDirection::kServerToWorker:
-      wire_server_to_worker_ += bytes;
-      break;
-    case TrafficDirection::kJoin:
-      wire_join_ += bytes;
-      break;
-  }
-  if (options_.observer != nullptr) {
-    options_.observer->OnWireBytes(direction, bytes);
-  }
+  traffic_[direction].wire += bytes;
+  observer_.OnWireBytes(direction, bytes);
 }
 
 void ParameterServerService::CountWire(TrafficDirection direction,
@@ -170,202 +191,163 @@ void ParameterServerService::CountWire(TrafficDirection direction,
 void ParameterServerService::CountPayloadLocked(TrafficDirection direction,
                                                 int64_t payload_bytes,
                                                 int64_t fp32_bytes) {
-  switch (direction) {
-    case TrafficDirection::kWorkerToServer:
-      bytes_worker_to_server_ += payload_bytes;
-      fp32_worker_to_server_ += fp32_bytes;
-      break;
-    case TrafficDirection::kServerToWorker:
-      bytes_server_to_worker_ += payload_bytes;
-      fp32_server_to_worker_ += fp32_bytes;
-      break;
-    case TrafficDirection::kJoin:
-      bytes_join_ += payload_bytes;
-      break;
-  }
-  if (options_.observer != nullptr) {
-    options_.observer->OnPayloadBytes(direction, payload_bytes, fp32_bytes);
-  }
+  traffic_[direction].payload += payload_bytes;
+  traffic_[direction].fp32 += fp32_bytes;
+  observer_.OnPayloadBytes(direction, payload_bytes, fp32_bytes);
+}
+
+void ParameterServerService::WaitLocked(absl::Time deadline) {
+  changed_.WaitWithTimeout(
+      &mu_, std::clamp(deadline - clock_.Now(), absl::ZeroDuration(), kPoll));
 }
 
 // ---------------------------------------------------------------- membership
 
-bool ParameterServerService::IsLive(int rank) const {
-  const Phase p = ranks_[rank].phase;
-  return p == Phase::kJoined || p == Phase::kTraining;
-}
-
-int ParameterServerService::LiveCountLocked() const {
-  int live = 0;
-  for (int r = 0; r < options_.workers; ++r) live += IsLive(r);
-  return live;
-}
-
-void ParameterServerService::ExpireIdleJoinsLocked(absl::Time now) {
-  for (int r = 0; r < options_.workers; ++r) {
-    const RankState& s = ranks_[r];
-    if (s.phase == Phase::kJoined && s.active_calls == 0 &&
-        now - s.last_seen > JoinIdleGrace(options_.round_timeout)) {
-      Leave(r, "joined but sent nothing on a Train stream for too long");
-      ranks_[r].expired = true;
+void ParameterServerService::TickLocked() {
+  const absl::Time now = clock_.Now();
+  for (const Membership::Expired& e : membership_.Expire(now)) {
+    if (e.stalled_uploader && upload_call_ != nullptr) {
+      upload_call_->TryCancel();
+      upload_call_ = nullptr;  // its handler returns without touching it
     }
+    LeaveLocked(e.rank,
+                e.stalled_uploader
+                    ? "it was asked to upload the initial parameters and "
+                      "sent nothing for too long; the next Join uploads"
+                    : "joined but sent nothing on a Train stream for too "
+                      "long");
   }
+  const int64_t closed_before = rounds_.rounds_closed();
+  rounds_.MaybeClose();
+  if (rounds_.rounds_closed() != closed_before) changed_.SignalAll();
 }
 
 void ParameterServerService::ResetIfEmptyLocked() {
-  if (engine_ || upload_active_ || LiveCountLocked() > 0) return;
-  layout_.reset();
-  worker_codec_.reset();
-  server_codec_.reset();
-  uploader_ = -1;
+  if (rounds_.started() || !membership_.Empty()) return;
+  model_.reset();
+  membership_.ResetUploader();
 }
 
-void ParameterServerService::Leave(int rank, absl::string_view why) {
-  ranks_[rank].phase = Phase::kDeparted;
-  if (uploader_ == rank && !engine_ && !upload_active_) uploader_ = -1;
+void ParameterServerService::LeaveLocked(int rank, absl::string_view why) {
+  membership_.Leave(rank);
   // After the last round every stream ends; that is no news.
-  if (!final_closed_at_.has_value()) {
-    Log(absl::StrCat("rank ", rank, " left (", LiveCountLocked(), "/",
-                     options_.workers, " live): ", why));
+  if (!rounds_.final_closed_at().has_value()) {
+    logger_.Info(absl::StrCat("rank ", rank, " left (",
+                              membership_.LiveCount(), "/", options_.workers,
+                              " live): ", why));
   }
-  if (options_.observer != nullptr) {
-    options_.observer->OnLiveWorkers(LiveCountLocked());
-  }
+  observer_.OnLiveWorkers(membership_.LiveCount());
   ResetIfEmptyLocked();
-  MaybeCloseRoundLocked(absl::Now());
+  rounds_.MaybeClose();
   changed_.SignalAll();
 }
 
 grpc::Status ParameterServerService::Join(grpc::ServerContext* context,
                                           const v1::JoinRequest* request,
                                           v1::JoinResponse* response) {
-  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
+  absl::Status s = Authenticate(*context);
+  if (s.ok()) s = DoJoin(*request, response);
+  return Finish(*context, "Join", request->rank(), s);
+}
+
+absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
+                                            v1::JoinResponse* response) {
   absl::StatusOr<TensorLayout> layout =
-      LayoutFromProto(request->layout(), options_.max_num_elements);
-  if (!layout.ok()) return ToGrpc(Reject(Rejection::kBadLayout, layout.status()));
+      LayoutFromProto(request.layout(), options_.max_num_elements);
+  if (!layout.ok()) return Rejected(Rejection::kBadLayout, layout.status());
   if (absl::Status s =
-          CheckCompressionMatches(request->compression(), options_.compression,
+          CheckCompressionMatches(request.compression(), options_.compression,
                                   "server", "worker");
       !s.ok()) {
     // InvalidArgument: malformed on its own; else it differs from ours.
-    return ToGrpc(Reject(s.code() == absl::StatusCode::kInvalidArgument
-                             ? Rejection::kBadCompression
-                             : Rejection::kCompressionMismatch,
-                         s));
+    return Rejected(s.code() == absl::StatusCode::kInvalidArgument
+                        ? Rejection::kBadCompression
+                        : Rejection::kCompressionMismatch,
+                    s);
   }
 
   absl::MutexLock lock(&mu_);
-  if (shutting_down_) {
-    return ToGrpc(absl::UnavailableError("the server is shutting down"));
+  if (absl::Status s = ServingLocked(); !s.ok()) return s;
+  if (rounds_.final_closed_at().has_value()) {
+    return Rejected(Rejection::kTrainingEnded,
+                    absl::FailedPreconditionError(absl::StrCat(
+                        "training has ended after round ", options_.rounds,
+                        " (--rounds)")));
   }
-  if (!fatal_.ok()) return ToGrpc(fatal_);
-  if (final_closed_at_.has_value()) {
-    return ToGrpc(Reject(Rejection::kTrainingEnded,
-                         absl::FailedPreconditionError(absl::StrCat(
-                             "training has ended after round ",
-                             options_.rounds, " (--rounds)"))));
-  }
-  const absl::Time now = absl::Now();
-  ExpireIdleJoinsLocked(now);
-  if (layout_.has_value() && *layout_ != *layout) {
-    return ToGrpc(Reject(
+  TickLocked();
+  if (model_.has_value() && model_->layout != *layout) {
+    return Rejected(
         Rejection::kLayoutMismatch,
         absl::FailedPreconditionError(absl::StrCat(
             "the layout differs from the server's: server has [",
-            layout_->DebugString(), "], worker sent [", layout->DebugString(),
-            "]"))));
+            model_->layout.DebugString(), "], worker sent [",
+            layout->DebugString(), "]")));
   }
-  int rank = request->rank();
-  if (rank == -1) {
-    rank = 0;
-    while (rank < options_.workers && IsLive(rank)) ++rank;
-    if (rank == options_.workers) {
-      return ToGrpc(Reject(
-          Rejection::kNoFreeRank,
-          absl::ResourceExhaustedError(absl::StrCat(
-              "all ", options_.workers,
-              " ranks are taken by live workers (--workers=", options_.workers,
-              ")"))));
-    }
-  } else if (rank < 0 || rank >= options_.workers) {
-    return ToGrpc(Reject(
-        Rejection::kBadRank,
-        absl::InvalidArgumentError(absl::StrCat(
-            "rank ", rank, " is outside [0, ", options_.workers,
-            ") (--workers); ask for -1 to get the lowest free rank"))));
-  } else if (IsLive(rank)) {
-    return ToGrpc(Reject(Rejection::kRankTaken,
-                         absl::AlreadyExistsError(absl::StrCat(
-                             "rank ", rank, " is taken by a live worker"))));
-  }
-
-  if (!layout_.has_value()) {
+  std::optional<Model> new_model;
+  if (!model_.has_value()) {
     // A codec refuses a layout it cannot encode (or split into the shards):
     // the layout's fault, since the settings are the server's own.
-    absl::StatusOr<Codecs> codecs = CodecsFor(*layout);
-    if (!codecs.ok()) {
-      return ToGrpc(Reject(Rejection::kBadLayout, codecs.status()));
-    }
-    worker_codec_ = std::move(codecs->worker);
-    server_codec_ = std::move(codecs->server);
-    shard_range_ = codecs->range;
-    layout_ = *std::move(layout);
+    absl::StatusOr<Model> m = ModelFor(*std::move(layout));
+    if (!m.ok()) return Rejected(Rejection::kBadLayout, m.status());
+    new_model = *std::move(m);
   }
   bool upload = false;
-  if (!engine_ && uploader_ < 0) {
-    uploader_ = rank;
-    upload = true;
-  }
-  // active_calls survives a rejoin: calls of the old incarnation may still
-  // be finishing and will decrement it.
-  ranks_[rank].phase = Phase::kJoined;
-  ranks_[rank].last_seen = now;
-  ranks_[rank].expired = false;
+  absl::StatusOr<int> rank = membership_.Join(
+      request.rank(), rounds_.started(), clock_.Now(), &upload);
+  if (!rank.ok()) return rank.status();
+  if (new_model.has_value()) model_ = *std::move(new_model);
 
-  response->set_rank(rank);
-  response->set_round(engine_ ? engine_->round() : 1);
+  response->set_rank(*rank);
+  response->set_round(rounds_.round());
   response->set_upload_initial_params(upload);
-  response->set_num_elements(static_cast<int64_t>(layout_->num_elements()));
+  response->set_num_elements(
+      static_cast<int64_t>(model_->layout.num_elements()));
   response->set_max_chunk_bytes(static_cast<int64_t>(options_.max_chunk_bytes));
   response->set_expected_workers(options_.workers);
   *response->mutable_compression() = CompressionToProto(options_.compression);
   response->set_shard(options_.shard);
   response->set_num_shards(options_.num_shards);
-  response->set_shard_begin(static_cast<int64_t>(shard_range_.begin));
-  response->set_shard_size(static_cast<int64_t>(shard_range_.size));
-  if (options_.observer != nullptr) {
-    options_.observer->OnLiveWorkers(LiveCountLocked());
-  }
-  Log(absl::StrCat("rank ", rank, " joined (", LiveCountLocked(), "/",
-                   options_.workers, " live)",
-                   upload ? "; it uploads the initial parameters" : ""));
-  return grpc::Status::OK;
+  response->set_shard_begin(static_cast<int64_t>(model_->codecs.range.begin));
+  response->set_shard_size(static_cast<int64_t>(model_->codecs.range.size));
+  observer_.OnLiveWorkers(membership_.LiveCount());
+  logger_.Info(absl::StrCat("rank ", *rank, " joined (",
+                            membership_.LiveCount(), "/", options_.workers,
+                            " live)",
+                            upload ? "; it uploads the initial parameters"
+                                   : ""));
+  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------- initial params
 
 absl::Status ParameterServerService::ReadParams(
     grpc::ServerReader<v1::ParamsChunk>* reader, int rank,
-    v1::ParamsChunk* chunk, std::vector<float>* x, int64_t* wire_bytes) const {
+    size_t num_elements, v1::ParamsChunk* chunk, std::vector<float>* x,
+    int64_t* wire_bytes) {
   ChunkRules rules;
-  rules.total_bytes = x->size() * sizeof(float);
+  rules.total_bytes = num_elements * sizeof(float);
   rules.max_chunk_bytes = options_.max_chunk_bytes;
   rules.unit = sizeof(float);
   rules.finite_float32 = true;
   rules.rank = rank;
+  // The layout was only declared: memory follows the bytes that arrive.
+  rules.reserve_total = false;
   absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
   if (!assembler.ok()) return assembler.status();
   // ParamsChunk.round is FetchParams' field; an upload leaves it 0.
   assembler->Start(0);
-  do {
+  // A chunk after the last one runs past the end, so read to the end.
+  while (true) {
     *wire_bytes += static_cast<int64_t>(chunk->ByteSizeLong());
     if (!assembler->Add(chunk->rank(), chunk->round(), chunk->begin(),
                         chunk->values())
-             .ok()) {
+             .ok() ||
+        !reader->Read(chunk)) {
       break;
     }
-    // A chunk after the last one runs past the end, so read to the end.
-  } while (reader->Read(chunk));
+    absl::MutexLock lock(&mu_);
+    membership_.UploadProgress(clock_.Now());
+  }
   if (absl::Status s = assembler->Finish(); !s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("initial parameters: ", s.message()));
@@ -373,6 +355,7 @@ absl::Status ParameterServerService::ReadParams(
   // Little-endian float32 on the wire, the byte order of every host the
   // codecs run on.
   const std::string bytes = assembler->TakeBuffer();
+  x->resize(num_elements);
   std::memcpy(x->data(), bytes.data(), bytes.size());
   return absl::OkStatus();
 }
@@ -381,108 +364,143 @@ grpc::Status ParameterServerService::UploadParams(
     grpc::ServerContext* context,
     grpc::ServerReader<v1::ParamsChunk>* reader,
     v1::UploadParamsResponse* /*response*/) {
-  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
+  int rank = -1;
+  absl::Status s = Authenticate(*context);
+  if (s.ok()) s = DoUploadParams(context, reader, &rank);
+  return Finish(*context, "UploadParams", rank, s);
+}
+
+absl::Status ParameterServerService::DoUploadParams(
+    grpc::ServerContext* context, grpc::ServerReader<v1::ParamsChunk>* reader,
+    int* rank) {
   v1::ParamsChunk chunk;
   if (!reader->Read(&chunk)) {
-    return ToGrpc(Reject(Rejection::kBadUpload,
-                         absl::InvalidArgumentError("the upload has no chunks")));
+    return Rejected(Rejection::kBadUpload,
+                    absl::InvalidArgumentError("the upload has no chunks"));
   }
-  const int rank = chunk.rank();
+  *rank = chunk.rank();
   const int64_t first_wire = static_cast<int64_t>(chunk.ByteSizeLong());
   size_t n = 0;
+  int64_t upload_id = 0;
   {
     absl::MutexLock lock(&mu_);
     // A refused upload counts the one chunk that was read.
     CountWireLocked(TrafficDirection::kJoin, first_wire);
     if (shutting_down_) {
-      return ToGrpc(absl::UnavailableError("the server is shutting down"));
+      return absl::UnavailableError("the server is shutting down");
     }
-    if (engine_) {
-      return ToGrpc(Reject(Rejection::kBadUpload,
-                           absl::FailedPreconditionError(
-                               "the initial parameters are already uploaded")));
+    if (rounds_.started()) {
+      return Rejected(Rejection::kBadUpload,
+                      absl::FailedPreconditionError(
+                          "the initial parameters are already uploaded"));
     }
-    if (rank != uploader_ || rank < 0 || ranks_[rank].phase != Phase::kJoined) {
-      return ToGrpc(Reject(
-          Rejection::kBadUpload,
-          absl::FailedPreconditionError(absl::StrCat(
-              "rank ", rank, " was not asked to upload the initial parameters",
-              uploader_ >= 0 ? absl::StrCat(" (rank ", uploader_, " was)")
-                             : ""))));
-    }
-    if (upload_active_) {
-      return ToGrpc(Reject(
-          Rejection::kBadUpload,
-          absl::FailedPreconditionError(
-              "an upload of the initial parameters is already in progress")));
-    }
-    upload_active_ = true;
-    ++ranks_[rank].active_calls;
-    n = worker_codec_->num_elements();  // this shard's part of x
+    absl::StatusOr<int64_t> id = membership_.BeginUpload(*rank, clock_.Now());
+    if (!id.ok()) return id.status();
+    upload_id = *id;
+    upload_call_ = context;
+    n = model_->codecs.worker->num_elements();  // this shard's part of x
   }
-  std::vector<float> x(n);
+  std::vector<float> x;
   int64_t wire = 0;
-  absl::Status s = ReadParams(reader, rank, &chunk, &x, &wire);
+  absl::Status s;
+  try {
+    s = ReadParams(reader, *rank, n, &chunk, &x, &wire);
+  } catch (const std::bad_alloc&) {
+    s = absl::ResourceExhaustedError(absl::StrCat(
+        "the server cannot hold the ", n, " parameters of this layout"));
+  }
 
   absl::MutexLock lock(&mu_);
   // ReadParams counted the first chunk again.
   CountWireLocked(TrafficDirection::kJoin, wire - first_wire);
-  upload_active_ = false;
-  --ranks_[rank].active_calls;
-  ranks_[rank].last_seen = absl::Now();
-  if (s.ok()) {
-    absl::StatusOr<std::unique_ptr<RoundEngine>> engine = RoundEngine::Create(
-        worker_codec_, server_codec_, std::move(x), EngineOptions());
+  if (!membership_.EndUpload(upload_id, *rank, clock_.Now())) {
+    // Given up on as stalled (and cancelled): its rank left then, and may
+    // be a new incarnation by now.
+    return Rejected(Rejection::kBadUpload,
+                    absl::DeadlineExceededError(
+                        "the upload stalled and was given up; join again"));
+  }
+  upload_call_ = nullptr;
+  if (s.ok() && !shutting_down_) {
+    absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
+        RoundEngine::Create(model_->codecs.worker, model_->codecs.server,
+                            std::move(x), EngineOptions());
     if (engine.ok()) {
-      engine_ = *std::move(engine);
+      Checkpoint identity;
+      identity.layout = model_->layout;
+      identity.compression = CompressionToProto(options_.compression);
+      identity.shard = options_.shard;
+      identity.num_shards = options_.num_shards;
+      rounds_.Start(*std::move(engine), std::move(identity),
+                    /*rounds_closed=*/0, /*resumed=*/false);
       CountPayloadLocked(TrafficDirection::kJoin,
                          static_cast<int64_t>(n * sizeof(float)), 0);
       changed_.SignalAll();
-      return grpc::Status::OK;
+      return absl::OkStatus();
     }
     s = engine.status();
   }
+  if (s.ok()) s = absl::UnavailableError("the server is shutting down");
   // Nothing is kept. The uploader must join again (so its rank is freed),
   // and the next Join is told to upload.
-  if (uploader_ == rank) uploader_ = -1;
-  if (ranks_[rank].phase == Phase::kJoined) {
-    Leave(rank, absl::StrCat("upload failed: ", s.message()));
+  if (membership_.IsLive(*rank)) {
+    LeaveLocked(*rank, absl::StrCat("upload failed: ", s.message()));
   }
   ResetIfEmptyLocked();
-  return ToGrpc(Reject(Rejection::kBadUpload, s));
+  if (absl::IsResourceExhausted(s) || absl::IsUnavailable(s)) {
+    return s;  // the server's limits or state, not the upload's bytes
+  }
+  return Rejected(Rejection::kBadUpload, s);
 }
 
 grpc::Status ParameterServerService::FetchParams(
     grpc::ServerContext* context, const v1::FetchParamsRequest* request,
     grpc::ServerWriter<v1::ParamsChunk>* writer) {
-  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
-  const int rank = request->rank();
+  absl::Status s = Authenticate(*context);
+  if (s.ok()) s = DoFetchParams(context, *request, writer);
+  return Finish(*context, "FetchParams", request->rank(), s);
+}
+
+absl::Status ParameterServerService::DoFetchParams(
+    grpc::ServerContext* context, const v1::FetchParamsRequest& request,
+    grpc::ServerWriter<v1::ParamsChunk>* writer) {
+  const int rank = request.rank();
   std::vector<float> x;
   int64_t round = 0;
   bool tracked = false;  // a live rank's call, which keeps it from expiring
   {
     absl::MutexLock lock(&mu_);
     const absl::Time give_up =
-        FetchGiveUp(*context, absl::Now(), options_.round_timeout);
-    while (!engine_ && !shutting_down_ && !context->IsCancelled()) {
-      const absl::Time now = absl::Now();
-      if (now >= give_up) break;
-      changed_.WaitWithDeadline(&mu_, std::min(give_up, now + kPoll));
+        clock_.Now() + std::min(options_.round_timeout,
+                                CallTimeLeft(*context) - kDeadlineMargin);
+    while (!rounds_.started() && !shutting_down_ && !context->IsCancelled() &&
+           clock_.Now() < give_up) {
+      TickLocked();
+      if (rounds_.started()) break;
+      if (membership_.IsLive(rank) && membership_.uploader() < 0 &&
+          !membership_.upload_active()) {
+        // The uploader went away (failed, stalled, left) before x arrived:
+        // a live worker waiting here joins again, and the first to do so
+        // uploads its replica.
+        LeaveLocked(rank, "nobody is uploading the initial parameters");
+        return absl::AbortedError(
+            "nobody is uploading the initial parameters any more (the "
+            "uploader went away); join again: the next Join uploads them");
+      }
+      WaitLocked(give_up);
     }
     if (shutting_down_) {
-      return ToGrpc(absl::UnavailableError("the server is shutting down"));
+      return absl::UnavailableError("the server is shutting down");
     }
-    if (!engine_) {
-      return ToGrpc(absl::UnavailableError(
-          "the initial parameters have not been uploaded yet; retry"));
+    if (!rounds_.started()) {
+      return absl::UnavailableError(
+          "the initial parameters have not been uploaded yet; retry");
     }
     // One consistent snapshot: x as of the start of `round`.
-    x.assign(engine_->params().begin(), engine_->params().end());
-    round = engine_->round();
-    if (rank >= 0 && rank < options_.workers && IsLive(rank)) {
-      ++ranks_[rank].active_calls;
-      tracked = true;
-    }
+    const RoundEngine& engine = *rounds_.engine();
+    x.assign(engine.params().begin(), engine.params().end());
+    round = engine.round();
+    tracked = membership_.BeginCall(rank);
   }
   const size_t per_chunk = options_.max_chunk_bytes / sizeof(float);
   int64_t written = 0;
@@ -505,199 +523,43 @@ grpc::Status ParameterServerService::FetchParams(
   absl::MutexLock lock(&mu_);
   CountWireLocked(TrafficDirection::kJoin, wire);
   CountPayloadLocked(TrafficDirection::kJoin, written, 0);
-  if (tracked) {
-    --ranks_[rank].active_calls;
-    ranks_[rank].last_seen = absl::Now();
-  }
+  if (tracked) membership_.EndCall(rank, clock_.Now());
   if (!ok) {
-    return ToGrpc(
-        absl::CancelledError("the client went away during FetchParams"));
+    return absl::CancelledError("the client went away during FetchParams");
   }
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
 // ------------------------------------------------------------------- rounds
 
-const ParameterServerService::ClosedRound*
-ParameterServerService::FindClosedLocked(int64_t round) const {
-  for (const ClosedRound& c : closed_) {
-    if (c.round == round) return &c;
-  }
-  return nullptr;
-}
-
-absl::Status ParameterServerService::CheckRoundLocked(int rank,
-                                                      int64_t round) const {
-  if (!fatal_.ok()) return fatal_;
-  if (shutting_down_)
-    return absl::UnavailableError("the server is shutting down");
-  if (options_.rounds > 0 && round > options_.rounds) {
-    return Reject(Rejection::kTrainingEnded,
-                  absl::FailedPreconditionError(absl::StrCat(
-                      "rank ", rank, " sent round ", round,
-                      " but training ends after round ", options_.rounds,
-                      " (--rounds)")));
-  }
-  if (round < 1) {
-    return Reject(Rejection::kWrongRound,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "rank ", rank, " sent round ", round,
-                      "; rounds count from 1")));
-  }
-  const int64_t current = engine_->round();
-  if (round == current || (round < current && FindClosedLocked(round))) {
-    return absl::OkStatus();
-  }
-  if (round > current) {
-    return Reject(Rejection::kWrongRound,
-                  absl::FailedPreconditionError(absl::StrCat(
-                      "rank ", rank, " sent an update for round ", round,
-                      " but the server is collecting round ", current)));
-  }
-  // ABORTED, not FAILED_PRECONDITION: the worker did nothing wrong and
-  // recovers by joining again and fetching x (WorkerClient does).
-  return Reject(
-      Rejection::kLagging,
-      absl::AbortedError(absl::StrCat(
-          "rank ", rank, " sent an update for round ", round,
-          ", too late: the server is collecting round ", current,
-          " and no longer keeps that round's delta; join again and fetch x")));
-}
-
-void ParameterServerService::MaybeCloseRoundLocked(absl::Time now) {
-  if (!engine_ || !fatal_.ok() || engine_->num_submitted() == 0) return;
-  bool missing = false;
-  for (int r = 0; r < options_.workers && !missing; ++r) {
-    missing = !engine_->HasSubmitted(r) && ranks_[r].phase != Phase::kDeparted;
-  }
-  if (missing && now < round_opened_at_ + options_.round_timeout) return;
-
-  const int64_t round = engine_->round();
-  const int contributors = static_cast<int>(engine_->num_submitted());
-  int lagging = 0;  // live, yet not in this round
-  for (int r = 0; r < options_.workers; ++r) {
-    lagging += IsLive(r) && !engine_->HasSubmitted(r);
-  }
-  const int64_t dropped_before = engine_->dropped_rounds();
-  absl::StatusOr<std::string> delta = engine_->CloseRound();
-  if (!delta.ok()) {
-    // Only a broken invariant gets here (the engine validated every update
-    // and drops rounds that overflow); the server cannot go on. Every
-    // stream ends with this error and the daemon exits.
-    fatal_ = absl::InternalError(absl::StrCat(
-        "round ", round, " could not be closed: ", delta.status().message()));
-    Log(std::string(fatal_.message()));
-    changed_.SignalAll();
-    return;
-  }
-  const bool dropped = engine_->dropped_rounds() > dropped_before;
-  if (dropped) {
-    Log(absl::StrCat("round ", round, " dropped: the average of its ",
-                     contributors,
-                     " updates overflows float; x and E are unchanged and "
-                     "the delta is zero"));
-  }
-  if (contributors < options_.workers) ++short_rounds_;
-  closed_.push_back(
-      ClosedRound{round, std::make_shared<const std::string>(*std::move(delta)),
-                  contributors});
-  while (closed_.size() > kKeptRounds) closed_.pop_front();
-  ++rounds_closed_;
-  last_loss_ = loss_count_ > 0 ? loss_sum_ / loss_count_
-                               : std::numeric_limits<double>::quiet_NaN();
-  loss_sum_ = 0;
-  loss_count_ = 0;
-  if (options_.rounds > 0 && round == options_.rounds) final_closed_at_ = now;
-  if (options_.observer != nullptr) {
-    ClosedRoundStats stats;
-    stats.round = round;
-    stats.contributors = contributors;
-    stats.live_workers = LiveCountLocked();
-    stats.lagging_workers = lagging;
-    stats.duration_seconds =
-        absl::ToDoubleSeconds(absl::Now() - round_opened_at_);
-    stats.train_loss = last_loss_;
-    // O(n) per round, so only with an observer; double so that a large
-    // model's sum of squares does not lose the small entries.
-    double sum_squares = 0;
-    for (float e : engine_->error_memory()) {
-      sum_squares += static_cast<double>(e) * static_cast<double>(e);
-    }
-    stats.error_memory_norm = std::sqrt(sum_squares);
-    stats.dropped = dropped;
-    options_.observer->OnRoundClosed(stats);
-  }
-  if (options_.checkpoint_every > 0 &&
-      rounds_closed_ % options_.checkpoint_every == 0) {
-    due_checkpoint_ = SnapshotLocked();
-  }
-  changed_.SignalAll();
-}
-
-absl::StatusOr<ParameterServerService::ClosedRound>
-ParameterServerService::AcceptAndWait(grpc::ServerContext* context,
-                                      const UpdateCodec& codec, int rank,
-                                      int64_t round, std::string update,
-                                      float loss) {
+absl::StatusOr<ClosedRound> ParameterServerService::AcceptAndWait(
+    grpc::ServerContext* context, int rank, int64_t round, std::string update,
+    float loss) {
   const int64_t size = static_cast<int64_t>(update.size());
   absl::MutexLock lock(&mu_);
-  // The round may have moved on while the update was read.
-  if (absl::Status s = CheckRoundLocked(rank, round); !s.ok()) return s;
-  absl::Time now = absl::Now();
-  if (round == engine_->round() && !engine_->HasSubmitted(rank)) {
-    // CheckRoundLocked and HasSubmitted leave only bytes that do not
-    // validate as a reason for Submit to refuse.
-    if (absl::Status s = engine_->Submit(rank, round, std::move(update));
-        !s.ok()) {
-      return Reject(Rejection::kInvalidPayload, s);
-    }
-    if (engine_->num_submitted() == 1) round_opened_at_ = now;
-    // The loss is the worker's report, not part of the math: a NaN or Inf
-    // one is left out of the mean rather than refusing a good update.
-    if (std::isfinite(loss)) {
-      loss_sum_ += loss;
-      ++loss_count_;
-    }
-  } else {
-    // Its round closed without it, or an earlier incarnation of this rank
-    // already contributed to it: not averaged, but it must still be well
-    // formed, and the worker gets the round's delta like everyone else.
-    if (absl::Status s = codec.Validate(update); !s.ok()) {
-      return Reject(Rejection::kInvalidPayload,
-                    absl::InvalidArgumentError(absl::StrCat(
-                        "update from rank ", rank, ": ", s.message())));
-    }
+  if (absl::Status s = ServingLocked(); !s.ok()) return s;
+  const int64_t fp32 = static_cast<int64_t>(
+      rounds_.engine()->worker_codec().num_elements() * sizeof(float));
+  if (absl::Status s = rounds_.Accept(rank, round, std::move(update), loss);
+      !s.ok()) {
+    return s;
   }
-  CountPayloadLocked(
-      TrafficDirection::kWorkerToServer, size,
-      static_cast<int64_t>(codec.num_elements() * sizeof(float)));
-  MaybeCloseRoundLocked(now);
-
+  CountPayloadLocked(TrafficDirection::kWorkerToServer, size, fp32);
+  changed_.SignalAll();
   while (true) {
-    if (const ClosedRound* closed = FindClosedLocked(round)) return *closed;
-    if (!fatal_.ok()) return fatal_;
+    if (std::optional<absl::StatusOr<ClosedRound>> outcome =
+            rounds_.Outcome(round)) {
+      return *std::move(outcome);
+    }
     if (shutting_down_) {
       return absl::UnavailableError("the server is shutting down");
     }
     if (context->IsCancelled()) {
       return absl::CancelledError("the worker cancelled its Train stream");
     }
-    if (engine_->round() > round) {
-      return Reject(Rejection::kLagging,
-                    absl::AbortedError(absl::StrCat(
-                        "the delta of round ", round,
-                        " is no longer kept (the server is at round ",
-                        engine_->round(), "); join again and fetch x")));
-    }
-    now = absl::Now();
-    ExpireIdleJoinsLocked(now);
-    MaybeCloseRoundLocked(now);
-    if (FindClosedLocked(round) != nullptr) continue;
-    absl::Time wake = now + kPoll;
-    if (engine_->num_submitted() > 0) {
-      wake = std::min(wake, round_opened_at_ + options_.round_timeout);
-    }
-    changed_.WaitWithDeadline(&mu_, wake);
+    TickLocked();
+    if (rounds_.Outcome(round).has_value()) continue;
+    WaitLocked(rounds_.TimeoutAt().value_or(absl::InfiniteFuture()));
   }
 }
 
@@ -724,9 +586,10 @@ absl::Status ParameterServerService::SendDelta(
   }
   absl::MutexLock lock(&mu_);
   CountWireLocked(TrafficDirection::kServerToWorker, wire);
-  CountPayloadLocked(
-      TrafficDirection::kServerToWorker, static_cast<int64_t>(delta.size()),
-      static_cast<int64_t>(server_codec_->num_elements() * sizeof(float)));
+  CountPayloadLocked(TrafficDirection::kServerToWorker,
+                     static_cast<int64_t>(delta.size()),
+                     static_cast<int64_t>(
+                         model_->codecs.server->num_elements() * sizeof(float)));
   return absl::OkStatus();
 }
 
@@ -737,7 +600,7 @@ absl::Status ParameterServerService::RunTrain(
   std::shared_ptr<const UpdateCodec> codec;
   {
     absl::MutexLock lock(&mu_);
-    codec = worker_codec_;  // fixed for good once the engine exists
+    codec = model_->codecs.worker;  // fixed for good once rounds started
   }
   ChunkRules rules;
   rules.total_bytes = codec->encoded_size();
@@ -750,16 +613,17 @@ absl::Status ParameterServerService::RunTrain(
     // *msg is the first chunk of an update.
     const int64_t round = msg->round();
     if (next != 0 && round != next) {
-      return Reject(Rejection::kWrongRound,
-                    absl::FailedPreconditionError(absl::StrCat(
-                        "rank ", rank, " sent round ", round,
-                        "; after the delta of round ", next - 1,
-                        " it must send round ", next)));
+      return Rejected(Rejection::kWrongRound,
+                      absl::FailedPreconditionError(absl::StrCat(
+                          "rank ", rank, " sent round ", round,
+                          "; after the delta of round ", next - 1,
+                          " it must send round ", next)));
     }
     if (next == 0) {
       // Fail fast on a hopeless round, before reading a whole update.
       absl::MutexLock lock(&mu_);
-      if (absl::Status s = CheckRoundLocked(rank, round); !s.ok()) return s;
+      if (absl::Status s = ServingLocked(); !s.ok()) return s;
+      if (absl::Status s = rounds_.CheckRound(rank, round); !s.ok()) return s;
     }
     assembler->Start(round);
     while (true) {
@@ -768,17 +632,16 @@ absl::Status ParameterServerService::RunTrain(
       if (s.ok() && assembler->complete()) break;
       if (s.ok() && !stream->Read(msg)) s = assembler->Finish();
       if (!s.ok()) {
-        return Reject(TrainRejection(assembler->fault()),
-                      absl::InvalidArgumentError(absl::StrCat(
-                          "round ", round, "'s ", codec->spec().ToString(),
-                          " update from rank ", rank, ": ", s.message())));
+        return Rejected(TrainRejection(assembler->fault()),
+                        absl::InvalidArgumentError(absl::StrCat(
+                            "round ", round, "'s ", codec->spec().ToString(),
+                            " update from rank ", rank, ": ", s.message())));
       }
       CountWire(TrafficDirection::kWorkerToServer,
                 static_cast<int64_t>(msg->ByteSizeLong()));
     }
-    absl::StatusOr<ClosedRound> closed =
-        AcceptAndWait(context, *codec, rank, round, assembler->TakeBuffer(),
-                      msg->loss());
+    absl::StatusOr<ClosedRound> closed = AcceptAndWait(
+        context, rank, round, assembler->TakeBuffer(), msg->loss());
     if (!closed.ok()) return closed.status();
     if (absl::Status s = SendDelta(stream, *closed); !s.ok()) return s;
     if (options_.rounds > 0 && round >= options_.rounds) {
@@ -795,82 +658,59 @@ absl::Status ParameterServerService::RunTrain(
 grpc::Status ParameterServerService::Train(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream) {
-  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
+  int rank = -1;
+  absl::Status s = Authenticate(*context);
+  if (s.ok()) s = DoTrain(context, stream, &rank);
+  return Finish(*context, "Train", rank, s);
+}
+
+absl::Status ParameterServerService::DoTrain(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
+    int* rank) {
   v1::WorkerMessage msg;
-  if (!stream->Read(&msg)) return grpc::Status::OK;
-  const int rank = msg.rank();
+  if (!stream->Read(&msg)) return absl::OkStatus();
+  *rank = msg.rank();
   {
     absl::MutexLock lock(&mu_);
     CountWireLocked(TrafficDirection::kWorkerToServer,
                     static_cast<int64_t>(msg.ByteSizeLong()));
-    if (shutting_down_) {
-      return ToGrpc(absl::UnavailableError("the server is shutting down"));
+    if (absl::Status s = ServingLocked(); !s.ok()) return s;
+    if (!rounds_.started()) {
+      return Rejected(Rejection::kNotReady,
+                      absl::FailedPreconditionError(
+                          "the initial parameters have not been uploaded yet"));
     }
-    if (!fatal_.ok()) return ToGrpc(fatal_);
-    if (!engine_) {
-      return ToGrpc(Reject(Rejection::kNotReady,
-                           absl::FailedPreconditionError(
-                               "the initial parameters have not been "
-                               "uploaded yet")));
-    }
-    // A rank dropped for idling is welcome back while nobody else has it:
-    // it was slow, not gone.
-    if (rank < 0 || rank >= options_.workers ||
-        ranks_[rank].phase == Phase::kFree ||
-        (ranks_[rank].phase == Phase::kDeparted && !ranks_[rank].expired)) {
-      return ToGrpc(Reject(Rejection::kUnknownRank,
-                           absl::FailedPreconditionError(absl::StrCat(
-                               "rank ", rank,
-                               " has not joined (or left); call Join first"))));
-    }
-    if (ranks_[rank].phase == Phase::kTraining) {
-      return ToGrpc(Reject(Rejection::kDuplicateStream,
-                           absl::FailedPreconditionError(absl::StrCat(
-                               "rank ", rank,
-                               " already has an open Train stream"))));
-    }
-    ranks_[rank].phase = Phase::kTraining;
-    ranks_[rank].expired = false;
-    ++open_streams_;
+    if (absl::Status s = membership_.BeginTrain(*rank); !s.ok()) return s;
   }
-  const absl::Status result = RunTrain(context, stream, rank, &msg);
-  {
-    absl::MutexLock lock(&mu_);
-    --open_streams_;
-    // Streams that a shutdown or a failed round engine ends are the
-    // server's doing, not a worker dropping out.
-    if (!result.ok() && !shutting_down_ && fatal_.ok() &&
-        options_.observer != nullptr) {
-      options_.observer->OnWorkerDropped();
-    }
-    Leave(rank, result.ok() ? "closed its Train stream" : result.ToString());
-  }
-  return ToGrpc(result);
+  const absl::Status result = RunTrain(context, stream, *rank, &msg);
+  absl::MutexLock lock(&mu_);
+  // Streams that a shutdown or a failed round engine ends are the server's
+  // doing, not a worker dropping out.
+  if (!result.ok() && ServingLocked().ok()) observer_.OnWorkerDropped();
+  LeaveLocked(*rank, result.ok() ? "closed its Train stream" : result.ToString());
+  return result;
 }
 
 // ---------------------------------------------------------------- operators
 
 ServerSummary ParameterServerService::SummaryLocked() const {
   ServerSummary s;
-  s.round = engine_ ? engine_->round() : 1;
-  s.rounds_closed = rounds_closed_;
-  s.short_rounds = short_rounds_;
-  s.dropped_rounds = engine_ ? engine_->dropped_rounds() : 0;
-  s.resumed_at_round = resumed_at_round_;
-  s.live_workers = LiveCountLocked();
+  s.round = rounds_.round();
+  s.rounds_closed = rounds_.rounds_closed();
+  s.short_rounds = rounds_.short_rounds();
+  s.dropped_rounds = rounds_.dropped_rounds();
+  s.resumed_at_round = rounds_.resumed_at_round();
+  s.live_workers = membership_.LiveCount();
   s.num_elements =
-      layout_.has_value() ? static_cast<int64_t>(layout_->num_elements()) : 0;
-  s.bytes_worker_to_server = bytes_worker_to_server_;
-  s.bytes_server_to_worker = bytes_server_to_worker_;
-  s.bytes_join = bytes_join_;
-  s.fp32_worker_to_server = fp32_worker_to_server_;
-  s.fp32_server_to_worker = fp32_server_to_worker_;
-  s.wire_worker_to_server = wire_worker_to_server_;
-  s.wire_server_to_worker = wire_server_to_worker_;
-  s.wire_join = wire_join_;
-  s.train_loss = last_loss_;
-  if (engine_) s.params_checksum = ParamsChecksum(engine_->params());
-  s.error = fatal_;
+      model_.has_value() ? static_cast<int64_t>(model_->layout.num_elements())
+                         : 0;
+  s.traffic = traffic_;
+  s.train_loss = rounds_.last_loss();
+  if (rounds_.started()) {
+    s.params_checksum = ParamsChecksum(rounds_.engine()->params());
+  }
+  s.error = rounds_.fatal();
   return s;
 }
 
@@ -878,25 +718,29 @@ ServerSummary ParameterServerService::Summary() const {
   absl::MutexLock lock(&mu_);
   ServerSummary s = SummaryLocked();
   // O(n), so here only and not in every Status call.
-  if (engine_) s.error_checksum = ParamsChecksum(engine_->error_memory());
+  if (rounds_.started()) {
+    s.error_checksum = ParamsChecksum(rounds_.engine()->error_memory());
+  }
   return s;
 }
 
 grpc::Status ParameterServerService::Status(
     grpc::ServerContext* context, const v1::StatusRequest* /*request*/,
     v1::StatusResponse* response) {
-  if (grpc::Status s = Authenticate(*context); !s.ok()) return s;
+  if (absl::Status s = Authenticate(*context); !s.ok()) {
+    return Finish(*context, "Status", -1, s);
+  }
   absl::MutexLock lock(&mu_);
-  ExpireIdleJoinsLocked(absl::Now());
+  TickLocked();
   const ServerSummary s = SummaryLocked();
   response->set_round(s.round);
   response->set_live_workers(s.live_workers);
   response->set_expected_workers(options_.workers);
   response->set_num_elements(s.num_elements);
-  response->set_bytes_worker_to_server(s.bytes_worker_to_server);
-  response->set_bytes_server_to_worker(s.bytes_server_to_worker);
-  response->set_bytes_join(s.bytes_join);
-  response->set_fp32_equivalent_bytes(s.fp32_equivalent_bytes());
+  response->set_bytes_worker_to_server(s.traffic.up().payload);
+  response->set_bytes_server_to_worker(s.traffic.down().payload);
+  response->set_bytes_join(s.traffic.join().payload);
+  response->set_fp32_equivalent_bytes(s.traffic.fp32_equivalent());
   response->set_params_checksum(s.params_checksum);
   return grpc::Status::OK;
 }
@@ -908,63 +752,24 @@ RoundEngineOptions ParameterServerService::EngineOptions() const {
   return eo;
 }
 
-absl::StatusOr<ParameterServerService::Codecs>
-ParameterServerService::CodecsFor(const TensorLayout& layout) const {
-  const CompressionConfig& c = options_.compression;
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> wc =
-      UpdateCodec::Create(layout, c.worker_codec, c.options);
-  if (!wc.ok()) return absl::InvalidArgumentError(wc.status().message());
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> sc =
-      UpdateCodec::Create(layout, c.server_codec, c.options);
-  if (!sc.ok()) return absl::InvalidArgumentError(sc.status().message());
-  absl::StatusOr<std::vector<ShardRange>> plan =
-      PlanShards(**wc, options_.num_shards);
-  if (!plan.ok()) return plan.status();
-  Codecs codecs;
-  codecs.range = (*plan)[options_.shard];
-  if (options_.num_shards == 1) {
-    codecs.worker = *std::move(wc);
-    codecs.server = *std::move(sc);
-    return codecs;
-  }
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> ws =
-      (*wc)->Slice(codecs.range.first_segment, codecs.range.end_segment);
-  if (!ws.ok()) return ws.status();
-  absl::StatusOr<std::unique_ptr<UpdateCodec>> ss =
-      (*sc)->Slice(codecs.range.first_segment, codecs.range.end_segment);
-  if (!ss.ok()) return ss.status();
-  codecs.worker = *std::move(ws);
-  codecs.server = *std::move(ss);
-  return codecs;
+absl::StatusOr<ParameterServerService::Model>
+ParameterServerService::ModelFor(TensorLayout layout) const {
+  absl::StatusOr<ShardCodecs> codecs = MakeShardCodecs(
+      layout, options_.compression, options_.shard, options_.num_shards);
+  if (!codecs.ok()) return codecs.status();
+  return Model{std::move(layout), *std::move(codecs)};
 }
 
 // -------------------------------------------------------------- checkpoints
 
-std::optional<Checkpoint> ParameterServerService::SnapshotLocked() const {
-  if (!engine_) return std::nullopt;
-  Checkpoint c;
-  c.layout = *layout_;
-  c.compression = CompressionToProto(options_.compression);
-  c.rounds_closed = rounds_closed_;
-  c.shard = options_.shard;
-  c.num_shards = options_.num_shards;
-  c.state.round = engine_->round();
-  c.state.params.assign(engine_->params().begin(), engine_->params().end());
-  c.state.error_memory.assign(engine_->error_memory().begin(),
-                              engine_->error_memory().end());
-  return c;
-}
-
 std::optional<Checkpoint> ParameterServerService::Snapshot() const {
   absl::MutexLock lock(&mu_);
-  return SnapshotLocked();
+  return rounds_.Snapshot();
 }
 
 std::optional<Checkpoint> ParameterServerService::TakeDueCheckpoint() {
   absl::MutexLock lock(&mu_);
-  std::optional<Checkpoint> c = std::move(due_checkpoint_);
-  due_checkpoint_.reset();
-  return c;
+  return rounds_.TakeDueCheckpoint();
 }
 
 absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
@@ -983,54 +788,45 @@ absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
         checkpoint.num_shards, "; this server is shard ", options_.shard,
         " of ", options_.num_shards, " (--shard, --num_shards)"));
   }
-  absl::StatusOr<Codecs> codecs = CodecsFor(checkpoint.layout);
-  if (!codecs.ok()) return codecs.status();
-  const int64_t round = checkpoint.state.round;
+  absl::StatusOr<Model> model = ModelFor(checkpoint.layout);
+  if (!model.ok()) return model.status();
   absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
-      RoundEngine::Restore(codecs->worker, codecs->server,
+      RoundEngine::Restore(model->codecs.worker, model->codecs.server,
                            std::move(checkpoint.state), EngineOptions());
   if (!engine.ok()) return engine.status();
 
   absl::MutexLock lock(&mu_);
-  if (layout_.has_value() || engine_) {
+  if (model_.has_value() || rounds_.started()) {
     return absl::InvalidArgumentError(
         "Restore: the server already has a layout or parameters");
   }
-  layout_ = std::move(checkpoint.layout);
-  worker_codec_ = std::move(codecs->worker);
-  server_codec_ = std::move(codecs->server);
-  shard_range_ = codecs->range;
-  engine_ = *std::move(engine);
-  rounds_closed_ = checkpoint.rounds_closed;
-  resumed_at_round_ = round;
-  // A checkpoint written after the last round: nothing is left to do.
-  if (options_.rounds > 0 && round > options_.rounds) {
-    final_closed_at_ = absl::Now();
-  }
-  if (options_.observer != nullptr) options_.observer->OnResumed(round);
+  model_ = *std::move(model);
+  const int64_t rounds_closed = checkpoint.rounds_closed;
+  rounds_.Start(*std::move(engine), std::move(checkpoint), rounds_closed,
+                /*resumed=*/true);
   changed_.SignalAll();
   return absl::OkStatus();
 }
 
-bool ParameterServerService::DoneLocked(absl::Time now) const {
-  if (shutting_down_ || !fatal_.ok()) return true;
-  if (!final_closed_at_.has_value()) return false;
-  return open_streams_ == 0 ||
-         now >= *final_closed_at_ + options_.round_timeout;
+bool ParameterServerService::DoneLocked() const {
+  if (!ServingLocked().ok()) return true;
+  const std::optional<absl::Time> final_closed = rounds_.final_closed_at();
+  if (!final_closed.has_value()) return false;
+  return membership_.TrainingCount() == 0 ||
+         clock_.Now() >= *final_closed + options_.round_timeout;
 }
 
 bool ParameterServerService::WaitUntilDone(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
+  // How long the calling thread may block is real time; the rules it waits
+  // for run on the clock.
+  const absl::Time give_up = absl::Now() + timeout;
   absl::MutexLock lock(&mu_);
   while (true) {
-    const absl::Time now = absl::Now();
-    if (DoneLocked(now)) return true;
-    if (now >= deadline) return false;
-    absl::Time wake = deadline;
-    if (final_closed_at_.has_value()) {
-      wake = std::min(wake, *final_closed_at_ + options_.round_timeout);
-    }
-    changed_.WaitWithDeadline(&mu_, wake);
+    TickLocked();
+    if (DoneLocked()) return true;
+    const absl::Duration left = give_up - absl::Now();
+    if (left <= absl::ZeroDuration()) return false;
+    changed_.WaitWithTimeout(&mu_, std::min(kPoll, left));
   }
 }
 

@@ -3,7 +3,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,12 +14,17 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "common/compression_flags.h"
+#include "common/logger.h"
+#include "common/traffic.h"
 #include "common/shard_plan.h"
 #include "common/tensor_layout.h"
 #include "common/update_codec.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "server/checkpoint.h"
+#include "server/membership.h"
+#include "server/round_coordinator.h"
 #include "server/round_engine.h"
 #include "server/server_observer.h"
 #include "server/token_authenticator.h"
@@ -57,33 +61,36 @@ struct ServerOptions {
   // Checks the token of every effadam.v1 call before anything else
   // happens; null: no token required. Not owned; must outlive the service.
   const TokenAuthenticator* authenticator = nullptr;
+  // Where time comes from; null: the system clock. Not owned.
+  const Clock* clock = nullptr;
+  // Where the service's few log lines go (joins, departures, rejected
+  // calls, dropped rounds); null: nowhere. Not owned; must outlive the
+  // service.
+  Logger* logger = nullptr;
 };
+
+// Longest status message a refused call carries; a longer one is cut and
+// says so (the server log has it whole). Well under gRPC's 8 KiB metadata
+// limit, past which the client would see RESOURCE_EXHAUSTED instead.
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
 
 // What the server has done so far; a consistent snapshot.
 struct ServerSummary {
   int64_t round = 1;  // the round being collected
   int64_t rounds_closed = 0;
   // Of rounds_closed by this process: closed with fewer than N updates, and
-  // dropped because their average overflowed.
+  // dropped because their result was not finite.
   int64_t short_rounds = 0;
   int64_t dropped_rounds = 0;
   // The round a restored checkpoint resumed at; 0 for a fresh start.
   int64_t resumed_at_round = 0;
   int live_workers = 0;
   int64_t num_elements = 0;  // 0 until the first Join fixes the layout
-  // Codec payload bytes, counted as effadam-sim counts them.
-  int64_t bytes_worker_to_server = 0;
-  int64_t bytes_server_to_worker = 0;
-  int64_t bytes_join = 0;  // UploadParams and FetchParams
-  int64_t fp32_worker_to_server = 0;
-  int64_t fp32_server_to_worker = 0;
-  // What went over the wire: the serialized sizes (ByteSizeLong) of every
-  // WorkerMessage the server read, every ServerMessage it wrote, and every
-  // ParamsChunk of UploadParams and FetchParams, rejected ones included.
-  // gRPC's 5-byte message prefix and HTTP/2 framing are not counted.
-  int64_t wire_worker_to_server = 0;
-  int64_t wire_server_to_worker = 0;
-  int64_t wire_join = 0;
+  // Payload bytes counted as effadam-sim counts them, and the serialized
+  // sizes of every WorkerMessage the server read, every ServerMessage it
+  // wrote, and every ParamsChunk of UploadParams and FetchParams, rejected
+  // ones included.
+  TrafficCounts traffic;
   // Mean loss the contributors reported for the last closed round; NaN
   // before the first.
   double train_loss = 0;
@@ -95,29 +102,17 @@ struct ServerSummary {
   // Not OK once the round engine failed to close a round (the server can
   // make no further progress).
   absl::Status error;
-
-  int64_t fp32_equivalent_bytes() const {
-    return fp32_worker_to_server + fp32_server_to_worker;
-  }
-  // fp32 bytes over actual round bytes; 0 before any traffic.
-  double compression_ratio() const;
 };
 
 // The effadam.v1.ParameterServer gRPC service (synchronous API) with the
-// semantics of docs/protocol.md: membership (Join, ranks, the live set),
-// the initial parameters (UploadParams, FetchParams) and synchronous rounds
-// over one Train stream per worker. It validates and translates messages
-// and owns the waiting; the math is RoundEngine's. A rejected message ends
-// its call with the code docs/protocol.md names and a message saying what
-// was wrong, and leaves x and E unchanged.
-//
-// A round closes when all N ranks submitted, when every rank that did not
-// has departed (its stream ended; ranks that never joined are waited for),
-// or round_timeout after its first update. An update that arrives after its
-// round closed is checked but not averaged, and its stream is sent that
-// round's delta, so the worker stays in step; the last few deltas are kept
-// for this. Byte counts are the codec payloads, as effadam-sim counts them,
-// and the serialized messages that carried them (wire bytes).
+// semantics of docs/protocol.md. It translates and validates messages,
+// owns the waiting and the byte counts, and leaves the rest to three
+// parts, each under its one lock: Membership (ranks, the uploader, idle
+// expiry), RoundCoordinator (when rounds close, the kept deltas,
+// checkpoints) and, through it, RoundEngine (the math). A rejected message
+// ends its call with the code docs/protocol.md names and a message saying
+// what was wrong (at most kMaxStatusMessageBytes), is counted once and
+// logged (rate-limited) with the peer, and leaves x and E unchanged.
 //
 // Every method is thread-safe; gRPC runs each call on its own thread.
 class ParameterServerService final
@@ -176,63 +171,75 @@ class ParameterServerService final
   std::optional<Checkpoint> TakeDueCheckpoint();
 
  private:
-  // Where a rank is in its life. kDeparted differs from kFree in one way:
-  // a round does not wait for a departed rank.
-  enum class Phase { kFree, kJoined, kTraining, kDeparted };
-  struct RankState {
-    Phase phase = Phase::kFree;
-    absl::Time last_seen;  // Join, and the end of its Upload/Fetch calls
-    int active_calls = 0;  // UploadParams/FetchParams in flight
-    bool expired = false;  // departed by ExpireIdleJoinsLocked, not by leaving
-  };
-  // A closed round's delta, shared by the streams that send it.
-  struct ClosedRound {
-    int64_t round = 0;
-    std::shared_ptr<const std::string> delta;
-    int contributors = 0;
+  // The model this server holds: fixed by the first successful Join (until
+  // the server is empty again) or by Restore.
+  struct Model {
+    TensorLayout layout;
+    ShardCodecs codecs;  // of this shard's part of the layout
   };
 
   explicit ParameterServerService(const ServerOptions& options);
 
-  // The worker and server codecs of this server's shard of `layout`;
-  // InvalidArgument when the codecs refuse the layout or it has fewer
-  // segments than there are shards.
-  struct Codecs {
-    std::shared_ptr<const UpdateCodec> worker, server;
-    ShardRange range;
-  };
-  absl::StatusOr<Codecs> CodecsFor(const TensorLayout& layout) const;
+  // The layout with this shard's codecs (MakeShardCodecs).
+  absl::StatusOr<Model> ModelFor(TensorLayout layout) const;
   RoundEngineOptions EngineOptions() const;
 
-  bool IsLive(int rank) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  int LiveCountLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Drops joined ranks that stayed without a Train stream (and without an
-  // Upload/Fetch call) for max(round_timeout, 60 s), so a worker that died
-  // between Join and Train does not hold its rank forever.
-  void ExpireIdleJoinsLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every RPC ends here: counts and logs a rejection once, cuts a long
+  // message, and translates the status.
+  grpc::Status Finish(const grpc::ServerContext& context, const char* rpc,
+                      int rank, const absl::Status& status) const;
+  // OK, or UNAUTHENTICATED for a call without the token.
+  absl::Status Authenticate(const grpc::ServerContext& context) const;
+  // Unavailable while shutting down, the engine's failure once it failed.
+  absl::Status ServingLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Status DoJoin(const v1::JoinRequest& request,
+                      v1::JoinResponse* response);
+  absl::Status DoUploadParams(grpc::ServerContext* context,
+                              grpc::ServerReader<v1::ParamsChunk>* reader,
+                              int* rank);
+  absl::Status DoFetchParams(grpc::ServerContext* context,
+                             const v1::FetchParamsRequest& request,
+                             grpc::ServerWriter<v1::ParamsChunk>* writer);
+  absl::Status DoTrain(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
+      int* rank);
+
+  // Reads the upload that starts with *chunk into *x (x's size is this
+  // shard's element count; memory grows with what arrives). Adds the
+  // serialized size of every chunk read to *wire_bytes, also when it fails.
+  absl::Status ReadParams(grpc::ServerReader<v1::ParamsChunk>* reader,
+                          int rank, size_t num_elements,
+                          v1::ParamsChunk* chunk, std::vector<float>* x,
+                          int64_t* wire_bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  // The Train stream of `rank` after its first message `msg` was accepted.
+  absl::Status RunTrain(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
+      int rank, v1::WorkerMessage* msg);
+  // Takes a complete update, then waits until `round` is closed; returns
+  // its delta.
+  absl::StatusOr<ClosedRound> AcceptAndWait(grpc::ServerContext* context,
+                                            int rank, int64_t round,
+                                            std::string update, float loss)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes `closed`'s delta in chunks and counts it as delivered.
+  absl::Status SendDelta(
+      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
+      const ClosedRound& closed) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Applies the timing rules that need no event: idle joins, a stalled
+  // uploader, the round timeout.
+  void TickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `rank` out of the live set; a round may now close without it.
+  void LeaveLocked(int rank, absl::string_view why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Before the initial parameters exist and with nobody live, the server is
   // empty again and the next Join may bring another layout.
   void ResetIfEmptyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Takes `rank` out of the live set; a round may now close without it.
-  void Leave(int rank, absl::string_view why)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  ServerSummary SummaryLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::optional<Checkpoint> SnapshotLocked() const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  // Reads the upload that starts with *chunk into *x; adds the serialized
-  // size of every chunk read to *wire_bytes, also when it fails.
-  absl::Status ReadParams(grpc::ServerReader<v1::ParamsChunk>* reader, int rank,
-                          v1::ParamsChunk* chunk, std::vector<float>* x,
-                          int64_t* wire_bytes) const;
-
-  // OK, or UNAUTHENTICATED (counted as a rejection) for a call without the
-  // token; the first thing every RPC handler does.
-  grpc::Status Authenticate(const grpc::ServerContext& context) const;
-  // Tells the observer about a rejection and returns `status`, so that a
-  // refusal is one expression: `return Reject(Rejection::kX, Error(...));`.
-  absl::Status Reject(Rejection why, absl::Status status) const;
-  // The byte counts of the summary; the observer hears of every change.
+  // Waits on changed_ until `deadline` (clock time), at most one poll.
+  void WaitLocked(absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CountWireLocked(TrafficDirection direction, int64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CountWire(TrafficDirection direction, int64_t bytes)
@@ -240,79 +247,27 @@ class ParameterServerService final
   void CountPayloadLocked(TrafficDirection direction, int64_t payload_bytes,
                           int64_t fp32_bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  // The Train stream of `rank` after its first message `msg` was accepted.
-  absl::Status RunTrain(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
-      int rank, v1::WorkerMessage* msg);
-  // Whether an update of `rank` for `round` can be taken now (the round
-  // being collected, or one that closed without it and whose delta is
-  // still kept).
-  absl::Status CheckRoundLocked(int rank, int64_t round) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Takes a complete update, then waits until `round` is closed; returns
-  // its delta.
-  absl::StatusOr<ClosedRound> AcceptAndWait(grpc::ServerContext* context,
-                                            const UpdateCodec& codec, int rank,
-                                            int64_t round, std::string update,
-                                            float loss);
-  // Writes `closed`'s delta in chunks and counts it as delivered.
-  absl::Status SendDelta(
-      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
-      const ClosedRound& closed);
-  const ClosedRound* FindClosedLocked(int64_t round) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Closes the round being collected if all N ranks submitted, if every
-  // rank that did not has departed, or if round_timeout has passed since
-  // its first update.
-  void MaybeCloseRoundLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool DoneLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ServerSummary SummaryLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool DoneLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ServerOptions options_;
+  const Clock& clock_;
+  Logger& logger_;
+  ServerObserver& observer_;
+  // Rejected calls logged: a flood of them must not fill the disk.
+  mutable LogRateLimiter rejection_log_;
 
   mutable absl::Mutex mu_;
   // Signalled on every change a waiter may care about: a round closed, the
   // parameters arrived, a rank left, shutdown.
   absl::CondVar changed_;
-
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Status fatal_ ABSL_GUARDED_BY(mu_);
-
-  // Fixed by the first successful Join (until the server is empty again).
-  std::optional<TensorLayout> layout_ ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<const UpdateCodec> worker_codec_ ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<const UpdateCodec> server_codec_ ABSL_GUARDED_BY(mu_);
-  ShardRange shard_range_ ABSL_GUARDED_BY(mu_);
-  // Created by the successful UploadParams; never replaced after that.
-  std::unique_ptr<RoundEngine> engine_ ABSL_GUARDED_BY(mu_);
-  int uploader_ ABSL_GUARDED_BY(mu_) = -1;  // rank told to upload
-  bool upload_active_ ABSL_GUARDED_BY(mu_) = false;
-
-  std::vector<RankState> ranks_ ABSL_GUARDED_BY(mu_);
-  int open_streams_ ABSL_GUARDED_BY(mu_) = 0;
-
-  absl::Time round_opened_at_ ABSL_GUARDED_BY(mu_);  // first update's arrival
-  double loss_sum_ ABSL_GUARDED_BY(mu_) = 0;
-  int loss_count_ ABSL_GUARDED_BY(mu_) = 0;
-  double last_loss_ ABSL_GUARDED_BY(mu_);
-  // The most recent closed rounds, oldest first; a worker whose update
-  // arrives after its round closed is still sent that round's delta.
-  std::deque<ClosedRound> closed_ ABSL_GUARDED_BY(mu_);
-  int64_t rounds_closed_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t short_rounds_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t resumed_at_round_ ABSL_GUARDED_BY(mu_) = 0;
-  std::optional<Checkpoint> due_checkpoint_ ABSL_GUARDED_BY(mu_);
-  std::optional<absl::Time> final_closed_at_ ABSL_GUARDED_BY(mu_);
-
-  int64_t bytes_worker_to_server_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t bytes_server_to_worker_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t bytes_join_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t fp32_worker_to_server_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t fp32_server_to_worker_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t wire_worker_to_server_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t wire_server_to_worker_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t wire_join_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<Model> model_ ABSL_GUARDED_BY(mu_);
+  Membership membership_ ABSL_GUARDED_BY(mu_);
+  RoundCoordinator rounds_ ABSL_GUARDED_BY(mu_);
+  // The upload in flight, cancelled when its uploader stalls.
+  grpc::ServerContext* upload_call_ ABSL_GUARDED_BY(mu_) = nullptr;
+  TrafficCounts traffic_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace effadam

@@ -91,25 +91,57 @@ absl::StatusOr<std::string> RoundEngine::CloseRound() {
     if (!s.ok()) return s;
   }
   const float count = static_cast<float>(pending_.size());
-  // Finite updates can still overflow once averaged with E. Such a round is
-  // dropped before the encoder touches E: its delta encodes zeros, so the
-  // workers stay in step and x and E stay as they were.
+  // Finite updates can still overflow once averaged with E: such a round is
+  // dropped before the encoder touches E. The same pass measures how close
+  // the round comes to the top of float (ApplyWithin).
   bool finite = true;
+  float max_p = 0, max_x = 0;
   for (size_t j = 0; j < sum_.size(); ++j) {
     sum_[j] /= count;
-    finite &= std::fabs(sum_[j] + error_[j]) <= FLT_MAX;
+    const float p = std::fabs(sum_[j] + error_[j]);
+    finite &= p <= FLT_MAX;
+    max_p = std::max(max_p, p);
+    max_x = std::max(max_x, std::fabs(x_[j]));
   }
-  if (!finite) {
-    std::fill(sum_.begin(), sum_.end(), 0.0f);
-    std::string zero;
-    absl::Status s = server_codec_->EncodeWithFeedback(sum_, {}, 0, &zero);
-    if (!s.ok()) return s;
-    pending_.clear();
-    ++round_;
-    ++dropped_rounds_;
-    return zero;
-  }
+  absl::StatusOr<std::string> delta =
+      finite ? ApplyWithin(max_p, max_x) : ZeroDelta();
+  if (!delta.ok()) return delta;
+  pending_.clear();
+  ++round_;
+  return delta;
+}
 
+absl::StatusOr<std::string> RoundEngine::ApplyWithin(float max_p,
+                                                     float max_x) {
+  // Every codec's |q_j| is at most max|p| plus a rounding, and |p - q| at
+  // most max|p|, so with this margin neither x - q nor E = p - q can
+  // overflow and the round is applied in place with no extra pass.
+  const bool safe = max_p <= FLT_MAX / 4 && max_x <= FLT_MAX / 2;
+  if (!safe) {
+    // Rare: values near the top of float. Keep x and E, try the round, and
+    // drop it if anything it produced is not finite (or a codec refused
+    // its input), so no valid update can put Inf into x or stop the server.
+    backup_x_ = x_;
+    backup_error_ = error_;
+  }
+  absl::StatusOr<std::string> delta = ApplyRound();
+  if (safe) return delta;
+  const bool result_finite =
+      delta.ok() &&
+      std::all_of(x_.begin(), x_.end(),
+                  [](float v) { return std::fabs(v) <= FLT_MAX; }) &&
+      std::all_of(error_.begin(), error_.end(),
+                  [](float v) { return std::fabs(v) <= FLT_MAX; });
+  if (!result_finite) {
+    x_.swap(backup_x_);
+    error_.swap(backup_error_);
+  }
+  backup_x_ = {};
+  backup_error_ = {};
+  return result_finite ? delta : ZeroDelta();
+}
+
+absl::StatusOr<std::string> RoundEngine::ApplyRound() {
   std::string delta;
   absl::Span<float> error =
       options_.error_feedback ? absl::MakeSpan(error_) : absl::Span<float>();
@@ -122,9 +154,16 @@ absl::StatusOr<std::string> RoundEngine::CloseRound() {
   // they use, so every replica stays bit-identical.
   s = server_codec_->DecodeAccumulate(delta, -1.0f, absl::MakeSpan(x_));
   if (!s.ok()) return s;
-  pending_.clear();
-  ++round_;
   return delta;
+}
+
+absl::StatusOr<std::string> RoundEngine::ZeroDelta() {
+  ++dropped_rounds_;
+  std::fill(sum_.begin(), sum_.end(), 0.0f);
+  std::string zero;
+  absl::Status s = server_codec_->EncodeWithFeedback(sum_, {}, 0, &zero);
+  if (!s.ok()) return s;
+  return zero;
 }
 
 }  // namespace effadam

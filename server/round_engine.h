@@ -29,16 +29,17 @@ struct RoundEngineOptions {
   uint64_t seed = 0;
 };
 
-// The server's math for synchronous rounds (DESIGN.md section 1): holds the
+// The server's math for synchronous rounds (docs/design.md, "The algorithm"): holds the
 // model x and the error memory E, collects the workers' encoded updates for
 // the current round, and closing the round computes
 //   avg = mean of the updates in ascending rank,  p = avg + E,
 //   q = Qs(p),  E = p - q,  x = x - q
 // and returns encode(q), the one delta every worker applies.
 // A rejected update leaves the engine exactly as it was. A round whose
-// average overflows float (finite updates can still sum past FLT_MAX) is
-// dropped: x and E stay as they were and the delta is zero, so every replica
-// stays in step. Not thread-safe.
+// result is not finite (finite updates can still sum past FLT_MAX, and
+// x - q or E can overflow) is dropped: x and E stay as they were and the
+// delta is zero, so every replica stays in step and x stays finite. No
+// sequence of valid updates makes CloseRound fail. Not thread-safe.
 class RoundEngine {
  public:
   // The codecs must describe the same number of elements as x0.
@@ -68,7 +69,7 @@ class RoundEngine {
   // returns the encoded delta. FailedPrecondition when none was submitted.
   absl::StatusOr<std::string> CloseRound();
 
-  // Rounds closed with a zero delta because their average overflowed.
+  // Rounds closed with a zero delta because their result was not finite.
   int64_t dropped_rounds() const { return dropped_rounds_; }
 
   absl::Span<const float> params() const { return x_; }
@@ -78,6 +79,15 @@ class RoundEngine {
 
  private:
   RoundEngine() = default;
+  // With the average in sum_, avg + E known to be finite, and the largest
+  // |avg + E| and |x|: the round applied, or a zero delta with x and E as
+  // they were when its result would not be finite.
+  absl::StatusOr<std::string> ApplyWithin(float max_p, float max_x);
+  // Encodes avg + E (sum_) with feedback into E and applies x -= q;
+  // returns encode(q).
+  absl::StatusOr<std::string> ApplyRound();
+  // Counts a dropped round; returns the encoding of a zero delta.
+  absl::StatusOr<std::string> ZeroDelta();
 
   std::shared_ptr<const UpdateCodec> worker_codec_;
   std::shared_ptr<const UpdateCodec> server_codec_;
@@ -88,6 +98,8 @@ class RoundEngine {
   std::vector<float> error_;
   std::vector<float> sum_;                // scratch for the average
   std::map<int, std::string> pending_;    // rank -> update, ascending rank
+  // x and E before a round near the top of float, to undo it; empty else.
+  std::vector<float> backup_x_, backup_error_;
 };
 
 }  // namespace effadam

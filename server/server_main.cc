@@ -246,8 +246,8 @@ absl::Status ReportSummary(const ServerOptions& options, const ServerSummary& s,
       "%s after %d rounds in %.1f s; moved %d B up, %d B down (%.1fx fewer "
       "than fp32), %d B join; params_checksum %s",
       signalled ? "stopped by signal" : "done", s.rounds_closed, seconds,
-      s.bytes_worker_to_server, s.bytes_server_to_worker,
-      s.compression_ratio(), s.bytes_join,
+      s.traffic.up().payload, s.traffic.down().payload,
+      s.traffic.compression_ratio(), s.traffic.join().payload,
       s.params_checksum.empty() ? "(no parameters)" : s.params_checksum));
   const std::string path = absl::GetFlag(FLAGS_summary_json);
   if (path.empty()) return absl::OkStatus();
@@ -264,14 +264,14 @@ absl::Status ReportSummary(const ServerOptions& options, const ServerSummary& s,
       .Add("server_codec", c.server_codec.ToString())
       .Add("error_feedback", ErrorFeedbackName(c))
       .Add("train_loss", s.train_loss)
-      .Add("bytes_worker_to_server", s.bytes_worker_to_server)
-      .Add("bytes_server_to_worker", s.bytes_server_to_worker)
-      .Add("bytes_join", s.bytes_join)
-      .Add("wire_bytes_worker_to_server", s.wire_worker_to_server)
-      .Add("wire_bytes_server_to_worker", s.wire_server_to_worker)
-      .Add("wire_bytes_join", s.wire_join)
-      .Add("fp32_equivalent_bytes", s.fp32_equivalent_bytes())
-      .Add("compression_ratio", s.compression_ratio())
+      .Add("bytes_worker_to_server", s.traffic.up().payload)
+      .Add("bytes_server_to_worker", s.traffic.down().payload)
+      .Add("bytes_join", s.traffic.join().payload)
+      .Add("wire_bytes_worker_to_server", s.traffic.up().wire)
+      .Add("wire_bytes_server_to_worker", s.traffic.down().wire)
+      .Add("wire_bytes_join", s.traffic.join().wire)
+      .Add("fp32_equivalent_bytes", s.traffic.fp32_equivalent())
+      .Add("compression_ratio", s.traffic.compression_ratio())
       .Add("params_checksum", s.params_checksum)
       .Add("seconds", seconds);
   return json.WriteFile(path);
@@ -414,6 +414,7 @@ int Run() {
     options->observer = metrics.get();
   }
 
+  options->logger = &log;  // rejected calls, joins and departures
   auto service = ParameterServerService::Create(*options);
   if (!service.ok()) return Fail(log, service.status());
   absl::StatusOr<Restored> restored =

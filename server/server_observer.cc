@@ -1,18 +1,18 @@
 #include "server/server_observer.h"
 
-namespace effadam {
+#include <string>
 
-const char* TrafficDirectionName(TrafficDirection direction) {
-  switch (direction) {
-    case TrafficDirection::kWorkerToServer:
-      return "worker_to_server";
-    case TrafficDirection::kServerToWorker:
-      return "server_to_worker";
-    case TrafficDirection::kJoin:
-      return "join";
-  }
-  return "unknown";
-}
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+
+namespace effadam {
+namespace {
+
+// The type URL of the payload Rejected() adds; its value is the enum's
+// number in decimal.
+constexpr char kRejectionPayload[] = "effadam.dev/rejection";
+
+}  // namespace
 
 const char* RejectionName(Rejection why) {
   switch (why) {
@@ -58,6 +58,27 @@ const char* RejectionName(Rejection why) {
       return "unauthenticated";
   }
   return "unknown";
+}
+
+absl::Status Rejected(Rejection why, absl::Status status) {
+  status.SetPayload(kRejectionPayload,
+                    absl::Cord(std::to_string(static_cast<int>(why))));
+  return status;
+}
+
+std::optional<Rejection> RejectionOf(const absl::Status& status) {
+  const auto mark = status.GetPayload(kRejectionPayload);
+  int value = 0;
+  if (!mark.has_value() || !absl::SimpleAtoi(std::string(*mark), &value) ||
+      value < 0 || value >= kNumRejections) {
+    return std::nullopt;
+  }
+  return static_cast<Rejection>(value);
+}
+
+ServerObserver& ServerObserver::None() {
+  static ServerObserver* const none = new ServerObserver;
+  return *none;
 }
 
 }  // namespace effadam

@@ -2,20 +2,12 @@
 #define EFFADAM_SERVER_SERVER_OBSERVER_H_
 
 #include <cstdint>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "common/traffic.h"
 
 namespace effadam {
-
-// Where bytes travel; the names are those of the summary JSON and of the
-// metrics' `direction` label.
-enum class TrafficDirection {
-  kWorkerToServer,  // Train: WorkerMessage
-  kServerToWorker,  // Train: ServerMessage
-  kJoin,            // UploadParams and FetchParams: ParamsChunk
-};
-inline constexpr int kNumTrafficDirections = 3;
-
-// "worker_to_server", "server_to_worker", "join".
-const char* TrafficDirectionName(TrafficDirection direction);
 
 // Why the server refused a message or a call (docs/metrics.md). One value
 // per kind of client mistake, so a dashboard can tell a misconfigured
@@ -50,6 +42,14 @@ inline constexpr int kNumRejections = 20;
 
 // The `reason` label: "bad_layout", "layout_mismatch", ...
 const char* RejectionName(Rejection why);
+
+// `status` (not OK) marked as a rejection for `why`: the components that
+// check messages return these, and the service counts and logs each once,
+// where the call ends. The mark travels as a status payload, so it
+// survives being returned through layers that know nothing of it.
+absl::Status Rejected(Rejection why, absl::Status status);
+// The mark Rejected() put on `status`, if any.
+std::optional<Rejection> RejectionOf(const absl::Status& status);
 
 // What a round's closing looked like.
 struct ClosedRoundStats {
@@ -101,6 +101,10 @@ class ServerObserver {
   virtual void OnResumed(int64_t /*round*/) {}
   virtual void OnCheckpointWritten(const CheckpointStats& /*stats*/) {}
   virtual void OnCheckpointFailed() {}
+
+  // An observer that ignores everything; never destroyed. Components hold
+  // a reference to it instead of checking for null.
+  static ServerObserver& None();
 };
 
 }  // namespace effadam

@@ -425,6 +425,18 @@ TEST(BadInput, TrainAndJoinOnASignServer) {
   join("layout differs from the server's", Code::FAILED_PRECONDITION,
        Rejection::kLayoutMismatch,
        [](v1::JoinRequest* r) { r->mutable_layout(0)->set_shape(1, 51); });
+  // Its message would be ~60 KB, past gRPC's 8 KiB metadata limit: cut to
+  // 1 KiB so the worker sees this code, not RESOURCE_EXHAUSTED.
+  join("layout of 2000 tensors that differs (a message cut to 1 KiB)",
+       Code::FAILED_PRECONDITION, Rejection::kLayoutMismatch,
+       [](v1::JoinRequest* r) {
+         r->clear_layout();
+         for (int i = 0; i < 2000; ++i) {
+           v1::TensorSpec* t = r->add_layout();
+           t->set_name(absl::StrCat("layer_with_a_long_name_", i));
+           t->add_shape(10);
+         }
+       });
   join("unknown codec name (q9)", Code::INVALID_ARGUMENT,
        Rejection::kBadCompression, [](v1::JoinRequest* r) {
          r->mutable_compression()->set_worker_codec("q9");

@@ -336,6 +336,24 @@ TEST(SignCodec, SendsBlockMeanMagnitudeWithSign) {
   EXPECT_EQ(enc.bytes[9], 0b10);
 }
 
+TEST(SignCodec, ABlockWhoseSumOverflowsFloatEncodesItsMean) {
+  // 64 x 6e36 > FLT_MAX: a float sum of |p| is Inf although every p and
+  // their mean are finite; the encoder must still send the mean.
+  auto c = Make("sign", 64);
+  std::vector<float> u(64, 6e36f);
+  for (size_t j = 0; j < u.size(); j += 3) u[j] = -u[j];
+  std::vector<float> error(u.size(), 0.0f);
+  Encoded enc = EncodeEF(*c, u, error);
+  float s0;
+  std::memcpy(&s0, enc.bytes.data(), 4);
+  EXPECT_EQ(s0, 6e36f);
+  std::vector<float> q = DecodeAll(*c, enc.bytes, u.size());
+  for (size_t j = 0; j < u.size(); ++j) {
+    EXPECT_EQ(q[j], u[j]);
+    EXPECT_EQ(enc.error[j], 0.0f);
+  }
+}
+
 TEST(QuantCodec, Q4LevelsAndLayout) {
   auto c = Make("q4", 8);  // levels -7..7, codes level + 7
   std::vector<float> u = {7, -7, 0, 1, 2.4f, -3.6f, 0.4f, 6.6f};

@@ -195,41 +195,41 @@ TEST(Metrics, CountersEqualTheSummariesAfterARun) {
   const Labels down = {{"direction", "server_to_worker"}};
   const Labels join = {{"direction", "join"}};
   EXPECT_EQ(server.Value("effadam_server_payload_bytes_total", up),
-            s.bytes_worker_to_server);
+            s.traffic.up().payload);
   EXPECT_EQ(server.Value("effadam_server_payload_bytes_total", down),
-            s.bytes_server_to_worker);
+            s.traffic.down().payload);
   EXPECT_EQ(server.Value("effadam_server_payload_bytes_total", join),
-            s.bytes_join);
+            s.traffic.join().payload);
   EXPECT_EQ(server.Value("effadam_server_wire_bytes_total", up),
-            s.wire_worker_to_server);
+            s.traffic.up().wire);
   EXPECT_EQ(server.Value("effadam_server_wire_bytes_total", down),
-            s.wire_server_to_worker);
-  EXPECT_EQ(server.Value("effadam_server_wire_bytes_total", join), s.wire_join);
+            s.traffic.down().wire);
+  EXPECT_EQ(server.Value("effadam_server_wire_bytes_total", join), s.traffic.join().wire);
   EXPECT_EQ(server.Value("effadam_server_fp32_equivalent_bytes_total", up),
-            s.fp32_worker_to_server);
+            s.traffic.up().fp32);
   EXPECT_EQ(server.Value("effadam_server_fp32_equivalent_bytes_total", down),
-            s.fp32_server_to_worker);
+            s.traffic.down().fp32);
   EXPECT_TRUE(std::isnan(
       server.Value("effadam_server_fp32_equivalent_bytes_total", join)));
 
   // Both ends count the same messages; the payload is inside them.
   const std::unique_ptr<UpdateCodec> codec = *UpdateCodec::Create(
       layout, Compression().worker_codec, Compression().options);
-  EXPECT_EQ(s.bytes_worker_to_server,
+  EXPECT_EQ(s.traffic.up().payload,
             kWorkers * kRounds * static_cast<int64_t>(codec->encoded_size()));
-  EXPECT_EQ(s.bytes_join, 3 * 4 * static_cast<int64_t>(x0.size()));
+  EXPECT_EQ(s.traffic.join().payload, 3 * 4 * static_cast<int64_t>(x0.size()));
   int64_t up_wire = 0, down_wire = 0, join_wire = 0;
   for (int r = 0; r < kWorkers; ++r) {
     up_wire += clients[r]->wire_bytes().worker_to_server;
     down_wire += clients[r]->wire_bytes().server_to_worker;
     join_wire += clients[r]->wire_bytes().join;
   }
-  EXPECT_EQ(s.wire_worker_to_server, up_wire);
-  EXPECT_EQ(s.wire_server_to_worker, down_wire);
-  EXPECT_EQ(s.wire_join, join_wire);
-  EXPECT_GT(s.wire_worker_to_server, s.bytes_worker_to_server);
-  EXPECT_GT(s.wire_server_to_worker, s.bytes_server_to_worker);
-  EXPECT_GT(s.wire_join, s.bytes_join);
+  EXPECT_EQ(s.traffic.up().wire, up_wire);
+  EXPECT_EQ(s.traffic.down().wire, down_wire);
+  EXPECT_EQ(s.traffic.join().wire, join_wire);
+  EXPECT_GT(s.traffic.up().wire, s.traffic.up().payload);
+  EXPECT_GT(s.traffic.down().wire, s.traffic.down().payload);
+  EXPECT_GT(s.traffic.join().wire, s.traffic.join().payload);
 
   // The gauges describe round 3, after which every stream ended.
   EXPECT_EQ(server.Value("effadam_server_rounds_total"), kRounds);
@@ -365,13 +365,13 @@ TEST(Metrics, RejectionsAreCountedByReason) {
   const ServerSummary s = server.service().Summary();
   EXPECT_EQ(server.Value("effadam_server_wire_bytes_total",
                          {{"direction", "worker_to_server"}}),
-            s.wire_worker_to_server);
-  EXPECT_GT(s.wire_worker_to_server, 0);
-  EXPECT_EQ(s.bytes_worker_to_server, 0);
+            s.traffic.up().wire);
+  EXPECT_GT(s.traffic.up().wire, 0);
+  EXPECT_EQ(s.traffic.up().payload, 0);
   EXPECT_EQ(
       server.Value("effadam_server_wire_bytes_total", {{"direction", "join"}}),
-      s.wire_join);
-  EXPECT_EQ(s.wire_join, good.wire_bytes().join);
+      s.traffic.join().wire);
+  EXPECT_EQ(s.traffic.join().wire, good.wire_bytes().join);
 }
 
 // GET /metrics over a plain socket: the bytes a scraper sees.

@@ -1,5 +1,7 @@
 #include "server/round_engine.h"
 
+#include <cfloat>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -160,6 +162,55 @@ TEST(RoundEngine, OverflowingAverageDropsTheRoundWithAZeroDelta) {
   ASSERT_TRUE(f.engine->Submit(0, 2, Encode(*f.worker, Random(64, 2))).ok());
   ASSERT_TRUE(f.engine->CloseRound().ok());
   EXPECT_EQ(f.engine->dropped_rounds(), 1);
+}
+
+// One worker's sign scales so large that a block's float sum of |avg + E|
+// overflows (64 x 6e36 > FLT_MAX) although every value is finite: the
+// round closes normally (it used to fail, which stopped the server).
+TEST(RoundEngine, SignBlockSumsPastFltMaxCloseTheRound) {
+  Fixture f = Make("sign", "sign", true, 2048);
+  ASSERT_TRUE(f.engine->Submit(0, 1, Encode(*f.worker, Random(2048, 1))).ok());
+  ASSERT_TRUE(
+      f.engine->Submit(1, 1, Encode(*f.worker, std::vector<float>(2048, 1.2e37f)))
+          .ok());
+  absl::StatusOr<std::string> d = f.engine->CloseRound();
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(f.engine->dropped_rounds(), 0);
+  for (float x : f.engine->params()) ASSERT_TRUE(std::isfinite(x));
+  for (float e : f.engine->error_memory()) ASSERT_TRUE(std::isfinite(e));
+  ASSERT_TRUE(f.server->Validate(*d).ok());
+}
+
+// fp32 updates of -FLT_MAX: the first round moves x to about FLT_MAX, the
+// second would make it Inf and is dropped instead; x, E and the replicas
+// stay finite, and the round after is ordinary.
+TEST(RoundEngine, ARoundThatWouldMakeXInfiniteIsDropped) {
+  Fixture f = Make("fp32", "fp32", true, 64);
+  std::vector<float> push(64, 0.0f);
+  std::fill(push.begin(), push.begin() + 16, -FLT_MAX);
+  ASSERT_TRUE(f.engine->Submit(0, 1, Encode(*f.worker, push)).ok());
+  ASSERT_TRUE(f.engine->CloseRound().ok());
+  EXPECT_EQ(f.engine->dropped_rounds(), 0);
+  EXPECT_EQ(f.engine->params()[3], FLT_MAX);
+  std::vector<float> x(f.engine->params().begin(), f.engine->params().end());
+  std::vector<float> e(f.engine->error_memory().begin(),
+                       f.engine->error_memory().end());
+
+  ASSERT_TRUE(f.engine->Submit(0, 2, Encode(*f.worker, push)).ok());
+  absl::StatusOr<std::string> d = f.engine->CloseRound();
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(f.engine->dropped_rounds(), 1);
+  EXPECT_EQ(f.engine->round(), 3);
+  EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), 64 * 4));
+  EXPECT_EQ(0, std::memcmp(e.data(), f.engine->error_memory().data(), 64 * 4));
+  std::vector<float> applied(64, 0.0f);
+  ASSERT_TRUE(f.server->DecodeAccumulate(*d, 1.0f, absl::MakeSpan(applied)).ok());
+  for (float a : applied) ASSERT_EQ(a, 0.0f);
+
+  ASSERT_TRUE(f.engine->Submit(0, 3, Encode(*f.worker, Random(64, 3))).ok());
+  ASSERT_TRUE(f.engine->CloseRound().ok());
+  EXPECT_EQ(f.engine->dropped_rounds(), 1);
+  for (float v : f.engine->params()) ASSERT_TRUE(std::isfinite(v));
 }
 
 TEST(RoundEngine, RestoreGoesOnExactlyWhereTheStateWas) {

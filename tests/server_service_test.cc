@@ -1,6 +1,9 @@
 #include <grpcpp/grpcpp.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -13,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/checksum.h"
+#include "common/clock.h"
+#include "common/logger.h"
 #include "common/shard_plan.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -191,11 +196,11 @@ TEST(ParameterServerService, CompressedRoundsEqualTheRoundEngineAndCountBytes) {
   const ServerSummary sum = server.service().Summary();
   EXPECT_EQ(sum.params_checksum, ParamsChecksum(ref->params()));
   EXPECT_EQ(sum.rounds_closed, 3);
-  EXPECT_EQ(sum.bytes_worker_to_server, 9 * w);
-  EXPECT_EQ(sum.bytes_server_to_worker, 9 * s);
-  EXPECT_EQ(sum.fp32_equivalent_bytes(), 2 * 9 * 4 * 2007);
-  EXPECT_EQ(sum.bytes_join, 4 * 2007);
-  EXPECT_NEAR(sum.compression_ratio(),
+  EXPECT_EQ(sum.traffic.up().payload, 9 * w);
+  EXPECT_EQ(sum.traffic.down().payload, 9 * s);
+  EXPECT_EQ(sum.traffic.fp32_equivalent(), 2 * 9 * 4 * 2007);
+  EXPECT_EQ(sum.traffic.join().payload, 4 * 2007);
+  EXPECT_NEAR(sum.traffic.compression_ratio(),
               2.0 * 9 * 4 * 2007 / static_cast<double>(9 * (w + s)), 1e-9);
   EXPECT_NEAR(sum.train_loss, 0.5, 1e-6);
   const v1::StatusResponse st = server.Status();
@@ -487,40 +492,56 @@ TEST(ParameterServerService, BadTrainMessagesChangeNothing) {
   s1.Cancel();
 }
 
+// Waits (bounded, real time) until the server has taken `bytes` of update
+// payload: the updates sent so far are in their round.
+void WaitForUpdates(TestServer& server, int64_t bytes) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (server.service().Summary().traffic.up().payload < bytes &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  ASSERT_EQ(server.service().Summary().traffic.up().payload, bytes);
+}
+
 TEST(ParameterServerService, RoundTimeoutClosesWithTheWorkersPresent) {
+  FakeClock clock;
   ServerOptions o = Options(3, "fp32", "sign");
-  // Long enough that two sends from this thread land in one round even on
-  // a loaded machine, short enough to keep the test quick.
-  o.round_timeout = absl::Seconds(1);
+  o.round_timeout = absl::Seconds(60);
   o.rounds = 2;
+  o.clock = &clock;
   TestServer server(o);
   const std::vector<float> x0 = InitialParams(server.n());
   server.JoinAndUpload(0, x0);
   ASSERT_EQ(server.Join(), 1);  // rank 2 never comes
-
-  const absl::Time start = absl::Now();
-  const std::vector<WorkerResult> results = TrainAll(&server, 2, 2);
-  const absl::Duration took = absl::Now() - start;
-  EXPECT_GE(took, absl::Milliseconds(2 * 300));
-  EXPECT_LT(took, absl::Seconds(5));
+  auto update = [&](int rank, int64_t round) {
+    return Encode(server.worker_codec(), RandomUpdate(server.n(), rank, round));
+  };
+  const int64_t size = static_cast<int64_t>(server.worker_codec().encoded_size());
 
   std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
+  TrainStream s0(&server), s1(&server);
   for (int64_t round = 1; round <= 2; ++round) {
-    for (int r : {0, 1}) {
-      ASSERT_TRUE(ref->Submit(r, round,
-                              Encode(server.worker_codec(),
-                                     RandomUpdate(server.n(), r, round)))
-                      .ok());
-    }
+    ASSERT_TRUE(s0.Send(0, round, update(0, round)));
+    ASSERT_TRUE(s1.Send(1, round, update(1, round)));
+    WaitForUpdates(server, 2 * round * size);
+    // Rank 2 is waited for until the timeout, measured on the clock.
+    EXPECT_EQ(server.service().Summary().rounds_closed, round - 1);
+    clock.Advance(o.round_timeout);
+    for (int r : {0, 1}) ASSERT_TRUE(ref->Submit(r, round, update(r, round)).ok());
     const std::string want = *ref->CloseRound();
-    for (int r : {0, 1}) {
-      ASSERT_EQ(results[r].deltas.size(), 2u);
-      EXPECT_EQ(results[r].deltas[round - 1], want);
-      EXPECT_EQ(results[r].contributors[round - 1], 2);
+    for (TrainStream* s : {&s0, &s1}) {
+      std::string delta;
+      int64_t got = 0;
+      int contributors = 0;
+      ASSERT_TRUE(s->ReadDelta(&delta, &got, &contributors));
+      EXPECT_EQ(got, round);
+      EXPECT_EQ(contributors, 2);
+      EXPECT_EQ(delta, want);
     }
   }
-  EXPECT_TRUE(results[0].final_status.ok());
+  EXPECT_TRUE(s0.Finish().ok());
   EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
+  EXPECT_EQ(server.service().Summary().short_rounds, 2);
 }
 
 TEST(ParameterServerService, CancelledWorkerLeavesAndTheOthersGoOn) {
@@ -625,10 +646,9 @@ TEST(ParameterServerService, AnUpdateSentBeforeLeavingStillCounts) {
 }
 
 TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
+  FakeClock clock;
   ServerOptions o = Options(2, "sign", "q8");
-  // Long enough that two sends from this thread land in one round even on
-  // a loaded machine, short enough to keep the test quick.
-  o.round_timeout = absl::Seconds(1);
+  o.clock = &clock;
   TestServer server(o);
   const std::vector<float> x0 = InitialParams(server.n());
   server.JoinAndUpload(0, x0);
@@ -638,6 +658,8 @@ TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
   };
   TrainStream s0(&server), s1(&server);
   ASSERT_TRUE(s0.Send(0, 1, update(0, 1)));
+  WaitForUpdates(server, static_cast<int64_t>(server.worker_codec().encoded_size()));
+  clock.Advance(o.round_timeout);
   std::string d0, d1;
   int64_t r0 = 0, r1 = 0;
   int c0 = 0, c1 = 0;
@@ -670,14 +692,14 @@ TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
   const int64_t want_down =
       4 * static_cast<int64_t>(server.server_codec().encoded_size());
   const absl::Time settle = absl::Now() + absl::Seconds(5);
-  while (server.service().Summary().bytes_server_to_worker < want_down &&
+  while (server.service().Summary().traffic.down().payload < want_down &&
          absl::Now() < settle) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   const ServerSummary sum = server.service().Summary();
-  EXPECT_EQ(sum.bytes_worker_to_server,
+  EXPECT_EQ(sum.traffic.up().payload,
             4 * static_cast<int64_t>(server.worker_codec().encoded_size()));
-  EXPECT_EQ(sum.bytes_server_to_worker, want_down);
+  EXPECT_EQ(sum.traffic.down().payload, want_down);
   s0.Cancel();
   s1.Cancel();
 }
@@ -781,8 +803,9 @@ TEST(ParameterServerService, RestoreRefusesOtherCompressionSettings) {
 }
 
 TEST(ParameterServerService, AWorkerTooFarBehindIsToldToResync) {
+  FakeClock clock;
   ServerOptions o = Options(2, "sign", "sign");
-  o.round_timeout = absl::Milliseconds(200);
+  o.clock = &clock;
   RejectionCounter rejections;
   o.observer = &rejections;
   TestServer server(o);
@@ -793,6 +816,9 @@ TEST(ParameterServerService, AWorkerTooFarBehindIsToldToResync) {
   for (int64_t round = 1; round <= 6; ++round) {
     ASSERT_TRUE(s0.Send(0, round, Encode(server.worker_codec(),
                                          RandomUpdate(server.n(), 0, round))));
+    WaitForUpdates(server, round * static_cast<int64_t>(
+                                        server.worker_codec().encoded_size()));
+    clock.Advance(o.round_timeout);
     std::string delta;
     int64_t got = 0;
     int contributors = 0;
@@ -944,6 +970,204 @@ TEST(ParameterServerService, ARestoreChecksTheShard) {
   EXPECT_FALSE(service->Restore(c).ok());  // shard 1 is b[7]: wrong size
   c.state.params.assign(7, 0.0f);
   EXPECT_TRUE(service->Restore(c).ok());
+}
+
+}  // namespace
+}  // namespace effadam
+
+// ------------------------------------------------- issue 17: no client can
+// stop the server or wedge its membership.
+
+namespace effadam {
+namespace {
+
+// This process's resident memory, from /proc/self/statm.
+int64_t ResidentBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  long pages = 0, resident = 0;
+  if (f != nullptr) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE);
+}
+
+// Waits (bounded, real time) until the server has read a chunk of an
+// upload: it counts the chunk's bytes when it starts the upload.
+void WaitForUploadStart(TestServer& server) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (server.service().Summary().traffic.join().wire == 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  ASSERT_GT(server.service().Summary().traffic.join().wire, 0);
+}
+
+// A refused call's message is cut to kMaxStatusMessageBytes, so a client
+// sees the real code (a 2000-tensor layout that differs from the server's
+// used to reach it as RESOURCE_EXHAUSTED: "received initial metadata size
+// exceeds limit"); the server log has the whole message, with the peer.
+TEST(ParameterServerServiceLimits, ALongRefusalKeepsItsCodeAndIsLogged) {
+  RecordingLogger log;
+  ServerOptions o = Options(2, "sign", "sign");
+  o.logger = &log;
+  RejectionCounter rejections;
+  o.observer = &rejections;
+  TestServer server(o);
+  ASSERT_EQ(server.Join(0), 0);
+  std::vector<TensorSpec> many;
+  for (int i = 0; i < 2000; ++i) {
+    many.push_back({absl::StrCat("layer_with_a_long_name_", i), {10}});
+  }
+  v1::JoinRequest req = server.JoinRequest(1);
+  *req.mutable_layout() = LayoutToProto(*TensorLayout::Create(many));
+  v1::JoinResponse resp;
+  const grpc::Status s = server.Join(req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_LE(s.error_message().size(), kMaxStatusMessageBytes);
+  EXPECT_THAT(s.error_message(), HasSubstr("the layout differs"));
+  EXPECT_THAT(s.error_message(), HasSubstr("the server log has it all"));
+  EXPECT_EQ(rejections.count(Rejection::kLayoutMismatch), 1);
+  EXPECT_TRUE(log.Contains("rejected Join from ipv4:127.0.0.1:"));
+  EXPECT_TRUE(log.Contains("layer_with_a_long_name_1999"));  // all of it
+  EXPECT_TRUE(log.Contains("(layout_mismatch)"));
+}
+
+// A flood of refused calls is counted in full but logged at a bounded rate.
+TEST(ParameterServerServiceLimits, RejectedCallsAreLoggedAtABoundedRate) {
+  RecordingLogger log;
+  ServerOptions o = Options(2, "sign", "sign");
+  o.logger = &log;
+  RejectionCounter rejections;
+  o.observer = &rejections;
+  TestServer server(o);
+  v1::JoinResponse resp;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_FALSE(server.Join(server.JoinRequest(7), &resp).ok());
+  }
+  EXPECT_EQ(rejections.count(Rejection::kBadRank), 100);
+  int logged = 0;
+  for (const RecordingLogger::Line& line : log.lines()) {
+    logged += line.message.find("(bad_rank)") != std::string::npos;
+  }
+  EXPECT_GE(logged, 1);
+  EXPECT_LE(logged, 40);  // 20 per 10 s; the test may straddle a period
+}
+
+// Finding 7: an UploadParams with no chunks (or whose first chunk gRPC
+// refused for its size) named no rank, so the uploader stayed live and no
+// other worker was ever asked to upload. The uploader must start within
+// the stall timeout; then the next Join uploads.
+TEST(ParameterServerServiceLimits, AnUploaderThatSendsNothingIsReplaced) {
+  FakeClock clock;
+  ServerOptions o = Options(2, "sign", "sign");
+  o.clock = &clock;
+  TestServer server(o);
+  bool upload = false;
+  ASSERT_EQ(server.Join(-1, &upload), 0);
+  ASSERT_TRUE(upload);
+  EXPECT_EQ(server.UploadChunks({}).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_EQ(server.Join(-1, &upload), 1);
+  EXPECT_FALSE(upload);  // rank 0 still has its time
+  clock.Advance(absl::Seconds(61));
+  ASSERT_EQ(server.Join(-1, &upload), 0);
+  EXPECT_TRUE(upload);
+  EXPECT_TRUE(server.Upload(0, InitialParams(server.n())).ok());
+}
+
+// Finding 6: an uploader that sent one chunk and stopped held every other
+// worker until its own timeout. Now its call is cancelled once it has sent
+// nothing for the stall timeout, its rank leaves, and the next Join
+// uploads.
+TEST(ParameterServerServiceLimits, AStalledUploadIsCancelledAndReplaced) {
+  FakeClock clock;
+  ServerOptions o = Options(2, "sign", "sign");
+  o.clock = &clock;
+  TestServer server(o);
+  bool upload = false;
+  ASSERT_EQ(server.Join(-1, &upload), 0);
+  ASSERT_TRUE(upload);
+  const std::vector<float> x0 = InitialParams(server.n());
+  std::vector<v1::ParamsChunk> chunks =
+      TestServer::Chunks(0, x0, o.max_chunk_bytes / 4);
+  ASSERT_GT(chunks.size(), 2u);
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::UploadParamsResponse resp;
+  auto writer = server.stub()->UploadParams(&ctx, &resp);
+  ASSERT_TRUE(writer->Write(chunks[0]));
+  WaitForUploadStart(server);
+  clock.Advance(absl::Seconds(61));
+  // Any call applies the rule; this Join is the new uploader.
+  ASSERT_EQ(server.Join(-1, &upload), 0);
+  EXPECT_TRUE(upload);
+  const grpc::Status stalled = writer->Finish();
+  EXPECT_FALSE(stalled.ok());
+  EXPECT_TRUE(server.Upload(0, x0).ok());
+  std::vector<float> x;
+  ASSERT_TRUE(server.Fetch(0, &x).ok());
+  EXPECT_EQ(ParamsChecksum(x), ParamsChecksum(x0));
+}
+
+// A worker waiting for the initial parameters while its uploader goes away
+// is told to join again, and the first to do so uploads: nobody waits for
+// parameters that will never come.
+TEST(ParameterServerServiceLimits, WaitingWorkersRejoinWhenTheUploaderFails) {
+  ServerOptions o = Options(2, "sign", "sign");
+  TestServer server(o);
+  bool upload = false;
+  ASSERT_EQ(server.Join(-1, &upload), 0);
+  ASSERT_TRUE(upload);
+  ASSERT_EQ(server.Join(-1, &upload), 1);
+  ASSERT_FALSE(upload);
+  grpc::Status fetched;
+  std::thread waiter([&] {
+    std::vector<float> x;
+    fetched = server.Fetch(1, &x);
+  });
+  absl::SleepFor(absl::Milliseconds(300));  // rank 1 is waiting now
+  // Rank 0's upload is malformed: refused, and rank 0 must join again.
+  std::vector<float> bad = InitialParams(server.n());
+  bad[3] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(server.Upload(0, bad).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  waiter.join();
+  EXPECT_EQ(fetched.error_code(), grpc::StatusCode::ABORTED)
+      << fetched.error_message();
+  EXPECT_THAT(fetched.error_message(), HasSubstr("join again"));
+  ASSERT_EQ(server.Join(1, &upload), 1);
+  EXPECT_TRUE(upload);
+  EXPECT_TRUE(server.Upload(1, InitialParams(server.n())).ok());
+}
+
+// Finding 5: a 42-byte Join declaring 2^28 elements and one upload chunk
+// made the server allocate and zero 1 GiB and hold it while the client
+// stalled. Memory now follows the bytes that arrived.
+TEST(ParameterServerServiceLimits, ADeclaredHugeLayoutCostsOnlyWhatArrives) {
+  ServerOptions o = Options(1, "fp32", "fp32");
+  o.max_chunk_bytes = 1 << 20;
+  TestServer server(o);
+  v1::JoinRequest req = server.JoinRequest(-1);
+  *req.mutable_layout() =
+      LayoutToProto(*TensorLayout::Create({{"w", {int64_t{1} << 28}}}));
+  v1::JoinResponse join;
+  ASSERT_TRUE(server.Join(req, &join).ok());
+  ASSERT_TRUE(join.upload_initial_params());
+  const int64_t rss_before = ResidentBytes();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::UploadParamsResponse resp;
+  auto writer = server.stub()->UploadParams(&ctx, &resp);
+  std::vector<float> first((1 << 20) / 4, 0.5f);
+  ASSERT_TRUE(writer->Write(TestServer::Chunks(join.rank(), first, first.size())[0]));
+  WaitForUploadStart(server);
+  absl::SleepFor(absl::Milliseconds(200));  // the chunk is being kept
+  const int64_t grown = ResidentBytes() - rss_before;
+  EXPECT_LT(grown, int64_t{200} << 20) << "RSS grew by " << grown << " B";
+  ctx.TryCancel();
+  writer->Finish();
 }
 
 }  // namespace

@@ -197,9 +197,9 @@ TEST_F(ServiceAuthTest, EveryRpcRefusesAMissingOrWrongTokenAndChangesNothing) {
   EXPECT_EQ(s.live_workers, 1);
   EXPECT_EQ(s.round, summary_before.round);
   EXPECT_EQ(s.params_checksum, summary_before.params_checksum);
-  EXPECT_EQ(s.wire_join, summary_before.wire_join);
-  EXPECT_EQ(s.wire_worker_to_server, summary_before.wire_worker_to_server);
-  EXPECT_EQ(s.bytes_join, summary_before.bytes_join);
+  EXPECT_EQ(s.traffic.join().wire, summary_before.traffic.join().wire);
+  EXPECT_EQ(s.traffic.up().wire, summary_before.traffic.up().wire);
+  EXPECT_EQ(s.traffic.join().payload, summary_before.traffic.join().payload);
 }
 
 // WorkerClient sends the token on every call it makes (Join, UploadParams,

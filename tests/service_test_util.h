@@ -137,16 +137,11 @@ class TestServer {
     stub_ = v1::ParameterServer::NewStub(grpc::CreateChannel(
         absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
     layout_ = TestLayout();
-    worker_codec_ = *UpdateCodec::Create(
-        layout_, options.compression.worker_codec, options.compression.options);
-    server_codec_ = *UpdateCodec::Create(
-        layout_, options.compression.server_codec, options.compression.options);
-    if (options.num_shards > 1) {  // this server's part of the model
-      const ShardRange r =
-          (*PlanShards(*worker_codec_, options.num_shards))[options.shard];
-      worker_codec_ = *worker_codec_->Slice(r.first_segment, r.end_segment);
-      server_codec_ = *server_codec_->Slice(r.first_segment, r.end_segment);
-    }
+    // This server's part of the model.
+    ShardCodecs codecs = *MakeShardCodecs(layout_, options.compression,
+                                          options.shard, options.num_shards);
+    worker_codec_ = std::move(codecs.worker);
+    server_codec_ = std::move(codecs.server);
   }
   ~TestServer() {
     service_->Shutdown();
@@ -267,7 +262,7 @@ class TestServer {
   std::unique_ptr<v1::ParameterServer::Stub> stub_;
   int port_ = 0;
   TensorLayout layout_;
-  std::unique_ptr<UpdateCodec> worker_codec_, server_codec_;
+  std::shared_ptr<const UpdateCodec> worker_codec_, server_codec_;
 };
 
 // One worker's Train stream, driven by hand.

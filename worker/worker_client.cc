@@ -265,7 +265,30 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
         return s;
       }
     }
-    if (absl::Status s = FetchShard(k, deadline, &x0); !s.ok()) return s;
+    // ABORTED: the uploader went away before x arrived, and the server
+    // asks this worker to join again; the first to do so uploads.
+    absl::Status fetched = FetchShard(k, deadline, &x0);
+    while (absl::IsAborted(fetched) && !cancelled()) {
+      // Its rank is this worker's own, held by nobody else.
+      if (absl::Status s = JoinShard(k, rank_, deadline, absl::InfinitePast());
+          !s.ok()) {
+        return s;
+      }
+      if (shard.upload) {
+        if (initial_params.size() != n) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "Start: the server asks this worker to upload the initial "
+              "parameters (its uploader went away), but it has ",
+              initial_params.size(), " of ", n));
+        }
+        if (absl::Status s = UploadShard(k, initial_params, deadline);
+            !s.ok()) {
+          return s;
+        }
+      }
+      fetched = FetchShard(k, deadline, &x0);
+    }
+    if (!fetched.ok()) return fetched;
     ChunkRules rules;
     rules.total_bytes = shard.delta_range.byte_size;
     rules.max_chunk_bytes = static_cast<size_t>(shard.max_chunk_bytes);

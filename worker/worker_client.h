@@ -73,14 +73,15 @@ struct WorkerClientOptions {
 // layout must be sent with it, so start-up has two steps:
 //
 //   WorkerClient client(options);
-//   RETURN_IF_ERROR(client.Join(layout));        // learns rank, num_workers
+//   absl::Status s = client.Join(layout);  // learns rank, num_workers
+//   if (!s.ok()) return s;
 //   ... build the data pipeline for client.rank() of client.num_workers() ...
-//   RETURN_IF_ERROR(client.Start(initial_params));  // uploads if asked, fetches x
-//   while (client.round() <= last_round) {
+//   s = client.Start(initial_params);  // uploads if asked, fetches x
+//   while (s.ok() && client.round() <= last_round) {
 //     float loss = ComputeGradient(client.params(), grad);
-//     RETURN_IF_ERROR(client.Step(grad, loss));
+//     s = client.Step(grad, loss);
 //   }
-//   RETURN_IF_ERROR(client.Finish());
+//   return s.ok() ? client.Finish() : s;
 //
 // or Connect(), which does both steps, and Run(), which does the loop.
 //

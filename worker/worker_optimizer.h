@@ -33,7 +33,7 @@ struct AdamOptions {
 // weight_decay >= 0); InvalidArgument names the bad option.
 absl::Status ValidateAdamOptions(const AdamOptions& options);
 
-// One worker's side of Efficient-Adam (DESIGN.md section 1): the replica of
+// One worker's side of Efficient-Adam (docs/design.md, "The algorithm"): the replica of
 // x, Adam's m and v, and the worker error memory e. Each step turns a
 // gradient into d = lr_t * m_hat / (sqrt(v_hat) + eps), encodes p = d + e
 // with the worker codec and keeps e = p - Q(p); the server's delta is then

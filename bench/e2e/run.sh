@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of effadam on a slow network (docs/benchmarks.md).
 # Makes one network namespace per rate whose loopback tc shapes to that
-# rate (DESIGN.md section 6) and one unshaped, runs bench/e2e/e2e_bench.py
+# rate (docs/design.md, "Testing recipes") and one unshaped, runs bench/e2e/e2e_bench.py
 # (real clusters of 1 effadam-server + 4 effadam-worker in them; the round
 # cost sweep; codec throughput), then bench/e2e/report.py (tables, PNG
 # plots) and bench/e2e/check_results.py (columns and plausible values).

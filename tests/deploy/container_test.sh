@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Container integration test of the Dockerfile and deploy/docker-compose.yml,
-# with the engine recipe of DESIGN.md section 6: podman (Debian) builds the
+# with the engine recipe of docs/design.md ("Testing recipes"): podman (Debian) builds the
 # image from a Debian base made locally with debootstrap, docker-compose (v1)
 # drives podman's Docker-compatible API, every service runs on the host
 # network on 127.0.0.1 (tests here never use compose's bridge networks), and

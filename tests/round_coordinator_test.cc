@@ -1,0 +1,183 @@
+#include "server/round_coordinator.h"
+
+#include <cmath>
+#include <random>
+
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/logger.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace effadam {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Three ranks (0, 1 joined and training; 2 joined unless told otherwise),
+// fp32 updates of 256 elements, round timeout 60 s on a fake clock.
+class RoundCoordinatorTest : public ::testing::Test {
+ protected:
+  RoundCoordinatorTest() : membership_(Rules()) {
+    bool upload = false;
+    for (int r = 0; r < 3; ++r) {
+      EXPECT_EQ(*membership_.Join(r, true, clock_.Now(), &upload), r);
+    }
+    layout_ = *TensorLayout::Create({{"w", {256}}});
+    codec_ = *UpdateCodec::Create(layout_, *ParseCodecSpec("fp32"), {});
+  }
+
+  static Membership::Rules Rules() {
+    Membership::Rules r;
+    r.workers = 3;
+    return r;
+  }
+
+  std::unique_ptr<RoundCoordinator> Start(int64_t rounds,
+                                          int64_t checkpoint_every = 0) {
+    RoundCoordinator::Rules rules;
+    rules.workers = 3;
+    rules.rounds = rounds;
+    rules.round_timeout = absl::Seconds(60);
+    rules.checkpoint_every = checkpoint_every;
+    auto c = std::make_unique<RoundCoordinator>(rules, membership_, clock_,
+                                                ServerObserver::None(), log_);
+    Checkpoint identity;
+    identity.layout = layout_;
+    c->Start(*RoundEngine::Create(codec_, codec_, std::vector<float>(256, 1.0f),
+                                  {}),
+             identity, 0, false);
+    return c;
+  }
+
+  std::string Update(int rank, int64_t round) {
+    std::mt19937 rng(static_cast<uint32_t>(100 * rank + round));
+    std::normal_distribution<float> normal(0, 0.01f);
+    std::vector<float> v(256);
+    for (float& x : v) x = normal(rng);
+    std::string out;
+    EXPECT_TRUE(codec_->EncodeWithFeedback(v, {}, 0, &out).ok());
+    return out;
+  }
+
+  FakeClock clock_;
+  RecordingLogger log_;
+  Membership membership_;
+  TensorLayout layout_;
+  std::shared_ptr<const UpdateCodec> codec_;
+};
+
+TEST_F(RoundCoordinatorTest, ClosesWhenEveryRankSubmitted) {
+  auto c = Start(0);
+  ASSERT_TRUE(c->Accept(0, 1, Update(0, 1), 1.0f).ok());
+  ASSERT_TRUE(c->Accept(2, 1, Update(2, 1), 3.0f).ok());
+  EXPECT_FALSE(c->Outcome(1).has_value());
+  ASSERT_TRUE(c->Accept(1, 1, Update(1, 1), NAN).ok());
+  std::optional<absl::StatusOr<ClosedRound>> out = c->Outcome(1);
+  ASSERT_TRUE(out.has_value());
+  ASSERT_TRUE(out->ok());
+  EXPECT_EQ((*out)->contributors, 3);
+  EXPECT_EQ(c->round(), 2);
+  EXPECT_EQ(c->short_rounds(), 0);
+  EXPECT_EQ(c->last_loss(), 2.0);  // the NaN report is left out
+}
+
+TEST_F(RoundCoordinatorTest, WaitsForAMissingRankExactlyTheTimeout) {
+  auto c = Start(0);
+  ASSERT_TRUE(c->Accept(0, 1, Update(0, 1), 1.0f).ok());
+  ASSERT_TRUE(c->Accept(1, 1, Update(1, 1), 1.0f).ok());
+  EXPECT_EQ(c->TimeoutAt(), clock_.Now() + absl::Seconds(60));
+  clock_.Advance(absl::Seconds(60) - absl::Nanoseconds(1));
+  c->MaybeClose();
+  EXPECT_FALSE(c->Outcome(1).has_value());
+  clock_.Advance(absl::Nanoseconds(1));
+  c->MaybeClose();
+  ASSERT_TRUE(c->Outcome(1).has_value());
+  EXPECT_EQ((*c->Outcome(1))->contributors, 2);
+  EXPECT_EQ(c->short_rounds(), 1);
+  EXPECT_FALSE(c->TimeoutAt().has_value());  // no update in round 2 yet
+}
+
+TEST_F(RoundCoordinatorTest, ADepartedRankIsNotWaitedFor) {
+  auto c = Start(0);
+  ASSERT_TRUE(c->Accept(0, 1, Update(0, 1), 1.0f).ok());
+  ASSERT_TRUE(c->Accept(1, 1, Update(1, 1), 1.0f).ok());
+  membership_.Leave(2);
+  c->MaybeClose();
+  ASSERT_TRUE(c->Outcome(1).has_value());
+}
+
+TEST_F(RoundCoordinatorTest, ALateUpdateIsCheckedButNotAveraged) {
+  auto c = Start(0);
+  membership_.Leave(2);
+  ASSERT_TRUE(c->Accept(0, 1, Update(0, 1), 1.0f).ok());
+  clock_.Advance(absl::Seconds(61));
+  c->MaybeClose();
+  const std::string delta = *(*c->Outcome(1))->delta;
+  // Rank 1's update for closed round 1: taken, its delta is round 1's.
+  ASSERT_TRUE(c->Accept(1, 1, Update(1, 1), 1.0f).ok());
+  EXPECT_EQ(*(*c->Outcome(1))->delta, delta);
+  EXPECT_EQ(c->round(), 2);
+  // Bytes that do not validate are refused even then.
+  absl::Status bad = c->Accept(1, 1, "xyz", 1.0f);
+  EXPECT_EQ(RejectionOf(bad), Rejection::kInvalidPayload);
+}
+
+TEST_F(RoundCoordinatorTest, AWorkerWhoseDeltaIsGoneMustResync) {
+  auto c = Start(0);
+  membership_.Leave(1);
+  membership_.Leave(2);
+  for (int64_t round = 1; round <= 6; ++round) {
+    ASSERT_TRUE(c->Accept(0, round, Update(0, round), 1.0f).ok());
+  }
+  absl::Status late = c->CheckRound(1, 1);
+  EXPECT_TRUE(absl::IsAborted(late));
+  EXPECT_EQ(RejectionOf(late), Rejection::kLagging);
+  EXPECT_THAT(late.message(), HasSubstr("join again and fetch x"));
+  EXPECT_TRUE(c->CheckRound(1, 6).ok());  // still kept
+  EXPECT_EQ(RejectionOf(c->CheckRound(1, 9)), Rejection::kWrongRound);
+  EXPECT_EQ(RejectionOf(c->CheckRound(1, 0)), Rejection::kWrongRound);
+  std::optional<absl::StatusOr<ClosedRound>> gone = c->Outcome(1);
+  ASSERT_TRUE(gone.has_value());
+  EXPECT_TRUE(absl::IsAborted(gone->status()));
+}
+
+TEST_F(RoundCoordinatorTest, EndsAfterTheLastRoundAndSnapshotsOnSchedule) {
+  auto c = Start(/*rounds=*/4, /*checkpoint_every=*/2);
+  membership_.Leave(1);
+  membership_.Leave(2);
+  for (int64_t round = 1; round <= 4; ++round) {
+    ASSERT_TRUE(c->Accept(0, round, Update(0, round), 1.0f).ok());
+    if (round == 2) {
+      std::optional<Checkpoint> due = c->TakeDueCheckpoint();
+      ASSERT_TRUE(due.has_value());
+      EXPECT_EQ(due->state.round, 3);
+      EXPECT_EQ(due->rounds_closed, 2);
+      EXPECT_EQ(due->layout, layout_);
+      EXPECT_FALSE(c->TakeDueCheckpoint().has_value());  // once
+    }
+    EXPECT_EQ(c->final_closed_at().has_value(), round == 4);
+  }
+  EXPECT_EQ(RejectionOf(c->CheckRound(0, 5)), Rejection::kTrainingEnded);
+  EXPECT_EQ(c->rounds_closed(), 4);
+}
+
+TEST_F(RoundCoordinatorTest, ADroppedRoundIsLoggedAndCounted) {
+  auto c = Start(0);
+  membership_.Leave(1);
+  membership_.Leave(2);
+  std::string huge;
+  ASSERT_TRUE(codec_
+                  ->EncodeWithFeedback(std::vector<float>(256, 3e38f), {}, 0,
+                                       &huge)
+                  .ok());
+  ASSERT_TRUE(c->Accept(0, 1, Update(0, 1), 1.0f).ok());
+  ASSERT_TRUE(c->Accept(0, 2, huge, 1.0f).ok());
+  ASSERT_TRUE(c->Accept(0, 3, huge, 1.0f).ok());  // x near 3e38 -> 6e38
+  EXPECT_EQ(c->dropped_rounds(), 1);
+  EXPECT_TRUE(log_.Contains("round 3 dropped"));
+  EXPECT_TRUE(c->fatal().ok());
+}
+
+}  // namespace
+}  // namespace effadam
