@@ -39,10 +39,14 @@ RUN apt-get update -q \
 FROM build-deps AS build
 WORKDIR /src
 COPY . .
+# The context has no .git: --version and effadam_build_info show this
+# revision (docker build --build-arg EFFADAM_GIT_REVISION=$(git rev-parse
+# --short=12 HEAD) ...), "unknown" without it.
+ARG EFFADAM_GIT_REVISION=unknown
 # One compilation for both images: the Python module needs position-
 # independent code, so everything is built that way once.
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DEFFADAM_BUILD_BENCH=OFF \
-      -DEFFADAM_BUILD_PYTHON=ON \
+      -DEFFADAM_BUILD_PYTHON=ON -DEFFADAM_GIT_REVISION="$EFFADAM_GIT_REVISION" \
  && cmake --build /build -j "$(nproc)" \
       --target effadam-server effadam-worker effadam-health effadam_python \
  && install -d /out/bin /out/python \

@@ -68,7 +68,7 @@ def run(args, shards, tmp):
                      "--listen=%s:0" % LOOPBACK, "--metrics_listen=",
                      "--workers=%d" % args.workers,
                      "--rounds=%d" % args.rounds, "--shard=%d" % k,
-                     "--num_shards=%d" % shards, "--round_timeout=600",
+                     "--num_shards=%d" % shards, "--round_timeout=600s",
                      "--summary_json=" + summary] + codec,
                     stdout=f, stderr=subprocess.STDOUT)
             procs.append(p)

@@ -82,7 +82,7 @@ def main():
                  "--listen=%s:0" % LOOPBACK,
                  "--metrics_listen=%s:0" % LOOPBACK,
                  "--workers=%d" % args.workers, "--rounds=%d" % args.rounds,
-                 "--round_timeout=120"] + codec,
+                 "--round_timeout=120s"] + codec,
                 stdout=log, stderr=subprocess.STDOUT)
         procs.append(server)
         port = int(wait_line(server_log, r"listening on 127\.0\.0\.1:(\d+)",

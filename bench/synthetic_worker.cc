@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "daemon/command_line.h"
+#include "daemon/duration_flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -44,7 +44,7 @@ ABSL_FLAG(int64_t, warmup_rounds, 0,
 ABSL_FLAG(int64_t, rounds, 1000, "Train through this round");
 ABSL_FLAG(double, lr, 0.01, "Adam learning rate");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of stochastic rounding (qNs codecs)");
-ABSL_FLAG(absl::Duration, reconnect_timeout, absl::Minutes(5),
+ABSL_FLAG(effadam::DurationFlag, reconnect_timeout, absl::Minutes(5),
           "WorkerClientOptions::reconnect_timeout");
 ABSL_FLAG(std::string, summary_json, "",
           "Write rounds, resyncs, bytes and params_checksum here at exit");
@@ -94,7 +94,7 @@ int Run() {
   options.compression = *compression;
   options.adam.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
   options.seed = absl::GetFlag(FLAGS_seed);
-  options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
+  options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout).value;
   // TLS, the token and keepalive, as effadam-worker takes them.
   absl::StatusOr<ClientSecurity> security = ClientSecurityFromFlags();
   if (!security.ok()) return Fail(security.status());
@@ -191,11 +191,11 @@ int Run() {
 }  // namespace effadam
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  effadam::ParseCommandLineOrExit(
+      argc, argv,
       "A worker with a synthetic O(n) gradient, for soak and fault tests and "
       "server benchmarks at any model size.\nExample: "
       "effadam-synthetic-worker --server=127.0.0.1:50051 --elements=1000000 "
       "--rounds=2000 --worker_codec=sign --server_codec=sign");
-  absl::ParseCommandLine(argc, argv);
   return effadam::Run();
 }

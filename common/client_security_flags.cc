@@ -4,6 +4,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
+#include "daemon/duration_flag.h"
 
 ABSL_FLAG(std::string, tls_ca_file, "",
           "PEM file of the CA certificate(s) that signed the server's "
@@ -22,13 +23,13 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "ignored); sent as `authorization: Bearer <token>` on every call. "
           "Empty: no token");
 
-ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(20),
+ABSL_FLAG(effadam::DurationFlag, keepalive_time, absl::Seconds(20),
           "How often to ping the server while a call is open: a server "
           "whose host hung or vanished ends the call after --keepalive_time "
           "+ --keepalive_timeout (then the worker resyncs until "
           "--reconnect_timeout). Must be at least the server's "
           "--min_ping_interval");
-ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
+ABSL_FLAG(effadam::DurationFlag, keepalive_timeout, absl::Seconds(10),
           "How long to wait for the answer to a ping before giving up on "
           "the connection");
 
@@ -46,8 +47,8 @@ absl::StatusOr<ClientSecurity> ClientSecurityFromFlags() {
 
 absl::StatusOr<ClientKeepalive> ClientKeepaliveFromFlags() {
   ClientKeepalive k;
-  k.time = absl::GetFlag(FLAGS_keepalive_time);
-  k.timeout = absl::GetFlag(FLAGS_keepalive_timeout);
+  k.time = absl::GetFlag(FLAGS_keepalive_time).value;
+  k.timeout = absl::GetFlag(FLAGS_keepalive_timeout).value;
   if (absl::Status s = CheckClientKeepalive(k); !s.ok()) return s;
   return k;
 }

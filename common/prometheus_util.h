@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/logger.h"
 #include "prometheus/exposer.h"
 #include "prometheus/histogram.h"
 
@@ -14,7 +15,8 @@ namespace effadam {
 
 // Serves /metrics over HTTP on `address` ("host:port"; port 0 picks a free
 // port, see BoundPort). InvalidArgument for an address that is not
-// host:port, Unavailable when it cannot be bound. prometheus-cpp reports a
+// host:port, Unavailable naming the address and the reason when it
+// cannot be bound. prometheus-cpp reports a
 // failed bind by throwing from its constructor; this turns that into a
 // status, so the daemons can exit with a message instead of a crash.
 // Threads the exposer starts inherit the caller's signal mask.
@@ -31,9 +33,8 @@ prometheus::Histogram::BucketBoundaries RoundDurationBuckets();
 // After a run: keeps the process (and so `exposer`) alive for `linger`, so
 // a scraper reads the final counters, which equal the summary's numbers.
 // Returns at once when `linger` is zero or `stopped()` is already true, and
-// as soon as `stopped()` turns true (a signal). Says so on stderr, prefixed
-// with `program`.
-void LingerForScrape(const char* program, absl::Duration linger,
+// as soon as `stopped()` turns true (a signal). Says so through `logger`.
+void LingerForScrape(Logger& logger, absl::Duration linger,
                      const std::function<bool()>& stopped);
 
 }  // namespace effadam

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
+#include "daemon/command_line.h"
 #include "common/client_security_flags.h"
 #include "common/compression_flags.h"
 #include "worker/worker_client.h"
@@ -22,7 +22,11 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051", "Parameter server");
 ABSL_FLAG(int64_t, rounds, 300, "Train through this round");
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  effadam::ParseCommandLineOrExit(
+      argc, argv,
+      "A user's own model (least squares) trained with effadam-server.\n"
+      "Example: effadam-example-own-model --server=127.0.0.1:50051 "
+      "--rounds=300");
   constexpr int kDim = 1024;
 
   // 1. Describe the model: named tensors, flattened in order.
@@ -33,7 +37,12 @@ int main(int argc, char** argv) {
   //    server's; the first worker to join uploads its initial parameters.
   effadam::WorkerClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
-  options.compression = *effadam::CompressionConfigFromFlags();
+  auto compression = effadam::CompressionConfigFromFlags();
+  if (!compression.ok()) {  // e.g. --worker_codec=bogus
+    std::fprintf(stderr, "%s\n", compression.status().ToString().c_str());
+    return 1;
+  }
+  options.compression = *compression;
   // --tls_ca_file, --auth_token_file, ...: as the server requires.
   auto security = effadam::ClientSecurityFromFlags();
   if (!security.ok()) {

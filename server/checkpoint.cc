@@ -161,6 +161,10 @@ std::string FileName(int64_t round) {
 
 }  // namespace
 
+bool CompletesRun(const Checkpoint& checkpoint, int64_t rounds) {
+  return rounds > 0 && checkpoint.state.round > rounds;
+}
+
 std::string SerializeCheckpoint(const Checkpoint& checkpoint) {
   std::string out;
   EmitCheckpoint(checkpoint,

@@ -29,6 +29,12 @@ struct Checkpoint {
   int num_shards = 1;
 };
 
+// Whether `checkpoint` was written after the last of `rounds` rounds (the
+// round it holds is the one after them), so that a server restoring it has
+// nothing left to train: its run is complete. rounds == 0 (train until
+// SIGTERM) never completes.
+bool CompletesRun(const Checkpoint& checkpoint, int64_t rounds);
+
 // The bytes of a checkpoint file (docs/faults.md, "Server restarts and checkpoints"): magic, header, raw x
 // and E, and a CRC-32 of all of it. Parse accepts exactly what Serialize
 // makes and rejects any other input with DataLoss (truncated, corrupted,

@@ -10,24 +10,35 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/client_security_flags.h"
+#include "common/host_port.h"
+#include "daemon/command_line.h"
+#include "daemon/duration_flag.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "host:port of the server");
 ABSL_FLAG(std::string, service, "",
           "Service to ask about; empty means the server as a whole");
-ABSL_FLAG(double, timeout, 3.0, "Seconds to wait for the answer");
+ABSL_FLAG(effadam::DurationFlag, timeout, absl::Seconds(3),
+          "How long to wait for the answer");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  effadam::ParseCommandLineOrExit(
+      argc, argv,
       "Checks a gRPC server's health (grpc.health.v1).\n"
       "Example: effadam-health --addr=127.0.0.1:50051\n"
       "Over TLS: --tls_ca_file (and --tls_cert_file/--tls_key_file for "
       "mutual TLS); --auth_token_file is not needed and not sent.");
-  absl::ParseCommandLine(argc, argv);
   const std::string addr = absl::GetFlag(FLAGS_addr);
+  if (absl::StatusOr<effadam::HostPort> parsed =
+          effadam::ParseHostPort(addr, "--addr", /*min_port=*/1);
+      !parsed.ok()) {
+    std::fprintf(stderr, "effadam-health: %s\n",
+                 parsed.status().ToString().c_str());
+    return 1;
+  }
   const absl::StatusOr<effadam::ClientSecurity> security =
       effadam::ClientSecurityFromFlags();
   if (!security.ok()) {
@@ -40,9 +51,8 @@ int main(int argc, char** argv) {
   // No token: grpc.health.v1 needs none, and a secret is not sent where it
   // is not needed.
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::milliseconds(static_cast<int64_t>(
-                           absl::GetFlag(FLAGS_timeout) * 1000)));
+  context.set_deadline(
+      absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout).value));
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(absl::GetFlag(FLAGS_service));
   grpc::health::v1::HealthCheckResponse response;

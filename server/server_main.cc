@@ -2,34 +2,39 @@
 // effadam.v1.ParameterServer (docs/protocol.md), gRPC health checking and
 // server reflection, and Prometheus metrics on --metrics_listen
 // (docs/metrics.md); runs --rounds synchronous rounds (or until SIGTERM),
-// then writes --summary_json, serves the final metrics for
-// --metrics_linger and exits 0.
+// then writes --summary_json and stays in the finished state (Status,
+// health and /metrics still served) for --metrics_linger, and exits 0.
+// Started on a --checkpoint_dir whose run is complete, it says so, keeps
+// the summary and goes straight to the finished state (deploy/README.md,
+// "Lifecycle").
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <malloc.h>
-#include <signal.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/compression_flags.h"
 #include "common/checksum.h"
 #include "common/grpc_security.h"
+#include "common/host_port.h"
 #include "common/json_writer.h"
 #include "common/logger.h"
 #include "common/prometheus_util.h"
+#include "daemon/command_line.h"
+#include "daemon/duration_flag.h"
+#include "daemon/lifecycle.h"
+#include "daemon/process_metrics.h"
 #include "server/call_guard.h"
 #include "server/checkpoint.h"
 #include "server/parameter_server_service.h"
@@ -51,21 +56,21 @@ ABSL_FLAG(int32_t, num_shards, 1,
           "to all of them");
 ABSL_FLAG(int64_t, rounds, 0,
           "Stop after this many rounds; 0 runs until SIGTERM/SIGINT");
-ABSL_FLAG(double, round_timeout, 60,
-          "Seconds after a round's first update at which it closes with the "
-          "updates present");
+ABSL_FLAG(effadam::DurationFlag, round_timeout, absl::Seconds(60),
+          "How long after a round's first update it closes with the updates "
+          "present");
 ABSL_FLAG(int64_t, max_chunk_bytes, 1 << 20,
           "Largest payload of one chunk of UploadParams, FetchParams and "
           "Train, in bytes");
-ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(30),
+ABSL_FLAG(effadam::DurationFlag, keepalive_time, absl::Seconds(30),
           "How often the server pings each worker's connection: a worker "
           "whose host hung or vanished is dropped after --keepalive_time + "
           "--keepalive_timeout and its round closes without it (instead of "
           "after --round_timeout)");
-ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
+ABSL_FLAG(effadam::DurationFlag, keepalive_timeout, absl::Seconds(10),
           "How long the server waits for the answer to a ping before it "
           "drops the connection");
-ABSL_FLAG(absl::Duration, min_ping_interval, absl::Seconds(10),
+ABSL_FLAG(effadam::DurationFlag, min_ping_interval, absl::Seconds(10),
           "The shortest interval between a worker's keepalive pings that "
           "the server accepts; a connection that pings faster is closed. "
           "Keep it at most the workers' --keepalive_time");
@@ -82,10 +87,10 @@ ABSL_FLAG(int64_t, max_transport_memory_mb, 128,
           "(--max_chunk_bytes + 64 KiB)");
 ABSL_FLAG(int32_t, max_streams_per_connection, 100,
           "Concurrent calls one connection may have open");
-ABSL_FLAG(absl::Duration, max_connection_idle, absl::Minutes(5),
+ABSL_FLAG(effadam::DurationFlag, max_connection_idle, absl::Minutes(5),
           "A connection without any call for this long is closed; clients "
           "reconnect when they next call");
-ABSL_FLAG(absl::Duration, send_stall_timeout, absl::Seconds(60),
+ABSL_FLAG(effadam::DurationFlag, send_stall_timeout, absl::Seconds(60),
           "A call whose outgoing message waits this long for its client to "
           "read it (a FetchParams or Train client that stopped reading) is "
           "cancelled, freeing its thread and buffers");
@@ -94,7 +99,9 @@ ABSL_FLAG(uint64_t, seed, 1,
           "--seed to match effadam-sim");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Directory for checkpoints of x, the error memory and the round; "
-          "at start the newest one that verifies is restored. Empty: no "
+          "at start the newest one that verifies is restored; if it completes "
+          "--rounds, the server does not train again and keeps "
+          "--summary_json. A new run needs an empty directory. Empty: no "
           "checkpoints");
 ABSL_FLAG(int64_t, checkpoint_every, 100,
           "With --checkpoint_dir: write a checkpoint every this many rounds "
@@ -121,22 +128,25 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "at least 32 random characters, e.g. `openssl rand -hex 32`); "
           "every effadam.v1 call must then carry `authorization: Bearer "
           "<token>`. grpc.health.v1 stays open. Empty: no token");
-ABSL_FLAG(absl::Duration, metrics_linger, absl::ZeroDuration(),
-          "After training ends and --summary_json is written, keep serving "
-          "/metrics this long (or until SIGTERM/SIGINT) so that Prometheus "
-          "scrapes the final values");
+ABSL_FLAG(effadam::DurationFlag, metrics_linger, absl::ZeroDuration(),
+          "After training ends and --summary_json is written, stay in the "
+          "finished state this long (or until SIGTERM/SIGINT): Status, "
+          "health and /metrics are served, so that Prometheus scrapes the "
+          "final values; \"inf\" until a signal (Kubernetes: until the pod "
+          "is deleted)");
+
 
 namespace effadam {
 namespace {
 
-// Set by the signal handler, read by the main loop: the only thing a
-// handler may safely do.
-std::atomic<int> g_signal{0};
+constexpr char kProgram[] = "effadam-server";
+// How long calls still in flight at exit get to finish.
+constexpr absl::Duration kFinalCallsBudget = absl::Milliseconds(500);
+// How long calls still sending a delta get when training stops.
+constexpr absl::Duration kDrainBudget = absl::Seconds(5);
 
-extern "C" void OnSignal(int signo) { g_signal.store(signo); }
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "effadam-server: %s\n", s.ToString().c_str());
+int Fail(Logger& log, const absl::Status& s) {
+  log.Error(s.ToString());
   return 1;
 }
 
@@ -149,12 +159,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.shard = absl::GetFlag(FLAGS_shard);
   o.num_shards = absl::GetFlag(FLAGS_num_shards);
   o.rounds = absl::GetFlag(FLAGS_rounds);
-  const double timeout = absl::GetFlag(FLAGS_round_timeout);
-  if (!(timeout > 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--round_timeout must be > 0 seconds, got ", timeout));
+  o.round_timeout = absl::GetFlag(FLAGS_round_timeout).value;
+  if (o.round_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--round_timeout must be > 0");
   }
-  o.round_timeout = absl::Seconds(timeout);
   const int64_t chunk = absl::GetFlag(FLAGS_max_chunk_bytes);
   // gRPC's message size limits are ints; leave room for the envelope.
   if (chunk < 4 || chunk > (int64_t{1} << 30)) {
@@ -181,50 +189,66 @@ absl::StatusOr<ServerSecurity> SecurityFromFlags() {
   return LoadServerSecurity(files);
 }
 
+// What --checkpoint_dir held at start.
+struct Restored {
+  std::unique_ptr<CheckpointStore> store;  // null: checkpoints are off
+  // The round of the restored checkpoint; 0 without one.
+  int64_t round = 0;
+  // The checkpoint completes --rounds: the run is over, nothing to train.
+  bool run_complete = false;
+};
+
 // Opens --checkpoint_dir and restores its newest good checkpoint into
-// `service`; null store when checkpoints are off.
-absl::StatusOr<std::unique_ptr<CheckpointStore>> RestoreFromFlags(
-    ParameterServerService& service) {
+// `service`.
+absl::StatusOr<Restored> RestoreFromFlags(ParameterServerService& service,
+                                          int64_t rounds, Logger& log) {
+  Restored out;
   const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
-  if (dir.empty()) return nullptr;
+  if (dir.empty()) return out;
   absl::StatusOr<CheckpointStore> store =
       CheckpointStore::Open(dir, absl::GetFlag(FLAGS_checkpoint_keep));
   if (!store.ok()) return store.status();
   absl::StatusOr<std::optional<CheckpointStore::Loaded>> loaded =
       store->LoadNewest();
   if (!loaded.ok()) return loaded.status();
+  out.store = std::make_unique<CheckpointStore>(*std::move(store));
   if (!loaded->has_value()) {
-    std::fprintf(stderr, "effadam-server: no checkpoint in %s; fresh start\n",
-                 dir.c_str());
-    return std::make_unique<CheckpointStore>(*std::move(store));
+    log.Info(absl::StrCat("no checkpoint in ", dir, "; fresh start"));
+    return out;
   }
   CheckpointStore::Loaded& l = **loaded;
   for (const std::string& why : l.skipped) {
-    std::fprintf(stderr, "effadam-server: skipped checkpoint %s\n",
-                 why.c_str());
+    log.Warning(absl::StrCat("skipped checkpoint ", why));
   }
-  const int64_t round = l.checkpoint.state.round;
+  out.round = l.checkpoint.state.round;
+  out.run_complete = CompletesRun(l.checkpoint, rounds);
   const std::string checksum = ParamsChecksum(l.checkpoint.state.params);
   if (absl::Status s = service.Restore(std::move(l.checkpoint)); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("restoring ", l.path, ": ",
                                                s.message()));
   }
-  std::fprintf(stderr,
-               "effadam-server: resumed from %s at round %lld, "
-               "params_checksum %s\n",
-               l.path.c_str(), static_cast<long long>(round), checksum.c_str());
-  return std::make_unique<CheckpointStore>(*std::move(store));
+  if (out.run_complete) {
+    log.Info(absl::StrCat(
+        "the run in ", dir, " is complete: ", l.path, " follows round ",
+        out.round - 1, " of ", rounds,
+        " (--rounds), params_checksum ", checksum,
+        "; not training again and keeping --summary_json. A new run needs "
+        "an empty --checkpoint_dir; a larger --rounds trains on"));
+  } else {
+    log.Info(absl::StrCat("resumed from ", l.path, " at round ", out.round,
+                          ", params_checksum ", checksum));
+  }
+  return out;
 }
 
 // Writes `checkpoint` and reports it; a failure is logged and counted, and
 // training goes on (the previous checkpoint is still there).
 void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
-                     ServerObserver* observer) {
+                     ServerObserver* observer, Logger& log) {
   const absl::Time start = absl::Now();
   absl::StatusOr<CheckpointStore::Written> w = store.Write(checkpoint);
   if (!w.ok()) {
-    std::fprintf(stderr, "effadam-server: checkpoint failed: %s\n",
-                 w.status().ToString().c_str());
+    log.Error(absl::StrCat("checkpoint failed: ", w.status().ToString()));
     if (observer != nullptr) observer->OnCheckpointFailed();
     return;
   }
@@ -232,16 +256,160 @@ void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
   stats.round = checkpoint.state.round;
   stats.bytes = w->bytes;
   stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  std::fprintf(stderr,
-               "effadam-server: checkpoint %s (round %lld, %lld B, %.2f s), "
-               "params_checksum %s\n",
-               w->path.c_str(), static_cast<long long>(stats.round),
-               static_cast<long long>(stats.bytes), stats.seconds,
-               w->params_checksum.c_str());
+  log.Info(absl::StrFormat("checkpoint %s (round %d, %d B, %.2f s), "
+                           "params_checksum %s",
+                           w->path, stats.round, stats.bytes, stats.seconds,
+                           w->params_checksum));
   if (observer != nullptr) observer->OnCheckpointWritten(stats);
 }
 
+// The run's summary: the log line and --summary_json.
+absl::Status ReportSummary(const ServerOptions& options, const ServerSummary& s,
+                           double seconds, bool signalled, Logger& log) {
+  log.Info(absl::StrFormat(
+      "%s after %d rounds in %.1f s; moved %d B up, %d B down (%.1fx fewer "
+      "than fp32), %d B join; params_checksum %s",
+      signalled ? "stopped by signal" : "done", s.rounds_closed, seconds,
+      s.traffic.up().payload, s.traffic.down().payload,
+      s.traffic.compression_ratio(), s.traffic.join().payload,
+      s.params_checksum.empty() ? "(no parameters)" : s.params_checksum));
+  const std::string path = absl::GetFlag(FLAGS_summary_json);
+  if (path.empty()) return absl::OkStatus();
+  const CompressionConfig& c = options.compression;
+  JsonObject json;
+  json.Add("rounds", s.rounds_closed)
+      .Add("short_rounds", s.short_rounds)
+      .Add("dropped_rounds", s.dropped_rounds)
+      .Add("resumed_at_round", s.resumed_at_round)
+      .Add("workers", options.workers)
+      .Add("shard", options.shard)
+      .Add("num_shards", options.num_shards)
+      .Add("worker_codec", c.worker_codec.ToString())
+      .Add("server_codec", c.server_codec.ToString())
+      .Add("error_feedback", ErrorFeedbackName(c))
+      .Add("train_loss", s.train_loss)
+      .Add("bytes_worker_to_server", s.traffic.up().payload)
+      .Add("bytes_server_to_worker", s.traffic.down().payload)
+      .Add("bytes_join", s.traffic.join().payload)
+      .Add("wire_bytes_worker_to_server", s.traffic.up().wire)
+      .Add("wire_bytes_server_to_worker", s.traffic.down().wire)
+      .Add("wire_bytes_join", s.traffic.join().wire)
+      .Add("fp32_equivalent_bytes", s.traffic.fp32_equivalent())
+      .Add("compression_ratio", s.traffic.compression_ratio())
+      .Add("params_checksum", s.params_checksum)
+      .Add("seconds", seconds);
+  return json.WriteFile(path);
+}
+
+void LogStart(const ServerOptions& options, const ServerSecurity& security,
+              Logger& log) {
+  const CompressionConfig& c = options.compression;
+  log.Info(DescribeServerSecurity(security));
+  log.Info(absl::StrCat(
+      options.num_shards > 1
+          ? absl::StrCat("shard ", options.shard, " of ", options.num_shards,
+                         ", ")
+          : "",
+      options.workers, " workers, codecs ", c.worker_codec.ToString(), "/",
+      c.server_codec.ToString(), ", error feedback ", ErrorFeedbackName(c),
+      ", rounds ", options.rounds,
+      options.rounds == 0 ? " (until SIGTERM)" : ""));
+}
+
+// Serves `service` (and health and reflection) on `listen`; *port is the
+// port bound. Unavailable naming the address when gRPC cannot bind it.
+// `gate` (may be null) refuses calls without the token before they take a
+// thread (TLS only, server/token_gate.h); `guard` (outlives the server)
+// turns unparseable requests into INVALID_ARGUMENT, bounds FetchParams
+// calls, cancels stalled writes and counts the calls holding threads.
+absl::StatusOr<std::unique_ptr<grpc::Server>> Serve(
+    const std::string& listen, const ServerSecurity& security,
+    const ServerTransport& transport, std::shared_ptr<TokenGate> gate,
+    CallGuard& guard, ParameterServerService* service, int* port) {
+  grpc::ServerBuilder builder;
+  *port = 0;
+  // TLS, message size limits (a chunk plus its envelope; gRPC refuses
+  // anything larger before it reaches the service), keepalive, the
+  // thread, memory, stream and idle-connection limits.
+  ConfigureServer(listen, security, transport, &builder, port,
+                  std::move(gate));
+  guard.Install(&builder);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || *port == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", listen,
+        ": gRPC could not bind it (its log line above says why)"));
+  }
+  return server;
+}
+
+// Trains until the run ends or a signal comes, writing checkpoints on the
+// way (outside the service's lock: rounds go on while a file is written),
+// then stops the service and drains `server`: when this returns no call is
+// running and the service's state and counts are final. Returns the round
+// of the last checkpoint written (-1: none). The main thread is the
+// watcher; gRPC serves on its own threads.
+// Health says NOT_SERVING while every call thread is taken (a flood, or
+// too small a --max_threads): new calls would fail with RESOURCE_EXHAUSTED.
+int64_t Train(ParameterServerService& service, grpc::Server& server,
+              const CallGuard& guard, int call_threads,
+              CheckpointStore* checkpoints, ServerObserver* observer,
+              const SignalWatcher& signals, Logger& log) {
+  int64_t last_checkpoint_round = -1;
+  bool serving = true;
+  // A flood flips health up to 10 times a second: the log says so at
+  // most a few times a minute.
+  LogRateLimiter health_log(4, absl::Minutes(1));
+  while (signals.signal() == 0 &&
+         !service.WaitUntilDone(absl::Milliseconds(100))) {
+    if (const bool free_thread = guard.calls_in_flight() < call_threads;
+        free_thread != serving) {
+      serving = free_thread;
+      server.GetHealthCheckService()->SetServingStatus(serving);
+      int64_t suppressed = 0;
+      if (health_log.Allow(absl::Now(), &suppressed)) {
+        log.Warning(absl::StrCat(
+            serving ? "call threads free again: SERVING"
+                    : "every call thread is busy (--max_threads): "
+                      "NOT_SERVING",
+            suppressed > 0
+                ? absl::StrCat(" (", suppressed, " changes not logged)")
+                : ""));
+      }
+    }
+    if (std::optional<Checkpoint> due = service.TakeDueCheckpoint();
+        due.has_value() && checkpoints != nullptr) {
+      WriteCheckpoint(*checkpoints, *due, observer, log);
+      last_checkpoint_round = due->state.round;
+    }
+  }
+  // Waiting calls end now; calls still sending a delta get a few seconds.
+  service.Shutdown();
+  server.Shutdown(absl::ToChronoTime(absl::Now() + kDrainBudget));
+  server.Wait();
+  return last_checkpoint_round;
+}
+
+// The finished state after a run that completed here: a service restored
+// from the final state, which refuses Join ("training has ended") and
+// answers Status, served on the same port. Null (logged) if it cannot be.
+std::unique_ptr<ParameterServerService> FinishedService(
+    ServerOptions options, Checkpoint final_state) {
+  options.observer = nullptr;  // the metrics keep the run's final values
+  absl::StatusOr<std::unique_ptr<ParameterServerService>> service =
+      ParameterServerService::Create(options);
+  if (!service.ok() || !(*service)->Restore(std::move(final_state)).ok()) {
+    return nullptr;
+  }
+  return *std::move(service);
+}
+
 int Run() {
+  // First: every thread started later inherits its signal mask.
+  SignalWatcher signals;
+  signals.Watch(nullptr);
+  StderrLogger log(kProgram);
   // Buffers of 1 MiB and more (a FetchParams call's copy of x, chunks) are
   // mapped for themselves and unmapped when freed. glibc's default raises
   // this threshold after the first such free, after which every thread's
@@ -249,38 +417,53 @@ int Run() {
   // threads would keep the server's RSS that high for good.
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
   absl::StatusOr<ServerOptions> options = OptionsFromFlags();
-  if (!options.ok()) return Fail(options.status());
-  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
-  if (linger < absl::ZeroDuration()) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "--metrics_linger must be >= 0, got ", absl::FormatDuration(linger))));
-  }
+  if (!options.ok()) return Fail(log, options.status());
+  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger).value;
   // Checked with the other flags, before a checkpoint is restored.
   ServerTransport transport;
   transport.max_chunk_bytes = options->max_chunk_bytes;
-  transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
-  transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
-  transport.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval);
+  transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time).value;
+  transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout).value;
+  transport.min_client_ping_interval =
+      absl::GetFlag(FLAGS_min_ping_interval).value;
   transport.max_threads = absl::GetFlag(FLAGS_max_threads);
   transport.max_transport_memory_bytes = static_cast<size_t>(
       std::clamp<int64_t>(absl::GetFlag(FLAGS_max_transport_memory_mb), 0,
                           int64_t{1} << 30)) << 20;
   transport.max_streams_per_connection =
       absl::GetFlag(FLAGS_max_streams_per_connection);
-  transport.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle);
+  transport.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle).value;
   if (absl::Status s = CheckServerTransport(transport, options->workers);
       !s.ok()) {
-    return Fail(s);
+    return Fail(log, s);
+  }
+  CallLimits limits;
+  limits.max_concurrent_fetches = options->workers;
+  limits.send_stall_timeout = absl::GetFlag(FLAGS_send_stall_timeout).value;
+  if (limits.send_stall_timeout < absl::Seconds(1) ||
+      limits.send_stall_timeout > absl::Hours(24)) {
+    return Fail(log, absl::InvalidArgumentError(
+        absl::StrCat("--send_stall_timeout must be in [1s, 24h], got ",
+                     absl::FormatDuration(limits.send_stall_timeout))));
+  }
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  absl::StatusOr<HostPort> listen_address =
+      ParseHostPort(listen, "--listen", /*min_port=*/0);
+  if (!listen_address.ok()) return Fail(log, listen_address.status());
+  // A taken port fails the start at once with the reason, before a
+  // checkpoint is read (gRPC would only log its own line).
+  if (absl::Status s = ProbeListen(*listen_address); !s.ok()) {
+    return Fail(log, s);
   }
 
   // Every file is read and checked before anything listens.
   absl::StatusOr<ServerSecurity> security = SecurityFromFlags();
-  if (!security.ok()) return Fail(security.status());
+  if (!security.ok()) return Fail(log, security.status());
   std::optional<TokenAuthenticator> authenticator;
   if (!security->token.empty()) {
     absl::StatusOr<TokenAuthenticator> a =
         TokenAuthenticator::Create(security->token);
-    if (!a.ok()) return Fail(a.status());
+    if (!a.ok()) return Fail(log, a.status());
     authenticator = *std::move(a);
     options->authenticator = &*authenticator;
   }
@@ -290,205 +473,118 @@ int Run() {
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<prometheus::Exposer> exposer;
+  const auto process_metrics = std::make_shared<ProcessCollector>();
   if (!metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<prometheus::Exposer>> e =
         StartMetricsExposer(metrics_listen);
-    if (!e.ok()) return Fail(e.status());
+    if (!e.ok()) return Fail(log, e.status());
     exposer = *std::move(e);
     prometheus::Labels labels;
     if (options->num_shards > 1) {
       labels["shard"] = std::to_string(options->shard);
     }
     metrics = std::make_unique<ServerMetrics>(options->workers, labels);
+    metrics->SetTargetRounds(options->rounds);
     exposer->RegisterCollectable(metrics->registry());
+    exposer->RegisterCollectable(process_metrics);
     options->observer = metrics.get();
   }
 
-  StderrLogger logger("effadam-server");
-  options->logger = &logger;
+  options->logger = &log;  // rejected calls, joins and departures
   auto service = ParameterServerService::Create(*options);
-  if (!service.ok()) return Fail(service.status());
-  absl::StatusOr<std::unique_ptr<CheckpointStore>> checkpoints =
-      RestoreFromFlags(**service);
-  if (!checkpoints.ok()) return Fail(checkpoints.status());
+  if (!service.ok()) return Fail(log, service.status());
+  absl::StatusOr<Restored> restored =
+      RestoreFromFlags(**service, options->rounds, log);
+  if (!restored.ok()) return Fail(log, restored.status());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  const std::string listen = absl::GetFlag(FLAGS_listen);
-  int port = 0;
-  // TLS, message size limits (a chunk plus its envelope; gRPC refuses
-  // anything larger before it reaches the service), keepalive.
-  // With TLS and a token, calls without it are refused before they take a
-  // thread (server/token_gate.h).
   std::shared_ptr<TokenGate> gate;
   if (authenticator.has_value()) {
     gate = std::make_shared<TokenGate>(&*authenticator, options->observer);
   }
-  ConfigureServer(listen, *security, transport, &builder, &port, gate);
-  // Unparseable requests get INVALID_ARGUMENT, FetchParams calls are
-  // bounded, stalled writes cancelled; calls holding threads are counted
-  // for the health status below.
-  CallLimits limits;
-  limits.max_concurrent_fetches = options->workers;
-  limits.send_stall_timeout = absl::GetFlag(FLAGS_send_stall_timeout);
-  if (limits.send_stall_timeout < absl::Seconds(1) ||
-      limits.send_stall_timeout > absl::Hours(24)) {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--send_stall_timeout must be in [1s, 24h], got ",
-                     absl::FormatDuration(limits.send_stall_timeout))));
-  }
+  // Outlives every server below.
   CallGuard guard(options->observer, limits);
-  guard.Install(&builder);
-  builder.RegisterService(service->get());
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    return Fail(
-        absl::UnavailableError(absl::StrCat("cannot listen on ", listen)));
-  }
-
-  struct sigaction action = {};
-  action.sa_handler = OnSignal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
-
-  const CompressionConfig& c = options->compression;
-  const std::string host = listen.substr(0, listen.rfind(':'));
-  std::printf("effadam-server listening on %s:%d\n", host.c_str(), port);
+  int port = 0;
+  absl::StatusOr<std::unique_ptr<grpc::Server>> served =
+      Serve(listen, *security, transport, gate, guard, service->get(), &port);
+  if (!served.ok()) return Fail(log, served.status());
+  std::unique_ptr<grpc::Server> server = *std::move(served);
+  std::printf("%s listening on %s:%d\n", kProgram,
+              listen_address->host.c_str(), port);
   if (exposer != nullptr) {
-    const std::string metrics_host =
-        metrics_listen.substr(0, metrics_listen.rfind(':'));
-    std::printf("effadam-server metrics on http://%s:%d/metrics\n",
-                metrics_host.c_str(), BoundPort(*exposer));
+    std::printf("%s metrics on http://%s:%d/metrics\n", kProgram,
+                metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(),
+                BoundPort(*exposer));
   }
   std::fflush(stdout);
-  std::fprintf(stderr, "effadam-server: %s\n",
-               DescribeServerSecurity(*security).c_str());
-  std::fprintf(stderr,
-               "effadam-server: %s%d workers, codecs %s/%s, error feedback %s, "
-               "rounds %lld%s\n",
-               options->num_shards > 1
-                   ? absl::StrCat("shard ", options->shard, " of ",
-                                  options->num_shards, ", ")
-                         .c_str()
-                   : "",
-               options->workers, c.worker_codec.ToString().c_str(),
-               c.server_codec.ToString().c_str(), ErrorFeedbackName(c),
-               static_cast<long long>(options->rounds),
-               options->rounds == 0 ? " (until SIGTERM)" : "");
-  const absl::Time start = absl::Now();
+  LogStart(*options, *security, log);
 
-  // The main thread is the watcher: it polls the signal flag and waits for
-  // training to end; gRPC serves on its own threads.
-  // It also writes the checkpoints, outside the service's lock: rounds go on
-  // while a file is written.
-  int64_t last_checkpoint_round = -1;
-  // Health says NOT_SERVING while every call thread is taken (a flood, or
-  // too small a --max_threads): new calls would fail with
-  // RESOURCE_EXHAUSTED.
-  // A flood flips it up to 10 times a second: the log says so at most a
-  // few times a minute.
-  bool serving = true;
-  LogRateLimiter health_log(4, absl::Minutes(1));
-  while (g_signal.load() == 0 &&
-         !(*service)->WaitUntilDone(absl::Milliseconds(100))) {
-    if (const bool free_thread =
-            guard.calls_in_flight() < CallThreads(transport);
-        free_thread != serving) {
-      serving = free_thread;
-      server->GetHealthCheckService()->SetServingStatus(serving);
-      int64_t suppressed = 0;
-      if (health_log.Allow(absl::Now(), &suppressed)) {
-        logger.Warning(absl::StrCat(
-            serving ? "call threads free again: SERVING"
-                    : "every call thread is busy (--max_threads): "
-                      "NOT_SERVING",
-            suppressed > 0
-                ? absl::StrCat(" (", suppressed, " changes not logged)")
-                : ""));
+  absl::Status result;
+  // Serves the finished state when training ended here (a run restored as
+  // complete is served by `service` itself).
+  std::unique_ptr<ParameterServerService> finished;
+  if (!restored->run_complete) {
+    const absl::Time start = absl::Now();
+    const int64_t last_checkpoint_round =
+        Train(**service, *server, guard, CallThreads(transport),
+              restored->store.get(), options->observer, signals, log);
+    server.reset();
+    std::optional<Checkpoint> last = (*service)->Snapshot();
+    if (restored->store != nullptr && last.has_value() &&
+        last->state.round != last_checkpoint_round) {
+      WriteCheckpoint(*restored->store, *last, options->observer, log);
+    }
+    const ServerSummary s = (*service)->Summary();
+    result = s.error;
+    if (absl::Status w = ReportSummary(
+            *options, s, absl::ToDoubleSeconds(absl::Now() - start),
+            signals.signal() != 0, log);
+        !w.ok()) {
+      result = w;
+    }
+    if (linger > absl::ZeroDuration() && signals.signal() == 0 &&
+        last.has_value() && CompletesRun(*last, options->rounds)) {
+      finished = FinishedService(*options, *std::move(last));
+      int bound = 0;
+      absl::StatusOr<std::unique_ptr<grpc::Server>> again =
+          finished == nullptr
+              ? absl::InternalError("cannot restore the final state")
+              : Serve(listen_address->host + ":" + std::to_string(port),
+                      *security, transport, gate, guard, finished.get(),
+                      &bound);
+      if (again.ok()) {
+        server = *std::move(again);
+      } else {
+        log.Warning(absl::StrCat("the finished state serves /metrics only: ",
+                                 again.status().ToString()));
       }
     }
-    if (std::optional<Checkpoint> due = (*service)->TakeDueCheckpoint();
-        due.has_value() && *checkpoints != nullptr) {
-      WriteCheckpoint(**checkpoints, *due, options->observer);
-      last_checkpoint_round = due->state.round;
-    }
   }
-  server->GetHealthCheckService()->SetServingStatus(false);
-  // Waiting calls end now; calls still sending a delta get a few seconds.
-  (*service)->Shutdown();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  server->Wait();
-
-  if (*checkpoints != nullptr) {
-    std::optional<Checkpoint> last = (*service)->Snapshot();
-    if (last.has_value() && last->state.round != last_checkpoint_round) {
-      WriteCheckpoint(**checkpoints, *last, options->observer);
-    }
+  // The finished state: Join is refused ("training has ended"); Status,
+  // health and /metrics answer with the final values until the linger ends
+  // or a signal comes.
+  if (metrics != nullptr) metrics->SetFinished();
+  if (server != nullptr) {
+    server->GetHealthCheckService()->SetServingStatus(
+        "effadam.v1.ParameterServer", false);
   }
-
-  const ServerSummary s = (*service)->Summary();
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  std::fprintf(stderr,
-               "effadam-server: %s after %lld rounds in %.1f s; moved %lld B "
-               "up, %lld B down (%.1fx fewer than fp32), %lld B join; "
-               "params_checksum %s\n",
-               g_signal.load() != 0 ? "stopped by signal" : "done",
-               static_cast<long long>(s.rounds_closed), seconds,
-               static_cast<long long>(s.traffic.up().payload),
-               static_cast<long long>(s.traffic.down().payload),
-               s.traffic.compression_ratio(),
-               static_cast<long long>(s.traffic.join().payload),
-               s.params_checksum.empty() ? "(no parameters)"
-                                         : s.params_checksum.c_str());
-  const std::string summary_path = absl::GetFlag(FLAGS_summary_json);
-  if (!summary_path.empty()) {
-    JsonObject json;
-    json.Add("rounds", s.rounds_closed)
-        .Add("short_rounds", s.short_rounds)
-        .Add("dropped_rounds", s.dropped_rounds)
-        .Add("resumed_at_round", s.resumed_at_round)
-        .Add("workers", options->workers)
-        .Add("shard", options->shard)
-        .Add("num_shards", options->num_shards)
-        .Add("worker_codec", c.worker_codec.ToString())
-        .Add("server_codec", c.server_codec.ToString())
-        .Add("error_feedback", ErrorFeedbackName(c))
-        .Add("train_loss", s.train_loss)
-        .Add("bytes_worker_to_server", s.traffic.up().payload)
-        .Add("bytes_server_to_worker", s.traffic.down().payload)
-        .Add("bytes_join", s.traffic.join().payload)
-        .Add("wire_bytes_worker_to_server", s.traffic.up().wire)
-        .Add("wire_bytes_server_to_worker", s.traffic.down().wire)
-        .Add("wire_bytes_join", s.traffic.join().wire)
-        .Add("fp32_equivalent_bytes", s.traffic.fp32_equivalent())
-        .Add("compression_ratio", s.traffic.compression_ratio())
-        .Add("params_checksum", s.params_checksum)
-        .Add("seconds", seconds);
-    if (absl::Status st = json.WriteFile(summary_path); !st.ok()) {
-      return Fail(st);
-    }
+  LingerForScrape(log, linger, [&] { return signals.signal() != 0; });
+  if (server != nullptr) {
+    server->Shutdown(absl::ToChronoTime(absl::Now() + kFinalCallsBudget));
+    server->Wait();
   }
-  // The counters no longer change; a scraper that comes by now reads
-  // exactly the summary's numbers. A signal ends the wait (and a run that
-  // a signal stopped does not wait at all).
-  if (exposer != nullptr) {
-    LingerForScrape("effadam-server", linger,
-                    [] { return g_signal.load() != 0; });
-  }
-  if (!s.error.ok()) return Fail(s.error);
-  return 0;
+  ExitNow(result.ok() ? 0 : Fail(log, result));
 }
 
 }  // namespace
 }  // namespace effadam
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  effadam::ParseCommandLineOrExit(
+      argc, argv,
       "The Efficient-Adam parameter server.\nExample: effadam-server "
       "--listen=127.0.0.1:50051 --workers=4 --rounds=2000 "
       "--worker_codec=sign --server_codec=sign");
-  absl::ParseCommandLine(argc, argv);
   return effadam::Run();
 }

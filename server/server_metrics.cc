@@ -84,6 +84,12 @@ ServerMetrics::ServerMetrics(int expected_workers,
                         "Workers joined and not departed");
   expected_workers_ = Gauge(r, labels, "effadam_server_expected_workers",
                             "Workers the server expects (--workers)");
+  target_rounds_ = Gauge(r, labels, "effadam_server_target_rounds",
+                         "Rounds the run trains (--rounds); 0 until SIGTERM");
+  finished_ = Gauge(r, labels, "effadam_server_finished",
+                    "1 once training has ended (the final summary is "
+                    "written or kept): the server only serves Status, "
+                    "health and metrics until it exits");
   round_contributors_ =
       Gauge(r, labels, "effadam_server_round_contributors",
             "Workers averaged into the last closed round's delta");
@@ -168,6 +174,12 @@ void ServerMetrics::OnRejected(Rejection why) {
 }
 
 void ServerMetrics::OnWorkerDropped() { dropped_workers_->Increment(); }
+
+void ServerMetrics::SetTargetRounds(int64_t rounds) {
+  target_rounds_->Set(static_cast<double>(rounds));
+}
+
+void ServerMetrics::SetFinished() { finished_->Set(1); }
 
 void ServerMetrics::OnResumed(int64_t round) {
   round_->Set(static_cast<double>(round));

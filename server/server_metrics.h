@@ -29,6 +29,11 @@ class ServerMetrics final : public ServerObserver {
   // What an exposer serves.
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
+  // Set by the daemon, not the service: the run's --rounds, and that the
+  // run has ended (effadam_server_target_rounds, effadam_server_finished).
+  void SetTargetRounds(int64_t rounds);
+  void SetFinished();
+
   void OnWireBytes(TrafficDirection direction, int64_t bytes) override;
   void OnPayloadBytes(TrafficDirection direction, int64_t payload_bytes,
                       int64_t fp32_bytes) override;
@@ -52,6 +57,8 @@ class ServerMetrics final : public ServerObserver {
   prometheus::Histogram* round_duration_;
   prometheus::Gauge* live_workers_;
   prometheus::Gauge* expected_workers_;
+  prometheus::Gauge* target_rounds_;
+  prometheus::Gauge* finished_;
   prometheus::Gauge* round_contributors_;
   prometheus::Gauge* lagging_workers_;
   prometheus::Counter* dropped_workers_;

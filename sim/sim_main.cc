@@ -8,8 +8,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "daemon/command_line.h"
 #include "absl/time/clock.h"
 #include "common/checksum.h"
 #include "common/json_writer.h"
@@ -105,10 +104,10 @@ int Run() {
 }  // namespace effadam
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  effadam::ParseCommandLineOrExit(
+      argc, argv,
       "Simulates an Efficient-Adam cluster (N workers + server) in one "
       "process.\nExample: effadam-sim --model=mlp --workers=4 --rounds=2000 "
       "--worker_codec=sign --server_codec=sign");
-  absl::ParseCommandLine(argc, argv);
   return effadam::Run();
 }

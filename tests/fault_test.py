@@ -75,7 +75,7 @@ def case_worker_sigkill(c):
     # in step with everyone.
     rounds = 2500
     server, port = c.start_server(
-        ["--workers=4", "--rounds=%d" % rounds, "--round_timeout=5"] + SIGN,
+        ["--workers=4", "--rounds=%d" % rounds, "--round_timeout=5s"] + SIGN,
         metrics=True)
     workers = {r: synthetic(c, "w%d" % r, port, r, rounds) for r in range(4)}
     c.wait_for("round 300", lambda: round_of(c, server) >= 300)
@@ -117,7 +117,7 @@ def case_worker_hangs(c):
     # and finishes with everyone.
     rounds = 2500
     server, port = c.start_server(
-        ["--workers=3", "--rounds=%d" % rounds, "--round_timeout=600",
+        ["--workers=3", "--rounds=%d" % rounds, "--round_timeout=600s",
          "--keepalive_time=1s", "--keepalive_timeout=1s"] + SIGN,
         metrics=True)
     workers = {r: synthetic(c, "w%d" % r, port, r, rounds) for r in range(3)}
@@ -290,7 +290,7 @@ def case_sigterm_both_daemons(c):
     rounds = 3000
     flags = ["--model=toy", "--batch_size=8", "--rounds=%d" % rounds] + SIGN
     server_flags = ["--workers=3", "--rounds=%d" % rounds,
-                    "--round_timeout=5", "--checkpoint_dir=" + c.path("ckpt"),
+                    "--round_timeout=5s", "--checkpoint_dir=" + c.path("ckpt"),
                     "--checkpoint_every=0"] + SIGN
     server, port = c.start_server(server_flags, metrics=True)
     workers = [c.start_worker("w%d" % r, port, flags + ["--rank=%d" % r])

@@ -33,7 +33,7 @@ class HealthCli(unittest.TestCase):
             self.assertIn("127.0.0.1:%d" % port, r.stderr)
             server.terminate()
             server.wait(timeout=30)
-            r = health(port, "--timeout=1")
+            r = health(port, "--timeout=1s")
             self.assertEqual(r.returncode, 1)
             self.assertIn("127.0.0.1:%d" % port, r.stderr)
         finally:

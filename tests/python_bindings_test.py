@@ -364,7 +364,7 @@ class WorkerClientTest(ServerTestCase):
     def blocked_client(self):
         """A client whose next step blocks: its server waits for a second
         worker that never comes (round timeout 60 s)."""
-        s = self.server("--workers=2", "--rounds=10", "--round_timeout=60",
+        s = self.server("--workers=2", "--rounds=10", "--round_timeout=60s",
                         "--worker_codec=fp32", "--server_codec=fp32")
         c = self.client(s)
         c.join(effadam.TensorLayout(LAYOUT))

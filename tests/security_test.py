@@ -98,7 +98,7 @@ def run_tool(c, label, argv):
 def health(c, port, *flags):
     return run_tool(c, "effadam-health",
                     [os.path.join(c.bin, "effadam-health"),
-                     "--addr=127.0.0.1:%d" % port, "--timeout=3", *flags])
+                     "--addr=127.0.0.1:%d" % port, "--timeout=3s", *flags])
 
 
 def status(c, port, *flags):
@@ -200,7 +200,7 @@ def case_tls_token(c, pki):
           % (rc, out, err))
     expect_tool_fails(c, "health_plaintext",
                       [os.path.join(c.bin, "effadam-health"),
-                       "--addr=127.0.0.1:%d" % port, "--timeout=2"],
+                       "--addr=127.0.0.1:%d" % port, "--timeout=2s"],
                       "127.0.0.1:%d" % port)
 
     # Worker 0 joins, uploads x0, sends round 1 and waits for worker 1.
@@ -267,7 +267,7 @@ def case_mtls(c, pki):
                          ("health_other_ca", tls + other),
                          ("health_wrong_name", tls + mine + [
                              "--tls_server_name=other.example"])):
-        expect_tool_fails(c, label, [health_bin, addr, "--timeout=2"] + flags,
+        expect_tool_fails(c, label, [health_bin, addr, "--timeout=2s"] + flags,
                           "127.0.0.1:%d" % port)
     for name in ([], ["--tls_server_name=localhost"]):
         rc, out, err = health(c, port, *tls, *mine, *name)

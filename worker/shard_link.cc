@@ -23,6 +23,8 @@ namespace pb = ::effadam::v1;
 
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
+// How often Retry reports that it still waits.
+constexpr absl::Duration kLogEvery = absl::Seconds(10);
 
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view during) {
   if (s.ok()) return absl::OkStatus();
@@ -40,8 +42,8 @@ struct ShardLink::Stream {
 };
 
 ShardLink::ShardLink(std::string address, const ClientSecurity& security,
-                     const ClientKeepalive& keepalive)
-    : address_(std::move(address)), security_(security) {
+                     const ClientKeepalive& keepalive, Logger* log)
+    : address_(std::move(address)), security_(security), log_(log) {
   grpc::ChannelArguments args;
   // The server may not be listening yet; reconnect as eagerly as Join
   // retries instead of gRPC's default 1 s .. 120 s.
@@ -102,13 +104,22 @@ absl::Status ShardLink::Retry(
     absl::FunctionRef<absl::Status()> attempt,
     absl::FunctionRef<bool(const absl::Status&)> retry) {
   absl::Duration backoff = kFirstBackoff;
-  while (true) {
+  absl::Time last_logged = absl::InfinitePast();
+  for (int attempts = 1;; ++attempts) {
     const absl::Status s = attempt();
     if (cancelled()) return absl::CancelledError("cancelled");
     if (s.ok() || !retry(s)) return s;
-    if (absl::Now() + backoff >= deadline) {
+    const absl::Time now = absl::Now();
+    if (now + backoff >= deadline) {
       if (late.empty()) return s;
       return absl::Status(s.code(), absl::StrCat(late, ": ", s.message()));
+    }
+    if (now - last_logged >= kLogEvery) {
+      last_logged = now;
+      log_->Info(absl::StrCat("waiting (attempt ", attempts, ", for up to ",
+                              absl::FormatDuration(absl::Trunc(
+                                  deadline - now, absl::Seconds(1))),
+                              " more): ", s.ToString()));
     }
     absl::MutexLock lock(&mu_);
     // Wakes early only when Cancel() flips the flag.
@@ -119,13 +130,15 @@ absl::Status ShardLink::Retry(
 }
 
 absl::StatusOr<pb::JoinResponse> ShardLink::Join(
-    const pb::JoinRequest& request, absl::Time deadline) {
+    const pb::JoinRequest& request, absl::Time deadline,
+    absl::Time rank_taken_deadline) {
   pb::JoinResponse reply;
   auto stub = pb::ParameterServer::NewStub(channel_);
-  // Not listening yet, or going away; anything else is the server's answer
-  // and final.
+  // Not listening yet, or going away; or the rank still taken: retried,
+  // each until its own deadline. Anything else is the server's answer and
+  // final.
   const absl::Status s = Retry(
-      deadline, "no server answered in time",
+      std::max(deadline, rank_taken_deadline), "",
       [&]() -> absl::Status {
         auto context = NewContext(deadline);
         if (context == nullptr) return absl::CancelledError("cancelled");
@@ -133,7 +146,15 @@ absl::StatusOr<pb::JoinResponse> ShardLink::Join(
         ReleaseContext();
         return FromGrpc(s, absl::StrCat("Join ", address_));
       },
-      [this](const absl::Status& s) { return ServerAway(s); });
+      [&](const absl::Status& s) {
+        const absl::Time now = absl::Now();
+        return (ServerAway(s) && now < deadline) ||
+               (absl::IsAlreadyExists(s) && now < rank_taken_deadline);
+      });
+  if (ServerAway(s)) {
+    return absl::Status(
+        s.code(), absl::StrCat("no server answered in time: ", s.message()));
+  }
   if (!s.ok()) return s;
   return reply;
 }

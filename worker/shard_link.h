@@ -16,6 +16,7 @@
 #include "absl/types/span.h"
 #include "common/chunk_assembler.h"
 #include "common/grpc_security.h"
+#include "common/logger.h"
 #include "effadam/v1/parameter_server.pb.h"
 
 namespace grpc {
@@ -51,19 +52,24 @@ inline constexpr int64_t kLargestServerChunkBytes = int64_t{1} << 30;
 // Different links may be used from different threads at once.
 class ShardLink {
  public:
-  // Does not touch the network.
+  // Does not touch the network. `log` (not null, outlives the link) hears
+  // of the failed attempts while Retry waits.
   ShardLink(std::string address, const ClientSecurity& security,
-            const ClientKeepalive& keepalive);
+            const ClientKeepalive& keepalive, Logger* log);
   ~ShardLink();
   ShardLink(const ShardLink&) = delete;
   ShardLink& operator=(const ShardLink&) = delete;
 
   const std::string& address() const { return address_; }
 
-  // Join, retried with backoff while the server is away, until `deadline`.
-  // The server's refusals keep their code and message.
+  // Join, retried with backoff while the server is away, until `deadline`,
+  // and while it says the rank is taken (ALREADY_EXISTS: the previous
+  // process of this worker still holds it until the server sees its stream
+  // end), until `rank_taken_deadline`. The server's refusals keep their code
+  // and message.
   absl::StatusOr<v1::JoinResponse> Join(const v1::JoinRequest& request,
-                                        absl::Time deadline);
+                                        absl::Time deadline,
+                                        absl::Time rank_taken_deadline);
   // UploadParams of `x` in chunks of at most max_chunk_bytes, each naming
   // `round` (0 for the initial parameters, else a replica's round).
   absl::Status Upload(int rank, int64_t round, absl::Span<const float> x,
@@ -105,7 +111,9 @@ class ShardLink {
   // sleeping 100 ms, 200 ms, ... up to 2 s in between. When the next
   // attempt would start after `deadline`, returns the last status with
   // "`late`: " before its message (unchanged if `late` is empty); Cancelled
-  // once Cancel() has been called.
+  // once Cancel() has been called. The first failed attempt and then one
+  // every 10 s are logged (at most 6 lines a minute), so that an operator
+  // sees what a waiting worker waits for.
   absl::Status Retry(absl::Time deadline, absl::string_view late,
                      absl::FunctionRef<absl::Status()> attempt,
                      absl::FunctionRef<bool(const absl::Status&)> retry);
@@ -123,6 +131,7 @@ class ShardLink {
 
   const std::string address_;
   const ClientSecurity security_;
+  Logger* const log_;
   std::shared_ptr<grpc::Channel> channel_;
 
   mutable absl::Mutex mu_;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/compression_proto.h"
+#include "common/host_port.h"
 
 namespace effadam {
 namespace {
@@ -39,19 +40,24 @@ absl::StatusOr<std::vector<std::string>> ShardAddresses(
       out.push_back(
           absl::StrReplaceAll(server, {{"{shard}", absl::StrCat(k)}}));
     }
-    return out;
-  }
-  for (absl::string_view a : absl::StrSplit(server, ',')) {
-    if (a.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("empty address in server list \"", server, "\""));
+  } else {
+    for (absl::string_view a : absl::StrSplit(server, ',')) {
+      if (a.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("empty address in server list \"", server, "\""));
+      }
+      out.emplace_back(a);
     }
-    out.emplace_back(a);
+    if (num_shards != 0 && static_cast<size_t>(num_shards) != out.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(out.size(), " server addresses for ", num_shards,
+                       " shards: \"", server, "\""));
+    }
   }
-  if (num_shards != 0 && static_cast<size_t>(num_shards) != out.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(out.size(), " server addresses for ", num_shards,
-                     " shards: \"", server, "\""));
+  for (const std::string& a : out) {
+    absl::StatusOr<HostPort> parsed =
+        ParseHostPort(a, "a server address", /*min_port=*/1);
+    if (!parsed.ok()) return parsed.status();
   }
   return out;
 }
@@ -120,17 +126,24 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     if (cancelled_) return absl::CancelledError("cancelled");
     for (int k = 0; k < num_shards; ++k) {
       Shard s;
-      s.link = std::make_unique<ShardLink>((*addresses)[k], options_.security,
-                                           options_.keepalive);
+      s.link = std::make_unique<ShardLink>(
+          (*addresses)[k], options_.security, options_.keepalive,
+          options_.logger != nullptr ? options_.logger : &Logger::Discard());
       s.update_range = (*update_plan)[k];
       s.delta_range = (*delta_plan)[k];
       shards_.push_back(std::move(s));
     }
   }
   // Shard 0 assigns the rank; the others are asked for the same one.
-  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+  const absl::Time now = absl::Now();
+  const absl::Time deadline = now + options_.connect_timeout;
+  // Only a rank asked for by number can be taken.
+  const absl::Time rank_taken_deadline =
+      options_.rank >= 0 ? now + options_.reconnect_timeout
+                         : absl::InfinitePast();
   for (size_t k = 0; k < shards_.size(); ++k) {
-    if (absl::Status s = JoinShard(k, k == 0 ? options_.rank : rank_, deadline);
+    if (absl::Status s = JoinShard(k, k == 0 ? options_.rank : rank_, deadline,
+                                   rank_taken_deadline);
         !s.ok()) {
       return s;
     }
@@ -139,7 +152,8 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
   return absl::OkStatus();
 }
 
-absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline) {
+absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline,
+                                     absl::Time rank_taken_deadline) {
   Shard& shard = shards_[k];
   pb::JoinRequest request;
   *request.mutable_layout() = LayoutToProto(layout_);
@@ -153,7 +167,8 @@ absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline) {
     request.set_replica_checksum(
         ParamsChecksum(params().subspan(r.begin, r.size)));
   }
-  absl::StatusOr<pb::JoinResponse> reply = shard.link->Join(request, deadline);
+  absl::StatusOr<pb::JoinResponse> reply =
+      shard.link->Join(request, deadline, rank_taken_deadline);
   if (!reply.ok()) return reply.status();
 
   const std::string& who = shard.link->address();
@@ -265,7 +280,11 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
     // asks this worker to join again; the first to do so uploads.
     absl::Status fetched = FetchShard(k, deadline, &x0);
     while (absl::IsAborted(fetched) && !cancelled()) {
-      if (absl::Status s = JoinShard(k, rank_, deadline); !s.ok()) return s;
+      // Its rank is this worker's own, held by nobody else.
+      if (absl::Status s = JoinShard(k, rank_, deadline, absl::InfinitePast());
+          !s.ok()) {
+        return s;
+      }
       if (shard.upload) {
         if (initial_params.size() != n) {
           return absl::FailedPreconditionError(absl::StrCat(
@@ -332,7 +351,11 @@ absl::Status WorkerClient::Recover(size_t k, const absl::Status& ended) {
 
 absl::Status WorkerClient::Resync(size_t k, absl::Time deadline) {
   Shard& shard = shards_[k];
-  if (absl::Status s = JoinShard(k, rank_, deadline); !s.ok()) return s;
+  // Recover's own loop retries a rank still taken.
+  if (absl::Status s = JoinShard(k, rank_, deadline, absl::InfinitePast());
+      !s.ok()) {
+    return s;
+  }
   // A server that restarted without a checkpoint asks for the initial
   // parameters: this replica is the best there is.
   if (shard.upload) {

@@ -15,6 +15,7 @@
 #include "common/chunk_assembler.h"
 #include "common/compression_flags.h"
 #include "common/grpc_security.h"
+#include "common/logger.h"
 #include "common/tensor_layout.h"
 #include "common/shard_plan.h"
 #include "worker/progress.h"
@@ -56,6 +57,10 @@ struct WorkerClientOptions {
   ClientSecurity security;
   // Pings while a call is open (common/grpc_security.h).
   ClientKeepalive keepalive;
+  // Hears of the attempts while Join or a reconnect waits for a server
+  // (one line at first, then one every 10 s); null: nowhere. Must outlive
+  // the client.
+  Logger* logger = nullptr;
 };
 
 // One worker of an effadam cluster: joins the parameter server, keeps the
@@ -96,7 +101,10 @@ class WorkerClient {
 
   // Announces the layout and compression settings and gets a rank. The
   // server's refusals keep their code and message (e.g. FailedPrecondition
-  // naming a codec that differs from the server's).
+  // naming a codec that differs from the server's). A rank >= 0 that the
+  // server says is taken (ALREADY_EXISTS: a previous process of this
+  // worker, e.g. a restarted pod, whose stream the server has not yet seen
+  // end) is asked for again with backoff for up to reconnect_timeout.
   absl::Status Join(const TensorLayout& layout);
 
   // After Join: uploads `initial_params` if the server asks this worker for
@@ -190,10 +198,12 @@ class WorkerClient {
 
   bool cancelled() const;
   // Join of shard k for `rank` (-1: any) and the checks of its reply;
-  // sets rank_, num_workers_ and the shard's fields. Once training, the
-  // Join declares this worker's replica of the shard's part of x (its
-  // round and checksum), which a restarted server may ask for.
-  absl::Status JoinShard(size_t k, int rank, absl::Time deadline);
+  // sets rank_, num_workers_ and the shard's fields. A rank still taken is
+  // asked for again until `rank_taken_deadline` (ShardLink::Join). Once
+  // training, the Join declares this worker's replica of the shard's part
+  // of x (its round and checksum), which a restarted server may ask for.
+  absl::Status JoinShard(size_t k, int rank, absl::Time deadline,
+                         absl::Time rank_taken_deadline);
   // Uploads shard k's part of the whole-model vector `x` (its server asked
   // for the initial parameters, or for this worker's replica).
   absl::Status UploadShard(size_t k, absl::Span<const float> x,

@@ -4,26 +4,17 @@
 // with the bits and byte counts of `effadam-sim --workers=N`. With
 // --metrics_listen it serves Prometheus metrics (docs/metrics.md).
 
-#include <pthread.h>
 #include <signal.h>
 
-#include <atomic>
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <ctime>
 #include <deque>
 #include <limits>
 #include <numeric>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -32,7 +23,12 @@
 #include "common/client_security_flags.h"
 #include "common/compression_flags.h"
 #include "common/json_writer.h"
+#include "common/logger.h"
 #include "common/prometheus_util.h"
+#include "daemon/command_line.h"
+#include "daemon/duration_flag.h"
+#include "daemon/lifecycle.h"
+#include "daemon/process_metrics.h"
 #include "worker/launch_env.h"
 #include "worker/model.h"
 #include "worker/progress.h"
@@ -49,18 +45,20 @@ ABSL_FLAG(int32_t, num_shards, 0,
 ABSL_FLAG(int32_t, rank, -1,
           "Rank to claim (selects the data shard); -1: the server assigns "
           "the lowest free rank");
-ABSL_FLAG(absl::Duration, reconnect_timeout, absl::Minutes(5),
+ABSL_FLAG(effadam::DurationFlag, reconnect_timeout, absl::Minutes(5),
           "When the server goes away mid-training (a restart) or says this "
           "worker fell behind, keep trying this long to join again, fetch x "
-          "and go on; 0 exits with the error instead");
-ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
+          "and go on; also how long a --rank still held by a previous "
+          "process of this worker is asked for again; 0 exits with the "
+          "error instead");
+ABSL_FLAG(effadam::DurationFlag, connect_timeout, absl::Seconds(60),
           "How long to wait for the server to listen and to have the initial "
           "parameters, for Join and again for the fetch of x");
 ABSL_FLAG(std::string, metrics_listen, "",
           "Serve Prometheus metrics at http://ADDRESS/metrics, host:port; "
           "port 0 picks a free port, which is printed; empty (the default) "
           "disables");
-ABSL_FLAG(absl::Duration, metrics_linger, absl::ZeroDuration(),
+ABSL_FLAG(effadam::DurationFlag, metrics_linger, absl::ZeroDuration(),
           "After training ends and --summary_json is written, keep serving "
           "/metrics this long (or until SIGTERM/SIGINT) so that Prometheus "
           "scrapes the final values");
@@ -68,52 +66,12 @@ ABSL_FLAG(absl::Duration, metrics_linger, absl::ZeroDuration(),
 namespace effadam {
 namespace {
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "effadam-worker: %s\n", s.ToString().c_str());
+constexpr char kProgram[] = "effadam-worker";
+
+int Fail(Logger& log, const absl::Status& s) {
+  log.Error(s.ToString());
   return 1;
 }
-
-// Turns SIGINT/SIGTERM into WorkerClient::Cancel(). The signals are blocked
-// in every thread and taken by sigtimedwait on a thread of our own, because
-// a signal handler may not call into gRPC. Construct before any other
-// thread starts, so that gRPC's threads inherit the mask.
-class SignalWatcher {
- public:
-  SignalWatcher() {
-    sigemptyset(&set_);
-    sigaddset(&set_, SIGINT);
-    sigaddset(&set_, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
-  }
-  ~SignalWatcher() {
-    done_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-
-  // Cancels `client` on the first signal and exits at once on a second one
-  // (for a stop that hangs); `client` must outlive this.
-  void Watch(WorkerClient* client) {
-    thread_ = std::thread([this, client] {
-      const timespec poll = {0, 200 * 1000 * 1000};
-      while (!done_) {
-        const int sig = sigtimedwait(&set_, nullptr, &poll);
-        if (sig <= 0) continue;
-        if (signal_ != 0) std::_Exit(128 + sig);
-        signal_ = sig;
-        client->Cancel();
-      }
-    });
-  }
-
-  // The signal received, or 0.
-  int signal() const { return signal_; }
-
- private:
-  sigset_t set_;
-  std::atomic<bool> done_{false};
-  std::atomic<int> signal_{0};
-  std::thread thread_;
-};
 
 // --server, --num_shards and --rank where set to other than their
 // defaults; the others come from the environment (worker/launch_env.h).
@@ -131,38 +89,38 @@ absl::StatusOr<WorkerPlacement> PlacementFromFlagsAndEnvironment() {
 }
 
 int Run() {
+  // First: every thread started later inherits its signal mask.
+  SignalWatcher signals;
+  StderrLogger log(kProgram);
   auto placement = PlacementFromFlagsAndEnvironment();
-  if (!placement.ok()) return Fail(placement.status());
+  if (!placement.ok()) return Fail(log, placement.status());
   auto training = TrainingConfigFromFlags();
-  if (!training.ok()) return Fail(training.status());
+  if (!training.ok()) return Fail(log, training.status());
   auto compression = CompressionConfigFromFlags();
-  if (!compression.ok()) return Fail(compression.status());
+  if (!compression.ok()) return Fail(log, compression.status());
   // TLS and the token: common/client_security_flags.cc.
   auto security = ClientSecurityFromFlags();
-  if (!security.ok()) return Fail(security.status());
+  if (!security.ok()) return Fail(log, security.status());
   auto keepalive = ClientKeepaliveFromFlags();
-  if (!keepalive.ok()) return Fail(keepalive.status());
+  if (!keepalive.ok()) return Fail(log, keepalive.status());
   const TrainingConfig& tc = *training;
-  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger);
-  if (linger < absl::ZeroDuration()) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "--metrics_linger must be >= 0, got ", absl::FormatDuration(linger))));
-  }
+  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger).value;
 
-  SignalWatcher signals;
   // After the watcher, so that the exposer's threads inherit its signal
   // mask; before Join, so that a taken port fails the start at once. The
   // metrics need the rank and are registered after Join.
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   std::unique_ptr<prometheus::Exposer> exposer;
+  const auto process_metrics = std::make_shared<ProcessCollector>();
   if (!metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<prometheus::Exposer>> e =
         StartMetricsExposer(metrics_listen);
-    if (!e.ok()) return Fail(e.status());
+    if (!e.ok()) return Fail(log, e.status());
     exposer = *std::move(e);
-    std::fprintf(stderr, "effadam-worker: metrics on http://%s:%d/metrics\n",
-                 metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(),
-                 BoundPort(*exposer));
+    exposer->RegisterCollectable(process_metrics);
+    log.Info(absl::StrCat(
+        "metrics on http://", metrics_listen.substr(0, metrics_listen.rfind(':')),
+        ":", BoundPort(*exposer), "/metrics"));
   }
   WorkerClientOptions options;
   options.server = placement->server;
@@ -171,31 +129,29 @@ int Run() {
   options.compression = *compression;
   options.adam = tc.adam;
   options.seed = tc.seed;
-  options.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
-  options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
+  options.connect_timeout = absl::GetFlag(FLAGS_connect_timeout).value;
+  options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout).value;
+  options.logger = &log;  // connection attempts while it waits
   options.security = *std::move(security);
   options.keepalive = *keepalive;
   WorkerClient client(options);
-  signals.Watch(&client);
+  signals.Watch([&client](int) { client.Cancel(); });
   auto fail = [&](const absl::Status& s) {
     if (signals.signal() != 0) {
-      const char* name = signals.signal() == SIGINT ? "SIGINT" : "SIGTERM";
-      if (client.round() > 0) {
-        std::fprintf(stderr, "effadam-worker: stopped by %s before round %lld\n",
-                     name, static_cast<long long>(client.round()));
-      } else {
-        std::fprintf(stderr, "effadam-worker: stopped by %s while joining\n",
-                     name);
-      }
-      return 128 + signals.signal();
+      const char* name = SignalWatcher::Name(signals.signal());
+      log.Info(client.round() > 0
+                   ? absl::StrCat("stopped by ", name, " before round ",
+                                  client.round())
+                   : absl::StrCat("stopped by ", name, " while joining"));
+      ExitNow(128 + signals.signal());
     }
     // Never connected: say what to check (TLS flags look like a dead server).
     if (s.code() == absl::StatusCode::kUnavailable && client.rank() < 0) {
-      return Fail(absl::Status(
+      return Fail(log, absl::Status(
           s.code(), absl::StrCat(s.message(), " (",
                                  ConnectionHint(options.security), ")")));
     }
-    return Fail(s);
+    return Fail(log, s);
   };
 
   // The layout must go with Join, but the data shard depends on the rank
@@ -327,6 +283,7 @@ int Run() {
               FormatBytes(t.total()).c_str(),
               FormatBytes(t.fp32_total()).c_str(), t.ratio(),
               FormatBytes(client.join_bytes()).c_str(), checksum.c_str());
+  std::fflush(stdout);  // now, not after --metrics_linger
   if (!tc.summary_json.empty()) {
     JsonObject json;
     json.Add("rounds", done_rounds)
@@ -349,24 +306,24 @@ int Run() {
         .Add("resyncs", client.resyncs())
         .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
     if (absl::Status s = json.WriteFile(tc.summary_json); !s.ok()) {
-      return Fail(s);
+      return Fail(log, s);
     }
   }
   // The counters no longer change; a scraper that comes by now reads
   // exactly the summary's numbers. A signal ends the wait; training is
   // complete, so the exit status stays 0.
   if (exposer != nullptr) {
-    LingerForScrape("effadam-worker", linger,
-                    [&] { return signals.signal() != 0; });
+    LingerForScrape(log, linger, [&] { return signals.signal() != 0; });
   }
-  return 0;
+  ExitNow(0);
 }
 
 }  // namespace
 }  // namespace effadam
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  effadam::ParseCommandLineOrExit(
+      argc, argv,
       "One worker of an Efficient-Adam cluster: trains a built-in model on "
       "its shard and exchanges compressed updates with effadam-server.\n"
       "Example: effadam-worker --server=127.0.0.1:50051 --model=mlp "
@@ -376,6 +333,5 @@ int main(int argc, char** argv) {
       "compression flags must equal the server's.\n"
       "Exit status: 0 done, 1 error, 128+N stopped by signal N "
       "(SIGINT, SIGTERM).");
-  absl::ParseCommandLine(argc, argv);
   return effadam::Run();
 }

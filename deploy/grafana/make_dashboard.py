@@ -4,10 +4,23 @@ python3 deploy/grafana/make_dashboard.py [OUT]). The JSON is committed, so Grafa
 needs no Python; this file is the readable source of the panels."""
 import json
 import os
+import re
 import sys
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RI = "$__rate_interval"
+# The whole range the dashboard shows: totals are increase() over it, so a
+# restarted server (counters from 0) does not zero them.
+RANGE = "$__range"
+# Every series a query reads is narrowed to the dashboard's variables.
+SELECTOR = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
+METRIC = re.compile(r"\b((?:effadam|process)_[a-z0-9_]+)(\{)?")
+
+
+def narrow(expr):
+    """`expr` with SELECTOR in every metric's braces."""
+    return METRIC.sub(lambda m: m.group(1) + "{" + SELECTOR +
+                      (", " if m.group(2) else "}"), expr)
 panels = []
 y = 0
 
@@ -27,8 +40,9 @@ def panel(title, targets, unit="short", kind="timeseries", w=12, h=8, x=0,
         "datasource": DS,
         "gridPos": {"h": h, "w": w, "x": x, "y": y},
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "targets": [{"refId": chr(ord("A") + i), "datasource": DS, "expr": e,
-                     "legendFormat": l} for i, (e, l) in enumerate(targets)],
+        "targets": [{"refId": chr(ord("A") + i), "datasource": DS,
+                     "expr": narrow(e), "legendFormat": l}
+                    for i, (e, l) in enumerate(targets)],
     }
     if decimals is not None:
         p["fieldConfig"]["defaults"]["decimals"] = decimals
@@ -48,15 +62,25 @@ def panel(title, targets, unit="short", kind="timeseries", w=12, h=8, x=0,
 ROUND_DIRS = 'direction=~"worker_to_server|server_to_worker"'
 
 row("Overview")
-panel("Round", [("max(effadam_server_round)", "round")], kind="stat", w=4, h=4, x=0)
-panel("Live workers", [("max(effadam_server_live_workers)", "live")], kind="stat", w=4, h=4, x=4)
-panel("Bytes transferred", [(f"sum(effadam_server_wire_bytes_total)", "all directions")],
-      unit="bytes", kind="stat", w=4, h=4, x=8)
+panel("Rounds done", [("max(effadam_server_round) - 1", "done"),
+                      ("max(effadam_server_target_rounds)", "of (--rounds)")],
+      kind="stat", w=4, h=4, x=0, decimals=0,
+      description="Rounds closed so far and the run's --rounds (0: until SIGTERM)")
+panel("ETA", [(f"(max(effadam_server_target_rounds) - max(effadam_server_round) + 1) / "
+               f"sum(rate(effadam_server_rounds_total[5m]))", "remaining")],
+      unit="s", kind="stat", w=4, h=4, x=4,
+      description="Rounds left over the rounds closed per second in the last 5 minutes")
+panel("Bytes transferred", [(f"sum(increase(effadam_server_wire_bytes_total[{RANGE}]))",
+                             "all directions")],
+      unit="bytes", kind="stat", w=4, h=4, x=8,
+      description="Wire bytes over the dashboard's time range (increase(), so a server "
+                  "restart does not zero it)")
 panel("Compression ratio vs fp32",
-      [(f"sum(effadam_server_fp32_equivalent_bytes_total) / "
-        f"sum(effadam_server_payload_bytes_total{{{ROUND_DIRS}}})", "ratio")],
+      [(f"sum(increase(effadam_server_fp32_equivalent_bytes_total[{RANGE}])) / "
+        f"sum(increase(effadam_server_payload_bytes_total{{{ROUND_DIRS}}}[{RANGE}]))", "ratio")],
       kind="stat", w=4, h=4, x=12, decimals=1,
-      description="fp32-equivalent bytes over the payload bytes actually sent, both directions, whole run")
+      description="fp32-equivalent bytes over the payload bytes actually sent, both directions, "
+                  "over the dashboard's time range")
 panel("Train loss", [("max(effadam_server_train_loss)", "loss")], kind="stat", w=4, h=4, x=16,
       decimals=4)
 panel("Test accuracy", [("max(effadam_worker_test_accuracy)", "accuracy")], unit="percentunit",
@@ -64,10 +88,12 @@ panel("Test accuracy", [("max(effadam_worker_test_accuracy)", "accuracy")], unit
 
 row("Traffic")
 panel("Bytes transferred per direction (wire)",
-      [("sum by (direction) (effadam_server_wire_bytes_total)", "{{direction}}")],
-      unit="bytes", x=0,
-      description="Cumulative gRPC wire bytes counted by the server: worker_to_server updates, "
-                  "server_to_worker deltas, join (initial parameters and fetches)")
+      [(f"sum by (direction) (increase(effadam_server_wire_bytes_total[{RANGE}]))",
+        "{{direction}}")],
+      unit="bytes", x=0, kind="stat",
+      description="gRPC wire bytes counted by the server over the dashboard's time range: "
+                  "worker_to_server updates, server_to_worker deltas, join (initial parameters "
+                  "and fetches)")
 panel("Transfer rate per direction (wire)",
       [(f"sum by (direction) (rate(effadam_server_wire_bytes_total[{RI}]))", "{{direction}}")],
       unit="Bps", x=12)
@@ -117,7 +143,19 @@ panel("Dropped workers and rejected messages",
       [(f"sum(increase(effadam_server_dropped_workers_total[{RI}]))", "dropped"),
        (f"sum by (reason) (increase(effadam_server_rejected_messages_total[{RI}]))",
         "rejected: {{reason}}")],
-      x=0, w=24, decimals=0)
+      x=0, decimals=0)
+panel("Short and dropped rounds",
+      [(f"sum(increase(effadam_server_short_rounds_total[{RI}]))", "short (fewer than --workers)"),
+       (f"sum(increase(effadam_server_dropped_rounds_total[{RI}]))", "dropped (average overflowed)")],
+      x=12, decimals=0)
+panel("Worker resyncs",
+      [(f"sum by (rank) (increase(effadam_worker_resyncs_total[{RI}]))", "rank {{rank}}")],
+      x=0, decimals=0,
+      description="A worker fetched x again: its stream broke (server restart, network) or it lagged")
+panel("Checkpoints",
+      [(f"sum by (result) (increase(effadam_server_checkpoints_total[{RI}]))", "{{result}}"),
+       ("max(effadam_server_checkpoint_round)", "round of the newest")],
+      x=12, decimals=0)
 
 row("Training")
 panel("Test accuracy",
@@ -132,6 +170,30 @@ panel("Error-feedback memory norm",
        ("max by (rank) (effadam_worker_error_memory_norm)", "worker rank {{rank}}")],
       x=0, w=24)
 
+row("Processes")
+panel("CPU", [(f"sum by (job, instance) (rate(process_cpu_seconds_total[{RI}]))",
+               "{{job}} {{instance}}")],
+      unit="percentunit", x=0, description="CPU seconds per second (1 = one core)")
+panel("Resident memory", [("max by (job, instance) (process_resident_memory_bytes)",
+                           "{{job}} {{instance}}")],
+      unit="bytes", x=12)
+panel("Checkpoint write time (mean)",
+      [(f"sum(rate(effadam_server_checkpoint_duration_seconds_sum[{RI}])) / "
+        f"sum(rate(effadam_server_checkpoint_duration_seconds_count[{RI}]))", "mean")],
+      unit="s", x=0)
+panel("Version", [("max by (job, version, revision) (effadam_build_info)",
+                   "{{job}} {{version}} ({{revision}})")],
+      kind="stat", x=12, decimals=0)
+
+
+def variable(name, label, query):
+    """A query variable over the label `name`; All by default."""
+    return {"name": name, "label": label, "type": "query", "datasource": DS,
+            "query": {"query": query, "refId": name}, "definition": query,
+            "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+            "current": {"text": "All", "value": "$__all"}, "hide": 0, "sort": 1}
+
+
 dashboard = {
     "uid": "effadam",
     "title": "effadam",
@@ -144,10 +206,16 @@ dashboard = {
     "editable": True,
     "refresh": "5s",
     "time": {"from": "now-30m", "to": "now"},
-    "templating": {"list": [{
-        "name": "datasource", "label": "Prometheus", "type": "datasource",
-        "query": "prometheus", "current": {"text": "Prometheus", "value": "effadam-prometheus"},
-        "hide": 0}]},
+    # namespace is absent under compose; ".*" matches a missing label too.
+    "templating": {"list": [
+        {"name": "datasource", "label": "Prometheus", "type": "datasource",
+         "query": "prometheus",
+         "current": {"text": "Prometheus", "value": "effadam-prometheus"}, "hide": 0},
+        variable("namespace", "Namespace", "label_values(effadam_build_info, namespace)"),
+        variable("job", "Job", 'label_values(effadam_build_info{namespace=~"$namespace"}, job)'),
+        variable("instance", "Instance",
+                 'label_values(effadam_build_info{namespace=~"$namespace", job=~"$job"}, '
+                 'instance)')]},
     "annotations": {"list": []},
     "panels": [dict(p, id=i + 1) for i, p in enumerate(panels)],
 }

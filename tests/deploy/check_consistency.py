@@ -13,7 +13,22 @@ import sys
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DIFFER = {"server": set(), "worker": {"--server", "--rank"}}
+# Flags whose values differ on purpose: the workers' addresses, and the
+# server's linger, which on Kubernetes keeps the finished server up until
+# the StatefulSet is deleted (deploy/README.md, Lifecycle).
+DIFFER = {"server": {"--metrics_linger"}, "worker": {"--server", "--rank"}}
+
+
+def read_env_file(path):
+    """KEY=VALUE lines (the configMapGenerator's env file)."""
+    data = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                data[key] = value
+    return data
 
 
 def main():
@@ -22,8 +37,7 @@ def main():
     a = p.parse_args()
     with open(os.path.join(ROOT, "deploy/docker-compose.yml")) as f:
         compose = yaml.safe_load(f)
-    with open(os.path.join(ROOT, "deploy/k8s/configmap.yaml")) as f:
-        cm = yaml.safe_load(f)["data"]
+    cm = read_env_file(os.path.join(ROOT, "deploy/k8s/training.env"))
     with open(a.k8s_args) as f:
         k8s = json.load(f)
     failures = 0

@@ -144,8 +144,15 @@ def main():
 
     all_exprs = "\n".join(exprs)
     for what, pattern in [
-        ("bytes per direction", r"sum by \(direction\) \(effadam_server_wire_bytes_total\)"),
-        ("bytes rate per direction", r"rate\(effadam_server_wire_bytes_total\["),
+        ("bytes per direction, restart-proof",
+         r"sum by \(direction\) \(increase\(effadam_server_wire_bytes_total\{[^}]*\}\[\$__range\]\)\)"),
+        ("round N of M and an ETA", r"effadam_server_target_rounds.*rate\(effadam_server_rounds_total"),
+        ("checkpoints", r"effadam_server_checkpoints_total"),
+        ("short and dropped rounds", r"effadam_server_short_rounds_total.*|effadam_server_dropped_rounds_total"),
+        ("resyncs", r"effadam_worker_resyncs_total"),
+        ("CPU and memory", r"process_cpu_seconds_total"),
+        ("resident memory", r"process_resident_memory_bytes"),
+        ("bytes rate per direction", r"rate\(effadam_server_wire_bytes_total(\{[^}]*\})?\["),
         ("compression ratio vs fp32", r"effadam_server_fp32_equivalent_bytes_total.*\) /"),
         ("round duration", r"effadam_server_round_duration_seconds_bucket"),
         ("live workers", r"effadam_server_live_workers"),

@@ -198,7 +198,7 @@ mkdir -p "$WORK/sharded0" "$WORK/sharded1" "$WORK/pytorch"
 chown 10001:10001 "$WORK/data" "$WORK/sharded0" "$WORK/sharded1" "$WORK/pytorch"
 export EFFADAM_IMAGE="$IMAGE"
 export EFFADAM_WORKERS="$NWORKERS" EFFADAM_ROUNDS="$ROUNDS" EFFADAM_MODEL=mlp
-export EFFADAM_EVAL_EVERY=100 EFFADAM_ROUND_TIMEOUT=60
+export EFFADAM_EVAL_EVERY=100 EFFADAM_ROUND_TIMEOUT=60s
 # /metrics stays up this long after the last round: Prometheus (1 s scrape
 # interval) gets the final counts, which check_run.py compares exactly.
 export EFFADAM_METRICS_LINGER=4s

@@ -4,6 +4,9 @@
 #     pytorch profiles (and with the container test's host-network override);
 #   - promtool check config of deploy/prometheus/prometheus.yml, and the
 #     Grafana provisioning files parse;
+#   - promtool check rules and test rules of the alerts
+#     (deploy/prometheus/alerts.yml, tests/deploy/alerts_test.yml), and
+#     deploy/k8s/prometheusrule.yaml made from them;
 #   - the Dockerfile linted with dockerfile-utils (npm), no finding allowed;
 #   - the kustomize base validated against the Kubernetes schemas with
 #     kubernetes-models and @kubernetes-models/prometheus-operator (npm),
@@ -11,6 +14,8 @@
 #     overlay deploy/k8s/overlays/pytorch applied to it
 #     (tests/deploy/validate_k8s.cjs; with --bin the flags the TLS component
 #     adds are checked against the binaries' --helpfull);
+#   - kubectl kustomize of the base and of the base with the TLS component,
+#     every rendered object validated (when kubectl is installed);
 #   - the manifests' container args are the compose file's (check_consistency.py);
 #   - the Grafana dashboard (check_dashboard.py; with --bin DIR it also runs
 #     the built server and checks the dashboard's metrics are exported).
@@ -87,6 +92,13 @@ for p in sorted(pathlib.Path(sys.argv[1]).rglob("*.yml")):
     print("ok  ", p.relative_to(pathlib.Path(sys.argv[1]).parent.parent.parent))
 PY
 
+step "promtool: the alerting rules"
+# deploy/prometheus/alerts.yml: syntax, then each alert firing and silent
+# (tests/deploy/alerts_test.yml); the PrometheusRule made from it is current.
+promtool check rules "$ROOT/deploy/prometheus/alerts.yml"
+promtool test rules "$ROOT/tests/deploy/alerts_test.yml"
+python3 "$ROOT/deploy/prometheus/make_prometheusrule.py" --check
+
 step "npm packages"
 NPM_DIR="${EFFADAM_NPM_CACHE:-/var/cache/effadam-ci/npm}"
 if ! mkdir -p "$NPM_DIR" 2>/dev/null || [ ! -w "$NPM_DIR" ]; then NPM_DIR="$TMP/npm"; mkdir -p "$NPM_DIR"; fi
@@ -109,6 +121,24 @@ echo "ok   Dockerfile: no findings"
 step "Kubernetes manifests (kubernetes-models)"
 EFFADAM_BIN="$BIN" K8S_ARGS_OUT="$TMP/k8s-args.json" NODE_PATH="$NPM_DIR/node_modules" \
   node "$ROOT/tests/deploy/validate_k8s.cjs" "$ROOT/deploy/k8s"
+
+step "kubectl kustomize: the base and the TLS component, rendered"
+# kubectl is not in Debian bookworm nor on npm: used when the machine has
+# it, else skipped (the validator above reads the files and applies the TLS
+# component's patches itself).
+if command -v kubectl >/dev/null; then
+  kubectl kustomize "$ROOT/deploy/k8s" > "$TMP/base.yaml"
+  cp -r "$ROOT/deploy/k8s" "$TMP/k8s-tls"
+  for f in ca.pem server.pem server.key client.pem client.key token; do
+    echo placeholder > "$TMP/k8s-tls/tls/$f"
+  done
+  sed -i 's/^# components:/components:/; s/^#   - tls/  - tls/' "$TMP/k8s-tls/kustomization.yaml"
+  kubectl kustomize "$TMP/k8s-tls" > "$TMP/tls.yaml"
+  NODE_PATH="$NPM_DIR/node_modules" node "$ROOT/tests/deploy/validate_k8s.cjs" --rendered \
+    "$TMP/base.yaml" "$TMP/tls.yaml"
+else
+  echo "skip kubectl kustomize: no kubectl on this machine"
+fi
 
 step "the manifests run the compose file's commands"
 python3 "$ROOT/tests/deploy/check_consistency.py" --k8s-args "$TMP/k8s-args.json"

@@ -10,15 +10,27 @@
 // file a flag or probe names is mounted from the Secret, workers do not get
 // the server's key, and (with EFFADAM_BIN, a build/bin directory) every
 // flag exists in the binary that gets it.
+// The ConfigMap is made from the kustomization's configMapGenerator (an env
+// file), as kustomize makes it. The PodDisruptionBudgets, NetworkPolicies
+// and the PrometheusRule are validated with the others and checked to
+// select the right pods.
 // Usage: node validate_k8s.cjs DIR   (NODE_PATH=the npm prefix's node_modules)
+//        node validate_k8s.cjs --rendered FILE...  (output of `kubectl
+//        kustomize`: every object against its schema, the generated
+//        ConfigMap's hashed name used by every reference to it, the
+//        recommended labels on every object)
 "use strict";
 const fs = require("fs");
 const path = require("path");
 const YAML = require("yaml");
 const childProcess = require("child_process");
 
-const dir = process.argv[2];
 const failures = [];
+if (process.argv[2] === "--rendered") {
+  validateRendered(process.argv.slice(3));
+  finish();
+}
+const dir = process.argv[2];
 function check(cond, what) {
   console.log((cond ? "ok   " : "FAIL ") + what);
   if (!cond) failures.push(what);
@@ -47,7 +59,29 @@ const listed = new Set(kust.resources);
 const onDisk = fs.readdirSync(dir).filter(f => /\.ya?ml$/.test(f) && f !== "kustomization.yaml");
 for (const f of onDisk) check(listed.has(f), `${f} is listed in kustomization.yaml`);
 
+// The ConfigMap of configMapGenerator: KEY=VALUE lines of its env file.
+function parseEnvFile(text) {
+  const data = {};
+  for (const line of text.split("\n")) {
+    const t = line.trim();
+    if (!t || t.startsWith("#")) continue;
+    const eq = t.indexOf("=");
+    data[t.slice(0, eq)] = t.slice(eq + 1);
+  }
+  return data;
+}
 const objs = [];
+for (const g of kust.configMapGenerator || []) {
+  const data = {};
+  for (const e of g.envs || []) {
+    const p = path.join(dir, e);
+    check(fs.existsSync(p), `configMapGenerator ${g.name}: ${e} exists`);
+    if (fs.existsSync(p)) Object.assign(data, parseEnvFile(fs.readFileSync(p, "utf8")));
+  }
+  const cmObj = {apiVersion: "v1", kind: "ConfigMap", metadata: {name: g.name, namespace: kust.namespace}, data};
+  validate(cmObj, `configMapGenerator: ConfigMap/${g.name}`);
+  objs.push(cmObj);
+}
 for (const f of kust.resources) {
   const p = path.join(dir, f);
   if (!fs.existsSync(p)) { check(false, `${f} exists`); continue; }
@@ -77,7 +111,11 @@ const svc = find("Service", "effadam-server");
 const job = find("Job", "effadam-worker");
 const sm = objs.find(o => o.kind === "ServiceMonitor");
 const pm = objs.find(o => o.kind === "PodMonitor");
-check(cm && sts && svc && job && sm && pm, "ConfigMap, StatefulSet, Service, Job, ServiceMonitor, PodMonitor present");
+const rule = objs.find(o => o.kind === "PrometheusRule");
+const pdbs = objs.filter(o => o.kind === "PodDisruptionBudget");
+const netpols = objs.filter(o => o.kind === "NetworkPolicy");
+check(cm && sts && svc && job && sm && pm && rule,
+      "ConfigMap, StatefulSet, Service, Job, ServiceMonitor, PodMonitor, PrometheusRule present");
 if (failures.length) finish();
 
 const matches = (sel, labels) => Object.entries(sel).every(([k, v]) => labels[k] === v);
@@ -90,6 +128,7 @@ check(matches(sm.spec.selector.matchLabels, svc.metadata.labels), "the ServiceMo
 check(svc.spec.ports.some(p => p.name === sm.spec.endpoints[0].port), "the ServiceMonitor's port is a Service port");
 check(matches(pm.spec.selector.matchLabels, job.spec.template.metadata.labels), "the PodMonitor selects the worker pods");
 check(job.spec.completionMode === "Indexed", "the worker Job is Indexed (rank = completion index)");
+checkPlatformRules();
 check(String(job.spec.completions) === cm.data.EFFADAM_WORKERS &&
       String(job.spec.parallelism) === cm.data.EFFADAM_WORKERS,
       `the worker Job runs EFFADAM_WORKERS=${cm.data.EFFADAM_WORKERS} pods at once`);
@@ -311,6 +350,88 @@ function validateTlsComponent(tlsDir) {
       for (const a of cmd.slice(1)) {
         const flag = a.split("=")[0];
         check(hasFlag(healthHelp, flag), `effadam-health has the flag ${flag}`);
+      }
+    }
+  }
+}
+
+// What a platform team asks of the manifests (deploy/README.md).
+function checkPlatformRules() {
+  const podLabels = {server: sts.spec.template.metadata.labels, worker: job.spec.template.metadata.labels};
+  check(ns.metadata.labels && ns.metadata.labels["pod-security.kubernetes.io/enforce"] === "restricted",
+        "the Namespace enforces the restricted Pod Security profile");
+  for (const who of ["server", "worker"]) {
+    check(pdbs.some(p => matches(p.spec.selector.matchLabels, podLabels[who]) && p.spec.maxUnavailable !== undefined),
+          `a PodDisruptionBudget covers the ${who} pods`);
+  }
+  const sp = netpols.find(n => matches(n.spec.podSelector.matchLabels, podLabels.server));
+  check(!!sp && sp.spec.policyTypes.includes("Ingress"), "a NetworkPolicy restricts ingress to the server pods");
+  if (sp) {
+    const grpcRule = sp.spec.ingress.find(r => r.ports.some(p => p.port === "grpc"));
+    check(!!grpcRule && grpcRule.from.every(f => f.podSelector && !f.namespaceSelector &&
+                                             matches(f.podSelector.matchLabels, podLabels.worker)),
+          "the server's gRPC port admits the worker pods only");
+    const metricsRule = sp.spec.ingress.find(r => r.ports.some(p => p.port === "metrics"));
+    check(!!metricsRule && metricsRule.from.every(f => f.namespaceSelector && f.podSelector),
+          "the server's metrics port admits Prometheus only");
+    check(sp.spec.ingress.length === 2, "the server admits nothing else");
+  }
+  const wp = netpols.find(n => matches(n.spec.podSelector.matchLabels, podLabels.worker));
+  check(!!wp && wp.spec.ingress.length === 1 && wp.spec.ingress[0].ports.every(p => p.port === "metrics"),
+        "the worker pods admit Prometheus on their metrics port only");
+  const sc = sts.spec.template.spec.containers[0];
+  check(sc.startupProbe && sc.startupProbe.grpc && sc.startupProbe.grpc.port === 50051 &&
+        sc.startupProbe.periodSeconds * sc.startupProbe.failureThreshold >= 120,
+        "server startup probe: grpc health, at least 2 minutes for the checkpoint restore");
+  check(sc.args.includes("--metrics_linger=$(EFFADAM_SERVER_LINGER)") && cm.data.EFFADAM_SERVER_LINGER === "inf",
+        "the server stays in the finished state until deleted (--metrics_linger=inf)");
+  const vct = sts.spec.volumeClaimTemplates[0];
+  check(vct.metadata.labels && vct.metadata.labels["app.kubernetes.io/part-of"] === "effadam",
+        "the server's volumes carry app.kubernetes.io/part-of (a new run deletes them by label)");
+  check(job.spec.template.spec.restartPolicy === "Never" && job.spec.podFailurePolicy &&
+        job.spec.podFailurePolicy.rules.some(r => r.action === "Ignore" &&
+          (r.onPodConditions || []).some(c => c.type === "DisruptionTarget")),
+        "the worker Job: restartPolicy Never, disruptions do not count as failures");
+  check(job.spec.backoffLimitPerIndex > 0 && job.spec.ttlSecondsAfterFinished > 0,
+        "the worker Job: backoffLimitPerIndex and ttlSecondsAfterFinished");
+  const recommended = ["app.kubernetes.io/part-of", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                       "app.kubernetes.io/managed-by"];
+  const lab = (kust.labels || []).find(l => recommended.every(k => k in l.pairs));
+  check(!!lab && lab.includeSelectors === false && lab.includeTemplates === true,
+        "kustomization.yaml adds the recommended labels to every object and pod, not to selectors");
+  for (const o of objs.filter(o => o.kind !== "Namespace" && o.kind !== "ConfigMap")) {
+    check(o.metadata.labels && o.metadata.labels["app.kubernetes.io/name"],
+          `${o.kind}/${o.metadata.name} has app.kubernetes.io/name`);
+  }
+  const alerts = rule.spec.groups.flatMap(g => g.rules.map(r => r.alert));
+  check(["EffadamWorkersMissing", "EffadamNoRoundClosed", "EffadamCheckpointFailing", "EffadamRoundsDropped",
+         "EffadamWorkerResyncing"].every(a => alerts.includes(a)), "the PrometheusRule has the run's alerts");
+}
+
+// Objects as kubectl kustomize renders them.
+function validateRendered(files) {
+  for (const f of files) {
+    const docs = YAML.parseAllDocuments(fs.readFileSync(f, "utf8")).map(d => d.toJS()).filter(Boolean);
+    check(docs.length > 0, `${f}: rendered objects`);
+    const configMaps = new Set(docs.filter(o => o.kind === "ConfigMap").map(o => o.metadata.name));
+    const secrets = new Set(docs.filter(o => o.kind === "Secret").map(o => o.metadata.name));
+    for (const o of docs) {
+      const what = `${path.basename(f)}: ${o.kind}/${o.metadata.name}`;
+      if (!model(o.apiVersion, o.kind)) { check(false, `${what}: no schema`); continue; }
+      validate(o, what);
+      const labels = o.metadata.labels || {};
+      check(labels["app.kubernetes.io/part-of"] === "effadam" && labels["app.kubernetes.io/instance"] &&
+            labels["app.kubernetes.io/version"], `${what} has the recommended labels`);
+      const pod = o.spec && o.spec.template && o.spec.template.spec;
+      if (!pod) continue;
+      for (const c of pod.containers) {
+        for (const e of c.envFrom || []) {
+          if (e.configMapRef) check(configMaps.has(e.configMapRef.name),
+                                    `${what}: envFrom ${e.configMapRef.name} is the generated ConfigMap`);
+        }
+      }
+      for (const v of pod.volumes || []) {
+        if (v.secret) check(secrets.has(v.secret.secretName), `${what}: volume ${v.name} is the generated Secret`);
       }
     }
   }
