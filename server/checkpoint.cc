@@ -162,7 +162,11 @@ std::string FileName(int64_t round) {
 }  // namespace
 
 bool CompletesRun(const Checkpoint& checkpoint, int64_t rounds) {
-  return rounds > 0 && checkpoint.state.round > rounds;
+  return CompletesRun(checkpoint.state.round, rounds);
+}
+
+bool CompletesRun(int64_t round, int64_t rounds) {
+  return rounds > 0 && round > rounds;
 }
 
 std::string SerializeCheckpoint(const Checkpoint& checkpoint) {

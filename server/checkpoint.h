@@ -34,9 +34,11 @@ struct Checkpoint {
 // nothing left to train: its run is complete. rounds == 0 (train until
 // SIGTERM) never completes.
 bool CompletesRun(const Checkpoint& checkpoint, int64_t rounds);
+// The same rule for x at the start of `round`.
+bool CompletesRun(int64_t round, int64_t rounds);
 
-// The bytes of a checkpoint file (docs/faults.md, "Server restarts and checkpoints"): magic, header, raw x
-// and E, and a CRC-32 of all of it. Parse accepts exactly what Serialize
+// The bytes of a checkpoint file (docs/faults.md, "Server restarts and
+// checkpoints"): magic, header, raw x and E, and a CRC-32 of all of it. Parse accepts exactly what Serialize
 // makes and rejects any other input with DataLoss (truncated, corrupted,
 // trailing bytes) or InvalidArgument (a well-formed file that describes an
 // impossible state).

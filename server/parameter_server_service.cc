@@ -269,8 +269,9 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
   absl::MutexLock lock(&mu_);
   if (absl::Status s = ServingLocked(); !s.ok()) return s;
   if (rounds_.final_closed_at().has_value()) {
+    // OUT_OF_RANGE: a worker that was away takes the final x and ends too.
     return Rejected(Rejection::kTrainingEnded,
-                    absl::FailedPreconditionError(absl::StrCat(
+                    absl::OutOfRangeError(absl::StrCat(
                         "training has ended after round ", options_.rounds,
                         " (--rounds)")));
   }
@@ -564,6 +565,10 @@ absl::Status ParameterServerService::DoFetchParams(
     if (!rounds_.started()) {
       return absl::UnavailableError(
           "the initial parameters have not been uploaded yet; retry");
+    }
+    // A client that already went away costs no copy of x.
+    if (context->IsCancelled()) {
+      return absl::CancelledError("the client went away during FetchParams");
     }
     // One consistent snapshot: x as of the start of `round`.
     const RoundEngine& engine = *rounds_.engine();

@@ -35,14 +35,16 @@ void RoundCoordinator::Start(std::unique_ptr<RoundEngine> engine,
   identity_.state = {};
   rounds_closed_ = rounds_closed;
   rounds_closed_at_start_ = rounds_closed;
-  if (resumed) {
-    resumed_at_round_ = engine_->round();
-    // A checkpoint written after the last round: nothing is left to do.
-    if (rules_.rounds > 0 && engine_->round() > rules_.rounds) {
-      final_closed_at_ = clock_.Now();
-    }
-    observer_.OnResumed(engine_->round());
+  if (resumed) Resumed();
+}
+
+void RoundCoordinator::Resumed() {
+  resumed_at_round_ = engine_->round();
+  // A state saved after the last round: nothing is left to do.
+  if (CompletesRun(engine_->round(), rules_.rounds)) {
+    final_closed_at_ = clock_.Now();
   }
+  observer_.OnResumed(engine_->round());
 }
 
 bool RoundCoordinator::AcceptsReplica(int64_t round) const {
@@ -54,16 +56,12 @@ bool RoundCoordinator::AcceptsReplica(int64_t round) const {
 void RoundCoordinator::Recover(std::unique_ptr<RoundEngine> engine) {
   rounds_closed_ += engine->round() - engine_->round();
   rounds_closed_at_start_ = rounds_closed_;
-  resumed_at_round_ = engine->round();
   engine_ = std::move(engine);
   closed_.clear();
   loss_sum_ = 0;
   loss_count_ = 0;
   due_checkpoint_.reset();
-  if (rules_.rounds > 0 && engine_->round() > rules_.rounds) {
-    final_closed_at_ = clock_.Now();
-  }
-  observer_.OnResumed(engine_->round());
+  Resumed();
 }
 
 const ClosedRound* RoundCoordinator::FindClosed(int64_t round) const {

@@ -116,6 +116,9 @@ class RoundCoordinator {
  private:
   const ClosedRound* FindClosed(int64_t round) const;
   void Close();
+  // The engine holds a saved state (checkpoint or replica): note its round,
+  // whether it completes the run, and tell the observer.
+  void Resumed();
 
   const Rules rules_;
   const Membership& membership_;

@@ -217,8 +217,12 @@ def case_server_sigkill_restores_checkpoint(c):
           "restored %s, last written %s" % (back, written[-1]))
     s = c.summary("server2")
     # Zero lost rounds: x went on from the workers' replica, not from the
-    # older checkpoint, and the log says which source won.
-    check(s["resumed_at_round"] >= round_at_kill > ckpt_round,
+    # older checkpoint, and the log says which source won. The one round
+    # that may be computed again is the one whose delta was in flight: the
+    # server had closed it (its round gauge had moved on) but no worker had
+    # it yet when the kill landed (docs/faults.md, "Zero lost rounds").
+    check(s["resumed_at_round"] >= round_at_kill - 1 and
+          s["resumed_at_round"] > ckpt_round,
           "resumed at round %s; the server was at round %d when killed, its "
           "checkpoint at %d" % (s["resumed_at_round"], round_at_kill,
                                 ckpt_round))
@@ -242,7 +246,7 @@ def case_server_sigkill_restores_checkpoint(c):
     check(abs(acc - want) <= 0.02,
           "accuracy %.4f after the restart, %.4f uninterrupted" % (acc, want))
     return ("killed at round >= %d; checkpoint of round %d restored, then "
-            "x from a replica at round %d (0 rounds lost); resumed run "
+            "x from a replica at round %d; resumed run "
             "%.4f vs uninterrupted %.4f; every replica %s; down %.1f s"
             % (round_at_kill, ckpt_round, s["resumed_at_round"], acc, want,
                checksum, time.time() - killed_at))

@@ -97,8 +97,12 @@ class ShardLink {
   absl::Status Finish(absl::Duration timeout);
   // Cancels the stream; the server sees this worker leave at once.
   void Abandon();
-  // True when the last stream ended with OK: the server finished training.
+  // True when the last stream ended with OK, or MarkServerFinished() was
+  // called: the server finished training.
   bool server_finished() const { return server_finished_; }
+  // The server refused a Join because its run had ended (OUT_OF_RANGE)
+  // while this worker was away: there is no stream to end.
+  void MarkServerFinished() { server_finished_ = true; }
 
   // Makes the current and every later call fail with Cancelled.
   void Cancel();

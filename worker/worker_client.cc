@@ -351,19 +351,24 @@ absl::Status WorkerClient::Recover(size_t k, const absl::Status& ended) {
 
 absl::Status WorkerClient::Resync(size_t k, absl::Time deadline) {
   Shard& shard = shards_[k];
-  // Recover's own loop retries a rank still taken.
-  if (absl::Status s = JoinShard(k, rank_, deadline, absl::InfinitePast());
-      !s.ok()) {
-    return s;
-  }
-  // A server that restarted without a checkpoint asks for the initial
-  // parameters: this replica is the best there is.
-  if (shard.upload) {
+  // Recover's own loop retries a rank still taken. OUT_OF_RANGE: the run
+  // ended while this worker was away; it takes the final x and ends with
+  // the server.
+  const absl::Status joined =
+      JoinShard(k, rank_, deadline, absl::InfinitePast());
+  if (!joined.ok() && !absl::IsOutOfRange(joined)) return joined;
+  // A server that restarted without a checkpoint (or with an older one)
+  // asks for this replica.
+  if (joined.ok() && shard.upload) {
     if (absl::Status s = UploadShard(k, params(), deadline); !s.ok()) return s;
   }
   std::vector<float> x(params().begin(), params().end());
   if (absl::Status s = FetchShard(k, deadline, &x); !s.ok()) return s;
   if (absl::Status s = optimizer_->ResetParams(x); !s.ok()) return s;
+  if (!joined.ok()) {
+    shard.link->MarkServerFinished();
+    return absl::OkStatus();
+  }
   return shard.link->OpenStream();
 }
 
