@@ -29,7 +29,7 @@ The run must show:
   - the final test accuracy is within 0.5 points of the undisturbed run.
 
 Usage: chaos_test.py --bin BUILD/bin [--minutes 3] [--seed 1]
-       [--rounds N] [--no_server_kills]
+       [--rounds N] [--no_server_kills] [--keep_logs DIR]
 Exits 77 (skipped) unless root with network namespaces available. Every
 process started is killed by pid, every namespace deleted and the
 temporary directory removed, on exit and on SIGINT/SIGTERM.
@@ -178,7 +178,7 @@ class Run:
                 os.path.join(self.c.bin, "effadam-worker"),
                 "--server=" + self.addresses, "--rank=%d" % r,
                 "--model=mlp", "--rounds=%d" % self.rounds,
-                "--eval_every=%d" % self.rounds, "--batch_size=32",
+                "--eval_every=%d" % self.rounds,
                 "--reconnect_timeout=600s", "--metrics_listen=",
                 "--summary_json=" + summary] + KEEPALIVE + SIGN
         # `ip netns exec` execs the command: the pid is the daemon's own.
@@ -270,16 +270,22 @@ class Prober(threading.Thread):
         return None
 
     def backwards(self):
-        """Every place a shard's round went down: (shard, t, before, after)."""
+        """Every time a shard's round went below the highest it had
+        reported: (shard, t, highest, first round below, samples below)."""
         out = []
         with self.lock:
             for k, s in self.samples.items():
-                high = 0
+                high, excursion = 0, None
                 for t, rnd in s:
                     if rnd < high:
-                        out.append((k, t, high, rnd))
+                        if excursion is None:
+                            excursion = [k, t, high, rnd, 0]
+                            out.append(excursion)
+                        excursion[4] += 1
+                    else:
+                        excursion = None
                     high = max(high, rnd)
-        return out
+        return [tuple(e) for e in out]
 
 
 class Driver:
@@ -452,6 +458,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no_server_kills", action="store_true",
                     help="leave server SIGKILLs out of the faults")
+    ap.add_argument("--keep_logs", default="",
+                    help="copy every process's output here before cleanup")
     args = ap.parse_args()
     why = namespaces_available()
     if why:
@@ -511,8 +519,10 @@ def main():
         chaos_seconds = time.time() - start
         log("faults over after %.0f s; waiting for the run to end"
             % chaos_seconds)
+        completed = False
         try:
             chaos.finish(timeout=1800)
+            completed = True
         except Failure as e:
             failures.append("run did not complete: %s" % e)
         prober.stopping.set()
@@ -520,11 +530,16 @@ def main():
         run_seconds = time.time() - start
         print(summary_table(driver.faults, chaos_seconds), flush=True)
 
-        for k, t, before, after in prober.backwards():
-            failures.append("shard %d round went backwards at %.1f s: %d -> %d"
-                            % (k, t - T0, before, after))
-        if not failures:
-            chaos_sum = check_checksums(c, chaos)
+        for k, t, before, after, n in prober.backwards():
+            failures.append("shard %d round went backwards at %.1f s: %d -> "
+                            "%d (%d samples below %d)"
+                            % (k, t - T0, before, after, n, before))
+        if completed:
+            try:
+                chaos_sum = check_checksums(c, chaos)
+            except Failure as e:
+                failures.append(str(e))
+                chaos_sum = "(differs)"
             acc = chaos.summary("w0")["test_accuracy"]
             log("under chaos: %d rounds in %.0f s, test accuracy %.4f "
                 "(undisturbed %.4f, %+.2f points), params_checksum %s on "
@@ -550,7 +565,13 @@ def main():
             prober.stopping.set()
         if driver is not None:
             driver.heal()
-        c.close()           # kills every process it spawned, by pid
+        c.close_processes()  # kills every process it spawned, by pid
+        if args.keep_logs:
+            os.makedirs(args.keep_logs, exist_ok=True)
+            for f in glob.glob(c.path("*.out")) + glob.glob(c.path("*.err")):
+                shutil.copy(f, args.keep_logs)
+            log("process output copied to %s" % args.keep_logs)
+        c.close()
         if net is not None:
             net.close()
 
