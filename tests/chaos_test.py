@@ -204,13 +204,21 @@ class Run:
                 if h.startswith("w") and p.poll() is None]
 
     def finish(self, timeout):
-        """Waits for every process; Failure unless each exits 0."""
+        """Waits for every process; Failure as soon as one exits non-zero
+        (the others could wait for it for ever), or after `timeout`."""
         deadline = time.time() + timeout
-        for host in sorted(self.procs, key=lambda h: (h[0] == "s", h)):
-            p = self.procs[host]
-            rc = self.c.wait(p, timeout=max(1, deadline - time.time()))
-            check(rc == 0, "%s exited with %d:\n%s" % (
-                p.label, rc, tail("".join(self.c.output(p.label)))))
+        while True:
+            for p in self.procs.values():
+                if p.poll() not in (None, 0):
+                    raise Failure("%s exited with %d:\n%s" % (
+                        p.label, p.returncode,
+                        tail("".join(self.c.output(p.label)))))
+            if all(p.poll() == 0 for p in self.procs.values()):
+                return
+            if time.time() > deadline:
+                raise Failure("still running after %d s: %s" % (timeout, ", ".join(
+                    p.label for p in self.procs.values() if p.poll() is None)))
+            time.sleep(0.2)
 
     def summary(self, host):
         return self.c.summary("%s_%s" % (self.name, host))
