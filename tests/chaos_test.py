@@ -323,6 +323,13 @@ class Driver:
         f = {"t": time.time() - T0, "kind": kind, "host": host,
              "pause": pause, "rounds_before": self._rounds()}
         p = self.run.procs[host]
+        if kind == "server_kill":
+            # The shard's round read just before the kill (the background
+            # samples can be half a second old).
+            k = int(host[1:])
+            now = self.prober.probe(k)
+            if now is not None:
+                f["rounds_before"][k] = now
         if kind in ("worker_kill", "server_kill"):
             p.kill()
             p.wait()
