@@ -254,13 +254,16 @@ class Prober(threading.Thread):
             return None
         return json.loads(r.stdout)["round"]
 
+    def record(self, k, rnd):
+        with self.lock:
+            self.samples[k].append((time.time(), rnd))
+
     def run(self):
         while not self.stopping.is_set():
             for k in range(SHARDS):
                 rnd = self.probe(k)
                 if rnd is not None:
-                    with self.lock:
-                        self.samples[k].append((time.time(), rnd))
+                    self.record(k, rnd)
             self.stopping.wait(self.period)
 
     def last(self, k):
@@ -323,6 +326,11 @@ class Driver:
         f = {"t": time.time() - T0, "kind": kind, "host": host,
              "pause": pause, "rounds_before": self._rounds()}
         p = self.run.procs[host]
+        if p.poll() not in (None, 0):
+            # A restart would hide it.
+            raise Failure("%s exited with %d before the fault:\n%s" % (
+                p.label, p.returncode,
+                tail("".join(self.run.c.output(p.label)))))
         if kind == "server_kill":
             # The shard's round read just before the kill (the background
             # samples can be half a second old).
@@ -330,6 +338,7 @@ class Driver:
             now = self.prober.probe(k)
             if now is not None:
                 f["rounds_before"][k] = now
+                self.prober.record(k, now)
         if kind in ("worker_kill", "server_kill"):
             p.kill()
             p.wait()
