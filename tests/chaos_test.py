@@ -237,6 +237,7 @@ class Prober(threading.Thread):
         self.c, self.net, self.period = c, net, period
         self.samples = {k: [] for k in range(SHARDS)}
         self.lock = threading.Lock()
+        self.reading = threading.Lock()
         self.stopping = threading.Event()
 
     def probe(self, k):
@@ -254,16 +255,20 @@ class Prober(threading.Thread):
             return None
         return json.loads(r.stdout)["round"]
 
-    def record(self, k, rnd):
-        with self.lock:
-            self.samples[k].append((time.time(), rnd))
+    def sample(self, k):
+        """Reads shard k's round now and records it; None if it did not
+        answer. Reads are serialized, so samples are in the order read."""
+        with self.reading:
+            rnd = self.probe(k)
+            if rnd is not None:
+                with self.lock:
+                    self.samples[k].append((time.time(), rnd))
+            return rnd
 
     def run(self):
         while not self.stopping.is_set():
             for k in range(SHARDS):
-                rnd = self.probe(k)
-                if rnd is not None:
-                    self.record(k, rnd)
+                self.sample(k)
             self.stopping.wait(self.period)
 
     def last(self, k):
@@ -335,10 +340,9 @@ class Driver:
             # The shard's round read just before the kill (the background
             # samples can be half a second old).
             k = int(host[1:])
-            now = self.prober.probe(k)
+            now = self.prober.sample(k)
             if now is not None:
                 f["rounds_before"][k] = now
-                self.prober.record(k, now)
         if kind in ("worker_kill", "server_kill"):
             p.kill()
             p.wait()
