@@ -816,6 +816,8 @@ grpc::Status ParameterServerService::Status(
   response->set_bytes_join(s.traffic.join().payload);
   response->set_fp32_equivalent_bytes(s.traffic.fp32_equivalent());
   response->set_params_checksum(s.params_checksum);
+  response->set_awaiting_replicas(rounds_.resumed_at_round() > 0 &&
+                                  rounds_.AcceptsReplica(rounds_.round() + 1));
   return grpc::Status::OK;
 }
 

@@ -179,11 +179,14 @@ class Cluster:
         self.expect_ok(p)
         return self.summary("sim")
 
-    def close(self):
+    def close_processes(self):
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+    def close(self):
+        self.close_processes()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

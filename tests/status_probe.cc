@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   }
   effadam::JsonObject json;
   json.Add("round", r.round())
+      .Add("awaiting_replicas", r.awaiting_replicas())
       .Add("live_workers", r.live_workers())
       .Add("expected_workers", r.expected_workers())
       .Add("num_elements", r.num_elements())
