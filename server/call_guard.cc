@@ -94,6 +94,12 @@ class CallGuard::Interceptor final : public grpc::experimental::Interceptor {
     methods->Proceed();
   }
 
+  // The guard's mutex, by a name the thread-safety analysis can follow
+  // from a pointer to this call.
+  absl::Mutex& guard_mu() const ABSL_LOCK_RETURNED(guard_->mu_) {
+    return guard_->mu_;
+  }
+
   // Cancels the call if its message has waited for the client since before
   // `stalled_before`; once. Called by the watcher under the guard's mutex.
   void CancelIfStalled(absl::Time stalled_before)
@@ -189,7 +195,10 @@ void CallGuard::Watch() {
     mu_.AwaitWithTimeout(absl::Condition(&stop_), poll);
     const absl::Time stalled_before =
         clock_.Now() - limits_.send_stall_timeout;
-    for (Interceptor* call : sending_) call->CancelIfStalled(stalled_before);
+    for (Interceptor* call : sending_) {
+      call->guard_mu().AssertHeld();  // it is this guard's mu_
+      call->CancelIfStalled(stalled_before);
+    }
   }
 }
 

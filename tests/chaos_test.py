@@ -170,7 +170,7 @@ class Run:
                 "--metrics_listen=", "--summary_json=" + summary,
                 "--workers=%d" % WORKERS, "--rounds=%d" % self.rounds,
                 "--shard=%d" % k, "--num_shards=%d" % SHARDS,
-                "--round_timeout=5", "--checkpoint_dir=" + self.ckpt[k],
+                "--round_timeout=5s", "--checkpoint_dir=" + self.ckpt[k],
                 "--checkpoint_every=20", "--checkpoint_keep=3",
                 # The finished state: a worker still reconnecting when the
                 # run ends takes the final x instead of waiting in vain.
