@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/compression_flags.h"
+#include "common/thread_pool.h"
 #include "server/round_engine.h"
 #include "worker/model.h"
 #include "worker/progress.h"
@@ -18,6 +19,9 @@ struct SimulationConfig {
   TrainingConfig training;
   CompressionConfig compression;
   int workers = 4;
+  // Threads of the round engine and of each worker's optimizer (their
+  // options' `threads`); the results are the same bits for every count.
+  int threads = AvailableCores();
 };
 
 // N logical workers and the server in one process, wired exactly as the

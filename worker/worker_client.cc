@@ -313,6 +313,7 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   wo.error_feedback = options_.compression.worker_error_feedback;
   wo.seed = options_.seed;
   wo.rank = rank_;
+  wo.threads = options_.threads;
   auto optimizer = WorkerOptimizer::Create(worker_codec_, server_codec_,
                                            std::move(x0), wo);
   if (!optimizer.ok()) return optimizer.status();

@@ -27,6 +27,7 @@
 #include "common/prometheus_util.h"
 #include "daemon/command_line.h"
 #include "daemon/duration_flag.h"
+#include "daemon/threads_flag.h"
 #include "daemon/lifecycle.h"
 #include "daemon/process_metrics.h"
 #include "worker/launch_env.h"
@@ -129,6 +130,9 @@ int Run() {
   options.compression = *compression;
   options.adam = tc.adam;
   options.seed = tc.seed;
+  if (absl::Status s = ThreadsFromFlag(&options.threads); !s.ok()) {
+    return Fail(log, s);
+  }
   options.connect_timeout = absl::GetFlag(FLAGS_connect_timeout).value;
   options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout).value;
   options.logger = &log;  // connection attempts while it waits
