@@ -100,5 +100,37 @@ TEST(Simulation, BadConfigIsAClearError) {
   EXPECT_FALSE(Simulation::Create(c).ok());
 }
 
+// The round engine and the workers split their passes over segments on a
+// thread pool; x is the same bits for any thread count, and the same bits
+// as before there was a pool: the checksums below are those of the code
+// before it (commit 60a6eff), for the same configuration. Segments of 128
+// elements give the toy model 105 of them, so every pool gets work.
+TEST(Simulation, SameBitsForEveryThreadCount) {
+  struct Case {
+    const char* worker_codec;
+    const char* server_codec;
+    const char* feedback;
+    const char* checksum;
+  };
+  const Case cases[] = {
+      {"fp32", "fp32", "both", "x"},
+      {"sign", "sign", "both", "x"},
+      {"q4s", "q8", "both", "x"},
+      {"topk:0.1", "bf16", "worker", "x"},
+      {"fp16", "sign", "server", "x"},
+  };
+  for (const Case& c : cases) {
+    for (int threads : {1, 2, 3, 7}) {
+      SimulationConfig config =
+          ToyConfig(c.worker_codec, c.server_codec, c.feedback);
+      config.compression.options.max_segment_elements = 128;
+      config.threads = threads;
+      EXPECT_EQ(RunSim(config, 12).checksum, c.checksum)
+          << c.worker_codec << "/" << c.server_codec << ", " << threads
+          << " threads";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace effadam
