@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "common/codec.h"
-#include "common/update_codec.h"
-#include "server/round_engine.h"
-#include "worker/worker_optimizer.h"
+#include "core/codec.h"
+#include "core/round_engine.h"
+#include "core/update_codec.h"
+#include "core/worker_optimizer.h"
 
 namespace effadam {
 namespace {

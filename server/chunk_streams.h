@@ -11,8 +11,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "common/chunk_assembler.h"
-#include "common/update_codec.h"
+#include "core/update_codec.h"
+#include "transport/chunk_assembler.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "server/round_coordinator.h"
 
