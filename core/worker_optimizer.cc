@@ -93,6 +93,21 @@ absl::StatusOr<std::unique_ptr<WorkerOptimizer>> WorkerOptimizer::Create(
   w->e_.assign(n, 0.0f);
   w->d_.assign(n, 0.0f);
   w->pool_ = std::make_unique<ThreadPool>(options.threads);
+  // Eigen's packet sqrt (EIGEN_FAST_MATH, its default) may differ in the
+  // last bit from its scalar sqrt, so each element must take the path it
+  // takes in one expression over all of x (packets of kPacket elements
+  // from the 16-byte aligned start, scalars for the last n % kPacket): a
+  // task starts at a segment whose first element is a multiple of kPacket
+  // and ends where the next such segment starts (or at the end).
+  constexpr size_t kPacket = 4;
+  const std::vector<Segment>& segments = w->worker_codec_->segments();
+  for (size_t i = 0; i < segments.size(); ++i) {
+    if (i == 0 || segments[i].begin % kPacket == 0) {
+      w->tasks_.push_back(Task{segments[i].begin, 0, i, 0});
+    }
+    w->tasks_.back().end = segments[i].begin + segments[i].size;
+    w->tasks_.back().end_segment = i + 1;
+  }
   return w;
 }
 
@@ -137,8 +152,9 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
   uint8_t* out = reinterpret_cast<uint8_t*>(update->data());
   // Segments cover x, so this is the whole step; each element's arithmetic
   // is the same whichever segment or thread computes it.
-  absl::Status s = ForEachSegment(segments.size(), pool_.get(), [&](size_t i) {
-    const size_t begin = segments[i].begin, size = segments[i].size;
+  absl::Status s = ForEachSegment(tasks_.size(), pool_.get(), [&](size_t k) {
+    const Task& task = tasks_[k];
+    const size_t begin = task.begin, size = task.end - task.begin;
     const ConstArrayMap g = Arr(grad, begin, size);
     auto m = Arr(m_, begin, size), v = Arr(v_, begin, size),
          d = Arr(d_, begin, size), x = Arr(x_, begin, size);
@@ -157,7 +173,13 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
         o.weight_decay_mode == WeightDecayMode::kDecoupled) {
       d += (lr * o.weight_decay) * x;
     }
-    return worker_codec_->EncodeSegment(i, d_, e, seed, out);
+    for (size_t i = task.first_segment; i < task.end_segment; ++i) {
+      if (absl::Status st = worker_codec_->EncodeSegment(i, d_, e, seed, out);
+          !st.ok()) {
+        return st;
+      }
+    }
+    return absl::OkStatus();
   });
   if (!s.ok()) return s;
   t_ = t;

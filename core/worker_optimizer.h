@@ -54,10 +54,11 @@ float ScheduledLr(const AdamOptions& options, float base_lr, int64_t t);
 // x, Adam's m and v, and the worker error memory e. Each step turns a
 // gradient into d = lr_t * m_hat / (sqrt(v_hat) + eps), encodes p = d + e
 // with the worker codec and keeps e = p - Q(p); the server's delta is then
-// applied to the replica as x = x - q. A step runs segment by segment:
-// Adam's update of m and v, d, and the encoding of d + e for one segment
-// before the next, so each segment's m, v, e, x and gradient are read from
-// memory once and d is encoded while in cache. Not thread-safe.
+// applied to the replica as x = x - q. A step runs segment by segment
+// (runs of segments, see tasks_): Adam's update of m and v, d, and the
+// encoding of d + e for one segment before the next, so each segment's m,
+// v, e, x and gradient are read from memory once and d is encoded while in
+// cache. Not thread-safe.
 class WorkerOptimizer {
  public:
   struct Options {
@@ -132,6 +133,13 @@ class WorkerOptimizer {
   double beta2_power_ = 1.0;  // prod of b2_t over steps
   std::vector<float> x_, m_, v_, e_, d_;
   std::unique_ptr<ThreadPool> pool_;
+  // The units of a step's parallel loop: elements [begin, end) of x, which
+  // are segments [first_segment, end_segment) of the worker codec.
+  struct Task {
+    size_t begin, end;
+    size_t first_segment, end_segment;
+  };
+  std::vector<Task> tasks_;
 };
 
 }  // namespace effadam
