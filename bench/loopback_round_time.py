@@ -88,6 +88,9 @@ def wait_cpu(c, p, timeout):
 
 def run_synthetic(bin_dir, elements, workers, codec_flags, warmup, rounds,
                   timeout=1800):
+    # dir@--flag@--flag: extra flags for the server and every worker.
+    bin_dir, *extra = bin_dir.split("@")
+    codec_flags = codec_flags + extra
     """One synthetic run: (round seconds, server CPU s/round, worker CPU
     s/round)."""
     c = Cluster(bin_dir, "bench")
@@ -118,7 +121,9 @@ def run_synthetic(bin_dir, elements, workers, codec_flags, warmup, rounds,
 
 
 def parse_bins(value):
-    """'dir' or 'name=dir,name=dir' -> [(name, dir)]."""
+    """'dir' or 'name=dir,name=dir' -> [(name, dir)]; a dir may end in
+    @--flag@--flag, flags for the server and every worker of that build
+    (e.g. new1=build/bin@--threads=1)."""
     if "=" not in value:
         return [("", value)]
     return [tuple(part.split("=", 1)) for part in value.split(",")]
@@ -134,6 +139,9 @@ def synthetic(args):
     for name, flags in SETTINGS:
         for n in sizes:
             for w in counts:
+                if "%dx%d" % (n, w) in args.skip.split(","):
+                    print("%-10s %9d %7d (skipped, --skip)" % (name, n, w))
+                    continue
                 for build, bin_dir in bins:
                     sec, server_cpu, worker_cpu = run_synthetic(
                         bin_dir, n, w, flags, args.warmup, args.rounds)
@@ -157,6 +165,8 @@ def main():
     ap.add_argument("--elements", default="1e6,1e7,5e7")
     ap.add_argument("--worker_counts", default="1,4,8")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--skip", default="",
+                    help="ELEMENTSxWORKERS,... not to run (memory)")
     ap.add_argument("--rounds", type=int, default=5,
                     help="timed rounds per synthetic run")
     args = ap.parse_args()

@@ -141,14 +141,17 @@ absl::Status RoundEngine::CloseRoundInto(std::string* delta) {
     }
     const float* e = error_.data() + seg.begin;
     const float* x = x_.data() + seg.begin;
-    SegmentMeasure& m = measures[i];
+    // Locals, not measures[i]'s fields, so the loop vectorizes.
+    bool finite = true;
+    float max_p = 0, max_x = 0;
     for (size_t j = 0; j < seg.size; ++j) {
       sum[j] /= count;
       const float p = std::fabs(sum[j] + e[j]);
-      m.finite &= p <= FLT_MAX;
-      m.max_p = std::max(m.max_p, p);
-      m.max_x = std::max(m.max_x, std::fabs(x[j]));
+      finite &= p <= FLT_MAX;
+      max_p = std::max(max_p, p);
+      max_x = std::max(max_x, std::fabs(x[j]));
     }
+    measures[i] = SegmentMeasure{finite, max_p, max_x};
     return absl::OkStatus();
   });
   if (!s.ok()) return s;

@@ -1,6 +1,7 @@
 #include "server/chunk_streams.h"
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -82,10 +83,19 @@ std::shared_ptr<const std::vector<v1::ServerMessage>> DeltaMessages::For(
     return messages_;
   }
   const std::string& delta = *closed.delta;
-  auto messages = std::make_shared<std::vector<v1::ServerMessage>>();
-  for (size_t offset = 0; offset < delta.size(); offset += max_chunk_bytes_) {
+  // The last round's messages, unless a stream still sends them. The fence
+  // pairs with the release of the last sender's reference.
+  std::shared_ptr<std::vector<v1::ServerMessage>> messages =
+      std::move(messages_);
+  const bool reusable = messages != nullptr && messages.use_count() == 1;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (!reusable) messages = std::make_shared<std::vector<v1::ServerMessage>>();
+  const size_t count = (delta.size() + max_chunk_bytes_ - 1) / max_chunk_bytes_;
+  messages->resize(count);
+  for (size_t k = 0; k < count; ++k) {
+    const size_t offset = k * max_chunk_bytes_;
     const size_t n = std::min(max_chunk_bytes_, delta.size() - offset);
-    v1::ServerMessage& msg = messages->emplace_back();
+    v1::ServerMessage& msg = (*messages)[k];
     msg.set_round(closed.round);
     msg.set_offset(static_cast<int64_t>(offset));
     msg.set_payload(delta.data() + offset, n);

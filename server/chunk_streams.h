@@ -61,7 +61,8 @@ class UpdateReader {
 // serializes the shared message, so the delta is copied once per round
 // into messages, not once per worker. Keeps the messages of the last round
 // asked for (streams send the newest round; a late worker's older one is
-// cut again). Thread-safe.
+// cut again) and rewrites them in place for the next round when no stream
+// holds them any more, so their memory is allocated once. Thread-safe.
 class DeltaMessages {
  public:
   explicit DeltaMessages(size_t max_chunk_bytes)
@@ -78,7 +79,7 @@ class DeltaMessages {
   // reused for another round's delta while it keys the cache).
   std::shared_ptr<const std::string> delta_ ABSL_GUARDED_BY(mu_);
   int64_t round_ ABSL_GUARDED_BY(mu_) = 0;
-  std::shared_ptr<const std::vector<v1::ServerMessage>> messages_
+  std::shared_ptr<std::vector<v1::ServerMessage>> messages_
       ABSL_GUARDED_BY(mu_);
 };
 

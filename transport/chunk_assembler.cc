@@ -67,7 +67,6 @@ void ChunkAssembler::Start(std::optional<int64_t> round) {
   round_ = round;
   received_ = 0;
   next_segment_ = 0;
-  if (!rules_.reserve_total && buffer_) buffer_->clear();
   fault_ = ChunkFault::kNone;
   status_ = absl::OkStatus();
 }
@@ -155,15 +154,22 @@ absl::Status ChunkAssembler::Add(int rank, int64_t round, int64_t offset,
     }
   }
   if (received == 0) {
-    // The memory of the last buffer, unless someone still holds it. The
-    // fence pairs with the release of the last other owner's reference, so
-    // its reads are over before the bytes are overwritten.
+    // The memory of the last buffer, unless someone still holds it: written
+    // over in place. Fresh memory is only reserved (not zeroed, pages not
+    // touched twice) and filled by appending. The fence pairs with the
+    // release of the last other owner's reference, so its reads are over
+    // before the bytes are overwritten.
     const bool reusable = buffer_ != nullptr && buffer_.use_count() == 1;
     std::atomic_thread_fence(std::memory_order_acquire);
+    overwrite_ = reusable && rules_.reserve_total &&
+                 buffer_->size() == rules_.total_bytes;
     if (!reusable) buffer_ = std::make_shared<std::string>();
-    if (rules_.reserve_total) buffer_->resize(rules_.total_bytes);
+    if (!overwrite_) {
+      buffer_->clear();
+      if (rules_.reserve_total) buffer_->reserve(rules_.total_bytes);
+    }
   }
-  if (rules_.reserve_total) {
+  if (overwrite_) {
     std::memcpy(buffer_->data() + received, payload.data(), size);
   } else {
     buffer_->append(payload.data(), size);

@@ -121,10 +121,11 @@ class ChunkAssembler {
   ChunkRules rules_;
   size_t full_chunk_ = 0;
   std::optional<int64_t> round_;
-  // total_bytes long with reserve_total (the first received_ bytes are the
-  // buffer), else exactly what arrived; null before the first chunk and
-  // after a refusal.
+  // What arrived (appended), or, when overwrite_, the last buffer's memory
+  // of total_bytes being written over (its first received_ bytes are the
+  // new buffer's); null before the first chunk and after a refusal.
   std::shared_ptr<std::string> buffer_;
+  bool overwrite_ = false;
   size_t received_ = 0;
   size_t next_segment_ = 0;  // of check_segments, the first not validated
   ChunkFault fault_ = ChunkFault::kNone;

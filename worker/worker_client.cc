@@ -453,7 +453,8 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
       continue;
     }
     if (r.ok()) {
-      const std::string part = s.delta->TakeBuffer();
+      // Shared, not taken: the assembler keeps its memory for the next round.
+      const std::string& part = *s.delta->SharedBuffer();
       put(s, part);
       traffic_.worker_to_server +=
           static_cast<int64_t>(s.update_range.byte_size);
