@@ -241,6 +241,9 @@ class ParameterServerService final
   // Takes `rank` out of the live set; a round may now close without it.
   void LeaveLocked(int rank, absl::string_view why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The client of rank's FetchParams went away: a joined rank without a
+  // stream leaves at once (Membership::ClientWentAway).
+  void FetchClientGoneLocked(int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Before the initial parameters exist and with nobody live, the server is
   // empty again and the next Join may bring another layout.
   void ResetIfEmptyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
