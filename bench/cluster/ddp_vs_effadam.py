@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -78,6 +79,7 @@ TIMING_COLUMNS = [
     "worker_up_bytes_per_step", "worker_down_bytes_per_step",
     "server_up_bytes_per_step", "server_down_bytes_per_step",
     "floor_network_seconds", "floor_seconds", "measured_over_floor",
+    "compute_cpu_seconds_per_step", "projected_seconds_core_per_host",
     "worker_cpu_seconds_per_step", "server_cpu_seconds_per_step",
     "worker_max_rss_mb", "load_average", "run_seconds",
 ]
@@ -97,7 +99,6 @@ def powersgd_elements(model, rank):
     compresses (torch's _should_compress with min_compression_rate 2), the
     rest as they are."""
     import torch
-    sys.path.insert(0, HERE)
     from models import Task
     shapes = MODEL_SHAPES.get(model)
     if shapes is None:
@@ -143,35 +144,45 @@ def network_floor(model, setting, workers, shards, rate_bits, up_bytes,
 # ------------------------------------------------------------ the emulation
 
 def verify_links(args, rate, out):
-    """Throughput of one host up and down and of two hosts into a third."""
+    """Throughput of one host up and down, both at once (full duplex), and
+    two hosts into a third. Each test is a list of flows (senders,
+    receiver) that run at the same time; a row per flow."""
     rows = []
     net = netns.Network(["a", "b", "c"], tag="edv%d" % os.getpid(),
                         subnet="10.78.0.", rate=rate)
+    probe = [PYTHON, os.path.join(HERE, "link_probe.py")]
     try:
-        tests = [("a to c (a up, c down)", ["a"], "c"),
-                 ("c to a (c up, a down)", ["c"], "a"),
-                 ("a and b to c (c's link is the limit)", ["a", "b"], "c")]
-        for name, senders, receiver in tests:
+        tests = [("a to c (a up, c down)", [(["a"], "c")]),
+                 ("c to a (c up, a down)", [(["c"], "a")]),
+                 ("a to c and c to a at once (full duplex)",
+                  [(["a"], "c"), (["c"], "a")]),
+                 ("a and b to c (c's link is the limit)", [(["a", "b"], "c")])]
+        port = 5201
+        for name, flows in tests:
             with Processes(os.path.join(out, "logs", "links")) as procs:
-                port = 5201
-                r = procs.start(net.exec_prefix(receiver) + [
-                    PYTHON, os.path.join(HERE, "link_probe.py"), "recv",
-                    "--listen=%s:%d" % (net.ip[receiver], port),
-                    "--connections=%d" % len(senders),
-                    "--seconds=%g" % args.link_seconds], "recv")
                 deadline = time.monotonic() + args.link_seconds + 60
-                r.wait_line(r"^listening$", deadline)
-                for s in senders:
-                    procs.start(net.exec_prefix(s) + [
-                        PYTHON, os.path.join(HERE, "link_probe.py"), "send",
-                        "--to=%s:%d" % (net.ip[receiver], port),
-                        "--seconds=%g" % args.link_seconds], "send_" + s)
-                r.expect_ok(deadline)
-                _, m = r.wait_line(r"^mbit_per_second ([0-9.]+)$", deadline)
-                mbit = float(m.group(1))
-            log("link %s: %s: %.1f Mbit/s" % (rate, name, mbit))
-            rows.append(dict(rate=rate, test=name, mbit_per_second=mbit,
-                             nominal_mbit=netns.rate_bits(rate) / 1e6))
+                receivers = []
+                for senders, receiver in flows:
+                    port += 1
+                    r = procs.start(net.exec_prefix(receiver) + probe + [
+                        "recv", "--listen=%s:%d" % (net.ip[receiver], port),
+                        "--connections=%d" % len(senders),
+                        "--seconds=%g" % args.link_seconds], "recv_" + receiver)
+                    r.wait_line(r"^listening$", deadline)
+                    receivers.append((r, "%s to %s" % ("+".join(senders),
+                                                       receiver)))
+                    for s in senders:
+                        procs.start(net.exec_prefix(s) + probe + [
+                            "send", "--to=%s:%d" % (net.ip[receiver], port),
+                            "--seconds=%g" % args.link_seconds], "send_" + s)
+                for r, flow in receivers:
+                    r.expect_ok(deadline)
+                    _, m = r.wait_line(r"^mbit_per_second ([0-9.]+)$", deadline)
+                    mbit = float(m.group(1))
+                    test = name if len(flows) == 1 else "%s: %s" % (name, flow)
+                    log("link %s: %s: %.1f Mbit/s" % (rate, test, mbit))
+                    rows.append(dict(rate=rate, test=test, mbit_per_second=mbit,
+                                     nominal_mbit=netns.rate_bits(rate) / 1e6))
     finally:
         net.close()
     return rows
@@ -259,7 +270,16 @@ def run_setting(args, cluster, model, rate, name, mode, shards, steps, warmup,
     return results, marks, summaries, rss, time.monotonic() - t_begin
 
 
-def timing_row(model, rate, measured_mbit, n, name, shards, res, compute):
+def combine(name, network, compute):
+    """A step's floor from its network and compute times: DDP overlaps the
+    all-reduce with the backward pass; a round of effadam today receives,
+    computes and sends one after the other."""
+    return (max(network, compute) if name.startswith("ddp")
+            else network + compute)
+
+
+def timing_row(model, rate, measured_mbit, n, name, shards, res, compute,
+               compute_cpu):
     results, marks, summaries, rss, seconds = res
     m = len(results[0]["step_seconds"])
     all_steps = [t for r in results for t in r["step_seconds"]]
@@ -299,11 +319,14 @@ def timing_row(model, rate, measured_mbit, n, name, shards, res, compute):
     floor_net = network_floor(model, name.split(" S=")[0] if shards else name,
                               n, shards or 1, measured_mbit * 1e6, up, down)
     row["floor_network_seconds"] = round(floor_net, 4)
+    if compute_cpu:
+        # Not measured: the floor if every host had its own core (the CPU
+        # seconds of the compute-alone run instead of its wall time).
+        row["compute_cpu_seconds_per_step"] = round(compute_cpu, 4)
+        row["projected_seconds_core_per_host"] = round(
+            combine(name, floor_net, compute_cpu), 4)
     if compute:
-        # DDP overlaps the all-reduce with the backward pass; a round of
-        # effadam today receives, computes and sends one after the other.
-        floor = (max(floor_net, compute) if name.startswith("ddp")
-                 else floor_net + compute)
+        floor = combine(name, floor_net, compute)
         row["floor_seconds"] = round(floor, 4)
         row["measured_over_floor"] = round(
             row["seconds_per_step_median"] / row["floor_seconds"], 2)
@@ -317,7 +340,9 @@ def settings_for(n, wanted):
     ddp = [s for s in DDP_SETTINGS if s in wanted]
     eff = []
     for codec in EFFADAM_CODECS:
-        for s in sorted({1, max(2, n // 4)}):
+        extra = {int(w.split("S=")[1]) for w in wanted
+                 if w.startswith(codec + " S=")}
+        for s in sorted({1, max(2, n // 4)} | extra):
             name = "%s S=%d" % (codec, s)
             if name in wanted or codec in wanted:
                 eff.append((name, "effadam", s))
@@ -354,7 +379,7 @@ def run_timing(args, out, rates, link_rates, rows):
                 except netns.NetworkError as e:
                     raise BenchError(str(e))
                 try:
-                    compute = None
+                    compute = compute_cpu = None
                     if "local" not in args.skip:
                         log("timing %s %s N=%d: local (no communication)"
                             % (model, rate, n))
@@ -365,7 +390,11 @@ def run_timing(args, out, rates, link_rates, rows):
                                          "local"))
                         compute = statistics.median(
                             t for r in res[0] for t in r["step_seconds"])
-                        log("  compute %.3f s/step" % compute)
+                        compute_cpu = statistics.median(
+                            r["cpu_seconds_measured"] / len(r["step_seconds"])
+                            for r in res[0])
+                        log("  compute %.3f s/step, %.3f CPU s/step" % (
+                            compute, compute_cpu))
                     for name, mode, shards in plan:
                         need = memory_needed(model, mode, n, shards)
                         avail = mem_available_bytes()
@@ -399,7 +428,8 @@ def run_timing(args, out, rates, link_rates, rows):
                         row = timing_row(model, rate,
                                          link_rates.get(rate) or
                                          netns.rate_bits(rate) / 1e6,
-                                         n, name, shards, res, compute)
+                                         n, name, shards, res, compute,
+                                         compute_cpu)
                         log("  %.3f s/step (floor %s), worker up/down %d/%d "
                             "B/step" % (row["seconds_per_step_median"],
                                         row.get("floor_seconds", "-"),
@@ -440,6 +470,46 @@ def run_accuracy(args, out, rows):
                           rows)
         finally:
             cluster.close()
+
+
+def check_quick(rows, link_rows):
+    """What --quick (the ctest) checks: every run worked, the links carry
+    their rate, the bytes on the links follow the cost model (DDP: the
+    ring's 2(N-1)/N x 4 B x d per host; effadam: the server's link carries
+    N x the codec's bytes per worker), and no step beats the link."""
+    problems = [r for r in rows if r.get("status") != "ok"]
+    for r in link_rows:
+        if not 0.85 <= r["mbit_per_second"] / r["nominal_mbit"] <= 1.05:
+            problems.append("link %s %s: %.1f Mbit/s" % (
+                r["rate"], r["test"], r["mbit_per_second"]))
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        n, d = r["workers"], PARAMS[r["model"]]
+        if r["setting"] == "ddp fp32":
+            want, got = 2.0 * (n - 1) / n * 4 * d, r["worker_up_bytes_per_step"]
+        else:
+            # The server's link: its summary's codec bytes, from every worker.
+            want = r["floor_network_seconds"] * r["rate_measured_mbit"] * 1e6 / 8
+            got = max(r["server_up_bytes_per_step"],
+                      r["server_down_bytes_per_step"])
+        if not 0.95 <= got / want <= 1.2:
+            problems.append("%s: %d B/step on the link, the cost model says %d"
+                            % (r["setting"], got, want))
+        if r["seconds_per_step_median"] < 0.9 * r["floor_network_seconds"]:
+            problems.append("%s: %.4f s/step, faster than the link allows "
+                            "(%.4f s)" % (r["setting"],
+                                          r["seconds_per_step_median"],
+                                          r["floor_network_seconds"]))
+    if problems:
+        raise BenchError("quick check failed: %s" % problems)
+    log("quick check passed: %d runs, bytes within the cost model" % len(rows))
+
+
+def torch_missing():
+    r = subprocess.run([PYTHON, "-c", "import torch, torch.distributed"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return r.stderr.decode().strip().splitlines()[-1] if r.returncode else None
 
 
 def main():
@@ -497,7 +567,7 @@ def main():
     if min(args.workers) < 2:
         raise BenchError("--workers: at least 2")
 
-    why = netns.namespaces_available()
+    why = netns.namespaces_available() or torch_missing()
     if why:
         print("ddp_vs_effadam: skipped: " + why, flush=True)
         return 77
@@ -505,9 +575,12 @@ def main():
         raise BenchError("%s/effadam-server is missing; build first "
                          "(scripts/build.sh)" % args.bin)
     os.makedirs(args.out, exist_ok=True)
-    # Every worker: the effadam package of this build, one thread.
-    os.environ["PYTHONPATH"] = os.path.join(os.path.dirname(args.bin),
-                                            "python")
+    # Every worker (and the models, which the cost model reads here): the
+    # effadam package of this build; one thread.
+    package = os.path.join(os.path.dirname(os.path.abspath(args.bin)),
+                           "python")
+    os.environ["PYTHONPATH"] = package
+    sys.path.insert(0, package)
     os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                       GLOO_SOCKET_IFNAME="eth0")
 
@@ -529,9 +602,7 @@ def main():
     if "timing" in parts:
         run_timing(args, args.out, args.rates.split(","), link_rates, rows)
         if args.quick:
-            bad = [r for r in rows if r.get("status") != "ok"]
-            if bad:
-                raise BenchError("quick runs failed: %s" % bad)
+            check_quick(rows, link_rows)
     if "accuracy" in parts:
         run_accuracy(args, args.out, [])
     info["load_average_end"] = os.getloadavg()
