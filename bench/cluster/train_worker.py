@@ -35,6 +35,9 @@ from models import Task  # noqa: E402
 
 LR = 1e-3
 POWERSGD_START = 2  # PowerSGD's plain all-reduce steps (its minimum)
+# PowerSGD in more than one bucket trips gloo (a size mismatch between
+# ranks at the first compressed step, torch 1.13): one bucket for it.
+BUCKET_MB = {"powersgd1": 4096, "powersgd4": 4096}
 
 
 def parse():
@@ -74,7 +77,8 @@ def ddp_optimizer(args, model):
     dist.init_process_group("gloo", init_method="tcp://" + args.master,
                             rank=args.rank, world_size=args.world,
                             timeout=datetime.timedelta(seconds=300))
-    net = DistributedDataParallel(model, gradient_as_bucket_view=True)
+    net = DistributedDataParallel(model, gradient_as_bucket_view=True,
+                                  bucket_cap_mb=BUCKET_MB.get(args.hook, 25))
     if args.hook == "fp16":
         net.register_comm_hook(None, default_hooks.fp16_compress_hook)
     elif args.hook.startswith("powersgd"):
