@@ -60,22 +60,27 @@ def timing_tables(rows):
                    "same N processes): %s s/step\n" % (
                        model, "{:,}".format(int(group[0]["params"])), rate,
                        measured, n, fmt(compute)))
+        cpu = next((r["compute_cpu_seconds_per_step"] for r in group
+                    if r.get("compute_cpu_seconds_per_step")), None)
+        if cpu:
+            out[-1] = out[-1].rstrip("\n") + (" (%s CPU s/step per process)\n"
+                                             % fmt(cpu))
         out.append("| setting | S | s/step | vs ddp fp32 | network floor s | "
                    "floor s | measured / floor | worker up / down B/step | "
                    "server up / down B/step | worker CPU s/step | server "
-                   "CPU s/step |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                   "CPU s/step | projected s, a core per host (model) |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         base = next((num(r["seconds_per_step_median"]) for r in group
                      if r["setting"] == "ddp fp32" and r["status"] == "ok"),
                     None)
         for r in group:
             if r["status"] != "ok":
-                out.append("| %s | %s | %s | | | | | | | | |" % (
+                out.append("| %s | %s | %s | | | | | | | | | |" % (
                     r["setting"], r["shards"] or "-", r["status"]))
                 continue
             t = num(r["seconds_per_step_median"])
             out.append("| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | "
-                       "%s | %s |" % (
+                       "%s | %s | %s |" % (
                            r["setting"].split(" S=")[0], r["shards"] or "-",
                            fmt(t), "%.2fx" % (base / t) if base else "-",
                            fmt(r["floor_network_seconds"]),
@@ -87,7 +92,8 @@ def timing_tables(rows):
                                         fmt(r["server_down_bytes_per_step"]))
                            if r.get("server_up_bytes_per_step") else "-",
                            fmt(r["worker_cpu_seconds_per_step"]),
-                           fmt(r.get("server_cpu_seconds_per_step"))))
+                           fmt(r.get("server_cpu_seconds_per_step")),
+                           fmt(r.get("projected_seconds_core_per_host"))))
         out.append("")
     return out
 
@@ -215,6 +221,7 @@ def plots(timing, acc, targets, rate, img_dir):
 
 def main(out, results=(), img_dir=None, targets=None, rate="100mbit"):
     dirs = [out] + list(results)
+    os.makedirs(out, exist_ok=True)
     targets = dict(DEFAULT_TARGETS, **(targets or {}))
     timing = read_rows(dirs, "timing.csv")
     acc = read_rows(dirs, "accuracy.csv")

@@ -75,7 +75,8 @@ PARAMS = {"cnn": 206922, "mlp": 5824522, "lm": 25395355}
 TIMING_COLUMNS = [
     "model", "params", "rate", "rate_measured_mbit", "workers", "setting",
     "shards", "status", "steps_measured", "seconds_per_step_median",
-    "seconds_per_step_rank0_median", "compute_seconds_per_step",
+    "seconds_per_step_rank0_median", "forward_backward_seconds_median",
+    "compute_seconds_per_step",
     "worker_up_bytes_per_step", "worker_down_bytes_per_step",
     "server_up_bytes_per_step", "server_down_bytes_per_step",
     "floor_network_seconds", "floor_seconds", "measured_over_floor",
@@ -298,6 +299,10 @@ def timing_row(model, rate, measured_mbit, n, name, shards, res, compute,
         seconds_per_step_median=round(statistics.median(all_steps), 4),
         seconds_per_step_rank0_median=round(
             statistics.median(results[0]["step_seconds"]), 4),
+        # Sampling, forward and backward of this run (for DDP the backward
+        # includes the all-reduce it waits for).
+        forward_backward_seconds_median=round(statistics.median(
+            t for r in results for t in r["compute_seconds"]), 4),
         compute_seconds_per_step=round(compute, 4) if compute else "",
         worker_up_bytes_per_step=int(sum(delta(w, 0) for w in workers) / n),
         worker_down_bytes_per_step=int(sum(delta(w, 1) for w in workers) / n),
