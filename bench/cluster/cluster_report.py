@@ -66,8 +66,8 @@ def timing_tables(rows):
             out[-1] = out[-1].rstrip("\n") + (" (%s CPU s/step per process)\n"
                                              % fmt(cpu))
         out.append("| setting | S | s/step | vs ddp fp32 | network floor s | "
-                   "floor s | measured / floor | worker up / down B/step | "
-                   "server up / down B/step | worker CPU s/step | server "
+                   "floor s | measured / floor | worker sent / received B/step | "
+                   "server sent / received B/step | worker CPU s/step | server "
                    "CPU s/step | projected s, a core per host (model) |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         base = next((num(r["seconds_per_step_median"]) for r in group
