@@ -139,6 +139,16 @@ void Membership::Leave(int rank) {
   if (uploader_ == rank && active_upload_ == 0) uploader_ = -1;
 }
 
+bool Membership::ClientWentAway(int rank) {
+  if (!InRange(rank)) return false;
+  RankState& s = ranks_[rank];
+  if (s.phase != Phase::kJoined || s.active_calls != 0 || rank == uploader_) {
+    return false;
+  }
+  s.expired = true;
+  return true;
+}
+
 std::vector<Membership::Expired> Membership::Expire(absl::Time now) {
   std::vector<Expired> expired;
   if (uploader_ >= 0 && now > upload_progress_at_ + rules_.upload_stall_timeout &&

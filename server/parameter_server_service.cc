@@ -7,10 +7,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/checksum.h"
-#include "common/chunk_assembler.h"
-#include "common/codec_spec.h"
-#include "common/compression_proto.h"
+#include "core/checksum.h"
+#include "transport/chunk_assembler.h"
+#include "core/codec_spec.h"
+#include "transport/compression_proto.h"
 
 namespace effadam {
 namespace {
@@ -527,7 +527,13 @@ grpc::Status ParameterServerService::FetchParams(
     grpc::ServerContext* context, const v1::FetchParamsRequest* request,
     grpc::ServerWriter<v1::ParamsChunk>* writer) {
   absl::Status s = Authenticate(*context);
-  if (s.ok()) s = DoFetchParams(context, *request, writer);
+  if (s.ok()) {
+    s = DoFetchParams(context, *request, writer);
+    if (context->IsCancelled()) {
+      absl::MutexLock lock(&mu_);
+      FetchClientGoneLocked(request->rank());
+    }
+  }
   return Finish(*context, "FetchParams", request->rank(), s);
 }
 
@@ -602,6 +608,17 @@ absl::Status ParameterServerService::DoFetchParams(
     return absl::CancelledError("the client went away during FetchParams");
   }
   return absl::OkStatus();
+}
+
+void ParameterServerService::FetchClientGoneLocked(int rank) {
+  // A worker killed while it fetched x would otherwise keep its rank for
+  // the idle grace: its restarted process would be refused and rounds would
+  // wait for it.
+  if (membership_.ClientWentAway(rank)) {
+    LeaveLocked(rank,
+                "its FetchParams call was cancelled before it opened its "
+                "Train stream (the worker went away)");
+  }
 }
 
 // ------------------------------------------------------------------- rounds

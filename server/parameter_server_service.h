@@ -15,17 +15,17 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
-#include "common/compression_flags.h"
+#include "core/compression_config.h"
 #include "common/logger.h"
 #include "common/traffic.h"
-#include "common/shard_plan.h"
-#include "common/tensor_layout.h"
-#include "common/update_codec.h"
+#include "core/shard_plan.h"
+#include "core/tensor_layout.h"
+#include "core/update_codec.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "server/checkpoint.h"
 #include "server/membership.h"
 #include "server/round_coordinator.h"
-#include "server/round_engine.h"
+#include "core/round_engine.h"
 #include "server/server_observer.h"
 #include "server/token_authenticator.h"
 
@@ -241,6 +241,9 @@ class ParameterServerService final
   // Takes `rank` out of the live set; a round may now close without it.
   void LeaveLocked(int rank, absl::string_view why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The client of rank's FetchParams went away: a joined rank without a
+  // stream leaves at once (Membership::ClientWentAway).
+  void FetchClientGoneLocked(int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Before the initial parameters exist and with nobody live, the server is
   // empty again and the next Join may bring another layout.
   void ResetIfEmptyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -56,7 +56,7 @@ ShardLink::ShardLink(std::string address, const ClientSecurity& security,
   // Room for the largest chunk a server may send plus the message's other
   // fields.
   args.SetMaxReceiveMessageSize(MaxMessageBytes(kLargestServerChunkBytes));
-  // TLS and keepalive: common/grpc_security.h.
+  // TLS and keepalive: transport/grpc_security.h.
   channel_ = NewClientChannel(address_, security_, args, keepalive);
 }
 

@@ -14,8 +14,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "common/chunk_assembler.h"
-#include "common/grpc_security.h"
+#include "transport/chunk_assembler.h"
+#include "transport/grpc_security.h"
 #include "common/logger.h"
 #include "effadam/v1/parameter_server.pb.h"
 

@@ -1,6 +1,6 @@
 #include "worker/worker_client.h"
 
-#include "common/checksum.h"
+#include "core/checksum.h"
 
 #include <algorithm>
 #include <cstring>
@@ -11,7 +11,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "common/compression_proto.h"
+#include "transport/compression_proto.h"
 #include "common/host_port.h"
 
 namespace effadam {

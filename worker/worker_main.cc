@@ -19,12 +19,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/checksum.h"
-#include "common/client_security_flags.h"
-#include "common/compression_flags.h"
+#include "core/checksum.h"
+#include "daemon/client_security_flags.h"
+#include "daemon/compression_flags.h"
 #include "common/json_writer.h"
 #include "common/logger.h"
-#include "common/prometheus_util.h"
+#include "metrics/prometheus_util.h"
 #include "daemon/command_line.h"
 #include "daemon/duration_flag.h"
 #include "daemon/lifecycle.h"
@@ -32,9 +32,9 @@
 #include "worker/launch_env.h"
 #include "worker/model.h"
 #include "worker/progress.h"
-#include "worker/training_flags.h"
+#include "daemon/training_flags.h"
 #include "worker/worker_client.h"
-#include "worker/worker_metrics.h"
+#include "metrics/worker_metrics.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
           "Parameter server, host:port; for a sharded model every shard's "
@@ -98,7 +98,7 @@ int Run() {
   if (!training.ok()) return Fail(log, training.status());
   auto compression = CompressionConfigFromFlags();
   if (!compression.ok()) return Fail(log, compression.status());
-  // TLS and the token: common/client_security_flags.cc.
+  // TLS and the token: daemon/client_security_flags.cc.
   auto security = ClientSecurityFromFlags();
   if (!security.ok()) return Fail(log, security.status());
   auto keepalive = ClientKeepaliveFromFlags();
