@@ -29,10 +29,10 @@ Parts (--parts):
 
 Settings run alternately (a DDP setting, an effadam one, ...) so that the
 noise of a shared machine falls on both alike. Output in --out: links.csv,
-timing.csv, accuracy.csv (curves), run.json, and the plots when matplotlib
-is there (bench/cluster/report.py). Root only; every namespace and process
-is removed on exit and on SIGINT/SIGTERM, processes stopped by pid, every
-run bounded in time.
+timing.csv, accuracy.csv (curves), run.json, tables.md and the plots when
+matplotlib is there (bench/cluster/cluster_report.py). Root only; every
+namespace and process is removed on exit and on SIGINT/SIGTERM, processes
+stopped by pid, every run bounded in time (--run_timeout).
 """
 
 import argparse
