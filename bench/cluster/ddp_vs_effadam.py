@@ -540,7 +540,7 @@ def main():
     ap.add_argument("--link_seconds", type=float, default=3)
     ap.add_argument("--accuracy_rate", default="10gbit")
     ap.add_argument("--accuracy_workers", type=int, default=4)
-    ap.add_argument("--accuracy_steps", default="cnn=600:50,mlp=100:10",
+    ap.add_argument("--accuracy_steps", default="cnn=400:50,mlp=60:10",
                     help="MODEL=STEPS:EVAL_EVERY")
     ap.add_argument("--accuracy_settings",
                     default="ddp fp32,ddp fp16,ddp powersgd r4,sign/sign+EF,"
