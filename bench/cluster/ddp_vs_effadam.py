@@ -70,6 +70,8 @@ EFFADAM_CODECS = {
     "q4/q4+EF": ("q4", "q4", "both"),
     "fp32/fp32": ("fp32", "fp32", "both"),
 }
+# Bytes per element of a worker's update, roughly (for planning steps).
+CODEC_BYTES = {"fp32": 4, "q4": 0.5, "sign": 0.125}
 PARAMS = {"cnn": 206922, "mlp": 5824522, "lm": 25395355}
 
 TIMING_COLUMNS = [
@@ -363,10 +365,11 @@ def settings_for(n, wanted):
 def steps_for(args, name, model, rate, n):
     """Measured steps: fewer where one step takes long (fp32 parameter
     server on a slow link), so that a run stays within minutes."""
+    codec = EFFADAM_CODECS.get(name.split(" S=")[0], ("fp32",))[0]
+    update = PARAMS[model] * CODEC_BYTES[codec]
     per_step = network_floor(model, name.split(" S=")[0], n,
                              int(name.split("S=")[1]) if "S=" in name else 1,
-                             netns.rate_bits(rate),
-                             4 * PARAMS[model], 4 * PARAMS[model])
+                             netns.rate_bits(rate), update, update)
     measured = args.steps
     if per_step * (measured + args.warmup) > args.run_budget:
         measured = max(2, int(args.run_budget / per_step) - args.warmup)
