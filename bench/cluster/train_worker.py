@@ -36,7 +36,8 @@ from models import Task  # noqa: E402
 LR = 1e-3
 POWERSGD_START = 2  # PowerSGD's plain all-reduce steps (its minimum)
 # PowerSGD in more than one bucket trips gloo (a size mismatch between
-# ranks at the first compressed step, torch 1.13): one bucket for it.
+# ranks at the first compressed step, torch 1.13: the buckets' collectives
+# start in different orders on different ranks): one bucket for it.
 BUCKET_MB = {"powersgd1": 4096, "powersgd4": 4096}
 
 
@@ -77,6 +78,9 @@ def ddp_optimizer(args, model):
     dist.init_process_group("gloo", init_method="tcp://" + args.master,
                             rank=args.rank, world_size=args.world,
                             timeout=datetime.timedelta(seconds=300))
+    if args.hook in BUCKET_MB:
+        # The first bucket too (its own cap, 1 MiB by default).
+        dist._DEFAULT_FIRST_BUCKET_BYTES = BUCKET_MB[args.hook] << 20
     net = DistributedDataParallel(model, gradient_as_bucket_view=True,
                                   bucket_cap_mb=BUCKET_MB.get(args.hook, 25))
     if args.hook == "fp16":
