@@ -45,6 +45,21 @@ def fmt(v, digits=3):
     return ("%%.%df" % digits) % x
 
 
+def floor_of(r):
+    """The step floor: DDP overlaps its all-reduce with the backward pass
+    (max of the network floor and the compute-alone run); a round of
+    effadam receives, computes and sends one after the other (the network
+    floor plus this run's forward and backward)."""
+    net = num(r.get("floor_network_seconds"))
+    if net is None:
+        return None
+    if r["setting"].startswith("ddp"):
+        compute = num(r.get("compute_seconds_per_step"))
+        return max(net, compute) if compute is not None else None
+    compute = num(r.get("forward_backward_seconds_median"))
+    return net + compute if compute is not None else None
+
+
 def timing_tables(rows):
     out = []
     keys = sorted({(r["model"], r["rate"], int(r["workers"])) for r in rows},
@@ -65,27 +80,29 @@ def timing_tables(rows):
         if cpu:
             out[-1] = out[-1].rstrip("\n") + (" (%s CPU s/step per process)\n"
                                              % fmt(cpu))
-        out.append("| setting | S | s/step | vs ddp fp32 | network floor s | "
+        out.append("| setting | S | s/step | vs ddp fp32 | forward + backward s "
+                   "| network floor s | "
                    "floor s | measured / floor | worker sent / received B/step | "
                    "server sent / received B/step | worker CPU s/step | server "
                    "CPU s/step | projected s, a core per host (model) |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         base = next((num(r["seconds_per_step_median"]) for r in group
                      if r["setting"] == "ddp fp32" and r["status"] == "ok"),
                     None)
         for r in group:
             if r["status"] != "ok":
-                out.append("| %s | %s | %s | | | | | | | | | |" % (
+                out.append("| %s | %s | %s | | | | | | | | | | |" % (
                     r["setting"], r["shards"] or "-", r["status"]))
                 continue
             t = num(r["seconds_per_step_median"])
-            out.append("| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | "
-                       "%s | %s | %s |" % (
+            floor = floor_of(r)
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | "
+                       "%s | %s | %s | %s |" % (
                            r["setting"].split(" S=")[0], r["shards"] or "-",
                            fmt(t), "%.2fx" % (base / t) if base else "-",
-                           fmt(r["floor_network_seconds"]),
-                           fmt(r["floor_seconds"]),
-                           fmt(r["measured_over_floor"], 2),
+                           fmt(r.get("forward_backward_seconds_median")),
+                           fmt(r["floor_network_seconds"]), fmt(floor),
+                           "%.2f" % (t / floor) if floor else "-",
                            fmt(r["worker_up_bytes_per_step"]),
                            fmt(r["worker_down_bytes_per_step"]),
                            "%s / %s" % (fmt(r["server_up_bytes_per_step"]),

@@ -332,8 +332,13 @@ def timing_row(model, rate, measured_mbit, n, name, shards, res, compute,
         row["compute_cpu_seconds_per_step"] = round(compute_cpu, 4)
         row["projected_seconds_core_per_host"] = round(
             combine(name, floor_net, compute_cpu), 4)
-    if compute:
-        floor = combine(name, floor_net, compute)
+    # The compute term: for effadam the forward and backward of this very
+    # run (the machine's load changes from run to run); DDP's backward
+    # waits for its all-reduce, so for DDP the compute-alone run.
+    compute_term = (compute if name.startswith("ddp")
+                    else row["forward_backward_seconds_median"])
+    if compute_term:
+        floor = combine(name, floor_net, compute_term)
         row["floor_seconds"] = round(floor, 4)
         row["measured_over_floor"] = round(
             row["seconds_per_step_median"] / row["floor_seconds"], 2)
