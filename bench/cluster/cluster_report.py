@@ -172,6 +172,22 @@ def link_table(links):
     return out + [""]
 
 
+def label(ax, xlabel, ylabel, title):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def save(plt, fig, img_dir, name):
+    fig.tight_layout()
+    path = os.path.join(img_dir, name)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plots(timing, acc, targets, rate, img_dir):
     import matplotlib
     matplotlib.use("Agg")
@@ -198,16 +214,10 @@ def plots(timing, acc, targets, rate, img_dir):
                         label="compute alone")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_xlabel("worker hosts N")
-            ax.set_ylabel("seconds per step (median)")
-            ax.set_title("%s, %s per host" % (model, rt))
-            ax.legend(fontsize=7)
-            ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(img_dir, "cluster_step_time_%s.png" % model)
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+            label(ax, "worker hosts N", "seconds per step (median)",
+                  "%s, %s per host" % (model, rt))
+        written.append(save(plt, fig, img_dir,
+                            "cluster_step_time_%s.png" % model))
     for model in sorted({r["model"] for r in acc}):
         rows = [r for r in acc if r["model"] == model]
         n = int(rows[0]["workers"])
@@ -223,16 +233,10 @@ def plots(timing, acc, targets, rate, img_dir):
         if model in targets:
             ax.axhline(targets[model], color="grey", ls=":", label="target")
         ax.set_xscale("log")
-        ax.set_xlabel("wall time at %s, s (steps x measured s/step)" % rate)
-        ax.set_ylabel("test accuracy")
-        ax.set_title("%s, N = %d" % (model, n))
-        ax.legend(fontsize=7)
-        ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(img_dir, "cluster_accuracy_vs_time_%s.png" % model)
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        label(ax, "wall time at %s, s (steps x measured s/step)" % rate,
+              "test accuracy", "%s, N = %d" % (model, n))
+        written.append(save(plt, fig, img_dir,
+                            "cluster_accuracy_vs_time_%s.png" % model))
     return written
 
 

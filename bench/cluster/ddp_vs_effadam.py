@@ -48,9 +48,8 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 import netns  # noqa: E402
-from e2e_bench import (BenchError, Processes, Stopped, machine_info,  # noqa: E402
-                       mem_available_bytes, read_json, stop, write_csv)
-import signal  # noqa: E402
+from e2e_bench import (BenchError, Processes, machine_info,  # noqa: E402
+                       mem_available_bytes, read_json, run_main, write_csv)
 
 PYTHON = "/usr/bin/python3"  # Debian's, the one with torch
 SERVER_PORT = 50051
@@ -631,13 +630,4 @@ def main():
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        log("FAILED: %s" % e)
-        sys.exit(1)
-    except Stopped as e:
-        log("stopped by %s" % e)
-        sys.exit(130)
+    run_main(main)
