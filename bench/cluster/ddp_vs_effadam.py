@@ -630,4 +630,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, log)

@@ -703,10 +703,10 @@ def stop(signum, _frame):
     raise Stopped(signal.Signals(signum).name)
 
 
-def run_main(main_function):
+def run_main(main_function, log=log):
     """Runs a benchmark's main(): SIGTERM and SIGINT unwind through every
     Processes block, which kills its daemons; exits with main's status (0
-    for None), 1 on BenchError, 130 when stopped."""
+    for None), 1 on BenchError, 130 when stopped (saying so with `log`)."""
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
