@@ -16,17 +16,32 @@ import csv
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import netns  # noqa: E402
+
 DEFAULT_TARGETS = {"cnn": 0.82, "mlp": 0.75}
 
 
 def read_rows(dirs, name):
+    """The rows of every directory's file, each with its 'source' (the
+    directory's name: one invocation, one compute-alone run)."""
     rows = []
     for d in dirs:
         path = os.path.join(d, name)
         if os.path.exists(path):
             with open(path) as f:
-                rows += list(csv.DictReader(f))
+                rows += [dict(r, source=os.path.basename(os.path.normpath(d)))
+                         for r in csv.DictReader(f)]
     return rows
+
+
+def superseded(row, rows):
+    """A failed run that a later invocation ran again successfully."""
+    return row["status"] != "ok" and any(
+        r["status"] == "ok" and r["source"] != row["source"] and
+        (r["model"], r["rate"], r["workers"], r["setting"]) ==
+        (row["model"], row["rate"], row["workers"], row["setting"])
+        for r in rows)
 
 
 def num(v):
@@ -62,19 +77,21 @@ def floor_of(r):
 
 def timing_tables(rows):
     out = []
-    keys = sorted({(r["model"], r["rate"], int(r["workers"])) for r in rows},
-                  key=lambda k: (k[0], float(k[1][:-4]) * (1000 if k[1].endswith("gbit") else 1), k[2]))
-    for model, rate, n in keys:
-        group = [r for r in rows if (r["model"], r["rate"], int(r["workers"]))
-                 == (model, rate, n)]
+    rows = [r for r in rows if not superseded(r, rows)]
+    keys = sorted({(r["model"], r["rate"], int(r["workers"]), r["source"])
+                   for r in rows},
+                  key=lambda k: (k[0], netns.rate_bits(k[1]), k[2], k[3]))
+    for model, rate, n, source in keys:
+        group = [r for r in rows if (r["model"], r["rate"], int(r["workers"]),
+                                     r["source"]) == (model, rate, n, source)]
         measured = group[0].get("rate_measured_mbit") or "-"
         compute = next((r["compute_seconds_per_step"] for r in group
                         if r.get("compute_seconds_per_step")), "-")
         out.append("**%s (%s parameters), %s per host (measured %s Mbit/s), "
-                   "N = %d workers**; compute alone (no communication, the "
-                   "same N processes): %s s/step\n" % (
+                   "N = %d workers** (%s); compute alone (no communication, "
+                   "the same N processes): %s s/step\n" % (
                        model, "{:,}".format(int(group[0]["params"])), rate,
-                       measured, n, fmt(compute)))
+                       measured, n, source, fmt(compute)))
         cpu = next((r["compute_cpu_seconds_per_step"] for r in group
                     if r.get("compute_cpu_seconds_per_step")), None)
         if cpu:
