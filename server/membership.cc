@@ -30,6 +30,13 @@ bool Membership::HasDeparted(int rank) const {
   return InRange(rank) && ranks_[rank].phase == Phase::kDeparted;
 }
 
+bool Membership::EveryRankJoined() const {
+  for (const RankState& s : ranks_) {
+    if (s.phase == Phase::kFree) return false;
+  }
+  return true;
+}
+
 absl::StatusOr<int> Membership::Join(int requested, bool wanted,
                                      absl::Time now, bool* upload) {
   int rank = requested;

@@ -42,6 +42,8 @@ class Membership {
   int TrainingCount() const;
   // Departed ranks are not waited for by a round.
   bool HasDeparted(int rank) const;
+  // Every rank has joined at least once (since this server started).
+  bool EveryRankJoined() const;
 
   // Join: `requested` is -1 for the lowest free rank. The rank, or a
   // rejection: kNoFreeRank, kBadRank (out of range), kRankTaken (live).

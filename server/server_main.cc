@@ -108,6 +108,12 @@ ABSL_FLAG(int64_t, checkpoint_every, 100,
           "(and always at the end and on SIGTERM/SIGINT); 0: only then");
 ABSL_FLAG(int32_t, checkpoint_keep, 3,
           "With --checkpoint_dir: how many of the newest checkpoints to keep");
+ABSL_FLAG(int32_t, delta_log_rounds, 4,
+          "With --checkpoint_dir: keep the deltas of this many last closed "
+          "rounds there (delta-<round>.effadam, written before any worker "
+          "receives one), so a killed server goes on from the last round it "
+          "closed; 0: none (a restart may compute the round in flight "
+          "again)");
 ABSL_FLAG(std::string, summary_json, "",
           "Write a JSON summary of the run to this file at exit");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
@@ -491,6 +497,20 @@ int Run() {
   }
 
   options->logger = &log;  // rejected calls, joins and departures
+  DeltaLog delta_log;
+  const int32_t delta_log_rounds = absl::GetFlag(FLAGS_delta_log_rounds);
+  if (delta_log_rounds < 0) {
+    return Fail(log, absl::InvalidArgumentError(absl::StrCat(
+                         "--delta_log_rounds must be >= 0, got ",
+                         delta_log_rounds)));
+  }
+  if (!absl::GetFlag(FLAGS_checkpoint_dir).empty() && delta_log_rounds > 0) {
+    absl::StatusOr<DeltaLog> opened = DeltaLog::Open(
+        absl::GetFlag(FLAGS_checkpoint_dir), delta_log_rounds);
+    if (!opened.ok()) return Fail(log, opened.status());
+    delta_log = *std::move(opened);
+  }
+  options->delta_log = &delta_log;
   auto service = ParameterServerService::Create(*options);
   if (!service.ok()) return Fail(log, service.status());
   absl::StatusOr<Restored> restored =
