@@ -491,7 +491,9 @@ def check_quick(rows, link_rows):
     N x the codec's bytes per worker), and no step beats the link."""
     problems = [r for r in rows if r.get("status") != "ok"]
     for r in link_rows:
-        if not 0.85 <= r["mbit_per_second"] / r["nominal_mbit"] <= 1.05:
+        # A link that two flows (or both directions) shared would give 50%;
+        # a loaded machine and the reverse flow's ACKs cost up to 15%.
+        if not 0.75 <= r["mbit_per_second"] / r["nominal_mbit"] <= 1.05:
             problems.append("link %s %s: %.1f Mbit/s" % (
                 r["rate"], r["test"], r["mbit_per_second"]))
     for r in rows:
