@@ -243,10 +243,10 @@ TEST_F(WorkerClientTest, JoinsUploadsFetchesAndStepsInChunks) {
       EXPECT_EQ(m.loss(), i == 2 ? 3.5f : i == 5 ? 2.5f : 0.0f);
     }
   }
-  EXPECT_EQ(c.traffic().worker_to_server, 80);
-  EXPECT_EQ(c.traffic().server_to_worker, 80);
-  EXPECT_EQ(c.traffic().fp32_total(), 160);
-  EXPECT_EQ(c.join_bytes(), 80);  // upload + fetch
+  EXPECT_EQ(c.traffic().up().payload, 80);
+  EXPECT_EQ(c.traffic().down().payload, 80);
+  EXPECT_EQ(c.traffic().fp32_equivalent(), 160);
+  EXPECT_EQ(c.traffic().join().payload, 80);  // upload + fetch
   EXPECT_TRUE(c.Finish().ok());
   EXPECT_TRUE(c.Finish().ok());
 }
@@ -259,7 +259,7 @@ TEST_F(WorkerClientTest, RetriesUntilTheParametersExist) {
   auto client = WorkerClient::Connect(Options(), Layout(), {});
   ASSERT_TRUE(client.ok()) << client.status();
   EXPECT_EQ((*client)->round(), 7);
-  EXPECT_EQ((*client)->join_bytes(), 40);
+  EXPECT_EQ((*client)->traffic().join().payload, 40);
   absl::MutexLock lock(&fake_.mu);
   EXPECT_TRUE(fake_.uploaded.empty());
 }

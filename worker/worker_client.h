@@ -13,12 +13,14 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/chunk_assembler.h"
+#include "common/clock.h"
 #include "common/compression_flags.h"
 #include "common/grpc_security.h"
 #include "common/logger.h"
-#include "common/tensor_layout.h"
 #include "common/shard_plan.h"
-#include "worker/progress.h"
+#include "common/tensor_layout.h"
+#include "common/traffic.h"
+#include "worker/link_threads.h"
 #include "worker/shard_link.h"
 #include "worker/worker_optimizer.h"
 
@@ -61,6 +63,9 @@ struct WorkerClientOptions {
   // (one line at first, then one every 10 s); null: nowhere. Must outlive
   // the client.
   Logger* logger = nullptr;
+  // Where the timeouts above and the retries' backoff read the time; null:
+  // the system clock. Must outlive the client.
+  const Clock* clock = nullptr;
 };
 
 // One worker of an effadam cluster: joins the parameter server, keeps the
@@ -161,14 +166,13 @@ class WorkerClient {
   // The servers this worker talks to, one per shard.
   int num_shards() const { return static_cast<int>(shards_.size()); }
 
-  // Payload bytes of the rounds this worker took part in, counted as
-  // effadam-sim counts them per worker.
-  const Traffic& traffic() const { return traffic_; }
-  // Payload bytes of UploadParams and FetchParams.
-  int64_t join_bytes() const { return join_bytes_; }
-  // The messages that carried traffic() and join_bytes(), and any the
-  // servers sent after this worker's last round; summed over the shards.
-  WireBytes wire_bytes() const;
+  // This worker's bytes, summed over the shards: by direction, the codec
+  // payloads of the rounds it took part in (counted as effadam-sim counts
+  // them per worker) and what fp32 Adam would have moved for them; the
+  // join direction's payload is the parameters of UploadParams and
+  // FetchParams; `wire` is the serialized messages that carried all that,
+  // and any the servers sent after this worker's last round.
+  TrafficCounts traffic() const;
 
   // The worker's error memory e (what its compression has left out so
   // far); empty before Start.
@@ -186,6 +190,8 @@ class WorkerClient {
   // trains its part again while the others go on.
   struct Shard {
     std::unique_ptr<ShardLink> link;
+    // Payload and fp32 bytes of this shard's part (wire: link->wire()).
+    TrafficCounts payload;
     ShardRange update_range;  // in the worker codec's update
     ShardRange delta_range;   // in the server codec's delta
     int64_t max_chunk_bytes = 0;
@@ -217,6 +223,9 @@ class WorkerClient {
   absl::Status Resync(size_t k, absl::Time deadline);
   // Ends every stream after an error found here; returns `why`.
   absl::Status Abandon(absl::Status why);
+  const Clock& clock() const {
+    return options_.clock != nullptr ? *options_.clock : Clock::Real();
+  }
 
   const WorkerClientOptions options_;
   std::vector<Shard> shards_;
@@ -237,8 +246,9 @@ class WorkerClient {
   std::string update_;  // reused buffer
   std::string delta_;   // the last delta, all shards' parts
   std::string zero_delta_;  // a delta of zeros: the part of finished shards
-  Traffic traffic_;
-  int64_t join_bytes_ = 0;
+  // Runs a round's exchanges on the shards' links in parallel; made by
+  // Start, so its threads live as long as training (none with one shard).
+  std::unique_ptr<LinkThreads> link_threads_;
 };
 
 // The addresses of WorkerClientOptions::server, one per shard.

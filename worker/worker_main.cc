@@ -271,7 +271,7 @@ int Run() {
   }
 
   const int64_t done_rounds = client.round() - 1;
-  const Traffic& t = client.traffic();
+  const TrafficCounts t = client.traffic();
   const std::string checksum = ParamsChecksum(client.params());
   const std::string result =
       rank == 0 ? absl::StrFormat(": %s %.4f", eval.metric_name, eval.metric)
@@ -280,9 +280,9 @@ int Run() {
               "moved %s (fp32 Adam: %s, %.1fx fewer), join %s; "
               "params_checksum %s\n",
               rank, static_cast<long long>(done_rounds), result.c_str(),
-              FormatBytes(t.total()).c_str(),
-              FormatBytes(t.fp32_total()).c_str(), t.ratio(),
-              FormatBytes(client.join_bytes()).c_str(), checksum.c_str());
+              FormatBytes(t.round_payload()).c_str(),
+              FormatBytes(t.fp32_equivalent()).c_str(), t.compression_ratio(),
+              FormatBytes(t.join().payload).c_str(), checksum.c_str());
   std::fflush(stdout);  // now, not after --metrics_linger
   if (!tc.summary_json.empty()) {
     JsonObject json;
@@ -296,13 +296,9 @@ int Run() {
       json.Add(eval.metric_name, eval.metric).Add("test_loss", eval.loss);
     }
     json.Add("train_loss", train_loss());
-    AddTraffic(t, &json);
-    const WireBytes& wire = client.wire_bytes();
-    json.Add("bytes_join", client.join_bytes())
-        .Add("wire_bytes_worker_to_server", wire.worker_to_server)
-        .Add("wire_bytes_server_to_worker", wire.server_to_worker)
-        .Add("wire_bytes_join", wire.join)
-        .Add("params_checksum", checksum)
+    AddRoundTraffic(t, &json);
+    AddJoinAndWireTraffic(t, &json);
+    json.Add("params_checksum", checksum)
         .Add("resyncs", client.resyncs())
         .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
     if (absl::Status s = json.WriteFile(tc.summary_json); !s.ok()) {

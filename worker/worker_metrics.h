@@ -1,8 +1,10 @@
 #ifndef EFFADAM_WORKER_WORKER_METRICS_H_
 #define EFFADAM_WORKER_WORKER_METRICS_H_
 
+#include <array>
 #include <memory>
 
+#include "common/traffic.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
@@ -44,15 +46,16 @@ class WorkerMetrics {
   // Adds what `now` has beyond `*seen` to `counter`.
   static void Advance(prometheus::Counter* counter, int64_t now, int64_t* seen);
 
+  // The byte counters of one direction (TrafficDirection), one per field
+  // of DirectionBytes; no fp32 series for join traffic.
+  struct Counters {
+    prometheus::Counter* wire = nullptr;
+    prometheus::Counter* payload = nullptr;
+    prometheus::Counter* fp32 = nullptr;
+  };
+
   std::shared_ptr<prometheus::Registry> registry_;
-  prometheus::Counter* wire_up_;
-  prometheus::Counter* wire_down_;
-  prometheus::Counter* wire_join_;
-  prometheus::Counter* payload_up_;
-  prometheus::Counter* payload_down_;
-  prometheus::Counter* payload_join_;
-  prometheus::Counter* fp32_up_;
-  prometheus::Counter* fp32_down_;
+  std::array<Counters, kNumTrafficDirections> by_direction_;
   prometheus::Counter* rounds_;
   prometheus::Counter* resyncs_;
   prometheus::Histogram* round_duration_;
@@ -62,9 +65,7 @@ class WorkerMetrics {
   prometheus::Gauge* error_memory_norm_;
 
   // The client's counts as of the last Sync.
-  WireBytes wire_seen_;
-  Traffic traffic_seen_;
-  int64_t join_seen_ = 0;
+  TrafficCounts traffic_seen_;
   int64_t resyncs_seen_ = 0;
 };
 
