@@ -17,6 +17,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/clock.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -91,6 +92,9 @@ class FakeServer final : public pb::ParameterServer::Service {
                     pb::JoinResponse* reply) override {
     absl::MutexLock lock(&mu);
     join_request = *request;
+    ++joins;
+    if (clock != nullptr) clock->Advance(join_takes);
+    if (!join_status.ok()) return join_status;
     *reply = join_reply;
     return grpc::Status::OK;
   }
@@ -149,6 +153,10 @@ class FakeServer final : public pb::ParameterServer::Service {
 
   // Knobs, set before the client connects.
   pb::JoinResponse join_reply;
+  grpc::Status join_status = grpc::Status::OK;  // else Join's answer
+  // Each Join advances `clock` (if set) by `join_takes`.
+  FakeClock* clock = nullptr;
+  absl::Duration join_takes;
   int fetch_unavailable = 0;
   std::vector<float> x = std::vector<float>(kElements, 1.0f);
   int64_t fetch_round = 1;
@@ -160,6 +168,7 @@ class FakeServer final : public pb::ParameterServer::Service {
   // What the client sent.
   absl::Mutex mu;
   pb::JoinRequest join_request;
+  int joins = 0;
   std::vector<pb::ParamsChunk> uploaded;
   std::vector<pb::WorkerMessage> messages;
   bool train_cancelled = false;
@@ -249,6 +258,48 @@ TEST_F(WorkerClientTest, JoinsUploadsFetchesAndStepsInChunks) {
   EXPECT_EQ(c.traffic().join().payload, 80);  // upload + fetch
   EXPECT_TRUE(c.Finish().ok());
   EXPECT_TRUE(c.Finish().ok());
+}
+
+TEST_F(WorkerClientTest, RankStillTakenGivesUpAtReconnectTimeoutOnTheClock) {
+  // The rank stays taken and each Join takes 3 minutes of the injected
+  // clock: the first answer comes before reconnect_timeout (5 minutes), so
+  // the client asks again after its backoff; the second comes after it, so
+  // the client gives up. Minutes of the clock pass in well under a second.
+  FakeClock clock;
+  fake_.clock = &clock;
+  fake_.join_takes = absl::Minutes(3);
+  fake_.join_status = grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                                   "rank 0 is still held");
+  StartServer();
+  WorkerClientOptions o = Options();
+  o.rank = 0;
+  o.clock = &clock;
+  o.connect_timeout = absl::Minutes(10);
+  o.reconnect_timeout = absl::Minutes(5);
+  WorkerClient c(o);
+  // The backoff between the attempts is 100 ms of the clock, which stands
+  // still unless moved: after the first answer this thread moves it on.
+  std::thread ticker([&] {
+    auto joins = [&] {
+      absl::MutexLock lock(&fake_.mu);
+      return fake_.joins;
+    };
+    while (joins() < 1) absl::SleepFor(absl::Milliseconds(1));
+    while (joins() < 2) {
+      clock.Advance(absl::Milliseconds(10));
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  });
+  const absl::Time start = absl::Now();
+  const absl::Status s = c.Join(Layout());
+  ticker.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_THAT(s.message(), HasSubstr("still held"));
+  {
+    absl::MutexLock lock(&fake_.mu);
+    EXPECT_EQ(fake_.joins, 2);
+  }
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
 }
 
 TEST_F(WorkerClientTest, RetriesUntilTheParametersExist) {
