@@ -8,6 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -23,6 +24,22 @@
 #include "gtest/gtest.h"
 
 namespace effadam {
+namespace header_example {
+
+// The usage example of worker/worker_client.h, compiled from the header
+// (tests/header_example.py).
+absl::Status Train(const WorkerClientOptions& options,
+                   const TensorLayout& layout,
+                   absl::Span<const float> initial_params, int64_t last_round);
+
+// What the example leaves to its user: a gradient of ones.
+float ComputeGradient(absl::Span<const float> params, absl::Span<float> grad) {
+  EXPECT_EQ(params.size(), grad.size());
+  std::fill(grad.begin(), grad.end(), 1.0f);
+  return 0.5f;
+}
+
+}  // namespace header_example
 namespace {
 
 namespace pb = ::effadam::v1;
@@ -300,6 +317,24 @@ TEST_F(WorkerClientTest, RankStillTakenGivesUpAtReconnectTimeoutOnTheClock) {
     EXPECT_EQ(fake_.joins, 2);
   }
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+TEST_F(WorkerClientTest, TheHeadersExampleTrainsThroughTheLastRound) {
+  StartServer();
+  const absl::Status s = header_example::Train(
+      Options(), Layout(), std::vector<float>(kElements, 2.0f), 3);
+  EXPECT_TRUE(s.ok()) << s;
+  absl::MutexLock lock(&fake_.mu);
+  ASSERT_EQ(fake_.messages.size(), 9u);  // 3 rounds of 3 chunks
+  EXPECT_EQ(fake_.messages.back().round(), 3);
+}
+
+TEST_F(WorkerClientTest, TheHeadersExampleEndsWellWhenTheServerFinishes) {
+  fake_.respond = [](Stream*, int64_t, const std::string&) { return false; };
+  StartServer();
+  const absl::Status s = header_example::Train(
+      Options(), Layout(), std::vector<float>(kElements, 2.0f), 100);
+  EXPECT_TRUE(s.ok()) << s;
 }
 
 TEST_F(WorkerClientTest, RetriesUntilTheParametersExist) {

@@ -1,6 +1,51 @@
 #ifndef EFFADAM_WORKER_WORKER_CLIENT_H_
 #define EFFADAM_WORKER_WORKER_CLIENT_H_
 
+// WorkerClient: one worker of an effadam cluster. It joins the parameter
+// servers (one, or S shards of the model), keeps the worker's replica of x
+// and its optimizer state (WorkerOptimizer), and per round turns a gradient
+// into the compressed update it sends, then applies the servers' compressed
+// delta. The math is WorkerOptimizer's; this class cuts the bytes per shard
+// and counts them (traffic()), and ShardLink moves them. Its interface
+// holds no protobuf or gRPC type.
+//
+// Threads: not thread-safe, except Cancel(), which any thread may call at
+// any time. With S shards, Start makes S - 1 threads (LinkThreads) that
+// live until the client is destroyed: every Step runs shard k's exchange
+// on thread k while shard 0's runs on the caller's thread, and returns
+// when all are done. The destructor cancels streams still open and joins
+// the threads.
+//
+// Time: connect_timeout, reconnect_timeout and the retries' backoff are
+// read on the injected Clock (WorkerClientOptions::clock); finish_timeout
+// bounds a wait on the network and is real time.
+//
+// The rank (and so the data shard) is only known after Join, but the
+// layout must be sent with it, so start-up has two steps. Connect() does
+// both, and Run() does the loop. In full (tests/worker_client_test.cc
+// compiles and runs it):
+//
+//   absl::Status Train(const WorkerClientOptions& options,
+//                      const TensorLayout& layout,
+//                      absl::Span<const float> initial_params,
+//                      int64_t last_round) {
+//     WorkerClient client(options);
+//     // Learns rank() and num_workers().
+//     if (absl::Status s = client.Join(layout); !s.ok()) return s;
+//     // ... the data of client.rank() of client.num_workers() ...
+//     // Uploads initial_params if asked, fetches x.
+//     if (absl::Status s = client.Start(initial_params); !s.ok()) return s;
+//     std::vector<float> grad(client.params().size());
+//     while (client.round() <= last_round) {
+//       const float loss =
+//           ComputeGradient(client.params(), absl::MakeSpan(grad));
+//       const absl::Status s = client.Step(grad, loss);
+//       if (client.server_finished()) break;  // its --rounds passed
+//       if (!s.ok()) return s;
+//     }
+//     return client.Finish();
+//   }
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -68,29 +113,7 @@ struct WorkerClientOptions {
   const Clock* clock = nullptr;
 };
 
-// One worker of an effadam cluster: joins the parameter server, keeps the
-// worker's replica of x and its optimizer state (WorkerOptimizer), and per
-// round turns a gradient into the compressed update it sends, then applies
-// the server's compressed delta. The math is WorkerOptimizer's; this class
-// only moves bytes and counts them.
-//
-// The rank (and so the data shard) is only known after Join, but the
-// layout must be sent with it, so start-up has two steps:
-//
-//   WorkerClient client(options);
-//   absl::Status s = client.Join(layout);  // learns rank, num_workers
-//   if (!s.ok()) return s;
-//   ... build the data pipeline for client.rank() of client.num_workers() ...
-//   s = client.Start(initial_params);  // uploads if asked, fetches x
-//   while (s.ok() && client.round() <= last_round) {
-//     float loss = ComputeGradient(client.params(), grad);
-//     s = client.Step(grad, loss);
-//   }
-//   return s.ok() ? client.Finish() : s;
-//
-// or Connect(), which does both steps, and Run(), which does the loop.
-//
-// Not thread-safe, except Cancel(), which any thread may call at any time.
+// WorkerClient (the promise, the threads and an example: top of this file).
 class WorkerClient {
  public:
   // Does not touch the network.
