@@ -11,6 +11,7 @@
 #include "prometheus/registry.h"
 #include "worker/model.h"
 #include "worker/worker_client.h"
+#include "worker/worker_observer.h"
 
 namespace effadam {
 
@@ -21,7 +22,7 @@ namespace effadam {
 // the summary JSON reports) by Sync, so they cannot drift from them; the
 // client needs no metrics hook. Call from the thread that drives the
 // client; scrapes may run concurrently.
-class WorkerMetrics {
+class WorkerMetrics final : public WorkerObserver {
  public:
   explicit WorkerMetrics(int rank);
   WorkerMetrics(const WorkerMetrics&) = delete;
@@ -34,13 +35,13 @@ class WorkerMetrics {
   // train loss this worker reports (its windowed mean), the norm of its
   // error memory, and Sync.
   void RecordStep(const WorkerClient& client, double step_seconds,
-                  double train_loss);
+                  double train_loss) override;
   // After an evaluation (rank 0): test accuracy when the model's metric is
   // an accuracy, and the test loss unless it is NaN (not measured).
-  void RecordEvaluation(const Evaluation& eval);
+  void RecordEvaluation(const Evaluation& eval) override;
   // Brings the byte counters to the client's counts, e.g. after a failed
   // Step or Finish, which may move bytes too.
-  void Sync(const WorkerClient& client);
+  void Sync(const WorkerClient& client) override;
 
  private:
   // Adds what `now` has beyond `*seen` to `counter`.
