@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "common/codec.h"
+#include "core/codec.h"
 
 namespace effadam {
 namespace {

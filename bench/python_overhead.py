@@ -49,7 +49,7 @@ def one_run(bin_dir, kind, elements, rounds, warmup):
             ["--workers=1", "--rounds=%d" % rounds] + FLAGS)
         common = ["--server=127.0.0.1:%d" % port, "--rounds=%d" % rounds,
                   "--elements=%d" % elements,
-                  "--warmup_rounds=%d" % warmup,
+                  "--untimed_rounds=%d" % warmup,
                   "--summary_json=" + c.path("w.json")] + FLAGS
         if kind == "cpp":
             argv = [os.path.join(bin_dir, "effadam-synthetic-worker")] + common

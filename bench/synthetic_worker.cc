@@ -6,9 +6,11 @@
 //
 // For benchmarks it times its rounds as it sees them (from one gradient
 // call to the next: Adam, encode, send, wait for the others and the server,
-// receive and apply the delta), after --warmup_rounds (it prints "measuring
+// receive and apply the delta), after --untimed_rounds (it prints "measuring
 // from round R" when they start), and ends its stdout with the JSON summary
-// (also written to --summary_json).
+// (also written to --summary_json). --rounds, Adam's flags (--lr, ...),
+// --seed and --summary_json are effadam-worker's (daemon/training_flags.h);
+// the model flags among them do not apply.
 
 #include <algorithm>
 #include <cmath>
@@ -24,9 +26,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/checksum.h"
-#include "common/client_security_flags.h"
-#include "common/compression_flags.h"
+#include "core/checksum.h"
+#include "daemon/client_security_flags.h"
+#include "daemon/compression_flags.h"
+#include "daemon/training_flags.h"
 #include "common/json_writer.h"
 #include "worker/progress.h"
 #include "worker/worker_client.h"
@@ -38,16 +41,11 @@ ABSL_FLAG(int64_t, elements, 1 << 20,
           "16");
 ABSL_FLAG(int64_t, tensor_elements, 0,
           "Largest tensor w* (as a deep network's layers); 0: one tensor");
-ABSL_FLAG(int64_t, warmup_rounds, 0,
+ABSL_FLAG(int64_t, untimed_rounds, 0,
           "Rounds not timed at the start (connection set-up, first-touch "
           "page faults)");
-ABSL_FLAG(int64_t, rounds, 1000, "Train through this round");
-ABSL_FLAG(double, lr, 0.01, "Adam learning rate");
-ABSL_FLAG(uint64_t, seed, 1, "Seed of stochastic rounding (qNs codecs)");
 ABSL_FLAG(effadam::DurationFlag, reconnect_timeout, absl::Minutes(5),
           "WorkerClientOptions::reconnect_timeout");
-ABSL_FLAG(std::string, summary_json, "",
-          "Write rounds, resyncs, bytes and params_checksum here at exit");
 
 namespace effadam {
 namespace {
@@ -68,10 +66,10 @@ float Target(int rank, int64_t j) {
 int Run() {
   const int64_t elements = absl::GetFlag(FLAGS_elements);
   const int64_t tensor_elements = absl::GetFlag(FLAGS_tensor_elements);
-  const int64_t warmup = absl::GetFlag(FLAGS_warmup_rounds);
+  const int64_t warmup = absl::GetFlag(FLAGS_untimed_rounds);
   if (elements < 1 || tensor_elements < 0 || warmup < 0) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "need --elements >= 1, --tensor_elements >= 0, --warmup_rounds >= 0; "
+        "need --elements >= 1, --tensor_elements >= 0, --untimed_rounds >= 0; "
         "got ",
         elements, ", ", tensor_elements, ", ", warmup)));
   }
@@ -87,13 +85,15 @@ int Run() {
   if (!layout.ok()) return Fail(layout.status());
   absl::StatusOr<CompressionConfig> compression = CompressionConfigFromFlags();
   if (!compression.ok()) return Fail(compression.status());
+  absl::StatusOr<TrainingConfig> training = TrainingConfigFromFlags();
+  if (!training.ok()) return Fail(training.status());
 
   WorkerClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
   options.rank = absl::GetFlag(FLAGS_rank);
   options.compression = *compression;
-  options.adam.lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
-  options.seed = absl::GetFlag(FLAGS_seed);
+  options.adam = training->adam;
+  options.seed = training->seed;
   options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout).value;
   // TLS, the token and keepalive, as effadam-worker takes them.
   absl::StatusOr<ClientSecurity> security = ClientSecurityFromFlags();
@@ -121,7 +121,7 @@ int Run() {
   absl::Time last;
   std::vector<double> round_seconds;
   absl::Status s =
-      client.Run(absl::GetFlag(FLAGS_rounds),
+      client.Run(training->rounds,
                  [&](absl::Span<const float> x, absl::Span<float> grad) {
                    const absl::Time now = absl::Now();
                    ++calls;
@@ -180,7 +180,7 @@ int Run() {
   json.Add("params_checksum", checksum)
       .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
   std::printf("%s\n", json.ToString().c_str());
-  const std::string path = absl::GetFlag(FLAGS_summary_json);
+  const std::string& path = training->summary_json;
   if (!path.empty()) {
     if (absl::Status w = json.WriteFile(path); !w.ok()) return Fail(w);
   }

@@ -27,7 +27,7 @@ const char* GitRevision();
 std::string VersionLine(absl::string_view program);
 
 // The part of a flag's source path that names it in the project, e.g.
-// "common/compression_flags.cc" for ".../wt/common/compression_flags.cc",
+// "daemon/compression_flags.cc" for ".../wt/daemon/compression_flags.cc",
 // or "" when the flag is not the project's (Abseil's, gRPC's).
 std::string ProjectFlagFile(absl::string_view path);
 

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
-#include "common/prometheus_util.h"
+#include "metrics/prometheus_util.h"
 #include "daemon/process_metrics.h"
 
 namespace effadam {

@@ -14,8 +14,8 @@
 
 #include "absl/flags/flag.h"
 #include "daemon/command_line.h"
-#include "common/client_security_flags.h"
-#include "common/compression_flags.h"
+#include "daemon/client_security_flags.h"
+#include "daemon/compression_flags.h"
 #include "worker/worker_client.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "Parameter server");

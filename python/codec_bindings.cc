@@ -9,8 +9,8 @@
 #include <pybind11/numpy.h>
 
 #include "absl/strings/str_cat.h"
-#include "common/codec.h"
-#include "common/update_codec.h"
+#include "core/codec.h"
+#include "core/update_codec.h"
 #include "python/arrays.h"
 #include "python/status_error.h"
 

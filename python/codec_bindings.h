@@ -5,8 +5,8 @@
 
 namespace effadam::python {
 
-// Adds Codec (one direction's quantizer over a span, common/codec.h) and
-// UpdateCodec (a whole model's encoding, common/update_codec.h) to `m`, for
+// Adds Codec (one direction's quantizer over a span, core/codec.h) and
+// UpdateCodec (a whole model's encoding, core/update_codec.h) to `m`, for
 // experiments and for tests that check the library from Python. Encoded
 // updates are bytes in the layout of docs/wire_format.md.
 void BindCodecs(pybind11::module_& m);

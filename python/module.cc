@@ -14,28 +14,21 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "absl/flags/declare.h"
-#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "common/checksum.h"
-#include "common/compression_flags.h"
-#include "common/grpc_security.h"
-#include "common/tensor_layout.h"
+#include "core/checksum.h"
+#include "core/compression_config.h"
+#include "transport/grpc_security.h"
+#include "core/tensor_layout.h"
 #include "python/arrays.h"
 #include "python/codec_bindings.h"
 #include "python/py_worker_client.h"
 #include "python/status_error.h"
 #include "worker/idx_reader.h"
 #include "worker/launch_env.h"
-#include "worker/training_flags.h"
-#include "worker/worker_optimizer.h"
+#include "worker/training_config.h"
+#include "core/worker_optimizer.h"
 
 // The defaults of CompressionConfig's arguments are the flags' defaults.
-ABSL_DECLARE_FLAG(std::string, worker_codec);
-ABSL_DECLARE_FLAG(std::string, server_codec);
-ABSL_DECLARE_FLAG(int64_t, block_size);
-ABSL_DECLARE_FLAG(int64_t, min_compress_elements);
-ABSL_DECLARE_FLAG(std::string, error_feedback);
 
 namespace py = pybind11;
 
@@ -88,6 +81,8 @@ and the server agree on it, and codec blocks never straddle two tensors.
 }
 
 void BindSettings(py::module_& m) {
+  // The arguments' defaults are the struct's, as the daemons' flags are.
+  const CompressionConfig defaults;
   py::class_<CompressionConfig>(m, "CompressionConfig", R"doc(
 Both directions' codecs and where error feedback runs; must equal the
 server's settings (its --worker_codec, --server_codec, --block_size,
@@ -101,12 +96,14 @@ server's settings (its --worker_codec, --server_codec, --block_size,
                  min_compress_elements, error_feedback));
            }),
            py::kw_only(),
-           py::arg("worker_codec") = absl::GetFlag(FLAGS_worker_codec),
-           py::arg("server_codec") = absl::GetFlag(FLAGS_server_codec),
-           py::arg("block_size") = absl::GetFlag(FLAGS_block_size),
+           py::arg("worker_codec") = defaults.worker_codec.ToString(),
+           py::arg("server_codec") = defaults.server_codec.ToString(),
+           py::arg("block_size") =
+               static_cast<int64_t>(defaults.options.block_size),
            py::arg("min_compress_elements") =
-               absl::GetFlag(FLAGS_min_compress_elements),
-           py::arg("error_feedback") = absl::GetFlag(FLAGS_error_feedback),
+               static_cast<int64_t>(defaults.options.min_compress_elements),
+           py::arg("error_feedback") =
+               std::string(ErrorFeedbackName(defaults)),
            "Codec names: fp32, bf16, fp16, sign, q2..q8, q2s..q8s, topk:R. "
            "error_feedback: both, worker, server or none.")
       .def_property_readonly("worker_codec",
@@ -171,8 +168,8 @@ decoupled_weight_decay, else L2 added to the gradient (torch's Adam).)doc")
            }),
            py::kw_only(), py::arg("lr") = adam.lr,
            py::arg("beta1") = adam.beta1, py::arg("beta2") = adam.beta2,
-           py::arg("eps") = adam.eps, py::arg("lr_schedule") = "constant",
-           py::arg("beta2_schedule") = "constant",
+           py::arg("eps") = adam.eps, py::arg("lr_schedule") = LrScheduleName(adam.lr_schedule),
+           py::arg("beta2_schedule") = Beta2ScheduleName(adam.beta2_schedule),
            py::arg("theta") = adam.theta,
            py::arg("bias_correction") = adam.bias_correction,
            py::arg("weight_decay") = adam.weight_decay,

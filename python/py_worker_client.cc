@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "common/prometheus_util.h"
+#include "metrics/prometheus_util.h"
 #include "python/arrays.h"
 #include "python/status_error.h"
 
@@ -227,11 +227,10 @@ WorkerClient& PyWorkerClient::idle_client() {
 }
 
 void BindWorkerClient(py::module_& m) {
-  const WorkerClientOptions defaults;
-  // The flags' defaults, which the server's flags share: a default worker
+  // The structs' defaults, which the daemons' flags share: a default worker
   // joins a default server.
-  const CompressionConfig default_compression =
-      ValueOrThrow(CompressionConfigFromFlags());
+  const WorkerClientOptions defaults;
+  const CompressionConfig& default_compression = defaults.compression;
   // common/traffic.h: the one record of traffic, as in C++.
   py::class_<DirectionBytes>(m, "DirectionBytes",
                              "The bytes of one direction, counted three ways.")

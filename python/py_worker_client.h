@@ -10,7 +10,7 @@
 
 #include "absl/status/status.h"
 #include "worker/worker_client.h"
-#include "worker/worker_metrics.h"
+#include "metrics/worker_metrics.h"
 
 namespace prometheus {
 class Exposer;

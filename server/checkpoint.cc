@@ -22,8 +22,8 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/checksum.h"
-#include "common/compression_proto.h"
+#include "core/checksum.h"
+#include "transport/compression_proto.h"
 #include "effadam/v1/checkpoint.pb.h"
 
 namespace effadam {

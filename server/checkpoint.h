@@ -9,9 +9,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "common/tensor_layout.h"
+#include "core/tensor_layout.h"
 #include "effadam/v1/parameter_server.pb.h"
-#include "server/round_engine.h"
+#include "core/round_engine.h"
 
 namespace effadam {
 

@@ -12,7 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/client_security_flags.h"
+#include "daemon/client_security_flags.h"
 #include "common/host_port.h"
 #include "daemon/command_line.h"
 #include "daemon/duration_flag.h"

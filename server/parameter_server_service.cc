@@ -7,10 +7,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/checksum.h"
-#include "common/chunk_assembler.h"
-#include "common/codec_spec.h"
-#include "common/compression_proto.h"
+#include "core/checksum.h"
+#include "transport/chunk_assembler.h"
+#include "core/codec_spec.h"
+#include "transport/compression_proto.h"
 
 namespace effadam {
 namespace {

@@ -14,7 +14,7 @@
 #include "common/logger.h"
 #include "server/checkpoint.h"
 #include "server/membership.h"
-#include "server/round_engine.h"
+#include "core/round_engine.h"
 #include "server/server_observer.h"
 
 namespace effadam {

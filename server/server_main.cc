@@ -24,26 +24,26 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/compression_flags.h"
-#include "common/checksum.h"
-#include "common/grpc_security.h"
 #include "common/host_port.h"
 #include "common/json_writer.h"
 #include "common/logger.h"
 #include "common/traffic.h"
+#include "core/checksum.h"
 #include "daemon/command_line.h"
+#include "daemon/compression_flags.h"
 #include "daemon/daemon.h"
 #include "daemon/duration_flag.h"
 #include "daemon/lifecycle.h"
+#include "metrics/server_metrics.h"
 #include "server/call_guard.h"
 #include "server/checkpoint.h"
 #include "server/parameter_server_service.h"
-#include "server/server_metrics.h"
 #include "server/token_authenticator.h"
 #include "server/token_gate.h"
+#include "transport/grpc_security.h"
 
 // The compression flags (--worker_codec, --server_codec, --block_size,
-// --min_compress_elements, --error_feedback) are common/compression_flags.cc.
+// --min_compress_elements, --error_feedback) are daemon/compression_flags.cc.
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "Address to serve on, host:port; port 0 picks a free port, which "
           "is printed");

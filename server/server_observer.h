@@ -72,7 +72,7 @@ struct CheckpointStats {
 };
 
 // Receives what ParameterServerService does, for monitoring. The service
-// stays free of any metrics library; server/server_metrics.h turns these
+// stays free of any metrics library; metrics/server_metrics.h turns these
 // calls into Prometheus metrics.
 //
 // Byte calls are made under the service's lock at the moment its own

@@ -6,7 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/grpc_security.h"
+#include "transport/grpc_security.h"
 
 namespace effadam {
 namespace {

@@ -5,7 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
-#include "common/grpc_security.h"
+#include "transport/grpc_security.h"
 #include "server/server_observer.h"
 #include "server/token_authenticator.h"
 

@@ -10,8 +10,10 @@
 #include "absl/flags/flag.h"
 #include "daemon/command_line.h"
 #include "absl/time/clock.h"
-#include "common/checksum.h"
+#include "core/checksum.h"
 #include "common/json_writer.h"
+#include "daemon/compression_flags.h"
+#include "daemon/training_flags.h"
 #include "sim/simulation.h"
 
 ABSL_FLAG(int32_t, workers, 4, "Number of logical workers");

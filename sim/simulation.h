@@ -5,13 +5,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/compression_flags.h"
 #include "common/traffic.h"
-#include "server/round_engine.h"
+#include "core/compression_config.h"
+#include "core/round_engine.h"
 #include "worker/model.h"
 #include "worker/progress.h"
-#include "worker/training_flags.h"
-#include "worker/worker_optimizer.h"
+#include "worker/training_config.h"
+#include "core/worker_optimizer.h"
 
 namespace effadam {
 

@@ -84,7 +84,7 @@ def run(argv, check_rc=True):
 
 
 def fnv1a64(data, h=0xcbf29ce484222325):
-    """common/checksum.cc's Fnv1a64, continued from state h."""
+    """core/checksum.cc's Fnv1a64, continued from state h."""
     for b in data:
         h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
     return h

@@ -9,8 +9,8 @@
 #include <limits>
 #include <string>
 
-#include "common/checksum.h"
-#include "common/compression_proto.h"
+#include "core/checksum.h"
+#include "transport/compression_proto.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -1,4 +1,4 @@
-#include "common/chunk_assembler.h"
+#include "transport/chunk_assembler.h"
 
 #include <cstring>
 #include <limits>

@@ -1,6 +1,6 @@
 // Property tests of the codecs over many random vectors, sizes and blocks.
 
-#include "common/codec.h"
+#include "core/codec.h"
 
 #include <cfloat>
 #include <cmath>

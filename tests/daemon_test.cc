@@ -169,10 +169,10 @@ TEST(ProcStat, BootTimeAndTheLiveCollector) {
 TEST(CommandLine, ProjectFlagFiles) {
   EXPECT_EQ(ProjectFlagFile("/work/wt/server/server_main.cc"),
             "server/server_main.cc");
-  EXPECT_EQ(ProjectFlagFile("../common/compression_flags.cc"),
-            "common/compression_flags.cc");
-  EXPECT_EQ(ProjectFlagFile("common/compression_flags.cc"),
-            "common/compression_flags.cc");
+  EXPECT_EQ(ProjectFlagFile("../daemon/compression_flags.cc"),
+            "daemon/compression_flags.cc");
+  EXPECT_EQ(ProjectFlagFile("daemon/compression_flags.cc"),
+            "daemon/compression_flags.cc");
   EXPECT_EQ(ProjectFlagFile("/build/absl/flags/parse.cc"), "");
   EXPECT_EQ(ProjectFlagFile("absl/log/flags.cc"), "");
   EXPECT_EQ(ProjectFlagFile("parse.cc"), "");

@@ -57,7 +57,7 @@ def main():
                     problems.append("%s: broken link %s" % (rel, target))
         for match in PATH.finditer(text):
             path = match.group(1).rstrip(".")
-            # `common/grpc_security.{h,cc}` names two files; build outputs,
+            # `transport/grpc_security.{h,cc}` names two files; build outputs,
             # globs and patterns are not files of the tree.
             if text.startswith(".{", match.end(1)) or \
                     any(c in path for c in "*{<") or "/build" in path or \

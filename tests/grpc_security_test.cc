@@ -1,8 +1,8 @@
-// The start-up checks of common/grpc_security.h (PEM files, token files,
+// The start-up checks of transport/grpc_security.h (PEM files, token files,
 // which flags go together) and server/token_authenticator.h. Certificates
 // are made here with OpenSSL, so no key is checked in and none expires.
 
-#include "common/grpc_security.h"
+#include "transport/grpc_security.h"
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>

@@ -19,15 +19,15 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/prometheus_util.h"
+#include "metrics/prometheus_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/compression_proto.h"
+#include "transport/compression_proto.h"
 #include "prometheus/registry.h"
 #include "server/parameter_server_service.h"
-#include "server/server_metrics.h"
+#include "metrics/server_metrics.h"
 #include "worker/worker_client.h"
-#include "worker/worker_metrics.h"
+#include "metrics/worker_metrics.h"
 
 namespace effadam {
 namespace {

@@ -16,7 +16,7 @@ of a naive loss expression; --mode=torch_fn_gather is torch_fn with
 flat_params=False, the path CUDA parameters take (the gradients gathered
 into one buffer and x copied back into each parameter every step).
 Writes the same summary JSON fields as the C++ worker, with
-round_seconds_median over the rounds after --warmup_rounds as it measures
+round_seconds_median over the rounds after --untimed_rounds as it measures
 it (gradient, step, delta applied), for bench/python_overhead.py.
 """
 
@@ -78,7 +78,7 @@ def run_binding(args):
     print("python_synthetic_worker: rank %d started at round %d"
           % (client.rank, client.round), flush=True)
     grad = np.empty(n, dtype=np.float32)
-    timer = RoundTimer(args.warmup_rounds)
+    timer = RoundTimer(args.untimed_rounds)
     while client.round <= args.rounds:
         timer.tick()
         np.subtract(client.params, t, out=grad)
@@ -141,7 +141,7 @@ def run_torch(args):
     t = torch.from_numpy(targets(opt.rank, opt.layout.num_elements))
     print("python_synthetic_worker: rank %d started at round %d"
           % (opt.rank, opt.round), flush=True)
-    timer = RoundTimer(args.warmup_rounds)
+    timer = RoundTimer(args.untimed_rounds)
     while opt.round <= args.rounds:
         timer.tick()
         opt.zero_grad()
@@ -168,7 +168,7 @@ def main():
     p.add_argument("--rank", type=int, default=-1)
     p.add_argument("--elements", type=int, default=1 << 20)
     p.add_argument("--rounds", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--worker_codec", default="sign")
     p.add_argument("--server_codec", default="sign")
@@ -176,7 +176,7 @@ def main():
     p.add_argument("--min_compress_elements", type=int, default=1024)
     p.add_argument("--mode", choices=("binding", "torch", "torch_fn",
                                        "torch_fn_gather"), default="binding")
-    p.add_argument("--warmup_rounds", type=int, default=0)
+    p.add_argument("--untimed_rounds", type=int, default=0)
     p.add_argument("--summary_json", default="")
     args = p.parse_args()
     client, rank, timer = (run_torch if args.mode.startswith("torch")

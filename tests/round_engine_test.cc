@@ -1,4 +1,4 @@
-#include "server/round_engine.h"
+#include "core/round_engine.h"
 
 #include <cfloat>
 #include <cmath>

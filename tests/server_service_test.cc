@@ -15,10 +15,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "common/checksum.h"
+#include "core/checksum.h"
 #include "common/clock.h"
 #include "common/logger.h"
-#include "common/shard_plan.h"
+#include "core/shard_plan.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/parameter_server_service.h"

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/compression_proto.h"
-#include "common/grpc_security.h"
+#include "transport/compression_proto.h"
+#include "transport/grpc_security.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"

@@ -21,8 +21,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "common/compression_proto.h"
-#include "common/shard_plan.h"
+#include "transport/compression_proto.h"
+#include "core/shard_plan.h"
 #include "gtest/gtest.h"
 #include "server/parameter_server_service.h"
 

@@ -1,4 +1,4 @@
-#include "common/shard_plan.h"
+#include "core/shard_plan.h"
 
 #include <cstring>
 #include <memory>
@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "server/round_engine.h"
+#include "core/round_engine.h"
 
 namespace effadam {
 namespace {

@@ -1,6 +1,6 @@
 #include "sim/simulation.h"
 
-#include "common/checksum.h"
+#include "core/checksum.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

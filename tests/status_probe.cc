@@ -12,7 +12,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/client_security_flags.h"
+#include "daemon/client_security_flags.h"
 #include "common/json_writer.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 

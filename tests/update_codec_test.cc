@@ -1,4 +1,4 @@
-#include "common/update_codec.h"
+#include "core/update_codec.h"
 
 #include <cstring>
 #include <random>

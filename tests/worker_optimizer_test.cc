@@ -1,4 +1,4 @@
-#include "worker/worker_optimizer.h"
+#include "core/worker_optimizer.h"
 
 #include <cmath>
 #include <cstring>

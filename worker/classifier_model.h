@@ -8,7 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "common/tensor_layout.h"
+#include "core/tensor_layout.h"
 #include "worker/idx_reader.h"
 #include "worker/model.h"
 

@@ -9,8 +9,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/compression_proto.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
+#include "transport/compression_proto.h"
 #include "worker/retry_backoff.h"
 
 namespace effadam {
@@ -68,7 +68,7 @@ ShardLink::ShardLink(ShardLinkOptions options)
   // Room for the largest chunk a server may send plus the message's other
   // fields.
   args.SetMaxReceiveMessageSize(MaxMessageBytes(kLargestServerChunkBytes));
-  // TLS and keepalive: common/grpc_security.h.
+  // TLS and keepalive: transport/grpc_security.h.
   rpc_->channel = NewClientChannel(options_.address, options_.security, args,
                                    options_.keepalive);
   rpc_->stub = pb::ParameterServer::NewStub(rpc_->channel);

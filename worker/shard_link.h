@@ -32,13 +32,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "common/chunk_assembler.h"
 #include "common/clock.h"
-#include "common/compression_flags.h"
-#include "common/grpc_security.h"
 #include "common/logger.h"
-#include "common/tensor_layout.h"
 #include "common/traffic.h"
+#include "core/compression_config.h"
+#include "core/tensor_layout.h"
+#include "transport/chunk_assembler.h"
+#include "transport/grpc_security.h"
 
 namespace grpc {
 class ClientContext;

@@ -8,8 +8,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "common/checksum.h"
 #include "common/host_port.h"
+#include "core/checksum.h"
 
 namespace effadam {
 namespace {

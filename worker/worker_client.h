@@ -57,17 +57,17 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "common/chunk_assembler.h"
 #include "common/clock.h"
-#include "common/compression_flags.h"
-#include "common/grpc_security.h"
 #include "common/logger.h"
-#include "common/shard_plan.h"
-#include "common/tensor_layout.h"
 #include "common/traffic.h"
+#include "core/compression_config.h"
+#include "core/shard_plan.h"
+#include "core/tensor_layout.h"
+#include "transport/chunk_assembler.h"
+#include "transport/grpc_security.h"
+#include "core/worker_optimizer.h"
 #include "worker/link_threads.h"
 #include "worker/shard_link.h"
-#include "worker/worker_optimizer.h"
 
 namespace effadam {
 
@@ -102,7 +102,7 @@ struct WorkerClientOptions {
   // TLS and the token (LoadClientSecurity, or ClientSecurityFromFlags);
   // the default is plaintext without a token.
   ClientSecurity security;
-  // Pings while a call is open (common/grpc_security.h).
+  // Pings while a call is open (transport/grpc_security.h).
   ClientKeepalive keepalive;
   // Hears of the attempts while Join or a reconnect waits for a server
   // (one line at first, then one every 10 s); null: nowhere. Must outlive

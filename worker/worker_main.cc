@@ -17,21 +17,21 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/checksum.h"
-#include "common/client_security_flags.h"
-#include "common/compression_flags.h"
 #include "common/json_writer.h"
 #include "common/traffic.h"
+#include "core/checksum.h"
+#include "daemon/client_security_flags.h"
 #include "daemon/command_line.h"
+#include "daemon/compression_flags.h"
 #include "daemon/daemon.h"
 #include "daemon/duration_flag.h"
 #include "daemon/lifecycle.h"
+#include "daemon/training_flags.h"
+#include "metrics/worker_metrics.h"
 #include "worker/launch_env.h"
 #include "worker/model.h"
 #include "worker/progress.h"
-#include "worker/training_flags.h"
 #include "worker/worker_client.h"
-#include "worker/worker_metrics.h"
 #include "worker/worker_observer.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
@@ -99,7 +99,7 @@ absl::StatusOr<WorkerSetup> SetupFromFlags() {
   w.training = *std::move(training);
   absl::StatusOr<CompressionConfig> compression = CompressionConfigFromFlags();
   if (!compression.ok()) return compression.status();
-  // TLS and the token: common/client_security_flags.cc.
+  // TLS and the token: daemon/client_security_flags.cc.
   absl::StatusOr<ClientSecurity> security = ClientSecurityFromFlags();
   if (!security.ok()) return security.status();
   absl::StatusOr<ClientKeepalive> keepalive = ClientKeepaliveFromFlags();

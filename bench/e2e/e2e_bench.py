@@ -453,7 +453,7 @@ def run_sweep_point(bin_dir, params, workers, rounds, netns, log_dir):
             [os.path.join(bin_dir, "effadam-synthetic-worker"),
              "--server=%s:%d" % (LOOPBACK, port), "--elements=%d" % params,
              "--tensor_elements=%d" % (1 << 22),
-             "--rounds=%d" % rounds, "--warmup_rounds=%d" % SWEEP_WARMUP]
+             "--rounds=%d" % rounds, "--untimed_rounds=%d" % SWEEP_WARMUP]
             + flags, "worker%d" % i, netns) for i in range(workers)]
         # Server CPU over the measured rounds: sampled when every worker has
         # started its first measured round and when every worker has written

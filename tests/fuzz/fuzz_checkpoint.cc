@@ -16,7 +16,7 @@
 #include <cmath>
 #include <string>
 
-#include "common/checksum.h"
+#include "core/checksum.h"
 #include "google/protobuf/stubs/logging.h"
 #include "server/checkpoint.h"
 #include "tests/fuzz/fuzz_check.h"

@@ -18,7 +18,7 @@
 #include <optional>
 #include <string>
 
-#include "common/chunk_assembler.h"
+#include "transport/chunk_assembler.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace effadam {

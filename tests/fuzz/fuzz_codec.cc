@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "common/codec.h"
-#include "common/codec_spec.h"
+#include "core/codec.h"
+#include "core/codec_spec.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace effadam {

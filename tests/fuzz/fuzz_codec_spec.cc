@@ -14,9 +14,9 @@
 #include <string>
 
 #include "absl/strings/match.h"
-#include "common/codec.h"
-#include "common/codec_spec.h"
-#include "common/compression_flags.h"
+#include "core/codec.h"
+#include "core/codec_spec.h"
+#include "core/compression_config.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace effadam {

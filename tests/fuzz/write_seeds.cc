@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "common/codec.h"
-#include "common/compression_proto.h"
+#include "core/codec.h"
+#include "transport/compression_proto.h"
 #include "server/checkpoint.h"
 #include "effadam/v1/parameter_server.pb.h"
 

@@ -1,0 +1,776 @@
+#include "core/codec.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+// The wire layouts are little-endian; loads and stores below are plain
+// memcpy, which is only right on a little-endian host.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "effadam's codecs assume a little-endian host");
+
+namespace effadam {
+namespace {
+
+size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
+
+float LoadF32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+void StoreF32(uint8_t* p, float v) { std::memcpy(p, &v, sizeof v); }
+uint16_t LoadU16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+void StoreU16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, sizeof v); }
+
+absl::Status NonFiniteInput(const CodecSpec& spec) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      spec.ToString(), " encode: the update holds NaN or Inf"));
+}
+
+absl::Status CheckErrorSpan(absl::Span<const float> update,
+                            absl::Span<float> error) {
+  if (!error.empty() && error.size() != update.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "error memory has ", error.size(), " elements, update has ",
+        update.size()));
+  }
+  return absl::OkStatus();
+}
+
+// p_j = update_j + error_j, the value error feedback quantizes. Both passes
+// over a block call this, so they see the same float.
+inline float Feedback(const float* update, const float* error, size_t j) {
+  return error ? update[j] + error[j] : update[j];
+}
+
+// Sum of |p| over a block with eight independent lanes, combined in a fixed
+// order: vectorizable, and the same bits on every run.
+float SumAbs(const float* u, const float* e, size_t n) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t j = 0;
+#if defined(__SSE2__)
+  // The same eight lanes as the loops below, four at a time.
+  {
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    __m128 lo = _mm_setzero_ps(), hi = _mm_setzero_ps();
+    for (; j + 8 <= n; j += 8) {
+      __m128 p0 = _mm_loadu_ps(u + j), p1 = _mm_loadu_ps(u + j + 4);
+      if (e) {
+        p0 = _mm_add_ps(p0, _mm_loadu_ps(e + j));
+        p1 = _mm_add_ps(p1, _mm_loadu_ps(e + j + 4));
+      }
+      lo = _mm_add_ps(lo, _mm_and_ps(p0, abs_mask));
+      hi = _mm_add_ps(hi, _mm_and_ps(p1, abs_mask));
+    }
+    _mm_storeu_ps(lane, lo);
+    _mm_storeu_ps(lane + 4, hi);
+  }
+#endif
+  if (e) {
+    for (; j + 8 <= n; j += 8)
+      for (int l = 0; l < 8; ++l) lane[l] += std::fabs(u[j + l] + e[j + l]);
+  } else {
+    for (; j + 8 <= n; j += 8)
+      for (int l = 0; l < 8; ++l) lane[l] += std::fabs(u[j + l]);
+  }
+  for (; j < n; ++j) lane[j % 8] += std::fabs(Feedback(u, e, j));
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+         ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+// mean |p| over n elements in double: the fallback when SumAbs's float sum
+// overflows although every p is finite (n values near FLT_MAX / n). Each
+// |p| <= FLT_MAX, so the mean is a finite float again.
+float MeanAbsWide(const float* u, const float* e, size_t n) {
+  double sum = 0;
+  for (size_t j = 0; j < n; ++j) sum += std::fabs(Feedback(u, e, j));
+  return static_cast<float>(sum / static_cast<double>(n));
+}
+
+float MaxAbs(const float* u, const float* e, size_t n) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t j = 0;
+#if defined(__SSE2__)
+  {
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    __m128 lo = _mm_setzero_ps(), hi = _mm_setzero_ps();
+    __m128 nan = _mm_setzero_ps();  // all-ones lanes once a NaN was seen
+    for (; j + 8 <= n; j += 8) {
+      __m128 p0 = _mm_loadu_ps(u + j), p1 = _mm_loadu_ps(u + j + 4);
+      if (e) {
+        p0 = _mm_add_ps(p0, _mm_loadu_ps(e + j));
+        p1 = _mm_add_ps(p1, _mm_loadu_ps(e + j + 4));
+      }
+      nan = _mm_or_ps(nan, _mm_or_ps(_mm_cmpunord_ps(p0, p0),
+                                     _mm_cmpunord_ps(p1, p1)));
+      lo = _mm_max_ps(lo, _mm_and_ps(p0, abs_mask));
+      hi = _mm_max_ps(hi, _mm_and_ps(p1, abs_mask));
+    }
+    if (_mm_movemask_ps(nan)) return std::numeric_limits<float>::quiet_NaN();
+    _mm_storeu_ps(lane, lo);
+    _mm_storeu_ps(lane + 4, hi);
+  }
+#endif
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) {
+      float a = std::fabs(Feedback(u, e, j + l));
+      // `a > lane || a != a` keeps a NaN, so the caller sees it.
+      lane[l] = (a > lane[l] || a != a) ? a : lane[l];
+    }
+  for (; j < n; ++j) {
+    float a = std::fabs(Feedback(u, e, j));
+    lane[j % 8] = (a > lane[j % 8] || a != a) ? a : lane[j % 8];
+  }
+  float m = 0;
+  for (float l : lane) m = (l > m || l != l) ? l : m;
+  return m;
+}
+
+// Checks the bits of `bytes` past `used_bits` are zero.
+bool PaddingIsZero(absl::Span<const uint8_t> bytes, size_t used_bits) {
+  if (used_bits % 8 == 0) return true;
+  uint8_t last = bytes[used_bits / 8];
+  return (last >> (used_bits % 8)) == 0;
+}
+
+bool AllFinite(absl::Span<const uint8_t> bytes, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(LoadF32(bytes.data() + 4 * i))) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- fp32 ---
+// Layout: n float32 values.
+class Fp32Codec final : public Codec {
+ public:
+  explicit Fp32Codec(CodecSpec spec, size_t block) : Codec(spec, block) {}
+
+  size_t EncodedSize(size_t n) const override { return 4 * n; }
+  double Delta(size_t) const override { return 1.0; }
+
+  absl::Status EncodeWithFeedback(absl::Span<const float> update,
+                                  absl::Span<float> error, uint64_t,
+                                  uint8_t* out) const override {
+    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
+    const float* e = error.empty() ? nullptr : error.data();
+    bool finite = true;
+    for (size_t j = 0; j < update.size(); ++j) {
+      float p = Feedback(update.data(), e, j);
+      finite &= std::fabs(p) <= FLT_MAX;
+      StoreF32(out + 4 * j, p);
+    }
+    if (!finite) return NonFiniteInput(spec());
+    // Q(p) = p, so the residual is exactly zero.
+    if (e) std::fill(error.begin(), error.end(), 0.0f);
+    return absl::OkStatus();
+  }
+
+  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
+                                absl::Span<float> acc) const override {
+    if (auto s = CheckSize(bytes, acc.size()); !s.ok()) return s;
+    for (size_t j = 0; j < acc.size(); ++j)
+      acc[j] += weight * LoadF32(bytes.data() + 4 * j);
+    return absl::OkStatus();
+  }
+
+  absl::Status Validate(absl::Span<const uint8_t> bytes,
+                        size_t n) const override {
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+    if (!AllFinite(bytes, n))
+      return absl::InvalidArgumentError("fp32 payload holds NaN or Inf");
+    return absl::OkStatus();
+  }
+};
+
+// ------------------------------------------------------- bf16 and fp16 ---
+// Layout: n 16-bit floats (bfloat16 or IEEE binary16), round to nearest
+// even. Values beyond the format's largest finite value saturate to it.
+template <typename Half>
+class HalfCodec final : public Codec {
+ public:
+  HalfCodec(CodecSpec spec, size_t block) : Codec(spec, block) {}
+
+  size_t EncodedSize(size_t n) const override { return 2 * n; }
+  // Holds for inputs in the format's normal range, where rounding to
+  // nearest errs by at most u = 2^-digits relative; 2u keeps a margin for
+  // the few elements that land in the subnormal range.
+  double Delta(size_t) const override {
+    return 1.0 - std::ldexp(1.0, 2 - 2 * Eigen::NumTraits<Half>::digits());
+  }
+
+  absl::Status EncodeWithFeedback(absl::Span<const float> update,
+                                  absl::Span<float> error, uint64_t,
+                                  uint8_t* out) const override {
+    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
+    const float* e = error.empty() ? nullptr : error.data();
+    const float max = static_cast<float>(Eigen::NumTraits<Half>::highest());
+    bool finite = true;
+    for (size_t j = 0; j < update.size(); ++j) {
+      float p = Feedback(update.data(), e, j);
+      finite &= std::fabs(p) <= FLT_MAX;
+      Half h(std::clamp(p, -max, max));
+      StoreU16(out + 2 * j, Eigen::numext::bit_cast<uint16_t>(h));
+      if (e) error[j] = p - static_cast<float>(h);
+    }
+    if (!finite) return NonFiniteInput(spec());
+    return absl::OkStatus();
+  }
+
+  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
+                                absl::Span<float> acc) const override {
+    if (auto s = CheckSize(bytes, acc.size()); !s.ok()) return s;
+    for (size_t j = 0; j < acc.size(); ++j)
+      acc[j] += weight * Value(bytes.data() + 2 * j);
+    return absl::OkStatus();
+  }
+
+  absl::Status Validate(absl::Span<const uint8_t> bytes,
+                        size_t n) const override {
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+    for (size_t j = 0; j < n; ++j) {
+      if (!std::isfinite(Value(bytes.data() + 2 * j)))
+        return absl::InvalidArgumentError(
+            absl::StrCat(spec().ToString(), " payload holds NaN or Inf"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  static float Value(const uint8_t* p) {
+    return static_cast<float>(Eigen::numext::bit_cast<Half>(LoadU16(p)));
+  }
+};
+
+// Shared frame of the two block-scaled codecs: `blocks` float32 scales, then
+// a little-endian bit stream of `bits` per element (element j occupies bits
+// [j*bits, (j+1)*bits), least significant bit first).
+struct ScaledFrame {
+  size_t blocks;
+  size_t code_bytes;
+  size_t size() const { return 4 * blocks + code_bytes; }
+};
+
+ScaledFrame FrameFor(size_t n, size_t block, int bits) {
+  return {CeilDiv(n, block), CeilDiv(n * static_cast<size_t>(bits), 8)};
+}
+
+absl::Status CheckScales(const CodecSpec& spec, absl::Span<const uint8_t> bytes,
+                         size_t blocks) {
+  for (size_t b = 0; b < blocks; ++b) {
+    float s = LoadF32(bytes.data() + 4 * b);
+    if (!(s >= 0.0f && s <= FLT_MAX)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          spec.ToString(), " payload: scale of block ", b,
+          " is not a finite non-negative number"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- sign ---
+// Q(p)_j = s * sign(p_j), s = mean |p| over the block. Layout: ScaledFrame
+// with one bit per element, 1 meaning -s (the float sign bit of p).
+class SignCodec final : public Codec {
+ public:
+  SignCodec(CodecSpec spec, size_t block) : Codec(spec, block) {}
+
+  size_t EncodedSize(size_t n) const override {
+    return FrameFor(n, block_size(), 1).size();
+  }
+  // ||Q(p)-p||^2 = ||p||^2 - ||p||_1^2 / n_b per block; half of the exact
+  // 1/n_b leaves room for float rounding of the scale.
+  double Delta(size_t n) const override {
+    return 0.5 / static_cast<double>(std::min(n, block_size()));
+  }
+
+  absl::Status EncodeWithFeedback(absl::Span<const float> update,
+                                  absl::Span<float> error, uint64_t,
+                                  uint8_t* out) const override {
+    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
+    const size_t n = update.size();
+    const ScaledFrame frame = FrameFor(n, block_size(), 1);
+    uint8_t* bits = out + 4 * frame.blocks;
+    const float* u = update.data();
+    float* e = error.empty() ? nullptr : error.data();
+    for (size_t b = 0; b < frame.blocks; ++b) {
+      const size_t begin = b * block_size();
+      const size_t nb = std::min(block_size(), n - begin);
+      const float* eb = e ? e + begin : nullptr;
+      float s = SumAbs(u + begin, eb, nb) / static_cast<float>(nb);
+      // A float sum of finite values can overflow; only a NaN or Inf in p
+      // keeps the wide mean from being finite.
+      if (!(s <= FLT_MAX)) s = MeanAbsWide(u + begin, eb, nb);
+      if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
+      StoreF32(out + 4 * b, s);
+      // Blocks are multiples of 8 elements, so each starts on a byte.
+      EncodeBlock(u + begin, e ? e + begin : nullptr, nb, s,
+                  bits + begin / 8);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
+                                absl::Span<float> acc) const override {
+    const size_t n = acc.size();
+    const ScaledFrame frame = FrameFor(n, block_size(), 1);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+    const uint8_t* bits = bytes.data() + 4 * frame.blocks;
+    for (size_t b = 0; b < frame.blocks; ++b) {
+      const size_t begin = b * block_size();
+      const size_t nb = std::min(block_size(), n - begin);
+      const float s = LoadF32(bytes.data() + 4 * b);
+      const float pos = weight * s, neg = weight * -s;
+      float* a = acc.data() + begin;
+      const uint8_t* bb = bits + begin / 8;
+      size_t j = 0;
+#if defined(__SSE2__)
+      const __m128 vpos = _mm_set1_ps(pos), vneg = _mm_set1_ps(neg);
+      const __m128i lo_bits = _mm_setr_epi32(1, 2, 4, 8);
+      const __m128i hi_bits = _mm_setr_epi32(16, 32, 64, 128);
+      for (; j + 8 <= nb; j += 8) {
+        const __m128i byte = _mm_set1_epi32(bb[j / 8]);
+        // All-ones lanes where the bit is set, i.e. where q is negative.
+        const __m128 m0 = _mm_castsi128_ps(
+            _mm_cmpeq_epi32(_mm_and_si128(byte, lo_bits), lo_bits));
+        const __m128 m1 = _mm_castsi128_ps(
+            _mm_cmpeq_epi32(_mm_and_si128(byte, hi_bits), hi_bits));
+        const __m128 q0 = _mm_or_ps(_mm_and_ps(m0, vneg), _mm_andnot_ps(m0, vpos));
+        const __m128 q1 = _mm_or_ps(_mm_and_ps(m1, vneg), _mm_andnot_ps(m1, vpos));
+        _mm_storeu_ps(a + j, _mm_add_ps(_mm_loadu_ps(a + j), q0));
+        _mm_storeu_ps(a + j + 4, _mm_add_ps(_mm_loadu_ps(a + j + 4), q1));
+      }
+#endif
+      for (; j < nb; ++j)
+        a[j] += ((bb[j / 8] >> (j % 8)) & 1) ? neg : pos;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Validate(absl::Span<const uint8_t> bytes,
+                        size_t n) const override {
+    const ScaledFrame frame = FrameFor(n, block_size(), 1);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+    if (auto s = CheckScales(spec(), bytes, frame.blocks); !s.ok()) return s;
+    if (!PaddingIsZero(bytes.subspan(4 * frame.blocks), n))
+      return absl::InvalidArgumentError("sign payload: padding bits not zero");
+    return absl::OkStatus();
+  }
+
+ private:
+  // q_j = copysign(s, p_j), e_j = p_j - q_j, bit j = sign bit of p_j.
+  static void EncodeBlock(const float* u, float* e, size_t nb, float s,
+                          uint8_t* bits) {
+    size_t j = 0;
+#if defined(__SSE2__)
+    const __m128 sv = _mm_set1_ps(s);
+    const __m128 sign_mask = _mm_set1_ps(-0.0f);
+    for (; j + 8 <= nb; j += 8) {
+      __m128 p0 = _mm_loadu_ps(u + j), p1 = _mm_loadu_ps(u + j + 4);
+      if (e) {
+        p0 = _mm_add_ps(p0, _mm_loadu_ps(e + j));
+        p1 = _mm_add_ps(p1, _mm_loadu_ps(e + j + 4));
+        __m128 q0 = _mm_or_ps(_mm_and_ps(p0, sign_mask), sv);
+        __m128 q1 = _mm_or_ps(_mm_and_ps(p1, sign_mask), sv);
+        _mm_storeu_ps(e + j, _mm_sub_ps(p0, q0));
+        _mm_storeu_ps(e + j + 4, _mm_sub_ps(p1, q1));
+      }
+      bits[j / 8] = static_cast<uint8_t>(_mm_movemask_ps(p0) |
+                                         (_mm_movemask_ps(p1) << 4));
+    }
+#endif
+    for (; j < nb; j += 8) {
+      uint8_t byte = 0;
+      for (size_t k = 0; k < 8 && j + k < nb; ++k) {
+        float p = Feedback(u, e, j + k);
+        bool neg = std::signbit(p);
+        if (e) e[j + k] = p - (neg ? -s : s);
+        byte |= static_cast<uint8_t>(neg) << k;
+      }
+      bits[j / 8] = byte;
+    }
+  }
+};
+
+// ------------------------------------------------------------------ qN ---
+// Symmetric N-bit levels -L..L, L = 2^(N-1) - 1, per block step = s / L with
+// s = max |p|; Q(p)_j = level_j * step. Layout: ScaledFrame whose N-bit codes
+// are level + L (0..2L; 2^N - 1 is never used).
+class QuantCodec final : public Codec {
+ public:
+  QuantCodec(CodecSpec spec, size_t block)
+      : Codec(spec, block), levels_((1 << (spec.bits - 1)) - 1) {}
+
+  size_t EncodedSize(size_t n) const override {
+    return FrameFor(n, block_size(), spec().bits).size();
+  }
+  // The block's largest element is kept (up to rounding of the step), every
+  // other element's error is at most |p_j| (nearest rounding); half of the
+  // exact 1/n_b leaves room for float rounding. Stochastic rounding can err
+  // by more than |p_j| on small elements, so it promises no contraction.
+  double Delta(size_t n) const override {
+    if (spec().stochastic) return 0.0;
+    return 0.5 / static_cast<double>(std::min(n, block_size()));
+  }
+
+  absl::Status EncodeWithFeedback(absl::Span<const float> update,
+                                  absl::Span<float> error, uint64_t seed,
+                                  uint8_t* out) const override {
+    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
+    const size_t n = update.size();
+    const int bits = spec().bits;
+    const ScaledFrame frame = FrameFor(n, block_size(), bits);
+    uint8_t* codes = out + 4 * frame.blocks;
+    const float* u = update.data();
+    float* e = error.empty() ? nullptr : error.data();
+    const float lf = static_cast<float>(levels_);
+    int32_t level[8];
+    for (size_t b = 0; b < frame.blocks; ++b) {
+      const size_t begin = b * block_size();
+      const size_t nb = std::min(block_size(), n - begin);
+      const float s = MaxAbs(u + begin, e ? e + begin : nullptr, nb);
+      if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
+      StoreF32(out + 4 * b, s);
+      const float step = Step(s);
+      const float inv = s > 0 ? lf / s : 0.0f;
+      // A block of subnormals (Adam's m decaying on a dead unit) makes L / s
+      // overflow float; double holds L / s for every positive float s.
+      const bool exact_in_float = inv <= FLT_MAX && !spec().stochastic;
+      const double inv_d = s > 0 ? static_cast<double>(lf) / s : 0.0;
+      for (size_t j = 0; j < nb; j += 8) {
+        const size_t g = std::min<size_t>(8, nb - j);
+        if (exact_in_float) {
+          // The common case, in float so it vectorizes: adding and removing
+          // 1.5 * 2^23 rounds |x| < 2^22 to the nearest integer, ties to
+          // even, as nearbyint does.
+          const float* uj = u + begin + j;
+          float* ej = e ? e + begin + j : nullptr;
+          size_t k = 0;
+#if defined(__SSE2__)
+          if (g == 8) {
+            const __m128 vinv = _mm_set1_ps(inv), vstep = _mm_set1_ps(step);
+            const __m128 magic = _mm_set1_ps(0x1.8p23f);
+            const __m128 hi = _mm_set1_ps(lf), lo = _mm_set1_ps(-lf);
+            for (; k < 8; k += 4) {
+              __m128 p = _mm_loadu_ps(uj + k);
+              if (ej) p = _mm_add_ps(p, _mm_loadu_ps(ej + k));
+              __m128 r = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(p, vinv), magic),
+                                    magic);
+              r = _mm_min_ps(_mm_max_ps(r, lo), hi);
+              const __m128i l = _mm_cvttps_epi32(r);
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(level + k), l);
+              if (ej) {
+                _mm_storeu_ps(ej + k,
+                              _mm_sub_ps(p, _mm_mul_ps(_mm_cvtepi32_ps(l),
+                                                       vstep)));
+              }
+            }
+          }
+#endif
+          for (; k < g; ++k) {
+            const float p = ej ? uj[k] + ej[k] : uj[k];
+            float r = (p * inv + 0x1.8p23f) - 0x1.8p23f;
+            r = std::min(std::max(r, -lf), lf);
+            level[k] = static_cast<int32_t>(r);
+            if (ej) ej[k] = p - static_cast<float>(level[k]) * step;
+          }
+        } else {
+          for (size_t k = 0; k < g; ++k) {
+            const size_t i = begin + j + k;
+            const float p = Feedback(u, e, i);
+            const double x = p * inv_d;  // |x| <= L up to rounding
+            double r = spec().stochastic ? std::floor(x + Uniform(seed, i))
+                                         : std::nearbyint(x);
+            r = std::clamp(r, -static_cast<double>(lf),
+                           static_cast<double>(lf));
+            level[k] = static_cast<int32_t>(r);
+            if (e) e[i] = p - static_cast<float>(level[k]) * step;
+          }
+        }
+        PackGroup(level, g, bits, codes + (begin + j) * bits / 8);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
+                                absl::Span<float> acc) const override {
+    const size_t n = acc.size();
+    const int bits = spec().bits;
+    const ScaledFrame frame = FrameFor(n, block_size(), bits);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+    const uint8_t* codes = bytes.data() + 4 * frame.blocks;
+    int32_t level[8];
+    for (size_t b = 0; b < frame.blocks; ++b) {
+      const size_t begin = b * block_size();
+      const size_t nb = std::min(block_size(), n - begin);
+      const float step = Step(LoadF32(bytes.data() + 4 * b));
+      for (size_t j = 0; j < nb; j += 8) {
+        const size_t g = std::min<size_t>(8, nb - j);
+        UnpackGroup(codes + (begin + j) * bits / 8, g, bits, level);
+        for (size_t k = 0; k < g; ++k)
+          acc[begin + j + k] += weight * (static_cast<float>(level[k]) * step);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Validate(absl::Span<const uint8_t> bytes,
+                        size_t n) const override {
+    const int bits = spec().bits;
+    const ScaledFrame frame = FrameFor(n, block_size(), bits);
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+    if (auto s = CheckScales(spec(), bytes, frame.blocks); !s.ok()) return s;
+    const uint8_t* codes = bytes.data() + 4 * frame.blocks;
+    int32_t level[8];
+    for (size_t j = 0; j < n; j += 8) {
+      const size_t g = std::min<size_t>(8, n - j);
+      UnpackGroup(codes + j * bits / 8, g, bits, level);
+      for (size_t k = 0; k < g; ++k) {
+        if (level[k] > levels_) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              spec().ToString(), " payload: code of element ", j + k,
+              " is out of range"));
+        }
+      }
+    }
+    if (!PaddingIsZero(bytes.subspan(4 * frame.blocks), n * bits))
+      return absl::InvalidArgumentError(absl::StrCat(
+          spec().ToString(), " payload: padding bits not zero"));
+    return absl::OkStatus();
+  }
+
+ private:
+  // One definition of the step for encoder and decoder, so e = p - Q(p) is
+  // computed from exactly the Q(p) a decoder sees. For a finite s within
+  // rounding of FLT_MAX, L * (s / L) can round past it, and the largest
+  // level would decode to infinity (and e to -infinity): such a step is
+  // lowered by an ulp or two. Every other s keeps s / L exactly (a
+  // non-finite s, which Validate refuses, too).
+  float Step(float s) const {
+    const float lf = static_cast<float>(levels_);
+    float step = s / lf;
+    if (s <= FLT_MAX) {
+      while (lf * step > FLT_MAX) step = std::nextafter(step, 0.0f);
+    }
+    return step;
+  }
+
+  // Counter-based uniform in [0, 1) from (seed, element index): the same
+  // draw whatever order or chunking encodes the element.
+  static float Uniform(uint64_t seed, uint64_t i) {
+    uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return static_cast<float>(z >> 40) * 0x1p-24f;
+  }
+
+  // Packs g <= 8 levels as codes (level + L) into g*bits bits at out, which
+  // starts on a byte since groups are 8 elements and blocks multiples of 8.
+  void PackGroup(const int32_t* level, size_t g, int bits,
+                 uint8_t* out) const {
+    uint64_t word = 0;
+    for (size_t k = 0; k < g; ++k)
+      word |= static_cast<uint64_t>(level[k] + levels_) << (k * bits);
+    std::memcpy(out, &word, CeilDiv(g * bits, 8));
+  }
+
+  void UnpackGroup(const uint8_t* in, size_t g, int bits,
+                   int32_t* level) const {
+    uint64_t word = 0;
+    std::memcpy(&word, in, CeilDiv(g * bits, 8));
+    const uint64_t mask = (uint64_t{1} << bits) - 1;
+    for (size_t k = 0; k < g; ++k)
+      level[k] = static_cast<int32_t>((word >> (k * bits)) & mask) - levels_;
+  }
+
+  int32_t levels_;
+};
+
+// ---------------------------------------------------------------- topk ---
+// Per block of n_b elements keeps the k_b = max(1, ceil(R * n_b)) largest
+// |p_j| (ties to the lower index). Layout per block, blocks in order: k_b
+// uint16 indices relative to the block start, strictly ascending, then k_b
+// float32 values.
+class TopKCodec final : public Codec {
+ public:
+  TopKCodec(CodecSpec spec, size_t block) : Codec(spec, block) {}
+
+  size_t EncodedSize(size_t n) const override {
+    const size_t full = n / block_size(), tail = n % block_size();
+    return 6 * (full * Keep(block_size()) + (tail ? Keep(tail) : 0));
+  }
+  // The dropped elements are at most a (1 - k_b/n_b) share of ||p||^2.
+  double Delta(size_t n) const override {
+    const size_t nb = std::min(n, block_size());
+    return static_cast<double>(Keep(nb)) / static_cast<double>(nb) * 0.999;
+  }
+
+  absl::Status EncodeWithFeedback(absl::Span<const float> update,
+                                  absl::Span<float> error, uint64_t,
+                                  uint8_t* out) const override {
+    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
+    const size_t n = update.size();
+    const float* u = update.data();
+    float* e = error.empty() ? nullptr : error.data();
+    std::vector<float> mag(std::min(n, block_size()));
+    std::vector<uint16_t> order(mag.size());
+    for (size_t begin = 0; begin < n; begin += block_size()) {
+      const size_t nb = std::min(block_size(), n - begin);
+      const size_t k = Keep(nb);
+      bool finite = true;
+      for (size_t j = 0; j < nb; ++j) {
+        mag[j] = std::fabs(Feedback(u, e, begin + j));
+        finite &= mag[j] <= FLT_MAX;
+      }
+      if (!finite) return NonFiniteInput(spec());
+      std::iota(order.begin(), order.begin() + nb, 0);
+      auto larger = [&](uint16_t a, uint16_t b) {
+        return mag[a] > mag[b] || (mag[a] == mag[b] && a < b);
+      };
+      std::nth_element(order.begin(), order.begin() + (k - 1),
+                       order.begin() + nb, larger);
+      std::sort(order.begin(), order.begin() + k);
+      uint8_t* idx = out;
+      uint8_t* val = out + 2 * k;
+      size_t next = 0;  // position in the sorted kept indices
+      for (size_t j = 0; j < nb; ++j) {
+        const float p = Feedback(u, e, begin + j);
+        if (next < k && order[next] == j) {
+          StoreU16(idx + 2 * next, static_cast<uint16_t>(j));
+          StoreF32(val + 4 * next, p);
+          ++next;
+          if (e) e[begin + j] = 0.0f;
+        } else if (e) {
+          e[begin + j] = p;
+        }
+      }
+      out += 6 * k;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
+                                absl::Span<float> acc) const override {
+    return Walk(bytes, acc.size(), [&](size_t i, float v) {
+      acc[i] += weight * v;
+    });
+  }
+
+  absl::Status Validate(absl::Span<const uint8_t> bytes,
+                        size_t n) const override {
+    return Walk(bytes, n, [](size_t, float) {}, /*strict=*/true);
+  }
+
+ private:
+  size_t Keep(size_t nb) const {
+    // The small subtraction absorbs decimal ratios such as 0.07 * 100 that
+    // land a hair above an integer in binary floating point.
+    double k = std::ceil(spec().ratio * static_cast<double>(nb) - 1e-9);
+    return std::clamp<size_t>(static_cast<size_t>(std::max(k, 1.0)), 1, nb);
+  }
+
+  // Calls visit(global index, value) for every kept element after checking
+  // the length and that each block's indices are in range; `strict` also
+  // checks ascending order and finite values.
+  template <typename Visit>
+  absl::Status Walk(absl::Span<const uint8_t> bytes, size_t n, Visit visit,
+                    bool strict = false) const {
+    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+    const uint8_t* in = bytes.data();
+    for (size_t begin = 0; begin < n; begin += block_size()) {
+      const size_t nb = std::min(block_size(), n - begin);
+      const size_t k = Keep(nb);
+      for (size_t t = 0; t < k; ++t) {
+        const size_t j = LoadU16(in + 2 * t);
+        const float v = LoadF32(in + 2 * k + 4 * t);
+        if (j >= nb || (strict && t > 0 && j <= LoadU16(in + 2 * t - 2))) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "topk payload: index ", j, " in block at element ", begin,
+              " is out of range or out of order"));
+        }
+        if (strict && !std::isfinite(v))
+          return absl::InvalidArgumentError("topk payload holds NaN or Inf");
+        visit(begin + j, v);
+      }
+      in += 6 * k;
+    }
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace
+
+absl::Status Codec::CheckSize(absl::Span<const uint8_t> bytes,
+                              size_t n) const {
+  if (bytes.size() == EncodedSize(n)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(spec_.ToString(), " payload for ", n, " elements must be ",
+                   EncodedSize(n), " bytes, got ", bytes.size()));
+}
+
+absl::Status Codec::Decode(absl::Span<const uint8_t> bytes,
+                           absl::Span<float> out) const {
+  // -0 + q == q for every float q, -0 included, so out gets Q bit-exactly.
+  std::fill(out.begin(), out.end(), -0.0f);
+  return DecodeAccumulate(bytes, 1.0f, out);
+}
+
+absl::Status CheckBlockSize(int64_t block_size) {
+  if (block_size > 0 && block_size % 8 == 0 && block_size <= 65536) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "must be a positive multiple of 8 up to 65536, got ", block_size));
+}
+
+absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(const CodecSpec& spec,
+                                                 size_t block_size) {
+  // Sizes beyond int64 are far past the limit; clamp rather than wrap.
+  const int64_t block = static_cast<int64_t>(
+      std::min<size_t>(block_size, std::numeric_limits<int64_t>::max()));
+  if (absl::Status s = CheckBlockSize(block); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block size ", s.message()));
+  }
+  switch (spec.kind) {
+    case CodecKind::kFp32:
+      return std::make_unique<Fp32Codec>(spec, block_size);
+    case CodecKind::kBf16:
+      return std::make_unique<HalfCodec<Eigen::bfloat16>>(spec, block_size);
+    case CodecKind::kFp16:
+      return std::make_unique<HalfCodec<Eigen::half>>(spec, block_size);
+    case CodecKind::kSign:
+      return std::make_unique<SignCodec>(spec, block_size);
+    case CodecKind::kQuant:
+      if (spec.bits < 2 || spec.bits > 8)
+        return absl::InvalidArgumentError("qN needs 2 <= N <= 8");
+      return std::make_unique<QuantCodec>(spec, block_size);
+    case CodecKind::kTopK:
+      if (!(spec.ratio > 0.0 && spec.ratio <= 1.0))
+        return absl::InvalidArgumentError("topk ratio must be in (0, 1]");
+      return std::make_unique<TopKCodec>(spec, block_size);
+  }
+  return absl::InvalidArgumentError("unknown codec kind");
+}
+
+}  // namespace effadam

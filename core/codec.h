@@ -1,0 +1,91 @@
+#ifndef EFFADAM_CORE_CODEC_H_
+#define EFFADAM_CORE_CODEC_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/codec_spec.h"
+
+namespace effadam {
+
+// A Codec is the quantizer Q of one direction. It packs a span of n floats
+// into exactly EncodedSize(n) bytes in a documented little-endian layout
+// (docs/wire_format.md) and reads them back. Blocks of block_size() elements
+// start at the span's first element; a scale is per block.
+//
+// Every deterministic codec is a compressor: ||Q(p) - p||^2 <= (1 - delta)
+// ||p||^2 with the delta that Delta(n) promises. Stochastic rounding (qNs)
+// trades that for unbiasedness, E[Q(p)] = p, with variance at most
+// step^2 / 4 per element; its Delta is 0.
+//
+// Codecs are immutable after construction and safe to share across threads.
+class Codec {
+ public:
+  virtual ~Codec() = default;
+
+  const CodecSpec& spec() const { return spec_; }
+  size_t block_size() const { return block_size_; }
+
+  // Exact number of bytes an encoding of n elements occupies.
+  virtual size_t EncodedSize(size_t n) const = 0;
+
+  // The compressor constant the codec guarantees for spans of n elements.
+  virtual double Delta(size_t n) const = 0;
+
+  // Error-feedback encoding in one pass: p = update + error (p = update when
+  // error is empty), writes Q(p) into out[0, EncodedSize(n)) and, when error
+  // is not empty, error = p - Q(p), computed as decoding would compute Q(p).
+  // `seed` drives stochastic rounding only. Fails with InvalidArgument when p
+  // holds NaN or Inf; out and error are then unspecified.
+  virtual absl::Status EncodeWithFeedback(absl::Span<const float> update,
+                                          absl::Span<float> error,
+                                          uint64_t seed, uint8_t* out) const = 0;
+
+  // acc += weight * Q, where Q is decoded from `bytes` (n = acc.size()).
+  // Never reads outside `bytes` nor writes outside `acc`, whatever the bytes
+  // hold; it checks only what that needs (the length, topk indices), so
+  // callers that must not change state on bad input call Validate first.
+  virtual absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes,
+                                        float weight,
+                                        absl::Span<float> acc) const = 0;
+
+  // Checks that `bytes` is the canonical encoding of n elements: its length,
+  // finite non-negative scales, finite values, codes and indices in range,
+  // zero padding bits.
+  virtual absl::Status Validate(absl::Span<const uint8_t> bytes,
+                                size_t n) const = 0;
+
+  // out = Q decoded from bytes.
+  absl::Status Decode(absl::Span<const uint8_t> bytes,
+                      absl::Span<float> out) const;
+
+ protected:
+  Codec(CodecSpec spec, size_t block_size)
+      : spec_(spec), block_size_(block_size) {}
+
+  // InvalidArgument unless bytes.size() == EncodedSize(n).
+  absl::Status CheckSize(absl::Span<const uint8_t> bytes, size_t n) const;
+
+ private:
+  CodecSpec spec_;
+  size_t block_size_;
+};
+
+// OK for a block size every codec accepts: a positive multiple of 8 (so
+// blocks start on byte boundaries), at most 65536 (topk's indices are
+// 16-bit). Otherwise InvalidArgument "must be a positive multiple ...".
+absl::Status CheckBlockSize(int64_t block_size);
+
+// Builds the codec for `spec` with blocks of `block_size` elements
+// (CheckBlockSize).
+absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(const CodecSpec& spec,
+                                                 size_t block_size);
+
+}  // namespace effadam
+
+#endif  // EFFADAM_CORE_CODEC_H_

@@ -1,0 +1,153 @@
+#include "core/update_codec.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace effadam {
+namespace {
+
+absl::Span<const uint8_t> Bytes(absl::string_view bytes, const Segment& s) {
+  return absl::Span<const uint8_t>(
+      reinterpret_cast<const uint8_t*>(bytes.data()) + s.byte_begin,
+      s.byte_size);
+}
+
+// Stochastic rounding draws per element from (seed, index in segment); mixing
+// the segment's start into the seed keeps segments independent.
+uint64_t SegmentSeed(uint64_t seed, size_t begin) {
+  return seed ^ (0xd1b54a32d192ed03ULL * (static_cast<uint64_t>(begin) + 1));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Create(
+    const TensorLayout& layout, const CodecSpec& spec,
+    const CompressionOptions& options) {
+  std::unique_ptr<UpdateCodec> uc(new UpdateCodec);
+  uc->spec_ = spec;
+  uc->block_size_ = options.block_size;
+  auto codec = MakeCodec(spec, options.block_size);
+  if (!codec.ok()) return codec.status();
+  auto fp32 = MakeCodec(CodecSpec{}, options.block_size);
+  if (!fp32.ok()) return fp32.status();
+  uc->codec_ = *std::move(codec);
+  uc->fp32_ = *std::move(fp32);
+
+  const size_t max_segment =
+      options.max_segment_elements / options.block_size * options.block_size;
+  if (max_segment == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max segment of ", options.max_segment_elements,
+        " elements is smaller than one block of ", options.block_size));
+  }
+  size_t bytes = 0;
+  for (size_t t = 0; t < layout.tensors().size(); ++t) {
+    const size_t n = layout.tensors()[t].num_elements();
+    const Codec* c = n < options.min_compress_elements ? uc->fp32_.get()
+                                                       : uc->codec_.get();
+    for (size_t off = 0; off < n; off += max_segment) {
+      Segment s;
+      s.begin = layout.offset(t) + off;
+      s.size = std::min(max_segment, n - off);
+      s.codec = c;
+      s.byte_begin = bytes;
+      s.byte_size = c->EncodedSize(s.size);
+      bytes += s.byte_size;
+      uc->segments_.push_back(s);
+    }
+  }
+  uc->num_elements_ = layout.num_elements();
+  uc->encoded_size_ = bytes;
+  return uc;
+}
+
+absl::Status UpdateCodec::EncodeWithFeedback(absl::Span<const float> update,
+                                             absl::Span<float> error,
+                                             uint64_t seed,
+                                             std::string* out) const {
+  if (update.size() != num_elements_ ||
+      (!error.empty() && error.size() != num_elements_)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "update has ", update.size(), " elements and error memory ",
+        error.size(), "; the layout has ", num_elements_));
+  }
+  out->resize(encoded_size_);
+  uint8_t* base = reinterpret_cast<uint8_t*>(out->data());
+  for (const Segment& s : segments_) {
+    absl::Span<float> e =
+        error.empty() ? absl::Span<float>() : error.subspan(s.begin, s.size);
+    absl::Status st = s.codec->EncodeWithFeedback(
+        update.subspan(s.begin, s.size), e,
+        SegmentSeed(seed, element_offset_ + s.begin),
+        base + s.byte_begin);
+    if (!st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Slice(
+    size_t first_segment, size_t end_segment) const {
+  if (first_segment >= end_segment || end_segment > segments_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slice of segments [", first_segment, ", ", end_segment,
+        ") of a codec with ", segments_.size(), " segments"));
+  }
+  std::unique_ptr<UpdateCodec> uc(new UpdateCodec);
+  uc->spec_ = spec_;
+  uc->block_size_ = block_size_;
+  auto codec = MakeCodec(spec_, block_size_);
+  if (!codec.ok()) return codec.status();
+  auto fp32 = MakeCodec(CodecSpec{}, block_size_);
+  if (!fp32.ok()) return fp32.status();
+  uc->codec_ = *std::move(codec);
+  uc->fp32_ = *std::move(fp32);
+  const Segment& first = segments_[first_segment];
+  for (size_t i = first_segment; i < end_segment; ++i) {
+    Segment s = segments_[i];
+    s.begin -= first.begin;
+    s.byte_begin -= first.byte_begin;
+    s.codec = s.codec == fp32_.get() ? uc->fp32_.get() : uc->codec_.get();
+    uc->num_elements_ += s.size;
+    uc->encoded_size_ += s.byte_size;
+    uc->segments_.push_back(s);
+  }
+  uc->element_offset_ = element_offset_ + first.begin;
+  return uc;
+}
+
+absl::Status UpdateCodec::Validate(absl::string_view bytes) const {
+  if (bytes.size() != encoded_size_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        spec_.ToString(), " update must be ", encoded_size_, " bytes, got ",
+        bytes.size()));
+  }
+  for (const Segment& s : segments_) {
+    absl::Status st = s.codec->Validate(Bytes(bytes, s), s.size);
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "segment at element ", s.begin, ": ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UpdateCodec::DecodeAccumulate(absl::string_view bytes,
+                                           float weight,
+                                           absl::Span<float> acc) const {
+  if (bytes.size() != encoded_size_ || acc.size() != num_elements_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        spec_.ToString(), " update must be ", encoded_size_, " bytes for ",
+        num_elements_, " elements, got ", bytes.size(), " bytes for ",
+        acc.size()));
+  }
+  for (const Segment& s : segments_) {
+    absl::Status st =
+        s.codec->DecodeAccumulate(Bytes(bytes, s), weight,
+                                  acc.subspan(s.begin, s.size));
+    if (!st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace effadam

@@ -1,0 +1,98 @@
+#ifndef EFFADAM_CORE_UPDATE_CODEC_H_
+#define EFFADAM_CORE_UPDATE_CODEC_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "core/codec.h"
+#include "core/tensor_layout.h"
+
+namespace effadam {
+
+// How a direction's codec is applied to a whole model.
+struct CompressionOptions {
+  // Elements per scale block of sign and qN, per top-k selection of topk.
+  size_t block_size = 1024;
+  // Tensors with fewer elements travel as fp32 (biases, norms); their error
+  // memory stays zero.
+  size_t min_compress_elements = 1024;
+  // Longest segment, in elements; rounded down to a multiple of block_size.
+  // Bounds one wire chunk: 262144 fp32 elements are 1 MiB.
+  size_t max_segment_elements = 262144;
+};
+
+// A contiguous range of x, inside one tensor, that is encoded on its own.
+struct Segment {
+  size_t begin = 0;        // first element in x
+  size_t size = 0;         // elements
+  size_t byte_begin = 0;   // offset in the encoded update
+  size_t byte_size = 0;
+  const Codec* codec = nullptr;
+};
+
+// Encodes the flattened parameter vector of a model: each tensor is cut into
+// segments of at most max_segment_elements (a multiple of the block size, so
+// blocks never straddle tensors or segments) and each segment is encoded by
+// the direction's codec, or fp32 for small tensors. The encoded update is the
+// segments' bytes in order; its size depends only on the layout and options.
+// Immutable after Create; safe to share across threads.
+class UpdateCodec {
+ public:
+  static absl::StatusOr<std::unique_ptr<UpdateCodec>> Create(
+      const TensorLayout& layout, const CodecSpec& spec,
+      const CompressionOptions& options);
+
+  // The codec of segments [first_segment, end_segment) alone, as one shard
+  // of the model holds them: elements and bytes count from the slice's
+  // start. Stochastic rounding draws as in this codec, so the slices'
+  // encodings of the slices of an update, concatenated, are this codec's
+  // encoding of the whole update, bit for bit. InvalidArgument for an empty
+  // or out-of-range slice.
+  absl::StatusOr<std::unique_ptr<UpdateCodec>> Slice(size_t first_segment,
+                                                     size_t end_segment) const;
+
+  const CodecSpec& spec() const { return spec_; }
+  // Where this codec's elements start in the whole model's x: 0 unless it
+  // is a Slice.
+  size_t element_offset() const { return element_offset_; }
+  size_t num_elements() const { return num_elements_; }
+  size_t encoded_size() const { return encoded_size_; }
+  const std::vector<Segment>& segments() const { return segments_; }
+
+  // Codec::EncodeWithFeedback over every segment into *out (resized to
+  // encoded_size()). `error` empty means no error feedback.
+  absl::Status EncodeWithFeedback(absl::Span<const float> update,
+                                  absl::Span<float> error, uint64_t seed,
+                                  std::string* out) const;
+
+  // Full check of an encoded update (see Codec::Validate).
+  absl::Status Validate(absl::string_view bytes) const;
+
+  // acc += weight * Q(bytes); memory-safe on any input, but only Validate
+  // guarantees acc is untouched when the bytes are bad.
+  absl::Status DecodeAccumulate(absl::string_view bytes, float weight,
+                                absl::Span<float> acc) const;
+
+ private:
+  UpdateCodec() = default;
+
+  CodecSpec spec_;
+  size_t block_size_ = 0;
+  size_t element_offset_ = 0;
+  std::unique_ptr<Codec> codec_;
+  std::unique_ptr<Codec> fp32_;
+  std::vector<Segment> segments_;
+  size_t num_elements_ = 0;
+  size_t encoded_size_ = 0;
+};
+
+}  // namespace effadam
+
+#endif  // EFFADAM_CORE_UPDATE_CODEC_H_

@@ -1,0 +1,226 @@
+#include "core/worker_optimizer.h"
+
+#include <cfloat>
+#include <cmath>
+#include <utility>
+
+#include <Eigen/Core>
+
+#include "absl/strings/str_cat.h"
+
+namespace effadam {
+namespace {
+
+using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
+using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
+
+ArrayMap Arr(std::vector<float>& v) {
+  return ArrayMap(v.data(), static_cast<Eigen::Index>(v.size()));
+}
+
+}  // namespace
+
+absl::Status ValidateAdamOptions(const AdamOptions& o) {
+  auto bad = [](absl::string_view what, float v) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adam option ", what, " out of range: ", v));
+  };
+  if (!(o.lr > 0 && o.lr < FLT_MAX)) return bad("lr (> 0)", o.lr);
+  if (!(o.beta1 >= 0 && o.beta1 < 1)) return bad("beta1 ([0, 1))", o.beta1);
+  if (!(o.beta2 >= 0 && o.beta2 < 1)) return bad("beta2 ([0, 1))", o.beta2);
+  if (!(o.eps > 0 && o.eps < FLT_MAX)) return bad("eps (> 0)", o.eps);
+  if (!(o.theta > 0 && o.theta <= 1)) return bad("theta ((0, 1])", o.theta);
+  if (!(o.weight_decay >= 0 && o.weight_decay < FLT_MAX))
+    return bad("weight_decay (>= 0)", o.weight_decay);
+  if (o.lr_schedule == LrSchedule::kWarmupCosine &&
+      !(o.schedule_rounds > 0 && o.warmup_rounds >= 0 &&
+        o.warmup_rounds <= o.schedule_rounds)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "adam option warmup_rounds out of range: the warmup_cosine schedule "
+        "needs 0 <= warmup_rounds <= rounds and rounds > 0, got "
+        "warmup_rounds ", o.warmup_rounds, " of ", o.schedule_rounds,
+        " rounds"));
+  }
+  return absl::OkStatus();
+}
+
+float ScheduledLr(const AdamOptions& o, float base_lr, int64_t t) {
+  switch (o.lr_schedule) {
+    case LrSchedule::kConstant:
+      return base_lr;
+    case LrSchedule::kInverseSqrt:
+      return base_lr / std::sqrt(static_cast<float>(t));
+    case LrSchedule::kWarmupCosine: {
+      if (t <= o.warmup_rounds) {
+        return static_cast<float>(static_cast<double>(base_lr) * t /
+                                  o.warmup_rounds);
+      }
+      if (t >= o.schedule_rounds) return 0.0f;
+      const double progress =
+          static_cast<double>(t - o.warmup_rounds) /
+          static_cast<double>(o.schedule_rounds - o.warmup_rounds);
+      return static_cast<float>(0.5 * base_lr *
+                                (1.0 + std::cos(M_PI * progress)));
+    }
+  }
+  return base_lr;
+}
+
+absl::StatusOr<std::unique_ptr<WorkerOptimizer>> WorkerOptimizer::Create(
+    std::shared_ptr<const UpdateCodec> worker_codec,
+    std::shared_ptr<const UpdateCodec> server_codec, std::vector<float> x0,
+    const Options& options) {
+  if (absl::Status s = ValidateAdamOptions(options.adam); !s.ok()) return s;
+  if (!worker_codec || !server_codec ||
+      worker_codec->num_elements() != x0.size() ||
+      server_codec->num_elements() != x0.size()) {
+    return absl::InvalidArgumentError(
+        "worker optimizer: codecs and initial parameters disagree on the size");
+  }
+  std::unique_ptr<WorkerOptimizer> w(new WorkerOptimizer);
+  w->worker_codec_ = std::move(worker_codec);
+  w->server_codec_ = std::move(server_codec);
+  w->options_ = options;
+  w->lr_ = options.adam.lr;
+  const size_t n = x0.size();
+  w->x_ = std::move(x0);
+  w->m_.assign(n, 0.0f);
+  w->v_.assign(n, 0.0f);
+  w->e_.assign(n, 0.0f);
+  w->d_.assign(n, 0.0f);
+  return w;
+}
+
+absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
+                                            std::string* update) {
+  if (grad.size() != x_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gradient has ", grad.size(), " elements, the model has ", x_.size()));
+  }
+  const ConstArrayMap g(grad.data(), static_cast<Eigen::Index>(grad.size()));
+  if (!g.isFinite().all()) {
+    return absl::InvalidArgumentError("gradient holds NaN or Inf");
+  }
+  const AdamOptions& o = options_.adam;
+  const int64_t t = t_ + 1;
+  const float b1 = o.beta1;
+  const float b2 = o.beta2_schedule == Beta2Schedule::kConstant
+                       ? o.beta2
+                       : 1.0f - o.theta / static_cast<float>(t);
+  const float lr = ScheduledLr(o, lr_, t);
+  const double beta1_power = beta1_power_ * b1;
+  const double beta2_power = beta2_power_ * b2;
+
+  // PyTorch's form: d = (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps).
+  float step = lr, inv_sqrt_bc2 = 1.0f;
+  if (o.bias_correction) {
+    step = static_cast<float>(lr / (1.0 - beta1_power));
+    inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - beta2_power));
+  }
+  auto m = Arr(m_), v = Arr(v_), d = Arr(d_);
+  if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kL2) {
+    // torch.optim.Adam: g + wd * x, in d_ (overwritten below) so that the
+    // caller's gradient stays as it is.
+    d = g + o.weight_decay * Arr(x_);
+    m = b1 * m + (1.0f - b1) * d;
+    v = b2 * v + (1.0f - b2) * d.square();
+  } else {
+    m = b1 * m + (1.0f - b1) * g;
+    v = b2 * v + (1.0f - b2) * g.square();
+  }
+  d = step * m / (v.sqrt() * inv_sqrt_bc2 + o.eps);
+  if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kDecoupled) {
+    d += (lr * o.weight_decay) * Arr(x_);
+  }
+
+  const uint64_t seed = options_.seed ^
+                        (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(t)) ^
+                        (0xc2b2ae3d27d4eb4fULL *
+                         static_cast<uint64_t>(options_.rank + 1));
+  absl::Span<float> e =
+      options_.error_feedback ? absl::MakeSpan(e_) : absl::Span<float>();
+  if (absl::Status s = worker_codec_->EncodeWithFeedback(d_, e, seed, update);
+      !s.ok()) {
+    return s;
+  }
+  t_ = t;
+  beta1_power_ = beta1_power;
+  beta2_power_ = beta2_power;
+  return absl::OkStatus();
+}
+
+absl::Status WorkerOptimizer::SetLr(float lr) {
+  if (!(lr >= 0 && lr < FLT_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "learning rate must be finite and >= 0, got ", lr));
+  }
+  lr_ = lr;
+  return absl::OkStatus();
+}
+
+WorkerOptimizer::State WorkerOptimizer::state() const {
+  State s;
+  s.step = t_;
+  s.beta1_power = beta1_power_;
+  s.beta2_power = beta2_power_;
+  s.m = m_;
+  s.v = v_;
+  s.e = e_;
+  return s;
+}
+
+absl::Status WorkerOptimizer::RestoreState(State s) {
+  const size_t n = x_.size();
+  for (const auto& [name, vec] :
+       {std::pair<const char*, const std::vector<float>*>{"m", &s.m},
+        {"v", &s.v},
+        {"e", &s.e}}) {
+    if (vec->size() != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer state: ", name, " has ", vec->size(),
+                       " elements, the model has ", n));
+    }
+    const ConstArrayMap a(vec->data(), static_cast<Eigen::Index>(n));
+    if (!a.isFinite().all()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("optimizer state: ", name, " holds NaN or Inf"));
+    }
+  }
+  if (!(ConstArrayMap(s.v.data(), static_cast<Eigen::Index>(n)) >= 0).all()) {
+    return absl::InvalidArgumentError(
+        "optimizer state: v (the second moment) holds a negative value");
+  }
+  if (s.step < 0 || !(s.beta1_power >= 0 && s.beta1_power <= 1) ||
+      !(s.beta2_power >= 0 && s.beta2_power <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer state: step ", s.step, " and bias-correction products ",
+        s.beta1_power, ", ", s.beta2_power,
+        " must be >= 0 and in [0, 1]"));
+  }
+  t_ = s.step;
+  beta1_power_ = s.beta1_power;
+  beta2_power_ = s.beta2_power;
+  m_ = std::move(s.m);
+  v_ = std::move(s.v);
+  e_ = std::move(s.e);
+  return absl::OkStatus();
+}
+
+absl::Status WorkerOptimizer::ApplyDelta(absl::string_view delta) {
+  if (absl::Status s = server_codec_->Validate(delta); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("server delta: ", s.message()));
+  }
+  return server_codec_->DecodeAccumulate(delta, -1.0f, absl::MakeSpan(x_));
+}
+
+absl::Status WorkerOptimizer::ResetParams(absl::Span<const float> x) {
+  if (x.size() != x_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameters have ", x.size(), " elements, the model has ", x_.size()));
+  }
+  x_.assign(x.begin(), x.end());
+  return absl::OkStatus();
+}
+
+}  // namespace effadam

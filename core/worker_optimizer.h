@@ -1,0 +1,130 @@
+#ifndef EFFADAM_CORE_WORKER_OPTIMIZER_H_
+#define EFFADAM_CORE_WORKER_OPTIMIZER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "core/update_codec.h"
+
+namespace effadam {
+
+// lr, lr / sqrt(t), and a linear warm-up over warmup_rounds followed by a
+// cosine decay to 0 at schedule_rounds (ScheduledLr).
+enum class LrSchedule { kConstant, kInverseSqrt, kWarmupCosine };
+enum class Beta2Schedule { kConstant, kOneMinusThetaOverT };  // b2, 1 - theta/t
+// Decoupled: d += lr_t * wd * x (torch.optim.AdamW, the flags' default).
+// L2: g += wd * x before the moments (torch.optim.Adam's weight_decay).
+enum class WeightDecayMode { kDecoupled, kL2 };
+
+struct AdamOptions {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  LrSchedule lr_schedule = LrSchedule::kConstant;
+  Beta2Schedule beta2_schedule = Beta2Schedule::kConstant;
+  float theta = 1.0f;  // for 1 - theta/t, in (0, 1]
+  bool bias_correction = true;
+  float weight_decay = 0.0f;
+  WeightDecayMode weight_decay_mode = WeightDecayMode::kDecoupled;
+  // kWarmupCosine: lr rises linearly to lr over the first warmup_rounds
+  // steps, then falls along a half cosine to 0 at step schedule_rounds
+  // (the run's length) and stays there.
+  int64_t warmup_rounds = 0;
+  int64_t schedule_rounds = 0;
+};
+
+// Checks ranges (lr > 0, 0 <= b1 < 1, 0 <= b2 < 1, eps > 0, 0 < theta <= 1,
+// weight_decay >= 0; for warmup_cosine 0 <= warmup_rounds <= schedule_rounds
+// and schedule_rounds > 0); InvalidArgument names the bad option.
+absl::Status ValidateAdamOptions(const AdamOptions& options);
+
+// The learning rate of step t (from 1) under options.lr_schedule, with
+// `base_lr` in place of options.lr.
+float ScheduledLr(const AdamOptions& options, float base_lr, int64_t t);
+
+// One worker's side of Efficient-Adam (docs/design.md, "The algorithm"): the replica of
+// x, Adam's m and v, and the worker error memory e. Each step turns a
+// gradient into d = lr_t * m_hat / (sqrt(v_hat) + eps), encodes p = d + e
+// with the worker codec and keeps e = p - Q(p); the server's delta is then
+// applied to the replica as x = x - q. Not thread-safe.
+class WorkerOptimizer {
+ public:
+  struct Options {
+    AdamOptions adam;
+    bool error_feedback = true;  // worker-side
+    uint64_t seed = 0;           // stochastic rounding (qNs only)
+    int rank = 0;                // mixed into the seed
+  };
+
+  // Both codecs must describe x0.size() elements.
+  static absl::StatusOr<std::unique_ptr<WorkerOptimizer>> Create(
+      std::shared_ptr<const UpdateCodec> worker_codec,
+      std::shared_ptr<const UpdateCodec> server_codec, std::vector<float> x0,
+      const Options& options);
+
+  // Everything a step depends on besides x, the options and the gradient:
+  // what a worker checkpoints to resume with its moments and error memory.
+  struct State {
+    int64_t step = 0;
+    double beta1_power = 1.0;
+    double beta2_power = 1.0;
+    std::vector<float> m, v, e;
+  };
+
+  // The replica of x; gradients are taken here.
+  absl::Span<const float> params() const { return x_; }
+  absl::Span<const float> error_memory() const { return e_; }
+  // Adam steps taken so far.
+  int64_t step() const { return t_; }
+  // The base learning rate the schedule scales (options.adam.lr at first).
+  float lr() const { return lr_; }
+
+  // Sets the base learning rate of the following steps: what a per-round
+  // learning-rate schedule outside the library (a torch LR scheduler) does.
+  // 0 is allowed (a warm-up's first step); NaN, Inf or a negative value is
+  // InvalidArgument and changes nothing. With the same lr every step the
+  // results are bit for bit those of a constant options.adam.lr.
+  absl::Status SetLr(float lr);
+
+  State state() const;
+  // Replaces m, v, e, the step count and the bias-correction products; x is
+  // the server's. InvalidArgument (nothing changed) for vectors of another
+  // size, non-finite values, a negative step or products outside (0, 1].
+  absl::Status RestoreState(State state);
+
+  // One Adam step on `grad` (the gradient at params()); writes the encoded
+  // update for the server into *update. InvalidArgument for a gradient of
+  // the wrong size or with NaN/Inf; the state is then unchanged.
+  absl::Status ComputeUpdate(absl::Span<const float> grad, std::string* update);
+
+  // x = x - q for the server's encoded delta. A delta that does not validate
+  // is InvalidArgument and leaves the replica unchanged.
+  absl::Status ApplyDelta(absl::string_view delta);
+
+  // Replaces the replica, as when a lagging or restarted worker receives the
+  // server's x.
+  absl::Status ResetParams(absl::Span<const float> x);
+
+ private:
+  WorkerOptimizer() = default;
+
+  std::shared_ptr<const UpdateCodec> worker_codec_;
+  std::shared_ptr<const UpdateCodec> server_codec_;
+  Options options_;
+  int64_t t_ = 0;
+  float lr_ = 0.0f;
+  double beta1_power_ = 1.0;  // prod of b1 over steps, for bias correction
+  double beta2_power_ = 1.0;  // prod of b2_t over steps
+  std::vector<float> x_, m_, v_, e_, d_;
+};
+
+}  // namespace effadam
+
+#endif  // EFFADAM_CORE_WORKER_OPTIMIZER_H_
