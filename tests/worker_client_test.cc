@@ -110,7 +110,11 @@ class FakeServer final : public pb::ParameterServer::Service {
     absl::MutexLock lock(&mu);
     join_request = *request;
     ++joins;
-    if (clock != nullptr) clock->Advance(join_takes);
+    if (clock != nullptr) {
+      clock->Advance(join_takes);
+      // Long enough for a call whose deadline has passed to see it.
+      absl::SleepFor(absl::Milliseconds(20));
+    }
     if (!join_status.ok()) return join_status;
     *reply = join_reply;
     return grpc::Status::OK;
@@ -280,8 +284,10 @@ TEST_F(WorkerClientTest, JoinsUploadsFetchesAndStepsInChunks) {
 TEST_F(WorkerClientTest, RankStillTakenGivesUpAtReconnectTimeoutOnTheClock) {
   // The rank stays taken and each Join takes 3 minutes of the injected
   // clock: the first answer comes before reconnect_timeout (5 minutes), so
-  // the client asks again after its backoff; the second comes after it, so
-  // the client gives up. Minutes of the clock pass in well under a second.
+  // the client asks again after its backoff, past connect_timeout (1
+  // minute), which no longer bounds the call; the second answer comes
+  // after reconnect_timeout, so the client gives up. Minutes of the clock
+  // pass in well under a second.
   FakeClock clock;
   fake_.clock = &clock;
   fake_.join_takes = absl::Minutes(3);
@@ -291,7 +297,7 @@ TEST_F(WorkerClientTest, RankStillTakenGivesUpAtReconnectTimeoutOnTheClock) {
   WorkerClientOptions o = Options();
   o.rank = 0;
   o.clock = &clock;
-  o.connect_timeout = absl::Minutes(10);
+  o.connect_timeout = absl::Minutes(1);
   o.reconnect_timeout = absl::Minutes(5);
   WorkerClient c(o);
   // The backoff between the attempts is 100 ms of the clock, which stands

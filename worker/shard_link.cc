@@ -176,7 +176,12 @@ absl::StatusOr<JoinReply> ShardLink::Join(const TensorLayout& layout,
   const absl::Status s = Retry(
       std::max(deadline, rank_taken_deadline), "",
       [&]() -> absl::Status {
-        auto context = NewContext(deadline);
+        // After `deadline` an attempt only follows a rank-taken answer: the
+        // server is there, and the call may take until the rank's own
+        // deadline.
+        auto context = NewContext(clock_.Now() < deadline
+                                      ? deadline
+                                      : std::max(deadline, rank_taken_deadline));
         if (context == nullptr) return absl::CancelledError("cancelled");
         const grpc::Status s = rpc_->stub->Join(context.get(), request, &reply);
         ReleaseContext();

@@ -395,7 +395,8 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
   if (absl::Status s = optimizer_->ComputeUpdate(grad, &update_); !s.ok()) {
     return s;
   }
-  // Each shard gets its part of the update on its own stream, in parallel;
+  // Each shard gets its part of the update on its own stream, in parallel
+  // (shard k on link thread k, shard 0 here);
   // a shard whose server has finished, or whose stream broke, contributes
   // a zero part to the delta.
   delta_.resize(zero_delta_.size());
