@@ -36,6 +36,8 @@ constexpr uint32_t kMaxHeaderBytes = 64 << 20;
 constexpr absl::string_view kPrefix = "checkpoint-";
 constexpr absl::string_view kSuffix = ".effadam";
 constexpr absl::string_view kTempMarker = ".tmp-";
+constexpr char kDeltaMagic[8] = {'E', 'F', 'A', 'D', 'D', 'L', 'T', '1'};
+constexpr absl::string_view kDeltaPrefix = "delta-";
 
 void PutU32(uint32_t v, char out[4]) {
   for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
@@ -382,6 +384,133 @@ CheckpointStore::LoadNewest() {
   // Every file failed: say so rather than start from scratch silently.
   return absl::DataLossError(absl::StrCat(
       "no checkpoint in ", dir_, " verifies: ", absl::StrJoin(skipped, "; ")));
+}
+
+// ------------------------------------------------------------ DeltaLog
+
+absl::StatusOr<DeltaLog> DeltaLog::Open(std::string dir, int keep) {
+  if (keep < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a delta log keeps at least 1 round, got ", keep));
+  }
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoError("cannot create the delta log directory", dir);
+  }
+  return DeltaLog(std::move(dir), keep);
+}
+
+DeltaLog& DeltaLog::None() {
+  static DeltaLog* none = new DeltaLog();
+  return *none;
+}
+
+std::string DeltaLog::Path(int64_t round) const {
+  return absl::StrCat(dir_, "/", kDeltaPrefix,
+                      absl::StrFormat("%012d", round), kSuffix);
+}
+
+absl::Status DeltaLog::Append(int64_t round, absl::string_view delta) {
+  if (!enabled()) return absl::OkStatus();
+  if (!retained_) {
+    Retain(round);
+    retained_ = true;
+  }
+  char head[sizeof(kDeltaMagic) + 8];
+  std::memcpy(head, kDeltaMagic, sizeof(kDeltaMagic));
+  PutU32(static_cast<uint32_t>(static_cast<uint64_t>(round)),
+         head + sizeof(kDeltaMagic));
+  PutU32(static_cast<uint32_t>(static_cast<uint64_t>(round) >> 32),
+         head + sizeof(kDeltaMagic) + 4);
+  const absl::string_view head_bytes(head, sizeof(head));
+  char tail[4];
+  PutU32(static_cast<uint32_t>(
+             Crc32(Crc32(crc32(0L, Z_NULL, 0), head_bytes), delta)),
+         tail);
+  const std::string path = Path(round);
+  const std::string temp = absl::StrCat(path, kTempMarker, ::getpid());
+  const int fd =
+      ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoError("cannot create", temp);
+  absl::Status status = WriteAll(fd, head_bytes, temp);
+  if (status.ok()) status = WriteAll(fd, delta, temp);
+  if (status.ok()) status = WriteAll(fd, absl::string_view(tail, 4), temp);
+  if (::close(fd) != 0 && status.ok()) status = ErrnoError("cannot close", temp);
+  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    status = ErrnoError("cannot rename into place", temp);
+  }
+  if (!status.ok()) {
+    ::unlink(temp.c_str());
+    return status;
+  }
+  ::unlink(Path(round - keep_).c_str());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> DeltaLog::Read(int64_t round) const {
+  if (!enabled()) return absl::NotFoundError("no delta log");
+  const std::string path = Path(round);
+  if (::access(path.c_str(), F_OK) != 0) {
+    return absl::NotFoundError(absl::StrCat("no record ", path));
+  }
+  absl::StatusOr<std::string> bytes = ReadFile(path);
+  if (!bytes.ok()) return bytes.status();
+  const size_t fixed = sizeof(kDeltaMagic) + 8 + 4;
+  if (bytes->size() < fixed ||
+      std::memcmp(bytes->data(), kDeltaMagic, sizeof(kDeltaMagic)) != 0) {
+    return absl::DataLossError(absl::StrCat(path, " is not a delta record"));
+  }
+  const char* p = bytes->data() + sizeof(kDeltaMagic);
+  const int64_t stored = static_cast<int64_t>(
+      GetU32(p) | (static_cast<uint64_t>(GetU32(p + 4)) << 32));
+  const absl::string_view body(bytes->data(), bytes->size() - 4);
+  if (stored != round ||
+      static_cast<uint32_t>(Crc32(crc32(0L, Z_NULL, 0), body)) !=
+          GetU32(bytes->data() + bytes->size() - 4)) {
+    return absl::DataLossError(absl::StrCat(path, " does not verify"));
+  }
+  return bytes->substr(sizeof(kDeltaMagic) + 8, bytes->size() - fixed);
+}
+
+void DeltaLog::Retain(int64_t round) {
+  if (!enabled()) return;
+  DIR* d = ::opendir(dir_.c_str());
+  if (d == nullptr) return;
+  std::vector<std::string> stale;
+  while (const dirent* e = ::readdir(d)) {
+    absl::string_view name = e->d_name;
+    int64_t r = 0;
+    if (!absl::ConsumePrefix(&name, kDeltaPrefix)) continue;
+    // Leftovers of a write a crash interrupted are never read.
+    const bool temp = name.find(kTempMarker) != absl::string_view::npos;
+    if (temp || (absl::ConsumeSuffix(&name, kSuffix) &&
+                 absl::SimpleAtoi(name, &r) &&
+                 (r >= round || r < round - keep_))) {
+      stale.push_back(absl::StrCat(dir_, "/", e->d_name));
+    }
+  }
+  ::closedir(d);
+  for (const std::string& path : stale) ::unlink(path.c_str());
+}
+
+int64_t ReplayDeltas(const DeltaLog& log, const UpdateCodec& server_codec,
+                     RoundEngineState* state) {
+  int64_t applied = 0;
+  while (true) {
+    absl::StatusOr<std::string> delta = log.Read(state->round);
+    if (!delta.ok() || !server_codec.Validate(*delta).ok()) break;
+    std::vector<float> x = state->params;
+    if (!server_codec.DecodeAccumulate(*delta, -1.0f, absl::MakeSpan(x))
+             .ok() ||
+        !std::all_of(x.begin(), x.end(),
+                     [](float v) { return std::isfinite(v); })) {
+      break;
+    }
+    state->params = std::move(x);
+    state->error_memory.clear();
+    ++state->round;
+    ++applied;
+  }
+  return applied;
 }
 
 }  // namespace effadam

@@ -12,6 +12,7 @@
 #include "core/tensor_layout.h"
 #include "effadam/v1/parameter_server.pb.h"
 #include "core/round_engine.h"
+#include "core/update_codec.h"
 
 namespace effadam {
 
@@ -88,6 +89,58 @@ class CheckpointStore {
   std::string dir_;
   int keep_;
 };
+
+// The encoded deltas of the last few closed rounds, one file each beside
+// the checkpoints (delta-<round>.effadam: magic, round, the delta as sent,
+// CRC-32), so that a server killed after closing a round and before any
+// worker applied its delta loses no round (docs/faults.md, "Zero lost
+// rounds"): a restarted server replays the kept deltas onto the newest x it
+// has (checkpoint or replica). A record is written before any worker can
+// receive its delta, under a temporary name and renamed into place, without
+// fsync: it survives a killed process (the page cache does), which is what
+// it is for; after a machine crash a lost or torn record ends the replay
+// there. A default-constructed DeltaLog keeps nothing. Not thread-safe.
+class DeltaLog {
+ public:
+  DeltaLog() = default;
+  // Keeps the newest `keep` (>= 1) records in `dir` (created if missing).
+  static absl::StatusOr<DeltaLog> Open(std::string dir, int keep);
+  // A log that keeps nothing, for servers without a checkpoint directory.
+  static DeltaLog& None();
+
+  bool enabled() const { return keep_ > 0; }
+  // Records the delta of closed round `round` (x at the start of round + 1
+  // is x at the start of `round` minus its decoded values) and removes the
+  // record `keep` rounds older. The first Append of a log also removes
+  // every record of a later round: those are of a history this server did
+  // not go on with (it restarted from an older x), and must never be
+  // replayed. Until then they stay, for a replica that arrives late.
+  absl::Status Append(int64_t round, absl::string_view delta);
+  // The delta of `round` if its record is there and verifies; NotFound
+  // when there is none, DataLoss when it does not verify.
+  absl::StatusOr<std::string> Read(int64_t round) const;
+
+ private:
+  // Removes every record of a round >= `round`, those older than `keep`
+  // rounds before it, and leftover temporary files.
+  void Retain(int64_t round);
+
+  DeltaLog(std::string dir, int keep) : dir_(std::move(dir)), keep_(keep) {}
+  std::string Path(int64_t round) const;
+
+  std::string dir_;
+  int keep_ = 0;
+  bool retained_ = false;  // the first Append has removed later records
+};
+
+// Applies the deltas `log` keeps for state->round, state->round + 1, ...
+// to state->params, as every worker applies them (server_codec's
+// DecodeAccumulate with -1), and advances state->round; stops at the first
+// round it has no verifying record of. E is set to zero when a delta is
+// applied (the server's residual of those rounds is not kept). Returns the
+// number of rounds applied.
+int64_t ReplayDeltas(const DeltaLog& log, const UpdateCodec& server_codec,
+                     RoundEngineState* state);
 
 }  // namespace effadam
 

@@ -30,6 +30,13 @@ bool Membership::HasDeparted(int rank) const {
   return InRange(rank) && ranks_[rank].phase == Phase::kDeparted;
 }
 
+bool Membership::EveryRankJoined() const {
+  for (const RankState& s : ranks_) {
+    if (s.phase == Phase::kFree) return false;
+  }
+  return true;
+}
+
 absl::StatusOr<int> Membership::Join(int requested, bool wanted,
                                      absl::Time now, bool* upload) {
   int rank = requested;
@@ -137,6 +144,16 @@ void Membership::Leave(int rank) {
   ranks_[rank].phase = Phase::kDeparted;
   // An upload in progress ends on its own (and frees the role then).
   if (uploader_ == rank && active_upload_ == 0) uploader_ = -1;
+}
+
+bool Membership::ClientWentAway(int rank) {
+  if (!InRange(rank)) return false;
+  RankState& s = ranks_[rank];
+  if (s.phase != Phase::kJoined || s.active_calls != 0 || rank == uploader_) {
+    return false;
+  }
+  s.expired = true;
+  return true;
 }
 
 std::vector<Membership::Expired> Membership::Expire(absl::Time now) {

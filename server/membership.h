@@ -42,6 +42,8 @@ class Membership {
   int TrainingCount() const;
   // Departed ranks are not waited for by a round.
   bool HasDeparted(int rank) const;
+  // Every rank has joined at least once (since this server started).
+  bool EveryRankJoined() const;
 
   // Join: `requested` is -1 for the lowest free rank. The rank, or a
   // rejection: kNoFreeRank, kBadRank (out of range), kRankTaken (live).
@@ -78,6 +80,15 @@ class Membership {
 
   // Takes `rank` out of the live set.
   void Leave(int rank);
+
+  // The client of a call of `rank` went away (its FetchParams was
+  // cancelled). If the rank is joined without a Train stream and has no
+  // other call in flight, it is marked as expired and true returned: the
+  // caller makes it leave, so a restarted worker may take the rank at once
+  // instead of waiting out the idle grace, and rounds stop waiting for it.
+  // Like an idle expiry, the old incarnation is welcome back with its Train
+  // stream while nobody else has taken the rank: it was slow, not gone.
+  bool ClientWentAway(int rank);
 
   // Takes out of the live set, and returns, the ranks whose time ran out:
   // joined ranks idle for longer than the grace (they may come back with

@@ -122,6 +122,7 @@ RoundCoordinator::Rules RoundRules(const ServerOptions& o) {
   r.workers = o.workers;
   r.rounds = o.rounds;
   r.round_timeout = o.round_timeout;
+  r.replica_wait = IdleGrace(o.round_timeout);
   r.checkpoint_every = o.checkpoint_every;
   return r;
 }
@@ -135,9 +136,12 @@ ParameterServerService::ParameterServerService(const ServerOptions& options)
                                         : Logger::Discard()),
       observer_(options.observer != nullptr ? *options.observer
                                             : ServerObserver::None()),
+      delta_log_(options.delta_log != nullptr ? *options.delta_log
+                                              : DeltaLog::None()),
       rejection_log_(/*burst=*/20, absl::Seconds(10)),
       membership_(MembershipRules(options)),
-      rounds_(RoundRules(options), membership_, clock_, observer_, logger_) {}
+      rounds_(RoundRules(options), membership_, clock_, observer_, logger_,
+              delta_log_) {}
 
 ParameterServerService::~ParameterServerService() = default;
 
@@ -485,11 +489,20 @@ absl::Status ParameterServerService::StartFromUpload(int rank, int64_t round,
   RoundEngineState state;
   state.round = std::max<int64_t>(round, 1);
   state.params = std::move(x);  // E starts at zero
+  // The initial parameters begin a new history: no logged delta is theirs
+  // (the first round closed removes the old records).
+  const int64_t replayed =
+      round > 0 ? ReplayLoggedDeltas(*model_, &state) : 0;
   absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
       RoundEngine::Restore(model_->codecs.worker, model_->codecs.server,
                            std::move(state), EngineOptions());
   if (!engine.ok()) return engine.status();
   const std::string checksum = ParamsChecksum((*engine)->params());
+  const std::string from_log =
+      replayed > 0 ? absl::StrCat(" and ", replayed,
+                                  " round(s) from the delta log (now round ",
+                                  (*engine)->round(), ")")
+                   : "";
   if (!rounds_.started()) {
     Checkpoint identity;
     identity.layout = model_->layout;
@@ -498,11 +511,11 @@ absl::Status ParameterServerService::StartFromUpload(int rank, int64_t round,
     identity.num_shards = options_.num_shards;
     // A replica's rounds all closed, on this server's earlier life.
     rounds_.Start(*std::move(engine), std::move(identity),
-                  /*rounds_closed=*/std::max<int64_t>(round - 1, 0),
+                  /*rounds_closed=*/std::max<int64_t>(round - 1, 0) + replayed,
                   /*resumed=*/round > 0);
     if (round > 0) {
       logger_.Info(absl::StrCat("x recovered from rank ", rank,
-                                "'s replica at round ", round,
+                                "'s replica at round ", round, from_log,
                                 " (no checkpoint), params_checksum ", checksum,
                                 "; the server's error memory starts at zero"));
     }
@@ -517,17 +530,28 @@ absl::Status ParameterServerService::StartFromUpload(int rank, int64_t round,
   const int64_t was = rounds_.round();
   rounds_.Recover(*std::move(engine));
   logger_.Info(absl::StrCat(
-      "x recovered from rank ", rank, "'s replica at round ", round,
+      "x recovered from rank ", rank, "'s replica at round ", round, from_log,
       ", newer than x at round ", was, ", params_checksum ", checksum,
       "; the server's error memory starts at zero"));
   return absl::OkStatus();
+}
+
+int64_t ParameterServerService::ReplayLoggedDeltas(const Model& model,
+                                                   RoundEngineState* state) {
+  return ReplayDeltas(delta_log_, *model.codecs.server, state);
 }
 
 grpc::Status ParameterServerService::FetchParams(
     grpc::ServerContext* context, const v1::FetchParamsRequest* request,
     grpc::ServerWriter<v1::ParamsChunk>* writer) {
   absl::Status s = Authenticate(*context);
-  if (s.ok()) s = DoFetchParams(context, *request, writer);
+  if (s.ok()) {
+    s = DoFetchParams(context, *request, writer);
+    if (context->IsCancelled()) {
+      absl::MutexLock lock(&mu_);
+      FetchClientGoneLocked(request->rank());
+    }
+  }
   return Finish(*context, "FetchParams", request->rank(), s);
 }
 
@@ -602,6 +626,17 @@ absl::Status ParameterServerService::DoFetchParams(
     return absl::CancelledError("the client went away during FetchParams");
   }
   return absl::OkStatus();
+}
+
+void ParameterServerService::FetchClientGoneLocked(int rank) {
+  // A worker killed while it fetched x would otherwise keep its rank for
+  // the idle grace: its restarted process would be refused and rounds would
+  // wait for it.
+  if (membership_.ClientWentAway(rank)) {
+    LeaveLocked(rank,
+                "its FetchParams call was cancelled before it opened its "
+                "Train stream (the worker went away)");
+  }
 }
 
 // ------------------------------------------------------------------- rounds
@@ -816,8 +851,9 @@ grpc::Status ParameterServerService::Status(
   response->set_bytes_join(s.traffic.join().payload);
   response->set_fp32_equivalent_bytes(s.traffic.fp32_equivalent());
   response->set_params_checksum(s.params_checksum);
-  response->set_awaiting_replicas(rounds_.resumed_at_round() > 0 &&
-                                  rounds_.AcceptsReplica(rounds_.round() + 1));
+  response->set_awaiting_replicas(
+      !rounds_.started() || (rounds_.resumed_at_round() > 0 &&
+                             rounds_.AcceptsReplica(rounds_.round() + 1)));
   return grpc::Status::OK;
 }
 
@@ -866,10 +902,21 @@ absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
   }
   absl::StatusOr<Model> model = ModelFor(checkpoint.layout);
   if (!model.ok()) return model.status();
+  const int64_t checkpoint_round = checkpoint.state.round;
+  const int64_t replayed = ReplayLoggedDeltas(*model, &checkpoint.state);
   absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
       RoundEngine::Restore(model->codecs.worker, model->codecs.server,
                            std::move(checkpoint.state), EngineOptions());
   if (!engine.ok()) return engine.status();
+  if (replayed > 0) {
+    checkpoint.rounds_closed += replayed;
+    logger_.Info(absl::StrCat(
+        "x at round ", checkpoint_round, " from the checkpoint and ",
+        replayed, " round(s) from the delta log: x is at round ",
+        (*engine)->round(), ", params_checksum ",
+        ParamsChecksum((*engine)->params()),
+        "; the server's error memory starts at zero"));
+  }
 
   absl::MutexLock lock(&mu_);
   if (model_.has_value() || rounds_.started()) {

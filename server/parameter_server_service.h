@@ -67,6 +67,10 @@ struct ServerOptions {
   // calls, dropped rounds); null: nowhere. Not owned; must outlive the
   // service.
   Logger* logger = nullptr;
+  // Keeps the deltas of the last closed rounds for a restart (the daemon
+  // opens it in --checkpoint_dir); null: none kept. Not owned; must
+  // outlive the service.
+  DeltaLog* delta_log = nullptr;
 };
 
 // Longest status message a refused call carries; a longer one is cut and
@@ -241,6 +245,12 @@ class ParameterServerService final
   // Takes `rank` out of the live set; a round may now close without it.
   void LeaveLocked(int rank, absl::string_view why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies the deltas the log keeps from state->round on (a restart: x
+  // from a checkpoint or a replica); the number of rounds applied.
+  int64_t ReplayLoggedDeltas(const Model& model, RoundEngineState* state);
+  // The client of rank's FetchParams went away: a joined rank without a
+  // stream leaves at once (Membership::ClientWentAway).
+  void FetchClientGoneLocked(int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Before the initial parameters exist and with nobody live, the server is
   // empty again and the next Join may bring another layout.
   void ResetIfEmptyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -260,6 +270,7 @@ class ParameterServerService final
   const Clock& clock_;
   Logger& logger_;
   ServerObserver& observer_;
+  DeltaLog& delta_log_;
   // Rejected calls logged: a flood of them must not fill the disk.
   mutable LogRateLimiter rejection_log_;
 

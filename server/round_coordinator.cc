@@ -1,5 +1,6 @@
 #include "server/round_coordinator.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -19,12 +20,14 @@ constexpr size_t kKeptRounds = 4;
 RoundCoordinator::RoundCoordinator(const Rules& rules,
                                    const Membership& membership,
                                    const Clock& clock,
-                                   ServerObserver& observer, Logger& logger)
+                                   ServerObserver& observer, Logger& logger,
+                                   DeltaLog& delta_log)
     : rules_(rules),
       membership_(membership),
       clock_(clock),
       observer_(observer),
       logger_(logger),
+      delta_log_(delta_log),
       last_loss_(std::numeric_limits<double>::quiet_NaN()) {}
 
 void RoundCoordinator::Start(std::unique_ptr<RoundEngine> engine,
@@ -144,10 +147,17 @@ void RoundCoordinator::MaybeClose() {
   for (int r = 0; r < rules_.workers && !missing; ++r) {
     missing = !engine_->HasSubmitted(r) && !membership_.HasDeparted(r);
   }
-  if (missing && clock_.Now() < round_opened_at_ + rules_.round_timeout) {
-    return;
-  }
+  if (missing && clock_.Now() < round_opened_at_ + Timeout()) return;
   Close();
+}
+
+absl::Duration RoundCoordinator::Timeout() const {
+  const bool awaiting_replicas =
+      resumed_at_round_ > 0 && rounds_closed_ == rounds_closed_at_start_;
+  if (awaiting_replicas && !membership_.EveryRankJoined()) {
+    return std::max(rules_.round_timeout, rules_.replica_wait);
+  }
+  return rules_.round_timeout;
 }
 
 void RoundCoordinator::Close() {
@@ -174,6 +184,11 @@ void RoundCoordinator::Close() {
         "round ", round, " dropped: the result of its ", contributors,
         " updates is not finite in float; x and E are unchanged and the "
         "delta is zero"));
+  }
+  // Before any worker can have it: a server killed from here on replays it.
+  if (absl::Status s = delta_log_.Append(round, *delta); !s.ok()) {
+    logger_.Warning(absl::StrCat("the delta of round ", round,
+                                 " is not in the delta log: ", s.message()));
   }
   const absl::Time now = clock_.Now();
   if (contributors < rules_.workers) ++short_rounds_;
@@ -230,7 +245,7 @@ std::optional<absl::StatusOr<ClosedRound>> RoundCoordinator::Outcome(
 
 std::optional<absl::Time> RoundCoordinator::TimeoutAt() const {
   if (!engine_ || engine_->num_submitted() == 0) return std::nullopt;
-  return round_opened_at_ + rules_.round_timeout;
+  return round_opened_at_ + Timeout();
 }
 
 std::optional<Checkpoint> RoundCoordinator::Snapshot() const {

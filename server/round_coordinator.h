@@ -33,7 +33,11 @@ struct ClosedRound {
 // checkpoints that fall due. A round closes when every rank submitted,
 // when every rank that did not has departed (asked of Membership; ranks
 // that never joined are waited for), or round_timeout after its first
-// update (read from the injected Clock).
+// update (read from the injected Clock; replica_wait for the first round
+// after a restart while ranks have not rejoined).
+//
+// A closed round's delta goes to the injected DeltaLog before any worker
+// can receive it (Outcome), so a restarted server can replay it.
 //
 // Refusals are statuses tagged with their Rejection. Holds no lock and
 // starts no thread: not thread-safe; ParameterServerService calls it under
@@ -44,12 +48,18 @@ class RoundCoordinator {
     int workers = 1;
     int64_t rounds = 0;  // 0: until shut down
     absl::Duration round_timeout = absl::Seconds(60);
+    // After a restart from saved state, while a rejoining worker's replica
+    // may still be newer than x, the first round waits this long (instead
+    // of round_timeout) for ranks that have not joined again: closing it
+    // early with a lagging worker's update would forgo the newer replicas
+    // of the others, losing their rounds.
+    absl::Duration replica_wait = absl::Seconds(60);
     int64_t checkpoint_every = 0;  // 0: no snapshots while training
   };
   // The references must outlive the coordinator.
   RoundCoordinator(const Rules& rules, const Membership& membership,
                    const Clock& clock, ServerObserver& observer,
-                   Logger& logger);
+                   Logger& logger, DeltaLog& delta_log = DeltaLog::None());
 
   // Once the parameters exist: `engine` (fresh, or restored from a
   // checkpoint), what every checkpoint of it names (layout, settings,
@@ -115,6 +125,8 @@ class RoundCoordinator {
 
  private:
   const ClosedRound* FindClosed(int64_t round) const;
+  // How long the open round waits for missing ranks (see Rules).
+  absl::Duration Timeout() const;
   void Close();
   // The engine holds a saved state (checkpoint or replica): note its round,
   // whether it completes the run, and tell the observer.
@@ -125,6 +137,7 @@ class RoundCoordinator {
   const Clock& clock_;
   ServerObserver& observer_;
   Logger& logger_;
+  DeltaLog& delta_log_;
 
   std::unique_ptr<RoundEngine> engine_;
   Checkpoint identity_;

@@ -108,6 +108,12 @@ ABSL_FLAG(int64_t, checkpoint_every, 100,
           "(and always at the end and on SIGTERM/SIGINT); 0: only then");
 ABSL_FLAG(int32_t, checkpoint_keep, 3,
           "With --checkpoint_dir: how many of the newest checkpoints to keep");
+ABSL_FLAG(int32_t, delta_log_rounds, 4,
+          "With --checkpoint_dir: keep the deltas of this many last closed "
+          "rounds there (delta-<round>.effadam, written before any worker "
+          "receives one), so a killed server goes on from the last round it "
+          "closed; 0: none (a restart may compute the round in flight "
+          "again)");
 ABSL_FLAG(std::string, summary_json, "",
           "Write a JSON summary of the run to this file at exit");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
@@ -401,8 +407,10 @@ struct ServerSetup {
   std::string listen;
   HostPort listen_address;
   ServerSecurity security;
-  // options.authenticator points here: a ServerSetup does not move.
+  // options.authenticator and options.delta_log point here: a ServerSetup
+  // does not move.
   std::optional<TokenAuthenticator> authenticator;
+  DeltaLog delta_log;
 };
 
 absl::StatusOr<ServerTransport> TransportFromFlags(const ServerOptions& o) {
@@ -433,6 +441,22 @@ absl::StatusOr<CallLimits> LimitsFromFlags(const ServerOptions& o) {
                      absl::FormatDuration(limits.send_stall_timeout)));
   }
   return limits;
+}
+
+// The delta log in --checkpoint_dir (--delta_log_rounds); none without
+// checkpoints or for 0 rounds.
+absl::Status OpenDeltaLogFromFlags(DeltaLog* delta_log) {
+  const int32_t rounds = absl::GetFlag(FLAGS_delta_log_rounds);
+  if (rounds < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--delta_log_rounds must be >= 0, got ", rounds));
+  }
+  const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  if (dir.empty() || rounds == 0) return absl::OkStatus();
+  absl::StatusOr<DeltaLog> opened = DeltaLog::Open(dir, rounds);
+  if (!opened.ok()) return opened.status();
+  *delta_log = *std::move(opened);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<ServerSetup>> SetupFromFlags() {
@@ -466,6 +490,8 @@ absl::StatusOr<std::unique_ptr<ServerSetup>> SetupFromFlags() {
     w.authenticator = *std::move(a);
     w.options.authenticator = &*w.authenticator;
   }
+  if (absl::Status s = OpenDeltaLogFromFlags(&w.delta_log); !s.ok()) return s;
+  w.options.delta_log = &w.delta_log;
   return setup;
 }
 

@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <string>
 
 #include "core/checksum.h"
+#include "core/shard_plan.h"
 #include "transport/compression_proto.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -210,6 +212,128 @@ TEST(CheckpointStore, OpenRejectsBadArguments) {
   WriteAll(file, "x");
   EXPECT_FALSE(CheckpointStore::Open(file, 1).ok());
   EXPECT_TRUE(CheckpointStore::Open(dir.path() + "/new/", 1).ok());
+}
+
+}  // namespace
+}  // namespace effadam
+
+// ------------------------------------------------------------ DeltaLog
+namespace effadam {
+namespace {
+
+TEST(DeltaLog, KeepsTheNewestRoundsAndReadsThemBack) {
+  TempDir dir;
+  DeltaLog log = *DeltaLog::Open(dir.path(), 2);
+  ASSERT_TRUE(log.Append(5, "five").ok());
+  ASSERT_TRUE(log.Append(6, std::string("six\0six", 7)).ok());
+  ASSERT_TRUE(log.Append(7, "").ok());
+  EXPECT_TRUE(absl::IsNotFound(log.Read(5).status()));  // older than keep
+  EXPECT_EQ(*log.Read(6), std::string("six\0six", 7));
+  EXPECT_EQ(*log.Read(7), "");
+  EXPECT_TRUE(absl::IsNotFound(log.Read(8).status()));
+  // A restarted server that goes on from x at round 6: its first Append
+  // removes the record of round 7, of a history it did not continue; until
+  // then that record stays for a replica that may still come.
+  DeltaLog restarted = *DeltaLog::Open(dir.path(), 2);
+  EXPECT_TRUE(restarted.Read(7).ok());
+  const std::string leftover =
+      dir.path() + "/delta-000000000008.effadam.tmp-123";
+  WriteAll(leftover, "torn");
+  ASSERT_TRUE(restarted.Append(6, "six again").ok());
+  EXPECT_TRUE(absl::IsNotFound(restarted.Read(7).status()));
+  EXPECT_NE(::access(leftover.c_str(), F_OK), 0);
+  EXPECT_EQ(*restarted.Read(6), "six again");
+  ASSERT_TRUE(restarted.Append(7, "seven").ok());
+  EXPECT_EQ(*restarted.Read(7), "seven");  // only the first Append prunes
+  EXPECT_FALSE(DeltaLog::Open(dir.path(), 0).ok());
+  // The log of a server without a checkpoint directory keeps nothing.
+  EXPECT_TRUE(DeltaLog::None().Append(1, "x").ok());
+  EXPECT_TRUE(absl::IsNotFound(DeltaLog::None().Read(1).status()));
+}
+
+TEST(DeltaLog, EveryDamagedRecordIsDataLoss) {
+  TempDir dir;
+  DeltaLog log = *DeltaLog::Open(dir.path(), 4);
+  ASSERT_TRUE(log.Append(3, "delta of round 3").ok());
+  const std::string path = dir.path() + "/delta-000000000003.effadam";
+  const std::string good = ReadAll(path);
+  ASSERT_FALSE(good.empty());
+  for (size_t i = 0; i < good.size(); ++i) {
+    std::string bad = good;
+    bad[i] ^= 0x20;
+    WriteAll(path, bad);
+    EXPECT_TRUE(absl::IsDataLoss(log.Read(3).status())) << "byte " << i;
+  }
+  for (size_t n = 0; n < good.size(); ++n) {
+    WriteAll(path, good.substr(0, n));
+    EXPECT_TRUE(absl::IsDataLoss(log.Read(3).status())) << n << " bytes";
+  }
+  // A record renamed to another round's name is not that round's.
+  WriteAll(dir.path() + "/delta-000000000004.effadam", good);
+  EXPECT_TRUE(absl::IsDataLoss(log.Read(4).status()));
+}
+
+// The property the log exists for: x from an older state plus the logged
+// deltas is the x the server had, bit for bit, as every worker has it.
+TEST(DeltaLog, ReplayGivesTheServersXBitForBit) {
+  for (const char* server_codec : {"sign", "q4", "fp32", "topk:0.1"}) {
+    SCOPED_TRACE(server_codec);
+    TempDir dir;
+    DeltaLog log = *DeltaLog::Open(dir.path(), 3);
+    const TensorLayout layout =
+        *TensorLayout::Create({{"w", {300}}, {"b", {10}}});
+    CompressionConfig cc;
+    cc.worker_codec = *ParseCodecSpec("sign");
+    cc.server_codec = *ParseCodecSpec(server_codec);
+    cc.options.block_size = 64;
+    cc.options.min_compress_elements = 64;
+    const ShardCodecs codecs = *MakeShardCodecs(layout, cc, 0, 1);
+    std::vector<float> x0(layout.num_elements());
+    for (size_t i = 0; i < x0.size(); ++i) x0[i] = 0.01f * i - 1.0f;
+    auto engine = *RoundEngine::Create(codecs.worker, codecs.server, x0, {});
+    RoundEngineState at_3, at_4;
+    for (int64_t round = 1; round <= 6; ++round) {
+      RoundEngineState* snapshot =
+          round == 3 ? &at_3 : round == 4 ? &at_4 : nullptr;
+      if (snapshot != nullptr) {
+        snapshot->round = round;
+        snapshot->params.assign(engine->params().begin(),
+                                engine->params().end());
+        snapshot->error_memory.assign(engine->error_memory().begin(),
+                                      engine->error_memory().end());
+      }
+      for (int rank = 0; rank < 2; ++rank) {
+        std::vector<float> u(x0.size());
+        for (size_t i = 0; i < u.size(); ++i) {
+          u[i] = std::sin(0.37f * i + 1.3f * round + rank) * 0.01f;
+        }
+        std::string bytes;
+        ASSERT_TRUE(codecs.worker->EncodeWithFeedback(u, {}, 0, &bytes).ok());
+        ASSERT_TRUE(engine->Submit(rank, round, bytes).ok());
+      }
+      absl::StatusOr<std::string> delta = engine->CloseRound();
+      ASSERT_TRUE(delta.ok());
+      ASSERT_TRUE(log.Append(round, *delta).ok());
+    }
+    // Rounds 4..6 are kept (keep 3). From x at round 4 nothing is missing.
+    RoundEngineState state = at_4;
+    EXPECT_EQ(ReplayDeltas(log, *codecs.server, &state), 3);
+    EXPECT_EQ(state.round, 7);
+    EXPECT_EQ(engine->round(), 7);
+    EXPECT_EQ(ParamsChecksum(state.params), ParamsChecksum(engine->params()));
+    EXPECT_TRUE(state.error_memory.empty());  // E of those rounds is lost
+    // From x at round 3 the delta of round 3 is gone: nothing applies.
+    state = at_3;
+    EXPECT_EQ(ReplayDeltas(log, *codecs.server, &state), 0);
+    EXPECT_EQ(state.round, 3);
+    EXPECT_EQ(ParamsChecksum(state.params), ParamsChecksum(at_3.params));
+    EXPECT_EQ(state.error_memory.size(), at_3.error_memory.size());
+    // A damaged record ends the replay before it.
+    WriteAll(dir.path() + "/delta-000000000005.effadam", "torn");
+    state = at_4;
+    EXPECT_EQ(ReplayDeltas(log, *codecs.server, &state), 1);
+    EXPECT_EQ(state.round, 5);
+  }
 }
 
 }  // namespace

@@ -207,6 +207,13 @@ def case_server_sigkill_restores_checkpoint(c):
     written = checkpoints_written(c, "server")
     check(written, "no checkpoint was written before the kill")
     path, ckpt_round, ckpt_checksum = written[-1]
+    # The last round the killed server closed: its delta is logged before
+    # any worker can have it.
+    logged = [int(m.group(1)) for m in
+              (re.match(r"delta-(\d+)\.effadam$", f)
+               for f in os.listdir(c.path("ckpt"))) if m]
+    check(logged, "no delta record in %s" % c.path("ckpt"))
+    last_closed = max(logged)
     killed_at = time.time()
     server2, _ = c.start_server(server_flags, port=port, label="server2")
     for p in workers:
@@ -217,18 +224,20 @@ def case_server_sigkill_restores_checkpoint(c):
           "restored %s, last written %s" % (back, written[-1]))
     s = c.summary("server2")
     # Zero lost rounds: x went on from the workers' replica, not from the
-    # older checkpoint, and the log says which source won. The one round
-    # that may be computed again is the one whose delta was in flight: the
-    # server had closed it (its round gauge had moved on) but no worker had
-    # it yet when the kill landed (docs/faults.md, "Zero lost rounds").
-    check(s["resumed_at_round"] >= round_at_kill - 1 and
+    # older checkpoint, plus the delta log for a round whose delta was in
+    # flight (closed, but no worker had it yet when the kill landed), and
+    # the log says which source won (docs/faults.md, "Zero lost rounds").
+    check(s["resumed_at_round"] == last_closed + 1 and
+          s["resumed_at_round"] >= round_at_kill and
           s["resumed_at_round"] > ckpt_round,
-          "resumed at round %s; the server was at round %d when killed, its "
-          "checkpoint at %d" % (s["resumed_at_round"], round_at_kill,
-                                ckpt_round))
-    recovered = re.search(r"x recovered from rank \d+'s replica at round (\d+)",
+          "resumed at round %s; the server had closed round %d when killed, "
+          "its checkpoint at %d" % (s["resumed_at_round"], last_closed,
+                                    ckpt_round))
+    recovered = re.search(r"x recovered from rank \d+'s replica at round "
+                          r"(\d+)(?: and (\d+) round\(s\) from the delta log)?",
                           c.output("server2")[1])
-    check(recovered and int(recovered.group(1)) == s["resumed_at_round"],
+    check(recovered and int(recovered.group(1)) +
+          int(recovered.group(2) or 0) == s["resumed_at_round"],
           "no 'x recovered from ... replica' line for round %s"
           % s["resumed_at_round"])
     checksum = expect_same_checksums(c, "server2",
@@ -245,11 +254,13 @@ def case_server_sigkill_restores_checkpoint(c):
     acc, want = c.summary("w0")["test_accuracy"], sim["test_accuracy"]
     check(abs(acc - want) <= 0.02,
           "accuracy %.4f after the restart, %.4f uninterrupted" % (acc, want))
-    return ("killed at round >= %d; checkpoint of round %d restored, then "
-            "x from a replica at round %d; resumed run "
-            "%.4f vs uninterrupted %.4f; every replica %s; down %.1f s"
-            % (round_at_kill, ckpt_round, s["resumed_at_round"], acc, want,
-               checksum, time.time() - killed_at))
+    return ("killed after closing round %d; checkpoint of round %d "
+            "restored, then x from a replica at round %s and %d round(s) "
+            "from the delta log; resumed run %.4f vs uninterrupted %.4f; "
+            "every replica %s; down %.1f s"
+            % (last_closed, ckpt_round, recovered.group(1),
+               int(recovered.group(2) or 0), acc, want, checksum,
+               time.time() - killed_at))
 
 
 def case_server_sigkill_during_checkpoint_write(c):

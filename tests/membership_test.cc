@@ -129,6 +129,31 @@ TEST(Membership, IdleJoinsExpireAndMayComeBackWithTheirStream) {
   EXPECT_EQ(m.TrainingCount(), 2);
 }
 
+TEST(Membership, AJoinedRankWhoseClientWentAwayIsFreeAtOnce) {
+  Membership m = Make(3);
+  bool upload = false;
+  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 0);
+  ASSERT_TRUE(upload);
+  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 1);
+  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 2);
+  ASSERT_TRUE(m.BeginTrain(2).ok());
+  // The uploader keeps its role until its upload ends or stalls; a rank
+  // with a Train stream leaves when the stream ends; another call in
+  // flight means the client is still there.
+  EXPECT_FALSE(m.ClientWentAway(0));
+  EXPECT_FALSE(m.ClientWentAway(2));
+  ASSERT_TRUE(m.BeginCall(1));
+  EXPECT_FALSE(m.ClientWentAway(1));
+  m.EndCall(1, kT0);
+  EXPECT_FALSE(m.ClientWentAway(7));
+  // Rank 1, joined and idle: free for a restarted worker now, not after
+  // the idle grace; its old incarnation may still open its stream.
+  ASSERT_TRUE(m.ClientWentAway(1));
+  m.Leave(1);
+  EXPECT_FALSE(m.IsLive(1));
+  EXPECT_TRUE(m.BeginTrain(1).ok());
+}
+
 TEST(Membership, TrainNeedsAJoinAndOneStream) {
   Membership m = Make(2);
   bool upload = false;

@@ -50,6 +50,25 @@ class RoundCoordinatorTest : public ::testing::Test {
     return c;
   }
 
+  // A coordinator restarted from a checkpoint at round 41 (40 closed) over
+  // `membership`; round timeout 5 s, replica wait 60 s.
+  std::unique_ptr<RoundCoordinator> Restarted(const Membership& membership) {
+    RoundCoordinator::Rules rules;
+    rules.workers = 3;
+    rules.round_timeout = absl::Seconds(5);
+    rules.replica_wait = absl::Seconds(60);
+    auto c = std::make_unique<RoundCoordinator>(
+        rules, membership, clock_, ServerObserver::None(), log_);
+    RoundEngineState state;
+    state.round = 41;
+    state.params.assign(256, 1.0f);
+    Checkpoint identity;
+    identity.layout = layout_;
+    c->Start(*RoundEngine::Restore(codec_, codec_, state, {}), identity, 40,
+             /*resumed=*/true);
+    return c;
+  }
+
   std::string Update(int rank, int64_t round) {
     std::mt19937 rng(static_cast<uint32_t>(100 * rank + round));
     std::normal_distribution<float> normal(0, 0.01f);
@@ -96,6 +115,46 @@ TEST_F(RoundCoordinatorTest, WaitsForAMissingRankExactlyTheTimeout) {
   EXPECT_EQ((*c->Outcome(1))->contributors, 2);
   EXPECT_EQ(c->short_rounds(), 1);
   EXPECT_FALSE(c->TimeoutAt().has_value());  // no update in round 2 yet
+}
+
+// Chaos test finding: a restarted shard closed its first round on the 5 s
+// timeout with the update of a lagging worker alone, before the others
+// rejoined with their newer replicas, and went back 9 rounds. While newer
+// replicas may come, the first round waits replica_wait for ranks that
+// have not joined again.
+TEST_F(RoundCoordinatorTest, AfterARestartTheFirstRoundWaitsForTheReplicas) {
+  Membership restarted(Rules());
+  bool upload = false;
+  ASSERT_EQ(*restarted.Join(0, false, clock_.Now(), &upload), 0);
+  std::unique_ptr<RoundCoordinator> restored = Restarted(restarted);
+  RoundCoordinator& c = *restored;
+  ASSERT_TRUE(c.Accept(0, 41, Update(0, 41), 1.0f).ok());
+  clock_.Advance(absl::Seconds(5));
+  c.MaybeClose();
+  EXPECT_FALSE(c.Outcome(41).has_value()) << "closed on round_timeout";
+  EXPECT_EQ(*c.TimeoutAt(), clock_.Now() + absl::Seconds(55));
+  // Rank 1 rejoins; rank 2 still has not: the wait goes on.
+  ASSERT_EQ(*restarted.Join(1, false, clock_.Now(), &upload), 1);
+  clock_.Advance(absl::Seconds(54));
+  c.MaybeClose();
+  EXPECT_FALSE(c.Outcome(41).has_value());
+  clock_.Advance(absl::Seconds(1));
+  c.MaybeClose();
+  ASSERT_TRUE(c.Outcome(41).has_value());
+  // After that first round the usual timeout holds.
+  ASSERT_TRUE(c.Accept(0, 42, Update(0, 42), 1.0f).ok());
+  clock_.Advance(absl::Seconds(5));
+  c.MaybeClose();
+  EXPECT_TRUE(c.Outcome(42).has_value());
+}
+
+TEST_F(RoundCoordinatorTest, AfterARestartWithEveryRankBackTheTimeoutIsUsual) {
+  std::unique_ptr<RoundCoordinator> restored = Restarted(membership_);
+  RoundCoordinator& c = *restored;
+  ASSERT_TRUE(c.Accept(0, 41, Update(0, 41), 1.0f).ok());
+  clock_.Advance(absl::Seconds(5));
+  c.MaybeClose();
+  EXPECT_TRUE(c.Outcome(41).has_value());
 }
 
 TEST_F(RoundCoordinatorTest, ADepartedRankIsNotWaitedFor) {

@@ -1111,6 +1111,37 @@ TEST(ParameterServerServiceLimits, AStalledUploadIsCancelledAndReplaced) {
   EXPECT_EQ(ParamsChecksum(x), ParamsChecksum(x0));
 }
 
+// A worker killed while its FetchParams ran kept its joined rank for the
+// idle grace (60 s): its restarted process was refused with ALREADY_EXISTS
+// and rounds waited for it. The cancelled call now frees the rank at once.
+TEST(ParameterServerServiceLimits, AFetchWhoseClientWentAwayFreesItsRank) {
+  ServerOptions o = Options(2, "sign", "sign");
+  TestServer server(o);
+  bool upload = false;
+  ASSERT_EQ(server.Join(-1, &upload), 0);
+  ASSERT_TRUE(upload);
+  ASSERT_EQ(server.Join(-1, &upload), 1);
+  ASSERT_EQ(server.Status().live_workers(), 2);
+  // Rank 1 waits in FetchParams for the initial parameters, then its
+  // process dies (the call is cancelled).
+  grpc::ClientContext ctx;
+  v1::FetchParamsRequest req;
+  req.set_rank(1);
+  auto reader = server.stub()->FetchParams(&ctx, req);
+  absl::SleepFor(absl::Milliseconds(200));
+  ctx.TryCancel();
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(server.WaitLive(1));
+  // The restarted worker gets its rank back at once.
+  ASSERT_EQ(server.Join(1, &upload), 1);
+  EXPECT_FALSE(upload);
+  const std::vector<float> x0 = InitialParams(server.n());
+  ASSERT_TRUE(server.Upload(0, x0).ok());
+  std::vector<float> x;
+  ASSERT_TRUE(server.Fetch(1, &x).ok());
+  EXPECT_EQ(ParamsChecksum(x), ParamsChecksum(x0));
+}
+
 // A worker waiting for the initial parameters while its uploader goes away
 // is told to join again, and the first to do so uploads: nobody waits for
 // parameters that will never come.
