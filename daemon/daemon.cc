@@ -45,7 +45,8 @@ absl::Status Daemon::ServeMetrics(const std::string& listen) {
   if (!exposer.ok()) return exposer.status();
   exposer_ = *std::move(exposer);
   metrics_host_ = listen.substr(0, listen.rfind(':'));
-  exposer_->RegisterCollectable(std::make_shared<ProcessCollector>());
+  process_metrics_ = std::make_shared<ProcessCollector>();
+  exposer_->RegisterCollectable(process_metrics_);
   return absl::OkStatus();
 }
 
@@ -55,7 +56,8 @@ std::string Daemon::metrics_url() const {
                       "/metrics");
 }
 
-void Daemon::AddMetrics(std::shared_ptr<prometheus::Collectable> metrics) {
+void Daemon::AddMetrics(
+    const std::shared_ptr<prometheus::Collectable>& metrics) {
   if (exposer_ != nullptr) exposer_->RegisterCollectable(metrics);
 }
 

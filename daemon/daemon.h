@@ -41,6 +41,10 @@ class Exposer;
 }  // namespace prometheus
 
 namespace effadam {
+class ProcessCollector;
+}  // namespace effadam
+
+namespace effadam {
 
 class Daemon {
  public:
@@ -72,8 +76,9 @@ class Daemon {
   // "http://HOST:PORT/metrics" with the host of `listen` and the port
   // bound; empty without an endpoint.
   std::string metrics_url() const;
-  // Serves `metrics` too; nothing without an endpoint.
-  void AddMetrics(std::shared_ptr<prometheus::Collectable> metrics);
+  // Serves `metrics` too, as long as the caller keeps it (the endpoint
+  // holds a weak_ptr); nothing without an endpoint.
+  void AddMetrics(const std::shared_ptr<prometheus::Collectable>& metrics);
 
   // After the run: returns when `linger` has passed or at a signal (at
   // once if one came already, or for a zero linger), saying so in the log.
@@ -99,6 +104,8 @@ class Daemon {
 
   std::string metrics_host_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+  // The exposer holds its collectables by weak_ptr: they live here.
+  std::shared_ptr<ProcessCollector> process_metrics_;
   // Blocks the signals when constructed, before any thread starts (no
   // member above starts one); last, so that its thread, which uses mu_,
   // is joined first.

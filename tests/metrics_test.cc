@@ -4,11 +4,7 @@
 // must say what the last round looked like, and the exposer must serve it
 // all (or refuse an address with a status, not an exception).
 
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -24,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "transport/compression_proto.h"
 #include "prometheus/registry.h"
+#include "tests/scrape_util.h"
 #include "server/parameter_server_service.h"
 #include "metrics/server_metrics.h"
 #include "worker/worker_client.h"
@@ -371,26 +368,6 @@ TEST(Metrics, RejectionsAreCountedByReason) {
       server.Value("effadam_server_wire_bytes_total", {{"direction", "join"}}),
       s.traffic.join().wire);
   EXPECT_EQ(s.traffic.join().wire, good.traffic().join().wire);
-}
-
-// GET /metrics over a plain socket: the bytes a scraper sees.
-std::string Scrape(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
-    }
-  }
-  close(fd);
-  return out;
 }
 
 TEST(Metrics, ExposerServesTheRegistryAndRefusesBadAddresses) {
