@@ -475,7 +475,7 @@ def main():
         calm = Run(c, net, "calm", rounds)
         start = time.time()
         calm.start_all()
-        calm.finish(timeout=3600)
+        calm.finish(timeout=600)
         calm_seconds = time.time() - start
         calm_acc = calm.summary("w0")["test_accuracy"]
         calm_sum = check_checksums(c, calm)
@@ -506,7 +506,7 @@ def main():
             % chaos_seconds)
         completed = False
         try:
-            chaos.finish(timeout=1800)
+            chaos.finish(timeout=600)
             completed = True
         except Failure as e:
             failures.append("run did not complete: %s" % e)
