@@ -180,7 +180,7 @@ int Run() {
       .Add("round_seconds_mean", timed / count)
       .Add("round_seconds_max",
            round_seconds.empty() ? 0.0 : round_seconds.back());
-  AddTraffic(client.traffic(), &json);
+  AddRoundTraffic(client.traffic(), &json);
   json.Add("params_checksum", checksum)
       .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
   std::printf("%s\n", json.ToString().c_str());

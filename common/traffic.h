@@ -6,6 +6,8 @@
 
 namespace effadam {
 
+class JsonObject;
+
 // Where bytes travel; the names are those of the summary JSON and of the
 // metrics' `direction` label.
 enum class TrafficDirection {
@@ -27,13 +29,29 @@ struct DirectionBytes {
   // The serialized protobuf messages that carried them (ByteSizeLong),
   // without gRPC's 5-byte prefix and HTTP/2 framing.
   int64_t wire = 0;
+
+  DirectionBytes& operator+=(const DirectionBytes& other) {
+    payload += other.payload;
+    fp32 += other.fp32;
+    wire += other.wire;
+    return *this;
+  }
 };
 
 // Bytes moved by a server, a worker or a simulated run, by direction: the
-// one record of traffic that summaries, metrics and progress lines read.
-// A plain value; not synchronized.
+// one record of traffic that summaries, metrics, progress lines and the
+// Python bindings read. A worker's counts add up over its shards
+// (operator+=); in a run without failures the workers' counts add up to
+// the server's. A plain value; not synchronized.
 struct TrafficCounts {
   std::array<DirectionBytes, kNumTrafficDirections> by_direction;
+
+  TrafficCounts& operator+=(const TrafficCounts& other) {
+    for (int d = 0; d < kNumTrafficDirections; ++d) {
+      by_direction[d] += other.by_direction[d];
+    }
+    return *this;
+  }
 
   DirectionBytes& operator[](TrafficDirection d) {
     return by_direction[static_cast<int>(d)];
@@ -56,6 +74,14 @@ struct TrafficCounts {
   // fp32_equivalent / round_payload; 0 before any traffic.
   double compression_ratio() const;
 };
+
+// The round traffic fields of every summary JSON (effadam-server,
+// effadam-worker, effadam-sim, the synthetic worker): bytes_worker_to_server,
+// bytes_server_to_worker, fp32_equivalent_bytes, compression_ratio.
+void AddRoundTraffic(const TrafficCounts& traffic, JsonObject* json);
+// The fields of the daemons' summaries beyond those: bytes_join and
+// wire_bytes_worker_to_server, wire_bytes_server_to_worker, wire_bytes_join.
+void AddJoinAndWireTraffic(const TrafficCounts& traffic, JsonObject* json);
 
 }  // namespace effadam
 

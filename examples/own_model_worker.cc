@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
               "(fp32: %lld)\n",
               client.rank(), std::sqrt(err),
               static_cast<long long>(client.round() - 1),
-              static_cast<long long>(client.traffic().worker_to_server),
-              static_cast<long long>(client.traffic().fp32_worker_to_server));
+              static_cast<long long>(client.traffic().up().payload),
+              static_cast<long long>(client.traffic().up().fp32));
   return 0;
 }

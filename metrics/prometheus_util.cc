@@ -4,7 +4,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/host_port.h"
@@ -44,18 +43,6 @@ int BoundPort(const prometheus::Exposer& exposer) {
 prometheus::Histogram::BucketBoundaries RoundDurationBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
           0.5,   1,      2.5,   5,    10,    20,   30,  60};
-}
-
-void LingerForScrape(Logger& logger, absl::Duration linger,
-                     const std::function<bool()>& stopped) {
-  if (linger <= absl::ZeroDuration() || stopped()) return;
-  logger.Info(absl::StrCat("serving the final metrics for ",
-                           absl::FormatDuration(linger),
-                           " (--metrics_linger; SIGTERM ends it)"));
-  const absl::Time until = absl::Now() + linger;
-  while (!stopped() && absl::Now() < until) {
-    absl::SleepFor(absl::Milliseconds(50));
-  }
 }
 
 }  // namespace effadam

@@ -1,13 +1,10 @@
 #ifndef EFFADAM_METRICS_PROMETHEUS_UTIL_H_
 #define EFFADAM_METRICS_PROMETHEUS_UTIL_H_
 
-#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
-#include "common/logger.h"
 #include "prometheus/exposer.h"
 #include "prometheus/histogram.h"
 
@@ -29,13 +26,6 @@ int BoundPort(const prometheus::Exposer& exposer);
 // Buckets of the round-duration histograms, in seconds: 1 ms (a tiny model
 // on loopback) to 60 s (a round that waited for --round_timeout's default).
 prometheus::Histogram::BucketBoundaries RoundDurationBuckets();
-
-// After a run: keeps the process (and so `exposer`) alive for `linger`, so
-// a scraper reads the final counters, which equal the summary's numbers.
-// Returns at once when `linger` is zero or `stopped()` is already true, and
-// as soon as `stopped()` turns true (a signal). Says so through `logger`.
-void LingerForScrape(Logger& logger, absl::Duration linger,
-                     const std::function<bool()>& stopped);
 
 }  // namespace effadam
 

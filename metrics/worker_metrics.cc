@@ -37,20 +37,21 @@ WorkerMetrics::WorkerMetrics(int rank)
                         "Serialized size of the protobuf messages this worker "
                         "wrote and read (WorkerMessage, ServerMessage, "
                         "ParamsChunk), by direction");
-  wire_up_ = &wire.Add({{"direction", "worker_to_server"}});
-  wire_down_ = &wire.Add({{"direction", "server_to_worker"}});
-  wire_join_ = &wire.Add({{"direction", "join"}});
   auto& payload = counters("effadam_worker_payload_bytes_total",
                            "Codec payload bytes of this worker's traffic, "
                            "counted as effadam-sim counts them, by direction");
-  payload_up_ = &payload.Add({{"direction", "worker_to_server"}});
-  payload_down_ = &payload.Add({{"direction", "server_to_worker"}});
-  payload_join_ = &payload.Add({{"direction", "join"}});
   auto& fp32 = counters("effadam_worker_fp32_equivalent_bytes_total",
                         "Bytes fp32 Adam would have moved for this worker's "
                         "rounds, by direction");
-  fp32_up_ = &fp32.Add({{"direction", "worker_to_server"}});
-  fp32_down_ = &fp32.Add({{"direction", "server_to_worker"}});
+  for (int d = 0; d < kNumTrafficDirections; ++d) {
+    const auto direction = static_cast<TrafficDirection>(d);
+    const prometheus::Labels label = {
+        {"direction", TrafficDirectionName(direction)}};
+    Counters& c = by_direction_[d];
+    c.wire = &wire.Add(label);
+    c.payload = &payload.Add(label);
+    if (direction != TrafficDirection::kJoin) c.fp32 = &fp32.Add(label);
+  }
   rounds_ = &counters("effadam_worker_rounds_total",
                       "Rounds this worker completed (update sent, delta "
                       "applied)")
@@ -92,18 +93,16 @@ void WorkerMetrics::Advance(prometheus::Counter* counter, int64_t now,
 }
 
 void WorkerMetrics::Sync(const WorkerClient& client) {
-  const WireBytes& w = client.wire_bytes();
-  Advance(wire_up_, w.worker_to_server, &wire_seen_.worker_to_server);
-  Advance(wire_down_, w.server_to_worker, &wire_seen_.server_to_worker);
-  Advance(wire_join_, w.join, &wire_seen_.join);
-  const Traffic& t = client.traffic();
-  Advance(payload_up_, t.worker_to_server, &traffic_seen_.worker_to_server);
-  Advance(payload_down_, t.server_to_worker, &traffic_seen_.server_to_worker);
-  Advance(payload_join_, client.join_bytes(), &join_seen_);
-  Advance(fp32_up_, t.fp32_worker_to_server,
-          &traffic_seen_.fp32_worker_to_server);
-  Advance(fp32_down_, t.fp32_server_to_worker,
-          &traffic_seen_.fp32_server_to_worker);
+  const TrafficCounts now = client.traffic();
+  for (int d = 0; d < kNumTrafficDirections; ++d) {
+    const DirectionBytes& n = now.by_direction[d];
+    DirectionBytes& seen = traffic_seen_.by_direction[d];
+    const Counters& c = by_direction_[d];
+    Advance(c.wire, n.wire, &seen.wire);
+    Advance(c.payload, n.payload, &seen.payload);
+    // Join traffic has no fp32 equivalent, and no series.
+    if (c.fp32 != nullptr) Advance(c.fp32, n.fp32, &seen.fp32);
+  }
   Advance(resyncs_, client.resyncs(), &resyncs_seen_);
 }
 

@@ -231,30 +231,68 @@ void BindWorkerClient(py::module_& m) {
   // joins a default server.
   const WorkerClientOptions defaults;
   const CompressionConfig& default_compression = defaults.compression;
-  py::class_<Traffic>(m, "Traffic",
-                      "Codec payload bytes of the rounds a worker took part "
-                      "in, and what fp32 Adam would have moved.")
-      .def_readonly("worker_to_server", &Traffic::worker_to_server)
-      .def_readonly("server_to_worker", &Traffic::server_to_worker)
-      .def_readonly("fp32_worker_to_server", &Traffic::fp32_worker_to_server)
-      .def_readonly("fp32_server_to_worker", &Traffic::fp32_server_to_worker)
-      .def_property_readonly("total", &Traffic::total)
-      .def_property_readonly("fp32_total", &Traffic::fp32_total)
-      .def_property_readonly("ratio", &Traffic::ratio,
-                             "fp32 bytes / actual bytes; 0 before any traffic")
-      .def("__repr__", [](const Traffic& t) {
-        return absl::StrCat("Traffic(worker_to_server=", t.worker_to_server,
-                            ", server_to_worker=", t.server_to_worker,
-                            ", fp32_worker_to_server=", t.fp32_worker_to_server,
-                            ", fp32_server_to_worker=", t.fp32_server_to_worker,
-                            ")");
+  // common/traffic.h: the one record of traffic, as in C++.
+  py::class_<DirectionBytes>(m, "DirectionBytes",
+                             "The bytes of one direction, counted three ways.")
+      .def_readonly("payload", &DirectionBytes::payload,
+                    "codec payloads (updates, deltas, parameters)")
+      .def_readonly("fp32", &DirectionBytes::fp32,
+                    "what fp32 Adam would have moved (0 for join)")
+      .def_readonly("wire", &DirectionBytes::wire,
+                    "the serialized protobuf messages that carried them")
+      .def("__repr__", [](const DirectionBytes& d) {
+        return absl::StrCat("DirectionBytes(payload=", d.payload,
+                            ", fp32=", d.fp32, ", wire=", d.wire, ")");
       });
-  py::class_<WireBytes>(m, "WireBytes",
-                        "Serialized sizes of the gRPC messages a worker "
-                        "wrote and read.")
-      .def_readonly("worker_to_server", &WireBytes::worker_to_server)
-      .def_readonly("server_to_worker", &WireBytes::server_to_worker)
-      .def_readonly("join", &WireBytes::join);
+  py::class_<TrafficCounts>(m, "Traffic",
+                            "A worker's bytes by direction (up: "
+                            "worker_to_server, down: server_to_worker, "
+                            "join: UploadParams and FetchParams), summed "
+                            "over the shards.")
+      .def_property_readonly("up", &TrafficCounts::up)
+      .def_property_readonly("down", &TrafficCounts::down)
+      .def_property_readonly("join", &TrafficCounts::join)
+      .def_property_readonly("round_payload", &TrafficCounts::round_payload,
+                             "up.payload + down.payload")
+      .def_property_readonly("fp32_equivalent",
+                             &TrafficCounts::fp32_equivalent,
+                             "up.fp32 + down.fp32")
+      .def_property_readonly("compression_ratio",
+                             &TrafficCounts::compression_ratio,
+                             "fp32_equivalent / round_payload; 0 before any "
+                             "traffic")
+      // The names the summaries and earlier versions use.
+      .def_property_readonly(
+          "worker_to_server",
+          [](const TrafficCounts& t) { return t.up().payload; },
+          "up.payload")
+      .def_property_readonly(
+          "server_to_worker",
+          [](const TrafficCounts& t) { return t.down().payload; },
+          "down.payload")
+      .def_property_readonly(
+          "fp32_worker_to_server",
+          [](const TrafficCounts& t) { return t.up().fp32; }, "up.fp32")
+      .def_property_readonly(
+          "fp32_server_to_worker",
+          [](const TrafficCounts& t) { return t.down().fp32; }, "down.fp32")
+      .def_property_readonly("total", &TrafficCounts::round_payload,
+                             "round_payload")
+      .def_property_readonly("fp32_total", &TrafficCounts::fp32_equivalent,
+                             "fp32_equivalent")
+      .def_property_readonly("ratio", &TrafficCounts::compression_ratio,
+                             "compression_ratio")
+      .def("__repr__", [](const TrafficCounts& t) {
+        std::string out = "Traffic(";
+        for (int d = 0; d < kNumTrafficDirections; ++d) {
+          const DirectionBytes& b = t.by_direction[d];
+          absl::StrAppend(&out, d == 0 ? "" : ", ",
+                          TrafficDirectionName(static_cast<TrafficDirection>(d)),
+                          "=(payload=", b.payload, ", fp32=", b.fp32,
+                          ", wire=", b.wire, ")");
+        }
+        return out + ")";
+      });
 
   py::class_<PyWorkerClient>(m, "WorkerClient", R"doc(
 One worker of an effadam cluster (the C++ WorkerClient): it owns the replica
@@ -460,13 +498,9 @@ Not thread-safe, except cancel().)doc")
       .def_property_readonly(
           "resyncs", [](const PyWorkerClient& c) { return c.client().resyncs(); })
       .def_property_readonly(
-          "traffic", [](const PyWorkerClient& c) { return c.client().traffic(); })
-      .def_property_readonly(
-          "join_bytes",
-          [](const PyWorkerClient& c) { return c.client().join_bytes(); })
-      .def_property_readonly("wire_bytes", [](const PyWorkerClient& c) {
-        return c.client().wire_bytes();
-      });
+          "traffic", [](const PyWorkerClient& c) { return c.client().traffic(); },
+          "A copy of the byte counts (effadam.Traffic): payload, fp32 "
+          "equivalent and wire bytes by direction.");
 }
 
 }  // namespace effadam::python

@@ -71,7 +71,7 @@ class PyWorkerClient {
   std::unique_ptr<WorkerMetrics> metrics_;  // after Join, with exposer_
 };
 
-// Adds WorkerClient, Traffic and WireBytes to `m`.
+// Adds WorkerClient, Traffic (TrafficCounts) and DirectionBytes to `m`.
 void BindWorkerClient(pybind11::module_& m);
 
 }  // namespace effadam::python

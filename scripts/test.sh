@@ -14,8 +14,8 @@ scripts/build.sh
 echo "== AddressSanitizer + UBSan =="
 SAN_TESTS=(codec_test update_codec_test chunk_assembler_test round_engine_test
            checkpoint_test worker_optimizer_test idx_reader_test
-           server_service_test worker_client_test bad_input_test
-           grpc_security_test service_auth_test)
+           server_service_test worker_client_test shard_link_test
+           bad_input_test grpc_security_test service_auth_test)
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEFFADAM_SANITIZE=ON -DEFFADAM_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "${JOBS:-2}" --target "${SAN_TESTS[@]}"
@@ -31,7 +31,7 @@ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 # The clang build also checks the thread-safety annotations of the
 # threaded libraries (-Werror=thread-safety, CMakeLists.txt).
 cmake --build build-fuzz -j "${JOBS:-2}" --target fuzzers \
-  effadam_server_service effadam_worker_client
+  effadam_server_service effadam_worker_client effadam_daemon_runtime
 # One fuzzer at a time: each already keeps a core busy.
 (cd build-fuzz && ctest -L fuzz --output-on-failure -j 1)
 

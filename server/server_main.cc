@@ -24,24 +24,24 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "daemon/compression_flags.h"
-#include "core/checksum.h"
-#include "transport/grpc_security.h"
 #include "common/host_port.h"
 #include "common/json_writer.h"
 #include "common/logger.h"
-#include "metrics/prometheus_util.h"
+#include "common/traffic.h"
+#include "core/checksum.h"
 #include "daemon/command_line.h"
+#include "daemon/compression_flags.h"
+#include "daemon/daemon.h"
 #include "daemon/duration_flag.h"
 #include "daemon/threads_flag.h"
 #include "daemon/lifecycle.h"
-#include "daemon/process_metrics.h"
+#include "metrics/server_metrics.h"
 #include "server/call_guard.h"
 #include "server/checkpoint.h"
 #include "server/parameter_server_service.h"
-#include "metrics/server_metrics.h"
 #include "server/token_authenticator.h"
 #include "server/token_gate.h"
+#include "transport/grpc_security.h"
 
 // The compression flags (--worker_codec, --server_codec, --block_size,
 // --min_compress_elements, --error_feedback) are daemon/compression_flags.cc.
@@ -152,11 +152,6 @@ constexpr absl::Duration kFinalCallsBudget = absl::Milliseconds(500);
 // How long calls still sending a delta get when training stops.
 constexpr absl::Duration kDrainBudget = absl::Seconds(5);
 
-int Fail(Logger& log, const absl::Status& s) {
-  log.Error(s.ToString());
-  return 1;
-}
-
 absl::StatusOr<ServerOptions> OptionsFromFlags() {
   ServerOptions o;
   absl::StatusOr<CompressionConfig> compression = CompressionConfigFromFlags();
@@ -252,12 +247,12 @@ absl::StatusOr<Restored> RestoreFromFlags(ParameterServerService& service,
 // Writes `checkpoint` and reports it; a failure is logged and counted, and
 // training goes on (the previous checkpoint is still there).
 void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
-                     ServerObserver* observer, Logger& log) {
+                     ServerObserver& observer, Logger& log) {
   const absl::Time start = absl::Now();
   absl::StatusOr<CheckpointStore::Written> w = store.Write(checkpoint);
   if (!w.ok()) {
     log.Error(absl::StrCat("checkpoint failed: ", w.status().ToString()));
-    if (observer != nullptr) observer->OnCheckpointFailed();
+    observer.OnCheckpointFailed();
     return;
   }
   CheckpointStats stats;
@@ -268,7 +263,7 @@ void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
                            "params_checksum %s",
                            w->path, stats.round, stats.bytes, stats.seconds,
                            w->params_checksum));
-  if (observer != nullptr) observer->OnCheckpointWritten(stats);
+  observer.OnCheckpointWritten(stats);
 }
 
 // The run's summary: the log line and --summary_json.
@@ -281,8 +276,6 @@ absl::Status ReportSummary(const ServerOptions& options, const ServerSummary& s,
       s.traffic.up().payload, s.traffic.down().payload,
       s.traffic.compression_ratio(), s.traffic.join().payload,
       s.params_checksum.empty() ? "(no parameters)" : s.params_checksum));
-  const std::string path = absl::GetFlag(FLAGS_summary_json);
-  if (path.empty()) return absl::OkStatus();
   const CompressionConfig& c = options.compression;
   JsonObject json;
   json.Add("rounds", s.rounds_closed)
@@ -295,18 +288,11 @@ absl::Status ReportSummary(const ServerOptions& options, const ServerSummary& s,
       .Add("worker_codec", c.worker_codec.ToString())
       .Add("server_codec", c.server_codec.ToString())
       .Add("error_feedback", ErrorFeedbackName(c))
-      .Add("train_loss", s.train_loss)
-      .Add("bytes_worker_to_server", s.traffic.up().payload)
-      .Add("bytes_server_to_worker", s.traffic.down().payload)
-      .Add("bytes_join", s.traffic.join().payload)
-      .Add("wire_bytes_worker_to_server", s.traffic.up().wire)
-      .Add("wire_bytes_server_to_worker", s.traffic.down().wire)
-      .Add("wire_bytes_join", s.traffic.join().wire)
-      .Add("fp32_equivalent_bytes", s.traffic.fp32_equivalent())
-      .Add("compression_ratio", s.traffic.compression_ratio())
-      .Add("params_checksum", s.params_checksum)
-      .Add("seconds", seconds);
-  return json.WriteFile(path);
+      .Add("train_loss", s.train_loss);
+  AddRoundTraffic(s.traffic, &json);
+  AddJoinAndWireTraffic(s.traffic, &json);
+  json.Add("params_checksum", s.params_checksum).Add("seconds", seconds);
+  return Daemon::WriteSummary(absl::GetFlag(FLAGS_summary_json), json);
 }
 
 void LogStart(const ServerOptions& options, const ServerSecurity& security,
@@ -362,14 +348,15 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> Serve(
 // too small a --max_threads): new calls would fail with RESOURCE_EXHAUSTED.
 int64_t Train(ParameterServerService& service, grpc::Server& server,
               const CallGuard& guard, int call_threads,
-              CheckpointStore* checkpoints, ServerObserver* observer,
-              const SignalWatcher& signals, Logger& log) {
+              CheckpointStore* checkpoints, ServerObserver& observer,
+              Daemon& daemon) {
+  Logger& log = daemon.log();
   int64_t last_checkpoint_round = -1;
   bool serving = true;
   // A flood flips health up to 10 times a second: the log says so at
   // most a few times a minute.
   LogRateLimiter health_log(4, absl::Minutes(1));
-  while (signals.signal() == 0 &&
+  while (daemon.signal() == 0 &&
          !service.WaitUntilDone(absl::Milliseconds(100))) {
     if (const bool free_thread = guard.calls_in_flight() < call_threads;
         free_thread != serving) {
@@ -413,190 +400,233 @@ std::unique_ptr<ParameterServerService> FinishedService(
   return *std::move(service);
 }
 
+// Everything the flags say, checked before anything listens or a
+// checkpoint is read.
+struct ServerSetup {
+  ServerOptions options;
+  ServerTransport transport;
+  CallLimits limits;
+  std::string listen;
+  HostPort listen_address;
+  ServerSecurity security;
+  // options.authenticator and options.delta_log point here: a ServerSetup
+  // does not move.
+  std::optional<TokenAuthenticator> authenticator;
+  DeltaLog delta_log;
+};
+
+absl::StatusOr<ServerTransport> TransportFromFlags(const ServerOptions& o) {
+  ServerTransport t;
+  t.max_chunk_bytes = o.max_chunk_bytes;
+  t.keepalive_time = absl::GetFlag(FLAGS_keepalive_time).value;
+  t.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout).value;
+  t.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval).value;
+  t.max_threads = absl::GetFlag(FLAGS_max_threads);
+  t.max_transport_memory_bytes = static_cast<size_t>(
+      std::clamp<int64_t>(absl::GetFlag(FLAGS_max_transport_memory_mb), 0,
+                          int64_t{1} << 30)) << 20;
+  t.max_streams_per_connection =
+      absl::GetFlag(FLAGS_max_streams_per_connection);
+  t.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle).value;
+  if (absl::Status s = CheckServerTransport(t, o.workers); !s.ok()) return s;
+  return t;
+}
+
+absl::StatusOr<CallLimits> LimitsFromFlags(const ServerOptions& o) {
+  CallLimits limits;
+  limits.max_concurrent_fetches = o.workers;
+  limits.send_stall_timeout = absl::GetFlag(FLAGS_send_stall_timeout).value;
+  if (limits.send_stall_timeout < absl::Seconds(1) ||
+      limits.send_stall_timeout > absl::Hours(24)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--send_stall_timeout must be in [1s, 24h], got ",
+                     absl::FormatDuration(limits.send_stall_timeout)));
+  }
+  return limits;
+}
+
+// The delta log in --checkpoint_dir (--delta_log_rounds); none without
+// checkpoints or for 0 rounds.
+absl::Status OpenDeltaLogFromFlags(DeltaLog* delta_log) {
+  const int32_t rounds = absl::GetFlag(FLAGS_delta_log_rounds);
+  if (rounds < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--delta_log_rounds must be >= 0, got ", rounds));
+  }
+  const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  if (dir.empty() || rounds == 0) return absl::OkStatus();
+  absl::StatusOr<DeltaLog> opened = DeltaLog::Open(dir, rounds);
+  if (!opened.ok()) return opened.status();
+  *delta_log = *std::move(opened);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ServerSetup>> SetupFromFlags() {
+  auto setup = std::make_unique<ServerSetup>();
+  ServerSetup& w = *setup;
+  absl::StatusOr<ServerOptions> options = OptionsFromFlags();
+  if (!options.ok()) return options.status();
+  w.options = *std::move(options);
+  absl::StatusOr<ServerTransport> transport = TransportFromFlags(w.options);
+  if (!transport.ok()) return transport.status();
+  w.transport = *transport;
+  absl::StatusOr<CallLimits> limits = LimitsFromFlags(w.options);
+  if (!limits.ok()) return limits.status();
+  w.limits = *limits;
+  w.listen = absl::GetFlag(FLAGS_listen);
+  absl::StatusOr<HostPort> address =
+      ParseHostPort(w.listen, "--listen", /*min_port=*/0);
+  if (!address.ok()) return address.status();
+  w.listen_address = *address;
+  // A taken port fails the start at once with the reason, before a
+  // checkpoint is read (gRPC would only log its own line).
+  if (absl::Status s = ProbeListen(w.listen_address); !s.ok()) return s;
+  // Every file is read and checked before anything listens.
+  absl::StatusOr<ServerSecurity> security = SecurityFromFlags();
+  if (!security.ok()) return security.status();
+  w.security = *std::move(security);
+  if (!w.security.token.empty()) {
+    absl::StatusOr<TokenAuthenticator> a =
+        TokenAuthenticator::Create(w.security.token);
+    if (!a.ok()) return a.status();
+    w.authenticator = *std::move(a);
+    w.options.authenticator = &*w.authenticator;
+  }
+  if (absl::Status s = OpenDeltaLogFromFlags(&w.delta_log); !s.ok()) return s;
+  w.options.delta_log = &w.delta_log;
+  return setup;
+}
+
+// Trains (Train), writes the last checkpoint and the summary, and, with
+// --metrics_linger after a run that completed, serves the finished state
+// on the same port: `*server` is then that server (null when it could not
+// be), and `*finished` its service. Returns the run's error or the
+// summary's.
+absl::Status TrainAndFinish(ServerSetup& w, ParameterServerService& service,
+                            CheckpointStore* checkpoints, CallGuard& guard,
+                            std::shared_ptr<TokenGate> gate, int port,
+                            ServerObserver& observer, Daemon& daemon,
+                            std::unique_ptr<grpc::Server>* server,
+                            std::unique_ptr<ParameterServerService>* finished) {
+  const absl::Time start = absl::Now();
+  const int64_t last_checkpoint_round =
+      Train(service, **server, guard, CallThreads(w.transport), checkpoints,
+            observer, daemon);
+  server->reset();
+  std::optional<Checkpoint> last = service.Snapshot();
+  if (checkpoints != nullptr && last.has_value() &&
+      last->state.round != last_checkpoint_round) {
+    WriteCheckpoint(*checkpoints, *last, observer, daemon.log());
+  }
+  const ServerSummary s = service.Summary();
+  absl::Status result = s.error;
+  if (absl::Status r = ReportSummary(w.options, s,
+                                     absl::ToDoubleSeconds(absl::Now() - start),
+                                     daemon.signal() != 0, daemon.log());
+      !r.ok()) {
+    result = r;
+  }
+  if (absl::GetFlag(FLAGS_metrics_linger).value <= absl::ZeroDuration() ||
+      daemon.signal() != 0 || !last.has_value() ||
+      !CompletesRun(*last, w.options.rounds)) {
+    return result;
+  }
+  *finished = FinishedService(w.options, *std::move(last));
+  int bound = 0;
+  absl::StatusOr<std::unique_ptr<grpc::Server>> again =
+      *finished == nullptr
+          ? absl::InternalError("cannot restore the final state")
+          : Serve(absl::StrCat(w.listen_address.host, ":", port), w.security,
+                  w.transport, std::move(gate), guard, finished->get(),
+                  &bound);
+  if (again.ok()) {
+    *server = *std::move(again);
+  } else {
+    daemon.log().Warning(absl::StrCat(
+        "the finished state serves /metrics only: ",
+        again.status().ToString()));
+  }
+  return result;
+}
+
 int Run() {
   // First: every thread started later inherits its signal mask.
-  SignalWatcher signals;
-  signals.Watch(nullptr);
-  StderrLogger log(kProgram);
+  Daemon daemon(kProgram);
   // Buffers of 1 MiB and more (a FetchParams call's copy of x, chunks) are
   // mapped for themselves and unmapped when freed. glibc's default raises
   // this threshold after the first such free, after which every thread's
   // arena keeps the largest buffer it ever held: a burst of calls on many
   // threads would keep the server's RSS that high for good.
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
-  absl::StatusOr<ServerOptions> options = OptionsFromFlags();
-  if (!options.ok()) return Fail(log, options.status());
-  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger).value;
-  // Checked with the other flags, before a checkpoint is restored.
-  ServerTransport transport;
-  transport.max_chunk_bytes = options->max_chunk_bytes;
-  transport.keepalive_time = absl::GetFlag(FLAGS_keepalive_time).value;
-  transport.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout).value;
-  transport.min_client_ping_interval =
-      absl::GetFlag(FLAGS_min_ping_interval).value;
-  transport.max_threads = absl::GetFlag(FLAGS_max_threads);
-  transport.max_transport_memory_bytes = static_cast<size_t>(
-      std::clamp<int64_t>(absl::GetFlag(FLAGS_max_transport_memory_mb), 0,
-                          int64_t{1} << 30)) << 20;
-  transport.max_streams_per_connection =
-      absl::GetFlag(FLAGS_max_streams_per_connection);
-  transport.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle).value;
-  if (absl::Status s = CheckServerTransport(transport, options->workers);
-      !s.ok()) {
-    return Fail(log, s);
-  }
-  CallLimits limits;
-  limits.max_concurrent_fetches = options->workers;
-  limits.send_stall_timeout = absl::GetFlag(FLAGS_send_stall_timeout).value;
-  if (limits.send_stall_timeout < absl::Seconds(1) ||
-      limits.send_stall_timeout > absl::Hours(24)) {
-    return Fail(log, absl::InvalidArgumentError(
-        absl::StrCat("--send_stall_timeout must be in [1s, 24h], got ",
-                     absl::FormatDuration(limits.send_stall_timeout))));
-  }
-  const std::string listen = absl::GetFlag(FLAGS_listen);
-  absl::StatusOr<HostPort> listen_address =
-      ParseHostPort(listen, "--listen", /*min_port=*/0);
-  if (!listen_address.ok()) return Fail(log, listen_address.status());
-  // A taken port fails the start at once with the reason, before a
-  // checkpoint is read (gRPC would only log its own line).
-  if (absl::Status s = ProbeListen(*listen_address); !s.ok()) {
-    return Fail(log, s);
-  }
-
-  // Every file is read and checked before anything listens.
-  absl::StatusOr<ServerSecurity> security = SecurityFromFlags();
-  if (!security.ok()) return Fail(log, security.status());
-  std::optional<TokenAuthenticator> authenticator;
-  if (!security->token.empty()) {
-    absl::StatusOr<TokenAuthenticator> a =
-        TokenAuthenticator::Create(security->token);
-    if (!a.ok()) return Fail(log, a.status());
-    authenticator = *std::move(a);
-    options->authenticator = &*authenticator;
-  }
-
+  absl::StatusOr<std::unique_ptr<ServerSetup>> setup = SetupFromFlags();
+  if (!setup.ok()) return daemon.Fail(setup.status());
+  ServerSetup& w = **setup;
+  ServerOptions& options = w.options;
   // Metrics first: a port that is taken fails the start, before any worker
   // could join. The metrics outlive the service, which reports to them.
-  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (absl::Status s = daemon.ServeMetrics(absl::GetFlag(FLAGS_metrics_listen));
+      !s.ok()) {
+    return daemon.Fail(s);
+  }
   std::unique_ptr<ServerMetrics> metrics;
-  std::unique_ptr<prometheus::Exposer> exposer;
-  const auto process_metrics = std::make_shared<ProcessCollector>();
-  if (!metrics_listen.empty()) {
-    absl::StatusOr<std::unique_ptr<prometheus::Exposer>> e =
-        StartMetricsExposer(metrics_listen);
-    if (!e.ok()) return Fail(log, e.status());
-    exposer = *std::move(e);
+  if (daemon.serving_metrics()) {
     prometheus::Labels labels;
-    if (options->num_shards > 1) {
-      labels["shard"] = std::to_string(options->shard);
-    }
-    metrics = std::make_unique<ServerMetrics>(options->workers, labels);
-    metrics->SetTargetRounds(options->rounds);
-    exposer->RegisterCollectable(metrics->registry());
-    exposer->RegisterCollectable(process_metrics);
-    options->observer = metrics.get();
+    if (options.num_shards > 1) labels["shard"] = std::to_string(options.shard);
+    metrics = std::make_unique<ServerMetrics>(options.workers, labels);
+    metrics->SetTargetRounds(options.rounds);
+    daemon.AddMetrics(metrics->registry());
+    options.observer = metrics.get();
   }
-
-  options->logger = &log;  // rejected calls, joins and departures
-  DeltaLog delta_log;
-  const int32_t delta_log_rounds = absl::GetFlag(FLAGS_delta_log_rounds);
-  if (delta_log_rounds < 0) {
-    return Fail(log, absl::InvalidArgumentError(absl::StrCat(
-                         "--delta_log_rounds must be >= 0, got ",
-                         delta_log_rounds)));
-  }
-  if (!absl::GetFlag(FLAGS_checkpoint_dir).empty() && delta_log_rounds > 0) {
-    absl::StatusOr<DeltaLog> opened = DeltaLog::Open(
-        absl::GetFlag(FLAGS_checkpoint_dir), delta_log_rounds);
-    if (!opened.ok()) return Fail(log, opened.status());
-    delta_log = *std::move(opened);
-  }
-  options->delta_log = &delta_log;
-  auto service = ParameterServerService::Create(*options);
-  if (!service.ok()) return Fail(log, service.status());
+  ServerObserver& observer =
+      metrics != nullptr ? *metrics : ServerObserver::None();
+  options.logger = &daemon.log();  // rejected calls, joins and departures
+  auto service = ParameterServerService::Create(options);
+  if (!service.ok()) return daemon.Fail(service.status());
   absl::StatusOr<Restored> restored =
-      RestoreFromFlags(**service, options->rounds, log);
-  if (!restored.ok()) return Fail(log, restored.status());
+      RestoreFromFlags(**service, options.rounds, daemon.log());
+  if (!restored.ok()) return daemon.Fail(restored.status());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   std::shared_ptr<TokenGate> gate;
-  if (authenticator.has_value()) {
-    gate = std::make_shared<TokenGate>(&*authenticator, options->observer);
+  if (w.authenticator.has_value()) {
+    gate = std::make_shared<TokenGate>(&*w.authenticator, options.observer);
   }
-  // Outlives every server below.
-  CallGuard guard(options->observer, limits);
+  CallGuard guard(options.observer, w.limits);  // outlives every server
   int port = 0;
-  absl::StatusOr<std::unique_ptr<grpc::Server>> served =
-      Serve(listen, *security, transport, gate, guard, service->get(), &port);
-  if (!served.ok()) return Fail(log, served.status());
-  std::unique_ptr<grpc::Server> server = *std::move(served);
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server = Serve(
+      w.listen, w.security, w.transport, gate, guard, service->get(), &port);
+  if (!server.ok()) return daemon.Fail(server.status());
   std::printf("%s listening on %s:%d\n", kProgram,
-              listen_address->host.c_str(), port);
-  if (exposer != nullptr) {
-    std::printf("%s metrics on http://%s:%d/metrics\n", kProgram,
-                metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(),
-                BoundPort(*exposer));
+              w.listen_address.host.c_str(), port);
+  if (daemon.serving_metrics()) {
+    std::printf("%s metrics on %s\n", kProgram, daemon.metrics_url().c_str());
   }
   std::fflush(stdout);
-  LogStart(*options, *security, log);
+  LogStart(options, w.security, daemon.log());
 
   absl::Status result;
   // Serves the finished state when training ended here (a run restored as
   // complete is served by `service` itself).
   std::unique_ptr<ParameterServerService> finished;
   if (!restored->run_complete) {
-    const absl::Time start = absl::Now();
-    const int64_t last_checkpoint_round =
-        Train(**service, *server, guard, CallThreads(transport),
-              restored->store.get(), options->observer, signals, log);
-    server.reset();
-    std::optional<Checkpoint> last = (*service)->Snapshot();
-    if (restored->store != nullptr && last.has_value() &&
-        last->state.round != last_checkpoint_round) {
-      WriteCheckpoint(*restored->store, *last, options->observer, log);
-    }
-    const ServerSummary s = (*service)->Summary();
-    result = s.error;
-    if (absl::Status w = ReportSummary(
-            *options, s, absl::ToDoubleSeconds(absl::Now() - start),
-            signals.signal() != 0, log);
-        !w.ok()) {
-      result = w;
-    }
-    if (linger > absl::ZeroDuration() && signals.signal() == 0 &&
-        last.has_value() && CompletesRun(*last, options->rounds)) {
-      finished = FinishedService(*options, *std::move(last));
-      int bound = 0;
-      absl::StatusOr<std::unique_ptr<grpc::Server>> again =
-          finished == nullptr
-              ? absl::InternalError("cannot restore the final state")
-              : Serve(listen_address->host + ":" + std::to_string(port),
-                      *security, transport, gate, guard, finished.get(),
-                      &bound);
-      if (again.ok()) {
-        server = *std::move(again);
-      } else {
-        log.Warning(absl::StrCat("the finished state serves /metrics only: ",
-                                 again.status().ToString()));
-      }
-    }
+    result = TrainAndFinish(w, **service, restored->store.get(), guard, gate,
+                            port, observer, daemon, &*server, &finished);
   }
   // The finished state: Join is refused ("training has ended"); Status,
   // health and /metrics answer with the final values until the linger ends
   // or a signal comes.
   if (metrics != nullptr) metrics->SetFinished();
-  if (server != nullptr) {
-    server->GetHealthCheckService()->SetServingStatus(
+  if (*server != nullptr) {
+    (*server)->GetHealthCheckService()->SetServingStatus(
         "effadam.v1.ParameterServer", false);
   }
-  LingerForScrape(log, linger, [&] { return signals.signal() != 0; });
-  if (server != nullptr) {
-    server->Shutdown(absl::ToChronoTime(absl::Now() + kFinalCallsBudget));
-    server->Wait();
+  daemon.Linger(absl::GetFlag(FLAGS_metrics_linger).value);
+  if (*server != nullptr) {
+    (*server)->Shutdown(absl::ToChronoTime(absl::Now() + kFinalCallsBudget));
+    (*server)->Wait();
   }
-  ExitNow(result.ok() ? 0 : Fail(log, result));
+  daemon.Exit(result.ok() ? 0 : daemon.Fail(result));
 }
 
 }  // namespace

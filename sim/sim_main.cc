@@ -75,13 +75,13 @@ int Run() {
       std::fflush(stdout);
     }
   }
-  const Traffic& t = (*sim)->traffic();
+  const TrafficCounts& t = (*sim)->traffic();
   const std::string checksum = ParamsChecksum((*sim)->params());
   std::printf("done: %s %.4f after %lld rounds; moved %s (fp32 Adam: %s, "
               "%.1fx fewer); params_checksum %s\n",
               eval.metric_name.c_str(), eval.metric,
-              static_cast<long long>(rounds), FormatBytes(t.total()).c_str(),
-              FormatBytes(t.fp32_total()).c_str(), t.ratio(),
+              static_cast<long long>(rounds), FormatBytes(t.round_payload()).c_str(),
+              FormatBytes(t.fp32_equivalent()).c_str(), t.compression_ratio(),
               checksum.c_str());
   if (!config.training.summary_json.empty()) {
     JsonObject json;
@@ -93,7 +93,7 @@ int Run() {
         .Add(eval.metric_name, eval.metric)
         .Add("test_loss", eval.loss)
         .Add("train_loss", train_loss);
-    AddTraffic(t, &json);
+    AddRoundTraffic(t, &json);
     json.Add("params_checksum", checksum)
         .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
     if (absl::Status s = json.WriteFile(config.training.summary_json); !s.ok())

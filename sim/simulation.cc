@@ -100,8 +100,9 @@ absl::StatusOr<double> Simulation::RunRound() {
   }
   const int64_t round = engine_->round();
   for (int r = 0; r < n; ++r) {
-    traffic_.worker_to_server += static_cast<int64_t>(updates[r].size());
-    traffic_.fp32_worker_to_server += static_cast<int64_t>(4 * d);
+    DirectionBytes& up = traffic_[TrafficDirection::kWorkerToServer];
+    up.payload += static_cast<int64_t>(updates[r].size());
+    up.fp32 += static_cast<int64_t>(4 * d);
     if (absl::Status s = engine_->Submit(r, round, std::move(updates[r]));
         !s.ok()) {
       return s;
@@ -110,8 +111,9 @@ absl::StatusOr<double> Simulation::RunRound() {
   absl::StatusOr<std::string> delta = engine_->CloseRound();
   if (!delta.ok()) return delta.status();
   for (int r = 0; r < n; ++r) {
-    traffic_.server_to_worker += static_cast<int64_t>(delta->size());
-    traffic_.fp32_server_to_worker += static_cast<int64_t>(4 * d);
+    DirectionBytes& down = traffic_[TrafficDirection::kServerToWorker];
+    down.payload += static_cast<int64_t>(delta->size());
+    down.fp32 += static_cast<int64_t>(4 * d);
     if (absl::Status s = workers_[r]->ApplyDelta(*delta); !s.ok()) return s;
   }
   double loss = 0;

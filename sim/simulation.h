@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/thread_pool.h"
+#include "common/traffic.h"
 #include "core/compression_config.h"
 #include "core/round_engine.h"
 #include "worker/model.h"
@@ -43,7 +44,9 @@ class Simulation {
   absl::StatusOr<Evaluation> Evaluate() const;
 
   int64_t rounds_done() const { return engine_->round() - 1; }
-  const Traffic& traffic() const { return traffic_; }
+  // Round payloads, as one worker and the server count them (no join or
+  // wire bytes: nothing goes over a wire).
+  const TrafficCounts& traffic() const { return traffic_; }
   absl::Span<const float> params() const { return engine_->params(); }
   const RoundEngine& engine() const { return *engine_; }
 
@@ -55,7 +58,7 @@ class Simulation {
   std::vector<std::unique_ptr<Model>> models_;
   std::vector<std::unique_ptr<WorkerOptimizer>> workers_;
   std::unique_ptr<RoundEngine> engine_;
-  Traffic traffic_;
+  TrafficCounts traffic_;
 };
 
 }  // namespace effadam

@@ -53,12 +53,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster_test import Cluster, Failure, check  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "bench", "cluster"))
+from netns import Network, NetworkError, namespaces_available  # noqa: E402
 
 SHARDS = 2
 WORKERS = 4
 PORT = 50051
-SUBNET = "10.77.0."
-SWITCH_ADDRESS = SUBNET + "1"
 ACCURACY_POINTS = 0.5          # allowed gap to the undisturbed run, in points
 SIGN = ["--worker_codec=sign", "--server_codec=sign", "--seed=7"]
 # Short keepalives so that a stopped process or a cut link is noticed in
@@ -72,15 +73,6 @@ def log(msg):
 
 
 T0 = time.time()
-
-
-def run(argv, check_rc=True):
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       stdin=subprocess.DEVNULL, timeout=30)
-    if check_rc and r.returncode != 0:
-        raise Failure("%s failed (%d): %s" % (" ".join(argv), r.returncode,
-                                              r.stderr.decode().strip()))
-    return r
 
 
 def fnv1a64(data, h=0xcbf29ce484222325):
@@ -98,48 +90,6 @@ def checkpoint_x(path):
     (h,) = struct.unpack("<I", data[8:12])
     n4 = (len(data) - 12 - h - 4) // 2
     return data[12 + h:12 + h + n4]
-
-
-class Network:
-    """One namespace per host, veth pairs to a bridge in a switch namespace;
-    close() deletes every namespace it made (the veths go with them)."""
-
-    def __init__(self, hosts):
-        tag = "ech%d" % os.getpid()
-        self.switch = tag + "-sw"
-        self.namespaces = []
-        self.ns, self.ip, self.link = {}, {}, {}
-        self._add(self.switch)
-        run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
-        run(["ip", "-n", self.switch, "addr", "add", SWITCH_ADDRESS + "/24",
-             "dev", "br0"])
-        run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
-        for i, host in enumerate(hosts):
-            ns = "%s-%s" % (tag, host)
-            self._add(ns)
-            veth = "v%d%s" % (os.getpid() % 100000, host)[:15]
-            run(["ip", "-n", self.switch, "link", "add", veth, "type", "veth",
-                 "peer", "name", "eth0", "netns", ns])
-            run(["ip", "-n", self.switch, "link", "set", veth, "master", "br0"])
-            run(["ip", "-n", self.switch, "link", "set", veth, "up"])
-            ip = SUBNET + str(10 + i)
-            run(["ip", "-n", ns, "addr", "add", ip + "/24", "dev", "eth0"])
-            run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-            self.ns[host], self.ip[host], self.link[host] = ns, ip, veth
-
-    def _add(self, ns):
-        run(["ip", "netns", "add", ns])
-        self.namespaces.append(ns)
-        run(["ip", "-n", ns, "link", "set", "lo", "up"])
-
-    def set_link(self, host, up):
-        run(["ip", "-n", self.switch, "link", "set", self.link[host],
-             "up" if up else "down"])
-
-    def close(self):
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
-        self.namespaces = []
 
 
 class Run:
@@ -482,25 +432,6 @@ def check_checksums(c, r):
     return want
 
 
-def namespaces_available():
-    if os.geteuid() != 0:
-        return "needs root for network namespaces (ip netns add)"
-    if shutil.which("ip") is None:
-        return "'ip' (iproute2) is missing"
-    probe = "ech%d-probe" % os.getpid()
-    r = subprocess.run(["ip", "netns", "add", probe], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE)
-    if r.returncode != 0:
-        return "network namespaces unavailable: %s" % r.stderr.decode().strip()
-    ok = subprocess.run(["ip", "-n", probe, "link", "add", "t0", "type",
-                         "veth", "peer", "name", "t1"],
-                        stderr=subprocess.PIPE)
-    subprocess.run(["ip", "netns", "del", probe])
-    if ok.returncode != 0:
-        return "veth pairs unavailable: %s" % ok.stderr.decode().strip()
-    return None
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", required=True)
@@ -544,7 +475,7 @@ def main():
         calm = Run(c, net, "calm", rounds)
         start = time.time()
         calm.start_all()
-        calm.finish(timeout=3600)
+        calm.finish(timeout=600)
         calm_seconds = time.time() - start
         calm_acc = calm.summary("w0")["test_accuracy"]
         calm_sum = check_checksums(c, calm)
@@ -575,7 +506,7 @@ def main():
             % chaos_seconds)
         completed = False
         try:
-            chaos.finish(timeout=1800)
+            chaos.finish(timeout=600)
             completed = True
         except Failure as e:
             failures.append("run did not complete: %s" % e)
@@ -613,7 +544,7 @@ def main():
                 print("---- %s (last lines)" % chaos.procs[host].label)
                 print(tail("".join(c.output(chaos.procs[host].label)), 15))
         return 1 if failures else 0
-    except Failure as e:
+    except (Failure, NetworkError) as e:
         print("FAIL: %s" % e, flush=True)
         return 1
     finally:

@@ -4,11 +4,7 @@
 // must say what the last round looked like, and the exposer must serve it
 // all (or refuse an address with a status, not an exception).
 
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -24,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "transport/compression_proto.h"
 #include "prometheus/registry.h"
+#include "tests/scrape_util.h"
 #include "server/parameter_server_service.h"
 #include "metrics/server_metrics.h"
 #include "worker/worker_client.h"
@@ -218,15 +215,11 @@ TEST(Metrics, CountersEqualTheSummariesAfterARun) {
   EXPECT_EQ(s.traffic.up().payload,
             kWorkers * kRounds * static_cast<int64_t>(codec->encoded_size()));
   EXPECT_EQ(s.traffic.join().payload, 3 * 4 * static_cast<int64_t>(x0.size()));
-  int64_t up_wire = 0, down_wire = 0, join_wire = 0;
-  for (int r = 0; r < kWorkers; ++r) {
-    up_wire += clients[r]->wire_bytes().worker_to_server;
-    down_wire += clients[r]->wire_bytes().server_to_worker;
-    join_wire += clients[r]->wire_bytes().join;
-  }
-  EXPECT_EQ(s.traffic.up().wire, up_wire);
-  EXPECT_EQ(s.traffic.down().wire, down_wire);
-  EXPECT_EQ(s.traffic.join().wire, join_wire);
+  TrafficCounts workers;
+  for (int r = 0; r < kWorkers; ++r) workers += clients[r]->traffic();
+  EXPECT_EQ(s.traffic.up().wire, workers.up().wire);
+  EXPECT_EQ(s.traffic.down().wire, workers.down().wire);
+  EXPECT_EQ(s.traffic.join().wire, workers.join().wire);
   EXPECT_GT(s.traffic.up().wire, s.traffic.up().payload);
   EXPECT_GT(s.traffic.down().wire, s.traffic.down().payload);
   EXPECT_GT(s.traffic.join().wire, s.traffic.join().payload);
@@ -259,24 +252,27 @@ TEST(Metrics, CountersEqualTheSummariesAfterARun) {
       l.insert(rank.begin(), rank.end());
       return l;
     };
+    const TrafficCounts t = c.traffic();
     EXPECT_EQ(Value(reg, "effadam_worker_wire_bytes_total", with(up)),
-              c.wire_bytes().worker_to_server);
+              t.up().wire);
     EXPECT_EQ(Value(reg, "effadam_worker_wire_bytes_total", with(down)),
-              c.wire_bytes().server_to_worker);
+              t.down().wire);
     EXPECT_EQ(Value(reg, "effadam_worker_wire_bytes_total", with(join)),
-              c.wire_bytes().join);
+              t.join().wire);
     EXPECT_EQ(Value(reg, "effadam_worker_payload_bytes_total", with(up)),
-              c.traffic().worker_to_server);
+              t.up().payload);
     EXPECT_EQ(Value(reg, "effadam_worker_payload_bytes_total", with(down)),
-              c.traffic().server_to_worker);
+              t.down().payload);
     EXPECT_EQ(Value(reg, "effadam_worker_payload_bytes_total", with(join)),
-              c.join_bytes());
+              t.join().payload);
     EXPECT_EQ(
         Value(reg, "effadam_worker_fp32_equivalent_bytes_total", with(up)),
-        c.traffic().fp32_worker_to_server);
+        t.up().fp32);
     EXPECT_EQ(
         Value(reg, "effadam_worker_fp32_equivalent_bytes_total", with(down)),
-        c.traffic().fp32_server_to_worker);
+        t.down().fp32);
+    EXPECT_TRUE(std::isnan(Value(
+        reg, "effadam_worker_fp32_equivalent_bytes_total", with(join))));
     EXPECT_EQ(Value(reg, "effadam_worker_rounds_total", rank), kRounds);
     EXPECT_EQ(Value(reg, "effadam_worker_round_duration_seconds", rank),
               kRounds);
@@ -371,27 +367,7 @@ TEST(Metrics, RejectionsAreCountedByReason) {
   EXPECT_EQ(
       server.Value("effadam_server_wire_bytes_total", {{"direction", "join"}}),
       s.traffic.join().wire);
-  EXPECT_EQ(s.traffic.join().wire, good.wire_bytes().join);
-}
-
-// GET /metrics over a plain socket: the bytes a scraper sees.
-std::string Scrape(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
-    }
-  }
-  close(fd);
-  return out;
+  EXPECT_EQ(s.traffic.join().wire, good.traffic().join().wire);
 }
 
 TEST(Metrics, ExposerServesTheRegistryAndRefusesBadAddresses) {

@@ -27,7 +27,7 @@ SimulationConfig ToyConfig(const std::string& wc, const std::string& sc,
 struct Outcome {
   std::string checksum;
   double distance;
-  Traffic traffic;
+  TrafficCounts traffic;
 };
 
 Outcome RunSim(const SimulationConfig& config, int rounds) {
@@ -62,15 +62,17 @@ TEST(Simulation, CountsBytesOfEveryUpdateAndDelta) {
   ASSERT_TRUE(sim->RunRound().ok());
   ASSERT_TRUE(sim->RunRound().ok());
   const size_t d = sim->params().size();
-  const Traffic& t = sim->traffic();
-  EXPECT_EQ(t.worker_to_server,
+  const TrafficCounts& t = sim->traffic();
+  EXPECT_EQ(t.up().payload,
             2 * 3 * static_cast<int64_t>(
                         sim->engine().worker_codec().encoded_size()));
-  EXPECT_EQ(t.server_to_worker,
+  EXPECT_EQ(t.down().payload,
             2 * 3 * static_cast<int64_t>(
                         sim->engine().server_codec().encoded_size()));
-  EXPECT_EQ(t.fp32_worker_to_server, 2 * 3 * 4 * static_cast<int64_t>(d));
-  EXPECT_EQ(t.fp32_total(), 2 * t.fp32_worker_to_server);
+  EXPECT_EQ(t.up().fp32, 2 * 3 * 4 * static_cast<int64_t>(d));
+  EXPECT_EQ(t.fp32_equivalent(), 2 * t.up().fp32);
+  EXPECT_EQ(t.join().payload, 0);
+  EXPECT_EQ(t.up().wire, 0);
 }
 
 TEST(Simulation, ToyConvergesAndErrorFeedbackHelps) {

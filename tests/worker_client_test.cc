@@ -8,6 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -17,11 +18,28 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/clock.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace effadam {
+namespace header_example {
+
+// The usage example of worker/worker_client.h, compiled from the header
+// (tests/header_example.py).
+absl::Status Train(const WorkerClientOptions& options,
+                   const TensorLayout& layout,
+                   absl::Span<const float> initial_params, int64_t last_round);
+
+// What the example leaves to its user: a gradient of ones.
+float ComputeGradient(absl::Span<const float> params, absl::Span<float> grad) {
+  EXPECT_EQ(params.size(), grad.size());
+  std::fill(grad.begin(), grad.end(), 1.0f);
+  return 0.5f;
+}
+
+}  // namespace header_example
 namespace {
 
 namespace pb = ::effadam::v1;
@@ -91,6 +109,13 @@ class FakeServer final : public pb::ParameterServer::Service {
                     pb::JoinResponse* reply) override {
     absl::MutexLock lock(&mu);
     join_request = *request;
+    ++joins;
+    if (clock != nullptr) {
+      clock->Advance(join_takes);
+      // Long enough for a call whose deadline has passed to see it.
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    if (!join_status.ok()) return join_status;
     *reply = join_reply;
     return grpc::Status::OK;
   }
@@ -149,6 +174,10 @@ class FakeServer final : public pb::ParameterServer::Service {
 
   // Knobs, set before the client connects.
   pb::JoinResponse join_reply;
+  grpc::Status join_status = grpc::Status::OK;  // else Join's answer
+  // Each Join advances `clock` (if set) by `join_takes`.
+  FakeClock* clock = nullptr;
+  absl::Duration join_takes;
   int fetch_unavailable = 0;
   std::vector<float> x = std::vector<float>(kElements, 1.0f);
   int64_t fetch_round = 1;
@@ -160,6 +189,7 @@ class FakeServer final : public pb::ParameterServer::Service {
   // What the client sent.
   absl::Mutex mu;
   pb::JoinRequest join_request;
+  int joins = 0;
   std::vector<pb::ParamsChunk> uploaded;
   std::vector<pb::WorkerMessage> messages;
   bool train_cancelled = false;
@@ -243,12 +273,74 @@ TEST_F(WorkerClientTest, JoinsUploadsFetchesAndStepsInChunks) {
       EXPECT_EQ(m.loss(), i == 2 ? 3.5f : i == 5 ? 2.5f : 0.0f);
     }
   }
-  EXPECT_EQ(c.traffic().worker_to_server, 80);
-  EXPECT_EQ(c.traffic().server_to_worker, 80);
-  EXPECT_EQ(c.traffic().fp32_total(), 160);
-  EXPECT_EQ(c.join_bytes(), 80);  // upload + fetch
+  EXPECT_EQ(c.traffic().up().payload, 80);
+  EXPECT_EQ(c.traffic().down().payload, 80);
+  EXPECT_EQ(c.traffic().fp32_equivalent(), 160);
+  EXPECT_EQ(c.traffic().join().payload, 80);  // upload + fetch
   EXPECT_TRUE(c.Finish().ok());
   EXPECT_TRUE(c.Finish().ok());
+}
+
+TEST_F(WorkerClientTest, RankStillTakenGivesUpAtReconnectTimeoutOnTheClock) {
+  // The rank stays taken and each Join takes 3 minutes of the injected
+  // clock: the first answer comes before reconnect_timeout (5 minutes), so
+  // the client asks again after its backoff, past connect_timeout (1
+  // minute), which no longer bounds the call; the second answer comes
+  // after reconnect_timeout, so the client gives up. Minutes of the clock
+  // pass in well under a second.
+  FakeClock clock;
+  fake_.clock = &clock;
+  fake_.join_takes = absl::Minutes(3);
+  fake_.join_status = grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                                   "rank 0 is still held");
+  StartServer();
+  WorkerClientOptions o = Options();
+  o.rank = 0;
+  o.clock = &clock;
+  o.connect_timeout = absl::Minutes(1);
+  o.reconnect_timeout = absl::Minutes(5);
+  WorkerClient c(o);
+  // The backoff between the attempts is 100 ms of the clock, which stands
+  // still unless moved: after the first answer this thread moves it on.
+  std::thread ticker([&] {
+    auto joins = [&] {
+      absl::MutexLock lock(&fake_.mu);
+      return fake_.joins;
+    };
+    while (joins() < 1) absl::SleepFor(absl::Milliseconds(1));
+    while (joins() < 2) {
+      clock.Advance(absl::Milliseconds(10));
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  });
+  const absl::Time start = absl::Now();
+  const absl::Status s = c.Join(Layout());
+  ticker.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+  EXPECT_THAT(s.message(), HasSubstr("still held"));
+  {
+    absl::MutexLock lock(&fake_.mu);
+    EXPECT_EQ(fake_.joins, 2);
+  }
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+TEST_F(WorkerClientTest, TheHeadersExampleTrainsThroughTheLastRound) {
+  StartServer();
+  const absl::Status s = header_example::Train(
+      Options(), Layout(), std::vector<float>(kElements, 2.0f), 3);
+  EXPECT_TRUE(s.ok()) << s;
+  absl::MutexLock lock(&fake_.mu);
+  ASSERT_EQ(fake_.messages.size(), 9u);  // 3 rounds of 3 chunks
+  EXPECT_EQ(fake_.messages.back().round(), 3);
+}
+
+TEST_F(WorkerClientTest, TheHeadersExampleEndsWellWhenTheServerFinishes) {
+  fake_.respond = [](Stream*, int64_t, const std::string&) { return false; };
+  StartServer();
+  const absl::Status s = header_example::Train(
+      Options(), Layout(), std::vector<float>(kElements, 2.0f), 100);
+  EXPECT_TRUE(s.ok()) << s;
 }
 
 TEST_F(WorkerClientTest, RetriesUntilTheParametersExist) {
@@ -259,7 +351,7 @@ TEST_F(WorkerClientTest, RetriesUntilTheParametersExist) {
   auto client = WorkerClient::Connect(Options(), Layout(), {});
   ASSERT_TRUE(client.ok()) << client.status();
   EXPECT_EQ((*client)->round(), 7);
-  EXPECT_EQ((*client)->join_bytes(), 40);
+  EXPECT_EQ((*client)->traffic().join().payload, 40);
   absl::MutexLock lock(&fake_.mu);
   EXPECT_TRUE(fake_.uploaded.empty());
 }

@@ -4,17 +4,6 @@
 
 namespace effadam {
 
-double Traffic::ratio() const {
-  return total() > 0 ? static_cast<double>(fp32_total()) / total() : 0.0;
-}
-
-void AddTraffic(const Traffic& t, JsonObject* json) {
-  json->Add("bytes_worker_to_server", t.worker_to_server)
-      .Add("bytes_server_to_worker", t.server_to_worker)
-      .Add("fp32_equivalent_bytes", t.fp32_total())
-      .Add("compression_ratio", t.ratio());
-}
-
 std::string FormatBytes(int64_t bytes) {
   const double b = static_cast<double>(bytes);
   if (b >= 1e9) return absl::StrFormat("%.2f GB", b / 1e9);
@@ -24,14 +13,14 @@ std::string FormatBytes(int64_t bytes) {
 }
 
 std::string FormatProgress(int64_t round, int64_t rounds, double train_loss,
-                           const Evaluation& eval, const Traffic& traffic,
+                           const Evaluation& eval, const TrafficCounts& traffic,
                            double seconds) {
   return absl::StrFormat(
       "round %d/%d  loss %.4f  %s %.4f  up %s  down %s  (%.1fx fewer than "
       "fp32)  %.1f s",
       round, rounds, train_loss, eval.metric_name, eval.metric,
-      FormatBytes(traffic.worker_to_server),
-      FormatBytes(traffic.server_to_worker), traffic.ratio(), seconds);
+      FormatBytes(traffic.up().payload), FormatBytes(traffic.down().payload),
+      traffic.compression_ratio(), seconds);
 }
 
 }  // namespace effadam

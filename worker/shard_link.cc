@@ -1,5 +1,6 @@
 #include "worker/shard_link.h"
 
+#include <grpc/support/time.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -9,6 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
+#include "transport/compression_proto.h"
+#include "worker/retry_backoff.h"
 
 namespace effadam {
 
@@ -21,10 +24,9 @@ namespace {
 
 namespace pb = ::effadam::v1;
 
-constexpr absl::Duration kFirstBackoff = absl::Milliseconds(100);
-constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
-// How often Retry reports that it still waits.
-constexpr absl::Duration kLogEvery = absl::Seconds(10);
+// The longest a wait for the Clock blocks before it reads the clock again
+// (a FakeClock that jumps is noticed within this much real time).
+constexpr absl::Duration kClockPoll = absl::Milliseconds(100);
 
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view during) {
   if (s.ok()) return absl::OkStatus();
@@ -35,36 +37,50 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view during) {
 
 }  // namespace
 
-struct ShardLink::Stream {
-  std::unique_ptr<grpc::ClientContext> context;
-  std::unique_ptr<grpc::ClientReaderWriter<pb::WorkerMessage, pb::ServerMessage>>
-      rw;
+struct ShardLink::Rpc {
+  struct Stream {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<
+        grpc::ClientReaderWriter<pb::WorkerMessage, pb::ServerMessage>>
+        rw;
+  };
+
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<pb::ParameterServer::Stub> stub;
+  std::unique_ptr<Stream> stream;  // null: no Train stream open
 };
 
-ShardLink::ShardLink(std::string address, const ClientSecurity& security,
-                     const ClientKeepalive& keepalive, Logger* log)
-    : address_(std::move(address)), security_(security), log_(log) {
+ShardLink::ShardLink(ShardLinkOptions options)
+    : options_(std::move(options)),
+      clock_(*options_.clock),
+      rpc_(std::make_unique<Rpc>()) {
   grpc::ChannelArguments args;
   // The server may not be listening yet; reconnect as eagerly as Join
   // retries instead of gRPC's default 1 s .. 120 s.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-              static_cast<int>(absl::ToInt64Milliseconds(kFirstBackoff)));
+              static_cast<int>(
+                  absl::ToInt64Milliseconds(RetryBackoff::kFirst)));
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-              static_cast<int>(absl::ToInt64Milliseconds(kFirstBackoff)));
+              static_cast<int>(
+                  absl::ToInt64Milliseconds(RetryBackoff::kFirst)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
-              static_cast<int>(absl::ToInt64Milliseconds(kMaxBackoff)));
+              static_cast<int>(absl::ToInt64Milliseconds(RetryBackoff::kMax)));
   // Room for the largest chunk a server may send plus the message's other
   // fields.
   args.SetMaxReceiveMessageSize(MaxMessageBytes(kLargestServerChunkBytes));
   // TLS and keepalive: transport/grpc_security.h.
-  channel_ = NewClientChannel(address_, security_, args, keepalive);
+  rpc_->channel = NewClientChannel(options_.address, options_.security, args,
+                                   options_.keepalive);
+  rpc_->stub = pb::ParameterServer::NewStub(rpc_->channel);
 }
 
 ShardLink::~ShardLink() {
   // A stream still open (an error path skipped Finish) is cancelled rather
   // than closed: the server sees this worker leave at once.
-  if (stream_ != nullptr) Abandon();
+  if (rpc_->stream != nullptr) Abandon();
 }
+
+bool ShardLink::stream_open() const { return rpc_->stream != nullptr; }
 
 void ShardLink::Cancel() {
   absl::MutexLock lock(&mu_);
@@ -80,9 +96,13 @@ bool ShardLink::cancelled() const {
 std::unique_ptr<grpc::ClientContext> ShardLink::NewContext(
     absl::Time deadline) {
   auto context = std::make_unique<grpc::ClientContext>();
-  AddCallCredentials(security_, context.get());
+  AddCallCredentials(options_.security, context.get());
   if (deadline != absl::InfiniteFuture()) {
-    context->set_deadline(absl::ToChronoTime(deadline));
+    // gRPC adds a timespan to its own clock's now.
+    const absl::Duration left =
+        std::max(deadline - clock_.Now(), absl::ZeroDuration());
+    context->set_deadline(
+        gpr_time_from_micros(absl::ToInt64Microseconds(left), GPR_TIMESPAN));
   }
   absl::MutexLock lock(&mu_);
   if (cancelled_) return nullptr;
@@ -99,55 +119,76 @@ bool ShardLink::ServerAway(const absl::Status& s) const {
   return absl::IsUnavailable(s) || (absl::IsCancelled(s) && !cancelled());
 }
 
+bool ShardLink::WaitUntil(absl::Time t) {
+  absl::MutexLock lock(&mu_);
+  while (!cancelled_) {
+    const absl::Duration left = t - clock_.Now();
+    if (left <= absl::ZeroDuration()) return true;
+    // Wakes early only when Cancel() flips the flag.
+    mu_.AwaitWithTimeout(absl::Condition(&cancelled_),
+                         std::min(left, kClockPoll));
+  }
+  return false;
+}
+
 absl::Status ShardLink::Retry(
     absl::Time deadline, absl::string_view late,
     absl::FunctionRef<absl::Status()> attempt,
     absl::FunctionRef<bool(const absl::Status&)> retry) {
-  absl::Duration backoff = kFirstBackoff;
-  absl::Time last_logged = absl::InfinitePast();
+  RetryBackoff backoff(clock_, deadline);
   for (int attempts = 1;; ++attempts) {
     const absl::Status s = attempt();
     if (cancelled()) return absl::CancelledError("cancelled");
     if (s.ok() || !retry(s)) return s;
-    const absl::Time now = absl::Now();
-    if (now + backoff >= deadline) {
+    const std::optional<absl::Time> next = backoff.NextAttempt();
+    if (!next.has_value()) {
       if (late.empty()) return s;
       return absl::Status(s.code(), absl::StrCat(late, ": ", s.message()));
     }
-    if (now - last_logged >= kLogEvery) {
-      last_logged = now;
-      log_->Info(absl::StrCat("waiting (attempt ", attempts, ", for up to ",
-                              absl::FormatDuration(absl::Trunc(
-                                  deadline - now, absl::Seconds(1))),
-                              " more): ", s.ToString()));
+    if (backoff.ShouldLog()) {
+      options_.log->Info(absl::StrCat(
+          "waiting (attempt ", attempts, ", for up to ",
+          absl::FormatDuration(
+              absl::Trunc(deadline - clock_.Now(), absl::Seconds(1))),
+          " more): ", s.ToString()));
     }
-    absl::MutexLock lock(&mu_);
-    // Wakes early only when Cancel() flips the flag.
-    mu_.AwaitWithTimeout(absl::Condition(&cancelled_), backoff);
-    if (cancelled_) return absl::CancelledError("cancelled");
-    backoff = std::min(2 * backoff, kMaxBackoff);
+    if (!WaitUntil(*next)) return absl::CancelledError("cancelled");
   }
 }
 
-absl::StatusOr<pb::JoinResponse> ShardLink::Join(
-    const pb::JoinRequest& request, absl::Time deadline,
-    absl::Time rank_taken_deadline) {
+absl::StatusOr<JoinReply> ShardLink::Join(const TensorLayout& layout,
+                                          const CompressionConfig& compression,
+                                          const JoinClaim& claim,
+                                          absl::Time deadline,
+                                          absl::Time rank_taken_deadline) {
+  pb::JoinRequest request;
+  *request.mutable_layout() = LayoutToProto(layout);
+  *request.mutable_compression() = CompressionToProto(compression);
+  request.set_rank(claim.rank);
+  if (claim.replica_round > 0) {
+    request.set_replica_round(claim.replica_round);
+    request.set_replica_checksum(claim.replica_checksum);
+  }
   pb::JoinResponse reply;
-  auto stub = pb::ParameterServer::NewStub(channel_);
   // Not listening yet, or going away; or the rank still taken: retried,
   // each until its own deadline. Anything else is the server's answer and
   // final.
   const absl::Status s = Retry(
       std::max(deadline, rank_taken_deadline), "",
       [&]() -> absl::Status {
-        auto context = NewContext(deadline);
+        // After `deadline` an attempt only follows a rank-taken answer: the
+        // server is there, and the call may take until the rank's own
+        // deadline.
+        auto context = NewContext(clock_.Now() < deadline
+                                      ? deadline
+                                      : std::max(deadline, rank_taken_deadline));
         if (context == nullptr) return absl::CancelledError("cancelled");
-        const grpc::Status s = stub->Join(context.get(), request, &reply);
+        const grpc::Status s = rpc_->stub->Join(context.get(), request, &reply);
         ReleaseContext();
-        return FromGrpc(s, absl::StrCat("Join ", address_));
+        return FromGrpc(s, absl::StrCat("Join ", address()));
       },
       [&](const absl::Status& s) {
-        const absl::Time now = absl::Now();
+        const absl::Time now = clock_.Now();
         return (ServerAway(s) && now < deadline) ||
                (absl::IsAlreadyExists(s) && now < rank_taken_deadline);
       });
@@ -156,17 +197,42 @@ absl::StatusOr<pb::JoinResponse> ShardLink::Join(
         s.code(), absl::StrCat("no server answered in time: ", s.message()));
   }
   if (!s.ok()) return s;
-  return reply;
+  if (reply.max_chunk_bytes() < 4 ||
+      reply.max_chunk_bytes() > kLargestServerChunkBytes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Join: the max_chunk_bytes ", reply.max_chunk_bytes(), " of ",
+        address(), " is outside what this worker accepts, [4, ",
+        kLargestServerChunkBytes, "]"));
+  }
+  // The server refuses a Join whose settings differ from its own, so a
+  // reply naming other settings means the two sides disagree on the protocol.
+  if (absl::Status c = CheckCompressionMatches(
+          reply.compression(), compression, "this worker", address());
+      !c.ok()) {
+    return absl::InternalError(absl::StrCat(
+        "Join: ", address(), " accepted this worker but ", c.message()));
+  }
+  JoinReply out;
+  out.rank = reply.rank();
+  out.expected_workers = reply.expected_workers();
+  out.num_elements = reply.num_elements();
+  out.max_chunk_bytes = reply.max_chunk_bytes();
+  out.num_shards = reply.num_shards();
+  out.shard = reply.shard();
+  out.shard_begin = reply.shard_begin();
+  out.shard_size = reply.shard_size();
+  out.upload_initial_params = reply.upload_initial_params();
+  out.round = reply.round();
+  return out;
 }
 
 absl::Status ShardLink::Upload(int rank, int64_t round,
                                absl::Span<const float> x,
                                size_t max_chunk_bytes, absl::Time deadline) {
-  auto stub = pb::ParameterServer::NewStub(channel_);
   auto context = NewContext(deadline);
   if (context == nullptr) return absl::CancelledError("cancelled");
   pb::UploadParamsResponse reply;
-  auto writer = stub->UploadParams(context.get(), &reply);
+  auto writer = rpc_->stub->UploadParams(context.get(), &reply);
   const size_t per_chunk = max_chunk_bytes / sizeof(float);
   pb::ParamsChunk chunk;
   chunk.set_rank(rank);
@@ -178,19 +244,19 @@ absl::Status ShardLink::Upload(int rank, int64_t round,
                      n * sizeof(float));
     // A failed Write means the call is over; Finish says why.
     if (!writer->Write(chunk)) break;
-    wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
+    wire_bytes(TrafficDirection::kJoin) +=
+        static_cast<int64_t>(chunk.ByteSizeLong());
   }
   writer->WritesDone();
   const grpc::Status s = writer->Finish();
   ReleaseContext();
-  return FromGrpc(s, absl::StrCat("UploadParams to ", address_));
+  return FromGrpc(s, absl::StrCat("UploadParams to ", address()));
 }
 
 absl::StatusOr<std::vector<float>> ShardLink::Fetch(int rank, size_t n,
                                                     size_t max_chunk_bytes,
                                                     absl::Time deadline,
                                                     int64_t* round) {
-  auto stub = pb::ParameterServer::NewStub(channel_);
   ChunkRules rules;
   rules.total_bytes = n * sizeof(float);
   rules.max_chunk_bytes = max_chunk_bytes;
@@ -208,12 +274,13 @@ absl::StatusOr<std::vector<float>> ShardLink::Fetch(int rank, size_t n,
         if (context == nullptr) return absl::CancelledError("cancelled");
         pb::FetchParamsRequest request;
         request.set_rank(rank);
-        auto reader = stub->FetchParams(context.get(), request);
+        auto reader = rpc_->stub->FetchParams(context.get(), request);
         // Every chunk names the round x is current for; the first sets it.
         assembler->Start(std::nullopt);
         pb::ParamsChunk chunk;
         while (reader->Read(&chunk)) {
-          wire_.join += static_cast<int64_t>(chunk.ByteSizeLong());
+          wire_bytes(TrafficDirection::kJoin) +=
+              static_cast<int64_t>(chunk.ByteSizeLong());
           if (!bad.ok()) continue;  // drain, so that Finish may be called
           bad = assembler->Add(chunk.rank(), chunk.round(), chunk.begin(),
                                chunk.values());
@@ -223,13 +290,13 @@ absl::StatusOr<std::vector<float>> ShardLink::Fetch(int rank, size_t n,
         ReleaseContext();
         if (s.ok() && bad.ok()) bad = assembler->Finish();
         if (!bad.ok()) return bad;
-        return FromGrpc(s, absl::StrCat("FetchParams ", address_));
+        return FromGrpc(s, absl::StrCat("FetchParams ", address()));
       },
       // UNAVAILABLE: the first worker has not uploaded x yet (or the server
       // is going away).
       [&](const absl::Status& s) { return bad.ok() && ServerAway(s); });
   if (!bad.ok()) {
-    return absl::InternalError(absl::StrCat("FetchParams: ", address_,
+    return absl::InternalError(absl::StrCat("FetchParams: ", address(),
                                             "'s x: ", bad.message()));
   }
   if (!s.ok()) return s;
@@ -241,26 +308,30 @@ absl::StatusOr<std::vector<float>> ShardLink::Fetch(int rank, size_t n,
 }
 
 absl::Status ShardLink::OpenStream() {
-  auto stream = std::make_unique<Stream>();
+  auto stream = std::make_unique<Rpc::Stream>();
   stream->context = NewContext(absl::InfiniteFuture());
   if (stream->context == nullptr) return absl::CancelledError("cancelled");
-  auto stub = pb::ParameterServer::NewStub(channel_);
-  stream->rw = stub->Train(stream->context.get());
-  stream_ = std::move(stream);
+  stream->rw = rpc_->stub->Train(stream->context.get());
+  rpc_->stream = std::move(stream);
   server_finished_ = false;
   return absl::OkStatus();
+}
+
+void ShardLink::DrainStream() {
+  pb::ServerMessage ignored;
+  while (rpc_->stream->rw->Read(&ignored)) {
+    wire_bytes(TrafficDirection::kServerToWorker) +=
+        static_cast<int64_t>(ignored.ByteSizeLong());
+  }
 }
 
 absl::Status ShardLink::EndStream(absl::string_view during) {
   // After a failed Read or Write no message is pending, so Finish returns
   // the server's status at once.
-  pb::ServerMessage ignored;
-  while (stream_->rw->Read(&ignored)) {
-    wire_.server_to_worker += static_cast<int64_t>(ignored.ByteSizeLong());
-  }
-  const grpc::Status s = stream_->rw->Finish();
+  DrainStream();
+  const grpc::Status s = rpc_->stream->rw->Finish();
   ReleaseContext();
-  stream_.reset();
+  rpc_->stream.reset();
   if (s.ok()) {
     server_finished_ = true;
     return absl::OkStatus();
@@ -268,7 +339,7 @@ absl::Status ShardLink::EndStream(absl::string_view during) {
   if (s.error_code() == grpc::StatusCode::CANCELLED && cancelled()) {
     return absl::CancelledError("cancelled");
   }
-  return FromGrpc(s, absl::StrCat("Train with ", address_, ", ", during));
+  return FromGrpc(s, absl::StrCat("Train with ", address(), ", ", during));
 }
 
 absl::Status ShardLink::Exchange(int rank, int64_t round,
@@ -286,10 +357,11 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
     msg.set_payload(update.data() + offset, n);
     offset += n;
     msg.set_loss(offset == update.size() ? loss : 0.0f);
-    if (!stream_->rw->Write(msg)) {
+    if (!rpc_->stream->rw->Write(msg)) {
       return EndStream(absl::StrCat("sending the update of round ", round));
     }
-    wire_.worker_to_server += static_cast<int64_t>(msg.ByteSizeLong());
+    wire_bytes(TrafficDirection::kWorkerToServer) +=
+        static_cast<int64_t>(msg.ByteSizeLong());
   } while (offset < update.size());
 
   // The delta's length follows from the layout and the server codec, so the
@@ -297,16 +369,17 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
   assembler->Start(round);
   pb::ServerMessage reply;
   while (!assembler->complete()) {
-    if (!stream_->rw->Read(&reply)) {
+    if (!rpc_->stream->rw->Read(&reply)) {
       return EndStream(absl::StrCat("waiting for the delta of round ", round));
     }
-    wire_.server_to_worker += static_cast<int64_t>(reply.ByteSizeLong());
+    wire_bytes(TrafficDirection::kServerToWorker) +=
+        static_cast<int64_t>(reply.ByteSizeLong());
     if (absl::Status s = assembler->Add(-1, reply.round(), reply.offset(),
                                         reply.payload());
         !s.ok()) {
       Abandon();
       return absl::InternalError(absl::StrCat(
-          "Train: the delta of round ", round, " from ", address_, ": ",
+          "Train: the delta of round ", round, " from ", address(), ": ",
           s.message()));
     }
     *contributors = reply.contributors();
@@ -315,20 +388,21 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
 }
 
 void ShardLink::Abandon() {
-  if (stream_ == nullptr) return;
+  if (rpc_->stream == nullptr) return;
   // Cancelling tells the server this worker left; its status is moot.
-  stream_->context->TryCancel();
+  rpc_->stream->context->TryCancel();
   EndStream("").IgnoreError();
   server_finished_ = false;
 }
 
 absl::Status ShardLink::Finish(absl::Duration timeout) {
-  if (stream_ == nullptr) return absl::OkStatus();
+  if (rpc_->stream == nullptr) return absl::OkStatus();
+  Rpc::Stream& stream = *rpc_->stream;
   // WritesDone tells the server this worker is leaving; it then ends the
   // stream. A watchdog bounds the wait on a server that does not.
-  stream_->rw->WritesDone();
+  stream.rw->WritesDone();
   bool done = false, timed_out = false;
-  grpc::ClientContext* context = stream_->context.get();
+  grpc::ClientContext* context = stream.context.get();
   std::thread watchdog([&] {
     absl::MutexLock lock(&mu_);
     if (!mu_.AwaitWithTimeout(absl::Condition(&done), timeout)) {
@@ -337,21 +411,18 @@ absl::Status ShardLink::Finish(absl::Duration timeout) {
     }
   });
   // Deltas of rounds this worker no longer takes part in may still arrive.
-  pb::ServerMessage ignored;
-  while (stream_->rw->Read(&ignored)) {
-    wire_.server_to_worker += static_cast<int64_t>(ignored.ByteSizeLong());
-  }
-  const grpc::Status s = stream_->rw->Finish();
+  DrainStream();
+  const grpc::Status s = stream.rw->Finish();
   {
     absl::MutexLock lock(&mu_);
     done = true;
   }
   watchdog.join();
   ReleaseContext();
-  stream_.reset();
+  rpc_->stream.reset();
   if (timed_out) {
     return absl::DeadlineExceededError(absl::StrCat(
-        "Train: ", address_, " did not end the stream within ",
+        "Train: ", address(), " did not end the stream within ",
         absl::FormatDuration(timeout), " of this worker's last round"));
   }
   if (s.error_code() == grpc::StatusCode::CANCELLED && cancelled()) {

@@ -1,6 +1,24 @@
 #ifndef EFFADAM_WORKER_SHARD_LINK_H_
 #define EFFADAM_WORKER_SHARD_LINK_H_
 
+// ShardLink: one worker's connection to one parameter server (the whole
+// model, or one shard of it). It promises the protocol's calls on one
+// channel and one stub, made once: Join, UploadParams and FetchParams
+// retried while the server is away (not listening yet, restarting,
+// shutting down), and the Train stream. It builds, moves and checks the
+// protocol's messages and counts their bytes; what the bytes mean is
+// WorkerClient's business. Its interface holds no protobuf or gRPC type:
+// requests and replies are the plain structs below.
+//
+// Time: every deadline is a time of the injected Clock, and so is the
+// backoff between attempts (RetryBackoff); a gRPC call gets the time left
+// until its deadline as a relative deadline.
+//
+// Thread-safety: not thread-safe, except Cancel(), which any thread may
+// call at any time. Different links may be used from different threads at
+// once (WorkerClient runs one round's exchanges on the S links in
+// parallel).
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -14,62 +32,83 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/clock.h"
+#include "common/logger.h"
+#include "common/traffic.h"
+#include "core/compression_config.h"
+#include "core/tensor_layout.h"
 #include "transport/chunk_assembler.h"
 #include "transport/grpc_security.h"
-#include "common/logger.h"
-#include "effadam/v1/parameter_server.pb.h"
 
 namespace grpc {
-class Channel;
 class ClientContext;
-class Status;
 }  // namespace grpc
 
 namespace effadam {
-
-// What went over the wire for one worker: the serialized sizes
-// (ByteSizeLong) of the protobuf messages it wrote and read, without gRPC's
-// 5-byte message prefix and HTTP/2 framing. The server counts the same
-// messages, so in a run without failures the workers' counts add up to the
-// server's.
-struct WireBytes {
-  int64_t worker_to_server = 0;  // WorkerMessage written
-  int64_t server_to_worker = 0;  // ServerMessage read
-  int64_t join = 0;  // ParamsChunk written (UploadParams), read (FetchParams)
-};
 
 // The largest chunk a worker accepts from a server's JoinResponse: the
 // server's --max_chunk_bytes allows up to 2^30.
 inline constexpr int64_t kLargestServerChunkBytes = int64_t{1} << 30;
 
-// One worker's connection to one parameter server (the whole model, or one
-// shard of it): the protocol's calls on one channel, retried while the
-// server is away (not listening yet, restarting, shutting down), and the
-// Train stream. It moves and checks bytes and counts them; what they mean
-// is WorkerClient's business.
-//
-// Not thread-safe, except Cancel(), which any thread may call at any time.
-// Different links may be used from different threads at once.
+// What a worker claims in a Join besides its layout and settings.
+struct JoinClaim {
+  int rank = -1;  // -1: the lowest free one
+  // Once training: the round this worker's replica of the shard's part of
+  // x is at (every delta before it applied) and its ParamsChecksum, which
+  // a restarted server may ask for; 0 and empty before.
+  int64_t replica_round = 0;
+  std::string replica_checksum;
+};
+
+// The server's answer to a Join (effadam.v1.JoinResponse). Its compression
+// settings are checked by ShardLink::Join to equal the worker's.
+struct JoinReply {
+  int rank = -1;
+  int expected_workers = 0;
+  int64_t num_elements = 0;
+  int64_t max_chunk_bytes = 0;  // in [4, kLargestServerChunkBytes]
+  // A server without sharding says 0 shards; its shard holds everything.
+  int num_shards = 0;
+  int shard = 0;
+  int64_t shard_begin = 0;
+  int64_t shard_size = 0;
+  bool upload_initial_params = false;
+  int64_t round = 0;  // the round the server is collecting
+};
+
+struct ShardLinkOptions {
+  std::string address;  // host:port
+  ClientSecurity security;
+  ClientKeepalive keepalive;
+  // Hears of the failed attempts while Retry waits. Not null; outlives the
+  // link.
+  Logger* log = &Logger::Discard();
+  // Where deadlines and the backoff's time come from; outlives the link.
+  const Clock* clock = &Clock::Real();
+};
+
 class ShardLink {
  public:
-  // Does not touch the network. `log` (not null, outlives the link) hears
-  // of the failed attempts while Retry waits.
-  ShardLink(std::string address, const ClientSecurity& security,
-            const ClientKeepalive& keepalive, Logger* log);
+  // Does not touch the network.
+  explicit ShardLink(ShardLinkOptions options);
   ~ShardLink();
   ShardLink(const ShardLink&) = delete;
   ShardLink& operator=(const ShardLink&) = delete;
 
-  const std::string& address() const { return address_; }
+  const std::string& address() const { return options_.address; }
 
-  // Join, retried with backoff while the server is away, until `deadline`,
-  // and while it says the rank is taken (ALREADY_EXISTS: the previous
-  // process of this worker still holds it until the server sees its stream
-  // end), until `rank_taken_deadline`. The server's refusals keep their code
-  // and message.
-  absl::StatusOr<v1::JoinResponse> Join(const v1::JoinRequest& request,
-                                        absl::Time deadline,
-                                        absl::Time rank_taken_deadline);
+  // Join with `layout`, `compression` and `claim`, retried with backoff
+  // while the server is away, until `deadline`, and while it says the rank
+  // is taken (ALREADY_EXISTS: the previous process of this worker still
+  // holds it until the server sees its stream end), until
+  // `rank_taken_deadline`. The server's refusals keep their code and
+  // message. A reply whose max_chunk_bytes this worker does not accept is
+  // FailedPrecondition; one naming other compression settings than
+  // `compression` (the server should have refused) is Internal.
+  absl::StatusOr<JoinReply> Join(const TensorLayout& layout,
+                                 const CompressionConfig& compression,
+                                 const JoinClaim& claim, absl::Time deadline,
+                                 absl::Time rank_taken_deadline);
   // UploadParams of `x` in chunks of at most max_chunk_bytes, each naming
   // `round` (0 for the initial parameters, else a replica's round).
   absl::Status Upload(int rank, int64_t round, absl::Span<const float> x,
@@ -83,7 +122,7 @@ class ShardLink {
 
   // Opens the Train stream (no deadline; Cancel ends it).
   absl::Status OpenStream();
-  bool stream_open() const { return stream_ != nullptr; }
+  bool stream_open() const;
   // Sends `update` for `round` in chunks of max_chunk_bytes, then reads the
   // round's delta into `assembler` (sized for this server's delta) and
   // *contributors. A broken stream returns EndStream's status; a delta that
@@ -91,9 +130,10 @@ class ShardLink {
   absl::Status Exchange(int rank, int64_t round, absl::string_view update,
                         float loss, size_t max_chunk_bytes,
                         ChunkAssembler* assembler, int* contributors);
-  // Closes this side and waits up to `timeout` for the server's status:
-  // OK when it ended the stream cleanly (DeadlineExceeded after the
-  // timeout). A link without a stream is OK.
+  // Closes this side and waits up to `timeout` (real time: it bounds a
+  // wait on the network) for the server's status: OK when it ended the
+  // stream cleanly (DeadlineExceeded after the timeout). A link without a
+  // stream is OK.
   absl::Status Finish(absl::Duration timeout);
   // Cancels the stream; the server sees this worker leave at once.
   void Abandon();
@@ -112,39 +152,50 @@ class ShardLink {
   // this worker's own doing.)
   bool ServerAway(const absl::Status& s) const;
   // Calls `attempt` until it returns OK or a status `retry` rejects,
-  // sleeping 100 ms, 200 ms, ... up to 2 s in between. When the next
-  // attempt would start after `deadline`, returns the last status with
-  // "`late`: " before its message (unchanged if `late` is empty); Cancelled
-  // once Cancel() has been called. The first failed attempt and then one
-  // every 10 s are logged (at most 6 lines a minute), so that an operator
-  // sees what a waiting worker waits for.
+  // waiting between attempts as RetryBackoff says (100 ms, 200 ms, ... up
+  // to 2 s of the Clock; the wait polls the clock at least every 100 ms of
+  // real time). When the next attempt would start after `deadline`,
+  // returns the last status with "`late`: " before its message (unchanged
+  // if `late` is empty); Cancelled once Cancel() has been called. The
+  // failures RetryBackoff::ShouldLog picks are logged.
   absl::Status Retry(absl::Time deadline, absl::string_view late,
                      absl::FunctionRef<absl::Status()> attempt,
                      absl::FunctionRef<bool(const absl::Status&)> retry);
 
-  const WireBytes& wire() const { return wire_; }
+  // The serialized sizes (ByteSizeLong) of the messages this link wrote
+  // and read, in each direction's `wire` field (WorkerMessage up,
+  // ServerMessage down, ParamsChunk join); the other fields are 0.
+  const TrafficCounts& wire() const { return wire_; }
 
  private:
-  struct Stream;
+  // The channel, the stub and the open Train stream: gRPC and protobuf
+  // stay in shard_link.cc.
+  struct Rpc;
 
+  // A context for a call until `deadline` (a Clock time; InfiniteFuture:
+  // none), registered for Cancel(); null once cancelled.
   std::unique_ptr<grpc::ClientContext> NewContext(absl::Time deadline);
   void ReleaseContext();
+  // Waits until the Clock reads `t`; false when cancelled meanwhile.
+  bool WaitUntil(absl::Time t);
+  // Reads (and counts) what the server still sends on the Train stream,
+  // until it ends.
+  void DrainStream();
   // The Train stream's final status after a failed Read or Write; resets
   // the stream. OK (the server ended training) sets server_finished().
   absl::Status EndStream(absl::string_view during);
+  int64_t& wire_bytes(TrafficDirection d) { return wire_[d].wire; }
 
-  const std::string address_;
-  const ClientSecurity security_;
-  Logger* const log_;
-  std::shared_ptr<grpc::Channel> channel_;
+  const ShardLinkOptions options_;
+  const Clock& clock_;
+  std::unique_ptr<Rpc> rpc_;
 
   mutable absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* active_ ABSL_GUARDED_BY(mu_) = nullptr;
 
-  std::unique_ptr<Stream> stream_;
   bool server_finished_ = false;
-  WireBytes wire_;
+  TrafficCounts wire_;
 };
 
 }  // namespace effadam

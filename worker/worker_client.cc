@@ -1,24 +1,18 @@
 #include "worker/worker_client.h"
 
-#include "core/checksum.h"
-
 #include <algorithm>
 #include <cstring>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "transport/compression_proto.h"
 #include "common/host_port.h"
+#include "core/checksum.h"
 
 namespace effadam {
 namespace {
-
-namespace pb = ::effadam::v1;
-
 
 // The stream of a shard ended so that joining again may help: the server
 // went away (restart, shutdown) or said this worker lags behind.
@@ -125,17 +119,21 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     absl::MutexLock lock(&mu_);
     if (cancelled_) return absl::CancelledError("cancelled");
     for (int k = 0; k < num_shards; ++k) {
+      ShardLinkOptions lo;
+      lo.address = (*addresses)[k];
+      lo.security = options_.security;
+      lo.keepalive = options_.keepalive;
+      if (options_.logger != nullptr) lo.log = options_.logger;
+      lo.clock = &clock();
       Shard s;
-      s.link = std::make_unique<ShardLink>(
-          (*addresses)[k], options_.security, options_.keepalive,
-          options_.logger != nullptr ? options_.logger : &Logger::Discard());
+      s.link = std::make_unique<ShardLink>(std::move(lo));
       s.update_range = (*update_plan)[k];
       s.delta_range = (*delta_plan)[k];
       shards_.push_back(std::move(s));
     }
   }
   // Shard 0 assigns the rank; the others are asked for the same one.
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock().Now();
   const absl::Time deadline = now + options_.connect_timeout;
   // Only a rank asked for by number can be taken.
   const absl::Time rank_taken_deadline =
@@ -155,76 +153,57 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
 absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline,
                                      absl::Time rank_taken_deadline) {
   Shard& shard = shards_[k];
-  pb::JoinRequest request;
-  *request.mutable_layout() = LayoutToProto(layout_);
-  *request.mutable_compression() = CompressionToProto(options_.compression);
-  request.set_rank(rank);
+  JoinClaim claim;
+  claim.rank = rank;
   // x is at the start of shard.round: every delta before it is applied.
-  const int64_t replica_round = optimizer_ != nullptr ? shard.round : 0;
-  if (replica_round > 0) {
+  if (optimizer_ != nullptr && shard.round > 0) {
     const ShardRange& r = shard.update_range;
-    request.set_replica_round(replica_round);
-    request.set_replica_checksum(
-        ParamsChecksum(params().subspan(r.begin, r.size)));
+    claim.replica_round = shard.round;
+    claim.replica_checksum = ParamsChecksum(params().subspan(r.begin, r.size));
   }
-  absl::StatusOr<pb::JoinResponse> reply =
-      shard.link->Join(request, deadline, rank_taken_deadline);
+  absl::StatusOr<JoinReply> reply = shard.link->Join(
+      layout_, options_.compression, claim, deadline, rank_taken_deadline);
   if (!reply.ok()) return reply.status();
 
   const std::string& who = shard.link->address();
-  if (reply->expected_workers() <= 0 || reply->rank() < 0 ||
-      reply->rank() >= reply->expected_workers() ||
-      (rank >= 0 && reply->rank() != rank)) {
+  if (reply->expected_workers <= 0 || reply->rank < 0 ||
+      reply->rank >= reply->expected_workers ||
+      (rank >= 0 && reply->rank != rank)) {
     return absl::InternalError(absl::StrCat(
-        "Join: ", who, " assigned rank ", reply->rank(), " of ",
-        reply->expected_workers(), " workers (asked for ", rank, ")"));
+        "Join: ", who, " assigned rank ", reply->rank, " of ",
+        reply->expected_workers, " workers (asked for ", rank, ")"));
   }
-  if (num_workers_ != 0 && reply->expected_workers() != num_workers_) {
+  if (num_workers_ != 0 && reply->expected_workers != num_workers_) {
     // The data shard was chosen for the first N.
     return absl::FailedPreconditionError(absl::StrCat(
-        "Join: ", who, " expects ", reply->expected_workers(),
+        "Join: ", who, " expects ", reply->expected_workers,
         " workers; this worker has ", num_workers_));
   }
-  if (reply->num_elements() != static_cast<int64_t>(layout_.num_elements())) {
+  if (reply->num_elements != static_cast<int64_t>(layout_.num_elements())) {
     return absl::InternalError(absl::StrCat(
-        "Join: ", who, " reports ", reply->num_elements(),
+        "Join: ", who, " reports ", reply->num_elements,
         " elements for a layout of ", layout_.num_elements()));
   }
-  if (reply->max_chunk_bytes() < 4 ||
-      reply->max_chunk_bytes() > kLargestServerChunkBytes) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "Join: the max_chunk_bytes ", reply->max_chunk_bytes(), " of ", who,
-        " is outside what this worker accepts, [4, ", kLargestServerChunkBytes, "]"));
-  }
   // A server without sharding leaves the fields at 0.
-  const int server_shards = std::max(reply->num_shards(), 1);
-  const int64_t size = reply->num_shards() == 0
-                           ? reply->num_elements()
-                           : reply->shard_size();
-  if (server_shards != num_shards() || reply->shard() != static_cast<int>(k) ||
-      reply->shard_begin() != static_cast<int64_t>(shard.update_range.begin) ||
+  const int server_shards = std::max(reply->num_shards, 1);
+  const int64_t size =
+      reply->num_shards == 0 ? reply->num_elements : reply->shard_size;
+  if (server_shards != num_shards() || reply->shard != static_cast<int>(k) ||
+      reply->shard_begin != static_cast<int64_t>(shard.update_range.begin) ||
       size != static_cast<int64_t>(shard.update_range.size)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "Join: ", who, " is shard ", reply->shard(), " of ", server_shards,
-        " holding elements [", reply->shard_begin(), ", +", size,
+        "Join: ", who, " is shard ", reply->shard, " of ", server_shards,
+        " holding elements [", reply->shard_begin, ", +", size,
         "); this worker has ", num_shards(),
         " server addresses and expects shard ", k, " to hold [",
         shard.update_range.begin, ", +", shard.update_range.size, ")"));
   }
-  // The server refuses a Join whose settings differ from its own, so a
-  // reply naming other settings means the two sides disagree on the protocol.
-  if (absl::Status s = CheckCompressionMatches(
-          reply->compression(), options_.compression, "this worker", who);
-      !s.ok()) {
-    return absl::InternalError(absl::StrCat(
-        "Join: ", who, " accepted this worker but ", s.message()));
-  }
-  rank_ = reply->rank();
-  num_workers_ = reply->expected_workers();
-  shard.upload = reply->upload_initial_params();
-  shard.upload_round = shard.upload ? replica_round : 0;
-  shard.max_chunk_bytes = reply->max_chunk_bytes();
-  shard.round = reply->round();
+  rank_ = reply->rank;
+  num_workers_ = reply->expected_workers;
+  shard.upload = reply->upload_initial_params;
+  shard.upload_round = shard.upload ? claim.replica_round : 0;
+  shard.max_chunk_bytes = reply->max_chunk_bytes;
+  shard.round = reply->round;
   return absl::OkStatus();
 }
 
@@ -238,7 +217,8 @@ absl::Status WorkerClient::UploadShard(size_t k, absl::Span<const float> x,
       !s.ok()) {
     return s;
   }
-  join_bytes_ += static_cast<int64_t>(r.size * sizeof(float));
+  shard.payload[TrafficDirection::kJoin].payload +=
+      static_cast<int64_t>(r.size * sizeof(float));
   return absl::OkStatus();
 }
 
@@ -251,7 +231,8 @@ absl::Status WorkerClient::FetchShard(size_t k, absl::Time deadline,
       &shard.round);
   if (!part.ok()) return part.status();
   std::copy(part->begin(), part->end(), x->begin() + r.begin);
-  join_bytes_ += static_cast<int64_t>(r.size * sizeof(float));
+  shard.payload[TrafficDirection::kJoin].payload +=
+      static_cast<int64_t>(r.size * sizeof(float));
   return absl::OkStatus();
 }
 
@@ -261,7 +242,7 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
         phase_ == Phase::kNew ? "Start: Join first" : "Start: already started");
   }
   const size_t n = layout_.num_elements();
-  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+  const absl::Time deadline = clock().Now() + options_.connect_timeout;
   std::vector<float> x0(n);
   for (size_t k = 0; k < shards_.size(); ++k) {
     Shard& shard = shards_[k];
@@ -326,6 +307,7 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   for (Shard& shard : shards_) {
     if (absl::Status s = shard.link->OpenStream(); !s.ok()) return s;
   }
+  link_threads_ = std::make_unique<LinkThreads>(num_shards());
   phase_ = Phase::kTraining;
   return absl::OkStatus();
 }
@@ -335,7 +317,7 @@ absl::Status WorkerClient::Recover(size_t k, const absl::Status& ended) {
       !Recoverable(ended)) {
     return ended;
   }
-  const absl::Time deadline = absl::Now() + options_.reconnect_timeout;
+  const absl::Time deadline = clock().Now() + options_.reconnect_timeout;
   const absl::Status s = shards_[k].link->Retry(
       deadline, "", [&] { return Resync(k, deadline); },
       // ALREADY_EXISTS: the server has not yet seen this rank's old stream
@@ -397,12 +379,11 @@ int WorkerClient::contributors() const {
   return c;
 }
 
-WireBytes WorkerClient::wire_bytes() const {
-  WireBytes sum;
+TrafficCounts WorkerClient::traffic() const {
+  TrafficCounts sum;
   for (const Shard& s : shards_) {
-    sum.worker_to_server += s.link->wire().worker_to_server;
-    sum.server_to_worker += s.link->wire().server_to_worker;
-    sum.join += s.link->wire().join;
+    sum += s.payload;
+    sum += s.link->wire();
   }
   return sum;
 }
@@ -415,7 +396,8 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
   if (absl::Status s = optimizer_->ComputeUpdate(grad, &update_); !s.ok()) {
     return s;
   }
-  // Each shard gets its part of the update on its own stream, in parallel;
+  // Each shard gets its part of the update on its own stream, in parallel
+  // (shard k on link thread k, shard 0 here);
   // a shard whose server has finished, or whose stream broke, contributes
   // a zero part to the delta.
   delta_.resize(zero_delta_.size());
@@ -428,7 +410,7 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
                .substr(s.delta_range.byte_begin, s.delta_range.byte_size));
   };
   std::vector<absl::Status> results(shards_.size());
-  auto exchange = [&](size_t k) {
+  auto exchange = [&](int k) {
     Shard& s = shards_[k];
     if (!s.link->stream_open()) return;  // its server finished training
     results[k] = s.link->Exchange(
@@ -438,10 +420,7 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
         loss, static_cast<size_t>(s.max_chunk_bytes), s.delta.get(),
         &s.contributors);
   };
-  std::vector<std::thread> threads;
-  for (size_t k = 1; k < shards_.size(); ++k) threads.emplace_back(exchange, k);
-  exchange(0);
-  for (std::thread& t : threads) t.join();
+  link_threads_->Run(exchange);
 
   bool progressed = false;  // some shard's round went through
   std::vector<size_t> broken;
@@ -456,13 +435,14 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
       // Shared, not taken: the assembler keeps its memory for the next round.
       const std::string& part = *s.delta->SharedBuffer();
       put(s, part);
-      traffic_.worker_to_server +=
-          static_cast<int64_t>(s.update_range.byte_size);
-      traffic_.server_to_worker += static_cast<int64_t>(part.size());
-      traffic_.fp32_worker_to_server +=
+      const auto fp32 =
           static_cast<int64_t>(sizeof(float) * s.update_range.size);
-      traffic_.fp32_server_to_worker +=
-          static_cast<int64_t>(sizeof(float) * s.update_range.size);
+      DirectionBytes& up = s.payload[TrafficDirection::kWorkerToServer];
+      up.payload += static_cast<int64_t>(s.update_range.byte_size);
+      up.fp32 += fp32;
+      DirectionBytes& down = s.payload[TrafficDirection::kServerToWorker];
+      down.payload += static_cast<int64_t>(part.size());
+      down.fp32 += fp32;
       ++s.round;
       progressed = true;
     } else if (absl::IsInternal(r) || !Recoverable(r) || cancelled() ||

@@ -1,6 +1,51 @@
 #ifndef EFFADAM_WORKER_WORKER_CLIENT_H_
 #define EFFADAM_WORKER_WORKER_CLIENT_H_
 
+// WorkerClient: one worker of an effadam cluster. It joins the parameter
+// servers (one, or S shards of the model), keeps the worker's replica of x
+// and its optimizer state (WorkerOptimizer), and per round turns a gradient
+// into the compressed update it sends, then applies the servers' compressed
+// delta. The math is WorkerOptimizer's; this class cuts the bytes per shard
+// and counts them (traffic()), and ShardLink moves them. Its interface
+// holds no protobuf or gRPC type.
+//
+// Threads: not thread-safe, except Cancel(), which any thread may call at
+// any time. With S shards, Start makes S - 1 threads (LinkThreads) that
+// live until the client is destroyed: every Step runs shard k's exchange
+// on thread k while shard 0's runs on the caller's thread, and returns
+// when all are done. The destructor cancels streams still open and joins
+// the threads.
+//
+// Time: connect_timeout, reconnect_timeout and the retries' backoff are
+// read on the injected Clock (WorkerClientOptions::clock); finish_timeout
+// bounds a wait on the network and is real time.
+//
+// The rank (and so the data shard) is only known after Join, but the
+// layout must be sent with it, so start-up has two steps. Connect() does
+// both, and Run() does the loop. In full (tests/worker_client_test.cc
+// compiles and runs it):
+//
+//   absl::Status Train(const WorkerClientOptions& options,
+//                      const TensorLayout& layout,
+//                      absl::Span<const float> initial_params,
+//                      int64_t last_round) {
+//     WorkerClient client(options);
+//     // Learns rank() and num_workers().
+//     if (absl::Status s = client.Join(layout); !s.ok()) return s;
+//     // ... the data of client.rank() of client.num_workers() ...
+//     // Uploads initial_params if asked, fetches x.
+//     if (absl::Status s = client.Start(initial_params); !s.ok()) return s;
+//     std::vector<float> grad(client.params().size());
+//     while (client.round() <= last_round) {
+//       const float loss =
+//           ComputeGradient(client.params(), absl::MakeSpan(grad));
+//       const absl::Status s = client.Step(grad, loss);
+//       if (client.server_finished()) break;  // its --rounds passed
+//       if (!s.ok()) return s;
+//     }
+//     return client.Finish();
+//   }
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -12,15 +57,17 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "transport/chunk_assembler.h"
-#include "core/compression_config.h"
-#include "transport/grpc_security.h"
+#include "common/clock.h"
 #include "common/logger.h"
-#include "core/tensor_layout.h"
+#include "common/traffic.h"
+#include "core/compression_config.h"
 #include "core/shard_plan.h"
-#include "worker/progress.h"
-#include "worker/shard_link.h"
+#include "core/tensor_layout.h"
+#include "transport/chunk_assembler.h"
+#include "transport/grpc_security.h"
 #include "core/worker_optimizer.h"
+#include "worker/link_threads.h"
+#include "worker/shard_link.h"
 
 namespace effadam {
 
@@ -63,31 +110,12 @@ struct WorkerClientOptions {
   // (one line at first, then one every 10 s); null: nowhere. Must outlive
   // the client.
   Logger* logger = nullptr;
+  // Where the timeouts above and the retries' backoff read the time; null:
+  // the system clock. Must outlive the client.
+  const Clock* clock = nullptr;
 };
 
-// One worker of an effadam cluster: joins the parameter server, keeps the
-// worker's replica of x and its optimizer state (WorkerOptimizer), and per
-// round turns a gradient into the compressed update it sends, then applies
-// the server's compressed delta. The math is WorkerOptimizer's; this class
-// only moves bytes and counts them.
-//
-// The rank (and so the data shard) is only known after Join, but the
-// layout must be sent with it, so start-up has two steps:
-//
-//   WorkerClient client(options);
-//   absl::Status s = client.Join(layout);  // learns rank, num_workers
-//   if (!s.ok()) return s;
-//   ... build the data pipeline for client.rank() of client.num_workers() ...
-//   s = client.Start(initial_params);  // uploads if asked, fetches x
-//   while (s.ok() && client.round() <= last_round) {
-//     float loss = ComputeGradient(client.params(), grad);
-//     s = client.Step(grad, loss);
-//   }
-//   return s.ok() ? client.Finish() : s;
-//
-// or Connect(), which does both steps, and Run(), which does the loop.
-//
-// Not thread-safe, except Cancel(), which any thread may call at any time.
+// WorkerClient (the promise, the threads and an example: top of this file).
 class WorkerClient {
  public:
   // Does not touch the network.
@@ -163,14 +191,13 @@ class WorkerClient {
   // The servers this worker talks to, one per shard.
   int num_shards() const { return static_cast<int>(shards_.size()); }
 
-  // Payload bytes of the rounds this worker took part in, counted as
-  // effadam-sim counts them per worker.
-  const Traffic& traffic() const { return traffic_; }
-  // Payload bytes of UploadParams and FetchParams.
-  int64_t join_bytes() const { return join_bytes_; }
-  // The messages that carried traffic() and join_bytes(), and any the
-  // servers sent after this worker's last round; summed over the shards.
-  WireBytes wire_bytes() const;
+  // This worker's bytes, summed over the shards: by direction, the codec
+  // payloads of the rounds it took part in (counted as effadam-sim counts
+  // them per worker) and what fp32 Adam would have moved for them; the
+  // join direction's payload is the parameters of UploadParams and
+  // FetchParams; `wire` is the serialized messages that carried all that,
+  // and any the servers sent after this worker's last round.
+  TrafficCounts traffic() const;
 
   // The worker's error memory e (what its compression has left out so
   // far); empty before Start.
@@ -188,6 +215,8 @@ class WorkerClient {
   // trains its part again while the others go on.
   struct Shard {
     std::unique_ptr<ShardLink> link;
+    // Payload and fp32 bytes of this shard's part (wire: link->wire()).
+    TrafficCounts payload;
     ShardRange update_range;  // in the worker codec's update
     ShardRange delta_range;   // in the server codec's delta
     int64_t max_chunk_bytes = 0;
@@ -219,6 +248,9 @@ class WorkerClient {
   absl::Status Resync(size_t k, absl::Time deadline);
   // Ends every stream after an error found here; returns `why`.
   absl::Status Abandon(absl::Status why);
+  const Clock& clock() const {
+    return options_.clock != nullptr ? *options_.clock : Clock::Real();
+  }
 
   const WorkerClientOptions options_;
   std::vector<Shard> shards_;
@@ -239,8 +271,9 @@ class WorkerClient {
   std::string update_;  // reused buffer
   std::string delta_;   // the last delta, all shards' parts
   std::string zero_delta_;  // a delta of zeros: the part of finished shards
-  Traffic traffic_;
-  int64_t join_bytes_ = 0;
+  // Runs a round's exchanges on the shards' links in parallel; made by
+  // Start, so its threads live as long as training (none with one shard).
+  std::unique_ptr<LinkThreads> link_threads_;
 };
 
 // The addresses of WorkerClientOptions::server, one per shard.

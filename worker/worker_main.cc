@@ -4,8 +4,6 @@
 // with the bits and byte counts of `effadam-sim --workers=N`. With
 // --metrics_listen it serves Prometheus metrics (docs/metrics.md).
 
-#include <signal.h>
-
 #include <cstdio>
 #include <deque>
 #include <limits>
@@ -19,23 +17,23 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/json_writer.h"
+#include "common/traffic.h"
 #include "core/checksum.h"
 #include "daemon/client_security_flags.h"
-#include "daemon/compression_flags.h"
-#include "common/json_writer.h"
-#include "common/logger.h"
-#include "metrics/prometheus_util.h"
 #include "daemon/command_line.h"
+#include "daemon/compression_flags.h"
+#include "daemon/daemon.h"
 #include "daemon/duration_flag.h"
-#include "daemon/threads_flag.h"
 #include "daemon/lifecycle.h"
-#include "daemon/process_metrics.h"
+#include "daemon/threads_flag.h"
+#include "daemon/training_flags.h"
+#include "metrics/worker_metrics.h"
 #include "worker/launch_env.h"
 #include "worker/model.h"
 #include "worker/progress.h"
-#include "daemon/training_flags.h"
 #include "worker/worker_client.h"
-#include "metrics/worker_metrics.h"
+#include "worker/worker_observer.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
           "Parameter server, host:port; for a sharded model every shard's "
@@ -69,11 +67,6 @@ namespace {
 
 constexpr char kProgram[] = "effadam-worker";
 
-int Fail(Logger& log, const absl::Status& s) {
-  log.Error(s.ToString());
-  return 1;
-}
-
 // --server, --num_shards and --rank where set to other than their
 // defaults; the others come from the environment (worker/launch_env.h).
 // (This abseil keeps IsSpecifiedOnCommandLine private.)
@@ -89,129 +82,110 @@ absl::StatusOr<WorkerPlacement> PlacementFromFlagsAndEnvironment() {
   return ResolvePlacement(g, ProcessEnvironment());
 }
 
-int Run() {
-  // First: every thread started later inherits its signal mask.
-  SignalWatcher signals;
-  StderrLogger log(kProgram);
-  auto placement = PlacementFromFlagsAndEnvironment();
-  if (!placement.ok()) return Fail(log, placement.status());
-  auto training = TrainingConfigFromFlags();
-  if (!training.ok()) return Fail(log, training.status());
-  auto compression = CompressionConfigFromFlags();
-  if (!compression.ok()) return Fail(log, compression.status());
+// What the flags and the environment say this worker is.
+struct WorkerSetup {
+  WorkerPlacement placement;
+  TrainingConfig training;
+  WorkerClientOptions options;  // its logger is set by Run
+};
+
+absl::StatusOr<WorkerSetup> SetupFromFlags() {
+  WorkerSetup w;
+  absl::StatusOr<WorkerPlacement> placement =
+      PlacementFromFlagsAndEnvironment();
+  if (!placement.ok()) return placement.status();
+  w.placement = *std::move(placement);
+  absl::StatusOr<TrainingConfig> training = TrainingConfigFromFlags();
+  if (!training.ok()) return training.status();
+  w.training = *std::move(training);
+  absl::StatusOr<CompressionConfig> compression = CompressionConfigFromFlags();
+  if (!compression.ok()) return compression.status();
   // TLS and the token: daemon/client_security_flags.cc.
-  auto security = ClientSecurityFromFlags();
-  if (!security.ok()) return Fail(log, security.status());
-  auto keepalive = ClientKeepaliveFromFlags();
-  if (!keepalive.ok()) return Fail(log, keepalive.status());
-  const TrainingConfig& tc = *training;
-  const absl::Duration linger = absl::GetFlag(FLAGS_metrics_linger).value;
+  absl::StatusOr<ClientSecurity> security = ClientSecurityFromFlags();
+  if (!security.ok()) return security.status();
+  absl::StatusOr<ClientKeepalive> keepalive = ClientKeepaliveFromFlags();
+  if (!keepalive.ok()) return keepalive.status();
+  WorkerClientOptions& o = w.options;
+  o.server = w.placement.server;
+  o.num_shards = w.placement.num_shards;
+  o.rank = w.placement.rank;
+  o.compression = *compression;
+  o.adam = w.training.adam;
+  o.seed = w.training.seed;
+  if (absl::Status s = ThreadsFromFlag(&o.threads); !s.ok()) return s;
+  o.connect_timeout = absl::GetFlag(FLAGS_connect_timeout).value;
+  o.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout).value;
+  o.security = *std::move(security);
+  o.keepalive = *keepalive;
+  return w;
+}
 
-  // After the watcher, so that the exposer's threads inherit its signal
-  // mask; before Join, so that a taken port fails the start at once. The
-  // metrics need the rank and are registered after Join.
-  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-  std::unique_ptr<prometheus::Exposer> exposer;
-  const auto process_metrics = std::make_shared<ProcessCollector>();
-  if (!metrics_listen.empty()) {
-    absl::StatusOr<std::unique_ptr<prometheus::Exposer>> e =
-        StartMetricsExposer(metrics_listen);
-    if (!e.ok()) return Fail(log, e.status());
-    exposer = *std::move(e);
-    exposer->RegisterCollectable(process_metrics);
-    log.Info(absl::StrCat(
-        "metrics on http://", metrics_listen.substr(0, metrics_listen.rfind(':')),
-        ":", BoundPort(*exposer), "/metrics"));
+// The exit of a run that `s` ended: 128 + N after signal N, else 1 with
+// the error; a server never reached gets a hint at what to check (TLS
+// flags look like a dead server).
+int Stop(Daemon& daemon, const WorkerClient& client,
+         const WorkerClientOptions& options, const absl::Status& s) {
+  if (daemon.signal() != 0) {
+    const char* name = SignalWatcher::Name(daemon.signal());
+    daemon.log().Info(
+        client.round() > 0
+            ? absl::StrCat("stopped by ", name, " before round ",
+                           client.round())
+            : absl::StrCat("stopped by ", name, " while joining"));
+    daemon.Exit(128 + daemon.signal());
   }
-  WorkerClientOptions options;
-  options.server = placement->server;
-  options.num_shards = placement->num_shards;
-  options.rank = placement->rank;
-  options.compression = *compression;
-  options.adam = tc.adam;
-  options.seed = tc.seed;
-  if (absl::Status s = ThreadsFromFlag(&options.threads); !s.ok()) {
-    return Fail(log, s);
+  if (s.code() == absl::StatusCode::kUnavailable && client.rank() < 0) {
+    return daemon.Fail(absl::Status(
+        s.code(), absl::StrCat(s.message(), " (",
+                               ConnectionHint(options.security), ")")));
   }
-  options.connect_timeout = absl::GetFlag(FLAGS_connect_timeout).value;
-  options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout).value;
-  options.logger = &log;  // connection attempts while it waits
-  options.security = *std::move(security);
-  options.keepalive = *keepalive;
-  WorkerClient client(options);
-  signals.Watch([&client](int) { client.Cancel(); });
-  auto fail = [&](const absl::Status& s) {
-    if (signals.signal() != 0) {
-      const char* name = SignalWatcher::Name(signals.signal());
-      log.Info(client.round() > 0
-                   ? absl::StrCat("stopped by ", name, " before round ",
-                                  client.round())
-                   : absl::StrCat("stopped by ", name, " while joining"));
-      ExitNow(128 + signals.signal());
-    }
-    // Never connected: say what to check (TLS flags look like a dead server).
-    if (s.code() == absl::StatusCode::kUnavailable && client.rank() < 0) {
-      return Fail(log, absl::Status(
-          s.code(), absl::StrCat(s.message(), " (",
-                                 ConnectionHint(options.security), ")")));
-    }
-    return Fail(log, s);
-  };
+  return daemon.Fail(s);
+}
 
-  // The layout must go with Join, but the data shard depends on the rank
-  // Join assigns: a first model of one shard provides the layout, and the
-  // cache lets the real model reuse the data it read.
-  DataCache cache;
-  std::unique_ptr<Model> model;
-  {
-    ModelConfig probe = tc.model;
-    probe.rank = 0;
-    probe.num_workers = 1;
-    probe.load_test_set = false;
-    auto m = MakeModel(probe, &cache);
-    if (!m.ok()) return fail(m.status());
-    if (absl::Status s = client.Join((*m)->layout()); !s.ok()) return fail(s);
-    if (absl::Status s = CheckWorldSize(*placement, client.num_workers(),
-                                        options.server);
-        !s.ok()) {
-      return fail(s);
-    }
+// Joins and makes this rank's model. The layout must go with Join, but
+// the data shard depends on the rank Join assigns: a first model of one
+// shard provides the layout, and `cache` lets the real one reuse the data
+// it read.
+absl::StatusOr<std::unique_ptr<Model>> JoinWithModel(const WorkerSetup& w,
+                                                     DataCache* cache,
+                                                     WorkerClient& client) {
+  ModelConfig probe = w.training.model;
+  probe.rank = 0;
+  probe.num_workers = 1;
+  probe.load_test_set = false;
+  absl::StatusOr<std::unique_ptr<Model>> first = MakeModel(probe, cache);
+  if (!first.ok()) return first.status();
+  if (absl::Status s = client.Join((*first)->layout()); !s.ok()) return s;
+  if (absl::Status s = CheckWorldSize(w.placement, client.num_workers(),
+                                      w.options.server);
+      !s.ok()) {
+    return s;
   }
+  ModelConfig mc = w.training.model;
+  mc.rank = client.rank();
+  mc.num_workers = client.num_workers();
+  mc.load_test_set = client.rank() == 0;  // rank 0 evaluates, as effadam-sim
+  return MakeModel(mc, cache);
+}
+
+// What a run of rounds leaves for the summary.
+struct Trained {
+  Evaluation eval;  // rank 0's, of the final x
+  double train_loss = 0;
+};
+
+// Steps until --rounds or until the server ends training; rank 0
+// evaluates every --eval_every rounds and at the end, printing progress.
+absl::StatusOr<Trained> TrainRounds(WorkerClient& client, Model& model,
+                                    const TrainingConfig& tc,
+                                    WorkerObserver& observer,
+                                    absl::Time start) {
   const int rank = client.rank();
-  std::unique_ptr<WorkerMetrics> metrics;
-  if (exposer != nullptr) {
-    metrics = std::make_unique<WorkerMetrics>(rank);
-    exposer->RegisterCollectable(metrics->registry());
-  }
-  {
-    ModelConfig mc = tc.model;
-    mc.rank = rank;
-    mc.num_workers = client.num_workers();
-    mc.load_test_set = rank == 0;  // rank 0 evaluates, as in effadam-sim
-    auto m = MakeModel(mc, &cache);
-    if (!m.ok()) return fail(m.status());
-    model = *std::move(m);
-  }
-  if (absl::Status s = client.Start(model->InitialParams(tc.seed)); !s.ok()) {
-    return fail(s);
-  }
-  if (metrics != nullptr) metrics->Sync(client);  // the join bytes
-
   const int64_t rounds = tc.rounds;
   const int64_t every = tc.eval_every > 0 ? tc.eval_every : rounds;
-  std::printf("effadam-worker: rank %d of %d, %s, %zu parameters, codecs "
-              "%s/%s, server %s, starting at round %lld of %lld\n",
-              rank, client.num_workers(), tc.model.name.c_str(),
-              client.params().size(),
-              options.compression.worker_codec.ToString().c_str(),
-              options.compression.server_codec.ToString().c_str(),
-              options.server.c_str(), static_cast<long long>(client.round()),
-              static_cast<long long>(rounds));
-  std::fflush(stdout);
-
-  const absl::Time start = absl::Now();
-  // Train loss: this worker's mean mini-batch loss over the last kLossWindow
-  // rounds, the window effadam-sim uses for the mean over all workers.
+  // Train loss: this worker's mean mini-batch loss over the last
+  // kLossWindow rounds, the window effadam-sim uses for the mean over all
+  // workers.
   constexpr size_t kLossWindow = 50;
   std::deque<double> losses;
   auto train_loss = [&] {
@@ -219,22 +193,20 @@ int Run() {
                           : std::accumulate(losses.begin(), losses.end(), 0.0) /
                                 static_cast<double>(losses.size());
   };
-  Evaluation eval;
-  bool evaluated = false;  // eval holds the evaluation of the final params
+  Trained out;
+  bool evaluated = false;  // out.eval is of the final params
   std::vector<float> grad(client.params().size());
   int resyncs = 0;
   while (client.round() <= rounds) {
-    const float loss = model->Gradient(client.params(), absl::MakeSpan(grad));
+    const float loss = model.Gradient(client.params(), absl::MakeSpan(grad));
     const absl::Time step_start = absl::Now();
     if (absl::Status s = client.Step(grad, loss); !s.ok()) {
-      if (metrics != nullptr) metrics->Sync(client);
-      if (client.server_finished()) {
-        std::printf("effadam-worker: rank %d: the server ended training "
-                    "after round %lld\n",
-                    rank, static_cast<long long>(client.round() - 1));
-        break;
-      }
-      return fail(s);
+      observer.Sync(client);
+      if (!client.server_finished()) return s;
+      std::printf("effadam-worker: rank %d: the server ended training "
+                  "after round %lld\n",
+                  rank, static_cast<long long>(client.round() - 1));
+      break;
     }
     const double step_seconds = absl::ToDoubleSeconds(absl::Now() - step_start);
     if (client.resyncs() != resyncs) {
@@ -244,22 +216,20 @@ int Run() {
                   "(x fetched) at round %lld; resync %d\n",
                   rank, static_cast<long long>(client.round()), resyncs);
       std::fflush(stdout);
-      if (metrics != nullptr) metrics->Sync(client);
+      observer.Sync(client);
       continue;
     }
     losses.push_back(loss);
     if (losses.size() > kLossWindow) losses.pop_front();
-    if (metrics != nullptr) {
-      metrics->RecordStep(client, step_seconds, train_loss());
-    }
+    observer.RecordStep(client, step_seconds, train_loss());
     const int64_t r = client.round() - 1;  // just applied
     evaluated = false;
     if (rank == 0 && (r % every == 0 || r == rounds)) {
-      eval = model->Evaluate(client.params());
+      out.eval = model.Evaluate(client.params());
       evaluated = true;
-      if (metrics != nullptr) metrics->RecordEvaluation(eval);
+      observer.RecordEvaluation(out.eval);
       std::printf("%s\n",
-                  FormatProgress(r, rounds, train_loss(), eval,
+                  FormatProgress(r, rounds, train_loss(), out.eval,
                                  client.traffic(),
                                  absl::ToDoubleSeconds(absl::Now() - start))
                       .c_str());
@@ -267,15 +237,23 @@ int Run() {
     }
   }
   const absl::Status finished = client.Finish();
-  if (metrics != nullptr) metrics->Sync(client);
-  if (!finished.ok()) return fail(finished);
+  observer.Sync(client);
+  if (!finished.ok()) return finished;
   if (rank == 0 && !evaluated) {
-    eval = model->Evaluate(client.params());
-    if (metrics != nullptr) metrics->RecordEvaluation(eval);
+    out.eval = model.Evaluate(client.params());
+    observer.RecordEvaluation(out.eval);
   }
+  out.train_loss = train_loss();
+  return out;
+}
 
+// The last line and --summary_json.
+absl::Status ReportSummary(const WorkerClient& client, const WorkerSetup& w,
+                           const Trained& trained, absl::Time start) {
+  const int rank = client.rank();
+  const Evaluation& eval = trained.eval;
   const int64_t done_rounds = client.round() - 1;
-  const Traffic& t = client.traffic();
+  const TrafficCounts t = client.traffic();
   const std::string checksum = ParamsChecksum(client.params());
   const std::string result =
       rank == 0 ? absl::StrFormat(": %s %.4f", eval.metric_name, eval.metric)
@@ -284,42 +262,88 @@ int Run() {
               "moved %s (fp32 Adam: %s, %.1fx fewer), join %s; "
               "params_checksum %s\n",
               rank, static_cast<long long>(done_rounds), result.c_str(),
-              FormatBytes(t.total()).c_str(),
-              FormatBytes(t.fp32_total()).c_str(), t.ratio(),
-              FormatBytes(client.join_bytes()).c_str(), checksum.c_str());
+              FormatBytes(t.round_payload()).c_str(),
+              FormatBytes(t.fp32_equivalent()).c_str(), t.compression_ratio(),
+              FormatBytes(t.join().payload).c_str(), checksum.c_str());
   std::fflush(stdout);  // now, not after --metrics_linger
-  if (!tc.summary_json.empty()) {
-    JsonObject json;
-    json.Add("rounds", done_rounds)
-        .Add("rank", rank)
-        .Add("workers", client.num_workers())
-        .Add("model", ModelLabel(tc.model))
-        .Add("worker_codec", options.compression.worker_codec.ToString())
-        .Add("server_codec", options.compression.server_codec.ToString());
-    if (rank == 0) {
-      json.Add(eval.metric_name, eval.metric).Add("test_loss", eval.loss);
-    }
-    json.Add("train_loss", train_loss());
-    AddTraffic(t, &json);
-    const WireBytes& wire = client.wire_bytes();
-    json.Add("bytes_join", client.join_bytes())
-        .Add("wire_bytes_worker_to_server", wire.worker_to_server)
-        .Add("wire_bytes_server_to_worker", wire.server_to_worker)
-        .Add("wire_bytes_join", wire.join)
-        .Add("params_checksum", checksum)
-        .Add("resyncs", client.resyncs())
-        .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
-    if (absl::Status s = json.WriteFile(tc.summary_json); !s.ok()) {
-      return Fail(log, s);
-    }
+  const CompressionConfig& c = w.options.compression;
+  JsonObject json;
+  json.Add("rounds", done_rounds)
+      .Add("rank", rank)
+      .Add("workers", client.num_workers())
+      .Add("model", ModelLabel(w.training.model))
+      .Add("worker_codec", c.worker_codec.ToString())
+      .Add("server_codec", c.server_codec.ToString());
+  if (rank == 0) {
+    json.Add(eval.metric_name, eval.metric).Add("test_loss", eval.loss);
+  }
+  json.Add("train_loss", trained.train_loss);
+  AddRoundTraffic(t, &json);
+  AddJoinAndWireTraffic(t, &json);
+  json.Add("params_checksum", checksum)
+      .Add("resyncs", client.resyncs())
+      .Add("seconds", absl::ToDoubleSeconds(absl::Now() - start));
+  return Daemon::WriteSummary(w.training.summary_json, json);
+}
+
+int Run() {
+  // First: every thread started later inherits its signal mask.
+  Daemon daemon(kProgram);
+  absl::StatusOr<WorkerSetup> setup = SetupFromFlags();
+  if (!setup.ok()) return daemon.Fail(setup.status());
+  const WorkerSetup& w = *setup;
+  setup->options.logger = &daemon.log();  // connection attempts while it waits
+  // Before Join, so that a taken port fails the start at once. The
+  // worker's own metrics need the rank and are added after Join.
+  if (absl::Status s = daemon.ServeMetrics(absl::GetFlag(FLAGS_metrics_listen));
+      !s.ok()) {
+    return daemon.Fail(s);
+  }
+  if (daemon.serving_metrics()) {
+    daemon.log().Info(absl::StrCat("metrics on ", daemon.metrics_url()));
+  }
+  WorkerClient client(w.options);
+  daemon.OnSignal([&client] { client.Cancel(); });
+  DataCache cache;
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      JoinWithModel(w, &cache, client);
+  if (!model.ok()) return Stop(daemon, client, w.options, model.status());
+  std::shared_ptr<WorkerMetrics> metrics;
+  if (daemon.serving_metrics()) {
+    metrics = std::make_shared<WorkerMetrics>(client.rank());
+    daemon.AddMetrics(metrics->registry());
+  }
+  WorkerObserver& observer =
+      metrics != nullptr ? *metrics : WorkerObserver::None();
+  if (absl::Status s = client.Start((*model)->InitialParams(w.training.seed));
+      !s.ok()) {
+    return Stop(daemon, client, w.options, s);
+  }
+  observer.Sync(client);  // the join bytes
+  const CompressionConfig& c = w.options.compression;
+  std::printf("effadam-worker: rank %d of %d, %s, %zu parameters, codecs "
+              "%s/%s, server %s, starting at round %lld of %lld\n",
+              client.rank(), client.num_workers(),
+              w.training.model.name.c_str(), client.params().size(),
+              c.worker_codec.ToString().c_str(),
+              c.server_codec.ToString().c_str(), w.options.server.c_str(),
+              static_cast<long long>(client.round()),
+              static_cast<long long>(w.training.rounds));
+  std::fflush(stdout);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<Trained> trained =
+      TrainRounds(client, **model, w.training, observer, start);
+  if (!trained.ok()) return Stop(daemon, client, w.options, trained.status());
+  if (absl::Status s = ReportSummary(client, w, *trained, start); !s.ok()) {
+    return daemon.Fail(s);
   }
   // The counters no longer change; a scraper that comes by now reads
   // exactly the summary's numbers. A signal ends the wait; training is
   // complete, so the exit status stays 0.
-  if (exposer != nullptr) {
-    LingerForScrape(log, linger, [&] { return signals.signal() != 0; });
+  if (daemon.serving_metrics()) {
+    daemon.Linger(absl::GetFlag(FLAGS_metrics_linger).value);
   }
-  ExitNow(0);
+  daemon.Exit(0);
 }
 
 }  // namespace

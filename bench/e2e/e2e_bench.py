@@ -703,15 +703,21 @@ def stop(signum, _frame):
     raise Stopped(signal.Signals(signum).name)
 
 
-if __name__ == "__main__":
-    # Unwinds through every Processes block, which kills its daemons.
+def run_main(main_function, log=log):
+    """Runs a benchmark's main(): SIGTERM and SIGINT unwind through every
+    Processes block, which kills its daemons; exits with main's status (0
+    for None), 1 on BenchError, 130 when stopped (saying so with `log`)."""
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        main()
+        sys.exit(main_function() or 0)
     except BenchError as e:
         log("FAILED: %s" % e)
         sys.exit(1)
     except Stopped as e:
         log("stopped by %s" % e)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -16,13 +16,13 @@ from ._effadam import (  # noqa: F401
     ClientSecurity,
     Codec,
     CompressionConfig,
+    DirectionBytes,
     InvalidArgumentError,
     StatusCode,
     StatusError,
     TensorLayout,
     Traffic,
     UpdateCodec,
-    WireBytes,
     WorkerClient,
     WorkerPlacement,
     check_world_size,
@@ -33,8 +33,8 @@ from ._effadam import (  # noqa: F401
 
 __all__ = [
     "AdamOptions", "ClientSecurity", "Codec", "CompressionConfig",
-    "InvalidArgumentError", "StatusCode", "StatusError", "TensorLayout",
-    "Traffic", "UpdateCodec", "WireBytes", "WorkerClient", "WorkerPlacement",
+    "DirectionBytes", "InvalidArgumentError", "StatusCode", "StatusError",
+    "TensorLayout", "Traffic", "UpdateCodec", "WorkerClient", "WorkerPlacement",
     "check_world_size", "load_idx_dataset", "params_checksum",
     "resolve_placement",
 ]

@@ -287,7 +287,7 @@ class EfficientAdam(torch.optim.Optimizer):
 
     @property
     def client(self):
-        """The effadam.WorkerClient underneath (traffic, wire_bytes, ...)."""
+        """The effadam.WorkerClient underneath (traffic, resyncs, ...)."""
         return self._client
 
     @property
