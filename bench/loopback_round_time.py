@@ -11,14 +11,27 @@ With --tls every setting runs twice more with TLS and the shared token
 in the same order, so the two figures show what TLS costs per round.
 
 Usage: bench/loopback_round_time.py --bin build/bin [--workers 4] [--tls]
+
+With --synthetic the model is effadam-synthetic-worker's (a gradient of one
+pass over x) at --elements parameters (1M, 10M, 50M by default) with 1, 4
+and 8 workers, so the system's own cost is what is measured: the round time
+(the median of rank 0's timed rounds, after --warmup rounds) and the CPU
+seconds per round of the server and of a worker (mean over workers), read
+from /proc when the timed rounds start and from the exit status's rusage.
+--bin may then name several builds (name=dir,name=dir): each configuration
+runs on each build in turn, alternating, so a before/after ratio shares the
+machine's state.
+
 Only 127.0.0.1 is used; every process is killed at the end.
 """
 
 import argparse
 import os
+import re
 import secrets
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from cluster_test import Cluster  # noqa: E402
@@ -48,6 +61,96 @@ def run(bin_dir, workers, rounds, codec_flags, security=([], [])):
         c.close()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a running process, from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def wait_cpu(c, p, timeout):
+    """Waits for p; returns its CPU seconds from the exit's rusage."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid == p.pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            if p.returncode != 0:
+                raise RuntimeError("%s exited with %d:\n%s" % (
+                    p.label, p.returncode, "".join(c.output(p.label))))
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.05)
+    raise RuntimeError("%s did not finish within %d s" % (p.label, timeout))
+
+
+def run_synthetic(bin_dir, elements, workers, codec_flags, warmup, rounds,
+                  timeout=1800):
+    # dir@--flag@--flag: extra flags for the server and every worker.
+    bin_dir, *extra = bin_dir.split("@")
+    codec_flags = codec_flags + extra
+    """One synthetic run: (round seconds, server CPU s/round, worker CPU
+    s/round)."""
+    c = Cluster(bin_dir, "bench")
+    try:
+        total = warmup + rounds
+        flags = codec_flags + ["--rounds=%d" % total]
+        server, port = c.start_server(flags + ["--workers=%d" % workers])
+        procs = [c.spawn("w%d" % r, [
+            os.path.join(bin_dir, "effadam-synthetic-worker"),
+            "--server=127.0.0.1:%d" % port, "--rank=%d" % r,
+            "--elements=%d" % elements, "--warmup_rounds=%d" % warmup,
+            "--summary_json=" + c.path("w%d.json" % r)] + flags)
+            for r in range(workers)]
+        # The timed rounds start when rank 0 says so.
+        deadline = time.time() + timeout
+        while "measuring from round" not in c.output("w0")[0]:
+            if time.time() > deadline or procs[0].poll() is not None:
+                raise RuntimeError("rank 0 did not start timing:\n%s"
+                                   % "".join(c.output("w0")))
+            time.sleep(0.01)
+        start = [cpu_seconds(p.pid) for p in [server] + procs]
+        end = [wait_cpu(c, p, timeout) for p in [server] + procs]
+        cpu = [(e - s) / rounds for s, e in zip(start, end)]
+        seconds = c.summary("w0")["round_seconds_median"]
+        return seconds, cpu[0], sum(cpu[1:]) / workers
+    finally:
+        c.close()
+
+
+def parse_bins(value):
+    """'dir' or 'name=dir,name=dir' -> [(name, dir)]; a dir may end in
+    @--flag@--flag, flags for the server and every worker of that build
+    (e.g. new1=build/bin@--threads=1)."""
+    if "=" not in value:
+        return [("", value)]
+    return [tuple(part.split("=", 1)) for part in value.split(",")]
+
+
+def synthetic(args):
+    bins = parse_bins(args.bin)
+    sizes = [int(float(e)) for e in args.elements.split(",")]
+    counts = [int(w) for w in args.worker_counts.split(",")]
+    print("%-10s %9s %7s %-8s %10s %14s %14s" % (
+        "setting", "elements", "workers", "build", "round ms",
+        "server CPU ms", "worker CPU ms"))
+    for name, flags in SETTINGS:
+        for n in sizes:
+            for w in counts:
+                if "%dx%d" % (n, w) in args.skip.split(","):
+                    print("%-10s %9d %7d (skipped, --skip)" % (name, n, w))
+                    continue
+                for build, bin_dir in bins:
+                    sec, server_cpu, worker_cpu = run_synthetic(
+                        bin_dir, n, w, flags, args.warmup, args.rounds)
+                    print("%-10s %9d %7d %-8s %10.1f %14.1f %14.1f" % (
+                        name, n, w, build, 1000 * sec, 1000 * server_cpu,
+                        1000 * worker_cpu))
+                    sys.stdout.flush()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default="build/bin")
@@ -56,7 +159,20 @@ def main():
     ap.add_argument("--long", type=int, default=330)
     ap.add_argument("--tls", action="store_true",
                     help="also run every setting with TLS and the token")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="effadam-synthetic-worker at --elements x "
+                         "--worker_counts, round time and CPU per process")
+    ap.add_argument("--elements", default="1e6,1e7,5e7")
+    ap.add_argument("--worker_counts", default="1,4,8")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--skip", default="",
+                    help="ELEMENTSxWORKERS,... not to run (memory)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="timed rounds per synthetic run")
     args = ap.parse_args()
+    if args.synthetic:
+        synthetic(args)
+        return
     with tempfile.TemporaryDirectory(prefix="effadam_bench_pki_") as d:
         modes = [("plaintext", ([], []))]
         if args.tls:

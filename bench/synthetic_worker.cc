@@ -23,6 +23,7 @@
 #include "absl/flags/flag.h"
 #include "daemon/command_line.h"
 #include "daemon/duration_flag.h"
+#include "daemon/threads_flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -94,6 +95,9 @@ int Run() {
   options.compression = *compression;
   options.adam = training->adam;
   options.seed = training->seed;
+  if (absl::Status s = ThreadsFromFlag(&options.threads); !s.ok()) {
+    return Fail(s);
+  }
   options.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout).value;
   // TLS, the token and keepalive, as effadam-worker takes them.
   absl::StatusOr<ClientSecurity> security = ClientSecurityFromFlags();

@@ -1,6 +1,9 @@
 #include "core/update_codec.h"
 
 #include <algorithm>
+#include <functional>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -20,6 +23,22 @@ uint64_t SegmentSeed(uint64_t seed, size_t begin) {
 }
 
 }  // namespace
+
+absl::Status ForEachSegment(size_t n, ThreadPool* pool,
+                            const std::function<absl::Status(size_t)>& f) {
+  if (pool == nullptr || pool->threads() == 1) {
+    for (size_t i = 0; i < n; ++i) {
+      if (absl::Status s = f(i); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  std::vector<absl::Status> status(n);
+  pool->ParallelFor(n, [&](size_t i) { status[i] = f(i); });
+  for (absl::Status& s : status) {
+    if (!s.ok()) return std::move(s);
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Create(
     const TensorLayout& layout, const CodecSpec& spec,
@@ -64,8 +83,8 @@ absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Create(
 
 absl::Status UpdateCodec::EncodeWithFeedback(absl::Span<const float> update,
                                              absl::Span<float> error,
-                                             uint64_t seed,
-                                             std::string* out) const {
+                                             uint64_t seed, std::string* out,
+                                             ThreadPool* pool) const {
   if (update.size() != num_elements_ ||
       (!error.empty() && error.size() != num_elements_)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -74,16 +93,21 @@ absl::Status UpdateCodec::EncodeWithFeedback(absl::Span<const float> update,
   }
   out->resize(encoded_size_);
   uint8_t* base = reinterpret_cast<uint8_t*>(out->data());
-  for (const Segment& s : segments_) {
-    absl::Span<float> e =
-        error.empty() ? absl::Span<float>() : error.subspan(s.begin, s.size);
-    absl::Status st = s.codec->EncodeWithFeedback(
-        update.subspan(s.begin, s.size), e,
-        SegmentSeed(seed, element_offset_ + s.begin),
-        base + s.byte_begin);
-    if (!st.ok()) return st;
-  }
-  return absl::OkStatus();
+  return ForEachSegment(segments_.size(), pool, [&](size_t i) {
+    return EncodeSegment(i, update, error, seed, base);
+  });
+}
+
+absl::Status UpdateCodec::EncodeSegment(size_t i,
+                                        absl::Span<const float> update,
+                                        absl::Span<float> error, uint64_t seed,
+                                        uint8_t* out) const {
+  const Segment& s = segments_[i];
+  absl::Span<float> e =
+      error.empty() ? absl::Span<float>() : error.subspan(s.begin, s.size);
+  return s.codec->EncodeWithFeedback(update.subspan(s.begin, s.size), e,
+                                     SegmentSeed(seed, element_offset_ + s.begin),
+                                     out + s.byte_begin);
 }
 
 absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Slice(
@@ -116,38 +140,48 @@ absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Slice(
   return uc;
 }
 
-absl::Status UpdateCodec::Validate(absl::string_view bytes) const {
+absl::Status UpdateCodec::Validate(absl::string_view bytes,
+                                   ThreadPool* pool) const {
   if (bytes.size() != encoded_size_) {
     return absl::InvalidArgumentError(absl::StrCat(
         spec_.ToString(), " update must be ", encoded_size_, " bytes, got ",
         bytes.size()));
   }
-  for (const Segment& s : segments_) {
-    absl::Status st = s.codec->Validate(Bytes(bytes, s), s.size);
-    if (!st.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "segment at element ", s.begin, ": ", st.message()));
-    }
-  }
-  return absl::OkStatus();
+  return ForEachSegment(segments_.size(), pool, [&](size_t i) {
+    return ValidateSegment(i, bytes);
+  });
+}
+
+absl::Status UpdateCodec::ValidateSegment(size_t i,
+                                          absl::string_view bytes) const {
+  const Segment& s = segments_[i];
+  absl::Status st = s.codec->Validate(Bytes(bytes, s), s.size);
+  if (st.ok()) return st;
+  return absl::InvalidArgumentError(
+      absl::StrCat("segment at element ", s.begin, ": ", st.message()));
 }
 
 absl::Status UpdateCodec::DecodeAccumulate(absl::string_view bytes,
-                                           float weight,
-                                           absl::Span<float> acc) const {
+                                           float weight, absl::Span<float> acc,
+                                           ThreadPool* pool) const {
   if (bytes.size() != encoded_size_ || acc.size() != num_elements_) {
     return absl::InvalidArgumentError(absl::StrCat(
         spec_.ToString(), " update must be ", encoded_size_, " bytes for ",
         num_elements_, " elements, got ", bytes.size(), " bytes for ",
         acc.size()));
   }
-  for (const Segment& s : segments_) {
-    absl::Status st =
-        s.codec->DecodeAccumulate(Bytes(bytes, s), weight,
-                                  acc.subspan(s.begin, s.size));
-    if (!st.ok()) return st;
-  }
-  return absl::OkStatus();
+  return ForEachSegment(segments_.size(), pool, [&](size_t i) {
+    return DecodeAccumulateSegment(i, bytes, weight, acc);
+  });
+}
+
+absl::Status UpdateCodec::DecodeAccumulateSegment(size_t i,
+                                                  absl::string_view bytes,
+                                                  float weight,
+                                                  absl::Span<float> acc) const {
+  const Segment& s = segments_[i];
+  return s.codec->DecodeAccumulate(Bytes(bytes, s), weight,
+                                   acc.subspan(s.begin, s.size));
 }
 
 }  // namespace effadam

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/thread_pool.h"
 #include "core/codec.h"
 #include "core/tensor_layout.h"
 
@@ -66,19 +68,41 @@ class UpdateCodec {
   size_t encoded_size() const { return encoded_size_; }
   const std::vector<Segment>& segments() const { return segments_; }
 
+  // The three whole-update operations below run segment by segment; with a
+  // `pool` the segments run on its threads. Each segment's result depends on
+  // that segment alone, so the bytes and floats are the same for any pool
+  // (or none); a failure reported is that of the first failing segment.
+
   // Codec::EncodeWithFeedback over every segment into *out (resized to
   // encoded_size()). `error` empty means no error feedback.
   absl::Status EncodeWithFeedback(absl::Span<const float> update,
                                   absl::Span<float> error, uint64_t seed,
-                                  std::string* out) const;
+                                  std::string* out,
+                                  ThreadPool* pool = nullptr) const;
 
   // Full check of an encoded update (see Codec::Validate).
-  absl::Status Validate(absl::string_view bytes) const;
+  absl::Status Validate(absl::string_view bytes,
+                        ThreadPool* pool = nullptr) const;
 
   // acc += weight * Q(bytes); memory-safe on any input, but only Validate
   // guarantees acc is untouched when the bytes are bad.
   absl::Status DecodeAccumulate(absl::string_view bytes, float weight,
-                                absl::Span<float> acc) const;
+                                absl::Span<float> acc,
+                                ThreadPool* pool = nullptr) const;
+
+  // The same for segment i alone (i < segments().size()); `update`,
+  // `error`, `acc` are the whole vectors and `bytes`/`out` the whole encoded
+  // update, of which only segment i's part is read or written. The passes
+  // that fuse several steps per segment (RoundEngine, WorkerOptimizer) and
+  // the incremental check of ChunkAssembler build on these.
+  absl::Status EncodeSegment(size_t i, absl::Span<const float> update,
+                             absl::Span<float> error, uint64_t seed,
+                             uint8_t* out) const;
+  // Fails with "segment at element <begin>: <what is wrong>".
+  absl::Status ValidateSegment(size_t i, absl::string_view bytes) const;
+  absl::Status DecodeAccumulateSegment(size_t i, absl::string_view bytes,
+                                       float weight,
+                                       absl::Span<float> acc) const;
 
  private:
   UpdateCodec() = default;
@@ -92,6 +116,12 @@ class UpdateCodec {
   size_t num_elements_ = 0;
   size_t encoded_size_ = 0;
 };
+
+// f(i) for i in [0, n), in order and stopping at the first failure without
+// a pool (or a pool of one thread), else on the pool's threads; returns the
+// failure of the lowest i that failed, or OK.
+absl::Status ForEachSegment(size_t n, ThreadPool* pool,
+                            const std::function<absl::Status(size_t)>& f);
 
 }  // namespace effadam
 

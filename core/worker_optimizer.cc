@@ -14,8 +14,12 @@ namespace {
 using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
 using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
 
-ArrayMap Arr(std::vector<float>& v) {
-  return ArrayMap(v.data(), static_cast<Eigen::Index>(v.size()));
+// Elements [begin, begin + size) of v as an array.
+ArrayMap Arr(std::vector<float>& v, size_t begin, size_t size) {
+  return ArrayMap(v.data() + begin, static_cast<Eigen::Index>(size));
+}
+ConstArrayMap Arr(absl::Span<const float> v, size_t begin, size_t size) {
+  return ConstArrayMap(v.data() + begin, static_cast<Eigen::Index>(size));
 }
 
 }  // namespace
@@ -88,6 +92,22 @@ absl::StatusOr<std::unique_ptr<WorkerOptimizer>> WorkerOptimizer::Create(
   w->v_.assign(n, 0.0f);
   w->e_.assign(n, 0.0f);
   w->d_.assign(n, 0.0f);
+  w->pool_ = std::make_unique<ThreadPool>(options.threads);
+  // Eigen's packet sqrt (EIGEN_FAST_MATH, its default) may differ in the
+  // last bit from its scalar sqrt, so each element must take the path it
+  // takes in one expression over all of x (packets of kPacket elements
+  // from the 16-byte aligned start, scalars for the last n % kPacket): a
+  // task starts at a segment whose first element is a multiple of kPacket
+  // and ends where the next such segment starts (or at the end).
+  constexpr size_t kPacket = 4;
+  const std::vector<Segment>& segments = w->worker_codec_->segments();
+  for (size_t i = 0; i < segments.size(); ++i) {
+    if (i == 0 || segments[i].begin % kPacket == 0) {
+      w->tasks_.push_back(Task{segments[i].begin, 0, i, 0});
+    }
+    w->tasks_.back().end = segments[i].begin + segments[i].size;
+    w->tasks_.back().end_segment = i + 1;
+  }
   return w;
 }
 
@@ -97,10 +117,15 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
     return absl::InvalidArgumentError(absl::StrCat(
         "gradient has ", grad.size(), " elements, the model has ", x_.size()));
   }
-  const ConstArrayMap g(grad.data(), static_cast<Eigen::Index>(grad.size()));
-  if (!g.isFinite().all()) {
-    return absl::InvalidArgumentError("gradient holds NaN or Inf");
-  }
+  const std::vector<Segment>& segments = worker_codec_->segments();
+  absl::Status finite =
+      ForEachSegment(segments.size(), pool_.get(), [&](size_t i) {
+        if (Arr(grad, segments[i].begin, segments[i].size).isFinite().all()) {
+          return absl::OkStatus();
+        }
+        return absl::InvalidArgumentError("gradient holds NaN or Inf");
+      });
+  if (!finite.ok()) return finite;
   const AdamOptions& o = options_.adam;
   const int64_t t = t_ + 1;
   const float b1 = o.beta1;
@@ -117,32 +142,46 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
     step = static_cast<float>(lr / (1.0 - beta1_power));
     inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - beta2_power));
   }
-  auto m = Arr(m_), v = Arr(v_), d = Arr(d_);
-  if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kL2) {
-    // torch.optim.Adam: g + wd * x, in d_ (overwritten below) so that the
-    // caller's gradient stays as it is.
-    d = g + o.weight_decay * Arr(x_);
-    m = b1 * m + (1.0f - b1) * d;
-    v = b2 * v + (1.0f - b2) * d.square();
-  } else {
-    m = b1 * m + (1.0f - b1) * g;
-    v = b2 * v + (1.0f - b2) * g.square();
-  }
-  d = step * m / (v.sqrt() * inv_sqrt_bc2 + o.eps);
-  if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kDecoupled) {
-    d += (lr * o.weight_decay) * Arr(x_);
-  }
-
   const uint64_t seed = options_.seed ^
                         (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(t)) ^
                         (0xc2b2ae3d27d4eb4fULL *
                          static_cast<uint64_t>(options_.rank + 1));
   absl::Span<float> e =
       options_.error_feedback ? absl::MakeSpan(e_) : absl::Span<float>();
-  if (absl::Status s = worker_codec_->EncodeWithFeedback(d_, e, seed, update);
-      !s.ok()) {
-    return s;
-  }
+  update->resize(worker_codec_->encoded_size());
+  uint8_t* out = reinterpret_cast<uint8_t*>(update->data());
+  // Segments cover x, so this is the whole step; each element's arithmetic
+  // is the same whichever segment or thread computes it.
+  absl::Status s = ForEachSegment(tasks_.size(), pool_.get(), [&](size_t k) {
+    const Task& task = tasks_[k];
+    const size_t begin = task.begin, size = task.end - task.begin;
+    const ConstArrayMap g = Arr(grad, begin, size);
+    auto m = Arr(m_, begin, size), v = Arr(v_, begin, size),
+         d = Arr(d_, begin, size), x = Arr(x_, begin, size);
+    if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kL2) {
+      // torch.optim.Adam: g + wd * x, in d_ (overwritten below) so that the
+      // caller's gradient stays as it is.
+      d = g + o.weight_decay * x;
+      m = b1 * m + (1.0f - b1) * d;
+      v = b2 * v + (1.0f - b2) * d.square();
+    } else {
+      m = b1 * m + (1.0f - b1) * g;
+      v = b2 * v + (1.0f - b2) * g.square();
+    }
+    d = step * m / (v.sqrt() * inv_sqrt_bc2 + o.eps);
+    if (o.weight_decay > 0 &&
+        o.weight_decay_mode == WeightDecayMode::kDecoupled) {
+      d += (lr * o.weight_decay) * x;
+    }
+    for (size_t i = task.first_segment; i < task.end_segment; ++i) {
+      if (absl::Status st = worker_codec_->EncodeSegment(i, d_, e, seed, out);
+          !st.ok()) {
+        return st;
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
   t_ = t;
   beta1_power_ = beta1_power;
   beta2_power_ = beta2_power;
@@ -207,11 +246,12 @@ absl::Status WorkerOptimizer::RestoreState(State s) {
 }
 
 absl::Status WorkerOptimizer::ApplyDelta(absl::string_view delta) {
-  if (absl::Status s = server_codec_->Validate(delta); !s.ok()) {
+  if (absl::Status s = server_codec_->Validate(delta, pool_.get()); !s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("server delta: ", s.message()));
   }
-  return server_codec_->DecodeAccumulate(delta, -1.0f, absl::MakeSpan(x_));
+  return server_codec_->DecodeAccumulate(delta, -1.0f, absl::MakeSpan(x_),
+                                         pool_.get());
 }
 
 absl::Status WorkerOptimizer::ResetParams(absl::Span<const float> x) {

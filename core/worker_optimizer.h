@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/thread_pool.h"
 #include "core/update_codec.h"
 
 namespace effadam {
@@ -53,7 +54,11 @@ float ScheduledLr(const AdamOptions& options, float base_lr, int64_t t);
 // x, Adam's m and v, and the worker error memory e. Each step turns a
 // gradient into d = lr_t * m_hat / (sqrt(v_hat) + eps), encodes p = d + e
 // with the worker codec and keeps e = p - Q(p); the server's delta is then
-// applied to the replica as x = x - q. Not thread-safe.
+// applied to the replica as x = x - q. A step runs segment by segment
+// (runs of segments, see tasks_): Adam's update of m and v, d, and the
+// encoding of d + e for one segment before the next, so each segment's m,
+// v, e, x and gradient are read from memory once and d is encoded while in
+// cache. Not thread-safe.
 class WorkerOptimizer {
  public:
   struct Options {
@@ -61,6 +66,10 @@ class WorkerOptimizer {
     bool error_feedback = true;  // worker-side
     uint64_t seed = 0;           // stochastic rounding (qNs only)
     int rank = 0;                // mixed into the seed
+    // Threads a step and ApplyDelta run on, segment by segment; 1 runs
+    // them on the calling thread alone. The results are the same bits for
+    // every count.
+    int threads = AvailableCores();
   };
 
   // Both codecs must describe x0.size() elements.
@@ -123,6 +132,14 @@ class WorkerOptimizer {
   double beta1_power_ = 1.0;  // prod of b1 over steps, for bias correction
   double beta2_power_ = 1.0;  // prod of b2_t over steps
   std::vector<float> x_, m_, v_, e_, d_;
+  std::unique_ptr<ThreadPool> pool_;
+  // The units of a step's parallel loop: elements [begin, end) of x, which
+  // are segments [first_segment, end_segment) of the worker codec.
+  struct Task {
+    size_t begin, end;
+    size_t first_segment, end_segment;
+  };
+  std::vector<Task> tasks_;
 };
 
 }  // namespace effadam

@@ -11,6 +11,7 @@
 #include "transport/chunk_assembler.h"
 #include "core/codec_spec.h"
 #include "transport/compression_proto.h"
+#include "server/chunk_streams.h"
 
 namespace effadam {
 namespace {
@@ -52,26 +53,6 @@ absl::Duration CallTimeLeft(const grpc::ServerContext& context) {
     return absl::InfiniteDuration();
   }
   return absl::FromChrono(deadline - std::chrono::system_clock::now());
-}
-
-// The rejection reason of a chunk the Train stream's assembler refused.
-// The first chunk's round is checked before the assembler sees it, so a
-// round it refuses is one that changed in the middle of an update.
-Rejection TrainRejection(ChunkFault fault) {
-  switch (fault) {
-    case ChunkFault::kWrongRank:
-      return Rejection::kWrongRank;
-    case ChunkFault::kWrongRound:
-    case ChunkFault::kBadOffset:
-      return Rejection::kBadOffset;
-    case ChunkFault::kTruncated:
-      return Rejection::kTruncatedUpdate;
-    case ChunkFault::kNone:
-    case ChunkFault::kBadSize:
-    case ChunkFault::kNonFinite:  // not checked for encoded updates
-      break;
-  }
-  return Rejection::kBadChunkSize;
 }
 
 }  // namespace
@@ -141,7 +122,8 @@ ParameterServerService::ParameterServerService(const ServerOptions& options)
       rejection_log_(/*burst=*/20, absl::Seconds(10)),
       membership_(MembershipRules(options)),
       rounds_(RoundRules(options), membership_, clock_, observer_, logger_,
-              delta_log_) {}
+              delta_log_),
+      delta_messages_(options.max_chunk_bytes) {}
 
 ParameterServerService::~ParameterServerService() = default;
 
@@ -642,14 +624,15 @@ void ParameterServerService::FetchClientGoneLocked(int rank) {
 // ------------------------------------------------------------------- rounds
 
 absl::StatusOr<ClosedRound> ParameterServerService::AcceptAndWait(
-    grpc::ServerContext* context, int rank, int64_t round, std::string update,
-    float loss) {
-  const int64_t size = static_cast<int64_t>(update.size());
+    grpc::ServerContext* context, int rank, int64_t round,
+    std::shared_ptr<const std::string> update, float loss) {
+  const int64_t size = static_cast<int64_t>(update->size());
   absl::MutexLock lock(&mu_);
   if (absl::Status s = ServingLocked(); !s.ok()) return s;
   const int64_t fp32 = static_cast<int64_t>(
       rounds_.engine()->worker_codec().num_elements() * sizeof(float));
-  if (absl::Status s = rounds_.Accept(rank, round, std::move(update), loss);
+  if (absl::Status s = rounds_.Accept(rank, round, std::move(update),
+                                      /*validated=*/true, loss);
       !s.ok()) {
     return s;
   }
@@ -672,31 +655,15 @@ absl::StatusOr<ClosedRound> ParameterServerService::AcceptAndWait(
   }
 }
 
-absl::Status ParameterServerService::SendDelta(
-    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
-    const ClosedRound& closed) {
-  const std::string& delta = *closed.delta;
-  v1::ServerMessage msg;
+absl::Status ParameterServerService::SendDelta(TrainStream* stream,
+                                               const ClosedRound& closed) {
   int64_t wire = 0;  // of the chunks written, also when a later one fails
-  for (size_t offset = 0; offset < delta.size();
-       offset += options_.max_chunk_bytes) {
-    const size_t n = std::min(options_.max_chunk_bytes, delta.size() - offset);
-    msg.set_round(closed.round);
-    msg.set_offset(static_cast<int64_t>(offset));
-    msg.set_payload(delta.data() + offset, n);
-    msg.set_contributors(closed.contributors);
-    if (!stream->Write(msg)) {
-      CountWire(TrafficDirection::kServerToWorker, wire);
-      return absl::CancelledError(
-          absl::StrCat("the worker went away while the delta of round ",
-                       closed.round, " was sent"));
-    }
-    wire += static_cast<int64_t>(msg.ByteSizeLong());
-  }
+  absl::Status s = WriteDelta(stream, *delta_messages_.For(closed), &wire);
   absl::MutexLock lock(&mu_);
   CountWireLocked(TrafficDirection::kServerToWorker, wire);
+  if (!s.ok()) return s;
   CountPayloadLocked(TrafficDirection::kServerToWorker,
-                     static_cast<int64_t>(delta.size()),
+                     static_cast<int64_t>(closed.delta->size()),
                      static_cast<int64_t>(
                          model_->codecs.server->num_elements() * sizeof(float)));
   return absl::OkStatus();
@@ -711,12 +678,12 @@ absl::Status ParameterServerService::RunTrain(
     absl::MutexLock lock(&mu_);
     codec = model_->codecs.worker;  // fixed for good once rounds started
   }
-  ChunkRules rules;
-  rules.total_bytes = codec->encoded_size();
-  rules.max_chunk_bytes = options_.max_chunk_bytes;
-  rules.rank = rank;
-  absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
-  if (!assembler.ok()) return assembler.status();
+  absl::StatusOr<UpdateReader> reader =
+      UpdateReader::Create(codec, options_.max_chunk_bytes, rank);
+  if (!reader.ok()) return reader.status();
+  const auto count_up = [this](int64_t bytes) {
+    CountWire(TrafficDirection::kWorkerToServer, bytes);
+  };
   int64_t next = 0;  // the round this stream must send; 0 before the first
   while (true) {
     // *msg is the first chunk of an update.
@@ -734,23 +701,11 @@ absl::Status ParameterServerService::RunTrain(
       if (absl::Status s = ServingLocked(); !s.ok()) return s;
       if (absl::Status s = rounds_.CheckRound(rank, round); !s.ok()) return s;
     }
-    assembler->Start(round);
-    while (true) {
-      absl::Status s = assembler->Add(msg->rank(), msg->round(), msg->offset(),
-                                      msg->payload());
-      if (s.ok() && assembler->complete()) break;
-      if (s.ok() && !stream->Read(msg)) s = assembler->Finish();
-      if (!s.ok()) {
-        return Rejected(TrainRejection(assembler->fault()),
-                        absl::InvalidArgumentError(absl::StrCat(
-                            "round ", round, "'s ", codec->spec().ToString(),
-                            " update from rank ", rank, ": ", s.message())));
-      }
-      CountWire(TrafficDirection::kWorkerToServer,
-                static_cast<int64_t>(msg->ByteSizeLong()));
-    }
-    absl::StatusOr<ClosedRound> closed = AcceptAndWait(
-        context, rank, round, assembler->TakeBuffer(), msg->loss());
+    absl::StatusOr<std::shared_ptr<const std::string>> update =
+        reader->Read(stream, round, msg, count_up);
+    if (!update.ok()) return update.status();
+    absl::StatusOr<ClosedRound> closed =
+        AcceptAndWait(context, rank, round, *std::move(update), msg->loss());
     if (!closed.ok()) return closed.status();
     if (absl::Status s = SendDelta(stream, *closed); !s.ok()) return s;
     if (options_.rounds > 0 && round >= options_.rounds) {
@@ -861,6 +816,7 @@ RoundEngineOptions ParameterServerService::EngineOptions() const {
   RoundEngineOptions eo;
   eo.error_feedback = options_.compression.server_error_feedback;
   eo.seed = options_.seed;
+  eo.threads = options_.threads;
   return eo;
 }
 

@@ -18,11 +18,13 @@
 #include "core/compression_config.h"
 #include "common/logger.h"
 #include "common/traffic.h"
+#include "common/thread_pool.h"
 #include "core/shard_plan.h"
 #include "core/tensor_layout.h"
 #include "core/update_codec.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "server/checkpoint.h"
+#include "server/chunk_streams.h"
 #include "server/membership.h"
 #include "server/round_coordinator.h"
 #include "core/round_engine.h"
@@ -63,6 +65,8 @@ struct ServerOptions {
   const TokenAuthenticator* authenticator = nullptr;
   // Where time comes from; null: the system clock. Not owned.
   const Clock* clock = nullptr;
+  // Threads the round engine closes a round on (RoundEngineOptions).
+  int threads = AvailableCores();
   // Where the service's few log lines go (joins, departures, rejected
   // calls, dropped rounds); null: nowhere. Not owned; must outlive the
   // service.
@@ -230,14 +234,13 @@ class ParameterServerService final
       int rank, v1::WorkerMessage* msg);
   // Takes a complete update, then waits until `round` is closed; returns
   // its delta.
-  absl::StatusOr<ClosedRound> AcceptAndWait(grpc::ServerContext* context,
-                                            int rank, int64_t round,
-                                            std::string update, float loss)
+  absl::StatusOr<ClosedRound> AcceptAndWait(
+      grpc::ServerContext* context, int rank, int64_t round,
+      std::shared_ptr<const std::string> update, float loss)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Writes `closed`'s delta in chunks and counts it as delivered.
-  absl::Status SendDelta(
-      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
-      const ClosedRound& closed) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status SendDelta(TrainStream* stream, const ClosedRound& closed)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Applies the timing rules that need no event: idle joins, a stalled
   // uploader, the round timeout.
@@ -293,6 +296,8 @@ class ParameterServerService final
   };
   std::optional<ReplicaClaim> replica_claim_ ABSL_GUARDED_BY(mu_);
   TrafficCounts traffic_ ABSL_GUARDED_BY(mu_);
+  // The deltas' messages, cut once per round for every stream.
+  DeltaMessages delta_messages_;
 };
 
 }  // namespace effadam

@@ -1,6 +1,7 @@
 #include "server/round_coordinator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -61,6 +62,7 @@ void RoundCoordinator::Recover(std::unique_ptr<RoundEngine> engine) {
   rounds_closed_at_start_ = rounds_closed_;
   engine_ = std::move(engine);
   closed_.clear();
+  delta_buffers_.clear();
   loss_sum_ = 0;
   loss_count_ = 0;
   due_checkpoint_.reset();
@@ -111,12 +113,21 @@ absl::Status RoundCoordinator::CheckRound(int rank, int64_t round) const {
 
 absl::Status RoundCoordinator::Accept(int rank, int64_t round,
                                       std::string update, float loss) {
+  return Accept(rank, round,
+                std::make_shared<const std::string>(std::move(update)),
+                /*validated=*/false, loss);
+}
+
+absl::Status RoundCoordinator::Accept(int rank, int64_t round,
+                                      std::shared_ptr<const std::string> update,
+                                      bool validated, float loss) {
   // The round may have moved on while the update was read.
   if (absl::Status s = CheckRound(rank, round); !s.ok()) return s;
   if (round == engine_->round() && !engine_->HasSubmitted(rank)) {
     // CheckRound and HasSubmitted leave only bytes that do not validate as
     // a reason for Submit to refuse.
-    if (absl::Status s = engine_->Submit(rank, round, std::move(update));
+    if (absl::Status s =
+            engine_->Submit(rank, round, std::move(update), validated);
         !s.ok()) {
       return Rejected(Rejection::kInvalidPayload, s);
     }
@@ -131,7 +142,9 @@ absl::Status RoundCoordinator::Accept(int rank, int64_t round,
     // Its round closed without it, or an earlier incarnation of this rank
     // already contributed to it: not averaged, but it must still be well
     // formed, and the worker gets the round's delta like everyone else.
-    if (absl::Status s = engine_->worker_codec().Validate(update); !s.ok()) {
+    absl::Status s = validated ? absl::OkStatus()
+                               : engine_->worker_codec().Validate(*update);
+    if (!s.ok()) {
       return Rejected(Rejection::kInvalidPayload,
                       absl::InvalidArgumentError(absl::StrCat(
                           "update from rank ", rank, ": ", s.message())));
@@ -168,13 +181,18 @@ void RoundCoordinator::Close() {
     lagging += membership_.IsLive(r) && !engine_->HasSubmitted(r);
   }
   const int64_t dropped_before = engine_->dropped_rounds();
-  absl::StatusOr<std::string> delta = engine_->CloseRound();
-  if (!delta.ok()) {
+  // The memory of an old delta that no stream sends any more, else new.
+  // The fence pairs with the release of the last sender's reference.
+  std::shared_ptr<std::string> delta = std::move(spare_delta_);
+  const bool reusable = delta != nullptr && delta.use_count() == 1;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (!reusable) delta = std::make_shared<std::string>();
+  if (absl::Status s = engine_->CloseRoundInto(delta.get()); !s.ok()) {
     // Only a broken invariant gets here (the engine validated every update
     // and drops rounds whose result is not finite); the server cannot go
     // on. Every stream ends with this error and the daemon exits.
     fatal_ = absl::InternalError(absl::StrCat(
-        "round ", round, " could not be closed: ", delta.status().message()));
+        "round ", round, " could not be closed: ", s.message()));
     logger_.Error(fatal_.message());
     return;
   }
@@ -192,10 +210,13 @@ void RoundCoordinator::Close() {
   }
   const absl::Time now = clock_.Now();
   if (contributors < rules_.workers) ++short_rounds_;
-  closed_.push_back(ClosedRound{
-      round, std::make_shared<const std::string>(*std::move(delta)),
-      contributors});
-  while (closed_.size() > kKeptRounds) closed_.pop_front();
+  closed_.push_back(ClosedRound{round, delta, contributors});
+  delta_buffers_.push_back(std::move(delta));
+  while (closed_.size() > kKeptRounds) {
+    closed_.pop_front();
+    spare_delta_ = std::move(delta_buffers_.front());
+    delta_buffers_.pop_front();
+  }
   ++rounds_closed_;
   last_loss_ = loss_count_ > 0 ? loss_sum_ / loss_count_
                                : std::numeric_limits<double>::quiet_NaN();

@@ -92,6 +92,11 @@ class RoundCoordinator {
   // and not averaged. May close the round.
   absl::Status Accept(int rank, int64_t round, std::string update,
                       float loss);
+  // The same for bytes shared with the caller (RoundEngine::Submit);
+  // `validated`: already checked against the worker codec.
+  absl::Status Accept(int rank, int64_t round,
+                      std::shared_ptr<const std::string> update,
+                      bool validated, float loss);
   // Closes the open round if it is due (see above).
   void MaybeClose();
 
@@ -146,8 +151,12 @@ class RoundCoordinator {
   double loss_sum_ = 0;
   int loss_count_ = 0;
   double last_loss_;
-  // The most recent closed rounds, oldest first.
+  // The most recent closed rounds, oldest first, and the same deltas'
+  // buffers writable, for reuse once nobody sends them any more.
   std::deque<ClosedRound> closed_;
+  std::deque<std::shared_ptr<std::string>> delta_buffers_;
+  // The delta buffer of the round that last dropped out of closed_.
+  std::shared_ptr<std::string> spare_delta_;
   int64_t rounds_closed_ = 0;
   // rounds_closed_ at Start (or Recover): replicas are taken until it moves.
   int64_t rounds_closed_at_start_ = 0;

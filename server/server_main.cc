@@ -33,6 +33,7 @@
 #include "daemon/compression_flags.h"
 #include "daemon/daemon.h"
 #include "daemon/duration_flag.h"
+#include "daemon/threads_flag.h"
 #include "daemon/lifecycle.h"
 #include "metrics/server_metrics.h"
 #include "server/call_guard.h"
@@ -172,6 +173,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   }
   o.max_chunk_bytes = static_cast<size_t>(chunk);
   o.seed = absl::GetFlag(FLAGS_seed);
+  if (absl::Status s = ThreadsFromFlag(&o.threads); !s.ok()) return s;
   const int64_t every = absl::GetFlag(FLAGS_checkpoint_every);
   if (every < 0) {
     return absl::InvalidArgumentError(

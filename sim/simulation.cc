@@ -61,6 +61,7 @@ absl::StatusOr<std::unique_ptr<Simulation>> Simulation::Create(
   RoundEngineOptions eo;
   eo.error_feedback = cc.server_error_feedback;
   eo.seed = config.training.seed;
+  eo.threads = config.threads;
   auto engine = RoundEngine::Create(worker_codec, server_codec, x0, eo);
   if (!engine.ok()) return engine.status();
   sim->engine_ = *std::move(engine);
@@ -71,6 +72,7 @@ absl::StatusOr<std::unique_ptr<Simulation>> Simulation::Create(
     wo.error_feedback = cc.worker_error_feedback;
     wo.seed = config.training.seed;
     wo.rank = r;
+    wo.threads = config.threads;
     auto w = WorkerOptimizer::Create(worker_codec, server_codec, x0, wo);
     if (!w.ok()) return w.status();
     sim->workers_.push_back(*std::move(w));

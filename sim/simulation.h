@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/thread_pool.h"
 #include "common/traffic.h"
 #include "core/compression_config.h"
 #include "core/round_engine.h"
@@ -19,6 +20,9 @@ struct SimulationConfig {
   TrainingConfig training;
   CompressionConfig compression;
   int workers = 4;
+  // Threads of the round engine and of each worker's optimizer (their
+  // options' `threads`); the results are the same bits for every count.
+  int threads = AvailableCores();
 };
 
 // N logical workers and the server in one process, wired exactly as the

@@ -1,6 +1,8 @@
 #include "transport/chunk_assembler.h"
 
 #include <cstring>
+#include <memory>
+#include <random>
 #include <limits>
 #include <string>
 #include <vector>
@@ -212,6 +214,143 @@ TEST(ChunkAssembler, MaxChunkBytesNotAMultipleOfTheUnit) {
   ASSERT_TRUE(a.Add(-1, 0, 2, Bytes(8)).ok());
   ASSERT_TRUE(a.Add(-1, 0, 4, Bytes(8)).ok());
   EXPECT_TRUE(a.complete());
+}
+
+}  // namespace
+}  // namespace effadam
+
+namespace effadam {
+namespace {
+
+// Three tensors, several segments each, one of them fp32 (small).
+std::unique_ptr<UpdateCodec> SegmentedCodec(const std::string& name) {
+  auto layout = TensorLayout::Create(
+      {{"w", {40, 16}}, {"b", {10}}, {"v", {200}}});
+  EXPECT_TRUE(layout.ok()) << layout.status();
+  CompressionOptions o;
+  o.block_size = 64;
+  o.min_compress_elements = 64;
+  o.max_segment_elements = 128;
+  auto uc = UpdateCodec::Create(*layout, *ParseCodecSpec(name), o);
+  EXPECT_TRUE(uc.ok()) << uc.status();
+  return *std::move(uc);
+}
+
+// Sends `bytes` in chunks of `chunk` bytes to an assembler that checks the
+// segments of `codec`; OK, or the status of the refused chunk.
+absl::Status Stream(const UpdateCodec& codec, const std::string& bytes,
+                    size_t chunk) {
+  ChunkRules r;
+  r.total_bytes = codec.encoded_size();
+  r.max_chunk_bytes = chunk;
+  r.check_segments = &codec;
+  absl::StatusOr<ChunkAssembler> a = ChunkAssembler::Create(r);
+  EXPECT_TRUE(a.ok()) << a.status();
+  a->Start(1);
+  for (size_t off = 0; off < bytes.size(); off += chunk) {
+    absl::Status s = a->Add(-1, 1, static_cast<int64_t>(off),
+                            absl::string_view(bytes).substr(off, chunk));
+    if (!s.ok()) {
+      EXPECT_EQ(a->fault(), ChunkFault::kInvalidPayload);
+      EXPECT_EQ(a->SharedBuffer(), nullptr);
+      return s;
+    }
+  }
+  EXPECT_TRUE(a->complete());
+  EXPECT_EQ(*a->SharedBuffer(), bytes);
+  return a->Finish();
+}
+
+// The check as chunks arrive refuses exactly what UpdateCodec::Validate
+// refuses, with the same message (the first bad segment's), for random
+// corruptions of every codec's bytes: random bytes, and NaN, Inf and
+// negative floats at random places (scales, values).
+TEST(ChunkAssemblerSegments, RefusesWhatValidateRefuses) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  const float bad_floats[] = {std::numeric_limits<float>::quiet_NaN(),
+                              std::numeric_limits<float>::infinity(), -1.0f,
+                              -std::numeric_limits<float>::infinity()};
+  for (const char* name :
+       {"fp32", "bf16", "fp16", "sign", "q2", "q4", "q8s", "topk:0.1"}) {
+    SCOPED_TRACE(name);
+    auto codec = SegmentedCodec(name);
+    ASSERT_GT(codec->segments().size(), 4u);
+    std::vector<float> u(codec->num_elements());
+    for (float& x : u) x = normal(rng);
+    std::string good;
+    ASSERT_TRUE(codec->EncodeWithFeedback(u, {}, 3, &good).ok());
+    ASSERT_TRUE(Stream(*codec, good, 100).ok());
+    int refused = 0;
+    for (int trial = 0; trial < 400; ++trial) {
+      std::string bad = good;
+      const int edits = 1 + trial % 3;
+      for (int k = 0; k < edits; ++k) {
+        if (trial % 2 == 0) {
+          bad[rng() % bad.size()] = static_cast<char>(rng());
+        } else {
+          const size_t at = rng() % (bad.size() - 3);
+          const float v = bad_floats[rng() % 4];
+          std::memcpy(&bad[at], &v, sizeof v);
+        }
+      }
+      const absl::Status whole = codec->Validate(bad);
+      for (size_t chunk : {size_t{7}, size_t{100}, bad.size()}) {
+        const absl::Status streamed = Stream(*codec, bad, chunk);
+        ASSERT_EQ(streamed.ok(), whole.ok()) << trial << " " << whole;
+        if (!whole.ok()) EXPECT_EQ(streamed.message(), whole.message());
+      }
+      refused += !whole.ok();
+    }
+    // The corruptions do reach the checks (fp32 and topk accept most
+    // random bytes, so only a share is refused).
+    EXPECT_GT(refused, 40) << name;
+  }
+}
+
+TEST(ChunkAssemblerSegments, NeedsAWholeReservedBufferOfTheCodecsSize) {
+  auto codec = SegmentedCodec("sign");
+  ChunkRules r;
+  r.total_bytes = codec->encoded_size() + 1;
+  r.max_chunk_bytes = 100;
+  r.check_segments = codec.get();
+  EXPECT_EQ(ChunkAssembler::Create(r).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  r.total_bytes = codec->encoded_size();
+  r.reserve_total = false;
+  EXPECT_FALSE(ChunkAssembler::Create(r).ok());
+  r.reserve_total = true;
+  EXPECT_TRUE(ChunkAssembler::Create(r).ok());
+}
+
+// The buffer lives across Start()s: the next buffer reuses its memory
+// once the holder of the last one let go, and never while it holds it.
+TEST(ChunkAssembler, ReusesItsBufferOnceNobodyHoldsIt) {
+  ChunkAssembler a = Make(250, 100, 1, false, 3);
+  auto fill = [&](int64_t round, char first) {
+    a.Start(round);
+    const std::string all = Bytes(250, first);
+    for (size_t off = 0; off < all.size(); off += 100) {
+      ASSERT_TRUE(a.Add(3, round, static_cast<int64_t>(off),
+                        absl::string_view(all).substr(off, 100))
+                      .ok());
+    }
+    ASSERT_TRUE(a.complete());
+  };
+  fill(1, 'a');
+  std::shared_ptr<const std::string> first = a.SharedBuffer();
+  const std::string* memory = first.get();
+  fill(2, 'b');  // `first` is still held: new memory, first unchanged
+  std::shared_ptr<const std::string> second = a.SharedBuffer();
+  EXPECT_NE(second.get(), memory);
+  EXPECT_EQ(*first, Bytes(250, 'a'));
+  EXPECT_EQ(*second, Bytes(250, 'b'));
+  const std::string* reused = second.get();
+  first.reset();
+  second.reset();
+  fill(3, 'c');
+  EXPECT_EQ(a.SharedBuffer().get(), reused);
+  EXPECT_EQ(*a.SharedBuffer(), Bytes(250, 'c'));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "transport/chunk_assembler.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -23,6 +24,8 @@ const char* ChunkFaultName(ChunkFault fault) {
       return "bad_size";
     case ChunkFault::kNonFinite:
       return "non_finite";
+    case ChunkFault::kInvalidPayload:
+      return "invalid_payload";
     case ChunkFault::kTruncated:
       return "truncated";
   }
@@ -46,6 +49,13 @@ absl::StatusOr<ChunkAssembler> ChunkAssembler::Create(const ChunkRules& rules) {
     return absl::InvalidArgumentError(
         "finite_float32 needs 4-byte units (float32 elements)");
   }
+  if (rules.check_segments != nullptr &&
+      (!rules.reserve_total ||
+       rules.check_segments->encoded_size() != rules.total_bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "check_segments needs reserve_total and a codec of ",
+        rules.total_bytes, " bytes"));
+  }
   return ChunkAssembler(rules);
 }
 
@@ -55,7 +65,8 @@ ChunkAssembler::ChunkAssembler(const ChunkRules& rules)
 
 void ChunkAssembler::Start(std::optional<int64_t> round) {
   round_ = round;
-  buffer_.clear();
+  received_ = 0;
+  next_segment_ = 0;
   fault_ = ChunkFault::kNone;
   status_ = absl::OkStatus();
 }
@@ -68,14 +79,15 @@ absl::Status ChunkAssembler::Fail(ChunkFault fault, std::string message) {
   fault_ = fault;
   status_ = absl::InvalidArgumentError(std::move(message));
   // A refused buffer is never handed out, and its memory goes at once.
-  std::string().swap(buffer_);
+  buffer_.reset();
+  received_ = 0;
   return status_;
 }
 
 absl::Status ChunkAssembler::Add(int rank, int64_t round, int64_t offset,
                                  absl::string_view payload) {
   if (fault_ != ChunkFault::kNone) return status_;
-  const size_t received = buffer_.size();
+  const size_t received = received_;
   if (rules_.rank >= 0 && rank != rules_.rank) {
     return Fail(ChunkFault::kWrongRank,
                 absl::StrCat("a chunk names rank ", rank, " on rank ",
@@ -141,10 +153,42 @@ absl::Status ChunkAssembler::Add(int rank, int64_t round, int64_t offset,
       }
     }
   }
-  if (received == 0 && rules_.reserve_total) {
-    buffer_.reserve(rules_.total_bytes);
+  if (received == 0) {
+    // The memory of the last buffer, unless someone still holds it: written
+    // over in place. Fresh memory is only reserved (not zeroed, pages not
+    // touched twice) and filled by appending. The fence pairs with the
+    // release of the last other owner's reference, so its reads are over
+    // before the bytes are overwritten.
+    const bool reusable = buffer_ != nullptr && buffer_.use_count() == 1;
+    std::atomic_thread_fence(std::memory_order_acquire);
+    overwrite_ = reusable && rules_.reserve_total &&
+                 buffer_->size() == rules_.total_bytes;
+    if (!reusable) buffer_ = std::make_shared<std::string>();
+    if (!overwrite_) {
+      buffer_->clear();
+      if (rules_.reserve_total) buffer_->reserve(rules_.total_bytes);
+    }
   }
-  buffer_.append(payload.data(), size);
+  if (overwrite_) {
+    std::memcpy(buffer_->data() + received, payload.data(), size);
+  } else {
+    buffer_->append(payload.data(), size);
+  }
+  received_ = received + size;
+  if (const UpdateCodec* codec = rules_.check_segments) {
+    const std::vector<Segment>& segments = codec->segments();
+    const absl::string_view bytes(*buffer_);
+    while (next_segment_ < segments.size() &&
+           segments[next_segment_].byte_begin +
+                   segments[next_segment_].byte_size <=
+               received_) {
+      absl::Status s = codec->ValidateSegment(next_segment_, bytes);
+      if (!s.ok()) {
+        return Fail(ChunkFault::kInvalidPayload, std::string(s.message()));
+      }
+      ++next_segment_;
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -152,13 +196,21 @@ absl::Status ChunkAssembler::Finish() {
   if (fault_ != ChunkFault::kNone) return status_;
   if (complete()) return absl::OkStatus();
   return Fail(ChunkFault::kTruncated,
-              absl::StrCat("the stream ended after ", buffer_.size(), " of ",
+              absl::StrCat("the stream ended after ", received_, " of ",
                            rules_.total_bytes, " bytes"));
 }
 
 std::string ChunkAssembler::TakeBuffer() {
   if (!complete()) return std::string();
-  return std::exchange(buffer_, std::string());
+  std::shared_ptr<std::string> buffer = std::move(buffer_);
+  received_ = 0;
+  if (buffer.use_count() == 1) return std::move(*buffer);
+  return *buffer;
+}
+
+std::shared_ptr<const std::string> ChunkAssembler::SharedBuffer() const {
+  if (!complete()) return nullptr;
+  return buffer_;
 }
 
 }  // namespace effadam

@@ -3,12 +3,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "core/update_codec.h"
 
 namespace effadam {
 
@@ -21,6 +23,7 @@ enum class ChunkFault {
   kBadSize,     // empty, not whole elements, over max_chunk_bytes, past the
                 // end, or shorter than min(max_chunk_bytes, remaining)
   kNonFinite,   // a float32 element is NaN or Inf (finite_float32 buffers)
+  kInvalidPayload,  // a complete segment does not validate (check_segments)
   kTruncated,   // the stream ended before the buffer was complete
 };
 
@@ -41,9 +44,17 @@ struct ChunkRules {
   bool finite_float32 = false;
   // The rank every chunk must name, or -1 when chunks carry no rank.
   int rank = -1;
-  // Reserve the whole buffer at the first chunk (no regrowth); false makes
-  // memory follow what arrives, for a size a client only declared.
+  // Allocate the whole buffer at the first chunk (no regrowth) and keep it
+  // for the next buffers; false makes memory follow what arrives, for a
+  // size a client only declared.
   bool reserve_total = true;
+  // When set, every segment of this codec is validated
+  // (UpdateCodec::ValidateSegment) as soon as its last byte arrived, while
+  // its bytes are still in cache, and a bad one is refused like a bad chunk
+  // (kInvalidPayload): a complete buffer is then a valid encoded update.
+  // Needs reserve_total and total_bytes == encoded_size(); not owned, must
+  // outlive the assembler.
+  const UpdateCodec* check_segments = nullptr;
 };
 
 // Reassembles one buffer (an encoded update, a delta, the parameters) from
@@ -55,6 +66,12 @@ struct ChunkRules {
 // first refusal is final until Start(): a stream that sent a bad chunk is
 // ended by its owner. Pure (no I/O, no clock); the server and the worker
 // client share it so both ends enforce the same rules.
+//
+// With reserve_total the buffer lives across Start()s: chunks are copied
+// straight into it, and it is allocated (and its pages touched) once, not
+// per buffer, as long as whoever it was shared with (SharedBuffer) lets go
+// of it before the next buffer's first chunk. Not thread-safe; a shared
+// buffer may be read on any thread.
 class ChunkAssembler {
  public:
   // InvalidArgument when the rules cannot be met by any stream.
@@ -75,10 +92,10 @@ class ChunkAssembler {
   absl::Status Finish();
 
   bool complete() const {
-    return fault_ == ChunkFault::kNone && buffer_.size() == rules_.total_bytes;
+    return fault_ == ChunkFault::kNone && received_ == rules_.total_bytes;
   }
   ChunkFault fault() const { return fault_; }
-  size_t received_bytes() const { return buffer_.size(); }
+  size_t received_bytes() const { return received_; }
   // The buffer's round; nullopt before the first chunk of Start(nullopt).
   std::optional<int64_t> round() const { return round_; }
   const ChunkRules& rules() const { return rules_; }
@@ -88,6 +105,11 @@ class ChunkAssembler {
 
   // The complete buffer, moved out; empty unless complete().
   std::string TakeBuffer();
+  // The complete buffer, shared (null unless complete()). The next buffer
+  // reuses its memory if every other owner has let go of it by the next
+  // buffer's first chunk, and takes new memory otherwise, so a holder never
+  // sees it change.
+  std::shared_ptr<const std::string> SharedBuffer() const;
 
  private:
   explicit ChunkAssembler(const ChunkRules& rules);
@@ -99,7 +121,13 @@ class ChunkAssembler {
   ChunkRules rules_;
   size_t full_chunk_ = 0;
   std::optional<int64_t> round_;
-  std::string buffer_;
+  // What arrived (appended), or, when overwrite_, the last buffer's memory
+  // of total_bytes being written over (its first received_ bytes are the
+  // new buffer's); null before the first chunk and after a refusal.
+  std::shared_ptr<std::string> buffer_;
+  bool overwrite_ = false;
+  size_t received_ = 0;
+  size_t next_segment_ = 0;  // of check_segments, the first not validated
   ChunkFault fault_ = ChunkFault::kNone;
   absl::Status status_;
 };

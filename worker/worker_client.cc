@@ -294,6 +294,7 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   wo.error_feedback = options_.compression.worker_error_feedback;
   wo.seed = options_.seed;
   wo.rank = rank_;
+  wo.threads = options_.threads;
   auto optimizer = WorkerOptimizer::Create(worker_codec_, server_codec_,
                                            std::move(x0), wo);
   if (!optimizer.ok()) return optimizer.status();
@@ -431,7 +432,8 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
       continue;
     }
     if (r.ok()) {
-      const std::string part = s.delta->TakeBuffer();
+      // Shared, not taken: the assembler keeps its memory for the next round.
+      const std::string& part = *s.delta->SharedBuffer();
       put(s, part);
       const auto fp32 =
           static_cast<int64_t>(sizeof(float) * s.update_range.size);

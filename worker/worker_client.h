@@ -88,6 +88,8 @@ struct WorkerClientOptions {
   // Seeds stochastic rounding (qNs); the same seed as effadam-sim gives the
   // same bits.
   uint64_t seed = 1;
+  // Threads of the optimizer's step and delta (WorkerOptimizer::Options).
+  int threads = AvailableCores();
   // Budget of Join, and again of Start: waiting for a server that is not
   // listening yet or has no parameters yet (retried with exponential backoff
   // from 100 ms to 2 s), the upload and the fetch of x.

@@ -26,6 +26,7 @@
 #include "daemon/daemon.h"
 #include "daemon/duration_flag.h"
 #include "daemon/lifecycle.h"
+#include "daemon/threads_flag.h"
 #include "daemon/training_flags.h"
 #include "metrics/worker_metrics.h"
 #include "worker/launch_env.h"
@@ -111,6 +112,7 @@ absl::StatusOr<WorkerSetup> SetupFromFlags() {
   o.compression = *compression;
   o.adam = w.training.adam;
   o.seed = w.training.seed;
+  if (absl::Status s = ThreadsFromFlag(&o.threads); !s.ok()) return s;
   o.connect_timeout = absl::GetFlag(FLAGS_connect_timeout).value;
   o.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout).value;
   o.security = *std::move(security);

@@ -1,0 +1,124 @@
+#include "server/chunk_streams.h"
+
+#include <algorithm>
+#include <atomic>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/server_observer.h"
+
+namespace effadam {
+namespace {
+
+// The rejection reason of a chunk the Train stream's assembler refused.
+// The first chunk's round is checked before the assembler sees it, so a
+// round it refuses is one that changed in the middle of an update.
+Rejection TrainRejection(ChunkFault fault) {
+  switch (fault) {
+    case ChunkFault::kWrongRank:
+      return Rejection::kWrongRank;
+    case ChunkFault::kWrongRound:
+    case ChunkFault::kBadOffset:
+      return Rejection::kBadOffset;
+    case ChunkFault::kTruncated:
+      return Rejection::kTruncatedUpdate;
+    case ChunkFault::kInvalidPayload:
+      return Rejection::kInvalidPayload;
+    case ChunkFault::kNone:
+    case ChunkFault::kBadSize:
+    case ChunkFault::kNonFinite:  // not checked for encoded updates
+      break;
+  }
+  return Rejection::kBadChunkSize;
+}
+
+}  // namespace
+
+absl::StatusOr<UpdateReader> UpdateReader::Create(
+    std::shared_ptr<const UpdateCodec> codec, size_t max_chunk_bytes,
+    int rank) {
+  ChunkRules rules;
+  rules.total_bytes = codec->encoded_size();
+  rules.max_chunk_bytes = max_chunk_bytes;
+  rules.rank = rank;
+  rules.check_segments = codec.get();
+  absl::StatusOr<ChunkAssembler> assembler = ChunkAssembler::Create(rules);
+  if (!assembler.ok()) return assembler.status();
+  return UpdateReader(std::move(codec), *std::move(assembler), rank);
+}
+
+UpdateReader::UpdateReader(std::shared_ptr<const UpdateCodec> codec,
+                           ChunkAssembler assembler, int rank)
+    : codec_(std::move(codec)), assembler_(std::move(assembler)), rank_(rank) {}
+
+absl::StatusOr<std::shared_ptr<const std::string>> UpdateReader::Read(
+    TrainStream* stream, int64_t round, v1::WorkerMessage* msg,
+    const std::function<void(int64_t)>& count_wire) {
+  assembler_.Start(round);
+  while (true) {
+    absl::Status s = assembler_.Add(msg->rank(), msg->round(), msg->offset(),
+                                    msg->payload());
+    if (s.ok() && assembler_.complete()) break;
+    if (s.ok() && !stream->Read(msg)) s = assembler_.Finish();
+    if (!s.ok()) {
+      // A bad payload reads as it did when the engine checked it whole.
+      const std::string what =
+          assembler_.fault() == ChunkFault::kInvalidPayload
+              ? absl::StrCat("update from rank ", rank_, ": ", s.message())
+              : absl::StrCat("round ", round, "'s ", codec_->spec().ToString(),
+                             " update from rank ", rank_, ": ", s.message());
+      return Rejected(TrainRejection(assembler_.fault()),
+                      absl::InvalidArgumentError(what));
+    }
+    count_wire(static_cast<int64_t>(msg->ByteSizeLong()));
+  }
+  return assembler_.SharedBuffer();
+}
+
+std::shared_ptr<const std::vector<v1::ServerMessage>> DeltaMessages::For(
+    const ClosedRound& closed) {
+  absl::MutexLock lock(&mu_);
+  if (messages_ != nullptr && round_ == closed.round &&
+      delta_ == closed.delta) {
+    return messages_;
+  }
+  const std::string& delta = *closed.delta;
+  // The last round's messages, unless a stream still sends them. The fence
+  // pairs with the release of the last sender's reference.
+  std::shared_ptr<std::vector<v1::ServerMessage>> messages =
+      std::move(messages_);
+  const bool reusable = messages != nullptr && messages.use_count() == 1;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (!reusable) messages = std::make_shared<std::vector<v1::ServerMessage>>();
+  const size_t count = (delta.size() + max_chunk_bytes_ - 1) / max_chunk_bytes_;
+  messages->resize(count);
+  for (size_t k = 0; k < count; ++k) {
+    const size_t offset = k * max_chunk_bytes_;
+    const size_t n = std::min(max_chunk_bytes_, delta.size() - offset);
+    v1::ServerMessage& msg = (*messages)[k];
+    msg.set_round(closed.round);
+    msg.set_offset(static_cast<int64_t>(offset));
+    msg.set_payload(delta.data() + offset, n);
+    msg.set_contributors(closed.contributors);
+  }
+  delta_ = closed.delta;
+  round_ = closed.round;
+  messages_ = std::move(messages);
+  return messages_;
+}
+
+absl::Status WriteDelta(TrainStream* stream,
+                        const std::vector<v1::ServerMessage>& messages,
+                        int64_t* wire_bytes) {
+  for (const v1::ServerMessage& msg : messages) {
+    if (!stream->Write(msg)) {
+      return absl::CancelledError(
+          absl::StrCat("the worker went away while the delta of round ",
+                       msg.round(), " was sent"));
+    }
+    *wire_bytes += static_cast<int64_t>(msg.ByteSizeLong());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace effadam

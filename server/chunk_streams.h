@@ -1,0 +1,95 @@
+#ifndef EFFADAM_SERVER_CHUNK_STREAMS_H_
+#define EFFADAM_SERVER_CHUNK_STREAMS_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/update_codec.h"
+#include "transport/chunk_assembler.h"
+#include "effadam/v1/parameter_server.grpc.pb.h"
+#include "server/round_coordinator.h"
+
+namespace effadam {
+
+using TrainStream =
+    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>;
+
+// The bytes of a Train stream (docs/protocol.md, "Chunks"), both ways,
+// without a copy that the protocol does not need.
+//
+// UpdateReader reads one worker's updates, round after round, into one
+// buffer per stream that is allocated once and reused (ChunkAssembler with
+// reserve_total) and validates each segment as soon as its bytes are in,
+// while they are in cache, so the update it hands on needs no second pass.
+// One per stream; not thread-safe.
+class UpdateReader {
+ public:
+  // The updates of `rank`, encoded by `codec`, in chunks of at most
+  // max_chunk_bytes.
+  static absl::StatusOr<UpdateReader> Create(
+      std::shared_ptr<const UpdateCodec> codec, size_t max_chunk_bytes,
+      int rank);
+
+  // Reads the update of `round` whose first message is *msg (later ones
+  // are read into *msg) and calls count_wire with the serialized size of
+  // each message after the first. Returns the complete, validated update,
+  // shared: the reader reuses its memory for a later round once every
+  // holder let go of it. A refusal is tagged with its Rejection (a bad
+  // payload is kInvalidPayload with "update from rank R: segment at ...").
+  absl::StatusOr<std::shared_ptr<const std::string>> Read(
+      TrainStream* stream, int64_t round, v1::WorkerMessage* msg,
+      const std::function<void(int64_t)>& count_wire);
+
+ private:
+  UpdateReader(std::shared_ptr<const UpdateCodec> codec,
+               ChunkAssembler assembler, int rank);
+
+  std::shared_ptr<const UpdateCodec> codec_;
+  ChunkAssembler assembler_;
+  int rank_;
+};
+
+// A closed round's delta cut into the ServerMessages that carry it, once
+// per round, and shared by every stream that sends it: each stream's Write
+// serializes the shared message, so the delta is copied once per round
+// into messages, not once per worker. Keeps the messages of the last round
+// asked for (streams send the newest round; a late worker's older one is
+// cut again) and rewrites them in place for the next round when no stream
+// holds them any more, so their memory is allocated once. Thread-safe.
+class DeltaMessages {
+ public:
+  explicit DeltaMessages(size_t max_chunk_bytes)
+      : max_chunk_bytes_(max_chunk_bytes) {}
+
+  // The messages of `closed`'s delta, in order.
+  std::shared_ptr<const std::vector<v1::ServerMessage>> For(
+      const ClosedRound& closed) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  const size_t max_chunk_bytes_;
+  absl::Mutex mu_;
+  // The delta the messages were cut from (held, so its memory cannot be
+  // reused for another round's delta while it keys the cache).
+  std::shared_ptr<const std::string> delta_ ABSL_GUARDED_BY(mu_);
+  int64_t round_ ABSL_GUARDED_BY(mu_) = 0;
+  std::shared_ptr<std::vector<v1::ServerMessage>> messages_
+      ABSL_GUARDED_BY(mu_);
+};
+
+// Writes `messages` to `stream` in order; *wire_bytes gets the serialized
+// size of those written, also when a later one fails. Cancelled when the
+// worker went away.
+absl::Status WriteDelta(TrainStream* stream,
+                        const std::vector<v1::ServerMessage>& messages,
+                        int64_t* wire_bytes);
+
+}  // namespace effadam
+
+#endif  // EFFADAM_SERVER_CHUNK_STREAMS_H_
