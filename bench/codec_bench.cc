@@ -56,8 +56,8 @@ void BM_EncodeWithFeedback(benchmark::State& state, std::string name) {
   std::vector<float> update = RandomVector(n, 1), error = RandomVector(n, 2);
   std::vector<uint8_t> out(codec->EncodedSize(n));
   for (auto _ : state) {
-    auto s = codec->EncodeWithFeedback(update, absl::MakeSpan(error), 7,
-                                       out.data());
+    auto s =
+        codec->EncodeWithFeedback(update, absl::MakeSpan(error), 7, out.data());
     if (!s.ok()) state.SkipWithError(s.ToString().c_str());
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
@@ -193,8 +193,8 @@ void RegisterAll() {
     b->Unit(benchmark::kMillisecond)->UseRealTime();
   };
   add(benchmark::RegisterBenchmark("memcpy", BM_Memcpy));
-  for (const char* name : {"fp32", "bf16", "sign", "q4", "q8", "q4s",
-                           "topk:0.01"}) {
+  for (const char* name :
+       {"fp32", "bf16", "sign", "q4", "q8", "q4s", "topk:0.01"}) {
     std::string n = name;
     add(benchmark::RegisterBenchmark(("encode_ef/" + n).c_str(),
                                      BM_EncodeWithFeedback, n));

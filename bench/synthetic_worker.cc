@@ -21,17 +21,17 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "daemon/command_line.h"
-#include "daemon/duration_flag.h"
-#include "daemon/threads_flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/json_writer.h"
 #include "core/checksum.h"
 #include "daemon/client_security_flags.h"
+#include "daemon/command_line.h"
 #include "daemon/compression_flags.h"
+#include "daemon/duration_flag.h"
+#include "daemon/threads_flag.h"
 #include "daemon/training_flags.h"
-#include "common/json_writer.h"
 #include "worker/progress.h"
 #include "worker/worker_client.h"
 
@@ -124,34 +124,33 @@ int Run() {
   int64_t calls = 0;
   absl::Time last;
   std::vector<double> round_seconds;
-  absl::Status s =
-      client.Run(training->rounds,
-                 [&](absl::Span<const float> x, absl::Span<float> grad) {
-                   const absl::Time now = absl::Now();
-                   ++calls;
-                   if (calls == warmup + 1) {
-                     std::printf("measuring from round %lld\n",
-                                 static_cast<long long>(client.round()));
-                     std::fflush(stdout);
-                   } else if (calls > warmup + 1) {
-                     round_seconds.push_back(absl::ToDoubleSeconds(now - last));
-                   }
-                   last = now;
-                   if (client.resyncs() != resyncs) {
-                     resyncs = client.resyncs();
-                     std::printf(
-                         "effadam-synthetic-worker: rank %d resynchronized at "
-                         "round %lld\n",
-                         rank, static_cast<long long>(client.round()));
-                     std::fflush(stdout);
-                   }
-                   double loss = 0;
-                   for (size_t j = 0; j < n; ++j) {
-                     grad[j] = x[j] - target[j];
-                     loss += 0.5 * static_cast<double>(grad[j]) * grad[j];
-                   }
-                   return static_cast<float>(loss / static_cast<double>(n));
-                 });
+  absl::Status s = client.Run(
+      training->rounds, [&](absl::Span<const float> x, absl::Span<float> grad) {
+        const absl::Time now = absl::Now();
+        ++calls;
+        if (calls == warmup + 1) {
+          std::printf("measuring from round %lld\n",
+                      static_cast<long long>(client.round()));
+          std::fflush(stdout);
+        } else if (calls > warmup + 1) {
+          round_seconds.push_back(absl::ToDoubleSeconds(now - last));
+        }
+        last = now;
+        if (client.resyncs() != resyncs) {
+          resyncs = client.resyncs();
+          std::printf(
+              "effadam-synthetic-worker: rank %d resynchronized at "
+              "round %lld\n",
+              rank, static_cast<long long>(client.round()));
+          std::fflush(stdout);
+        }
+        double loss = 0;
+        for (size_t j = 0; j < n; ++j) {
+          grad[j] = x[j] - target[j];
+          loss += 0.5 * static_cast<double>(grad[j]) * grad[j];
+        }
+        return static_cast<float>(loss / static_cast<double>(n));
+      });
   if (!s.ok()) return Fail(s);
   const std::string checksum = ParamsChecksum(client.params());
   std::printf(

@@ -25,16 +25,16 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view address,
   };
   const size_t colon = address.rfind(':');
   if (colon == absl::string_view::npos) {
-    return bad(absl::StrCat("no port; for every interface write 0.0.0.0:",
-                            address));
+    return bad(
+        absl::StrCat("no port; for every interface write 0.0.0.0:", address));
   }
   const absl::string_view host = address.substr(0, colon);
   const absl::string_view port_text = address.substr(colon + 1);
   const bool bracketed =
       host.size() >= 2 && host.front() == '[' && host.back() == ']';
   if (host.empty()) {
-    return bad(absl::StrCat("no host; for every interface write 0.0.0.0",
-                            address));
+    return bad(
+        absl::StrCat("no host; for every interface write 0.0.0.0", address));
   }
   if (!bracketed && host.find(':') != absl::string_view::npos) {
     return bad("an IPv6 host goes in brackets, e.g. [::1]:50051");
@@ -55,7 +55,8 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view address,
 
 absl::Status ProbeListen(const HostPort& address) {
   std::string host = address.host;
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  if (host.size() >= 2 && host.front() == '[')
+    host = host.substr(1, host.size() - 2);
   const std::string port = std::to_string(address.port);
   addrinfo hints = {};
   hints.ai_family = AF_UNSPEC;
@@ -64,10 +65,9 @@ absl::Status ProbeListen(const HostPort& address) {
   addrinfo* found = nullptr;
   if (const int err = getaddrinfo(host.c_str(), port.c_str(), &hints, &found);
       err != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", address.ToString(),
-                     ": cannot resolve host \"", host, "\": ",
-                     gai_strerror(err)));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address.ToString(), ": cannot resolve host \"",
+        host, "\": ", gai_strerror(err)));
   }
   std::string reason = "no address to bind";
   bool bound = false;

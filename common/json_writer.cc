@@ -13,10 +13,18 @@ std::string Quote(absl::string_view s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           absl::StrAppendFormat(&out, "\\u%04x", c);
@@ -36,9 +44,8 @@ void JsonObject::Key(absl::string_view key) {
 
 JsonObject& JsonObject::Add(absl::string_view key, double value) {
   Key(key);
-  absl::StrAppend(&body_, std::isfinite(value)
-                              ? absl::StrFormat("%.10g", value)
-                              : std::string("null"));
+  absl::StrAppend(&body_, std::isfinite(value) ? absl::StrFormat("%.10g", value)
+                                               : std::string("null"));
   return *this;
 }
 

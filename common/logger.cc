@@ -34,8 +34,8 @@ Logger& Logger::Discard() {
 }
 
 void StderrLogger::Log(LogLevel level, absl::string_view message) {
-  const std::string stamp = absl::FormatTime(
-      "%Y-%m-%dT%H:%M:%E6SZ", absl::Now(), absl::UTCTimeZone());
+  const std::string stamp = absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ",
+                                             absl::Now(), absl::UTCTimeZone());
   absl::MutexLock lock(&mu_);
   std::fprintf(stderr, "%s %s %s: %.*s\n", stamp.c_str(), LogLevelName(level),
                program_.c_str(), static_cast<int>(message.size()),

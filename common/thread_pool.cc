@@ -16,7 +16,8 @@ int AvailableCores() {
 }
 
 ThreadPool::ThreadPool(int threads) {
-  for (int i = 1; i < threads; ++i) helpers_.emplace_back([this] { HelperLoop(); });
+  for (int i = 1; i < threads; ++i)
+    helpers_.emplace_back([this] { HelperLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -28,8 +29,7 @@ ThreadPool::~ThreadPool() {
   for (std::thread& t : helpers_) t.join();
 }
 
-void ThreadPool::RunIterations(const std::function<void(size_t)>& f,
-                               size_t n) {
+void ThreadPool::RunIterations(const std::function<void(size_t)>& f, size_t n) {
   while (true) {
     size_t i;
     {

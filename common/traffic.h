@@ -65,7 +65,9 @@ struct TrafficCounts {
   const DirectionBytes& down() const {
     return (*this)[TrafficDirection::kServerToWorker];
   }
-  const DirectionBytes& join() const { return (*this)[TrafficDirection::kJoin]; }
+  const DirectionBytes& join() const {
+    return (*this)[TrafficDirection::kJoin];
+  }
 
   // Round payload bytes, both directions (join traffic is not a round's).
   int64_t round_payload() const { return up().payload + down().payload; }

@@ -1,5 +1,6 @@
 #include "core/codec.h"
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -7,8 +8,6 @@
 #include <limits>
 #include <numeric>
 #include <vector>
-
-#include <Eigen/Core>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -41,16 +40,16 @@ uint16_t LoadU16(const uint8_t* p) {
 void StoreU16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, sizeof v); }
 
 absl::Status NonFiniteInput(const CodecSpec& spec) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      spec.ToString(), " encode: the update holds NaN or Inf"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(spec.ToString(), " encode: the update holds NaN or Inf"));
 }
 
 absl::Status CheckErrorSpan(absl::Span<const float> update,
                             absl::Span<float> error) {
   if (!error.empty() && error.size() != update.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "error memory has ", error.size(), " elements, update has ",
-        update.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("error memory has ", error.size(),
+                     " elements, update has ", update.size()));
   }
   return absl::OkStatus();
 }
@@ -119,8 +118,8 @@ float MaxAbs(const float* u, const float* e, size_t n) {
         p0 = _mm_add_ps(p0, _mm_loadu_ps(e + j));
         p1 = _mm_add_ps(p1, _mm_loadu_ps(e + j + 4));
       }
-      nan = _mm_or_ps(nan, _mm_or_ps(_mm_cmpunord_ps(p0, p0),
-                                     _mm_cmpunord_ps(p1, p1)));
+      nan = _mm_or_ps(
+          nan, _mm_or_ps(_mm_cmpunord_ps(p0, p0), _mm_cmpunord_ps(p1, p1)));
       lo = _mm_max_ps(lo, _mm_and_ps(p0, abs_mask));
       hi = _mm_max_ps(hi, _mm_and_ps(p1, abs_mask));
     }
@@ -278,9 +277,9 @@ absl::Status CheckScales(const CodecSpec& spec, absl::Span<const uint8_t> bytes,
   for (size_t b = 0; b < blocks; ++b) {
     float s = LoadF32(bytes.data() + 4 * b);
     if (!(s >= 0.0f && s <= FLT_MAX)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          spec.ToString(), " payload: scale of block ", b,
-          " is not a finite non-negative number"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(spec.ToString(), " payload: scale of block ", b,
+                       " is not a finite non-negative number"));
     }
   }
   return absl::OkStatus();
@@ -322,8 +321,7 @@ class SignCodec final : public Codec {
       if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
       StoreF32(out + 4 * b, s);
       // Blocks are multiples of 8 elements, so each starts on a byte.
-      EncodeBlock(u + begin, e ? e + begin : nullptr, nb, s,
-                  bits + begin / 8);
+      EncodeBlock(u + begin, e ? e + begin : nullptr, nb, s, bits + begin / 8);
     }
     return absl::OkStatus();
   }
@@ -353,14 +351,15 @@ class SignCodec final : public Codec {
             _mm_cmpeq_epi32(_mm_and_si128(byte, lo_bits), lo_bits));
         const __m128 m1 = _mm_castsi128_ps(
             _mm_cmpeq_epi32(_mm_and_si128(byte, hi_bits), hi_bits));
-        const __m128 q0 = _mm_or_ps(_mm_and_ps(m0, vneg), _mm_andnot_ps(m0, vpos));
-        const __m128 q1 = _mm_or_ps(_mm_and_ps(m1, vneg), _mm_andnot_ps(m1, vpos));
+        const __m128 q0 =
+            _mm_or_ps(_mm_and_ps(m0, vneg), _mm_andnot_ps(m0, vpos));
+        const __m128 q1 =
+            _mm_or_ps(_mm_and_ps(m1, vneg), _mm_andnot_ps(m1, vpos));
         _mm_storeu_ps(a + j, _mm_add_ps(_mm_loadu_ps(a + j), q0));
         _mm_storeu_ps(a + j + 4, _mm_add_ps(_mm_loadu_ps(a + j + 4), q1));
       }
 #endif
-      for (; j < nb; ++j)
-        a[j] += ((bb[j / 8] >> (j % 8)) & 1) ? neg : pos;
+      for (; j < nb; ++j) a[j] += ((bb[j / 8] >> (j % 8)) & 1) ? neg : pos;
     }
     return absl::OkStatus();
   }
@@ -472,15 +471,15 @@ class QuantCodec final : public Codec {
             for (; k < 8; k += 4) {
               __m128 p = _mm_loadu_ps(uj + k);
               if (ej) p = _mm_add_ps(p, _mm_loadu_ps(ej + k));
-              __m128 r = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(p, vinv), magic),
-                                    magic);
+              __m128 r =
+                  _mm_sub_ps(_mm_add_ps(_mm_mul_ps(p, vinv), magic), magic);
               r = _mm_min_ps(_mm_max_ps(r, lo), hi);
               const __m128i l = _mm_cvttps_epi32(r);
               _mm_storeu_si128(reinterpret_cast<__m128i*>(level + k), l);
               if (ej) {
-                _mm_storeu_ps(ej + k,
-                              _mm_sub_ps(p, _mm_mul_ps(_mm_cvtepi32_ps(l),
-                                                       vstep)));
+                _mm_storeu_ps(
+                    ej + k,
+                    _mm_sub_ps(p, _mm_mul_ps(_mm_cvtepi32_ps(l), vstep)));
               }
             }
           }
@@ -546,15 +545,15 @@ class QuantCodec final : public Codec {
       UnpackGroup(codes + j * bits / 8, g, bits, level);
       for (size_t k = 0; k < g; ++k) {
         if (level[k] > levels_) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              spec().ToString(), " payload: code of element ", j + k,
-              " is out of range"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(spec().ToString(), " payload: code of element ",
+                           j + k, " is out of range"));
         }
       }
     }
     if (!PaddingIsZero(bytes.subspan(4 * frame.blocks), n * bits))
-      return absl::InvalidArgumentError(absl::StrCat(
-          spec().ToString(), " payload: padding bits not zero"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(spec().ToString(), " payload: padding bits not zero"));
     return absl::OkStatus();
   }
 
@@ -586,8 +585,7 @@ class QuantCodec final : public Codec {
 
   // Packs g <= 8 levels as codes (level + L) into g*bits bits at out, which
   // starts on a byte since groups are 8 elements and blocks multiples of 8.
-  void PackGroup(const int32_t* level, size_t g, int bits,
-                 uint8_t* out) const {
+  void PackGroup(const int32_t* level, size_t g, int bits, uint8_t* out) const {
     uint64_t word = 0;
     for (size_t k = 0; k < g; ++k)
       word |= static_cast<uint64_t>(level[k] + levels_) << (k * bits);
@@ -671,14 +669,14 @@ class TopKCodec final : public Codec {
 
   absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
                                 absl::Span<float> acc) const override {
-    return Walk(bytes, acc.size(), [&](size_t i, float v) {
-      acc[i] += weight * v;
-    });
+    return Walk(bytes, acc.size(),
+                [&](size_t i, float v) { acc[i] += weight * v; });
   }
 
   absl::Status Validate(absl::Span<const uint8_t> bytes,
                         size_t n) const override {
-    return Walk(bytes, n, [](size_t, float) {}, /*strict=*/true);
+    return Walk(
+        bytes, n, [](size_t, float) {}, /*strict=*/true);
   }
 
  private:
@@ -704,9 +702,9 @@ class TopKCodec final : public Codec {
         const size_t j = LoadU16(in + 2 * t);
         const float v = LoadF32(in + 2 * k + 4 * t);
         if (j >= nb || (strict && t > 0 && j <= LoadU16(in + 2 * t - 2))) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "topk payload: index ", j, " in block at element ", begin,
-              " is out of range or out of order"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("topk payload: index ", j, " in block at element ",
+                           begin, " is out of range or out of order"));
         }
         if (strict && !std::isfinite(v))
           return absl::InvalidArgumentError("topk payload holds NaN or Inf");
@@ -720,8 +718,7 @@ class TopKCodec final : public Codec {
 
 }  // namespace
 
-absl::Status Codec::CheckSize(absl::Span<const uint8_t> bytes,
-                              size_t n) const {
+absl::Status Codec::CheckSize(absl::Span<const uint8_t> bytes, size_t n) const {
   if (bytes.size() == EncodedSize(n)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat(spec_.ToString(), " payload for ", n, " elements must be ",
@@ -749,8 +746,7 @@ absl::StatusOr<std::unique_ptr<Codec>> MakeCodec(const CodecSpec& spec,
   const int64_t block = static_cast<int64_t>(
       std::min<size_t>(block_size, std::numeric_limits<int64_t>::max()));
   if (absl::Status s = CheckBlockSize(block); !s.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("block size ", s.message()));
+    return absl::InvalidArgumentError(absl::StrCat("block size ", s.message()));
   }
   switch (spec.kind) {
     case CodecKind::kFp32:

@@ -44,7 +44,8 @@ class Codec {
   // holds NaN or Inf; out and error are then unspecified.
   virtual absl::Status EncodeWithFeedback(absl::Span<const float> update,
                                           absl::Span<float> error,
-                                          uint64_t seed, uint8_t* out) const = 0;
+                                          uint64_t seed,
+                                          uint8_t* out) const = 0;
 
   // acc += weight * Q, where Q is decoded from `bytes` (n = acc.size()).
   // Never reads outside `bytes` nor writes outside `acc`, whatever the bytes

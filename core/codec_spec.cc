@@ -24,10 +24,14 @@ absl::Status Malformed(absl::string_view name, absl::string_view why) {
 
 std::string CodecSpec::ToString() const {
   switch (kind) {
-    case CodecKind::kFp32: return "fp32";
-    case CodecKind::kBf16: return "bf16";
-    case CodecKind::kFp16: return "fp16";
-    case CodecKind::kSign: return "sign";
+    case CodecKind::kFp32:
+      return "fp32";
+    case CodecKind::kBf16:
+      return "bf16";
+    case CodecKind::kFp16:
+      return "fp16";
+    case CodecKind::kSign:
+      return "sign";
     case CodecKind::kQuant:
       return absl::StrCat("q", bits, stochastic ? "s" : "");
     case CodecKind::kTopK:
@@ -40,9 +44,12 @@ std::string CodecSpec::ToString() const {
 bool CodecSpec::operator==(const CodecSpec& o) const {
   if (kind != o.kind) return false;
   switch (kind) {
-    case CodecKind::kQuant: return bits == o.bits && stochastic == o.stochastic;
-    case CodecKind::kTopK: return ratio == o.ratio;
-    default: return true;
+    case CodecKind::kQuant:
+      return bits == o.bits && stochastic == o.stochastic;
+    case CodecKind::kTopK:
+      return ratio == o.ratio;
+    default:
+      return true;
   }
 }
 

@@ -14,7 +14,6 @@ CodecSpec SignCodecSpec() {
   return spec;
 }
 
-
 absl::Status ParseErrorFeedback(absl::string_view name, CompressionConfig* c) {
   if (name != "both" && name != "worker" && name != "server" &&
       name != "none") {
@@ -81,6 +80,5 @@ absl::StatusOr<CompressionConfig> CompressionConfigFromFlagValues(
   }
   return c;
 }
-
 
 }  // namespace effadam

@@ -55,7 +55,6 @@ absl::StatusOr<CompressionConfig> CompressionConfigFromFlagValues(
     int64_t block_size, int64_t min_compress_elements,
     absl::string_view error_feedback);
 
-
 }  // namespace effadam
 
 #endif  // EFFADAM_CORE_COMPRESSION_CONFIG_H_

@@ -42,9 +42,9 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Restore(
   }
   if (state.error_memory.empty()) state.error_memory.assign(n, 0.0f);
   if (state.error_memory.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "round engine: ", state.error_memory.size(),
-        " error memory values for ", n, " parameters"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("round engine: ", state.error_memory.size(),
+                     " error memory values for ", n, " parameters"));
   }
   if (state.round < 1) {
     return absl::InvalidArgumentError(
@@ -82,9 +82,9 @@ absl::Status RoundEngine::Submit(int rank, int64_t round,
     return absl::InvalidArgumentError(absl::StrCat("negative rank ", rank));
   }
   if (round != round_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "update for round ", round, " but the server is collecting round ",
-        round_));
+    return absl::FailedPreconditionError(
+        absl::StrCat("update for round ", round,
+                     " but the server is collecting round ", round_));
   }
   if (pending_.count(rank)) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -208,7 +208,8 @@ absl::Status RoundEngine::ApplyRound(std::string* delta) {
   uint8_t* out = reinterpret_cast<uint8_t*>(delta->data());
   return ForEachSegment(
       server_codec_->segments().size(), pool_.get(), [&](size_t i) {
-        absl::Status s = server_codec_->EncodeSegment(i, sum_, error, seed, out);
+        absl::Status s =
+            server_codec_->EncodeSegment(i, sum_, error, seed, out);
         if (!s.ok()) return s;
         // x -= q, decoded from the bytes the workers get, with the same
         // operation they use, so every replica stays bit-identical.

@@ -18,8 +18,8 @@ namespace effadam {
 // What a RoundEngine carries from one round to the next: enough to go on
 // after a restart (a checkpoint holds exactly this).
 struct RoundEngineState {
-  int64_t round = 1;          // the round being collected
-  std::vector<float> params;  // x
+  int64_t round = 1;                // the round being collected
+  std::vector<float> params;        // x
   std::vector<float> error_memory;  // E; empty means all zero
 };
 
@@ -34,9 +34,9 @@ struct RoundEngineOptions {
   int threads = AvailableCores();
 };
 
-// The server's math for synchronous rounds (docs/design.md, "The algorithm"): holds the
-// model x and the error memory E, collects the workers' encoded updates for
-// the current round, and closing the round computes
+// The server's math for synchronous rounds (docs/design.md, "The algorithm"):
+// holds the model x and the error memory E, collects the workers' encoded
+// updates for the current round, and closing the round computes
 //   avg = mean of the updates in ascending rank,  p = avg + E,
 //   q = Qs(p),  E = p - q,  x = x - q
 // and returns encode(q), the one delta every worker applies.
@@ -119,7 +119,7 @@ class RoundEngine {
   int64_t dropped_rounds_ = 0;
   std::vector<float> x_;
   std::vector<float> error_;
-  std::vector<float> sum_;                // scratch for the average
+  std::vector<float> sum_;  // scratch for the average
   // rank -> update, ascending rank
   std::map<int, std::shared_ptr<const std::string>> pending_;
   std::unique_ptr<ThreadPool> pool_;

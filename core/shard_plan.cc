@@ -10,10 +10,10 @@ absl::StatusOr<std::vector<ShardRange>> PlanShards(const UpdateCodec& codec,
                                                    int num_shards) {
   const std::vector<Segment>& segs = codec.segments();
   if (num_shards < 1 || static_cast<size_t>(num_shards) > segs.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot split a model of ", segs.size(), " segments (",
-        codec.num_elements(), " elements) into ", num_shards,
-        " shards: every shard needs at least one segment"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot split a model of ", segs.size(), " segments (",
+                     codec.num_elements(), " elements) into ", num_shards,
+                     " shards: every shard needs at least one segment"));
   }
   const size_t shards = static_cast<size_t>(num_shards);
   const size_t total = codec.num_elements();
@@ -68,11 +68,12 @@ absl::StatusOr<ShardCodecs> MakeShardCodecs(const TensorLayout& layout,
   absl::StatusOr<std::vector<ShardRange>> plan = PlanShards(**wc, num_shards);
   if (!plan.ok()) return plan.status();
   if (shard < 0 || shard >= num_shards) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shard ", shard, " is outside [0, ", num_shards, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard ", shard, " is outside [0, ", num_shards, ")"));
   }
   const ShardRange range = (*plan)[shard];
-  if (num_shards == 1) return ShardCodecs{*std::move(wc), *std::move(sc), range};
+  if (num_shards == 1)
+    return ShardCodecs{*std::move(wc), *std::move(sc), range};
   absl::StatusOr<std::unique_ptr<UpdateCodec>> ws =
       (*wc)->Slice(range.first_segment, range.end_segment);
   if (!ws.ok()) return ws.status();

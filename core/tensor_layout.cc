@@ -53,9 +53,10 @@ absl::StatusOr<TensorLayout> TensorLayout::Create(
 }
 
 std::string TensorLayout::DebugString() const {
-  return absl::StrJoin(tensors_, " ", [](std::string* out, const TensorSpec& t) {
-    absl::StrAppend(out, t.name, "[", absl::StrJoin(t.shape, ","), "]");
-  });
+  return absl::StrJoin(
+      tensors_, " ", [](std::string* out, const TensorSpec& t) {
+        absl::StrAppend(out, t.name, "[", absl::StrJoin(t.shape, ","), "]");
+      });
 }
 
 }  // namespace effadam

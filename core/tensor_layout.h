@@ -35,7 +35,9 @@ class TensorLayout {
   size_t offset(size_t i) const { return offsets_[i]; }
   size_t num_elements() const { return total_; }
 
-  bool operator==(const TensorLayout& o) const { return tensors_ == o.tensors_; }
+  bool operator==(const TensorLayout& o) const {
+    return tensors_ == o.tensors_;
+  }
   bool operator!=(const TensorLayout& o) const { return !(*this == o); }
 
   // "name[d0,d1] name2[d0]" for error messages.

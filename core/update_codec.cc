@@ -63,8 +63,8 @@ absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Create(
   size_t bytes = 0;
   for (size_t t = 0; t < layout.tensors().size(); ++t) {
     const size_t n = layout.tensors()[t].num_elements();
-    const Codec* c = n < options.min_compress_elements ? uc->fp32_.get()
-                                                       : uc->codec_.get();
+    const Codec* c =
+        n < options.min_compress_elements ? uc->fp32_.get() : uc->codec_.get();
     for (size_t off = 0; off < n; off += max_segment) {
       Segment s;
       s.begin = layout.offset(t) + off;
@@ -105,17 +105,17 @@ absl::Status UpdateCodec::EncodeSegment(size_t i,
   const Segment& s = segments_[i];
   absl::Span<float> e =
       error.empty() ? absl::Span<float>() : error.subspan(s.begin, s.size);
-  return s.codec->EncodeWithFeedback(update.subspan(s.begin, s.size), e,
-                                     SegmentSeed(seed, element_offset_ + s.begin),
-                                     out + s.byte_begin);
+  return s.codec->EncodeWithFeedback(
+      update.subspan(s.begin, s.size), e,
+      SegmentSeed(seed, element_offset_ + s.begin), out + s.byte_begin);
 }
 
 absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Slice(
     size_t first_segment, size_t end_segment) const {
   if (first_segment >= end_segment || end_segment > segments_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "slice of segments [", first_segment, ", ", end_segment,
-        ") of a codec with ", segments_.size(), " segments"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("slice of segments [", first_segment, ", ", end_segment,
+                     ") of a codec with ", segments_.size(), " segments"));
   }
   std::unique_ptr<UpdateCodec> uc(new UpdateCodec);
   uc->spec_ = spec_;
@@ -143,13 +143,12 @@ absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Slice(
 absl::Status UpdateCodec::Validate(absl::string_view bytes,
                                    ThreadPool* pool) const {
   if (bytes.size() != encoded_size_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        spec_.ToString(), " update must be ", encoded_size_, " bytes, got ",
-        bytes.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(spec_.ToString(), " update must be ", encoded_size_,
+                     " bytes, got ", bytes.size()));
   }
-  return ForEachSegment(segments_.size(), pool, [&](size_t i) {
-    return ValidateSegment(i, bytes);
-  });
+  return ForEachSegment(segments_.size(), pool,
+                        [&](size_t i) { return ValidateSegment(i, bytes); });
 }
 
 absl::Status UpdateCodec::ValidateSegment(size_t i,
@@ -165,10 +164,10 @@ absl::Status UpdateCodec::DecodeAccumulate(absl::string_view bytes,
                                            float weight, absl::Span<float> acc,
                                            ThreadPool* pool) const {
   if (bytes.size() != encoded_size_ || acc.size() != num_elements_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        spec_.ToString(), " update must be ", encoded_size_, " bytes for ",
-        num_elements_, " elements, got ", bytes.size(), " bytes for ",
-        acc.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(spec_.ToString(), " update must be ", encoded_size_,
+                     " bytes for ", num_elements_, " elements, got ",
+                     bytes.size(), " bytes for ", acc.size()));
   }
   return ForEachSegment(segments_.size(), pool, [&](size_t i) {
     return DecodeAccumulateSegment(i, bytes, weight, acc);

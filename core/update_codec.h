@@ -32,9 +32,9 @@ struct CompressionOptions {
 
 // A contiguous range of x, inside one tensor, that is encoded on its own.
 struct Segment {
-  size_t begin = 0;        // first element in x
-  size_t size = 0;         // elements
-  size_t byte_begin = 0;   // offset in the encoded update
+  size_t begin = 0;       // first element in x
+  size_t size = 0;        // elements
+  size_t byte_begin = 0;  // offset in the encoded update
   size_t byte_size = 0;
   const Codec* codec = nullptr;
 };

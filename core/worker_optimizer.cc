@@ -1,10 +1,9 @@
 #include "core/worker_optimizer.h"
 
+#include <Eigen/Core>
 #include <cfloat>
 #include <cmath>
 #include <utility>
-
-#include <Eigen/Core>
 
 #include "absl/strings/str_cat.h"
 
@@ -42,8 +41,8 @@ absl::Status ValidateAdamOptions(const AdamOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "adam option warmup_rounds out of range: the warmup_cosine schedule "
         "needs 0 <= warmup_rounds <= rounds and rounds > 0, got "
-        "warmup_rounds ", o.warmup_rounds, " of ", o.schedule_rounds,
-        " rounds"));
+        "warmup_rounds ",
+        o.warmup_rounds, " of ", o.schedule_rounds, " rounds"));
   }
   return absl::OkStatus();
 }
@@ -142,10 +141,9 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
     step = static_cast<float>(lr / (1.0 - beta1_power));
     inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - beta2_power));
   }
-  const uint64_t seed = options_.seed ^
-                        (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(t)) ^
-                        (0xc2b2ae3d27d4eb4fULL *
-                         static_cast<uint64_t>(options_.rank + 1));
+  const uint64_t seed =
+      options_.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(t)) ^
+      (0xc2b2ae3d27d4eb4fULL * static_cast<uint64_t>(options_.rank + 1));
   absl::Span<float> e =
       options_.error_feedback ? absl::MakeSpan(e_) : absl::Span<float>();
   update->resize(worker_codec_->encoded_size());
@@ -190,8 +188,8 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
 
 absl::Status WorkerOptimizer::SetLr(float lr) {
   if (!(lr >= 0 && lr < FLT_MAX)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "learning rate must be finite and >= 0, got ", lr));
+    return absl::InvalidArgumentError(
+        absl::StrCat("learning rate must be finite and >= 0, got ", lr));
   }
   lr_ = lr;
   return absl::OkStatus();
@@ -233,8 +231,7 @@ absl::Status WorkerOptimizer::RestoreState(State s) {
       !(s.beta2_power >= 0 && s.beta2_power <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "optimizer state: step ", s.step, " and bias-correction products ",
-        s.beta1_power, ", ", s.beta2_power,
-        " must be >= 0 and in [0, 1]"));
+        s.beta1_power, ", ", s.beta2_power, " must be >= 0 and in [0, 1]"));
   }
   t_ = s.step;
   beta1_power_ = s.beta1_power;

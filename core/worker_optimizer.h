@@ -50,9 +50,9 @@ absl::Status ValidateAdamOptions(const AdamOptions& options);
 // `base_lr` in place of options.lr.
 float ScheduledLr(const AdamOptions& options, float base_lr, int64_t t);
 
-// One worker's side of Efficient-Adam (docs/design.md, "The algorithm"): the replica of
-// x, Adam's m and v, and the worker error memory e. Each step turns a
-// gradient into d = lr_t * m_hat / (sqrt(v_hat) + eps), encodes p = d + e
+// One worker's side of Efficient-Adam (docs/design.md, "The algorithm"): the
+// replica of x, Adam's m and v, and the worker error memory e. Each step turns
+// a gradient into d = lr_t * m_hat / (sqrt(v_hat) + eps), encodes p = d + e
 // with the worker codec and keeps e = p - Q(p); the server's delta is then
 // applied to the replica as x = x - q. A step runs segment by segment
 // (runs of segments, see tasks_): Adam's update of m and v, d, and the

@@ -12,9 +12,9 @@ namespace effadam {
 namespace {
 
 // Directories of the project's sources that define flags.
-constexpr absl::string_view kFlagDirs[] = {"common", "server", "worker", "sim",
-                                           "examples", "bench", "daemon",
-                                           "tests"};
+constexpr absl::string_view kFlagDirs[] = {"common", "server",   "worker",
+                                           "sim",    "examples", "bench",
+                                           "daemon", "tests"};
 
 std::string* g_program = nullptr;  // set once, before parsing
 

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
-#include "metrics/prometheus_util.h"
 #include "daemon/process_metrics.h"
+#include "metrics/prometheus_util.h"
 
 namespace effadam {
 

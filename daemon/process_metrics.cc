@@ -61,14 +61,14 @@ absl::StatusOr<ProcStat> ParseProcStat(absl::string_view line) {
     return absl::InvalidArgumentError("no ')' after the command name");
   }
   // Fields from 3 (state) on.
-  const std::vector<absl::string_view> f = absl::StrSplit(
-      absl::StripAsciiWhitespace(line.substr(paren + 1)), ' ',
-      absl::SkipEmpty());
+  const std::vector<absl::string_view> f =
+      absl::StrSplit(absl::StripAsciiWhitespace(line.substr(paren + 1)), ' ',
+                     absl::SkipEmpty());
   // Field n (1-based, proc(5)) is f[n - 3].
   constexpr size_t kRss = 24;
   if (f.size() < kRss - 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected at least ", kRss, " fields, got ", f.size() + 2));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected at least ", kRss, " fields, got ", f.size() + 2));
   }
   ProcStat s;
   const auto field = [&](size_t n, int64_t* out) {
@@ -85,8 +85,7 @@ absl::StatusOr<ProcStat> ParseProcStat(absl::string_view line) {
 absl::StatusOr<int64_t> ParseBootTime(absl::string_view proc_stat) {
   for (absl::string_view line : absl::StrSplit(proc_stat, '\n')) {
     int64_t t = 0;
-    if (absl::ConsumePrefix(&line, "btime ") &&
-        absl::SimpleAtoi(line, &t)) {
+    if (absl::ConsumePrefix(&line, "btime ") && absl::SimpleAtoi(line, &t)) {
       return t;
     }
   }
@@ -96,10 +95,10 @@ absl::StatusOr<int64_t> ParseBootTime(absl::string_view proc_stat) {
 std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
   using prometheus::MetricType;
   std::vector<prometheus::MetricFamily> out;
-  prometheus::MetricFamily build = Family(
-      "effadam_build_info",
-      "1, labelled with the version and git revision of this binary",
-      MetricType::Gauge, 1);
+  prometheus::MetricFamily build =
+      Family("effadam_build_info",
+             "1, labelled with the version and git revision of this binary",
+             MetricType::Gauge, 1);
   build.metric[0].label = {{"version", ProjectVersion()},
                            {"revision", GitRevision()}};
   out.push_back(std::move(build));
@@ -123,10 +122,10 @@ std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
                          static_cast<double>(s->num_threads)));
     absl::StatusOr<int64_t> boot = ParseBootTime(ReadFile("/proc/stat"));
     if (boot.ok()) {
-      out.push_back(Family(
-          "process_start_time_seconds",
-          "Start time of the process since unix epoch in seconds",
-          MetricType::Gauge, *boot + s->start_ticks / tick));
+      out.push_back(
+          Family("process_start_time_seconds",
+                 "Start time of the process since unix epoch in seconds",
+                 MetricType::Gauge, *boot + s->start_ticks / tick));
     }
   }
   if (const int64_t fds = OpenFds(); fds >= 0) {
@@ -135,10 +134,9 @@ std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
   }
   rlimit limit = {};
   if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
-    out.push_back(Family("process_max_fds",
-                         "Maximum number of open file descriptors",
-                         MetricType::Gauge,
-                         static_cast<double>(limit.rlim_cur)));
+    out.push_back(
+        Family("process_max_fds", "Maximum number of open file descriptors",
+               MetricType::Gauge, static_cast<double>(limit.rlim_cur)));
   }
   return out;
 }

@@ -61,7 +61,8 @@ ABSL_FLAG(bool, bias_correction, kDefaults.adam.bias_correction,
           "Adam bias correction");
 ABSL_FLAG(double, weight_decay, Typed(kDefaults.adam.weight_decay),
           "Decoupled weight decay (AdamW)");
-ABSL_FLAG(uint64_t, seed, kDefaults.seed, "Seed of initialization, data order and "
+ABSL_FLAG(uint64_t, seed, kDefaults.seed,
+          "Seed of initialization, data order and "
           "stochastic rounding; same seed and flags give the same bits");
 ABSL_FLAG(int64_t, rounds, kDefaults.rounds, "Training rounds");
 ABSL_FLAG(int64_t, eval_every, kDefaults.eval_every,
@@ -93,8 +94,8 @@ absl::StatusOr<TrainingConfig> TrainingConfigFromFlags() {
   }
   c.model.batch_size = absl::GetFlag(FLAGS_batch_size);
   if (c.model.batch_size <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--batch_size must be > 0, got ", c.model.batch_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--batch_size must be > 0, got ", c.model.batch_size));
   }
   c.seed = absl::GetFlag(FLAGS_seed);
   c.model.seed = c.seed;
@@ -124,9 +125,9 @@ absl::StatusOr<TrainingConfig> TrainingConfigFromFlags() {
   a.schedule_rounds = c.rounds;
   if (a.lr_schedule == LrSchedule::kWarmupCosine &&
       !(a.warmup_rounds >= 0 && a.warmup_rounds <= c.rounds)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--warmup_rounds must be in [0, --rounds=", c.rounds, "], got ",
-        a.warmup_rounds));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--warmup_rounds must be in [0, --rounds=", c.rounds,
+                     "], got ", a.warmup_rounds));
   }
   if (absl::Status s = ValidateAdamOptions(a); !s.ok()) return s;
   c.eval_every = absl::GetFlag(FLAGS_eval_every);

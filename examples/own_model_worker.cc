@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "daemon/command_line.h"
 #include "daemon/client_security_flags.h"
+#include "daemon/command_line.h"
 #include "daemon/compression_flags.h"
 #include "worker/worker_client.h"
 
@@ -95,11 +95,11 @@ int main(int argc, char** argv) {
   double err = 0;
   for (int j = 0; j <= kDim; ++j)
     err += std::pow(client.params()[j] - truth[j], 2);
-  std::printf("rank %d: |x - truth| = %.4f after round %lld; sent %lld bytes "
-              "(fp32: %lld)\n",
-              client.rank(), std::sqrt(err),
-              static_cast<long long>(client.round() - 1),
-              static_cast<long long>(client.traffic().up().payload),
-              static_cast<long long>(client.traffic().up().fp32));
+  std::printf(
+      "rank %d: |x - truth| = %.4f after round %lld; sent %lld bytes "
+      "(fp32: %lld)\n",
+      client.rank(), std::sqrt(err), static_cast<long long>(client.round() - 1),
+      static_cast<long long>(client.traffic().up().payload),
+      static_cast<long long>(client.traffic().up().fp32));
   return 0;
 }

@@ -19,8 +19,7 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
       ParseHostPort(address, "--metrics_listen", /*min_port=*/0);
   if (!parsed.ok()) return parsed.status();
   if (absl::Status s = ProbeListen(*parsed); !s.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics: ", s.message()));
+    return absl::UnavailableError(absl::StrCat("metrics: ", s.message()));
   }
   try {
     auto exposer = std::make_unique<prometheus::Exposer>(address);

@@ -12,16 +12,17 @@ namespace effadam::python {
 
 FloatsIn ToFloats(py::handle obj, const char* what) {
   auto array =
-      py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(obj);
+      py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(
+          obj);
   if (!array) {
     PyErr_Clear();
     ThrowStatus(absl::InvalidArgumentError(absl::StrCat(
         what, " must be a vector of numbers that converts to float32")));
   }
   if (array.ndim() != 1) {
-    ThrowStatus(absl::InvalidArgumentError(absl::StrCat(
-        what, " must be 1-D (flatten it first), got ", array.ndim(),
-        " dimensions")));
+    ThrowStatus(absl::InvalidArgumentError(
+        absl::StrCat(what, " must be 1-D (flatten it first), got ",
+                     array.ndim(), " dimensions")));
   }
   const float* data = array.data();
   const size_t n = static_cast<size_t>(array.size());
@@ -38,7 +39,8 @@ absl::Span<float> ToMutableFloats(py::handle obj, const char* what) {
   if (!a.dtype().is(py::dtype::of<float>()) || a.ndim() != 1 ||
       !(a.flags() & py::array::c_style) || !a.writeable()) {
     ThrowStatus(absl::InvalidArgumentError(absl::StrCat(
-        what, " must be a writable, contiguous, 1-D float32 array (it is "
+        what,
+        " must be a writable, contiguous, 1-D float32 array (it is "
         "written in place), got dtype ",
         std::string(py::str(a.dtype())), " with ", a.ndim(), " dimensions",
         a.writeable() ? "" : ", read-only")));
@@ -68,16 +70,18 @@ py::array_t<float> CopyToArray(absl::Span<const float> s) {
 absl::Span<const uint8_t> ToBytes(py::handle obj, py::buffer_info* keep,
                                   const char* what) {
   if (!PyObject_CheckBuffer(obj.ptr())) {
-    ThrowStatus(absl::InvalidArgumentError(
-        absl::StrCat(what, " must be bytes-like (bytes, bytearray, memoryview)")));
+    ThrowStatus(absl::InvalidArgumentError(absl::StrCat(
+        what, " must be bytes-like (bytes, bytearray, memoryview)")));
   }
   *keep = py::reinterpret_borrow<py::buffer>(obj).request();
-  if (keep->ndim > 1 || (keep->ndim == 1 && keep->strides[0] != keep->itemsize)) {
+  if (keep->ndim > 1 ||
+      (keep->ndim == 1 && keep->strides[0] != keep->itemsize)) {
     ThrowStatus(absl::InvalidArgumentError(
         absl::StrCat(what, " must be contiguous bytes")));
   }
-  return absl::Span<const uint8_t>(static_cast<const uint8_t*>(keep->ptr),
-                                   static_cast<size_t>(keep->size * keep->itemsize));
+  return absl::Span<const uint8_t>(
+      static_cast<const uint8_t*>(keep->ptr),
+      static_cast<size_t>(keep->size * keep->itemsize));
 }
 
 }  // namespace effadam::python

@@ -31,7 +31,8 @@ pybind11::array ReadOnlyView(absl::Span<const float> s, pybind11::handle owner);
 pybind11::array_t<float> CopyToArray(absl::Span<const float> s);
 
 // The bytes of a bytes-like object (bytes, bytearray, memoryview).
-absl::Span<const uint8_t> ToBytes(pybind11::handle obj, pybind11::buffer_info* keep,
+absl::Span<const uint8_t> ToBytes(pybind11::handle obj,
+                                  pybind11::buffer_info* keep,
                                   const char* what);
 
 }  // namespace effadam::python

@@ -1,12 +1,12 @@
 #include "python/codec_bindings.h"
 
+#include <pybind11/numpy.h>
+
 #include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
 #include <utility>
-
-#include <pybind11/numpy.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/codec.h"
@@ -21,8 +21,10 @@ namespace {
 
 // A bytes object of `size` bytes that `fill` writes; the GIL is released
 // while it runs.
-py::bytes MakeBytes(size_t size, const std::function<absl::Status(uint8_t*)>& fill) {
-  PyObject* o = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+py::bytes MakeBytes(size_t size,
+                    const std::function<absl::Status(uint8_t*)>& fill) {
+  PyObject* o =
+      PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
   if (o == nullptr) throw py::error_already_set();
   py::bytes out = py::reinterpret_steal<py::bytes>(o);
   absl::Status s;
@@ -55,11 +57,12 @@ block_size elements starting at the span's first element.
              return ValueOrThrow(
                  MakeCodec(ValueOrThrow(ParseCodecSpec(name)), block_size));
            }),
-           py::arg("name"), py::arg("block_size") = CompressionOptions().block_size,
+           py::arg("name"),
+           py::arg("block_size") = CompressionOptions().block_size,
            "name: fp32, bf16, fp16, sign, q2..q8, q2s..q8s, topk:R; "
            "block_size: a positive multiple of 8, at most 65536.")
-      .def_property_readonly(
-          "name", [](const Codec& c) { return c.spec().ToString(); })
+      .def_property_readonly("name",
+                             [](const Codec& c) { return c.spec().ToString(); })
       .def_property_readonly("block_size", &Codec::block_size)
       .def("encoded_size", &Codec::EncodedSize, py::arg("n"),
            "Bytes of an encoding of n elements.")
@@ -75,8 +78,7 @@ block_size elements starting at the span's first element.
               return c.EncodeWithFeedback(p.span, e, seed, out);
             });
           },
-          py::arg("update"), py::arg("error") = py::none(),
-          py::arg("seed") = 0,
+          py::arg("update"), py::arg("error") = py::none(), py::arg("seed") = 0,
           "Q(update + error) as bytes; with an error array (float32, "
           "written in place) error becomes update + error - Q(...). seed "
           "drives stochastic rounding only.")
@@ -129,8 +131,9 @@ broadcasts (server codec) each round.)doc")
              o.block_size = block_size;
              o.min_compress_elements = min_compress_elements;
              o.max_segment_elements = max_segment_elements;
-             return std::shared_ptr<UpdateCodec>(ValueOrThrow(UpdateCodec::Create(
-                 layout, ValueOrThrow(ParseCodecSpec(name)), o)));
+             return std::shared_ptr<UpdateCodec>(
+                 ValueOrThrow(UpdateCodec::Create(
+                     layout, ValueOrThrow(ParseCodecSpec(name)), o)));
            }),
            py::arg("layout"), py::arg("name"), py::kw_only(),
            py::arg("block_size") = defaults.block_size,
@@ -171,8 +174,7 @@ broadcasts (server codec) each round.)doc")
             ThrowIfError(s);
             return py::bytes(out);
           },
-          py::arg("update"), py::arg("error") = py::none(),
-          py::arg("seed") = 0,
+          py::arg("update"), py::arg("error") = py::none(), py::arg("seed") = 0,
           "The encoded update, as Codec.encode over every segment.")
       .def(
           "decode",

@@ -2,6 +2,11 @@
 // computes: layouts, settings, codecs, the checksum and the worker client
 // are the C++ ones; this file only converts arguments, results and errors.
 
+#include <pybind11/numpy.h>
+#include <pybind11/operators.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -9,24 +14,19 @@
 #include <utility>
 #include <vector>
 
-#include <pybind11/numpy.h>
-#include <pybind11/operators.h>
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
 #include "absl/strings/str_cat.h"
 #include "core/checksum.h"
 #include "core/compression_config.h"
-#include "transport/grpc_security.h"
 #include "core/tensor_layout.h"
+#include "core/worker_optimizer.h"
 #include "python/arrays.h"
 #include "python/codec_bindings.h"
 #include "python/py_worker_client.h"
 #include "python/status_error.h"
+#include "transport/grpc_security.h"
 #include "worker/idx_reader.h"
 #include "worker/launch_env.h"
 #include "worker/training_config.h"
-#include "core/worker_optimizer.h"
 
 // The defaults of CompressionConfig's arguments are the flags' defaults.
 
@@ -42,8 +42,8 @@ and the server agree on it, and codec blocks never straddle two tensors.
 
     layout = effadam.TensorLayout([("conv1.weight", (16, 1, 3, 3)),
                                    ("conv1.bias", (16,))]))doc")
-      .def(py::init([](const std::vector<std::pair<std::string,
-                                                   std::vector<int64_t>>>& t) {
+      .def(py::init([](const std::vector<
+                        std::pair<std::string, std::vector<int64_t>>>& t) {
              std::vector<TensorSpec> specs;
              specs.reserve(t.size());
              for (const auto& [name, shape] : t) specs.push_back({name, shape});
@@ -92,8 +92,8 @@ server's settings (its --worker_codec, --server_codec, --block_size,
                        int64_t min_compress_elements,
                        const std::string& error_feedback) {
              return ValueOrThrow(CompressionConfigFromFlagValues(
-                 worker_codec, server_codec, block_size,
-                 min_compress_elements, error_feedback));
+                 worker_codec, server_codec, block_size, min_compress_elements,
+                 error_feedback));
            }),
            py::kw_only(),
            py::arg("worker_codec") = defaults.worker_codec.ToString(),
@@ -102,18 +102,15 @@ server's settings (its --worker_codec, --server_codec, --block_size,
                static_cast<int64_t>(defaults.options.block_size),
            py::arg("min_compress_elements") =
                static_cast<int64_t>(defaults.options.min_compress_elements),
-           py::arg("error_feedback") =
-               std::string(ErrorFeedbackName(defaults)),
+           py::arg("error_feedback") = std::string(ErrorFeedbackName(defaults)),
            "Codec names: fp32, bf16, fp16, sign, q2..q8, q2s..q8s, topk:R. "
            "error_feedback: both, worker, server or none.")
-      .def_property_readonly("worker_codec",
-                             [](const CompressionConfig& c) {
-                               return c.worker_codec.ToString();
-                             })
-      .def_property_readonly("server_codec",
-                             [](const CompressionConfig& c) {
-                               return c.server_codec.ToString();
-                             })
+      .def_property_readonly(
+          "worker_codec",
+          [](const CompressionConfig& c) { return c.worker_codec.ToString(); })
+      .def_property_readonly(
+          "server_codec",
+          [](const CompressionConfig& c) { return c.server_codec.ToString(); })
       .def_property_readonly(
           "block_size",
           [](const CompressionConfig& c) { return c.options.block_size; })
@@ -142,41 +139,42 @@ lr_schedule 'constant' (lr), 'inverse_sqrt' (lr / sqrt(t)) or
 at schedule_rounds), beta2_schedule 'constant' (beta2) or 'theta'
 (1 - theta / t). weight_decay is decoupled (AdamW: d += lr_t * wd * x) when
 decoupled_weight_decay, else L2 added to the gradient (torch's Adam).)doc")
-      .def(py::init([](float lr, float beta1, float beta2, float eps,
-                       const std::string& lr_schedule,
-                       const std::string& beta2_schedule, float theta,
-                       bool bias_correction, float weight_decay,
-                       bool decoupled_weight_decay, int64_t warmup_rounds,
-                       int64_t schedule_rounds) {
-             AdamOptions a;
-             a.lr = lr;
-             a.beta1 = beta1;
-             a.beta2 = beta2;
-             a.eps = eps;
-             a.lr_schedule = ValueOrThrow(ParseLrSchedule(lr_schedule));
-             a.beta2_schedule = ValueOrThrow(ParseBeta2Schedule(beta2_schedule));
-             a.theta = theta;
-             a.bias_correction = bias_correction;
-             a.weight_decay = weight_decay;
-             a.weight_decay_mode = decoupled_weight_decay
-                                       ? WeightDecayMode::kDecoupled
-                                       : WeightDecayMode::kL2;
-             a.warmup_rounds = warmup_rounds;
-             a.schedule_rounds = schedule_rounds;
-             ThrowIfError(ValidateAdamOptions(a));
-             return a;
-           }),
-           py::kw_only(), py::arg("lr") = adam.lr,
-           py::arg("beta1") = adam.beta1, py::arg("beta2") = adam.beta2,
-           py::arg("eps") = adam.eps, py::arg("lr_schedule") = LrScheduleName(adam.lr_schedule),
-           py::arg("beta2_schedule") = Beta2ScheduleName(adam.beta2_schedule),
-           py::arg("theta") = adam.theta,
-           py::arg("bias_correction") = adam.bias_correction,
-           py::arg("weight_decay") = adam.weight_decay,
-           py::arg("decoupled_weight_decay") =
-               adam.weight_decay_mode == WeightDecayMode::kDecoupled,
-           py::arg("warmup_rounds") = adam.warmup_rounds,
-           py::arg("schedule_rounds") = adam.schedule_rounds)
+      .def(
+          py::init([](float lr, float beta1, float beta2, float eps,
+                      const std::string& lr_schedule,
+                      const std::string& beta2_schedule, float theta,
+                      bool bias_correction, float weight_decay,
+                      bool decoupled_weight_decay, int64_t warmup_rounds,
+                      int64_t schedule_rounds) {
+            AdamOptions a;
+            a.lr = lr;
+            a.beta1 = beta1;
+            a.beta2 = beta2;
+            a.eps = eps;
+            a.lr_schedule = ValueOrThrow(ParseLrSchedule(lr_schedule));
+            a.beta2_schedule = ValueOrThrow(ParseBeta2Schedule(beta2_schedule));
+            a.theta = theta;
+            a.bias_correction = bias_correction;
+            a.weight_decay = weight_decay;
+            a.weight_decay_mode = decoupled_weight_decay
+                                      ? WeightDecayMode::kDecoupled
+                                      : WeightDecayMode::kL2;
+            a.warmup_rounds = warmup_rounds;
+            a.schedule_rounds = schedule_rounds;
+            ThrowIfError(ValidateAdamOptions(a));
+            return a;
+          }),
+          py::kw_only(), py::arg("lr") = adam.lr, py::arg("beta1") = adam.beta1,
+          py::arg("beta2") = adam.beta2, py::arg("eps") = adam.eps,
+          py::arg("lr_schedule") = LrScheduleName(adam.lr_schedule),
+          py::arg("beta2_schedule") = Beta2ScheduleName(adam.beta2_schedule),
+          py::arg("theta") = adam.theta,
+          py::arg("bias_correction") = adam.bias_correction,
+          py::arg("weight_decay") = adam.weight_decay,
+          py::arg("decoupled_weight_decay") =
+              adam.weight_decay_mode == WeightDecayMode::kDecoupled,
+          py::arg("warmup_rounds") = adam.warmup_rounds,
+          py::arg("schedule_rounds") = adam.schedule_rounds)
       .def_readonly("lr", &AdamOptions::lr)
       .def_readonly("beta1", &AdamOptions::beta1)
       .def_readonly("beta2", &AdamOptions::beta2)
@@ -184,21 +182,25 @@ decoupled_weight_decay, else L2 added to the gradient (torch's Adam).)doc")
       .def_readonly("theta", &AdamOptions::theta)
       .def_readonly("bias_correction", &AdamOptions::bias_correction)
       .def_readonly("weight_decay", &AdamOptions::weight_decay)
-      .def_property_readonly(
-          "decoupled_weight_decay",
-          [](const AdamOptions& a) {
-            return a.weight_decay_mode == WeightDecayMode::kDecoupled;
-          })
+      .def_property_readonly("decoupled_weight_decay",
+                             [](const AdamOptions& a) {
+                               return a.weight_decay_mode ==
+                                      WeightDecayMode::kDecoupled;
+                             })
       .def_readonly("warmup_rounds", &AdamOptions::warmup_rounds)
       .def_readonly("schedule_rounds", &AdamOptions::schedule_rounds)
-      .def_property_readonly("lr_schedule", [](const AdamOptions& a) {
-        switch (a.lr_schedule) {
-          case LrSchedule::kConstant: return "constant";
-          case LrSchedule::kInverseSqrt: return "inverse_sqrt";
-          case LrSchedule::kWarmupCosine: return "warmup_cosine";
-        }
-        return "constant";
-      })
+      .def_property_readonly("lr_schedule",
+                             [](const AdamOptions& a) {
+                               switch (a.lr_schedule) {
+                                 case LrSchedule::kConstant:
+                                   return "constant";
+                                 case LrSchedule::kInverseSqrt:
+                                   return "inverse_sqrt";
+                                 case LrSchedule::kWarmupCosine:
+                                   return "warmup_cosine";
+                               }
+                               return "constant";
+                             })
       .def_property_readonly("beta2_schedule", [](const AdamOptions& a) {
         return a.beta2_schedule == Beta2Schedule::kConstant ? "constant"
                                                             : "theta";
@@ -247,11 +249,10 @@ void BindPlacement(py::module_& m) {
       .def_readonly("server_source", &WorkerPlacement::server_source)
       .def_readonly("rank_source", &WorkerPlacement::rank_source)
       .def("__repr__", [](const WorkerPlacement& p) {
-        return absl::StrCat("WorkerPlacement(server='", p.server,
-                            "' from ", p.server_source, ", num_shards=",
-                            p.num_shards, ", rank=", p.rank, " from ",
-                            p.rank_source, ", world_size=", p.world_size,
-                            ")");
+        return absl::StrCat("WorkerPlacement(server='", p.server, "' from ",
+                            p.server_source, ", num_shards=", p.num_shards,
+                            ", rank=", p.rank, " from ", p.rank_source,
+                            ", world_size=", p.world_size, ")");
       });
   m.def(
       "resolve_placement",
@@ -331,7 +332,9 @@ PYBIND11_MODULE(_effadam, m) {
         "[n, rows*cols] in [0, 1] and uint8 [n]. Errors name the file.");
   m.def(
       "params_checksum",
-      [](py::handle x) { return effadam::ParamsChecksum(ToFloats(x, "x").span); },
+      [](py::handle x) {
+        return effadam::ParamsChecksum(ToFloats(x, "x").span);
+      },
       py::arg("x"),
       "FNV-1a of x's float32 bytes as 16 hex digits: the params_checksum of "
       "the servers' and workers' summaries.");

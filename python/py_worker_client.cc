@@ -1,5 +1,7 @@
 #include "python/py_worker_client.h"
 
+#include <pybind11/numpy.h>
+
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -8,8 +10,6 @@
 #include <thread>
 #include <tuple>
 #include <utility>
-
-#include <pybind11/numpy.h>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -175,9 +175,8 @@ void PyWorkerClient::Run(int64_t last_round, py::function gradient) {
   auto record_round = [&] {
     if (metrics_ != nullptr && last_round_called >= 0 &&
         client_->round() > last_round_called) {
-      metrics_->RecordStep(*client_,
-                           absl::ToDoubleSeconds(absl::Now() - last_call),
-                           last_loss);
+      metrics_->RecordStep(
+          *client_, absl::ToDoubleSeconds(absl::Now() - last_call), last_loss);
     }
   };
   auto call_gradient = [&](absl::Span<const float> params,
@@ -254,8 +253,7 @@ void BindWorkerClient(py::module_& m) {
       .def_property_readonly("join", &TrafficCounts::join)
       .def_property_readonly("round_payload", &TrafficCounts::round_payload,
                              "up.payload + down.payload")
-      .def_property_readonly("fp32_equivalent",
-                             &TrafficCounts::fp32_equivalent,
+      .def_property_readonly("fp32_equivalent", &TrafficCounts::fp32_equivalent,
                              "up.fp32 + down.fp32")
       .def_property_readonly("compression_ratio",
                              &TrafficCounts::compression_ratio,
@@ -264,8 +262,7 @@ void BindWorkerClient(py::module_& m) {
       // The names the summaries and earlier versions use.
       .def_property_readonly(
           "worker_to_server",
-          [](const TrafficCounts& t) { return t.up().payload; },
-          "up.payload")
+          [](const TrafficCounts& t) { return t.up().payload; }, "up.payload")
       .def_property_readonly(
           "server_to_worker",
           [](const TrafficCounts& t) { return t.down().payload; },
@@ -286,10 +283,11 @@ void BindWorkerClient(py::module_& m) {
         std::string out = "Traffic(";
         for (int d = 0; d < kNumTrafficDirections; ++d) {
           const DirectionBytes& b = t.by_direction[d];
-          absl::StrAppend(&out, d == 0 ? "" : ", ",
-                          TrafficDirectionName(static_cast<TrafficDirection>(d)),
-                          "=(payload=", b.payload, ", fp32=", b.fp32,
-                          ", wire=", b.wire, ")");
+          absl::StrAppend(
+              &out, d == 0 ? "" : ", ",
+              TrafficDirectionName(static_cast<TrafficDirection>(d)),
+              "=(payload=", b.payload, ", fp32=", b.fp32, ", wire=", b.wire,
+              ")");
         }
         return out + ")";
       });
@@ -314,8 +312,7 @@ Not thread-safe, except cancel().)doc")
                        const CompressionConfig& compression,
                        const AdamOptions& adam, uint64_t seed,
                        double connect_timeout, double finish_timeout,
-                       double reconnect_timeout,
-                       const ClientSecurity& security,
+                       double reconnect_timeout, const ClientSecurity& security,
                        double keepalive_time, double keepalive_timeout,
                        const std::string& metrics_listen) {
              WorkerClientOptions o;
@@ -410,8 +407,8 @@ Not thread-safe, except cancel().)doc")
       .def_property_readonly(
           "params",
           [](py::object self) {
-            return ReadOnlyView(self.cast<const PyWorkerClient&>().client().params(),
-                                self);
+            return ReadOnlyView(
+                self.cast<const PyWorkerClient&>().client().params(), self);
           },
           "The replica of x: a read-only numpy view of the library's memory "
           "(no copy) that every step() changes in place; copy it "
@@ -426,8 +423,8 @@ Not thread-safe, except cancel().)doc")
           [](PyWorkerClient& c, float lr) {
             WorkerOptimizer* o = c.idle_client().optimizer();
             if (o == nullptr) {
-              ThrowStatus(absl::FailedPreconditionError(
-                  "lr: call start() first"));
+              ThrowStatus(
+                  absl::FailedPreconditionError("lr: call start() first"));
             }
             ThrowIfError(o->SetLr(lr));
           },
@@ -486,7 +483,8 @@ Not thread-safe, except cancel().)doc")
           "error_memory",
           [](py::object self) {
             return ReadOnlyView(
-                self.cast<const PyWorkerClient&>().client().error_memory(), self);
+                self.cast<const PyWorkerClient&>().client().error_memory(),
+                self);
           },
           "The worker's error memory e, a read-only view like params.")
       .def_property_readonly(
@@ -496,9 +494,11 @@ Not thread-safe, except cancel().)doc")
           "server_finished",
           [](const PyWorkerClient& c) { return c.client().server_finished(); })
       .def_property_readonly(
-          "resyncs", [](const PyWorkerClient& c) { return c.client().resyncs(); })
+          "resyncs",
+          [](const PyWorkerClient& c) { return c.client().resyncs(); })
       .def_property_readonly(
-          "traffic", [](const PyWorkerClient& c) { return c.client().traffic(); },
+          "traffic",
+          [](const PyWorkerClient& c) { return c.client().traffic(); },
           "A copy of the byte counts (effadam.Traffic): payload, fp32 "
           "equivalent and wire bytes by direction.");
 }

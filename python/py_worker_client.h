@@ -1,16 +1,16 @@
 #ifndef EFFADAM_PYTHON_PY_WORKER_CLIENT_H_
 #define EFFADAM_PYTHON_PY_WORKER_CLIENT_H_
 
+#include <pybind11/pybind11.h>
+
 #include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
 
-#include <pybind11/pybind11.h>
-
 #include "absl/status/status.h"
-#include "worker/worker_client.h"
 #include "metrics/worker_metrics.h"
+#include "worker/worker_client.h"
 
 namespace prometheus {
 class Exposer;
@@ -37,7 +37,8 @@ class PyWorkerClient {
  public:
   // metrics_listen: host:port for /metrics (port 0 picks one, see
   // metrics_port()); empty for none. Raises when it cannot be bound.
-  PyWorkerClient(WorkerClientOptions options, const std::string& metrics_listen);
+  PyWorkerClient(WorkerClientOptions options,
+                 const std::string& metrics_listen);
   ~PyWorkerClient();
 
   void Join(const TensorLayout& layout);

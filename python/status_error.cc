@@ -16,8 +16,8 @@ PyObject* g_invalid_argument_error = nullptr;
 // Messages may quote what a server sent; invalid UTF-8 must not turn an
 // error into another one.
 py::str Utf8(absl::string_view s) {
-  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()),
-                                     "replace");
+  PyObject* o = PyUnicode_DecodeUTF8(
+      s.data(), static_cast<Py_ssize_t>(s.size()), "replace");
   if (o == nullptr) throw py::error_already_set();
   return py::reinterpret_steal<py::str>(o);
 }
@@ -52,8 +52,8 @@ void RegisterStatusErrors(py::module_& m) {
       PyExc_RuntimeError, nullptr);
   if (g_status_error == nullptr) throw py::error_already_set();
   m.add_object("StatusError", py::handle(g_status_error));
-  py::tuple bases = py::make_tuple(py::handle(g_status_error),
-                                   py::handle(PyExc_ValueError));
+  py::tuple bases =
+      py::make_tuple(py::handle(g_status_error), py::handle(PyExc_ValueError));
   g_invalid_argument_error = PyErr_NewExceptionWithDoc(
       "effadam.InvalidArgumentError",
       "A StatusError with code INVALID_ARGUMENT; also a ValueError.",
@@ -66,8 +66,8 @@ void ThrowStatus(const absl::Status& status) {
   PyObject* type = status.code() == absl::StatusCode::kInvalidArgument
                        ? g_invalid_argument_error
                        : g_status_error;
-  py::object error = py::reinterpret_borrow<py::object>(type)(
-      Utf8(status.ToString()));
+  py::object error =
+      py::reinterpret_borrow<py::object>(type)(Utf8(status.ToString()));
   error.attr("code") = py::cast(status.code());
   error.attr("message") = Utf8(status.message());
   PyErr_SetObject(type, error.ptr());

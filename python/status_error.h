@@ -1,9 +1,9 @@
 #ifndef EFFADAM_PYTHON_STATUS_ERROR_H_
 #define EFFADAM_PYTHON_STATUS_ERROR_H_
 
-#include <utility>
-
 #include <pybind11/pybind11.h>
+
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

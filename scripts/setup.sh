@@ -14,8 +14,9 @@ PACKAGES=(
   prometheus-cpp-dev prometheus
   dataset-fashion-mnist
   python3 python3-yaml
-  # libFuzzer targets (tests/fuzz): clang and its fuzzer/sanitizer runtimes
-  clang libclang-rt-14-dev
+  # libFuzzer targets (tests/fuzz): clang and its fuzzer/sanitizer runtimes;
+  # clang-format checks the C++ formatting (scripts/check_format.sh)
+  clang libclang-rt-14-dev clang-format
   # bench/e2e: network namespaces and tc shaping, plots
   iproute2 python3-matplotlib
   # the Python package (python/): bindings, the PyTorch optimizer and its

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: installs dependencies, builds, runs the tests of the
+# The test command: installs dependencies, checks the C++ formatting,
+# builds, runs the tests of the
 # code that parses untrusted bytes (codecs, update codec, chunk assembler,
 # round engine, checkpoints, worker optimizer, IDX reader, the gRPC service
 # and client, the PEM and token loaders and the token check, the bad-input
@@ -9,13 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+echo "== formatting (.clang-format) =="
+scripts/check_format.sh
 scripts/build.sh
 
 echo "== AddressSanitizer + UBSan =="
 SAN_TESTS=(codec_test update_codec_test chunk_assembler_test round_engine_test
            checkpoint_test worker_optimizer_test idx_reader_test
            server_service_test worker_client_test shard_link_test
-           bad_input_test grpc_security_test service_auth_test)
+           bad_input_test grpc_security_test service_auth_test
+           thread_pool_test)
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEFFADAM_SANITIZE=ON -DEFFADAM_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "${JOBS:-2}" --target "${SAN_TESTS[@]}"

@@ -47,7 +47,9 @@ class CallGuard::Interceptor final : public grpc::experimental::Interceptor {
  public:
   Interceptor(CallGuard* guard, grpc::experimental::ServerRpcInfo* info,
               std::string method)
-      : guard_(guard), info_(info), method_(std::move(method)),
+      : guard_(guard),
+        info_(info),
+        method_(std::move(method)),
         holds_thread_(!absl::StartsWith(method_, kHealthPrefix)) {
     if (holds_thread_) guard_->calls_in_flight_.fetch_add(1);
   }
@@ -58,7 +60,8 @@ class CallGuard::Interceptor final : public grpc::experimental::Interceptor {
     guard_->sending_.erase(this);
   }
 
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(
             InterceptionHookPoints::POST_RECV_MESSAGE)) {
       if (methods->GetRecvMessage() == nullptr) {
@@ -106,11 +109,11 @@ class CallGuard::Interceptor final : public grpc::experimental::Interceptor {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu_) {
     if (stall_cancelled_ || sending_since_ >= stalled_before) return;
     stall_cancelled_ = true;
-    CancelCall(info_->server_context()->c_call(), GRPC_STATUS_DEADLINE_EXCEEDED,
-               absl::StrCat(method_, ": the client read nothing for ",
-                            absl::FormatDuration(
-                                guard_->limits_.send_stall_timeout),
-                            " (the server's --send_stall_timeout)"));
+    CancelCall(
+        info_->server_context()->c_call(), GRPC_STATUS_DEADLINE_EXCEEDED,
+        absl::StrCat(method_, ": the client read nothing for ",
+                     absl::FormatDuration(guard_->limits_.send_stall_timeout),
+                     " (the server's --send_stall_timeout)"));
   }
 
  private:
@@ -124,20 +127,21 @@ class CallGuard::Interceptor final : public grpc::experimental::Interceptor {
     const absl::Time refuse_at =
         guard_->clock_.Now() + guard_->limits_.send_stall_timeout;
     bool refused = false;
-    auto slot_free = [this, max]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(
-                         guard_->mu_) { return guard_->fetches_ < max; };
+    auto slot_free = [this, max]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu_) {
+      return guard_->fetches_ < max;
+    };
     while (!slot_free()) {
       if (!refused && guard_->clock_.Now() >= refuse_at) {
         refused = true;
         CancelCall(info_->server_context()->c_call(),
                    GRPC_STATUS_RESOURCE_EXHAUSTED,
-                   absl::StrCat("the server is serving ", max,
-                                " FetchParams calls, the most it serves at "
-                                "once (one per worker), and none ended "
-                                "within ",
-                                absl::FormatDuration(
-                                    guard_->limits_.send_stall_timeout),
-                                "; retry later"));
+                   absl::StrCat(
+                       "the server is serving ", max,
+                       " FetchParams calls, the most it serves at "
+                       "once (one per worker), and none ended "
+                       "within ",
+                       absl::FormatDuration(guard_->limits_.send_stall_timeout),
+                       "; retry later"));
       }
       guard_->mu_.AwaitWithTimeout(absl::Condition(&slot_free),
                                    absl::Milliseconds(100));
@@ -187,14 +191,13 @@ CallGuard::~CallGuard() {
 
 void CallGuard::Watch() {
   // A stalled call is noticed within a tenth of the timeout (at most 1 s).
-  const absl::Duration poll = std::clamp(limits_.send_stall_timeout / 10,
-                                         absl::Milliseconds(10),
-                                         absl::Seconds(1));
+  const absl::Duration poll =
+      std::clamp(limits_.send_stall_timeout / 10, absl::Milliseconds(10),
+                 absl::Seconds(1));
   absl::MutexLock lock(&mu_);
   while (!stop_) {
     mu_.AwaitWithTimeout(absl::Condition(&stop_), poll);
-    const absl::Time stalled_before =
-        clock_.Now() - limits_.send_stall_timeout;
+    const absl::Time stalled_before = clock_.Now() - limits_.send_stall_timeout;
     for (Interceptor* call : sending_) {
       call->guard_mu().AssertHeld();  // it is this guard's mu_
       call->CancelIfStalled(stalled_before);

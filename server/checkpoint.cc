@@ -23,8 +23,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/checksum.h"
-#include "transport/compression_proto.h"
 #include "effadam/v1/checkpoint.pb.h"
+#include "transport/compression_proto.h"
 
 namespace effadam {
 namespace {
@@ -405,8 +405,8 @@ DeltaLog& DeltaLog::None() {
 }
 
 std::string DeltaLog::Path(int64_t round) const {
-  return absl::StrCat(dir_, "/", kDeltaPrefix,
-                      absl::StrFormat("%012d", round), kSuffix);
+  return absl::StrCat(dir_, "/", kDeltaPrefix, absl::StrFormat("%012d", round),
+                      kSuffix);
 }
 
 absl::Status DeltaLog::Append(int64_t round, absl::string_view delta) {
@@ -434,7 +434,8 @@ absl::Status DeltaLog::Append(int64_t round, absl::string_view delta) {
   absl::Status status = WriteAll(fd, head_bytes, temp);
   if (status.ok()) status = WriteAll(fd, delta, temp);
   if (status.ok()) status = WriteAll(fd, absl::string_view(tail, 4), temp);
-  if (::close(fd) != 0 && status.ok()) status = ErrnoError("cannot close", temp);
+  if (::close(fd) != 0 && status.ok())
+    status = ErrnoError("cannot close", temp);
   if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
     status = ErrnoError("cannot rename into place", temp);
   }
@@ -482,9 +483,9 @@ void DeltaLog::Retain(int64_t round) {
     if (!absl::ConsumePrefix(&name, kDeltaPrefix)) continue;
     // Leftovers of a write a crash interrupted are never read.
     const bool temp = name.find(kTempMarker) != absl::string_view::npos;
-    if (temp || (absl::ConsumeSuffix(&name, kSuffix) &&
-                 absl::SimpleAtoi(name, &r) &&
-                 (r >= round || r < round - keep_))) {
+    if (temp ||
+        (absl::ConsumeSuffix(&name, kSuffix) && absl::SimpleAtoi(name, &r) &&
+         (r >= round || r < round - keep_))) {
       stale.push_back(absl::StrCat(dir_, "/", e->d_name));
     }
   }
@@ -499,8 +500,7 @@ int64_t ReplayDeltas(const DeltaLog& log, const UpdateCodec& server_codec,
     absl::StatusOr<std::string> delta = log.Read(state->round);
     if (!delta.ok() || !server_codec.Validate(*delta).ok()) break;
     std::vector<float> x = state->params;
-    if (!server_codec.DecodeAccumulate(*delta, -1.0f, absl::MakeSpan(x))
-             .ok() ||
+    if (!server_codec.DecodeAccumulate(*delta, -1.0f, absl::MakeSpan(x)).ok() ||
         !std::all_of(x.begin(), x.end(),
                      [](float v) { return std::isfinite(v); })) {
       break;

@@ -9,10 +9,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "core/tensor_layout.h"
-#include "effadam/v1/parameter_server.pb.h"
 #include "core/round_engine.h"
+#include "core/tensor_layout.h"
 #include "core/update_codec.h"
+#include "effadam/v1/parameter_server.pb.h"
 
 namespace effadam {
 
@@ -39,10 +39,10 @@ bool CompletesRun(const Checkpoint& checkpoint, int64_t rounds);
 bool CompletesRun(int64_t round, int64_t rounds);
 
 // The bytes of a checkpoint file (docs/faults.md, "Server restarts and
-// checkpoints"): magic, header, raw x and E, and a CRC-32 of all of it. Parse accepts exactly what Serialize
-// makes and rejects any other input with DataLoss (truncated, corrupted,
-// trailing bytes) or InvalidArgument (a well-formed file that describes an
-// impossible state).
+// checkpoints"): magic, header, raw x and E, and a CRC-32 of all of it. Parse
+// accepts exactly what Serialize makes and rejects any other input with
+// DataLoss (truncated, corrupted, trailing bytes) or InvalidArgument (a
+// well-formed file that describes an impossible state).
 std::string SerializeCheckpoint(const Checkpoint& checkpoint);
 absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes);
 

@@ -12,9 +12,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "core/update_codec.h"
-#include "transport/chunk_assembler.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "server/round_coordinator.h"
+#include "transport/chunk_assembler.h"
 
 namespace effadam {
 

@@ -4,16 +4,16 @@
 // is at hand. Speaks TLS (and mutual TLS) with the clients' TLS flags; the
 // health service needs no token (docs/security.md).
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdio>
 #include <string>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "daemon/client_security_flags.h"
 #include "common/host_port.h"
+#include "daemon/client_security_flags.h"
 #include "daemon/command_line.h"
 #include "daemon/duration_flag.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -46,8 +46,8 @@ int main(int argc, char** argv) {
                  security.status().ToString().c_str());
     return 1;
   }
-  auto stub = grpc::health::v1::Health::NewStub(effadam::NewClientChannel(
-      addr, *security, grpc::ChannelArguments()));
+  auto stub = grpc::health::v1::Health::NewStub(
+      effadam::NewClientChannel(addr, *security, grpc::ChannelArguments()));
   // No token: grpc.health.v1 needs none, and a secret is not sent where it
   // is not needed.
   grpc::ClientContext context;

@@ -37,18 +37,18 @@ bool Membership::EveryRankJoined() const {
   return true;
 }
 
-absl::StatusOr<int> Membership::Join(int requested, bool wanted,
-                                     absl::Time now, bool* upload) {
+absl::StatusOr<int> Membership::Join(int requested, bool wanted, absl::Time now,
+                                     bool* upload) {
   int rank = requested;
   if (rank == -1) {
     rank = 0;
     while (rank < workers() && IsLive(rank)) ++rank;
     if (rank == workers()) {
-      return Rejected(Rejection::kNoFreeRank,
-                      absl::ResourceExhaustedError(absl::StrCat(
-                          "all ", workers(),
-                          " ranks are taken by live workers (--workers=",
-                          workers(), ")")));
+      return Rejected(
+          Rejection::kNoFreeRank,
+          absl::ResourceExhaustedError(absl::StrCat(
+              "all ", workers(),
+              " ranks are taken by live workers (--workers=", workers(), ")")));
     }
   } else if (!InRange(rank)) {
     return Rejected(
@@ -80,10 +80,10 @@ absl::Status Membership::BeginTrain(int rank) {
   // it was slow, not gone.
   if (!InRange(rank) || ranks_[rank].phase == Phase::kFree ||
       (ranks_[rank].phase == Phase::kDeparted && !ranks_[rank].expired)) {
-    return Rejected(Rejection::kUnknownRank,
-                    absl::FailedPreconditionError(absl::StrCat(
-                        "rank ", rank,
-                        " has not joined (or left); call Join first")));
+    return Rejected(
+        Rejection::kUnknownRank,
+        absl::FailedPreconditionError(absl::StrCat(
+            "rank ", rank, " has not joined (or left); call Join first")));
   }
   if (ranks_[rank].phase == Phase::kTraining) {
     return Rejected(Rejection::kDuplicateStream,
@@ -158,7 +158,8 @@ bool Membership::ClientWentAway(int rank) {
 
 std::vector<Membership::Expired> Membership::Expire(absl::Time now) {
   std::vector<Expired> expired;
-  if (uploader_ >= 0 && now > upload_progress_at_ + rules_.upload_stall_timeout &&
+  if (uploader_ >= 0 &&
+      now > upload_progress_at_ + rules_.upload_stall_timeout &&
       IsLive(uploader_)) {
     expired.push_back({uploader_, true});
     // The next Join is asked to upload (and may) even while the stalled

@@ -118,7 +118,7 @@ class Membership {
 
   const Rules rules_;
   std::vector<RankState> ranks_;
-  int uploader_ = -1;  // the rank told to upload; -1 for none
+  int uploader_ = -1;          // the rank told to upload; -1 for none
   int64_t last_upload_ = 0;    // ids of uploads, from 1
   int64_t active_upload_ = 0;  // the upload in progress; 0 for none
   // Join of the uploader, then its last chunk: it stalls after this plus

@@ -8,10 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/checksum.h"
-#include "transport/chunk_assembler.h"
 #include "core/codec_spec.h"
-#include "transport/compression_proto.h"
 #include "server/chunk_streams.h"
+#include "transport/chunk_assembler.h"
+#include "transport/compression_proto.h"
 
 namespace effadam {
 namespace {
@@ -75,9 +75,9 @@ ParameterServerService::Create(const ServerOptions& options) {
   }
   if (options.num_shards < 1 || options.shard < 0 ||
       options.shard >= options.num_shards) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--shard must be in [0, --num_shards), got shard ", options.shard,
-        " of ", options.num_shards));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shard must be in [0, --num_shards), got shard ",
+                     options.shard, " of ", options.num_shards));
   }
   if (options.max_chunk_bytes < sizeof(float)) {
     return absl::InvalidArgumentError(
@@ -113,8 +113,7 @@ RoundCoordinator::Rules RoundRules(const ServerOptions& o) {
 ParameterServerService::ParameterServerService(const ServerOptions& options)
     : options_(options),
       clock_(options.clock != nullptr ? *options.clock : Clock::Real()),
-      logger_(options.logger != nullptr ? *options.logger
-                                        : Logger::Discard()),
+      logger_(options.logger != nullptr ? *options.logger : Logger::Discard()),
       observer_(options.observer != nullptr ? *options.observer
                                             : ServerObserver::None()),
       delta_log_(options.delta_log != nullptr ? *options.delta_log
@@ -139,9 +138,9 @@ grpc::Status ParameterServerService::Finish(const grpc::ServerContext& context,
           "rejected ", rpc, " from ", context.peer(),
           rank >= 0 ? absl::StrCat(" rank ", rank) : std::string(), " (",
           RejectionName(*why), "): ", status.ToString(),
-          suppressed > 0 ? absl::StrCat(" [", suppressed,
-                                        " more rejections not logged]")
-                         : std::string()));
+          suppressed > 0
+              ? absl::StrCat(" [", suppressed, " more rejections not logged]")
+              : std::string()));
     }
   }
   return ToGrpc(status);
@@ -218,9 +217,8 @@ void ParameterServerService::LeaveLocked(int rank, absl::string_view why) {
   membership_.Leave(rank);
   // After the last round every stream ends; that is no news.
   if (!rounds_.final_closed_at().has_value()) {
-    logger_.Info(absl::StrCat("rank ", rank, " left (",
-                              membership_.LiveCount(), "/", options_.workers,
-                              " live): ", why));
+    logger_.Info(absl::StrCat("rank ", rank, " left (", membership_.LiveCount(),
+                              "/", options_.workers, " live): ", why));
   }
   observer_.OnLiveWorkers(membership_.LiveCount());
   ResetIfEmptyLocked();
@@ -241,9 +239,8 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
   absl::StatusOr<TensorLayout> layout =
       LayoutFromProto(request.layout(), options_.max_num_elements);
   if (!layout.ok()) return Rejected(Rejection::kBadLayout, layout.status());
-  if (absl::Status s =
-          CheckCompressionMatches(request.compression(), options_.compression,
-                                  "server", "worker");
+  if (absl::Status s = CheckCompressionMatches(
+          request.compression(), options_.compression, "server", "worker");
       !s.ok()) {
     // InvalidArgument: malformed on its own; else it differs from ours.
     return Rejected(s.code() == absl::StatusCode::kInvalidArgument
@@ -256,19 +253,18 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
   if (absl::Status s = ServingLocked(); !s.ok()) return s;
   if (rounds_.final_closed_at().has_value()) {
     // OUT_OF_RANGE: a worker that was away takes the final x and ends too.
-    return Rejected(Rejection::kTrainingEnded,
-                    absl::OutOfRangeError(absl::StrCat(
-                        "training has ended after round ", options_.rounds,
-                        " (--rounds)")));
+    return Rejected(
+        Rejection::kTrainingEnded,
+        absl::OutOfRangeError(absl::StrCat("training has ended after round ",
+                                           options_.rounds, " (--rounds)")));
   }
   TickLocked();
   if (model_.has_value() && model_->layout != *layout) {
-    return Rejected(
-        Rejection::kLayoutMismatch,
-        absl::FailedPreconditionError(absl::StrCat(
-            "the layout differs from the server's: server has [",
-            model_->layout.DebugString(), "], worker sent [",
-            layout->DebugString(), "]")));
+    return Rejected(Rejection::kLayoutMismatch,
+                    absl::FailedPreconditionError(absl::StrCat(
+                        "the layout differs from the server's: server has [",
+                        model_->layout.DebugString(), "], worker sent [",
+                        layout->DebugString(), "]")));
   }
   std::optional<Model> new_model;
   if (!model_.has_value()) {
@@ -317,12 +313,12 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
   observer_.OnLiveWorkers(membership_.LiveCount());
   std::string note;
   if (replica_round > 0) {
-    note = absl::StrCat("; its replica is at round ", replica_round, ", x at ",
-                        rounds_.started() ? absl::StrCat(rounds_.round())
-                                          : std::string("none"),
-                        upload ? ": it uploads its replica"
-                               : ": x is kept (as new, or rounds closed "
-                                 "since the start)");
+    note = absl::StrCat(
+        "; its replica is at round ", replica_round, ", x at ",
+        rounds_.started() ? absl::StrCat(rounds_.round()) : std::string("none"),
+        upload ? ": it uploads its replica"
+               : ": x is kept (as new, or rounds closed "
+                 "since the start)");
   } else if (upload) {
     note = "; it uploads the initial parameters";
   }
@@ -352,8 +348,9 @@ absl::Status ParameterServerService::ReadParams(
   // A chunk after the last one runs past the end, so read to the end.
   while (true) {
     *wire_bytes += static_cast<int64_t>(chunk->ByteSizeLong());
-    if (!assembler->Add(chunk->rank(), chunk->round(), chunk->begin(),
-                        chunk->values())
+    if (!assembler
+             ->Add(chunk->rank(), chunk->round(), chunk->begin(),
+                   chunk->values())
              .ok() ||
         !reader->Read(chunk)) {
       break;
@@ -374,8 +371,7 @@ absl::Status ParameterServerService::ReadParams(
 }
 
 grpc::Status ParameterServerService::UploadParams(
-    grpc::ServerContext* context,
-    grpc::ServerReader<v1::ParamsChunk>* reader,
+    grpc::ServerContext* context, grpc::ServerReader<v1::ParamsChunk>* reader,
     v1::UploadParamsResponse* /*response*/) {
   int rank = -1;
   absl::Status s = Authenticate(*context);
@@ -442,11 +438,12 @@ absl::Status ParameterServerService::DoUploadParams(
   }
   upload_call_ = nullptr;
   if (s.ok() && claim.has_value() && ParamsChecksum(x) != claim->checksum) {
-    s = absl::InvalidArgumentError(absl::StrCat(
-        "the replica's params_checksum is ", ParamsChecksum(x),
-        ", not the ", claim->checksum, " its Join declared"));
+    s = absl::InvalidArgumentError(
+        absl::StrCat("the replica's params_checksum is ", ParamsChecksum(x),
+                     ", not the ", claim->checksum, " its Join declared"));
   }
-  if (s.ok() && !shutting_down_) s = StartFromUpload(*rank, round, std::move(x));
+  if (s.ok() && !shutting_down_)
+    s = StartFromUpload(*rank, round, std::move(x));
   if (s.ok()) {
     CountPayloadLocked(TrafficDirection::kJoin,
                        static_cast<int64_t>(n * sizeof(float)), 0);
@@ -467,14 +464,13 @@ absl::Status ParameterServerService::DoUploadParams(
 }
 
 absl::Status ParameterServerService::StartFromUpload(int rank, int64_t round,
-                                                    std::vector<float> x) {
+                                                     std::vector<float> x) {
   RoundEngineState state;
   state.round = std::max<int64_t>(round, 1);
   state.params = std::move(x);  // E starts at zero
   // The initial parameters begin a new history: no logged delta is theirs
   // (the first round closed removes the old records).
-  const int64_t replayed =
-      round > 0 ? ReplayLoggedDeltas(*model_, &state) : 0;
+  const int64_t replayed = round > 0 ? ReplayLoggedDeltas(*model_, &state) : 0;
   absl::StatusOr<std::unique_ptr<RoundEngine>> engine =
       RoundEngine::Restore(model_->codecs.worker, model_->codecs.server,
                            std::move(state), EngineOptions());
@@ -662,10 +658,11 @@ absl::Status ParameterServerService::SendDelta(TrainStream* stream,
   absl::MutexLock lock(&mu_);
   CountWireLocked(TrafficDirection::kServerToWorker, wire);
   if (!s.ok()) return s;
-  CountPayloadLocked(TrafficDirection::kServerToWorker,
-                     static_cast<int64_t>(closed.delta->size()),
-                     static_cast<int64_t>(
-                         model_->codecs.server->num_elements() * sizeof(float)));
+  CountPayloadLocked(
+      TrafficDirection::kServerToWorker,
+      static_cast<int64_t>(closed.delta->size()),
+      static_cast<int64_t>(model_->codecs.server->num_elements() *
+                           sizeof(float)));
   return absl::OkStatus();
 }
 
@@ -690,10 +687,10 @@ absl::Status ParameterServerService::RunTrain(
     const int64_t round = msg->round();
     if (next != 0 && round != next) {
       return Rejected(Rejection::kWrongRound,
-                      absl::FailedPreconditionError(absl::StrCat(
-                          "rank ", rank, " sent round ", round,
-                          "; after the delta of round ", next - 1,
-                          " it must send round ", next)));
+                      absl::FailedPreconditionError(
+                          absl::StrCat("rank ", rank, " sent round ", round,
+                                       "; after the delta of round ", next - 1,
+                                       " it must send round ", next)));
     }
     if (next == 0) {
       // Fail fast on a hopeless round, before reading a whole update.
@@ -752,7 +749,8 @@ absl::Status ParameterServerService::DoTrain(
   // Streams that a shutdown or a failed round engine ends are the server's
   // doing, not a worker dropping out.
   if (!result.ok() && ServingLocked().ok()) observer_.OnWorkerDropped();
-  LeaveLocked(*rank, result.ok() ? "closed its Train stream" : result.ToString());
+  LeaveLocked(*rank,
+              result.ok() ? "closed its Train stream" : result.ToString());
   return result;
 }
 
@@ -766,9 +764,9 @@ ServerSummary ParameterServerService::SummaryLocked() const {
   s.dropped_rounds = rounds_.dropped_rounds();
   s.resumed_at_round = rounds_.resumed_at_round();
   s.live_workers = membership_.LiveCount();
-  s.num_elements =
-      model_.has_value() ? static_cast<int64_t>(model_->layout.num_elements())
-                         : 0;
+  s.num_elements = model_.has_value()
+                       ? static_cast<int64_t>(model_->layout.num_elements())
+                       : 0;
   s.traffic = traffic_;
   s.train_loss = rounds_.last_loss();
   if (rounds_.started()) {
@@ -820,8 +818,8 @@ RoundEngineOptions ParameterServerService::EngineOptions() const {
   return eo;
 }
 
-absl::StatusOr<ParameterServerService::Model>
-ParameterServerService::ModelFor(TensorLayout layout) const {
+absl::StatusOr<ParameterServerService::Model> ParameterServerService::ModelFor(
+    TensorLayout layout) const {
   absl::StatusOr<ShardCodecs> codecs = MakeShardCodecs(
       layout, options_.compression, options_.shard, options_.num_shards);
   if (!codecs.ok()) return codecs.status();
@@ -847,7 +845,8 @@ absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
       !s.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot resume from a checkpoint written with other compression "
-        "settings: ", s.message()));
+        "settings: ",
+        s.message()));
   }
   if (checkpoint.shard != options_.shard ||
       checkpoint.num_shards != options_.num_shards) {
@@ -867,10 +866,9 @@ absl::Status ParameterServerService::Restore(Checkpoint checkpoint) {
   if (replayed > 0) {
     checkpoint.rounds_closed += replayed;
     logger_.Info(absl::StrCat(
-        "x at round ", checkpoint_round, " from the checkpoint and ",
-        replayed, " round(s) from the delta log: x is at round ",
-        (*engine)->round(), ", params_checksum ",
-        ParamsChecksum((*engine)->params()),
+        "x at round ", checkpoint_round, " from the checkpoint and ", replayed,
+        " round(s) from the delta log: x is at round ", (*engine)->round(),
+        ", params_checksum ", ParamsChecksum((*engine)->params()),
         "; the server's error memory starts at zero"));
   }
 

@@ -15,10 +15,11 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
-#include "core/compression_config.h"
 #include "common/logger.h"
-#include "common/traffic.h"
 #include "common/thread_pool.h"
+#include "common/traffic.h"
+#include "core/compression_config.h"
+#include "core/round_engine.h"
 #include "core/shard_plan.h"
 #include "core/tensor_layout.h"
 #include "core/update_codec.h"
@@ -27,7 +28,6 @@
 #include "server/chunk_streams.h"
 #include "server/membership.h"
 #include "server/round_coordinator.h"
-#include "core/round_engine.h"
 #include "server/server_observer.h"
 #include "server/token_authenticator.h"
 
@@ -218,8 +218,8 @@ class ParameterServerService final
   // shard's element count; memory grows with what arrives); every chunk
   // must carry `round`. Adds the serialized size of every chunk read to
   // *wire_bytes, also when it fails.
-  absl::Status ReadParams(grpc::ServerReader<v1::ParamsChunk>* reader,
-                          int rank, int64_t round, size_t num_elements,
+  absl::Status ReadParams(grpc::ServerReader<v1::ParamsChunk>* reader, int rank,
+                          int64_t round, size_t num_elements,
                           v1::ParamsChunk* chunk, std::vector<float>* x,
                           int64_t* wire_bytes) ABSL_LOCKS_EXCLUDED(mu_);
   // Rounds start from an upload of `rank`: the initial parameters (round

@@ -20,9 +20,8 @@ constexpr size_t kKeptRounds = 4;
 
 RoundCoordinator::RoundCoordinator(const Rules& rules,
                                    const Membership& membership,
-                                   const Clock& clock,
-                                   ServerObserver& observer, Logger& logger,
-                                   DeltaLog& delta_log)
+                                   const Clock& clock, ServerObserver& observer,
+                                   Logger& logger, DeltaLog& delta_log)
     : rules_(rules),
       membership_(membership),
       clock_(clock),
@@ -53,7 +52,8 @@ void RoundCoordinator::Resumed() {
 
 bool RoundCoordinator::AcceptsReplica(int64_t round) const {
   return engine_ != nullptr && fatal_.ok() &&
-         rounds_closed_ == rounds_closed_at_start_ && round > engine_->round() &&
+         rounds_closed_ == rounds_closed_at_start_ &&
+         round > engine_->round() &&
          (rules_.rounds == 0 || round <= rules_.rounds + 1);
 }
 
@@ -79,17 +79,17 @@ const ClosedRound* RoundCoordinator::FindClosed(int64_t round) const {
 absl::Status RoundCoordinator::CheckRound(int rank, int64_t round) const {
   if (!fatal_.ok()) return fatal_;
   if (rules_.rounds > 0 && round > rules_.rounds) {
-    return Rejected(Rejection::kTrainingEnded,
-                    absl::FailedPreconditionError(absl::StrCat(
-                        "rank ", rank, " sent round ", round,
-                        " but training ends after round ", rules_.rounds,
-                        " (--rounds)")));
+    return Rejected(
+        Rejection::kTrainingEnded,
+        absl::FailedPreconditionError(absl::StrCat(
+            "rank ", rank, " sent round ", round,
+            " but training ends after round ", rules_.rounds, " (--rounds)")));
   }
   if (round < 1) {
-    return Rejected(Rejection::kWrongRound,
-                    absl::InvalidArgumentError(absl::StrCat(
-                        "rank ", rank, " sent round ", round,
-                        "; rounds count from 1")));
+    return Rejected(
+        Rejection::kWrongRound,
+        absl::InvalidArgumentError(absl::StrCat(
+            "rank ", rank, " sent round ", round, "; rounds count from 1")));
   }
   const int64_t current = engine_->round();
   if (round == current || (round < current && FindClosed(round))) {
@@ -191,8 +191,8 @@ void RoundCoordinator::Close() {
     // Only a broken invariant gets here (the engine validated every update
     // and drops rounds whose result is not finite); the server cannot go
     // on. Every stream ends with this error and the daemon exits.
-    fatal_ = absl::InternalError(absl::StrCat(
-        "round ", round, " could not be closed: ", s.message()));
+    fatal_ = absl::InternalError(
+        absl::StrCat("round ", round, " could not be closed: ", s.message()));
     logger_.Error(fatal_.message());
     return;
   }
@@ -254,12 +254,12 @@ std::optional<absl::StatusOr<ClosedRound>> RoundCoordinator::Outcome(
   if (const ClosedRound* closed = FindClosed(round)) return *closed;
   if (!fatal_.ok()) return absl::StatusOr<ClosedRound>(fatal_);
   if (engine_->round() > round) {
-    return absl::StatusOr<ClosedRound>(Rejected(
-        Rejection::kLagging,
-        absl::AbortedError(absl::StrCat(
-            "the delta of round ", round,
-            " is no longer kept (the server is at round ", engine_->round(),
-            "); join again and fetch x"))));
+    return absl::StatusOr<ClosedRound>(
+        Rejected(Rejection::kLagging,
+                 absl::AbortedError(absl::StrCat(
+                     "the delta of round ", round,
+                     " is no longer kept (the server is at round ",
+                     engine_->round(), "); join again and fetch x"))));
   }
   return std::nullopt;
 }

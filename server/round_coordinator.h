@@ -12,9 +12,9 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/logger.h"
+#include "core/round_engine.h"
 #include "server/checkpoint.h"
 #include "server/membership.h"
-#include "core/round_engine.h"
 #include "server/server_observer.h"
 
 namespace effadam {
@@ -58,8 +58,8 @@ class RoundCoordinator {
   };
   // The references must outlive the coordinator.
   RoundCoordinator(const Rules& rules, const Membership& membership,
-                   const Clock& clock, ServerObserver& observer,
-                   Logger& logger, DeltaLog& delta_log = DeltaLog::None());
+                   const Clock& clock, ServerObserver& observer, Logger& logger,
+                   DeltaLog& delta_log = DeltaLog::None());
 
   // Once the parameters exist: `engine` (fresh, or restored from a
   // checkpoint), what every checkpoint of it names (layout, settings,
@@ -90,13 +90,12 @@ class RoundCoordinator {
   absl::Status CheckRound(int rank, int64_t round) const;
   // Takes a complete update: averaged if its round is open, else checked
   // and not averaged. May close the round.
-  absl::Status Accept(int rank, int64_t round, std::string update,
-                      float loss);
+  absl::Status Accept(int rank, int64_t round, std::string update, float loss);
   // The same for bytes shared with the caller (RoundEngine::Submit);
   // `validated`: already checked against the worker codec.
   absl::Status Accept(int rank, int64_t round,
-                      std::shared_ptr<const std::string> update,
-                      bool validated, float loss);
+                      std::shared_ptr<const std::string> update, bool validated,
+                      float loss);
   // Closes the open round if it is due (see above).
   void MaybeClose();
 

@@ -33,8 +33,8 @@
 #include "daemon/compression_flags.h"
 #include "daemon/daemon.h"
 #include "daemon/duration_flag.h"
-#include "daemon/threads_flag.h"
 #include "daemon/lifecycle.h"
+#include "daemon/threads_flag.h"
 #include "metrics/server_metrics.h"
 #include "server/call_guard.h"
 #include "server/checkpoint.h"
@@ -142,7 +142,6 @@ ABSL_FLAG(effadam::DurationFlag, metrics_linger, absl::ZeroDuration(),
           "final values; \"inf\" until a signal (Kubernetes: until the pod "
           "is deleted)");
 
-
 namespace effadam {
 namespace {
 
@@ -227,14 +226,14 @@ absl::StatusOr<Restored> RestoreFromFlags(ParameterServerService& service,
   out.run_complete = CompletesRun(l.checkpoint, rounds);
   const std::string checksum = ParamsChecksum(l.checkpoint.state.params);
   if (absl::Status s = service.Restore(std::move(l.checkpoint)); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("restoring ", l.path, ": ",
-                                               s.message()));
+    return absl::Status(s.code(),
+                        absl::StrCat("restoring ", l.path, ": ", s.message()));
   }
   if (out.run_complete) {
     log.Info(absl::StrCat(
         "the run in ", dir, " is complete: ", l.path, " follows round ",
-        out.round - 1, " of ", rounds,
-        " (--rounds), params_checksum ", checksum,
+        out.round - 1, " of ", rounds, " (--rounds), params_checksum ",
+        checksum,
         "; not training again and keeping --summary_json. A new run needs "
         "an empty --checkpoint_dir; a larger --rounds trains on"));
   } else {
@@ -259,10 +258,10 @@ void WriteCheckpoint(CheckpointStore& store, const Checkpoint& checkpoint,
   stats.round = checkpoint.state.round;
   stats.bytes = w->bytes;
   stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  log.Info(absl::StrFormat("checkpoint %s (round %d, %d B, %.2f s), "
-                           "params_checksum %s",
-                           w->path, stats.round, stats.bytes, stats.seconds,
-                           w->params_checksum));
+  log.Info(absl::StrFormat(
+      "checkpoint %s (round %d, %d B, %.2f s), "
+      "params_checksum %s",
+      w->path, stats.round, stats.bytes, stats.seconds, w->params_checksum));
   observer.OnCheckpointWritten(stats);
 }
 
@@ -300,10 +299,9 @@ void LogStart(const ServerOptions& options, const ServerSecurity& security,
   const CompressionConfig& c = options.compression;
   log.Info(DescribeServerSecurity(security));
   log.Info(absl::StrCat(
-      options.num_shards > 1
-          ? absl::StrCat("shard ", options.shard, " of ", options.num_shards,
-                         ", ")
-          : "",
+      options.num_shards > 1 ? absl::StrCat("shard ", options.shard, " of ",
+                                            options.num_shards, ", ")
+                             : "",
       options.workers, " workers, codecs ", c.worker_codec.ToString(), "/",
       c.server_codec.ToString(), ", error feedback ", ErrorFeedbackName(c),
       ", rounds ", options.rounds,
@@ -325,15 +323,14 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> Serve(
   // TLS, message size limits (a chunk plus its envelope; gRPC refuses
   // anything larger before it reaches the service), keepalive, the
   // thread, memory, stream and idle-connection limits.
-  ConfigureServer(listen, security, transport, &builder, port,
-                  std::move(gate));
+  ConfigureServer(listen, security, transport, &builder, port, std::move(gate));
   guard.Install(&builder);
   builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || *port == 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", listen,
-        ": gRPC could not bind it (its log line above says why)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", listen,
+                     ": gRPC could not bind it (its log line above says why)"));
   }
   return server;
 }
@@ -422,9 +419,10 @@ absl::StatusOr<ServerTransport> TransportFromFlags(const ServerOptions& o) {
   t.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout).value;
   t.min_client_ping_interval = absl::GetFlag(FLAGS_min_ping_interval).value;
   t.max_threads = absl::GetFlag(FLAGS_max_threads);
-  t.max_transport_memory_bytes = static_cast<size_t>(
-      std::clamp<int64_t>(absl::GetFlag(FLAGS_max_transport_memory_mb), 0,
-                          int64_t{1} << 30)) << 20;
+  t.max_transport_memory_bytes =
+      static_cast<size_t>(std::clamp<int64_t>(
+          absl::GetFlag(FLAGS_max_transport_memory_mb), 0, int64_t{1} << 30))
+      << 20;
   t.max_streams_per_connection =
       absl::GetFlag(FLAGS_max_streams_per_connection);
   t.max_connection_idle = absl::GetFlag(FLAGS_max_connection_idle).value;
@@ -537,14 +535,13 @@ absl::Status TrainAndFinish(ServerSetup& w, ParameterServerService& service,
       *finished == nullptr
           ? absl::InternalError("cannot restore the final state")
           : Serve(absl::StrCat(w.listen_address.host, ":", port), w.security,
-                  w.transport, std::move(gate), guard, finished->get(),
-                  &bound);
+                  w.transport, std::move(gate), guard, finished->get(), &bound);
   if (again.ok()) {
     *server = *std::move(again);
   } else {
-    daemon.log().Warning(absl::StrCat(
-        "the finished state serves /metrics only: ",
-        again.status().ToString()));
+    daemon.log().Warning(
+        absl::StrCat("the finished state serves /metrics only: ",
+                     again.status().ToString()));
   }
   return result;
 }

@@ -61,7 +61,7 @@ struct ClosedRoundStats {
   double duration_seconds = 0;   // first update's arrival to delta computed
   double train_loss = 0;         // mean loss the contributors reported
   double error_memory_norm = 0;  // L2 norm of the server's E afterwards
-  bool dropped = false;  // its average overflowed; the delta was zero
+  bool dropped = false;          // its average overflowed; the delta was zero
 };
 
 // A checkpoint file the server wrote.

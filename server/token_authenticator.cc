@@ -12,10 +12,11 @@ namespace effadam {
 namespace {
 
 absl::Status Unauthenticated(absl::string_view what) {
-  return absl::UnauthenticatedError(absl::StrCat(
-      what, "; this server requires the metadata `", kAuthorizationKey, ": ",
-      kBearerPrefix, "<token>` with the token of its --auth_token_file "
-      "(clients: --auth_token_file)"));
+  return absl::UnauthenticatedError(
+      absl::StrCat(what, "; this server requires the metadata `",
+                   kAuthorizationKey, ": ", kBearerPrefix,
+                   "<token>` with the token of its --auth_token_file "
+                   "(clients: --auth_token_file)"));
 }
 
 }  // namespace

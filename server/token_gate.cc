@@ -5,9 +5,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
-#include "transport/grpc_security.h"
 #include "server/server_observer.h"
 #include "server/token_authenticator.h"
+#include "transport/grpc_security.h"
 
 namespace effadam {
 namespace {
@@ -30,8 +30,8 @@ grpc::Status TokenGate::Process(const InputMetadata& auth_metadata,
     return grpc::Status::OK;
   }
   std::vector<absl::string_view> values;
-  const auto range = auth_metadata.equal_range(grpc::string_ref(
-      kAuthorizationKey.data(), kAuthorizationKey.size()));
+  const auto range = auth_metadata.equal_range(
+      grpc::string_ref(kAuthorizationKey.data(), kAuthorizationKey.size()));
   for (auto it = range.first; it != range.second; ++it) {
     values.push_back(View(it->second));
   }

@@ -8,10 +8,10 @@
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "daemon/command_line.h"
 #include "absl/time/clock.h"
-#include "core/checksum.h"
 #include "common/json_writer.h"
+#include "core/checksum.h"
+#include "daemon/command_line.h"
 #include "daemon/compression_flags.h"
 #include "daemon/training_flags.h"
 #include "sim/simulation.h"
@@ -41,14 +41,15 @@ int Run() {
   const int64_t rounds = config.training.rounds;
   const int64_t every =
       config.training.eval_every > 0 ? config.training.eval_every : rounds;
-  std::printf("effadam-sim: %s, %d workers, %zu parameters, codecs %s/%s, "
-              "error feedback worker=%d server=%d\n",
-              config.training.model.name.c_str(), config.workers,
-              (*sim)->params().size(),
-              config.compression.worker_codec.ToString().c_str(),
-              config.compression.server_codec.ToString().c_str(),
-              config.compression.worker_error_feedback,
-              config.compression.server_error_feedback);
+  std::printf(
+      "effadam-sim: %s, %d workers, %zu parameters, codecs %s/%s, "
+      "error feedback worker=%d server=%d\n",
+      config.training.model.name.c_str(), config.workers,
+      (*sim)->params().size(),
+      config.compression.worker_codec.ToString().c_str(),
+      config.compression.server_codec.ToString().c_str(),
+      config.compression.worker_error_feedback,
+      config.compression.server_error_feedback);
   const absl::Time start = absl::Now();
   // Train loss is the mean mini-batch loss of the workers over the last
   // kLossWindow rounds: recent enough to track progress, long enough to
@@ -68,21 +69,22 @@ int Run() {
       eval = *e;
       train_loss = std::accumulate(losses.begin(), losses.end(), 0.0) /
                    static_cast<double>(losses.size());
-      std::printf("%s\n", FormatProgress(r, rounds, train_loss, eval,
-                                         (*sim)->traffic(),
-                                         absl::ToDoubleSeconds(absl::Now() - start))
-                              .c_str());
+      std::printf("%s\n",
+                  FormatProgress(r, rounds, train_loss, eval, (*sim)->traffic(),
+                                 absl::ToDoubleSeconds(absl::Now() - start))
+                      .c_str());
       std::fflush(stdout);
     }
   }
   const TrafficCounts& t = (*sim)->traffic();
   const std::string checksum = ParamsChecksum((*sim)->params());
-  std::printf("done: %s %.4f after %lld rounds; moved %s (fp32 Adam: %s, "
-              "%.1fx fewer); params_checksum %s\n",
-              eval.metric_name.c_str(), eval.metric,
-              static_cast<long long>(rounds), FormatBytes(t.round_payload()).c_str(),
-              FormatBytes(t.fp32_equivalent()).c_str(), t.compression_ratio(),
-              checksum.c_str());
+  std::printf(
+      "done: %s %.4f after %lld rounds; moved %s (fp32 Adam: %s, "
+      "%.1fx fewer); params_checksum %s\n",
+      eval.metric_name.c_str(), eval.metric, static_cast<long long>(rounds),
+      FormatBytes(t.round_payload()).c_str(),
+      FormatBytes(t.fp32_equivalent()).c_str(), t.compression_ratio(),
+      checksum.c_str());
   if (!config.training.summary_json.empty()) {
     JsonObject json;
     json.Add("rounds", rounds)

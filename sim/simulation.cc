@@ -88,8 +88,8 @@ absl::StatusOr<double> Simulation::RunRound() {
   std::vector<absl::Status> status(n);
   ParallelFor(n, [&](int r) {
     std::vector<float> grad(d);
-    losses[r] = models_[r]->Gradient(workers_[r]->params(),
-                                     absl::MakeSpan(grad));
+    losses[r] =
+        models_[r]->Gradient(workers_[r]->params(), absl::MakeSpan(grad));
     status[r] = workers_[r]->ComputeUpdate(grad, &updates[r]);
   });
   for (int r = 0; r < n; ++r) {

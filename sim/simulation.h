@@ -9,10 +9,10 @@
 #include "common/traffic.h"
 #include "core/compression_config.h"
 #include "core/round_engine.h"
+#include "core/worker_optimizer.h"
 #include "worker/model.h"
 #include "worker/progress.h"
 #include "worker/training_config.h"
-#include "core/worker_optimizer.h"
 
 namespace effadam {
 

@@ -36,8 +36,8 @@ using service_test::Encode;
 using service_test::InitialParams;
 using service_test::Options;
 using service_test::RandomUpdate;
-using service_test::RejectionCounter;
 using service_test::ReferenceEngine;
+using service_test::RejectionCounter;
 using service_test::TestServer;
 using service_test::TrainStream;
 

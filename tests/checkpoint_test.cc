@@ -3,8 +3,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
@@ -12,9 +12,9 @@
 
 #include "core/checksum.h"
 #include "core/shard_plan.h"
-#include "transport/compression_proto.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "transport/compression_proto.h"
 
 namespace effadam {
 namespace {
@@ -23,8 +23,8 @@ using ::testing::HasSubstr;
 
 Checkpoint Make(int64_t round, size_t n = 40) {
   Checkpoint c;
-  c.layout = *TensorLayout::Create({{"w", {static_cast<int64_t>(n) - 8}},
-                                    {"b", {8}}});
+  c.layout =
+      *TensorLayout::Create({{"w", {static_cast<int64_t>(n) - 8}}, {"b", {8}}});
   CompressionConfig cc;
   cc.worker_codec = *ParseCodecSpec("sign");
   cc.server_codec = *ParseCodecSpec("q4");
@@ -130,10 +130,10 @@ TEST(Checkpoint, ImpossibleStatesAreRejectedEvenWithAGoodCrc) {
   Checkpoint short_e = Make(3);
   short_e.state.error_memory.pop_back();
   EXPECT_FALSE(ParseCheckpoint(SerializeCheckpoint(short_e)).ok());
-  EXPECT_THAT(std::string(ParseCheckpoint("not a checkpoint at all")
-                              .status()
-                              .message()),
-              HasSubstr("magic"));
+  EXPECT_THAT(
+      std::string(
+          ParseCheckpoint("not a checkpoint at all").status().message()),
+      HasSubstr("magic"));
 }
 
 TEST(CheckpointStore, LoadsTheNewestAndKeepsOnlyKeep) {
@@ -150,12 +150,15 @@ TEST(CheckpointStore, LoadsTheNewestAndKeepsOnlyKeep) {
     EXPECT_EQ(w->bytes, static_cast<int64_t>(ReadAll(w->path).size()));
     EXPECT_EQ(w->params_checksum, ParamsChecksum(Make(r).state.params));
   }
-  EXPECT_NE(access((dir.path() + "/checkpoint-000000000031.effadam").c_str(),
-                   F_OK), -1);
-  EXPECT_NE(access((dir.path() + "/checkpoint-000000000021.effadam").c_str(),
-                   F_OK), -1);
-  EXPECT_EQ(access((dir.path() + "/checkpoint-000000000011.effadam").c_str(),
-                   F_OK), -1);
+  EXPECT_NE(
+      access((dir.path() + "/checkpoint-000000000031.effadam").c_str(), F_OK),
+      -1);
+  EXPECT_NE(
+      access((dir.path() + "/checkpoint-000000000021.effadam").c_str(), F_OK),
+      -1);
+  EXPECT_EQ(
+      access((dir.path() + "/checkpoint-000000000011.effadam").c_str(), F_OK),
+      -1);
   auto loaded = store->LoadNewest();
   ASSERT_TRUE(loaded.ok() && loaded->has_value());
   ExpectSame((*loaded)->checkpoint, Make(31));
@@ -293,8 +296,9 @@ TEST(DeltaLog, ReplayGivesTheServersXBitForBit) {
     auto engine = *RoundEngine::Create(codecs.worker, codecs.server, x0, {});
     RoundEngineState at_3, at_4;
     for (int64_t round = 1; round <= 6; ++round) {
-      RoundEngineState* snapshot =
-          round == 3 ? &at_3 : round == 4 ? &at_4 : nullptr;
+      RoundEngineState* snapshot = round == 3   ? &at_3
+                                   : round == 4 ? &at_4
+                                                : nullptr;
       if (snapshot != nullptr) {
         snapshot->round = round;
         snapshot->params.assign(engine->params().begin(),

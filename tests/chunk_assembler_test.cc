@@ -1,9 +1,9 @@
 #include "transport/chunk_assembler.h"
 
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -224,8 +224,8 @@ namespace {
 
 // Three tensors, several segments each, one of them fp32 (small).
 std::unique_ptr<UpdateCodec> SegmentedCodec(const std::string& name) {
-  auto layout = TensorLayout::Create(
-      {{"w", {40, 16}}, {"b", {10}}, {"v", {200}}});
+  auto layout =
+      TensorLayout::Create({{"w", {40, 16}}, {"b", {10}}, {"v", {200}}});
   EXPECT_TRUE(layout.ok()) << layout.status();
   CompressionOptions o;
   o.block_size = 64;

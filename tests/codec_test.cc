@@ -17,9 +17,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
-const char* const kCodecs[] = {"fp32", "bf16", "fp16", "sign", "q2",  "q3",
-                               "q4",   "q5",   "q6",   "q7",   "q8",  "q4s",
-                               "q2s",  "topk:0.01", "topk:0.1", "topk:1"};
+const char* const kCodecs[] = {
+    "fp32", "bf16", "fp16", "sign", "q2",  "q3",        "q4",       "q5",
+    "q6",   "q7",   "q8",   "q4s",  "q2s", "topk:0.01", "topk:0.1", "topk:1"};
 const size_t kSizes[] = {0, 1, 7, 8, 9, 63, 100, 1023, 1024, 1025, 4097};
 const size_t kBlocks[] = {8, 64, 1024};
 
@@ -39,13 +39,25 @@ std::vector<float> RandomVector(size_t n, int shape, std::mt19937_64& rng) {
   std::vector<float> v(n);
   for (size_t i = 0; i < n; ++i) {
     switch (shape % 6) {
-      case 0: v[i] = normal(rng) * 0.01f; break;
-      case 1: v[i] = normal(rng) / std::max(0.02f, std::fabs(normal(rng))); break;
-      case 2: v[i] = uni(rng) < 0.05f ? normal(rng) : 0.0f; break;
-      case 3: v[i] = 0.5f; break;
-      case 4: v[i] = i == n / 2 ? 3.0f : normal(rng) * 1e-3f; break;
+      case 0:
+        v[i] = normal(rng) * 0.01f;
+        break;
+      case 1:
+        v[i] = normal(rng) / std::max(0.02f, std::fabs(normal(rng)));
+        break;
+      case 2:
+        v[i] = uni(rng) < 0.05f ? normal(rng) : 0.0f;
+        break;
+      case 3:
+        v[i] = 0.5f;
+        break;
+      case 4:
+        v[i] = i == n / 2 ? 3.0f : normal(rng) * 1e-3f;
+        break;
       // Subnormals, as Adam's m leaves on a unit whose gradient is zero.
-      case 5: v[i] = normal(rng) * 1e-39f; break;
+      case 5:
+        v[i] = normal(rng) * 1e-39f;
+        break;
     }
   }
   return v;
@@ -88,10 +100,13 @@ size_t CeilDiv(size_t a, size_t b) { return (a + b - 1) / b; }
 
 size_t FormulaSize(const CodecSpec& spec, size_t n, size_t block) {
   switch (spec.kind) {
-    case CodecKind::kFp32: return 4 * n;
+    case CodecKind::kFp32:
+      return 4 * n;
     case CodecKind::kBf16:
-    case CodecKind::kFp16: return 2 * n;
-    case CodecKind::kSign: return 4 * CeilDiv(n, block) + CeilDiv(n, 8);
+    case CodecKind::kFp16:
+      return 2 * n;
+    case CodecKind::kSign:
+      return 4 * CeilDiv(n, block) + CeilDiv(n, 8);
     case CodecKind::kQuant:
       return 4 * CeilDiv(n, block) + CeilDiv(n * spec.bits, 8);
     case CodecKind::kTopK: {
@@ -158,8 +173,8 @@ TEST_P(CodecProperty, IsACompressor) {
       if (n == 0) continue;
       for (int shape = 0; shape < 6; ++shape) {
         // 16-bit floats promise their bound in their normal range only.
-        const bool half = spec->kind == CodecKind::kBf16 ||
-                          spec->kind == CodecKind::kFp16;
+        const bool half =
+            spec->kind == CodecKind::kBf16 || spec->kind == CodecKind::kFp16;
         if (half && shape == 5) continue;
         std::vector<float> p = RandomVector(n, shape, rng);
         std::vector<float> zero(n, 0.0f);
@@ -261,10 +276,10 @@ TEST_P(CodecProperty, WrongLengthIsAnErrorNotARead) {
   for (int delta : {-1, 1, -static_cast<int>(enc.bytes.size())}) {
     // A fresh heap copy of exactly the wrong length, so ASan sees any
     // read past its end.
-    std::vector<uint8_t> bad(enc.bytes.begin(),
-                             enc.bytes.begin() +
-                                 std::min(enc.bytes.size(),
-                                          enc.bytes.size() + delta));
+    std::vector<uint8_t> bad(
+        enc.bytes.begin(),
+        enc.bytes.begin() +
+            std::min(enc.bytes.size(), enc.bytes.size() + delta));
     if (delta > 0) bad.push_back(0);
     EXPECT_EQ(c->Validate(bad, n).code(), absl::StatusCode::kInvalidArgument);
     std::vector<float> acc(n, 1.0f);
@@ -291,8 +306,7 @@ TEST_P(CodecProperty, RandomBytesNeverReadOutOfBounds) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCodecs, CodecProperty,
-                         ::testing::ValuesIn(kCodecs),
+INSTANTIATE_TEST_SUITE_P(AllCodecs, CodecProperty, ::testing::ValuesIn(kCodecs),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& ch : name)
@@ -323,8 +337,8 @@ TEST(SignCodec, SendsBlockMeanMagnitudeWithSign) {
   std::vector<float> zero(u.size(), 0.0f);
   Encoded enc = EncodeEF(*c, u, zero);
   std::vector<float> q = DecodeAll(*c, enc.bytes, u.size());
-  const std::vector<float> want = {4.5, -4.5, 4.5, -4.5, 4.5,
-                                   -4.5, 4.5, -4.5, 0.5, -0.5};
+  const std::vector<float> want = {4.5,  -4.5, 4.5,  -4.5, 4.5,
+                                   -4.5, 4.5,  -4.5, 0.5,  -0.5};
   EXPECT_EQ(q, want);
   EXPECT_EQ(enc.bytes.size(), 2 * 4 + 2u);
   // Layout: scale of block 0 (LE float), scale of block 1, sign bits LSB
@@ -376,8 +390,7 @@ TEST(QuantCodec, ABlockNearFloatMaxDecodesFinite) {
   for (const char* name : {"q2", "q3", "q4", "q5", "q6", "q7", "q8", "q4s"}) {
     auto c = Make(name, 8);
     const float levels = static_cast<float>((1 << (c->spec().bits - 1)) - 1);
-    for (float s : {FLT_MAX, std::nextafter(FLT_MAX, 0.0f), 3.3e38f,
-                    3.0e38f}) {
+    for (float s : {FLT_MAX, std::nextafter(FLT_MAX, 0.0f), 3.3e38f, 3.0e38f}) {
       const float naive = s / levels;
       if (!(levels * naive <= FLT_MAX)) ++overflowing;
       std::vector<float> u = {s, -s, s / 2, 0, 1, -1, s / 3, -s / 5};
@@ -419,14 +432,15 @@ TEST(TopKCodec, KeepsTheLargestInAscendingIndexOrder) {
   std::vector<float> q = DecodeAll(*c, enc.bytes, u.size());
   EXPECT_EQ(q, (std::vector<float>{0, -5, 0, 0, 4, 0, 0, 0}));
   // Everything not sent stays in the error memory.
-  EXPECT_EQ(enc.error, (std::vector<float>{0.1f, 0, 0.2f, 0.3f, 0, 0.1f, 0.1f,
-                                           0.1f}));
+  EXPECT_EQ(enc.error,
+            (std::vector<float>{0.1f, 0, 0.2f, 0.3f, 0, 0.1f, 0.1f, 0.1f}));
 }
 
 // Corruptions a validator must catch, each with the reason in the message.
 TEST(Validate, CatchesCorruption) {
   std::vector<float> u(16);
-  for (size_t i = 0; i < u.size(); ++i) u[i] = 0.1f * (i + 1) * (i % 2 ? -1 : 1);
+  for (size_t i = 0; i < u.size(); ++i)
+    u[i] = 0.1f * (i + 1) * (i % 2 ? -1 : 1);
   std::vector<float> zero(u.size(), 0.0f);
   struct Case {
     const char* codec;
@@ -441,12 +455,10 @@ TEST(Validate, CatchesCorruption) {
   std::vector<uint8_t> neg_bytes(4);
   std::memcpy(neg_bytes.data(), &neg, 4);
   const std::vector<Case> cases = {
-      {"fp32", 8, nan_bytes, "NaN"},
-      {"sign", 0, nan_bytes, "scale"},
-      {"sign", 4, neg_bytes, "scale"},
-      {"q4", 0, nan_bytes, "scale"},
-      {"q4", 8, {0xFF}, "out of range"},  // code 15 is not a level
-      {"bf16", 0, {0x80, 0x7F}, "NaN"},   // +Inf
+      {"fp32", 8, nan_bytes, "NaN"},           {"sign", 0, nan_bytes, "scale"},
+      {"sign", 4, neg_bytes, "scale"},         {"q4", 0, nan_bytes, "scale"},
+      {"q4", 8, {0xFF}, "out of range"},        // code 15 is not a level
+      {"bf16", 0, {0x80, 0x7F}, "NaN"},         // +Inf
       {"topk:0.25", 0, {0x08, 0x00}, "index"},  // index 8 in a block of 8
       {"topk:0.25", 0, {0x07, 0x00}, "order"},  // 7 then 7: not ascending
   };
@@ -488,9 +500,9 @@ TEST(ParseCodecSpec, AcceptsEveryDocumentedName) {
 }
 
 TEST(ParseCodecSpec, RejectsMalformedNamesClearly) {
-  for (const char* name : {"", "sgn", "q1", "q9", "q", "q4x", "q10", "topk",
-                           "topk:", "topk:0", "topk:1.5", "topk:abc",
-                           "topk:nan", "FP32", "sign "}) {
+  for (const char* name :
+       {"", "sgn", "q1", "q9", "q", "q4x", "q10", "topk", "topk:", "topk:0",
+        "topk:1.5", "topk:abc", "topk:nan", "FP32", "sign "}) {
     auto spec = ParseCodecSpec(name);
     ASSERT_FALSE(spec.ok()) << "'" << name << "' should be rejected";
     EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);

@@ -4,8 +4,6 @@
 // linger, the summary file. Each test makes its Daemon first, as a main
 // does, so that no thread of the test process takes SIGTERM itself.
 
-#include "daemon/daemon.h"
-
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,6 +15,7 @@
 #include <string>
 
 #include "absl/time/clock.h"
+#include "daemon/daemon.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/counter.h"

@@ -66,16 +66,15 @@ TEST(HostPort, ParsesHostAndPort) {
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->host, "[::1]");
   EXPECT_EQ(a->port, 0);
-  EXPECT_TRUE(ParseHostPort("effadam-server-0.effadam-server:50051",
-                            "--server", 1)
-                  .ok());
+  EXPECT_TRUE(
+      ParseHostPort("effadam-server-0.effadam-server:50051", "--server", 1)
+          .ok());
 }
 
 TEST(HostPort, RejectsWhatIsNotHostPortNamingTheValue) {
   const auto error = [](absl::string_view address, int min_port) {
     absl::StatusOr<HostPort> a = ParseHostPort(address, "--listen", min_port);
-    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument)
-        << address;
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << address;
     return std::string(a.status().message());
   };
   EXPECT_THAT(error("127.0.0.1:99999", 0),
@@ -109,9 +108,9 @@ TEST(HostPort, ProbeNamesAddressAndReason) {
   close(fd);
   EXPECT_TRUE(ProbeListen(taken).ok());
   EXPECT_TRUE(ProbeListen(HostPort{"127.0.0.1", 0}).ok());
-  EXPECT_THAT(std::string(ProbeListen(HostPort{"no-such-host.invalid", 0})
-                              .message()),
-              HasSubstr("cannot resolve host \"no-such-host.invalid\""));
+  EXPECT_THAT(
+      std::string(ProbeListen(HostPort{"no-such-host.invalid", 0}).message()),
+      HasSubstr("cannot resolve host \"no-such-host.invalid\""));
 }
 
 TEST(ProcStat, ParsesTheFieldsAfterTheCommandName) {

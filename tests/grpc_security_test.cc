@@ -135,7 +135,8 @@ TEST_F(FilesTest, CertificatesLoadAndBadFilesNameTheFlagAndThePath) {
       {Write("huge.pem", std::string((1 << 20) + 1, 'x')), "larger than"},
   };
   for (const Case& c : cases) {
-    absl::StatusOr<std::string> r = LoadCertificatesPem(c.path, "--tls_ca_file");
+    absl::StatusOr<std::string> r =
+        LoadCertificatesPem(c.path, "--tls_ca_file");
     ASSERT_FALSE(r.ok()) << c.path;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(Message(r.status()),
@@ -154,10 +155,10 @@ TEST_F(FilesTest, PrivateKeysLoadUnencryptedOnly) {
        {Write("cert.pem", a.cert_pem), Write("enc.pem", EncryptedKeyPem())}) {
     absl::StatusOr<std::string> r = LoadPrivateKeyPem(path, "--tls_key_file");
     ASSERT_FALSE(r.ok()) << path;
-    EXPECT_THAT(Message(r.status()),
-                AllOf(HasSubstr("--tls_key_file=" + path),
-                      HasSubstr("no usable PEM private key"),
-                      HasSubstr("encrypted")));
+    EXPECT_THAT(
+        Message(r.status()),
+        AllOf(HasSubstr("--tls_key_file=" + path),
+              HasSubstr("no usable PEM private key"), HasSubstr("encrypted")));
   }
   absl::StatusOr<std::string> empty =
       LoadPrivateKeyPem(Write("empty.pem", ""), "--tls_key_file");
@@ -165,8 +166,8 @@ TEST_F(FilesTest, PrivateKeysLoadUnencryptedOnly) {
 }
 
 TEST_F(FilesTest, TokenFilesAreTrimmedAndMustHoldAPrintableToken) {
-  absl::StatusOr<std::string> t =
-      LoadTokenFile(Write("t", "  \t0123456789abcdef\r\n\n"), "--auth_token_file");
+  absl::StatusOr<std::string> t = LoadTokenFile(
+      Write("t", "  \t0123456789abcdef\r\n\n"), "--auth_token_file");
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(*t, "0123456789abcdef");
 
@@ -177,7 +178,10 @@ TEST_F(FilesTest, TokenFilesAreTrimmedAndMustHoldAPrintableToken) {
       {Missing(), "cannot open"},
       {Write("empty", ""), "the file is empty"},
       {Write("blank", " \n\t\n"), "only whitespace"},
-      {Write("ctrl", "abc\x01" "def"), "outside printable ASCII at position 3"},
+      {Write("ctrl",
+             "abc\x01"
+             "def"),
+       "outside printable ASCII at position 3"},
       {Write("inner", "abc\ndef"), "outside printable ASCII at position 3"},
       {Write("utf8", "caf\xc3\xa9"), "outside printable ASCII"},
       {Write("huge", std::string(5000, 'a')), "larger than"},
@@ -185,9 +189,9 @@ TEST_F(FilesTest, TokenFilesAreTrimmedAndMustHoldAPrintableToken) {
   for (const Case& c : cases) {
     absl::StatusOr<std::string> r = LoadTokenFile(c.path, "--auth_token_file");
     ASSERT_FALSE(r.ok()) << c.path;
-    EXPECT_THAT(Message(r.status()), AllOf(HasSubstr("--auth_token_file=" +
-                                                     c.path),
-                                           HasSubstr(c.why)));
+    EXPECT_THAT(
+        Message(r.status()),
+        AllOf(HasSubstr("--auth_token_file=" + c.path), HasSubstr(c.why)));
   }
 }
 
@@ -225,9 +229,9 @@ TEST_F(FilesTest, ServerSecurityNeedsCertAndKeyTogether) {
   EXPECT_EQ(tls->cert_pem, a.cert_pem);
   EXPECT_EQ(tls->key_pem, a.key_pem);
   EXPECT_TRUE(tls->client_ca_pem.empty());
-  EXPECT_THAT(DescribeServerSecurity(*tls),
-              AllOf(HasSubstr("TLS"), Not(HasSubstr("mutual")),
-                    HasSubstr("no token")));
+  EXPECT_THAT(
+      DescribeServerSecurity(*tls),
+      AllOf(HasSubstr("TLS"), Not(HasSubstr("mutual")), HasSubstr("no token")));
 
   f.client_ca_file = cert;
   f.token_file = Write("token", std::string(32, 'k') + "\n");
@@ -366,8 +370,7 @@ TEST(ServerTransportTest, LimitsMustBeSensible) {
   t = ServerTransport();
   t.max_transport_memory_bytes = kMinTransportMemoryBytes - 1;
   s = CheckServerTransport(t);
-  EXPECT_TRUE(absl::StrContains(s.message(), "--max_transport_memory_mb"))
-      << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "--max_transport_memory_mb")) << s;
   // Room for 4 of the largest messages.
   t.max_chunk_bytes = size_t{64} << 20;
   t.max_transport_memory_bytes = 4 * size_t{MaxMessageBytes(t.max_chunk_bytes)};
@@ -431,10 +434,9 @@ TEST(TokenAuthenticatorTest, AcceptsOnlyTheBearerToken) {
   for (const Case& c : cases) {
     const absl::Status s = auth->Check(c.values);
     EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << c.why;
-    EXPECT_THAT(Message(s), AllOf(HasSubstr(c.why),
-                                  HasSubstr("--auth_token_file"),
-                                  Not(HasSubstr("guess-one")),
-                                  Not(HasSubstr("s3cret"))));
+    EXPECT_THAT(Message(s),
+                AllOf(HasSubstr(c.why), HasSubstr("--auth_token_file"),
+                      Not(HasSubstr("guess-one")), Not(HasSubstr("s3cret"))));
   }
 }
 

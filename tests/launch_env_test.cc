@@ -30,25 +30,28 @@ TEST(ResolvePlacement, DefaultsWithoutEnvironment) {
 }
 
 TEST(ResolvePlacement, TorchrunVariables) {
-  auto p = ResolvePlacement(
-      {}, Env({{"RANK", "2"}, {"WORLD_SIZE", "4"}, {"MASTER_ADDR", "ps-0"},
-               {"MASTER_PORT", "29500"}, {"LOCAL_RANK", "0"}}));
+  auto p = ResolvePlacement({}, Env({{"RANK", "2"},
+                                     {"WORLD_SIZE", "4"},
+                                     {"MASTER_ADDR", "ps-0"},
+                                     {"MASTER_PORT", "29500"},
+                                     {"LOCAL_RANK", "0"}}));
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->server, "ps-0:50051");  // MASTER_PORT is torch's, not ours
   EXPECT_EQ(p->server_source, "MASTER_ADDR");
   EXPECT_EQ(p->rank, 2);
   EXPECT_EQ(p->rank_source, "RANK");
   EXPECT_EQ(p->world_size, 4);
-  p = ResolvePlacement({}, Env({{"MASTER_ADDR", "::1"}, {"EFFADAM_PORT", "7"}}));
+  p = ResolvePlacement({},
+                       Env({{"MASTER_ADDR", "::1"}, {"EFFADAM_PORT", "7"}}));
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->server, "[::1]:7");
 }
 
 TEST(ResolvePlacement, EffadamServerAndIndexedJob) {
-  auto p = ResolvePlacement(
-      {}, Env({{"EFFADAM_SERVER", "s-{shard}.svc:50051"},
-               {"EFFADAM_NUM_SHARDS", "3"}, {"MASTER_ADDR", "ignored"},
-               {"JOB_COMPLETION_INDEX", "1"}}));
+  auto p = ResolvePlacement({}, Env({{"EFFADAM_SERVER", "s-{shard}.svc:50051"},
+                                     {"EFFADAM_NUM_SHARDS", "3"},
+                                     {"MASTER_ADDR", "ignored"},
+                                     {"JOB_COMPLETION_INDEX", "1"}}));
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->server, "s-{shard}.svc:50051");
   EXPECT_EQ(p->num_shards, 3);
@@ -65,9 +68,9 @@ TEST(ResolvePlacement, GivenValuesWin) {
   g.server = "10.0.0.1:1";
   g.rank = 3;
   g.num_shards = 0;
-  auto p = ResolvePlacement(
-      g, Env({{"EFFADAM_SERVER", "x:2"}, {"RANK", "1"},
-              {"EFFADAM_NUM_SHARDS", "2"}}));
+  auto p = ResolvePlacement(g, Env({{"EFFADAM_SERVER", "x:2"},
+                                    {"RANK", "1"},
+                                    {"EFFADAM_NUM_SHARDS", "2"}}));
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->server, "10.0.0.1:1");
   EXPECT_EQ(p->rank, 3);

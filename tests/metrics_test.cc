@@ -15,16 +15,16 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "metrics/prometheus_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "transport/compression_proto.h"
-#include "prometheus/registry.h"
-#include "tests/scrape_util.h"
-#include "server/parameter_server_service.h"
+#include "metrics/prometheus_util.h"
 #include "metrics/server_metrics.h"
-#include "worker/worker_client.h"
 #include "metrics/worker_metrics.h"
+#include "prometheus/registry.h"
+#include "server/parameter_server_service.h"
+#include "tests/scrape_util.h"
+#include "transport/compression_proto.h"
+#include "worker/worker_client.h"
 
 namespace effadam {
 namespace {
@@ -201,7 +201,8 @@ TEST(Metrics, CountersEqualTheSummariesAfterARun) {
             s.traffic.up().wire);
   EXPECT_EQ(server.Value("effadam_server_wire_bytes_total", down),
             s.traffic.down().wire);
-  EXPECT_EQ(server.Value("effadam_server_wire_bytes_total", join), s.traffic.join().wire);
+  EXPECT_EQ(server.Value("effadam_server_wire_bytes_total", join),
+            s.traffic.join().wire);
   EXPECT_EQ(server.Value("effadam_server_fp32_equivalent_bytes_total", up),
             s.traffic.up().fp32);
   EXPECT_EQ(server.Value("effadam_server_fp32_equivalent_bytes_total", down),
@@ -271,8 +272,8 @@ TEST(Metrics, CountersEqualTheSummariesAfterARun) {
     EXPECT_EQ(
         Value(reg, "effadam_worker_fp32_equivalent_bytes_total", with(down)),
         t.down().fp32);
-    EXPECT_TRUE(std::isnan(Value(
-        reg, "effadam_worker_fp32_equivalent_bytes_total", with(join))));
+    EXPECT_TRUE(std::isnan(
+        Value(reg, "effadam_worker_fp32_equivalent_bytes_total", with(join))));
     EXPECT_EQ(Value(reg, "effadam_worker_rounds_total", rank), kRounds);
     EXPECT_EQ(Value(reg, "effadam_worker_round_duration_seconds", rank),
               kRounds);

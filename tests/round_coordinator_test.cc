@@ -44,9 +44,9 @@ class RoundCoordinatorTest : public ::testing::Test {
                                                 ServerObserver::None(), log_);
     Checkpoint identity;
     identity.layout = layout_;
-    c->Start(*RoundEngine::Create(codec_, codec_, std::vector<float>(256, 1.0f),
-                                  {}),
-             identity, 0, false);
+    c->Start(
+        *RoundEngine::Create(codec_, codec_, std::vector<float>(256, 1.0f), {}),
+        identity, 0, false);
     return c;
   }
 
@@ -57,8 +57,8 @@ class RoundCoordinatorTest : public ::testing::Test {
     rules.workers = 3;
     rules.round_timeout = absl::Seconds(5);
     rules.replica_wait = absl::Seconds(60);
-    auto c = std::make_unique<RoundCoordinator>(
-        rules, membership, clock_, ServerObserver::None(), log_);
+    auto c = std::make_unique<RoundCoordinator>(rules, membership, clock_,
+                                                ServerObserver::None(), log_);
     RoundEngineState state;
     state.round = 41;
     state.params.assign(256, 1.0f);
@@ -226,10 +226,9 @@ TEST_F(RoundCoordinatorTest, ADroppedRoundIsLoggedAndCounted) {
   membership_.Leave(1);
   membership_.Leave(2);
   std::string huge;
-  ASSERT_TRUE(codec_
-                  ->EncodeWithFeedback(std::vector<float>(256, 3e38f), {}, 0,
-                                       &huge)
-                  .ok());
+  ASSERT_TRUE(
+      codec_->EncodeWithFeedback(std::vector<float>(256, 3e38f), {}, 0, &huge)
+          .ok());
   ASSERT_TRUE(c->Accept(0, 1, Update(0, 1), 1.0f).ok());
   ASSERT_TRUE(c->Accept(0, 2, huge, 1.0f).ok());
   ASSERT_TRUE(c->Accept(0, 3, huge, 1.0f).ok());  // x near 3e38 -> 6e38

@@ -62,8 +62,8 @@ TEST(RoundEngine, AveragesInRankOrderWhateverTheArrivalOrder) {
   auto da = a.engine->CloseRound(), db = b.engine->CloseRound();
   ASSERT_TRUE(da.ok() && db.ok());
   EXPECT_EQ(*da, *db);
-  EXPECT_EQ(0, std::memcmp(a.engine->params().data(),
-                           b.engine->params().data(), 3000 * 4));
+  EXPECT_EQ(0, std::memcmp(a.engine->params().data(), b.engine->params().data(),
+                           3000 * 4));
 }
 
 TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
@@ -72,7 +72,8 @@ TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
   std::vector<float> x(f.engine->params().begin(), f.engine->params().end());
   std::vector<float> E(n, 0.0f);
   for (int round = 1; round <= 3; ++round) {
-    std::vector<float> u0 = Random(n, 10 * round), u1 = Random(n, 10 * round + 1);
+    std::vector<float> u0 = Random(n, 10 * round),
+                       u1 = Random(n, 10 * round + 1);
     ASSERT_TRUE(f.engine->Submit(0, round, Encode(*f.worker, u0)).ok());
     ASSERT_TRUE(f.engine->Submit(1, round, Encode(*f.worker, u1)).ok());
     auto delta = f.engine->CloseRound();
@@ -81,10 +82,12 @@ TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
     std::vector<float> p(n);
     for (size_t i = 0; i < n; ++i) p[i] = ((0.0f + u0[i]) + u1[i]) / 2.0f;
     std::string want;
-    ASSERT_TRUE(f.server->EncodeWithFeedback(p, absl::MakeSpan(E), 0, &want).ok());
+    ASSERT_TRUE(
+        f.server->EncodeWithFeedback(p, absl::MakeSpan(E), 0, &want).ok());
     EXPECT_EQ(want, *delta);
     std::vector<float> q(n, 0.0f);
-    ASSERT_TRUE(f.server->DecodeAccumulate(*delta, 1.0f, absl::MakeSpan(q)).ok());
+    ASSERT_TRUE(
+        f.server->DecodeAccumulate(*delta, 1.0f, absl::MakeSpan(q)).ok());
     for (size_t i = 0; i < n; ++i) x[i] = x[i] + -1.0f * q[i];
     EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), n * 4));
     EXPECT_EQ(0, std::memcmp(E.data(), f.engine->error_memory().data(), n * 4));
@@ -156,7 +159,8 @@ TEST(RoundEngine, OverflowingAverageDropsTheRoundWithAZeroDelta) {
   EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), 64 * 4));
   for (float e : f.engine->error_memory()) ASSERT_EQ(e, 0.0f);
   std::vector<float> applied(64, 0.0f);
-  ASSERT_TRUE(f.server->DecodeAccumulate(*d, 1.0f, absl::MakeSpan(applied)).ok());
+  ASSERT_TRUE(
+      f.server->DecodeAccumulate(*d, 1.0f, absl::MakeSpan(applied)).ok());
   for (float a : applied) ASSERT_EQ(a, 0.0f);
   // The next round is an ordinary one.
   ASSERT_TRUE(f.engine->Submit(0, 2, Encode(*f.worker, Random(64, 2))).ok());
@@ -171,7 +175,8 @@ TEST(RoundEngine, SignBlockSumsPastFltMaxCloseTheRound) {
   Fixture f = Make("sign", "sign", true, 2048);
   ASSERT_TRUE(f.engine->Submit(0, 1, Encode(*f.worker, Random(2048, 1))).ok());
   ASSERT_TRUE(
-      f.engine->Submit(1, 1, Encode(*f.worker, std::vector<float>(2048, 1.2e37f)))
+      f.engine
+          ->Submit(1, 1, Encode(*f.worker, std::vector<float>(2048, 1.2e37f)))
           .ok());
   absl::StatusOr<std::string> d = f.engine->CloseRound();
   ASSERT_TRUE(d.ok()) << d.status();
@@ -204,7 +209,8 @@ TEST(RoundEngine, ARoundThatWouldMakeXInfiniteIsDropped) {
   EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), 64 * 4));
   EXPECT_EQ(0, std::memcmp(e.data(), f.engine->error_memory().data(), 64 * 4));
   std::vector<float> applied(64, 0.0f);
-  ASSERT_TRUE(f.server->DecodeAccumulate(*d, 1.0f, absl::MakeSpan(applied)).ok());
+  ASSERT_TRUE(
+      f.server->DecodeAccumulate(*d, 1.0f, absl::MakeSpan(applied)).ok());
   for (float a : applied) ASSERT_EQ(a, 0.0f);
 
   ASSERT_TRUE(f.engine->Submit(0, 3, Encode(*f.worker, Random(64, 3))).ok());

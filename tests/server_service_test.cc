@@ -1,10 +1,9 @@
 #include <grpcpp/grpcpp.h>
-
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -15,9 +14,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "core/checksum.h"
 #include "common/clock.h"
 #include "common/logger.h"
+#include "core/checksum.h"
 #include "core/shard_plan.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -27,18 +26,18 @@
 namespace effadam {
 namespace {
 
-using ::testing::AllOf;
-using ::testing::HasSubstr;
+using service_test::Compression;
 using service_test::Encode;
 using service_test::InitialParams;
 using service_test::Options;
 using service_test::RandomUpdate;
 using service_test::ReferenceEngine;
-using service_test::TestServer;
-using service_test::TrainStream;
-using service_test::Compression;
 using service_test::RejectionCounter;
 using service_test::TestLayout;
+using service_test::TestServer;
+using service_test::TrainStream;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
 
 struct WorkerResult {
   std::vector<std::string> deltas;
@@ -310,9 +309,8 @@ TEST(ParameterServerService, BadUploadsKeepNothingAndSomeoneElseUploads) {
     chunks.back().set_begin(2007);
     cases.push_back({"long", chunks, "the buffer would be too long"});
   }
-  cases.push_back(
-      {"oversize", TestServer::Chunks(0, x0, 26),
-       "over max_chunk_bytes (100)"});
+  cases.push_back({"oversize", TestServer::Chunks(0, x0, 26),
+                   "over max_chunk_bytes (100)"});
   {
     auto chunks = TestServer::Chunks(0, x0, 25);
     chunks[0].mutable_values()->pop_back();
@@ -516,7 +514,8 @@ TEST(ParameterServerService, RoundTimeoutClosesWithTheWorkersPresent) {
   auto update = [&](int rank, int64_t round) {
     return Encode(server.worker_codec(), RandomUpdate(server.n(), rank, round));
   };
-  const int64_t size = static_cast<int64_t>(server.worker_codec().encoded_size());
+  const int64_t size =
+      static_cast<int64_t>(server.worker_codec().encoded_size());
 
   std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
   TrainStream s0(&server), s1(&server);
@@ -527,7 +526,8 @@ TEST(ParameterServerService, RoundTimeoutClosesWithTheWorkersPresent) {
     // Rank 2 is waited for until the timeout, measured on the clock.
     EXPECT_EQ(server.service().Summary().rounds_closed, round - 1);
     clock.Advance(o.round_timeout);
-    for (int r : {0, 1}) ASSERT_TRUE(ref->Submit(r, round, update(r, round)).ok());
+    for (int r : {0, 1})
+      ASSERT_TRUE(ref->Submit(r, round, update(r, round)).ok());
     const std::string want = *ref->CloseRound();
     for (TrainStream* s : {&s0, &s1}) {
       std::string delta;
@@ -658,7 +658,8 @@ TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
   };
   TrainStream s0(&server), s1(&server);
   ASSERT_TRUE(s0.Send(0, 1, update(0, 1)));
-  WaitForUpdates(server, static_cast<int64_t>(server.worker_codec().encoded_size()));
+  WaitForUpdates(server,
+                 static_cast<int64_t>(server.worker_codec().encoded_size()));
   clock.Advance(o.round_timeout);
   std::string d0, d1;
   int64_t r0 = 0, r1 = 0;
@@ -748,10 +749,10 @@ TEST(ParameterServerService, CheckpointsEveryKRoundsAndARestoreGoesOnExactly) {
   std::unique_ptr<RoundEngine> ref = ReferenceEngine(b, x0);
   for (int64_t round = 1; round <= 2; ++round) {
     for (int r = 0; r < 2; ++r) {
-      ASSERT_TRUE(ref->Submit(r, round,
-                              Encode(b.worker_codec(),
-                                     RandomUpdate(b.n(), r, round)))
-                      .ok());
+      ASSERT_TRUE(
+          ref->Submit(r, round,
+                      Encode(b.worker_codec(), RandomUpdate(b.n(), r, round)))
+              .ok());
     }
     ASSERT_TRUE(ref->CloseRound().ok());
   }
@@ -814,10 +815,11 @@ TEST(ParameterServerService, AWorkerTooFarBehindIsToldToResync) {
   // Rank 1 sends nothing while rank 0's rounds close on the timeout.
   TrainStream s0(&server);
   for (int64_t round = 1; round <= 6; ++round) {
-    ASSERT_TRUE(s0.Send(0, round, Encode(server.worker_codec(),
-                                         RandomUpdate(server.n(), 0, round))));
+    ASSERT_TRUE(s0.Send(
+        0, round,
+        Encode(server.worker_codec(), RandomUpdate(server.n(), 0, round))));
     WaitForUpdates(server, round * static_cast<int64_t>(
-                                        server.worker_codec().encoded_size()));
+                                       server.worker_codec().encoded_size()));
     clock.Advance(o.round_timeout);
     std::string delta;
     int64_t got = 0;
@@ -859,9 +861,9 @@ TEST(ParameterServerService, ARoundThatOverflowsIsDroppedAndTrainingGoesOn) {
   EXPECT_EQ(d0, d1);
   EXPECT_EQ(server.Checksum(), ParamsChecksum(x0));
   std::vector<float> applied(server.n(), 0.0f);
-  ASSERT_TRUE(
-      server.server_codec().DecodeAccumulate(d0, 1.0f, absl::MakeSpan(applied))
-          .ok());
+  ASSERT_TRUE(server.server_codec()
+                  .DecodeAccumulate(d0, 1.0f, absl::MakeSpan(applied))
+                  .ok());
   for (float a : applied) ASSERT_EQ(a, 0.0f);
   // Round 2 is an ordinary round.
   for (int rank = 0; rank < 2; ++rank) {
@@ -902,8 +904,7 @@ TEST(ParameterServerService, TwoShardsComputeTheUnshardedServersDeltas) {
     EXPECT_EQ(resp.num_shards(), 2);
     EXPECT_EQ(resp.shard_begin(), static_cast<int64_t>(plan[k].begin));
     EXPECT_EQ(resp.shard_size(), static_cast<int64_t>(plan[k].size));
-    EXPECT_EQ(resp.num_elements(),
-              static_cast<int64_t>(layout.num_elements()));
+    EXPECT_EQ(resp.num_elements(), static_cast<int64_t>(layout.num_elements()));
     ASSERT_TRUE(shards[k]
                     ->Upload(0, std::vector<float>(
                                     x0.begin() + plan[k].begin,
@@ -1192,7 +1193,8 @@ TEST(ParameterServerServiceLimits, ADeclaredHugeLayoutCostsOnlyWhatArrives) {
   v1::UploadParamsResponse resp;
   auto writer = server.stub()->UploadParams(&ctx, &resp);
   std::vector<float> first((1 << 20) / 4, 0.5f);
-  ASSERT_TRUE(writer->Write(TestServer::Chunks(join.rank(), first, first.size())[0]));
+  ASSERT_TRUE(
+      writer->Write(TestServer::Chunks(join.rank(), first, first.size())[0]));
   WaitForUploadStart(server);
   absl::SleepFor(absl::Milliseconds(200));  // the chunk is being kept
   const int64_t grown = ResidentBytes() - rss_before;
@@ -1254,10 +1256,10 @@ TEST(ParameterServerServiceRecovery, ANewerReplicaWinsOverTheCheckpoint) {
   TestServer b(o, checkpoint);
   v1::JoinResponse resp;
   // A replica as old as x is not asked for.
-  ASSERT_TRUE(b.Join(ReplicaJoin(b, 1, 3, ParamsChecksum(
-                                                checkpoint->state.params)),
-                     &resp)
-                  .ok());
+  ASSERT_TRUE(
+      b.Join(ReplicaJoin(b, 1, 3, ParamsChecksum(checkpoint->state.params)),
+             &resp)
+          .ok());
   EXPECT_FALSE(resp.upload_initial_params());
   // A newer one is, and must be what its Join declared.
   ASSERT_TRUE(b.Join(ReplicaJoin(b, 0, 4, replica_sum), &resp).ok());
@@ -1300,7 +1302,8 @@ TEST(ParameterServerServiceRecovery, ReplicasAreTakenOnlyUntilARoundCloses) {
 
 // A server restarted without a checkpoint goes on at the first rejoining
 // worker's replica round, not at round 1.
-TEST(ParameterServerServiceRecovery, WithoutACheckpointTheReplicaKeepsItsRound) {
+TEST(ParameterServerServiceRecovery,
+     WithoutACheckpointTheReplicaKeepsItsRound) {
   ServerOptions o = Options(2, "sign", "sign");
   TestServer server(o);
   const std::vector<float> x = InitialParams(server.n());

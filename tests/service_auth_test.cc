@@ -18,8 +18,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "transport/compression_proto.h"
-#include "transport/grpc_security.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -27,6 +25,8 @@
 #include "server/parameter_server_service.h"
 #include "server/token_authenticator.h"
 #include "tests/service_test_util.h"
+#include "transport/compression_proto.h"
+#include "transport/grpc_security.h"
 #include "worker/worker_client.h"
 
 namespace effadam {
@@ -54,7 +54,8 @@ std::unique_ptr<grpc::ClientContext> Ctx(Credential c) {
                     std::chrono::seconds(10));
   ClientSecurity security;
   if (c == Credential::kRight) security.token = kToken;
-  if (c == Credential::kWrong) security.token = "0123456789abcdef-not-the-token";
+  if (c == Credential::kWrong)
+    security.token = "0123456789abcdef-not-the-token";
   AddCallCredentials(security, ctx.get());
   return ctx;
 }
@@ -149,9 +150,7 @@ class ServiceAuthTest : public ::testing::Test {
     return stub_->Status(Ctx(c).get(), v1::StatusRequest(), resp);
   }
 
-  static TensorLayout Layout() {
-    return *TensorLayout::Create({{"w", {10}}});
-  }
+  static TensorLayout Layout() { return *TensorLayout::Create({{"w", {10}}}); }
 
   int port_ = 0;
   ServerOptions options_;
@@ -301,9 +300,9 @@ TEST_F(ServiceAuthTest, RequestsThatDoNotParseAreInvalidArgument) {
   // A field 1 of wire type 7 (no such type): no protobuf message parses it.
   const std::string garbage = "\x0f\xff\xff\xff\xff garbage";
   const grpc::Slice slice(garbage);
-  for (const char* method :
-       {"/effadam.v1.ParameterServer/Join", "/effadam.v1.ParameterServer/Status",
-        "/effadam.v1.ParameterServer/FetchParams"}) {
+  for (const char* method : {"/effadam.v1.ParameterServer/Join",
+                             "/effadam.v1.ParameterServer/Status",
+                             "/effadam.v1.ParameterServer/FetchParams"}) {
     SCOPED_TRACE(method);
     auto ctx = Ctx(Credential::kRight);
     grpc::CompletionQueue cq;

@@ -21,10 +21,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "transport/compression_proto.h"
 #include "core/shard_plan.h"
 #include "gtest/gtest.h"
 #include "server/parameter_server_service.h"
+#include "transport/compression_proto.h"
 
 namespace effadam {
 namespace service_test {

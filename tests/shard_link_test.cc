@@ -4,6 +4,7 @@
 // protobuf or gRPC type.
 
 #include "worker/shard_link.h"
+
 #include "worker/worker_client.h"
 
 // The public headers above must not pull in protobuf (or gRPC's C++ API):
@@ -42,10 +43,10 @@ TEST(RetryBackoff, DoublesFrom100MsTo2SAndStopsBeforeTheDeadline) {
     clock.Set(*next);  // the attempt fails at once
   }
   const std::vector<absl::Duration> want = {
-      absl::Milliseconds(100), absl::Milliseconds(200),
-      absl::Milliseconds(400), absl::Milliseconds(800),
-      absl::Milliseconds(1600), absl::Seconds(2), absl::Seconds(2),
-      absl::Seconds(2)};
+      absl::Milliseconds(100),  absl::Milliseconds(200),
+      absl::Milliseconds(400),  absl::Milliseconds(800),
+      absl::Milliseconds(1600), absl::Seconds(2),
+      absl::Seconds(2),         absl::Seconds(2)};
   EXPECT_EQ(waits, want);
   // The last attempt started at 9.1 s; the next would start at 11.1 s,
   // after the deadline.

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "gtest/gtest.h"
 #include "core/round_engine.h"
+#include "gtest/gtest.h"
 
 namespace effadam {
 namespace {
@@ -40,8 +40,8 @@ std::vector<float> Random(size_t n, int seed) {
 }
 
 TEST(PlanShards, CoversEverySegmentOnceInOrderAndBalances) {
-  auto codec = *UpdateCodec::Create(Layout(), *ParseCodecSpec("sign"),
-                                    Options());
+  auto codec =
+      *UpdateCodec::Create(Layout(), *ParseCodecSpec("sign"), Options());
   const size_t segments = codec->segments().size();
   for (int s = 1; s <= static_cast<int>(segments); ++s) {
     auto plan = PlanShards(*codec, s);
@@ -77,8 +77,7 @@ TEST(UpdateCodecSlice, SlicesEncodeAndDecodeExactlyAsTheWholeModel) {
   const size_t n = layout.num_elements();
   for (const char* name : {"fp32", "bf16", "sign", "q4", "q4s", "topk:0.1"}) {
     SCOPED_TRACE(name);
-    auto whole =
-        *UpdateCodec::Create(layout, *ParseCodecSpec(name), Options());
+    auto whole = *UpdateCodec::Create(layout, *ParseCodecSpec(name), Options());
     for (int shards : {1, 2, 3, 5}) {
       SCOPED_TRACE(shards);
       const std::vector<float> update = Random(n, shards);
@@ -86,14 +85,13 @@ TEST(UpdateCodecSlice, SlicesEncodeAndDecodeExactlyAsTheWholeModel) {
       for (float& e : e_whole) e *= 0.1f;
       std::vector<float> e_sliced = e_whole;
       std::string want;
-      ASSERT_TRUE(whole->EncodeWithFeedback(update, absl::MakeSpan(e_whole),
-                                            42, &want)
-                      .ok());
+      ASSERT_TRUE(
+          whole->EncodeWithFeedback(update, absl::MakeSpan(e_whole), 42, &want)
+              .ok());
       std::string got;
       std::vector<float> acc_whole(n, 1.0f), acc_sliced(n, 1.0f);
-      ASSERT_TRUE(whole->DecodeAccumulate(want, 0.5f,
-                                          absl::MakeSpan(acc_whole))
-                      .ok());
+      ASSERT_TRUE(
+          whole->DecodeAccumulate(want, 0.5f, absl::MakeSpan(acc_whole)).ok());
       const std::vector<ShardRange> plan = *PlanShards(*whole, shards);
       for (const ShardRange& r : plan) {
         auto slice = whole->Slice(r.first_segment, r.end_segment);
@@ -102,12 +100,13 @@ TEST(UpdateCodecSlice, SlicesEncodeAndDecodeExactlyAsTheWholeModel) {
         EXPECT_EQ((*slice)->num_elements(), r.size);
         EXPECT_EQ((*slice)->encoded_size(), r.byte_size);
         std::string part;
-        ASSERT_TRUE((*slice)
-                        ->EncodeWithFeedback(
-                            absl::MakeConstSpan(update).subspan(r.begin, r.size),
-                            absl::MakeSpan(e_sliced).subspan(r.begin, r.size),
-                            42, &part)
-                        .ok());
+        ASSERT_TRUE(
+            (*slice)
+                ->EncodeWithFeedback(
+                    absl::MakeConstSpan(update).subspan(r.begin, r.size),
+                    absl::MakeSpan(e_sliced).subspan(r.begin, r.size), 42,
+                    &part)
+                .ok());
         ASSERT_TRUE((*slice)->Validate(part).ok());
         ASSERT_TRUE((*slice)
                         ->DecodeAccumulate(
@@ -148,8 +147,8 @@ TEST(UpdateCodecSlice, ShardedRoundEnginesEqualOneEngine) {
     std::shared_ptr<const UpdateCodec> s =
         *sc->Slice(r.first_segment, r.end_segment);
     shards.push_back(*RoundEngine::Create(
-        w, s, std::vector<float>(x0.begin() + r.begin,
-                                 x0.begin() + r.begin + r.size),
+        w, s,
+        std::vector<float>(x0.begin() + r.begin, x0.begin() + r.begin + r.size),
         eo));
   }
   for (int64_t round = 1; round <= 4; ++round) {
@@ -159,11 +158,11 @@ TEST(UpdateCodecSlice, ShardedRoundEnginesEqualOneEngine) {
           wc->EncodeWithFeedback(Random(n, 10 * round + rank), {}, 0, &u).ok());
       ASSERT_TRUE(one->Submit(rank, round, u).ok());
       for (size_t k = 0; k < plan.size(); ++k) {
-        ASSERT_TRUE(shards[k]
-                        ->Submit(rank, round,
-                                 u.substr(plan[k].byte_begin,
-                                          plan[k].byte_size))
-                        .ok());
+        ASSERT_TRUE(
+            shards[k]
+                ->Submit(rank, round,
+                         u.substr(plan[k].byte_begin, plan[k].byte_size))
+                .ok());
       }
     }
     std::string joined;
@@ -171,9 +170,9 @@ TEST(UpdateCodecSlice, ShardedRoundEnginesEqualOneEngine) {
     EXPECT_EQ(joined, *one->CloseRound()) << "round " << round;
   }
   for (size_t k = 0; k < plan.size(); ++k) {
-    EXPECT_EQ(0, std::memcmp(shards[k]->params().data(),
-                             one->params().data() + plan[k].begin,
-                             4 * plan[k].size));
+    EXPECT_EQ(
+        0, std::memcmp(shards[k]->params().data(),
+                       one->params().data() + plan[k].begin, 4 * plan[k].size));
   }
 }
 

@@ -63,12 +63,14 @@ TEST(Simulation, CountsBytesOfEveryUpdateAndDelta) {
   ASSERT_TRUE(sim->RunRound().ok());
   const size_t d = sim->params().size();
   const TrafficCounts& t = sim->traffic();
-  EXPECT_EQ(t.up().payload,
-            2 * 3 * static_cast<int64_t>(
-                        sim->engine().worker_codec().encoded_size()));
-  EXPECT_EQ(t.down().payload,
-            2 * 3 * static_cast<int64_t>(
-                        sim->engine().server_codec().encoded_size()));
+  EXPECT_EQ(
+      t.up().payload,
+      2 * 3 *
+          static_cast<int64_t>(sim->engine().worker_codec().encoded_size()));
+  EXPECT_EQ(
+      t.down().payload,
+      2 * 3 *
+          static_cast<int64_t>(sim->engine().server_codec().encoded_size()));
   EXPECT_EQ(t.up().fp32, 2 * 3 * 4 * static_cast<int64_t>(d));
   EXPECT_EQ(t.fp32_equivalent(), 2 * t.up().fp32);
   EXPECT_EQ(t.join().payload, 0);

@@ -12,8 +12,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "daemon/client_security_flags.h"
 #include "common/json_writer.h"
+#include "daemon/client_security_flags.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "host:port of the server");
@@ -31,17 +31,18 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_server), *security, grpc::ChannelArguments()));
   grpc::ClientContext context;
   effadam::AddCallCredentials(*security, &context);
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)));
+  context.set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_timeout_ms)));
   effadam::v1::StatusResponse r;
   const grpc::Status s =
       stub->Status(&context, effadam::v1::StatusRequest(), &r);
   if (!s.ok()) {
-    std::fprintf(stderr, "status_probe: %s: %s\n",
-                 absl::StatusCodeToString(
-                     static_cast<absl::StatusCode>(s.error_code()))
-                     .c_str(),
-                 s.error_message().c_str());
+    std::fprintf(
+        stderr, "status_probe: %s: %s\n",
+        absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()))
+            .c_str(),
+        s.error_message().c_str());
     return 1;
   }
   effadam::JsonObject json;

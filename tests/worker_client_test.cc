@@ -45,7 +45,7 @@ namespace {
 namespace pb = ::effadam::v1;
 using ::testing::HasSubstr;
 
-constexpr int kElements = 10;      // one fp32 tensor: updates are 40 bytes
+constexpr int kElements = 10;       // one fp32 tensor: updates are 40 bytes
 constexpr int kMaxChunkBytes = 16;  // so they travel as 16 + 16 + 8
 
 TensorLayout Layout() { return *TensorLayout::Create({{"w", {kElements}}}); }
@@ -129,8 +129,9 @@ class FakeServer final : public pb::ParameterServer::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status FetchParams(grpc::ServerContext*, const pb::FetchParamsRequest*,
-                           grpc::ServerWriter<pb::ParamsChunk>* writer) override {
+  grpc::Status FetchParams(
+      grpc::ServerContext*, const pb::FetchParamsRequest*,
+      grpc::ServerWriter<pb::ParamsChunk>* writer) override {
     {
       absl::MutexLock lock(&mu);
       if (fetch_unavailable > 0) {
@@ -252,8 +253,7 @@ TEST_F(WorkerClientTest, JoinsUploadsFetchesAndStepsInChunks) {
     EXPECT_EQ(up, Floats(x0));
   }
   // The replica is the server's x, not the uploaded one.
-  EXPECT_EQ(std::vector<float>(c.params().begin(), c.params().end()),
-            fake_.x);
+  EXPECT_EQ(std::vector<float>(c.params().begin(), c.params().end()), fake_.x);
 
   std::vector<float> grad(kElements, 1.0f);
   ASSERT_TRUE(c.Step(grad, 3.5f).ok());
@@ -291,8 +291,8 @@ TEST_F(WorkerClientTest, RankStillTakenGivesUpAtReconnectTimeoutOnTheClock) {
   FakeClock clock;
   fake_.clock = &clock;
   fake_.join_takes = absl::Minutes(3);
-  fake_.join_status = grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                                   "rank 0 is still held");
+  fake_.join_status =
+      grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "rank 0 is still held");
   StartServer();
   WorkerClientOptions o = Options();
   o.rank = 0;
@@ -383,12 +383,13 @@ TEST_F(WorkerClientTest, DeltaOfAnotherRoundEndsTheStream) {
                                  Floats(std::vector<float>(kElements, 0.5f)));
   };
   StartServer();
-  auto client = WorkerClient::Connect(Options(), Layout(),
-                                      std::vector<float>(kElements));
+  auto client =
+      WorkerClient::Connect(Options(), Layout(), std::vector<float>(kElements));
   ASSERT_TRUE(client.ok()) << client.status();
   const std::vector<float> before((*client)->params().begin(),
                                   (*client)->params().end());
-  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  const absl::Status s =
+      (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
   EXPECT_THAT(s.message(), HasSubstr("round 1"));
   EXPECT_EQ(std::vector<float>((*client)->params().begin(),
@@ -404,10 +405,11 @@ TEST_F(WorkerClientTest, DeltaThatDoesNotValidateLeavesTheReplica) {
     return FakeServer::SendDelta(stream, round, Floats(q));
   };
   StartServer();
-  auto client = WorkerClient::Connect(Options(), Layout(),
-                                      std::vector<float>(kElements));
+  auto client =
+      WorkerClient::Connect(Options(), Layout(), std::vector<float>(kElements));
   ASSERT_TRUE(client.ok()) << client.status();
-  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  const absl::Status s =
+      (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
   EXPECT_THAT(s.message(), HasSubstr("server delta"));
   for (float v : (*client)->params()) EXPECT_EQ(v, 1.0f);
@@ -418,10 +420,11 @@ TEST_F(WorkerClientTest, ServerErrorKeepsItsCodeAndMessage) {
   fake_.end_status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                   "update of round 1 arrived twice");
   StartServer();
-  auto client = WorkerClient::Connect(Options(), Layout(),
-                                      std::vector<float>(kElements));
+  auto client =
+      WorkerClient::Connect(Options(), Layout(), std::vector<float>(kElements));
   ASSERT_TRUE(client.ok()) << client.status();
-  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  const absl::Status s =
+      (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(s.message(), HasSubstr("update of round 1 arrived twice"));
   EXPECT_FALSE((*client)->server_finished());
@@ -439,8 +442,8 @@ TEST_F(WorkerClientTest, ResyncsAfterALaggingOrBrokenStream) {
     fake.respond = [&streams](Stream* stream, int64_t round,
                               const std::string&) {
       if (++streams == 1) return false;
-      return FakeServer::SendDelta(
-          stream, round, Floats(std::vector<float>(kElements, 0.5f)));
+      return FakeServer::SendDelta(stream, round,
+                                   Floats(std::vector<float>(kElements, 0.5f)));
     };
     fake.end_status = grpc::Status(code, "restarting");
     grpc::ServerBuilder builder;
@@ -452,8 +455,8 @@ TEST_F(WorkerClientTest, ResyncsAfterALaggingOrBrokenStream) {
     ASSERT_NE(server, nullptr);
     WorkerClientOptions o = Options();
     o.server = "127.0.0.1:" + std::to_string(port);
-    auto client = WorkerClient::Connect(o, Layout(),
-                                        std::vector<float>(kElements, 2.0f));
+    auto client =
+        WorkerClient::Connect(o, Layout(), std::vector<float>(kElements, 2.0f));
     ASSERT_TRUE(client.ok()) << client.status();
     {
       absl::MutexLock lock(&fake.mu);
@@ -486,10 +489,11 @@ TEST_F(WorkerClientTest, WithoutReconnectTimeoutALostStreamIsAnError) {
   StartServer();
   WorkerClientOptions o = Options();
   o.reconnect_timeout = absl::ZeroDuration();
-  auto client = WorkerClient::Connect(o, Layout(),
-                                      std::vector<float>(kElements));
+  auto client =
+      WorkerClient::Connect(o, Layout(), std::vector<float>(kElements));
   ASSERT_TRUE(client.ok()) << client.status();
-  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  const absl::Status s =
+      (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
   EXPECT_EQ((*client)->resyncs(), 0);
 }
@@ -498,13 +502,14 @@ TEST_F(WorkerClientTest, ReconnectGivesUpAfterItsTimeout) {
   StartServer();
   WorkerClientOptions o = Options();
   o.reconnect_timeout = absl::Milliseconds(800);
-  auto client = WorkerClient::Connect(o, Layout(),
-                                      std::vector<float>(kElements));
+  auto client =
+      WorkerClient::Connect(o, Layout(), std::vector<float>(kElements));
   ASSERT_TRUE(client.ok()) << client.status();
   server_->Shutdown(absl::ToChronoTime(absl::Now()));
   server_.reset();
   const absl::Time start = absl::Now();
-  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  const absl::Status s =
+      (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_THAT(s.message(), HasSubstr("reconnecting"));
   EXPECT_LT(absl::Now() - start, absl::Seconds(8));
@@ -513,10 +518,11 @@ TEST_F(WorkerClientTest, ReconnectGivesUpAfterItsTimeout) {
 TEST_F(WorkerClientTest, ServerEndingTrainingIsOutOfRangeThenFinishIsOk) {
   fake_.respond = [](Stream*, int64_t, const std::string&) { return false; };
   StartServer();
-  auto client = WorkerClient::Connect(Options(), Layout(),
-                                      std::vector<float>(kElements));
+  auto client =
+      WorkerClient::Connect(Options(), Layout(), std::vector<float>(kElements));
   ASSERT_TRUE(client.ok()) << client.status();
-  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  const absl::Status s =
+      (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange);
   EXPECT_TRUE((*client)->server_finished());
   EXPECT_TRUE((*client)->Finish().ok());
@@ -524,8 +530,8 @@ TEST_F(WorkerClientTest, ServerEndingTrainingIsOutOfRangeThenFinishIsOk) {
 
 TEST_F(WorkerClientTest, RunStopsAtTheLastRound) {
   StartServer();
-  auto client = WorkerClient::Connect(Options(), Layout(),
-                                      std::vector<float>(kElements));
+  auto client =
+      WorkerClient::Connect(Options(), Layout(), std::vector<float>(kElements));
   ASSERT_TRUE(client.ok()) << client.status();
   int calls = 0;
   const absl::Status s = (*client)->Run(
@@ -546,15 +552,16 @@ TEST_F(WorkerClientTest, CancelInterruptsAStepWaitingForItsDelta) {
     return false;
   };
   StartServer();
-  auto client = WorkerClient::Connect(Options(), Layout(),
-                                      std::vector<float>(kElements));
+  auto client =
+      WorkerClient::Connect(Options(), Layout(), std::vector<float>(kElements));
   ASSERT_TRUE(client.ok()) << client.status();
   std::thread canceller([&] {
     absl::SleepFor(absl::Milliseconds(200));
     (*client)->Cancel();
   });
   const absl::Time start = absl::Now();
-  const absl::Status s = (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+  const absl::Status s =
+      (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
   canceller.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));

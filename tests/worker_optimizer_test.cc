@@ -42,7 +42,8 @@ std::vector<float> Grad(int seed) {
 
 std::vector<float> Decode(const std::string& bytes) {
   std::vector<float> q(kN, 0.0f);
-  EXPECT_TRUE(Codec("fp32")->DecodeAccumulate(bytes, 1, absl::MakeSpan(q)).ok());
+  EXPECT_TRUE(
+      Codec("fp32")->DecodeAccumulate(bytes, 1, absl::MakeSpan(q)).ok());
   return q;
 }
 
@@ -63,9 +64,9 @@ struct ReferenceAdam {
     if (o.lr_schedule == LrSchedule::kWarmupCosine) {
       const double w = o.warmup_rounds, total = o.schedule_rounds;
       lr = t <= w ? o.lr * t / w
-                  : t >= total ? 0.0
-                               : o.lr * 0.5 *
-                                     (1 + std::cos(M_PI * (t - w) / (total - w)));
+           : t >= total
+               ? 0.0
+               : o.lr * 0.5 * (1 + std::cos(M_PI * (t - w) / (total - w)));
     }
     p1 *= o.beta1;
     p2 *= b2;
@@ -159,8 +160,7 @@ TEST(ScheduledLr, WarmupCosineShape) {
   EXPECT_EQ(ScheduledLr(a, 2.0f, 110), 0.0f);
   EXPECT_EQ(ScheduledLr(a, 2.0f, 500), 0.0f);
   a.warmup_rounds = 0;
-  EXPECT_FLOAT_EQ(ScheduledLr(a, 2.0f, 1),
-                  float(1.0 + std::cos(M_PI / 110)));
+  EXPECT_FLOAT_EQ(ScheduledLr(a, 2.0f, 1), float(1.0 + std::cos(M_PI / 110)));
   a.warmup_rounds = 111;
   EXPECT_THAT(std::string(ValidateAdamOptions(a).message()),
               ::testing::HasSubstr("warmup_rounds"));
@@ -206,7 +206,8 @@ TEST(WorkerOptimizer, PerStepLrIsTheLrOfThatStep) {
 TEST(WorkerOptimizer, RestoredStateContinuesBitForBit) {
   auto original = Make("sign", {});
   std::string u;
-  for (int t = 0; t < 7; ++t) ASSERT_TRUE(original->ComputeUpdate(Grad(t), &u).ok());
+  for (int t = 0; t < 7; ++t)
+    ASSERT_TRUE(original->ComputeUpdate(Grad(t), &u).ok());
   auto restored = Make("sign", {});
   ASSERT_TRUE(restored->RestoreState(original->state()).ok());
   EXPECT_EQ(restored->step(), 7);

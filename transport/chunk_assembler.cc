@@ -52,9 +52,9 @@ absl::StatusOr<ChunkAssembler> ChunkAssembler::Create(const ChunkRules& rules) {
   if (rules.check_segments != nullptr &&
       (!rules.reserve_total ||
        rules.check_segments->encoded_size() != rules.total_bytes)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "check_segments needs reserve_total and a codec of ",
-        rules.total_bytes, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("check_segments needs reserve_total and a codec of ",
+                     rules.total_bytes, " bytes"));
   }
   return ChunkAssembler(rules);
 }

@@ -17,14 +17,14 @@ namespace effadam {
 // Why ChunkAssembler refused a chunk (or the end of a stream).
 enum class ChunkFault {
   kNone,
-  kWrongRank,   // the chunk names another rank than the stream's
-  kWrongRound,  // the chunk belongs to another round than the buffer's
-  kBadOffset,   // it does not start where the previous chunk ended
-  kBadSize,     // empty, not whole elements, over max_chunk_bytes, past the
-                // end, or shorter than min(max_chunk_bytes, remaining)
-  kNonFinite,   // a float32 element is NaN or Inf (finite_float32 buffers)
+  kWrongRank,       // the chunk names another rank than the stream's
+  kWrongRound,      // the chunk belongs to another round than the buffer's
+  kBadOffset,       // it does not start where the previous chunk ended
+  kBadSize,         // empty, not whole elements, over max_chunk_bytes, past the
+                    // end, or shorter than min(max_chunk_bytes, remaining)
+  kNonFinite,       // a float32 element is NaN or Inf (finite_float32 buffers)
   kInvalidPayload,  // a complete segment does not validate (check_segments)
-  kTruncated,   // the stream ended before the buffer was complete
+  kTruncated,       // the stream ended before the buffer was complete
 };
 
 // "wrong_rank", "wrong_round", ...; for tests and fuzzers.

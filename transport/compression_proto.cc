@@ -69,9 +69,9 @@ absl::Status CheckCompressionMatches(const v1::CompressionSettings& theirs,
                                      absl::string_view theirs_name) {
   absl::StatusOr<CompressionConfig> parsed = CompressionFromProto(theirs);
   if (!parsed.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(theirs_name, " sent malformed compression settings: ",
-                     parsed.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        theirs_name,
+        " sent malformed compression settings: ", parsed.status().message()));
   }
   std::vector<std::string> diffs;
   auto codec = [&](const char* field, const std::string& name,
@@ -84,8 +84,8 @@ absl::Status CheckCompressionMatches(const v1::CompressionSettings& theirs,
   };
   auto number = [&](const char* field, int64_t value, int64_t mine) {
     if (value != mine) {
-      diffs.push_back(absl::StrCat(field, ": ", ours_name, " uses ", mine,
-                                   ", ", theirs_name, " sent ", value));
+      diffs.push_back(absl::StrCat(field, ": ", ours_name, " uses ", mine, ", ",
+                                   theirs_name, " sent ", value));
     }
   };
   codec("worker_codec", theirs.worker_codec(), ours.worker_codec,
@@ -101,8 +101,8 @@ absl::Status CheckCompressionMatches(const v1::CompressionSettings& theirs,
   number("server_error_feedback", theirs.server_error_feedback(),
          ours.server_error_feedback);
   if (diffs.empty()) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat("compression settings differ: ", absl::StrJoin(diffs, "; ")));
+  return absl::FailedPreconditionError(absl::StrCat(
+      "compression settings differ: ", absl::StrJoin(diffs, "; ")));
 }
 
 }  // namespace effadam

@@ -1,5 +1,6 @@
 #include "transport/grpc_security.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
 #include <grpcpp/security/auth_metadata_processor.h>
@@ -10,8 +11,6 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
-
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -41,8 +40,7 @@ int Milliseconds(absl::Duration d) {
 
 absl::Status FileError(absl::string_view flag, const std::string& path,
                        absl::string_view what) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(flag, "=", path, ": ", what));
+  return absl::InvalidArgumentError(absl::StrCat(flag, "=", path, ": ", what));
 }
 
 // The whole file, refusing unreadable, empty and oversized ones.
@@ -130,9 +128,9 @@ absl::StatusOr<std::vector<X509Ptr>> ParseCertificates(
   const bool at_end = ERR_GET_LIB(last) == ERR_LIB_PEM &&
                       ERR_GET_REASON(last) == PEM_R_NO_START_LINE;
   if (last != 0 && !at_end) {
-    return FileError(flag, path,
-                     absl::StrCat("a certificate in it does not parse",
-                                  OpenSslError()));
+    return FileError(
+        flag, path,
+        absl::StrCat("a certificate in it does not parse", OpenSslError()));
   }
   if (certs.empty()) {
     return FileError(flag, path,
@@ -184,10 +182,10 @@ absl::Status LoadCertAndKey(const std::string& cert_path,
   constexpr absl::string_view kCertFlag = "--tls_cert_file";
   constexpr absl::string_view kKeyFlag = "--tls_key_file";
   if (cert_path.empty() != key_path.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        cert_path.empty() ? kKeyFlag : kCertFlag, " needs ",
-        cert_path.empty() ? kCertFlag : kKeyFlag,
-        " (a certificate and its private key go together)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(cert_path.empty() ? kKeyFlag : kCertFlag, " needs ",
+                     cert_path.empty() ? kCertFlag : kKeyFlag,
+                     " (a certificate and its private key go together)"));
   }
   if (cert_path.empty()) return absl::OkStatus();
   absl::StatusOr<std::string> cert =
@@ -205,9 +203,11 @@ absl::Status LoadCertAndKey(const std::string& cert_path,
   {
     ErrorQueueGuard guard;
     if (X509_check_private_key(leaf, pkey->get()) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          kKeyFlag, "=", key_path, " is not the private key of the first "
-          "certificate in ", kCertFlag, "=", cert_path));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kKeyFlag, "=", key_path,
+                       " is not the private key of the first "
+                       "certificate in ",
+                       kCertFlag, "=", cert_path));
     }
   }
   if (absl::Status s = CheckValidNow(leaf, kCertFlag, cert_path); !s.ok()) {
@@ -265,7 +265,8 @@ absl::StatusOr<std::string> LoadTokenFile(const std::string& path,
       return FileError(
           flag, path,
           absl::StrCat("the token has a byte outside printable ASCII at "
-                       "position ", i, " (use e.g. `openssl rand -hex 32`)"));
+                       "position ",
+                       i, " (use e.g. `openssl rand -hex 32`)"));
     }
   }
   return token;
@@ -315,19 +316,19 @@ std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
 }
 
 std::string DescribeServerSecurity(const ServerSecurity& security) {
-  std::string out =
-      security.tls
-          ? (security.client_ca_pem.empty()
-                 ? "TLS"
-                 : "mutual TLS (client certificates required)")
-          : "plaintext (no TLS)";
+  std::string out = security.tls
+                        ? (security.client_ca_pem.empty()
+                               ? "TLS"
+                               : "mutual TLS (client certificates required)")
+                        : "plaintext (no TLS)";
   absl::StrAppend(&out, security.token.empty()
                             ? ", no token: any client that reaches the port "
                               "can join"
                             : ", bearer token required");
   if (!security.token.empty() && !security.tls) {
-    absl::StrAppend(&out, " (warning: without TLS the token crosses the "
-                          "network in the clear)");
+    absl::StrAppend(&out,
+                    " (warning: without TLS the token crosses the "
+                    "network in the clear)");
   }
   if (!security.token.empty() &&
       security.token.size() < kRecommendedTokenLength) {
@@ -344,15 +345,15 @@ absl::StatusOr<ClientSecurity> LoadClientSecurity(
     const ClientSecurityFiles& files) {
   ClientSecurity s;
   if (files.ca_file.empty()) {
-    const char* needs_tls = !files.cert_file.empty()   ? "--tls_cert_file"
-                            : !files.key_file.empty()  ? "--tls_key_file"
+    const char* needs_tls = !files.cert_file.empty()     ? "--tls_cert_file"
+                            : !files.key_file.empty()    ? "--tls_key_file"
                             : !files.server_name.empty() ? "--tls_server_name"
                                                          : nullptr;
     if (needs_tls != nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          needs_tls,
-          " needs --tls_ca_file (the CA that signed the server's "
-          "certificate; it turns TLS on)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(needs_tls,
+                       " needs --tls_ca_file (the CA that signed the server's "
+                       "certificate; it turns TLS on)"));
     }
   } else {
     absl::StatusOr<std::string> ca =
@@ -455,8 +456,8 @@ absl::Status CheckServerTransport(const ServerTransport& transport,
         {"--min_ping_interval", transport.min_client_ping_interval}}) {
     if (absl::Status s = CheckKeepaliveFlag(flag, d); !s.ok()) return s;
   }
-  if (absl::Status s =
-          CheckKeepaliveFlag("--max_connection_idle", transport.max_connection_idle);
+  if (absl::Status s = CheckKeepaliveFlag("--max_connection_idle",
+                                          transport.max_connection_idle);
       !s.ok()) {
     return s;
   }
@@ -470,23 +471,26 @@ absl::Status CheckServerTransport(const ServerTransport& transport,
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_threads=", transport.max_threads, " is too few for ", workers,
         " workers: each holds a Train stream and at times a fetch; use at "
-        "least ", 2 * workers + 2 + kServerPollers));
+        "least ",
+        2 * workers + 2 + kServerPollers));
   }
-  const size_t min_memory =
-      std::max(kMinTransportMemoryBytes,
-               4 * static_cast<size_t>(MaxMessageBytes(transport.max_chunk_bytes)));
+  const size_t min_memory = std::max(
+      kMinTransportMemoryBytes,
+      4 * static_cast<size_t>(MaxMessageBytes(transport.max_chunk_bytes)));
   if (transport.max_transport_memory_bytes < min_memory) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_transport_memory_mb must be at least ",
         (min_memory + (1 << 20) - 1) >> 20,
         " (16, and 4 messages of --max_chunk_bytes and their envelope), "
-        "got ", transport.max_transport_memory_bytes >> 20));
+        "got ",
+        transport.max_transport_memory_bytes >> 20));
   }
   if (transport.max_streams_per_connection < 2 ||
       transport.max_streams_per_connection > 65536) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_streams_per_connection must be in [2, 65536], "
-                     "got ", transport.max_streams_per_connection));
+                     "got ",
+                     transport.max_streams_per_connection));
   }
   return absl::OkStatus();
 }

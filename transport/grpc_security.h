@@ -74,8 +74,8 @@ std::string DescribeServerSecurity(const ServerSecurity& security);
 
 // ------------------------------------------------------------- the clients
 
-// Paths and names as given by the clients' flags (daemon/client_security_flags.h);
-// empty means not given.
+// Paths and names as given by the clients' flags
+// (daemon/client_security_flags.h); empty means not given.
 struct ClientSecurityFiles {
   std::string ca_file;      // --tls_ca_file: enables TLS
   std::string cert_file;    // --tls_cert_file: client certificate (mTLS)
@@ -88,7 +88,7 @@ struct ClientSecurityFiles {
 // plaintext channel without a token.
 struct ClientSecurity {
   bool tls = false;
-  std::string ca_pem;  // roots that verify the server's certificate
+  std::string ca_pem;    // roots that verify the server's certificate
   std::string cert_pem;  // client certificate chain, with key_pem, or empty
   std::string key_pem;
   // The name checked against the server's certificate; empty: the host of

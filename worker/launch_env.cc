@@ -61,7 +61,8 @@ absl::StatusOr<WorkerPlacement> ResolvePlacement(const GivenPlacement& given,
         IntVar(env, "EFFADAM_PORT", 1, 65535);
     if (!port.ok()) return port.status();
     // An IPv6 literal needs brackets before the port.
-    const bool v6 = absl::StrContains(*host, ':') && !absl::StartsWith(*host, "[");
+    const bool v6 =
+        absl::StrContains(*host, ':') && !absl::StartsWith(*host, "[");
     p.server = absl::StrCat(v6 ? "[" : "", *host, v6 ? "]" : "", ":",
                             port->value_or(kDefaultServerPort));
     p.server_source = "MASTER_ADDR";

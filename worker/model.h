@@ -49,9 +49,9 @@ struct ModelConfig {
   // (5,824,522) on which communication dominates a round.
   std::vector<int> mlp_hidden = {256, 128};
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  int rank = 0;          // this worker's shard
-  int num_workers = 1;   // number of shards
-  int batch_size = 64;   // per worker
+  int rank = 0;         // this worker's shard
+  int num_workers = 1;  // number of shards
+  int batch_size = 64;  // per worker
   uint64_t seed = 1;
   bool load_test_set = true;  // false on workers that never evaluate
 };

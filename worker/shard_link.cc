@@ -57,12 +57,12 @@ ShardLink::ShardLink(ShardLinkOptions options)
   grpc::ChannelArguments args;
   // The server may not be listening yet; reconnect as eagerly as Join
   // retries instead of gRPC's default 1 s .. 120 s.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-              static_cast<int>(
-                  absl::ToInt64Milliseconds(RetryBackoff::kFirst)));
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-              static_cast<int>(
-                  absl::ToInt64Milliseconds(RetryBackoff::kFirst)));
+  args.SetInt(
+      GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(RetryBackoff::kFirst)));
+  args.SetInt(
+      GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(RetryBackoff::kFirst)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
               static_cast<int>(absl::ToInt64Milliseconds(RetryBackoff::kMax)));
   // Room for the largest chunk a server may send plus the message's other
@@ -146,11 +146,11 @@ absl::Status ShardLink::Retry(
       return absl::Status(s.code(), absl::StrCat(late, ": ", s.message()));
     }
     if (backoff.ShouldLog()) {
-      options_.log->Info(absl::StrCat(
-          "waiting (attempt ", attempts, ", for up to ",
-          absl::FormatDuration(
-              absl::Trunc(deadline - clock_.Now(), absl::Seconds(1))),
-          " more): ", s.ToString()));
+      options_.log->Info(
+          absl::StrCat("waiting (attempt ", attempts, ", for up to ",
+                       absl::FormatDuration(absl::Trunc(deadline - clock_.Now(),
+                                                        absl::Seconds(1))),
+                       " more): ", s.ToString()));
     }
     if (!WaitUntil(*next)) return absl::CancelledError("cancelled");
   }
@@ -179,9 +179,9 @@ absl::StatusOr<JoinReply> ShardLink::Join(const TensorLayout& layout,
         // After `deadline` an attempt only follows a rank-taken answer: the
         // server is there, and the call may take until the rank's own
         // deadline.
-        auto context = NewContext(clock_.Now() < deadline
-                                      ? deadline
-                                      : std::max(deadline, rank_taken_deadline));
+        auto context = NewContext(
+            clock_.Now() < deadline ? deadline
+                                    : std::max(deadline, rank_taken_deadline));
         if (context == nullptr) return absl::CancelledError("cancelled");
         const grpc::Status s = rpc_->stub->Join(context.get(), request, &reply);
         ReleaseContext();
@@ -206,8 +206,8 @@ absl::StatusOr<JoinReply> ShardLink::Join(const TensorLayout& layout,
   }
   // The server refuses a Join whose settings differ from its own, so a
   // reply naming other settings means the two sides disagree on the protocol.
-  if (absl::Status c = CheckCompressionMatches(
-          reply.compression(), compression, "this worker", address());
+  if (absl::Status c = CheckCompressionMatches(reply.compression(), compression,
+                                               "this worker", address());
       !c.ok()) {
     return absl::InternalError(absl::StrCat(
         "Join: ", address(), " accepted this worker but ", c.message()));
@@ -296,8 +296,8 @@ absl::StatusOr<std::vector<float>> ShardLink::Fetch(int rank, size_t n,
       // is going away).
       [&](const absl::Status& s) { return bad.ok() && ServerAway(s); });
   if (!bad.ok()) {
-    return absl::InternalError(absl::StrCat("FetchParams: ", address(),
-                                            "'s x: ", bad.message()));
+    return absl::InternalError(
+        absl::StrCat("FetchParams: ", address(), "'s x: ", bad.message()));
   }
   if (!s.ok()) return s;
   const std::string bytes = assembler->TakeBuffer();
@@ -345,8 +345,7 @@ absl::Status ShardLink::EndStream(absl::string_view during) {
 absl::Status ShardLink::Exchange(int rank, int64_t round,
                                  absl::string_view update, float loss,
                                  size_t max_chunk_bytes,
-                                 ChunkAssembler* assembler,
-                                 int* contributors) {
+                                 ChunkAssembler* assembler, int* contributors) {
   pb::WorkerMessage msg;
   msg.set_rank(rank);
   msg.set_round(round);
@@ -374,13 +373,13 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
     }
     wire_bytes(TrafficDirection::kServerToWorker) +=
         static_cast<int64_t>(reply.ByteSizeLong());
-    if (absl::Status s = assembler->Add(-1, reply.round(), reply.offset(),
-                                        reply.payload());
+    if (absl::Status s =
+            assembler->Add(-1, reply.round(), reply.offset(), reply.payload());
         !s.ok()) {
       Abandon();
-      return absl::InternalError(absl::StrCat(
-          "Train: the delta of round ", round, " from ", address(), ": ",
-          s.message()));
+      return absl::InternalError(absl::StrCat("Train: the delta of round ",
+                                              round, " from ", address(), ": ",
+                                              s.message()));
     }
     *contributors = reply.contributors();
   }

@@ -117,8 +117,7 @@ class ShardLink {
   // parameters yet; *round is the round the server is collecting.
   absl::StatusOr<std::vector<float>> Fetch(int rank, size_t n,
                                            size_t max_chunk_bytes,
-                                           absl::Time deadline,
-                                           int64_t* round);
+                                           absl::Time deadline, int64_t* round);
 
   // Opens the Train stream (no deadline; Cancel ends it).
   absl::Status OpenStream();

@@ -22,17 +22,22 @@ absl::StatusOr<Beta2Schedule> ParseBeta2Schedule(absl::string_view name) {
 
 const char* LrScheduleName(LrSchedule schedule) {
   switch (schedule) {
-    case LrSchedule::kConstant: return "constant";
-    case LrSchedule::kInverseSqrt: return "inverse_sqrt";
-    case LrSchedule::kWarmupCosine: return "warmup_cosine";
+    case LrSchedule::kConstant:
+      return "constant";
+    case LrSchedule::kInverseSqrt:
+      return "inverse_sqrt";
+    case LrSchedule::kWarmupCosine:
+      return "warmup_cosine";
   }
   return "constant";
 }
 
 const char* Beta2ScheduleName(Beta2Schedule schedule) {
   switch (schedule) {
-    case Beta2Schedule::kConstant: return "constant";
-    case Beta2Schedule::kOneMinusThetaOverT: return "theta";
+    case Beta2Schedule::kConstant:
+      return "constant";
+    case Beta2Schedule::kOneMinusThetaOverT:
+      return "theta";
   }
   return "constant";
 }

@@ -6,8 +6,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "worker/model.h"
 #include "core/worker_optimizer.h"
+#include "worker/model.h"
 
 namespace effadam {
 
@@ -15,7 +15,7 @@ namespace effadam {
 // flags of effadam-sim and effadam-worker take theirs from here, see
 // daemon/training_flags.h). A plain value; not synchronized.
 struct TrainingConfig {
-  ModelConfig model;   // rank and num_workers are filled in by the caller
+  ModelConfig model;  // rank and num_workers are filled in by the caller
   AdamOptions adam;
   uint64_t seed = 1;
   int64_t rounds = 1000;
@@ -31,7 +31,6 @@ absl::StatusOr<Beta2Schedule> ParseBeta2Schedule(absl::string_view name);
 // The names ParseLrSchedule and ParseBeta2Schedule accept.
 const char* LrScheduleName(LrSchedule schedule);
 const char* Beta2ScheduleName(Beta2Schedule schedule);
-
 
 }  // namespace effadam
 

@@ -88,9 +88,9 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
     return absl::FailedPreconditionError("Join: already joined");
   }
   if (options_.rank < -1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rank must be -1 (assigned by the server) or >= 0, got ",
-        options_.rank));
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank must be -1 (assigned by the server) or >= 0, got ",
+                     options_.rank));
   }
   if (layout.num_elements() == 0) {
     return absl::InvalidArgumentError("Join: the layout has no tensors");
@@ -136,9 +136,9 @@ absl::Status WorkerClient::Join(const TensorLayout& layout) {
   const absl::Time now = clock().Now();
   const absl::Time deadline = now + options_.connect_timeout;
   // Only a rank asked for by number can be taken.
-  const absl::Time rank_taken_deadline =
-      options_.rank >= 0 ? now + options_.reconnect_timeout
-                         : absl::InfinitePast();
+  const absl::Time rank_taken_deadline = options_.rank >= 0
+                                             ? now + options_.reconnect_timeout
+                                             : absl::InfinitePast();
   for (size_t k = 0; k < shards_.size(); ++k) {
     if (absl::Status s = JoinShard(k, k == 0 ? options_.rank : rank_, deadline,
                                    rank_taken_deadline);
@@ -175,14 +175,14 @@ absl::Status WorkerClient::JoinShard(size_t k, int rank, absl::Time deadline,
   }
   if (num_workers_ != 0 && reply->expected_workers != num_workers_) {
     // The data shard was chosen for the first N.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "Join: ", who, " expects ", reply->expected_workers,
-        " workers; this worker has ", num_workers_));
+    return absl::FailedPreconditionError(
+        absl::StrCat("Join: ", who, " expects ", reply->expected_workers,
+                     " workers; this worker has ", num_workers_));
   }
   if (reply->num_elements != static_cast<int64_t>(layout_.num_elements())) {
-    return absl::InternalError(absl::StrCat(
-        "Join: ", who, " reports ", reply->num_elements,
-        " elements for a layout of ", layout_.num_elements()));
+    return absl::InternalError(
+        absl::StrCat("Join: ", who, " reports ", reply->num_elements,
+                     " elements for a layout of ", layout_.num_elements()));
   }
   // A server without sharding leaves the fields at 0.
   const int server_shards = std::max(reply->num_shards, 1);
@@ -252,8 +252,7 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
             "Start: ", initial_params.size(),
             " initial parameters for a layout of ", n, " elements"));
       }
-      if (absl::Status s = UploadShard(k, initial_params, deadline);
-          !s.ok()) {
+      if (absl::Status s = UploadShard(k, initial_params, deadline); !s.ok()) {
         return s;
       }
     }
@@ -295,8 +294,8 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
   wo.seed = options_.seed;
   wo.rank = rank_;
   wo.threads = options_.threads;
-  auto optimizer = WorkerOptimizer::Create(worker_codec_, server_codec_,
-                                           std::move(x0), wo);
+  auto optimizer =
+      WorkerOptimizer::Create(worker_codec_, server_codec_, std::move(x0), wo);
   if (!optimizer.ok()) return optimizer.status();
   optimizer_ = *std::move(optimizer);
   if (absl::Status s = server_codec_->EncodeWithFeedback(
@@ -327,9 +326,9 @@ absl::Status WorkerClient::Recover(size_t k, const absl::Status& ended) {
         return Recoverable(s) || absl::IsAlreadyExists(s);
       });
   if (s.ok() || (absl::IsCancelled(s) && cancelled())) return s;
-  return absl::Status(s.code(), absl::StrCat("reconnecting after \"",
-                                             ended.message(), "\": ",
-                                             s.message()));
+  return absl::Status(s.code(),
+                      absl::StrCat("reconnecting after \"", ended.message(),
+                                   "\": ", s.message()));
 }
 
 absl::Status WorkerClient::Resync(size_t k, absl::Time deadline) {
@@ -469,8 +468,8 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
   if (all_finished) {
     server_finished_ = true;
     phase_ = Phase::kDone;
-    final_status_ = absl::OutOfRangeError(absl::StrCat(
-        "the server ended training before round ", round()));
+    final_status_ = absl::OutOfRangeError(
+        absl::StrCat("the server ended training before round ", round()));
     return final_status_;
   }
   return absl::OkStatus();

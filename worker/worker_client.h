@@ -63,9 +63,9 @@
 #include "core/compression_config.h"
 #include "core/shard_plan.h"
 #include "core/tensor_layout.h"
+#include "core/worker_optimizer.h"
 #include "transport/chunk_assembler.h"
 #include "transport/grpc_security.h"
-#include "core/worker_optimizer.h"
 #include "worker/link_threads.h"
 #include "worker/shard_link.h"
 
@@ -161,9 +161,8 @@ class WorkerClient {
   // and returns the mini-batch loss; its error stops the run as is.
   absl::Status Run(
       int64_t last_round,
-      const std::function<absl::StatusOr<float>(absl::Span<const float> params,
-                                                absl::Span<float> grad)>&
-          gradient);
+      const std::function<absl::StatusOr<float>(
+          absl::Span<const float> params, absl::Span<float> grad)>& gradient);
 
   // Closes this worker's side of the stream and waits (finish_timeout) for
   // the server's final status: OK when the stream ended cleanly, here or
@@ -220,9 +219,9 @@ class WorkerClient {
     ShardRange update_range;  // in the worker codec's update
     ShardRange delta_range;   // in the server codec's delta
     int64_t max_chunk_bytes = 0;
-    bool upload = false;     // told to upload its part of x0 (or replica)
+    bool upload = false;       // told to upload its part of x0 (or replica)
     int64_t upload_round = 0;  // 0: the initial x0; else the replica's round
-    int64_t round = 0;       // the round its next update is for
+    int64_t round = 0;         // the round its next update is for
     int contributors = 0;
     std::unique_ptr<ChunkAssembler> delta;
   };
@@ -268,8 +267,8 @@ class WorkerClient {
   std::shared_ptr<const UpdateCodec> worker_codec_, server_codec_;
   std::unique_ptr<WorkerOptimizer> optimizer_;
   absl::Status final_status_;
-  std::string update_;  // reused buffer
-  std::string delta_;   // the last delta, all shards' parts
+  std::string update_;      // reused buffer
+  std::string delta_;       // the last delta, all shards' parts
   std::string zero_delta_;  // a delta of zeros: the part of finished shards
   // Runs a round's exchanges on the shards' links in parallel; made by
   // Start, so its threads live as long as training (none with one shard).

@@ -156,8 +156,8 @@ absl::StatusOr<std::unique_ptr<Model>> JoinWithModel(const WorkerSetup& w,
   absl::StatusOr<std::unique_ptr<Model>> first = MakeModel(probe, cache);
   if (!first.ok()) return first.status();
   if (absl::Status s = client.Join((*first)->layout()); !s.ok()) return s;
-  if (absl::Status s = CheckWorldSize(w.placement, client.num_workers(),
-                                      w.options.server);
+  if (absl::Status s =
+          CheckWorldSize(w.placement, client.num_workers(), w.options.server);
       !s.ok()) {
     return s;
   }
@@ -203,18 +203,20 @@ absl::StatusOr<Trained> TrainRounds(WorkerClient& client, Model& model,
     if (absl::Status s = client.Step(grad, loss); !s.ok()) {
       observer.Sync(client);
       if (!client.server_finished()) return s;
-      std::printf("effadam-worker: rank %d: the server ended training "
-                  "after round %lld\n",
-                  rank, static_cast<long long>(client.round() - 1));
+      std::printf(
+          "effadam-worker: rank %d: the server ended training "
+          "after round %lld\n",
+          rank, static_cast<long long>(client.round() - 1));
       break;
     }
     const double step_seconds = absl::ToDoubleSeconds(absl::Now() - step_start);
     if (client.resyncs() != resyncs) {
       // No round of this worker's went through; it has the server's x now.
       resyncs = client.resyncs();
-      std::printf("effadam-worker: rank %d resynchronized with the server "
-                  "(x fetched) at round %lld; resync %d\n",
-                  rank, static_cast<long long>(client.round()), resyncs);
+      std::printf(
+          "effadam-worker: rank %d resynchronized with the server "
+          "(x fetched) at round %lld; resync %d\n",
+          rank, static_cast<long long>(client.round()), resyncs);
       std::fflush(stdout);
       observer.Sync(client);
       continue;
@@ -228,11 +230,11 @@ absl::StatusOr<Trained> TrainRounds(WorkerClient& client, Model& model,
       out.eval = model.Evaluate(client.params());
       evaluated = true;
       observer.RecordEvaluation(out.eval);
-      std::printf("%s\n",
-                  FormatProgress(r, rounds, train_loss(), out.eval,
-                                 client.traffic(),
-                                 absl::ToDoubleSeconds(absl::Now() - start))
-                      .c_str());
+      std::printf(
+          "%s\n",
+          FormatProgress(r, rounds, train_loss(), out.eval, client.traffic(),
+                         absl::ToDoubleSeconds(absl::Now() - start))
+              .c_str());
       std::fflush(stdout);
     }
   }
@@ -258,13 +260,14 @@ absl::Status ReportSummary(const WorkerClient& client, const WorkerSetup& w,
   const std::string result =
       rank == 0 ? absl::StrFormat(": %s %.4f", eval.metric_name, eval.metric)
                 : "";
-  std::printf("effadam-worker: rank %d done after round %lld%s; this worker "
-              "moved %s (fp32 Adam: %s, %.1fx fewer), join %s; "
-              "params_checksum %s\n",
-              rank, static_cast<long long>(done_rounds), result.c_str(),
-              FormatBytes(t.round_payload()).c_str(),
-              FormatBytes(t.fp32_equivalent()).c_str(), t.compression_ratio(),
-              FormatBytes(t.join().payload).c_str(), checksum.c_str());
+  std::printf(
+      "effadam-worker: rank %d done after round %lld%s; this worker "
+      "moved %s (fp32 Adam: %s, %.1fx fewer), join %s; "
+      "params_checksum %s\n",
+      rank, static_cast<long long>(done_rounds), result.c_str(),
+      FormatBytes(t.round_payload()).c_str(),
+      FormatBytes(t.fp32_equivalent()).c_str(), t.compression_ratio(),
+      FormatBytes(t.join().payload).c_str(), checksum.c_str());
   std::fflush(stdout);  // now, not after --metrics_linger
   const CompressionConfig& c = w.options.compression;
   JsonObject json;
@@ -321,14 +324,14 @@ int Run() {
   }
   observer.Sync(client);  // the join bytes
   const CompressionConfig& c = w.options.compression;
-  std::printf("effadam-worker: rank %d of %d, %s, %zu parameters, codecs "
-              "%s/%s, server %s, starting at round %lld of %lld\n",
-              client.rank(), client.num_workers(),
-              w.training.model.name.c_str(), client.params().size(),
-              c.worker_codec.ToString().c_str(),
-              c.server_codec.ToString().c_str(), w.options.server.c_str(),
-              static_cast<long long>(client.round()),
-              static_cast<long long>(w.training.rounds));
+  std::printf(
+      "effadam-worker: rank %d of %d, %s, %zu parameters, codecs "
+      "%s/%s, server %s, starting at round %lld of %lld\n",
+      client.rank(), client.num_workers(), w.training.model.name.c_str(),
+      client.params().size(), c.worker_codec.ToString().c_str(),
+      c.server_codec.ToString().c_str(), w.options.server.c_str(),
+      static_cast<long long>(client.round()),
+      static_cast<long long>(w.training.rounds));
   std::fflush(stdout);
   const absl::Time start = absl::Now();
   absl::StatusOr<Trained> trained =

@@ -54,8 +54,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(c->num_shards >= 1 && c->shard >= 0 && c->shard < c->num_shards,
              "shard %d of %d", c->shard, c->num_shards);
   FUZZ_CHECK(c->num_shards > 1 || n == c->layout.num_elements(),
-             "unsharded with %zu of %zu elements", n,
-             c->layout.num_elements());
+             "unsharded with %zu of %zu elements", n, c->layout.num_elements());
   for (size_t i = 0; i < n; ++i) {
     FUZZ_CHECK(std::isfinite(c->state.params[i]) &&
                    std::isfinite(c->state.error_memory[i]),
@@ -65,16 +64,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       effadam::ParseCheckpoint(effadam::SerializeCheckpoint(*c));
   FUZZ_CHECK(again.ok(), "written again: %s",
              std::string(again.status().message()).c_str());
-  FUZZ_CHECK(again->layout == c->layout && again->state.round == c->state.round &&
-                 again->rounds_closed == c->rounds_closed &&
-                 again->shard == c->shard &&
-                 again->num_shards == c->num_shards &&
-                 again->compression.SerializeAsString() ==
-                     c->compression.SerializeAsString() &&
-                 effadam::ParamsChecksum(again->state.params) ==
-                     effadam::ParamsChecksum(c->state.params) &&
-                 effadam::ParamsChecksum(again->state.error_memory) ==
-                     effadam::ParamsChecksum(c->state.error_memory),
-             "%s", "a different state after writing it again");
+  FUZZ_CHECK(
+      again->layout == c->layout && again->state.round == c->state.round &&
+          again->rounds_closed == c->rounds_closed &&
+          again->shard == c->shard && again->num_shards == c->num_shards &&
+          again->compression.SerializeAsString() ==
+              c->compression.SerializeAsString() &&
+          effadam::ParamsChecksum(again->state.params) ==
+              effadam::ParamsChecksum(c->state.params) &&
+          effadam::ParamsChecksum(again->state.error_memory) ==
+              effadam::ParamsChecksum(c->state.error_memory),
+      "%s", "a different state after writing it again");
   return 0;
 }

@@ -18,8 +18,8 @@
 #include <optional>
 #include <string>
 
-#include "transport/chunk_assembler.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "transport/chunk_assembler.h"
 
 namespace effadam {
 namespace {

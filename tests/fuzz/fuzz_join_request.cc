@@ -16,11 +16,11 @@
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
-#include "transport/compression_proto.h"
 #include "core/update_codec.h"
 #include "effadam/v1/parameter_server.pb.h"
 #include "google/protobuf/stubs/logging.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "transport/compression_proto.h"
 
 namespace effadam {
 namespace {

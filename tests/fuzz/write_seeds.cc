@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "core/codec.h"
-#include "transport/compression_proto.h"
-#include "server/checkpoint.h"
 #include "effadam/v1/parameter_server.pb.h"
+#include "server/checkpoint.h"
+#include "transport/compression_proto.h"
 
 namespace effadam {
 namespace {
