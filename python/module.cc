@@ -189,21 +189,11 @@ decoupled_weight_decay, else L2 added to the gradient (torch's Adam).)doc")
                              })
       .def_readonly("warmup_rounds", &AdamOptions::warmup_rounds)
       .def_readonly("schedule_rounds", &AdamOptions::schedule_rounds)
-      .def_property_readonly("lr_schedule",
-                             [](const AdamOptions& a) {
-                               switch (a.lr_schedule) {
-                                 case LrSchedule::kConstant:
-                                   return "constant";
-                                 case LrSchedule::kInverseSqrt:
-                                   return "inverse_sqrt";
-                                 case LrSchedule::kWarmupCosine:
-                                   return "warmup_cosine";
-                               }
-                               return "constant";
-                             })
+      .def_property_readonly(
+          "lr_schedule",
+          [](const AdamOptions& a) { return LrScheduleName(a.lr_schedule); })
       .def_property_readonly("beta2_schedule", [](const AdamOptions& a) {
-        return a.beta2_schedule == Beta2Schedule::kConstant ? "constant"
-                                                            : "theta";
+        return Beta2ScheduleName(a.beta2_schedule);
       });
 
   py::class_<ClientSecurity>(m, "ClientSecurity", R"doc(

@@ -157,6 +157,21 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return out;
 }
 
+// Closes `fd` (written as `temp`) and, if `written` and the close are OK,
+// renames `temp` to `path`; on any failure `temp` is removed and the first
+// error returned.
+absl::Status CloseAndRename(int fd, const std::string& temp,
+                            const std::string& path, absl::Status written) {
+  if (::close(fd) != 0 && written.ok()) {
+    written = ErrnoError("cannot close", temp);
+  }
+  if (written.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    written = ErrnoError("cannot rename into place", temp);
+  }
+  if (!written.ok()) ::unlink(temp.c_str());
+  return written;
+}
+
 std::string FileName(int64_t round) {
   return absl::StrFormat("%s%012d%s", kPrefix, round, kSuffix);
 }
@@ -326,14 +341,8 @@ absl::StatusOr<CheckpointStore::Written> CheckpointStore::Write(
       });
   if (status.ok() && ::fsync(fd) != 0)
     status = ErrnoError("cannot fsync", temp);
-  if (::close(fd) != 0 && status.ok())
-    status = ErrnoError("cannot close", temp);
-  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
-    status = ErrnoError("cannot rename into place", temp);
-  }
-  if (!status.ok()) {
-    ::unlink(temp.c_str());
-    return status;
+  if (absl::Status s = CloseAndRename(fd, temp, path, status); !s.ok()) {
+    return s;
   }
   // The rename is durable only once the directory is.
   if (absl::Status s = FsyncPath(dir_, O_RDONLY | O_DIRECTORY); !s.ok()) {
@@ -434,14 +443,8 @@ absl::Status DeltaLog::Append(int64_t round, absl::string_view delta) {
   absl::Status status = WriteAll(fd, head_bytes, temp);
   if (status.ok()) status = WriteAll(fd, delta, temp);
   if (status.ok()) status = WriteAll(fd, absl::string_view(tail, 4), temp);
-  if (::close(fd) != 0 && status.ok())
-    status = ErrnoError("cannot close", temp);
-  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
-    status = ErrnoError("cannot rename into place", temp);
-  }
-  if (!status.ok()) {
-    ::unlink(temp.c_str());
-    return status;
+  if (absl::Status s = CloseAndRename(fd, temp, path, status); !s.ok()) {
+    return s;
   }
   ::unlink(Path(round - keep_).c_str());
   return absl::OkStatus();
