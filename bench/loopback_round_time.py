@@ -29,6 +29,7 @@ import argparse
 import os
 import re
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +87,19 @@ def wait_cpu(c, p, timeout):
     raise RuntimeError("%s did not finish within %d s" % (p.label, timeout))
 
 
+def untimed_flag(bin_dir):
+    """The synthetic worker's flag for rounds not timed: --untimed_rounds;
+    builds before it was renamed (to free --warmup_rounds for the LR
+    schedule) called it --warmup_rounds, which newer builds read as the LR
+    warm-up, so passing it to them would time every round from the first
+    (join, first-touch page faults, the upload included)."""
+    out = subprocess.run(
+        [os.path.join(bin_dir, "effadam-synthetic-worker"), "--help"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        universal_newlines=True).stdout
+    return "--untimed_rounds" if "untimed_rounds" in out else "--warmup_rounds"
+
+
 def run_synthetic(bin_dir, elements, workers, codec_flags, warmup, rounds,
                   timeout=1800):
     # dir@--flag@--flag: extra flags for the server and every worker.
@@ -101,7 +115,8 @@ def run_synthetic(bin_dir, elements, workers, codec_flags, warmup, rounds,
         procs = [c.spawn("w%d" % r, [
             os.path.join(bin_dir, "effadam-synthetic-worker"),
             "--server=127.0.0.1:%d" % port, "--rank=%d" % r,
-            "--elements=%d" % elements, "--warmup_rounds=%d" % warmup,
+            "--elements=%d" % elements,
+            "%s=%d" % (untimed_flag(bin_dir), warmup),
             "--summary_json=" + c.path("w%d.json" % r)] + flags)
             for r in range(workers)]
         # The timed rounds start when rank 0 says so.
