@@ -13,9 +13,9 @@
 namespace effadam {
 
 // The parameter server's Prometheus metrics (docs/metrics.md): a registry
-// with the effadam_server_* families, fed by ParameterServerService through
-// the ServerObserver calls. Every label value is created up front, so each
-// series exists, at 0, from the first scrape on.
+// with the effadam_server_* families, fed by ParameterServer and its service
+// through the ServerObserver calls. Every label value is created up front, so
+// each series exists, at 0, from the first scrape on.
 //
 // Thread-safe: prometheus-cpp's metrics are.
 class ServerMetrics final : public ServerObserver {

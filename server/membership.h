@@ -19,7 +19,7 @@ namespace effadam {
 // Pure bookkeeping: no threads, no I/O, no clock of its own (every call
 // that applies a timing rule takes `now`). Refusals are statuses tagged
 // with their Rejection (server_observer.h). Not thread-safe:
-// ParameterServerService calls it under its lock.
+// ParameterServer calls it under its lock.
 class Membership {
  public:
   struct Rules {

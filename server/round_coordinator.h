@@ -40,7 +40,7 @@ struct ClosedRound {
 // can receive it (Outcome), so a restarted server can replay it.
 //
 // Refusals are statuses tagged with their Rejection. Holds no lock and
-// starts no thread: not thread-safe; ParameterServerService calls it under
+// starts no thread: not thread-safe; ParameterServer calls it under
 // the lock that also guards the Membership it reads.
 class RoundCoordinator {
  public:

@@ -201,9 +201,9 @@ struct Restored {
 };
 
 // Opens --checkpoint_dir and restores its newest good checkpoint into
-// `service`.
-absl::StatusOr<Restored> RestoreFromFlags(ParameterServerService& service,
-                                          int64_t rounds, Logger& log) {
+// `ps`.
+absl::StatusOr<Restored> RestoreFromFlags(ParameterServer& ps, int64_t rounds,
+                                          Logger& log) {
   Restored out;
   const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir);
   if (dir.empty()) return out;
@@ -225,7 +225,7 @@ absl::StatusOr<Restored> RestoreFromFlags(ParameterServerService& service,
   out.round = l.checkpoint.state.round;
   out.run_complete = CompletesRun(l.checkpoint, rounds);
   const std::string checksum = ParamsChecksum(l.checkpoint.state.params);
-  if (absl::Status s = service.Restore(std::move(l.checkpoint)); !s.ok()) {
+  if (absl::Status s = ps.Restore(std::move(l.checkpoint)); !s.ok()) {
     return absl::Status(s.code(),
                         absl::StrCat("restoring ", l.path, ": ", s.message()));
   }
@@ -336,25 +336,23 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> Serve(
 }
 
 // Trains until the run ends or a signal comes, writing checkpoints on the
-// way (outside the service's lock: rounds go on while a file is written),
-// then stops the service and drains `server`: when this returns no call is
-// running and the service's state and counts are final. Returns the round
+// way (outside the server's lock: rounds go on while a file is written),
+// then stops `ps` and drains `server`: when this returns no call is
+// running and its state and counts are final. Returns the round
 // of the last checkpoint written (-1: none). The main thread is the
 // watcher; gRPC serves on its own threads.
 // Health says NOT_SERVING while every call thread is taken (a flood, or
 // too small a --max_threads): new calls would fail with RESOURCE_EXHAUSTED.
-int64_t Train(ParameterServerService& service, grpc::Server& server,
-              const CallGuard& guard, int call_threads,
-              CheckpointStore* checkpoints, ServerObserver& observer,
-              Daemon& daemon) {
+int64_t Train(ParameterServer& ps, grpc::Server& server, const CallGuard& guard,
+              int call_threads, CheckpointStore* checkpoints,
+              ServerObserver& observer, Daemon& daemon) {
   Logger& log = daemon.log();
   int64_t last_checkpoint_round = -1;
   bool serving = true;
   // A flood flips health up to 10 times a second: the log says so at
   // most a few times a minute.
   LogRateLimiter health_log(4, absl::Minutes(1));
-  while (daemon.signal() == 0 &&
-         !service.WaitUntilDone(absl::Milliseconds(100))) {
+  while (daemon.signal() == 0 && !ps.WaitUntilDone(absl::Milliseconds(100))) {
     if (const bool free_thread = guard.calls_in_flight() < call_threads;
         free_thread != serving) {
       serving = free_thread;
@@ -370,14 +368,14 @@ int64_t Train(ParameterServerService& service, grpc::Server& server,
                 : ""));
       }
     }
-    if (std::optional<Checkpoint> due = service.TakeDueCheckpoint();
+    if (std::optional<Checkpoint> due = ps.TakeDueCheckpoint();
         due.has_value() && checkpoints != nullptr) {
       WriteCheckpoint(*checkpoints, *due, observer, log);
       last_checkpoint_round = due->state.round;
     }
   }
   // Waiting calls end now; calls still sending a delta get a few seconds.
-  service.Shutdown();
+  ps.Shutdown();
   server.Shutdown(absl::ToChronoTime(absl::Now() + kDrainBudget));
   server.Wait();
   return last_checkpoint_round;
@@ -391,7 +389,8 @@ std::unique_ptr<ParameterServerService> FinishedService(
   options.observer = nullptr;  // the metrics keep the run's final values
   absl::StatusOr<std::unique_ptr<ParameterServerService>> service =
       ParameterServerService::Create(options);
-  if (!service.ok() || !(*service)->Restore(std::move(final_state)).ok()) {
+  if (!service.ok() ||
+      !(*service)->server().Restore(std::move(final_state)).ok()) {
     return nullptr;
   }
   return *std::move(service);
@@ -500,7 +499,7 @@ absl::StatusOr<std::unique_ptr<ServerSetup>> SetupFromFlags() {
 // on the same port: `*server` is then that server (null when it could not
 // be), and `*finished` its service. Returns the run's error or the
 // summary's.
-absl::Status TrainAndFinish(ServerSetup& w, ParameterServerService& service,
+absl::Status TrainAndFinish(ServerSetup& w, ParameterServer& ps,
                             CheckpointStore* checkpoints, CallGuard& guard,
                             std::shared_ptr<TokenGate> gate, int port,
                             ServerObserver& observer, Daemon& daemon,
@@ -508,15 +507,15 @@ absl::Status TrainAndFinish(ServerSetup& w, ParameterServerService& service,
                             std::unique_ptr<ParameterServerService>* finished) {
   const absl::Time start = absl::Now();
   const int64_t last_checkpoint_round =
-      Train(service, **server, guard, CallThreads(w.transport), checkpoints,
+      Train(ps, **server, guard, CallThreads(w.transport), checkpoints,
             observer, daemon);
   server->reset();
-  std::optional<Checkpoint> last = service.Snapshot();
+  std::optional<Checkpoint> last = ps.Snapshot();
   if (checkpoints != nullptr && last.has_value() &&
       last->state.round != last_checkpoint_round) {
     WriteCheckpoint(*checkpoints, *last, observer, daemon.log());
   }
-  const ServerSummary s = service.Summary();
+  const ServerSummary s = ps.Summary();
   absl::Status result = s.error;
   if (absl::Status r = ReportSummary(w.options, s,
                                      absl::ToDoubleSeconds(absl::Now() - start),
@@ -580,7 +579,7 @@ int Run() {
   auto service = ParameterServerService::Create(options);
   if (!service.ok()) return daemon.Fail(service.status());
   absl::StatusOr<Restored> restored =
-      RestoreFromFlags(**service, options.rounds, daemon.log());
+      RestoreFromFlags((*service)->server(), options.rounds, daemon.log());
   if (!restored.ok()) return daemon.Fail(restored.status());
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -607,8 +606,9 @@ int Run() {
   // complete is served by `service` itself).
   std::unique_ptr<ParameterServerService> finished;
   if (!restored->run_complete) {
-    result = TrainAndFinish(w, **service, restored->store.get(), guard, gate,
-                            port, observer, daemon, &*server, &finished);
+    result =
+        TrainAndFinish(w, (*service)->server(), restored->store.get(), guard,
+                       gate, port, observer, daemon, &*server, &finished);
   }
   // The finished state: Join is refused ("training has ended"); Status,
   // health and /metrics answer with the final values until the linger ends

@@ -71,13 +71,13 @@ struct CheckpointStats {
   double seconds = 0;  // to write and fsync it
 };
 
-// Receives what ParameterServerService does, for monitoring. The service
-// stays free of any metrics library; metrics/server_metrics.h turns these
+// Receives what ParameterServer and its service do, for monitoring. They
+// stay free of any metrics library; metrics/server_metrics.h turns these
 // calls into Prometheus metrics.
 //
-// Byte calls are made under the service's lock at the moment its own
+// Byte calls are made under the server's lock at the moment its own
 // counts (ServerSummary) change, so a counter fed by them equals the
-// summary whenever the service is idle. Implementations must therefore be
+// summary whenever the server is idle. Implementations must therefore be
 // thread-safe, fast, and must not call back into the service. The default
 // implementations ignore the call.
 class ServerObserver {

@@ -111,10 +111,10 @@ class Harness {
               const std::function<void()>& setup = nullptr) {
     SCOPED_TRACE(absl::StrCat(rpc, ": ", name));
     if (setup) setup();
-    const ServerSummary before = server_->service().Summary();
+    const ServerSummary before = server_->service().server().Summary();
     const std::array<int, kNumRejections> counted = observer_.counts();
     const grpc::Status s = bad();
-    const ServerSummary after = server_->service().Summary();
+    const ServerSummary after = server_->service().server().Summary();
     const std::array<int, kNumRejections> now = observer_.counts();
 
     EXPECT_EQ(s.error_code(), code) << s.error_message();
@@ -275,7 +275,7 @@ void FinishRunAndCompare(TestServer* server, TrainStream* s0, int64_t from,
     }
     ASSERT_TRUE(ref->CloseRound().ok());
   }
-  const ServerSummary s = server->service().Summary();
+  const ServerSummary s = server->service().server().Summary();
   EXPECT_EQ(s.rounds_closed, kRounds);
   EXPECT_EQ(s.params_checksum, ParamsChecksum(ref->params()));
   EXPECT_EQ(s.error_checksum, ParamsChecksum(ref->error_memory()));
@@ -560,7 +560,7 @@ TEST(BadInput, UploadsOfTheInitialParameters) {
                              : s.error_code() == Code::ALREADY_EXISTS)
               << s.error_message();
         });
-    EXPECT_EQ(server.service().Summary().params_checksum, "");
+    EXPECT_EQ(server.service().server().Summary().params_checksum, "");
   };
   const std::vector<v1::ParamsChunk> ok = TestServer::Chunks(0, x0, 25);
 
@@ -628,7 +628,8 @@ TEST(BadInput, UploadsOfTheInitialParameters) {
   ASSERT_TRUE(asked);
   const grpc::Status s = server.Upload(0, x0);
   ASSERT_TRUE(s.ok()) << s.error_message();
-  EXPECT_EQ(server.service().Summary().params_checksum, ParamsChecksum(x0));
+  EXPECT_EQ(server.service().server().Summary().params_checksum,
+            ParamsChecksum(x0));
   auto s0 = std::make_unique<TrainStream>(&server, 60);
   FinishRunAndCompare(&server, s0.get(), 1, x0);
 }

@@ -115,7 +115,7 @@ class MetricsServer {
         grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
   }
   ~MetricsServer() {
-    service_->Shutdown();
+    service_->server().Shutdown();
     server_->Shutdown(std::chrono::system_clock::now() +
                       std::chrono::seconds(2));
   }
@@ -183,10 +183,11 @@ TEST(Metrics, CountersEqualTheSummariesAfterARun) {
     });
   }
   for (std::thread& t : threads) t.join();
-  ASSERT_TRUE(server.service().WaitUntilDone(absl::Seconds(kCallSeconds)));
+  ASSERT_TRUE(
+      server.service().server().WaitUntilDone(absl::Seconds(kCallSeconds)));
 
   // The server's counters are its summary's numbers.
-  const ServerSummary s = server.service().Summary();
+  const ServerSummary s = server.service().server().Summary();
   using Labels = std::map<std::string, std::string>;
   const Labels up = {{"direction", "worker_to_server"}};
   const Labels down = {{"direction", "server_to_worker"}};
@@ -359,7 +360,7 @@ TEST(Metrics, RejectionsAreCountedByReason) {
   }
   EXPECT_EQ(total, 4);
   // Rejected messages went over the wire too, and count on both sides.
-  const ServerSummary s = server.service().Summary();
+  const ServerSummary s = server.service().server().Summary();
   EXPECT_EQ(server.Value("effadam_server_wire_bytes_total",
                          {{"direction", "worker_to_server"}}),
             s.traffic.up().wire);

@@ -158,7 +158,7 @@ TEST(ParameterServerService, Fp32RoundsGiveTheHandComputedX) {
         << results[r].final_status.error_message();
   }
   EXPECT_EQ(server.Checksum(), ParamsChecksum(x));
-  EXPECT_TRUE(server.service().WaitUntilDone(absl::Seconds(5)));
+  EXPECT_TRUE(server.service().server().WaitUntilDone(absl::Seconds(5)));
 }
 
 TEST(ParameterServerService, CompressedRoundsEqualTheRoundEngineAndCountBytes) {
@@ -187,12 +187,12 @@ TEST(ParameterServerService, CompressedRoundsEqualTheRoundEngineAndCountBytes) {
     }
   }
   for (int r = 0; r < 3; ++r) EXPECT_TRUE(results[r].final_status.ok());
-  EXPECT_TRUE(server.service().WaitUntilDone(absl::Seconds(5)));
+  EXPECT_TRUE(server.service().server().WaitUntilDone(absl::Seconds(5)));
 
   // Counted as effadam-sim counts: 3 rounds x 3 workers each way.
   const int64_t w = server.worker_codec().encoded_size();
   const int64_t s = server.server_codec().encoded_size();
-  const ServerSummary sum = server.service().Summary();
+  const ServerSummary sum = server.service().server().Summary();
   EXPECT_EQ(sum.params_checksum, ParamsChecksum(ref->params()));
   EXPECT_EQ(sum.rounds_closed, 3);
   EXPECT_EQ(sum.traffic.up().payload, 9 * w);
@@ -494,11 +494,11 @@ TEST(ParameterServerService, BadTrainMessagesChangeNothing) {
 // payload: the updates sent so far are in their round.
 void WaitForUpdates(TestServer& server, int64_t bytes) {
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (server.service().Summary().traffic.up().payload < bytes &&
+  while (server.service().server().Summary().traffic.up().payload < bytes &&
          absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(2));
   }
-  ASSERT_EQ(server.service().Summary().traffic.up().payload, bytes);
+  ASSERT_EQ(server.service().server().Summary().traffic.up().payload, bytes);
 }
 
 TEST(ParameterServerService, RoundTimeoutClosesWithTheWorkersPresent) {
@@ -524,7 +524,7 @@ TEST(ParameterServerService, RoundTimeoutClosesWithTheWorkersPresent) {
     ASSERT_TRUE(s1.Send(1, round, update(1, round)));
     WaitForUpdates(server, 2 * round * size);
     // Rank 2 is waited for until the timeout, measured on the clock.
-    EXPECT_EQ(server.service().Summary().rounds_closed, round - 1);
+    EXPECT_EQ(server.service().server().Summary().rounds_closed, round - 1);
     clock.Advance(o.round_timeout);
     for (int r : {0, 1})
       ASSERT_TRUE(ref->Submit(r, round, update(r, round)).ok());
@@ -541,7 +541,7 @@ TEST(ParameterServerService, RoundTimeoutClosesWithTheWorkersPresent) {
   }
   EXPECT_TRUE(s0.Finish().ok());
   EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
-  EXPECT_EQ(server.service().Summary().short_rounds, 2);
+  EXPECT_EQ(server.service().server().Summary().short_rounds, 2);
 }
 
 TEST(ParameterServerService, CancelledWorkerLeavesAndTheOthersGoOn) {
@@ -693,11 +693,12 @@ TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
   const int64_t want_down =
       4 * static_cast<int64_t>(server.server_codec().encoded_size());
   const absl::Time settle = absl::Now() + absl::Seconds(5);
-  while (server.service().Summary().traffic.down().payload < want_down &&
+  while (server.service().server().Summary().traffic.down().payload <
+             want_down &&
          absl::Now() < settle) {
     absl::SleepFor(absl::Milliseconds(5));
   }
-  const ServerSummary sum = server.service().Summary();
+  const ServerSummary sum = server.service().server().Summary();
   EXPECT_EQ(sum.traffic.up().payload,
             4 * static_cast<int64_t>(server.worker_codec().encoded_size()));
   EXPECT_EQ(sum.traffic.down().payload, want_down);
@@ -718,12 +719,12 @@ TEST(ParameterServerService, ShutdownEndsWaitingStreamsWithUnavailable) {
          absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(10));
   }
-  server.service().Shutdown();
+  server.service().server().Shutdown();
   const grpc::Status s = s0.Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_THAT(s.error_message(), HasSubstr("shutting down"));
   EXPECT_EQ(server.Checksum(), ParamsChecksum(x0));
-  EXPECT_TRUE(server.service().WaitUntilDone(absl::ZeroDuration()));
+  EXPECT_TRUE(server.service().server().WaitUntilDone(absl::ZeroDuration()));
 }
 
 TEST(ParameterServerService, CheckpointsEveryKRoundsAndARestoreGoesOnExactly) {
@@ -733,13 +734,13 @@ TEST(ParameterServerService, CheckpointsEveryKRoundsAndARestoreGoesOnExactly) {
   std::optional<Checkpoint> due;
   {
     TestServer a(o);
-    EXPECT_FALSE(a.service().TakeDueCheckpoint().has_value());
+    EXPECT_FALSE(a.service().server().TakeDueCheckpoint().has_value());
     a.JoinAndUpload(0, x0);
     ASSERT_EQ(a.Join(1), 1);
     TrainAll(&a, 2, 3);
-    due = a.service().TakeDueCheckpoint();
+    due = a.service().server().TakeDueCheckpoint();
     ASSERT_TRUE(due.has_value());
-    EXPECT_FALSE(a.service().TakeDueCheckpoint().has_value());
+    EXPECT_FALSE(a.service().server().TakeDueCheckpoint().has_value());
     EXPECT_EQ(due->state.round, 3);  // taken after round 2 closed
     EXPECT_EQ(due->rounds_closed, 2);
   }
@@ -780,7 +781,7 @@ TEST(ParameterServerService, CheckpointsEveryKRoundsAndARestoreGoesOnExactly) {
   EXPECT_EQ(round, 3);
   EXPECT_EQ(delta, *ref->CloseRound());
   EXPECT_EQ(b.Checksum(), ParamsChecksum(ref->params()));
-  const ServerSummary sum = b.service().Summary();
+  const ServerSummary sum = b.service().server().Summary();
   EXPECT_EQ(sum.resumed_at_round, 3);
   EXPECT_EQ(sum.rounds_closed, 3);
   s0.Cancel();
@@ -794,13 +795,13 @@ TEST(ParameterServerService, RestoreRefusesOtherCompressionSettings) {
   c.compression = CompressionToProto(Compression("q4", "sign"));
   c.state.params.assign(c.layout.num_elements(), 0.0f);
   auto service = *ParameterServerService::Create(o);
-  const absl::Status s = service->Restore(c);
+  const absl::Status s = service->server().Restore(c);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(s.message()), HasSubstr("worker_codec"));
-  EXPECT_EQ(service->Summary().num_elements, 0);
+  EXPECT_EQ(service->server().Summary().num_elements, 0);
   c.compression = CompressionToProto(o.compression);
-  EXPECT_TRUE(service->Restore(c).ok());
-  EXPECT_FALSE(service->Restore(c).ok());  // only before serving, once
+  EXPECT_TRUE(service->server().Restore(c).ok());
+  EXPECT_FALSE(service->server().Restore(c).ok());  // only before serving, once
 }
 
 TEST(ParameterServerService, AWorkerTooFarBehindIsToldToResync) {
@@ -838,7 +839,7 @@ TEST(ParameterServerService, AWorkerTooFarBehindIsToldToResync) {
   EXPECT_THAT(s.error_message(), HasSubstr("join again and fetch x"));
   EXPECT_EQ(rejections.count(Rejection::kLagging), 1);
   EXPECT_EQ(server.Checksum(), before);
-  EXPECT_EQ(server.service().Summary().short_rounds, 6);
+  EXPECT_EQ(server.service().server().Summary().short_rounds, 6);
   s0.Cancel();
 }
 
@@ -875,7 +876,7 @@ TEST(ParameterServerService, ARoundThatOverflowsIsDroppedAndTrainingGoesOn) {
   ASSERT_TRUE(s0.ReadDelta(&d0, &r, &c));
   EXPECT_EQ(r, 2);
   EXPECT_NE(server.Checksum(), ParamsChecksum(x0));
-  const ServerSummary sum = server.service().Summary();
+  const ServerSummary sum = server.service().server().Summary();
   EXPECT_TRUE(sum.error.ok()) << sum.error;
   EXPECT_EQ(sum.dropped_rounds, 1);
   s0.Cancel();
@@ -964,13 +965,14 @@ TEST(ParameterServerService, ARestoreChecksTheShard) {
   c.num_shards = 2;
   c.state.params.assign(2000, 0.0f);  // shard 0 of 2 is w[40,50]
   auto service = *ParameterServerService::Create(o);
-  const absl::Status s = service->Restore(c);
+  const absl::Status s = service->server().Restore(c);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(s.message()), HasSubstr("shard 0 of 2"));
   c.shard = 1;
-  EXPECT_FALSE(service->Restore(c).ok());  // shard 1 is b[7]: wrong size
+  EXPECT_FALSE(
+      service->server().Restore(c).ok());  // shard 1 is b[7]: wrong size
   c.state.params.assign(7, 0.0f);
-  EXPECT_TRUE(service->Restore(c).ok());
+  EXPECT_TRUE(service->server().Restore(c).ok());
 }
 
 }  // namespace
@@ -997,11 +999,11 @@ int64_t ResidentBytes() {
 // upload: it counts the chunk's bytes when it starts the upload.
 void WaitForUploadStart(TestServer& server) {
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (server.service().Summary().traffic.join().wire == 0 &&
+  while (server.service().server().Summary().traffic.join().wire == 0 &&
          absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(2));
   }
-  ASSERT_GT(server.service().Summary().traffic.join().wire, 0);
+  ASSERT_GT(server.service().server().Summary().traffic.join().wire, 0);
 }
 
 // A refused call's message is cut to kMaxStatusMessageBytes, so a client
@@ -1243,11 +1245,11 @@ TEST(ParameterServerServiceRecovery, ANewerReplicaWinsOverTheCheckpoint) {
     a.JoinAndUpload(0, x0);
     ASSERT_EQ(a.Join(1), 1);
     TrainAll(&a, 2, 3);
-    checkpoint = a.service().TakeDueCheckpoint();  // after round 2
+    checkpoint = a.service().server().TakeDueCheckpoint();  // after round 2
     ASSERT_TRUE(checkpoint.has_value());
     ASSERT_EQ(checkpoint->state.round, 3);
     ASSERT_TRUE(a.Fetch(0, &replica).ok());
-    closed_before = a.service().Summary().rounds_closed;
+    closed_before = a.service().server().Summary().rounds_closed;
     ASSERT_EQ(closed_before, 3);
   }
   const std::string replica_sum = ParamsChecksum(replica);
@@ -1268,12 +1270,12 @@ TEST(ParameterServerServiceRecovery, ANewerReplicaWinsOverTheCheckpoint) {
   forged[0] += 1.0f;
   EXPECT_EQ(UploadReplica(b, 0, 4, forged).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(b.service().Summary().round, 3);  // unchanged
+  EXPECT_EQ(b.service().server().Summary().round, 3);  // unchanged
   // Rank 0 had to leave; it joins again and uploads the true replica.
   ASSERT_TRUE(b.Join(ReplicaJoin(b, 0, 4, replica_sum), &resp).ok());
   ASSERT_TRUE(resp.upload_initial_params());
   ASSERT_TRUE(UploadReplica(b, 0, 4, replica).ok());
-  const ServerSummary s = b.service().Summary();
+  const ServerSummary s = b.service().server().Summary();
   EXPECT_EQ(s.round, 4);
   EXPECT_EQ(s.rounds_closed, closed_before);  // zero rounds lost
   EXPECT_EQ(s.params_checksum, replica_sum);
@@ -1312,7 +1314,7 @@ TEST(ParameterServerServiceRecovery,
       server.Join(ReplicaJoin(server, 1, 41, ParamsChecksum(x)), &resp).ok());
   ASSERT_TRUE(resp.upload_initial_params());
   ASSERT_TRUE(UploadReplica(server, 1, 41, x).ok());
-  const ServerSummary s = server.service().Summary();
+  const ServerSummary s = server.service().server().Summary();
   EXPECT_EQ(s.round, 41);
   EXPECT_EQ(s.rounds_closed, 40);
   EXPECT_EQ(s.resumed_at_round, 41);

@@ -94,7 +94,7 @@ class ServiceAuthTest : public ::testing::Test {
     stub_ = v1::ParameterServer::NewStub(channel_);
   }
   void TearDown() override {
-    service_->Shutdown();
+    service_->server().Shutdown();
     server_->Shutdown(std::chrono::system_clock::now() +
                       std::chrono::seconds(2));
   }
@@ -170,7 +170,7 @@ TEST_F(ServiceAuthTest, EveryRpcRefusesAMissingOrWrongTokenAndChangesNothing) {
   ASSERT_TRUE(Upload(Credential::kRight, std::vector<float>(10, 0.5f)).ok());
   v1::StatusResponse before;
   ASSERT_TRUE(Status(Credential::kRight, &before).ok());
-  const ServerSummary summary_before = service_->Summary();
+  const ServerSummary summary_before = service_->server().Summary();
   const int64_t wire_before = observer_.wire_bytes;
   ASSERT_EQ(observer_.total(), 0);
 
@@ -199,7 +199,7 @@ TEST_F(ServiceAuthTest, EveryRpcRefusesAMissingOrWrongTokenAndChangesNothing) {
   v1::StatusResponse after;
   ASSERT_TRUE(Status(Credential::kRight, &after).ok());
   EXPECT_EQ(after.SerializeAsString(), before.SerializeAsString());
-  const ServerSummary s = service_->Summary();
+  const ServerSummary s = service_->server().Summary();
   EXPECT_EQ(s.live_workers, 1);
   EXPECT_EQ(s.round, summary_before.round);
   EXPECT_EQ(s.params_checksum, summary_before.params_checksum);
@@ -233,7 +233,7 @@ TEST_F(ServiceAuthTest, WorkerClientSendsTheTokenOnEveryCall) {
     ASSERT_TRUE(s.ok()) << s;
   }
   EXPECT_TRUE((*client)->Finish().ok());
-  EXPECT_EQ(service_->Summary().rounds_closed, 3);
+  EXPECT_EQ(service_->server().Summary().rounds_closed, 3);
   EXPECT_EQ(observer_.total(), 1);
 }
 
@@ -252,7 +252,7 @@ TEST_F(ServiceAuthTest, HealthNeedsNoToken) {
 TEST_F(ServiceAuthTest, MessagesOverTheLimitAreRefusedByGrpc) {
   ASSERT_TRUE(Join(Credential::kRight, Layout()).ok());
   ASSERT_TRUE(Upload(Credential::kRight, std::vector<float>(10, 0.5f)).ok());
-  const ServerSummary before = service_->Summary();
+  const ServerSummary before = service_->server().Summary();
   const int limit = MaxMessageBytes(kMaxChunkBytes);
 
   // Below gRPC's limit the service itself refuses a chunk over
@@ -286,7 +286,7 @@ TEST_F(ServiceAuthTest, MessagesOverTheLimitAreRefusedByGrpc) {
 
   // The refused calls changed nothing but the one stream that ended:
   // rank 0 is still joined (it never had a stream of its own).
-  const ServerSummary after = service_->Summary();
+  const ServerSummary after = service_->server().Summary();
   EXPECT_EQ(after.round, before.round);
   EXPECT_EQ(after.params_checksum, before.params_checksum);
 }
@@ -329,8 +329,8 @@ TEST_F(ServiceAuthTest, RequestsThatDoNotParseAreInvalidArgument) {
   EXPECT_EQ(observer_.count(Rejection::kUnparseable), 3);
   EXPECT_EQ(observer_.total(), 3);
   // The server is as before: no layout, no rank taken.
-  EXPECT_EQ(service_->Summary().num_elements, 0);
-  EXPECT_EQ(service_->Summary().live_workers, 0);
+  EXPECT_EQ(service_->server().Summary().num_elements, 0);
+  EXPECT_EQ(service_->server().Summary().live_workers, 0);
 }
 
 }  // namespace

@@ -125,7 +125,7 @@ class TestServer {
     EXPECT_TRUE(service.ok()) << service.status();
     service_ = *std::move(service);
     if (restore.has_value()) {
-      absl::Status s = service_->Restore(*std::move(restore));
+      absl::Status s = service_->server().Restore(*std::move(restore));
       EXPECT_TRUE(s.ok()) << s;
     }
     grpc::ServerBuilder builder;
@@ -144,7 +144,7 @@ class TestServer {
     server_codec_ = std::move(codecs.server);
   }
   ~TestServer() {
-    service_->Shutdown();
+    service_->server().Shutdown();
     server_->Shutdown(std::chrono::system_clock::now() +
                       std::chrono::seconds(2));
   }
