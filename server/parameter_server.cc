@@ -588,6 +588,13 @@ absl::Status ParameterServer::Restore(Checkpoint checkpoint) {
         checkpoint.num_shards, "; this server is shard ", options_.shard,
         " of ", options_.num_shards, " (--shard, --num_shards)"));
   }
+  // Before the server serves, so nothing waits for the lock while the
+  // delta log is read.
+  absl::MutexLock lock(&mu_);
+  if (model_.has_value() || rounds_.started()) {
+    return absl::InvalidArgumentError(
+        "Restore: the server already has a layout or parameters");
+  }
   absl::StatusOr<Model> model = ModelFor(checkpoint.layout);
   if (!model.ok()) return model.status();
   const int64_t checkpoint_round = checkpoint.state.round;
@@ -604,12 +611,6 @@ absl::Status ParameterServer::Restore(Checkpoint checkpoint) {
         " round(s) from the delta log: x is at round ", (*engine)->round(),
         ", params_checksum ", ParamsChecksum((*engine)->params()),
         "; the server's error memory starts at zero"));
-  }
-
-  absl::MutexLock lock(&mu_);
-  if (model_.has_value() || rounds_.started()) {
-    return absl::InvalidArgumentError(
-        "Restore: the server already has a layout or parameters");
   }
   model_ = *std::move(model);
   const int64_t rounds_closed = checkpoint.rounds_closed;
