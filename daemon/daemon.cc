@@ -1,5 +1,7 @@
 #include "daemon/daemon.h"
 
+#include <malloc.h>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -11,6 +13,14 @@ namespace effadam {
 
 Daemon::Daemon(std::string program)
     : program_(std::move(program)), log_(program_) {
+#if defined(__GLIBC__)
+  // Buffers up to 32 MiB come from the heap rather than from a mapping of
+  // their own (glibc's own dynamic threshold ends at the same size, but only
+  // after it saw one freed), and up to 128 MiB of free heap is kept rather
+  // than trimmed: the rounds' buffers are reused instead of faulted in.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+#endif
   signals_.Watch([this](int) {
     absl::MutexLock lock(&mu_);
     signalled_ = true;

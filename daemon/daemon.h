@@ -13,6 +13,12 @@
 // - /metrics: ServeMetrics starts the endpoint with the process metrics
 //   (daemon/process_metrics.h), AddMetrics registers a daemon's own; without
 //   an address both do nothing, so callers never check.
+// - Memory: glibc's malloc keeps freed large buffers for reuse (a chunk's
+//   1 MiB payload, an update, a delta: each round allocates and frees
+//   them again). By default it returns them to the kernel, and the next
+//   round pays page faults and zeroing for memory it just gave back (more
+//   than half the server's page faults and a quarter or more of its system
+//   time in fp32 rounds; docs/benchmarks.md, "Allocator").
 // - The end: Linger keeps the process (and /metrics) up for a last scrape
 //   until its time passes or a signal comes; WriteSummary writes the run's
 //   summary JSON; Exit ends the process without waiting on gRPC's and
