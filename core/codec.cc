@@ -150,9 +150,30 @@ bool PaddingIsZero(absl::Span<const uint8_t> bytes, size_t used_bits) {
   return (last >> (used_bits % 8)) == 0;
 }
 
+// Whether the `count` float32 at the start of `bytes` are all finite: an
+// exponent field of all ones is Inf or NaN.
 bool AllFinite(absl::Span<const uint8_t> bytes, size_t count) {
-  for (size_t i = 0; i < count; ++i) {
-    if (!std::isfinite(LoadF32(bytes.data() + 4 * i))) return false;
+  const uint8_t* p = bytes.data();
+  size_t i = 0;
+#if defined(__SSE2__)
+  {
+    const __m128i exponent = _mm_set1_epi32(0x7f800000);
+    __m128i bad = _mm_setzero_si128();
+    for (; i + 8 <= count; i += 8) {
+      const __m128i a =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 4 * i));
+      const __m128i b =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 4 * i + 16));
+      bad = _mm_or_si128(
+          bad,
+          _mm_or_si128(_mm_cmpeq_epi32(_mm_and_si128(a, exponent), exponent),
+                       _mm_cmpeq_epi32(_mm_and_si128(b, exponent), exponent)));
+    }
+    if (_mm_movemask_epi8(bad) != 0) return false;
+  }
+#endif
+  for (; i < count; ++i) {
+    if (!std::isfinite(LoadF32(p + 4 * i))) return false;
   }
   return true;
 }

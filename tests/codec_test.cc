@@ -5,6 +5,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -470,6 +471,31 @@ TEST(Validate, CatchesCorruption) {
     absl::Status s = c->Validate(enc.bytes, u.size());
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << k.codec;
     EXPECT_THAT(std::string(s.message()), HasSubstr(k.reason)) << k.codec;
+  }
+}
+
+// fp32's check reads eight floats at a time and the rest one by one: a
+// non-finite value is caught at every position, in the wide part and in
+// the tail alike, and the extremes of float pass.
+TEST(Validate, Fp32FindsANonFiniteValueAnywhere) {
+  auto c = Make("fp32", 8);
+  std::vector<float> u(37);
+  for (size_t i = 0; i < u.size(); ++i) u[i] = 1.0f + static_cast<float>(i);
+  u[3] = FLT_MAX;
+  u[4] = -FLT_MAX;
+  u[5] = std::numeric_limits<float>::denorm_min();
+  u[6] = -0.0f;
+  std::vector<float> zero(u.size(), 0.0f);
+  const Encoded enc = EncodeEF(*c, u, zero);
+  ASSERT_TRUE(c->Validate(enc.bytes, u.size()).ok());
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(),
+                    std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    for (size_t i = 0; i < u.size(); ++i) {
+      std::vector<uint8_t> bytes = enc.bytes;
+      std::memcpy(bytes.data() + 4 * i, &bad, sizeof bad);
+      EXPECT_FALSE(c->Validate(bytes, u.size()).ok()) << bad << " at " << i;
+    }
   }
 }
 
