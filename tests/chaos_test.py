@@ -31,6 +31,7 @@ The run must show:
 
 Usage: chaos_test.py --bin BUILD/bin [--minutes 3] [--seed 1]
        [--rounds N] [--no_server_kills] [--keep_logs DIR]
+       [--time_limit SECONDS]
 Exits 77 (skipped) unless root with network namespaces available. Every
 process started is killed by pid, every namespace deleted and the
 temporary directory removed, on exit and on SIGINT/SIGTERM.
@@ -445,6 +446,10 @@ def main():
                     help="leave server SIGKILLs out of the faults")
     ap.add_argument("--keep_logs", default="",
                     help="copy every process's output here before cleanup")
+    ap.add_argument("--time_limit", type=int, default=0,
+                    help="fail (and clean up) after this many seconds in "
+                         "all; set it below ctest's TIMEOUT, whose kill "
+                         "would leave the namespaces behind (0: none)")
     args = ap.parse_args()
     why = namespaces_available()
     if why:
@@ -461,11 +466,18 @@ def main():
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+    def on_alarm(signum, frame):
+        raise Failure("over the time limit of %d s" % args.time_limit)
+    if args.time_limit > 0:
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(args.time_limit)
     failures = []
     try:
         hosts = ["s%d" % k for k in range(SHARDS)] + \
                 ["w%d" % r for r in range(WORKERS)]
-        net = Network(hosts)
+        # Its own tag: bench/cluster's emulated clusters use ech<pid>.
+        net = Network(hosts, tag="chaos%d" % os.getpid())
         log("namespaces up: switch %s, hosts %s; %d rounds, seed %d%s" % (
             net.switch, ", ".join("%s=%s" % (h, net.ip[h]) for h in hosts),
             rounds, args.seed,
@@ -548,6 +560,7 @@ def main():
         print("FAIL: %s" % e, flush=True)
         return 1
     finally:
+        signal.alarm(0)  # the clean-up below is not to be interrupted
         if prober is not None:
             prober.stopping.set()
         if driver is not None:
