@@ -131,8 +131,8 @@ bool ShardLink::AwaitConnected(absl::Duration at_most) {
   // link cut"). A relative deadline: this bounds a wait on the network, in
   // real time.
   rpc_->channel->WaitForStateChange(
-      state, gpr_time_from_micros(absl::ToInt64Microseconds(at_most),
-                                  GPR_TIMESPAN));
+      state,
+      gpr_time_from_micros(absl::ToInt64Microseconds(at_most), GPR_TIMESPAN));
   return rpc_->channel->GetState(/*try_to_connect=*/false) ==
          GRPC_CHANNEL_READY;
 }

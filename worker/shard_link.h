@@ -156,10 +156,10 @@ class ShardLink {
   // real time), or, after an attempt that found the channel unconnected,
   // until the channel connects if that is sooner (a wait on the channel,
   // which drives its connection attempt, in slices of 50 ms of real time;
-  // Cancel() is seen within one). When the next attempt would start after `deadline`,
-  // returns the last status with "`late`: " before its message (unchanged
-  // if `late` is empty); Cancelled once Cancel() has been called. The
-  // failures RetryBackoff::ShouldLog picks are logged.
+  // Cancel() is seen within one). When the next attempt would start after
+  // `deadline`, returns the last status with "`late`: " before its message
+  // (unchanged if `late` is empty); Cancelled once Cancel() has been called.
+  // The failures RetryBackoff::ShouldLog picks are logged.
   absl::Status Retry(absl::Time deadline, absl::string_view late,
                      absl::FunctionRef<absl::Status()> attempt,
                      absl::FunctionRef<bool(const absl::Status&)> retry);
