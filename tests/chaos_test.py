@@ -31,7 +31,7 @@ The run must show:
 
 Usage: chaos_test.py --bin BUILD/bin [--minutes 3] [--seed 1]
        [--rounds N] [--no_server_kills] [--keep_logs DIR]
-       [--time_limit SECONDS]
+       [--accuracy_points 0.5] [--time_limit SECONDS]
 Exits 77 (skipped) unless root with network namespaces available. Every
 process started is killed by pid, every namespace deleted and the
 temporary directory removed, on exit and on SIGINT/SIGTERM.
@@ -61,7 +61,6 @@ from netns import Network, NetworkError, namespaces_available  # noqa: E402
 SHARDS = 2
 WORKERS = 4
 PORT = 50051
-ACCURACY_POINTS = 0.5          # allowed gap to the undisturbed run, in points
 SIGN = ["--worker_codec=sign", "--server_codec=sign", "--seed=7"]
 # Short keepalives so that a stopped process or a cut link is noticed in
 # about 2 s; a long reconnect window so that workers outlive server kills.
@@ -446,6 +445,12 @@ def main():
                     help="leave server SIGKILLs out of the faults")
     ap.add_argument("--keep_logs", default="",
                     help="copy every process's output here before cleanup")
+    ap.add_argument("--accuracy_points", type=float, default=0.5,
+                    help="allowed gap between the final test accuracies "
+                         "of the chaos and the undisturbed run, in points "
+                         "(issue 17 asks 0.5; two undisturbed trajectories "
+                         "of other seeds differ by about 0.4 points, "
+                         "docs/faults.md \"Chaos\")")
     ap.add_argument("--time_limit", type=int, default=0,
                     help="fail (and clean up) after this many seconds in "
                          "all; set it below ctest's TIMEOUT, whose kill "
@@ -545,10 +550,10 @@ def main():
                 "every worker and both shards' x" % (
                     rounds, run_seconds, acc, calm_acc,
                     100 * (acc - calm_acc), chaos_sum))
-            if abs(acc - calm_acc) * 100 > ACCURACY_POINTS:
+            if abs(acc - calm_acc) * 100 > args.accuracy_points:
                 failures.append("accuracy %.4f under chaos, %.4f undisturbed:"
                                 " more than %.1f points apart" % (
-                                    acc, calm_acc, ACCURACY_POINTS))
+                                    acc, calm_acc, args.accuracy_points))
         for f in failures:
             print("FAIL: " + f, flush=True)
         if failures:
