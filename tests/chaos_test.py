@@ -27,7 +27,8 @@ The run must show:
     was in flight at the kill, which is computed again; a restarted
     shard's round is read only once it no longer awaits replicas;
     --no_server_kills leaves server kills out);
-  - the final test accuracy is within 0.5 points of the undisturbed run.
+  - the final test accuracy is within --accuracy_points (default 0.5,
+    the issue's) of the undisturbed run.
 
 Usage: chaos_test.py --bin BUILD/bin [--minutes 3] [--seed 1]
        [--rounds N] [--no_server_kills] [--keep_logs DIR]
