@@ -41,6 +41,6 @@ cmake --build build-fuzz -j "${JOBS:-2}" --target fuzzers \
 
 echo "== ctest =="
 cd build
-# chaos_ci (4-7 min) runs here; the longer chaos test (label chaos) on its
+# chaos_ci (5-9 min) runs here; the longer chaos test (label chaos) on its
 # own: ctest -L chaos.
 ctest --output-on-failure -j 2 --timeout 600 -LE chaos
