@@ -41,5 +41,6 @@ cmake --build build-fuzz -j "${JOBS:-2}" --target fuzzers \
 
 echo "== ctest =="
 cd build
-# The chaos test (label chaos, ~6 min) runs on its own: ctest -L chaos.
+# The chaos tests (label chaos: chaos_ci, 5-9 min, and chaos) run on their
+# own, ctest -L chaos, until the stall in docs/faults.md "Chaos" is fixed.
 ctest --output-on-failure -j 2 --timeout 600 -LE chaos

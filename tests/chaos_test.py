@@ -27,10 +27,12 @@ The run must show:
     was in flight at the kill, which is computed again; a restarted
     shard's round is read only once it no longer awaits replicas;
     --no_server_kills leaves server kills out);
-  - the final test accuracy is within 0.5 points of the undisturbed run.
+  - the final test accuracy is within --accuracy_points (default 0.5,
+    the issue's) of the undisturbed run.
 
 Usage: chaos_test.py --bin BUILD/bin [--minutes 3] [--seed 1]
        [--rounds N] [--no_server_kills] [--keep_logs DIR]
+       [--accuracy_points 0.5] [--time_limit SECONDS]
 Exits 77 (skipped) unless root with network namespaces available. Every
 process started is killed by pid, every namespace deleted and the
 temporary directory removed, on exit and on SIGINT/SIGTERM.
@@ -60,7 +62,6 @@ from netns import Network, NetworkError, namespaces_available  # noqa: E402
 SHARDS = 2
 WORKERS = 4
 PORT = 50051
-ACCURACY_POINTS = 0.5          # allowed gap to the undisturbed run, in points
 SIGN = ["--worker_codec=sign", "--server_codec=sign", "--seed=7"]
 # Short keepalives so that a stopped process or a cut link is noticed in
 # about 2 s; a long reconnect window so that workers outlive server kills.
@@ -445,6 +446,16 @@ def main():
                     help="leave server SIGKILLs out of the faults")
     ap.add_argument("--keep_logs", default="",
                     help="copy every process's output here before cleanup")
+    ap.add_argument("--accuracy_points", type=float, default=0.5,
+                    help="allowed gap between the final test accuracies "
+                         "of the chaos and the undisturbed run, in points "
+                         "(issue 17 asks 0.5; two undisturbed trajectories "
+                         "of other seeds differ by about 0.4 points, "
+                         "docs/faults.md \"Chaos\")")
+    ap.add_argument("--time_limit", type=int, default=0,
+                    help="fail (and clean up) after this many seconds in "
+                         "all; set it below ctest's TIMEOUT, whose kill "
+                         "would leave the namespaces behind (0: none)")
     args = ap.parse_args()
     why = namespaces_available()
     if why:
@@ -461,11 +472,18 @@ def main():
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+    def on_alarm(signum, frame):
+        raise Failure("over the time limit of %d s" % args.time_limit)
+    if args.time_limit > 0:
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(args.time_limit)
     failures = []
     try:
         hosts = ["s%d" % k for k in range(SHARDS)] + \
                 ["w%d" % r for r in range(WORKERS)]
-        net = Network(hosts)
+        # Its own tag: bench/cluster's emulated clusters use ech<pid>.
+        net = Network(hosts, tag="chaos%d" % os.getpid())
         log("namespaces up: switch %s, hosts %s; %d rounds, seed %d%s" % (
             net.switch, ", ".join("%s=%s" % (h, net.ip[h]) for h in hosts),
             rounds, args.seed,
@@ -533,10 +551,10 @@ def main():
                 "every worker and both shards' x" % (
                     rounds, run_seconds, acc, calm_acc,
                     100 * (acc - calm_acc), chaos_sum))
-            if abs(acc - calm_acc) * 100 > ACCURACY_POINTS:
+            if abs(acc - calm_acc) * 100 > args.accuracy_points:
                 failures.append("accuracy %.4f under chaos, %.4f undisturbed:"
                                 " more than %.1f points apart" % (
-                                    acc, calm_acc, ACCURACY_POINTS))
+                                    acc, calm_acc, args.accuracy_points))
         for f in failures:
             print("FAIL: " + f, flush=True)
         if failures:
@@ -548,6 +566,7 @@ def main():
         print("FAIL: %s" % e, flush=True)
         return 1
     finally:
+        signal.alarm(0)  # the clean-up below is not to be interrupted
         if prober is not None:
             prober.stopping.set()
         if driver is not None:

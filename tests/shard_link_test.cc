@@ -1,7 +1,8 @@
-// The worker's transport pieces without a server: RetryBackoff's schedule
-// and log cadence on a FakeClock (no sleeps), ShardLink::Retry's decisions
-// on that clock, LinkThreads, and that the worker's public headers hold no
-// protobuf or gRPC type.
+// The worker's transport pieces without a parameter server: RetryBackoff's
+// schedule and log cadence on a FakeClock (no sleeps), ShardLink::Retry's
+// decisions on that clock (and, against a bare gRPC server on loopback,
+// its wait for the channel to connect), LinkThreads, and that the worker's
+// public headers hold no protobuf or gRPC type.
 
 #include "worker/shard_link.h"
 
@@ -13,14 +14,24 @@
 #error "worker/worker_client.h or worker/shard_link.h includes protobuf or gRPC"
 #endif
 
+#include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
 #include <set>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/logger.h"
+#include "effadam/v1/parameter_server.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "worker/link_threads.h"
@@ -141,6 +152,98 @@ TEST(ShardLinkRetry, CancelEndsAWaitOnAClockThatStandsStill) {
   canceller.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(attempts.load(), 1);
+}
+
+// A loopback port nothing listens on (yet): bound to port 0, then closed.
+int UnusedPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    ADD_FAILURE() << "no free loopback port";
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// After an attempt that failed on an unconnected channel (the server was
+// away), the next one goes as soon as the channel connects, however long
+// the backoff: the clock here never moves, so only the connection can end
+// the wait. The wait must also drive the connection: between calls a
+// synchronous client reads its sockets only every 5 s (gRPC's backup
+// poller), and a link cut's reconnect took 4-7 s that way
+// (docs/faults.md, "Reconnecting after a link cut"). A failure on a
+// connected channel is the server's answer and waits its backoff.
+TEST(ShardLinkRetry, AfterAFailureWhileUnconnectedTheNextAttemptGoesOnConnect) {
+  FakeClock clock;  // never advanced
+  const std::string address = absl::StrCat("127.0.0.1:", UnusedPort());
+  ShardLinkOptions options = LinkOptions(clock, &Logger::Discard());
+  options.address = address;
+  ShardLink link(options);
+  std::atomic<int> attempts{0};
+  // Every method unimplemented: the channel only needs a server to connect.
+  v1::ParameterServer::Service service;
+  std::unique_ptr<grpc::Server> server;
+  std::thread starter([&] {
+    while (attempts.load() == 0) std::this_thread::yield();
+    // The server comes back after the failed attempt.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials());
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+  });
+  // Ends a wait that never would (the test then fails, not hangs).
+  absl::Mutex mu;
+  bool done = false;
+  std::thread watchdog([&] {
+    absl::MutexLock lock(&mu);
+    if (!mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(20))) {
+      link.Cancel();
+    }
+  });
+  const absl::Time started = absl::Now();
+  absl::Status s = link.Retry(
+      absl::InfiniteFuture(), "",
+      [&] {
+        return ++attempts == 1 ? absl::UnavailableError("away")
+                               : absl::OkStatus();
+      },
+      [](const absl::Status& s) { return absl::IsUnavailable(s); });
+  starter.join();
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(attempts.load(), 2);
+  // The connection, not the backup poller's 5 s, ended the wait.
+  EXPECT_LT(absl::Now() - started, absl::Seconds(4));
+  ASSERT_NE(server, nullptr);
+
+  // Connected now: a failure waits for the (standing) clock until Cancel.
+  attempts = 0;
+  std::thread canceller([&] {
+    while (attempts.load() == 0) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    link.Cancel();
+  });
+  s = link.Retry(
+      absl::InfiniteFuture(), "",
+      [&] {
+        ++attempts;
+        return absl::UnavailableError("shutting down");
+      },
+      [](const absl::Status& s) { return absl::IsUnavailable(s); });
+  canceller.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(attempts.load(), 1);
+  {
+    absl::MutexLock lock(&mu);
+    done = true;
+  }
+  watchdog.join();
+  server->Shutdown();
 }
 
 TEST(LinkThreads, RunsEachLinkOnceOnItsOwnThreadEveryRound) {

@@ -386,6 +386,13 @@ std::shared_ptr<grpc::Channel> NewClientChannel(
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, Milliseconds(keepalive.timeout));
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  const ClientReconnect reconnect;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+              Milliseconds(reconnect.first_backoff));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+              Milliseconds(reconnect.max_backoff));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+              Milliseconds(reconnect.min_connect_timeout));
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (security.tls) {
     grpc::SslCredentialsOptions options;

@@ -210,8 +210,30 @@ struct ClientKeepalive {
 // InvalidArgument naming the flag unless both are in [1 ms, 24 h].
 absl::Status CheckClientKeepalive(const ClientKeepalive& keepalive);
 
-// A channel to `target` with `security`'s credentials, `keepalive`, and
-// `args` (for the caller's own settings, e.g. reconnect backoff).
+// How every client channel reconnects (NewClientChannel sets it; measured
+// in docs/faults.md, "Reconnecting after a link cut"). gRPC 1.51 starts a
+// connection attempt `first_backoff` after a failure, growing 1.6x (±20%
+// jitter) to `max_backoff`, instead of its default 1 s .. 120 s, so that a
+// server that is back is found as soon as a retrying caller looks. Each
+// attempt (TCP connect and HTTP/2 handshake) may last max(its backoff,
+// `min_connect_timeout`), then is abandoned ("tcp handshaker shutdown"):
+// gRPC reads that from GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, and a value as
+// short as the first backoff abandoned attempts before the kernel's first
+// SYN retransmission (1 s): an attempt whose SYN fell into a link cut, or
+// waited on ARP just after it, never connected, nor did a handshake with a
+// server slowed by a loaded machine. Longer than that retransmission and
+// shorter than the next (3 s), an attempt survives one lost SYN, and one
+// whose SYN and retransmission were both lost is given up early (gRPC's
+// default, 20 s, waited out the retransmissions at 3 s and 7 s).
+struct ClientReconnect {
+  absl::Duration first_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(2);
+  absl::Duration min_connect_timeout = absl::Milliseconds(1500);
+};
+
+// A channel to `target` with `security`'s credentials, `keepalive`, the
+// reconnect settings above, and `args` (for the caller's own settings,
+// e.g. message size limits).
 std::shared_ptr<grpc::Channel> NewClientChannel(
     const std::string& target, const ClientSecurity& security,
     grpc::ChannelArguments args,

@@ -27,6 +27,9 @@ namespace pb = ::effadam::v1;
 // The longest a wait for the Clock blocks before it reads the clock again
 // (a FakeClock that jumps is noticed within this much real time).
 constexpr absl::Duration kClockPoll = absl::Milliseconds(100);
+// The longest a wait for the channel to connect blocks on the channel
+// before it reads the clock and the cancel flag again.
+constexpr absl::Duration kConnectPoll = absl::Milliseconds(50);
 
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view during) {
   if (s.ok()) return absl::OkStatus();
@@ -55,20 +58,10 @@ ShardLink::ShardLink(ShardLinkOptions options)
       clock_(*options_.clock),
       rpc_(std::make_unique<Rpc>()) {
   grpc::ChannelArguments args;
-  // The server may not be listening yet; reconnect as eagerly as Join
-  // retries instead of gRPC's default 1 s .. 120 s.
-  args.SetInt(
-      GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
-      static_cast<int>(absl::ToInt64Milliseconds(RetryBackoff::kFirst)));
-  args.SetInt(
-      GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
-      static_cast<int>(absl::ToInt64Milliseconds(RetryBackoff::kFirst)));
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
-              static_cast<int>(absl::ToInt64Milliseconds(RetryBackoff::kMax)));
   // Room for the largest chunk a server may send plus the message's other
   // fields.
   args.SetMaxReceiveMessageSize(MaxMessageBytes(kLargestServerChunkBytes));
-  // TLS and keepalive: transport/grpc_security.h.
+  // TLS, keepalive and reconnect backoff: transport/grpc_security.h.
   rpc_->channel = NewClientChannel(options_.address, options_.security, args,
                                    options_.keepalive);
   rpc_->stub = pb::ParameterServer::NewStub(rpc_->channel);
@@ -119,16 +112,45 @@ bool ShardLink::ServerAway(const absl::Status& s) const {
   return absl::IsUnavailable(s) || (absl::IsCancelled(s) && !cancelled());
 }
 
-bool ShardLink::WaitUntil(absl::Time t) {
-  absl::MutexLock lock(&mu_);
-  while (!cancelled_) {
+bool ShardLink::ChannelConnected() {
+  // true: an idle channel starts connecting (after a failed attempt gRPC
+  // reports it idle once its own backoff has passed).
+  return rpc_->channel->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY;
+}
+
+bool ShardLink::AwaitConnected(absl::Duration at_most) {
+  const grpc_connectivity_state state =
+      rpc_->channel->GetState(/*try_to_connect=*/true);
+  if (state == GRPC_CHANNEL_READY) return true;
+  // Waiting on the channel's state is what drives its connection attempt:
+  // a synchronous client reads a socket only while some thread waits in
+  // gRPC, and between calls nothing does but gRPC's backup poller, every
+  // 5 s. A connection whose TCP handshake had completed sat with the
+  // server's SETTINGS unread until its attempt timed out ("tcp handshaker
+  // shutdown"), again and again (docs/faults.md, "Reconnecting after a
+  // link cut"). A relative deadline: this bounds a wait on the network, in
+  // real time.
+  rpc_->channel->WaitForStateChange(
+      state,
+      gpr_time_from_micros(absl::ToInt64Microseconds(at_most), GPR_TIMESPAN));
+  return rpc_->channel->GetState(/*try_to_connect=*/false) ==
+         GRPC_CHANNEL_READY;
+}
+
+bool ShardLink::WaitUntil(absl::Time t, bool or_connected) {
+  for (;;) {
+    // Each look at the channel waits up to kConnectPoll on it.
+    if (or_connected && AwaitConnected(kConnectPoll)) return !cancelled();
+    absl::MutexLock lock(&mu_);
+    if (cancelled_) return false;
     const absl::Duration left = t - clock_.Now();
     if (left <= absl::ZeroDuration()) return true;
-    // Wakes early only when Cancel() flips the flag.
-    mu_.AwaitWithTimeout(absl::Condition(&cancelled_),
-                         std::min(left, kClockPoll));
+    if (!or_connected) {
+      // Wakes early only when Cancel() flips the flag.
+      mu_.AwaitWithTimeout(absl::Condition(&cancelled_),
+                           std::min(left, kClockPoll));
+    }
   }
-  return false;
 }
 
 absl::Status ShardLink::Retry(
@@ -140,6 +162,13 @@ absl::Status ShardLink::Retry(
     const absl::Status s = attempt();
     if (cancelled()) return absl::CancelledError("cancelled");
     if (s.ok() || !retry(s)) return s;
+    // A call on a channel that is not connected fails at once (gRPC calls
+    // without wait_for_ready), so the attempt told nothing about the
+    // server: the next one goes as soon as the channel connects rather
+    // than after a backoff of up to 2 s (docs/faults.md, "Reconnecting
+    // after a link cut"). A connected channel's failure is the server's
+    // answer (the rank still taken, shutting down): that waits its turn.
+    const bool or_connected = !ChannelConnected();
     const std::optional<absl::Time> next = backoff.NextAttempt();
     if (!next.has_value()) {
       if (late.empty()) return s;
@@ -152,7 +181,9 @@ absl::Status ShardLink::Retry(
                                                         absl::Seconds(1))),
                        " more): ", s.ToString()));
     }
-    if (!WaitUntil(*next)) return absl::CancelledError("cancelled");
+    if (!WaitUntil(*next, or_connected)) {
+      return absl::CancelledError("cancelled");
+    }
   }
 }
 

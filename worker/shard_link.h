@@ -153,10 +153,13 @@ class ShardLink {
   // Calls `attempt` until it returns OK or a status `retry` rejects,
   // waiting between attempts as RetryBackoff says (100 ms, 200 ms, ... up
   // to 2 s of the Clock; the wait polls the clock at least every 100 ms of
-  // real time). When the next attempt would start after `deadline`,
-  // returns the last status with "`late`: " before its message (unchanged
-  // if `late` is empty); Cancelled once Cancel() has been called. The
-  // failures RetryBackoff::ShouldLog picks are logged.
+  // real time), or, after an attempt that found the channel unconnected,
+  // until the channel connects if that is sooner (a wait on the channel,
+  // which drives its connection attempt, in slices of 50 ms of real time;
+  // Cancel() is seen within one). When the next attempt would start after
+  // `deadline`, returns the last status with "`late`: " before its message
+  // (unchanged if `late` is empty); Cancelled once Cancel() has been called.
+  // The failures RetryBackoff::ShouldLog picks are logged.
   absl::Status Retry(absl::Time deadline, absl::string_view late,
                      absl::FunctionRef<absl::Status()> attempt,
                      absl::FunctionRef<bool(const absl::Status&)> retry);
@@ -175,8 +178,15 @@ class ShardLink {
   // none), registered for Cancel(); null once cancelled.
   std::unique_ptr<grpc::ClientContext> NewContext(absl::Time deadline);
   void ReleaseContext();
-  // Waits until the Clock reads `t`; false when cancelled meanwhile.
-  bool WaitUntil(absl::Time t);
+  // Waits until the Clock reads `t`, or with `or_connected` until the
+  // channel is connected if that is sooner; false when cancelled meanwhile.
+  bool WaitUntil(absl::Time t, bool or_connected);
+  // Whether the channel is connected (READY); an idle one starts
+  // connecting.
+  bool ChannelConnected();
+  // Waits (real time) up to `at_most` for the channel to connect, driving
+  // its connection attempt meanwhile; whether it is connected.
+  bool AwaitConnected(absl::Duration at_most);
   // Reads (and counts) what the server still sends on the Train stream,
   // until it ends.
   void DrainStream();

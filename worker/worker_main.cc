@@ -195,6 +195,18 @@ absl::StatusOr<Trained> TrainRounds(WorkerClient& client, Model& model,
   };
   Trained out;
   bool evaluated = false;  // out.eval is of the final params
+  // Evaluates x after round r, and prints the progress line if `print`.
+  auto evaluate = [&](int64_t r, bool print) {
+    out.eval = model.Evaluate(client.params());
+    evaluated = true;
+    observer.RecordEvaluation(out.eval);
+    if (!print) return;
+    std::printf("%s\n", FormatProgress(
+                            r, rounds, train_loss(), out.eval, client.traffic(),
+                            absl::ToDoubleSeconds(absl::Now() - start))
+                            .c_str());
+    std::fflush(stdout);
+  };
   std::vector<float> grad(client.params().size());
   int resyncs = 0;
   while (client.round() <= rounds) {
@@ -226,24 +238,20 @@ absl::StatusOr<Trained> TrainRounds(WorkerClient& client, Model& model,
     observer.RecordStep(client, step_seconds, train_loss());
     const int64_t r = client.round() - 1;  // just applied
     evaluated = false;
-    if (rank == 0 && (r % every == 0 || r == rounds)) {
-      out.eval = model.Evaluate(client.params());
-      evaluated = true;
-      observer.RecordEvaluation(out.eval);
-      std::printf(
-          "%s\n",
-          FormatProgress(r, rounds, train_loss(), out.eval, client.traffic(),
-                         absl::ToDoubleSeconds(absl::Now() - start))
-              .c_str());
-      std::fflush(stdout);
-    }
+    // The last round's evaluation waits for Finish: a synchronous client
+    // reads its sockets only while it waits in gRPC, so Train streams left
+    // open through an evaluation (seconds on a loaded machine) leave the
+    // server's keepalive acks unread; with 1 s keepalives the transport
+    // gave up and a worker that had every round exited 1 ("keepalive
+    // watchdog timeout" in Finish; docs/faults.md, "Chaos").
+    if (rank == 0 && r % every == 0 && r < rounds) evaluate(r, true);
   }
   const absl::Status finished = client.Finish();
   observer.Sync(client);
   if (!finished.ok()) return finished;
   if (rank == 0 && !evaluated) {
-    out.eval = model.Evaluate(client.params());
-    observer.RecordEvaluation(out.eval);
+    const int64_t r = client.round() - 1;
+    evaluate(r, r == rounds);
   }
   out.train_loss = train_loss();
   return out;
