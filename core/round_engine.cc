@@ -124,6 +124,14 @@ absl::Status RoundEngine::CloseRoundInto(std::string* delta) {
   return FinishClose(delta, &dropped);
 }
 
+absl::Status RoundEngine::CloseSegments(size_t begin, size_t end,
+                                        std::string* delta) {
+  if (begin + 1 == end) return CloseSegment(begin, delta);
+  return ForEachSegment(end - begin, pool_.get(), [&](size_t j) {
+    return CloseSegment(begin + j, delta);
+  });
+}
+
 bool RoundEngine::Withdraw(int rank) {
   if (closing_) return false;
   return pending_.erase(rank) > 0;

@@ -113,6 +113,8 @@ class RoundEngine {
   // not touched) and reopens the round, so updates can be withdrawn.
   absl::Status BeginClose(std::string* delta);
   absl::Status CloseSegment(size_t i, std::string* delta);
+  // CloseSegment for segments [begin, end) on the engine's threads.
+  absl::Status CloseSegments(size_t begin, size_t end, std::string* delta);
   absl::Status FinishClose(std::string* delta, bool* dropped);
   void AbortClose();
   bool closing() const { return closing_; }
