@@ -1,6 +1,7 @@
 #ifndef EFFADAM_SERVER_PARAMETER_SERVER_SERVICE_H_
 #define EFFADAM_SERVER_PARAMETER_SERVER_SERVICE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -99,8 +100,14 @@ class ParameterServerService final
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
       int rank, v1::WorkerMessage* msg);
-  // Writes `closed`'s delta in chunks and counts it as delivered.
-  absl::Status SendDelta(TrainStream* stream, const ClosedRound& closed);
+  // Sends `round`'s delta on `stream` while the round closes (on the
+  // stream's second thread, beside the one reading the update): CHUNK
+  // messages as its segments close, RESTART when it starts again, and
+  // COMMIT or DROP once it closed; counts what was written. Returns after
+  // the round's end was sent, or once `stop` is set (the update could not
+  // be read).
+  absl::Status SendRound(const ServerCall& call, TrainStream* stream,
+                         int64_t round, const std::atomic<bool>& stop);
 
   const std::unique_ptr<ParameterServer> server_;
   const ServerOptions& options_;  // server_'s

@@ -303,10 +303,14 @@ void RoundCoordinator::Finish() {
   segments_closed_ = 0;
   attempt_ = 0;
   bool dropped = false;
-  if (absl::Status s = engine_->FinishClose(delta.get(), &dropped); !s.ok()) {
+  // A dropped round's zero delta goes to a buffer of its own: streams may
+  // still be sending the bytes of the segments closed in `delta`.
+  std::string zero_delta;
+  if (absl::Status s = engine_->FinishClose(&zero_delta, &dropped); !s.ok()) {
     Fail(round, s);
     return;
   }
+  if (dropped) delta = std::make_shared<std::string>(std::move(zero_delta));
   if (dropped) {
     logger_.Warning(absl::StrCat(
         "round ", round, " dropped: the result of its ", contributors,

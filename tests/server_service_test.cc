@@ -859,6 +859,7 @@ TEST(ParameterServerService, ARoundThatOverflowsIsDroppedAndTrainingGoesOn) {
   int c = 0;
   ASSERT_TRUE(s0.ReadDelta(&d0, &r, &c));
   ASSERT_TRUE(s1.ReadDelta(&d1, &r, &c));
+  EXPECT_EQ(s0.last_end(), v1::ServerMessage::DROP);
   EXPECT_EQ(d0, d1);
   EXPECT_EQ(server.Checksum(), ParamsChecksum(x0));
   std::vector<float> applied(server.n(), 0.0f);

@@ -22,6 +22,7 @@
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "transport/protocol_version.h"
 
 namespace effadam {
 namespace header_example {
@@ -77,6 +78,7 @@ class FakeServer final : public pb::ParameterServer::Service {
     join_reply.set_num_elements(kElements);
     join_reply.set_max_chunk_bytes(kMaxChunkBytes);
     join_reply.set_expected_workers(1);
+    join_reply.set_protocol(kProtocolVersion);
     const CompressionConfig c = Fp32();
     pb::CompressionSettings* s = join_reply.mutable_compression();
     s->set_worker_codec("fp32");
@@ -102,7 +104,16 @@ class FakeServer final : public pb::ParameterServer::Service {
       m.set_payload(delta.substr(off, kMaxChunkBytes));
       if (!stream->Write(m)) return false;
     }
-    return true;
+    return SendEnd(stream, round, pb::ServerMessage::COMMIT);
+  }
+
+  static bool SendEnd(Stream* stream, int64_t round,
+                      pb::ServerMessage::Kind kind) {
+    pb::ServerMessage m;
+    m.set_round(round);
+    m.set_contributors(1);
+    m.set_kind(kind);
+    return stream->Write(m);
   }
 
   grpc::Status Join(grpc::ServerContext*, const pb::JoinRequest* request,
