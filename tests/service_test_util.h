@@ -280,8 +280,14 @@ class TrainStream {
   // Sends `update` for `round` in chunks of max_chunk_bytes.
   bool Send(int rank, int64_t round, const std::string& update,
             float loss = 0.5f) {
+    return SendPart(rank, round, update, 0, update.size(), loss);
+  }
+  // Sends the chunks of `update` that start in [begin, end) (begin at a
+  // chunk boundary).
+  bool SendPart(int rank, int64_t round, const std::string& update,
+                size_t begin, size_t end, float loss = 0.5f) {
     const size_t chunk = server_->options().max_chunk_bytes;
-    for (size_t off = 0; off < update.size(); off += chunk) {
+    for (size_t off = begin; off < end; off += chunk) {
       v1::WorkerMessage m;
       m.set_rank(rank);
       m.set_round(round);
@@ -329,6 +335,8 @@ class TrainStream {
     EXPECT_EQ(delta->size(), size);
     return true;
   }
+  // One message of the server; false when the stream ended.
+  bool ReadMessage(v1::ServerMessage* m) { return stream_->Read(m); }
   // How the last delta read ended: COMMIT or DROP.
   v1::ServerMessage::Kind last_end() const { return last_end_; }
 
