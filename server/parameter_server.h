@@ -136,8 +136,8 @@ class ServerCall {
 // real time to notice a cancelled call.
 //
 // Thread-safe: every method may be called from any thread; the waiting
-// ones (SubmitAndWait, WaitForParams, WaitUntilDone) block only their
-// caller.
+// ones (SubmitAndWait, AwaitDelta, WaitForParams, WaitUntilDone) block
+// only their caller.
 class ParameterServer {
  public:
   // InvalidArgument for options that cannot work (no workers, a chunk

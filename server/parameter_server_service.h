@@ -34,9 +34,11 @@ inline constexpr size_t kMaxStatusMessageBytes = 1024;
 // counted once and logged (rate-limited) with the peer, and leaves x and E
 // unchanged.
 //
-// Thread-safe: gRPC runs each call on its own thread; the service keeps no
-// state of its own beyond the delta's messages (cut once per round) and
-// the rejection log's rate limit.
+// Thread-safe: gRPC runs each call on its own thread, and a Train call
+// sends each round's delta on a second thread while its own reads the
+// update (SendRound); the service keeps no state of its own beyond the
+// delta's messages (cut once per round) and the rejection log's rate
+// limit.
 class ParameterServerService final
     : public effadam::v1::ParameterServer::Service {
  public:
