@@ -109,8 +109,9 @@ class RoundEngine {
   // once per segment, in any order, with the same *delta. FinishClose, once
   // every segment is closed, commits the round, or drops it (*dropped
   // says which), and starts the next round; only a drop writes *delta (a
-  // zero delta), so it may be another buffer than CloseSegment's. AbortClose forgets the segments closed so far (x and E were
-  // not touched) and reopens the round, so updates can be withdrawn.
+  // zero delta), so it may be another buffer than CloseSegment's. AbortClose
+  // forgets the segments closed so far (x and E were not touched) and reopens
+  // the round, so updates can be withdrawn.
   absl::Status BeginClose(std::string* delta);
   absl::Status CloseSegment(size_t i, std::string* delta);
   // CloseSegment for segments [begin, end) on the engine's threads.
