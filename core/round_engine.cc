@@ -90,6 +90,10 @@ absl::Status RoundEngine::Submit(int rank, int64_t round,
     return absl::FailedPreconditionError(absl::StrCat(
         "rank ", rank, " already sent its update for round ", round_));
   }
+  if (closing_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", round_, " is closing; rank ", rank, "'s update is too late"));
+  }
   if (!validated) {
     if (absl::Status s = worker_codec_->Validate(*update, pool_.get());
         !s.ok()) {
@@ -107,115 +111,162 @@ absl::StatusOr<std::string> RoundEngine::CloseRound() {
   return delta;
 }
 
-namespace {
-
-// What the first pass learns of a segment's p = avg + E and of x.
-struct SegmentMeasure {
-  bool finite = true;
-  float max_p = 0;
-  float max_x = 0;
-};
-
-}  // namespace
-
 absl::Status RoundEngine::CloseRoundInto(std::string* delta) {
+  if (absl::Status s = BeginClose(delta); !s.ok()) return s;
+  absl::Status s =
+      ForEachSegment(worker_codec_->segments().size(), pool_.get(),
+                     [&](size_t i) { return CloseSegment(i, delta); });
+  if (!s.ok()) {
+    AbortClose();
+    return s;
+  }
+  bool dropped = false;
+  return FinishClose(delta, &dropped);
+}
+
+absl::Status RoundEngine::CloseSegments(size_t begin, size_t end,
+                                        std::string* delta) {
+  if (begin + 1 == end) return CloseSegment(begin, delta);
+  return ForEachSegment(end - begin, pool_.get(), [&](size_t j) {
+    return CloseSegment(begin + j, delta);
+  });
+}
+
+bool RoundEngine::Withdraw(int rank) {
+  if (closing_) return false;
+  return pending_.erase(rank) > 0;
+}
+
+std::vector<int> RoundEngine::submitted_ranks() const {
+  std::vector<int> ranks;
+  ranks.reserve(pending_.size());
+  for (const auto& entry : pending_) ranks.push_back(entry.first);
+  return ranks;
+}
+
+absl::Status RoundEngine::BeginClose(std::string* delta) {
   if (pending_.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("round ", round_, " has no updates to close"));
   }
+  if (closing_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("round ", round_, " is already closing"));
+  }
+  closing_ = true;
+  segment_close_.assign(worker_codec_->segments().size(), SegmentClose());
+  staged_x_.resize(x_.size());
+  if (options_.error_feedback) staged_error_.resize(error_.size());
+  delta->resize(server_codec_->encoded_size());
+  return absl::OkStatus();
+}
+
+void RoundEngine::AbortClose() {
+  closing_ = false;
+  segment_close_.clear();
+}
+
+absl::Status RoundEngine::CloseSegment(size_t i, std::string* delta) {
+  if (!closing_ || i >= segment_close_.size() || segment_close_[i].closed ||
+      delta->size() != server_codec_->encoded_size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", round_, ": segment ", i, " cannot be closed now"));
+  }
+  const Segment& seg = worker_codec_->segments()[i];
+  SegmentClose& result = segment_close_[i];
+  float* sum = sum_.data() + seg.begin;
+  std::fill(sum, sum + seg.size, 0.0f);
+  for (const auto& [rank, update] : pending_) {
+    // Validated (Submit, or by the caller segment by segment), so this
+    // cannot fail half-way.
+    absl::Status st = worker_codec_->DecodeAccumulateSegment(
+        i, *update, 1.0f, absl::MakeSpan(sum_));
+    if (!st.ok()) return st;
+  }
   const float count = static_cast<float>(pending_.size());
-  const std::vector<Segment>& segments = worker_codec_->segments();
-  std::vector<SegmentMeasure> measures(segments.size());
-  // Finite updates can still overflow once averaged with E: such a round is
-  // dropped before the encoder touches E. The same pass measures how close
-  // the round comes to the top of float (ApplyWithin).
-  absl::Status s = ForEachSegment(segments.size(), pool_.get(), [&](size_t i) {
-    const Segment& seg = segments[i];
-    float* sum = sum_.data() + seg.begin;
-    std::fill(sum, sum + seg.size, 0.0f);
-    for (const auto& [rank, update] : pending_) {
-      // Validated in Submit, so this cannot fail half-way.
-      absl::Status st = worker_codec_->DecodeAccumulateSegment(
-          i, *update, 1.0f, absl::MakeSpan(sum_));
-      if (!st.ok()) return st;
-    }
-    const float* e = error_.data() + seg.begin;
-    const float* x = x_.data() + seg.begin;
-    // Locals, not measures[i]'s fields, so the loop vectorizes.
-    bool finite = true;
-    float max_p = 0, max_x = 0;
-    for (size_t j = 0; j < seg.size; ++j) {
-      sum[j] /= count;
-      const float p = std::fabs(sum[j] + e[j]);
-      finite &= p <= FLT_MAX;
-      max_p = std::max(max_p, p);
-      max_x = std::max(max_x, std::fabs(x[j]));
-    }
-    measures[i] = SegmentMeasure{finite, max_p, max_x};
-    return absl::OkStatus();
-  });
-  if (!s.ok()) return s;
+  const float* e = error_.data() + seg.begin;
+  const float* x = x_.data() + seg.begin;
+  // Locals, not result's fields, so the loop vectorizes.
   bool finite = true;
   float max_p = 0, max_x = 0;
-  for (const SegmentMeasure& m : measures) {
-    finite &= m.finite;
-    max_p = std::max(max_p, m.max_p);
-    max_x = std::max(max_x, m.max_x);
+  for (size_t j = 0; j < seg.size; ++j) {
+    sum[j] /= count;
+    const float p = std::fabs(sum[j] + e[j]);
+    finite &= p <= FLT_MAX;
+    max_p = std::max(max_p, p);
+    max_x = std::max(max_x, std::fabs(x[j]));
   }
-  s = finite ? ApplyWithin(max_p, max_x, delta) : ZeroDelta(delta);
+  result.closed = true;
+  result.p_finite = finite;
+  // Finite updates can still overflow once averaged with E: such a round is
+  // dropped before the encoder sees it.
+  if (!finite) return absl::OkStatus();
+  // Every codec's |q_j| is at most max|p| plus a rounding, and |p - q| at
+  // most max|p|, so within this margin neither x - q nor E = p - q can
+  // overflow and the staged values need no check.
+  result.safe = max_p <= FLT_MAX / 4 && max_x <= FLT_MAX / 2;
+  std::copy(x, x + seg.size, staged_x_.begin() + seg.begin);
+  absl::Span<float> error;
+  if (options_.error_feedback) {
+    std::copy(e, e + seg.size, staged_error_.begin() + seg.begin);
+    error = absl::MakeSpan(staged_error_);
+  }
+  const uint64_t seed =
+      options_.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(round_));
+  uint8_t* out = reinterpret_cast<uint8_t*>(delta->data());
+  result.encoded = server_codec_->EncodeSegment(i, sum_, error, seed, out);
+  if (!result.encoded.ok()) return absl::OkStatus();
+  // x -= q, decoded from the bytes the workers get, with the same operation
+  // they use, so every replica stays bit-identical.
+  result.encoded = server_codec_->DecodeAccumulateSegment(
+      i, *delta, -1.0f, absl::MakeSpan(staged_x_));
+  if (!result.encoded.ok() || result.safe) return absl::OkStatus();
+  const auto finite_value = [](float v) { return std::fabs(v) <= FLT_MAX; };
+  const auto x_begin = staged_x_.begin() + seg.begin;
+  result.result_finite = std::all_of(x_begin, x_begin + seg.size, finite_value);
+  if (options_.error_feedback) {
+    const auto e_begin = staged_error_.begin() + seg.begin;
+    result.result_finite &=
+        std::all_of(e_begin, e_begin + seg.size, finite_value);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RoundEngine::FinishClose(std::string* delta, bool* dropped) {
+  if (!closing_ ||
+      !std::all_of(segment_close_.begin(), segment_close_.end(),
+                   [](const SegmentClose& c) { return c.closed; })) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", round_, " cannot finish: not every segment is closed"));
+  }
+  bool p_finite = true, safe = true, result_finite = true;
+  absl::Status encoded;
+  for (const SegmentClose& c : segment_close_) {
+    p_finite &= c.p_finite;
+    safe &= c.safe;
+    result_finite &= c.result_finite;
+    if (encoded.ok()) encoded = c.encoded;
+  }
+  // A codec that refuses its input within the margin is a broken
+  // invariant; near the top of float it is a round that cannot be applied,
+  // dropped so that no valid update can stop the server.
+  if (p_finite && !encoded.ok() && safe) {
+    AbortClose();
+    return encoded;
+  }
+  *dropped = !p_finite || !encoded.ok() || !result_finite;
+  absl::Status s = absl::OkStatus();
+  if (*dropped) {
+    s = ZeroDelta(delta);
+  } else {
+    x_.swap(staged_x_);
+    if (options_.error_feedback) error_.swap(staged_error_);
+  }
+  AbortClose();
   if (!s.ok()) return s;
   pending_.clear();
   ++round_;
   return absl::OkStatus();
-}
-
-absl::Status RoundEngine::ApplyWithin(float max_p, float max_x,
-                                      std::string* delta) {
-  // Every codec's |q_j| is at most max|p| plus a rounding, and |p - q| at
-  // most max|p|, so with this margin neither x - q nor E = p - q can
-  // overflow and the round is applied in place with no extra pass.
-  const bool safe = max_p <= FLT_MAX / 4 && max_x <= FLT_MAX / 2;
-  if (!safe) {
-    // Rare: values near the top of float. Keep x and E, try the round, and
-    // drop it if anything it produced is not finite (or a codec refused
-    // its input), so no valid update can put Inf into x or stop the server.
-    backup_x_ = x_;
-    backup_error_ = error_;
-  }
-  absl::Status s = ApplyRound(delta);
-  if (safe) return s;
-  const bool result_finite =
-      s.ok() &&
-      std::all_of(x_.begin(), x_.end(),
-                  [](float v) { return std::fabs(v) <= FLT_MAX; }) &&
-      std::all_of(error_.begin(), error_.end(),
-                  [](float v) { return std::fabs(v) <= FLT_MAX; });
-  if (!result_finite) {
-    x_.swap(backup_x_);
-    error_.swap(backup_error_);
-  }
-  backup_x_ = {};
-  backup_error_ = {};
-  return result_finite ? s : ZeroDelta(delta);
-}
-
-absl::Status RoundEngine::ApplyRound(std::string* delta) {
-  absl::Span<float> error =
-      options_.error_feedback ? absl::MakeSpan(error_) : absl::Span<float>();
-  const uint64_t seed =
-      options_.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(round_));
-  delta->resize(server_codec_->encoded_size());
-  uint8_t* out = reinterpret_cast<uint8_t*>(delta->data());
-  return ForEachSegment(
-      server_codec_->segments().size(), pool_.get(), [&](size_t i) {
-        absl::Status s =
-            server_codec_->EncodeSegment(i, sum_, error, seed, out);
-        if (!s.ok()) return s;
-        // x -= q, decoded from the bytes the workers get, with the same
-        // operation they use, so every replica stays bit-identical.
-        return server_codec_->DecodeAccumulateSegment(i, *delta, -1.0f,
-                                                      absl::MakeSpan(x_));
-      });
 }
 
 absl::Status RoundEngine::ZeroDelta(std::string* delta) {

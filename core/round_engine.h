@@ -46,11 +46,18 @@ struct RoundEngineOptions {
 // delta is zero, so every replica stays in step and x stays finite. No
 // sequence of valid updates makes CloseRound fail.
 //
-// CloseRound makes two passes over memory, each segment by segment on the
-// engine's threads: the first sums the updates of a segment in rank order
-// into the average and measures it (finite? how large?), the second, once
-// the round is known to be applied, encodes the segment with feedback and
-// applies it to x while its bytes are still in cache. Not thread-safe.
+// A round closes segment by segment (the update codec's segments are
+// independent): BeginClose fixes the updates it averages, CloseSegment(i)
+// sums segment i of those updates in rank order, encodes it with feedback
+// into the delta and computes x and E of that segment into staging, and
+// FinishClose commits the staged x and E when every segment's result is
+// finite, or drops the round (zero delta, x and E as they were). So a
+// server may close segment i, and send its bytes, while later segments of
+// the updates are still arriving (docs/design.md, "The data path of one
+// round"); CloseRound runs the same steps over every segment on the
+// engine's threads. x, E and the delta are the same bits either way and
+// for any thread count. Not thread-safe, except that CloseSegment may run
+// for different segments on different threads at once.
 class RoundEngine {
  public:
   // The codecs must describe the same number of elements as x0, in the
@@ -92,6 +99,33 @@ class RoundEngine {
   // buffer recycled from an earlier round).
   absl::Status CloseRoundInto(std::string* delta);
 
+  // The same in steps. BeginClose fixes the round's updates (those
+  // submitted so far; Submit is refused until FinishClose or AbortClose)
+  // and sizes *delta; FailedPrecondition when none was submitted or the
+  // round is already closing. A shared update may still be filling:
+  // CloseSegment(i) reads segment i of every update, so the caller calls it
+  // once that segment of every update is in place and validated, and
+  // *delta's segment i holds the delta's bytes when it returns. Call it
+  // once per segment, in any order, with the same *delta. FinishClose, once
+  // every segment is closed, commits the round, or drops it (*dropped
+  // says which), and starts the next round; only a drop writes *delta (a
+  // zero delta), so it may be another buffer than CloseSegment's. AbortClose
+  // forgets the segments closed so far (x and E were not touched) and reopens
+  // the round, so updates can be withdrawn.
+  absl::Status BeginClose(std::string* delta);
+  absl::Status CloseSegment(size_t i, std::string* delta);
+  // CloseSegment for segments [begin, end) on the engine's threads.
+  absl::Status CloseSegments(size_t begin, size_t end, std::string* delta);
+  absl::Status FinishClose(std::string* delta, bool* dropped);
+  void AbortClose();
+  bool closing() const { return closing_; }
+  // Takes back `rank`'s update of the open round (a worker that left
+  // before sending all of it); false when there is none or the round is
+  // closing.
+  bool Withdraw(int rank);
+  // The ranks whose updates the round averages, ascending.
+  std::vector<int> submitted_ranks() const;
+
   // Rounds closed with a zero delta because their result was not finite.
   int64_t dropped_rounds() const { return dropped_rounds_; }
 
@@ -102,13 +136,17 @@ class RoundEngine {
 
  private:
   RoundEngine() = default;
-  // With the average in sum_, avg + E known to be finite, and the largest
-  // |avg + E| and |x|: the round applied, or a zero delta with x and E as
-  // they were when its result would not be finite.
-  absl::Status ApplyWithin(float max_p, float max_x, std::string* delta);
-  // Encodes avg + E (sum_) with feedback into E and applies x -= q;
-  // *delta = encode(q).
-  absl::Status ApplyRound(std::string* delta);
+  // What closing a segment learned: whether p = avg + E was finite, whether
+  // it stayed far enough from the top of float that x - q and p - q cannot
+  // overflow, the codec's refusal if any, and whether the staged x and E
+  // are finite.
+  struct SegmentClose {
+    bool closed = false;
+    bool p_finite = true;
+    bool safe = true;
+    absl::Status encoded;
+    bool result_finite = true;
+  };
   // Counts a dropped round; *delta = the encoding of a zero delta.
   absl::Status ZeroDelta(std::string* delta);
 
@@ -123,8 +161,11 @@ class RoundEngine {
   // rank -> update, ascending rank
   std::map<int, std::shared_ptr<const std::string>> pending_;
   std::unique_ptr<ThreadPool> pool_;
-  // x and E before a round near the top of float, to undo it; empty else.
-  std::vector<float> backup_x_, backup_error_;
+  // The closing round: its segments, and x and E as it leaves them, which
+  // FinishClose swaps in when the round is committed.
+  bool closing_ = false;
+  std::vector<SegmentClose> segment_close_;
+  std::vector<float> staged_x_, staged_error_;
 };
 
 }  // namespace effadam

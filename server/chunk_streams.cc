@@ -53,11 +53,19 @@ UpdateReader::UpdateReader(std::shared_ptr<const UpdateCodec> codec,
 
 absl::StatusOr<std::shared_ptr<const std::string>> UpdateReader::Read(
     TrainStream* stream, int64_t round, v1::WorkerMessage* msg,
-    const std::function<void(int64_t)>& count_wire) {
+    const std::function<void(int64_t)>& count_wire, const Progress& progress) {
   assembler_.Start(round);
+  size_t reported = 0;  // segments progress heard of
   while (true) {
     absl::Status s = assembler_.Add(msg->rank(), msg->round(), msg->offset(),
                                     msg->payload());
+    if (s.ok() && assembler_.segments_validated() > reported) {
+      reported = assembler_.segments_validated();
+      if (absl::Status p = progress(assembler_.PartialBuffer(), reported);
+          !p.ok()) {
+        return p;
+      }
+    }
     if (s.ok() && assembler_.complete()) break;
     if (s.ok() && !stream->Read(msg)) s = assembler_.Finish();
     if (!s.ok()) {
@@ -76,41 +84,52 @@ absl::StatusOr<std::shared_ptr<const std::string>> UpdateReader::Read(
 }
 
 std::shared_ptr<const std::vector<v1::ServerMessage>> DeltaMessages::For(
-    const ClosedRound& closed) {
+    const DeltaView& view, size_t* ready) {
   absl::MutexLock lock(&mu_);
-  if (messages_ != nullptr && round_ == closed.round &&
-      delta_ == closed.delta) {
-    return messages_;
-  }
-  const std::string& delta = *closed.delta;
-  // The last round's messages, unless a stream still sends them. The fence
-  // pairs with the release of the last sender's reference.
-  std::shared_ptr<std::vector<v1::ServerMessage>> messages =
-      std::move(messages_);
-  const bool reusable = messages != nullptr && messages.use_count() == 1;
-  std::atomic_thread_fence(std::memory_order_acquire);
-  if (!reusable) messages = std::make_shared<std::vector<v1::ServerMessage>>();
+  const std::string& delta = *view.delta;
   const size_t count = (delta.size() + max_chunk_bytes_ - 1) / max_chunk_bytes_;
-  messages->resize(count);
-  for (size_t k = 0; k < count; ++k) {
-    const size_t offset = k * max_chunk_bytes_;
+  if (messages_ == nullptr || round_ != view.round ||
+      attempt_ != view.attempt || delta_ != view.delta) {
+    // The last round's messages, unless a stream still sends them. The
+    // fence pairs with the release of the last sender's reference.
+    std::shared_ptr<std::vector<v1::ServerMessage>> messages =
+        std::move(messages_);
+    const bool reusable = messages != nullptr && messages.use_count() == 1;
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (!reusable) {
+      messages = std::make_shared<std::vector<v1::ServerMessage>>();
+    }
+    // Sized once: the vector never moves while streams read it.
+    messages->resize(count);
+    delta_ = view.delta;
+    round_ = view.round;
+    attempt_ = view.attempt;
+    cut_ = 0;
+    messages_ = std::move(messages);
+  }
+  // Chunks carry exactly min(max_chunk_bytes, bytes remaining)
+  // (docs/protocol.md, "Chunks"): one is cut once all its bytes are final.
+  while (cut_ < count) {
+    const size_t offset = cut_ * max_chunk_bytes_;
     const size_t n = std::min(max_chunk_bytes_, delta.size() - offset);
-    v1::ServerMessage& msg = (*messages)[k];
-    msg.set_round(closed.round);
+    if (offset + n > view.ready_bytes) break;
+    v1::ServerMessage& msg = (*messages_)[cut_];
+    msg.set_round(view.round);
     msg.set_offset(static_cast<int64_t>(offset));
     msg.set_payload(delta.data() + offset, n);
-    msg.set_contributors(closed.contributors);
+    msg.set_kind(v1::ServerMessage::CHUNK);
+    msg.clear_contributors();
+    ++cut_;
   }
-  delta_ = closed.delta;
-  round_ = closed.round;
-  messages_ = std::move(messages);
+  *ready = cut_;
   return messages_;
 }
 
 absl::Status WriteDelta(TrainStream* stream,
                         const std::vector<v1::ServerMessage>& messages,
-                        int64_t* wire_bytes) {
-  for (const v1::ServerMessage& msg : messages) {
+                        size_t begin, size_t end, int64_t* wire_bytes) {
+  for (size_t k = begin; k < end; ++k) {
+    const v1::ServerMessage& msg = messages[k];
     if (!stream->Write(msg)) {
       return absl::CancelledError(
           absl::StrCat("the worker went away while the delta of round ",
@@ -118,6 +137,21 @@ absl::Status WriteDelta(TrainStream* stream,
     }
     *wire_bytes += static_cast<int64_t>(msg.ByteSizeLong());
   }
+  return absl::OkStatus();
+}
+
+absl::Status WriteRoundMark(TrainStream* stream, int64_t round,
+                            v1::ServerMessage::Kind kind, int contributors,
+                            int64_t* wire_bytes) {
+  v1::ServerMessage msg;
+  msg.set_round(round);
+  msg.set_kind(kind);
+  msg.set_contributors(contributors);
+  if (!stream->Write(msg)) {
+    return absl::CancelledError(absl::StrCat(
+        "the worker went away before the end of round ", round, " was sent"));
+  }
+  *wire_bytes += static_cast<int64_t>(msg.ByteSizeLong());
   return absl::OkStatus();
 }
 

@@ -39,13 +39,18 @@ class UpdateReader {
 
   // Reads the update of `round` whose first message is *msg (later ones
   // are read into *msg) and calls count_wire with the serialized size of
-  // each message after the first. Returns the complete, validated update,
+  // each message after the first. Whenever more segments are in and
+  // validated, calls progress with the buffer (full size, shared, still
+  // filling) and how many segments, from the first, it holds; an error of
+  // progress ends the read with it. Returns the complete, validated update,
   // shared: the reader reuses its memory for a later round once every
   // holder let go of it. A refusal is tagged with its Rejection (a bad
   // payload is kInvalidPayload with "update from rank R: segment at ...").
+  using Progress = std::function<absl::Status(
+      const std::shared_ptr<const std::string>& buffer, size_t segments)>;
   absl::StatusOr<std::shared_ptr<const std::string>> Read(
       TrainStream* stream, int64_t round, v1::WorkerMessage* msg,
-      const std::function<void(int64_t)>& count_wire);
+      const std::function<void(int64_t)>& count_wire, const Progress& progress);
 
  private:
   UpdateReader(std::shared_ptr<const UpdateCodec> codec,
@@ -56,21 +61,36 @@ class UpdateReader {
   int rank_;
 };
 
-// A closed round's delta cut into the ServerMessages that carry it, once
-// per round, and shared by every stream that sends it: each stream's Write
-// serializes the shared message, so the delta is copied once per round
-// into messages, not once per worker. Keeps the messages of the last round
-// asked for (streams send the newest round; a late worker's older one is
-// cut again) and rewrites them in place for the next round when no stream
-// holds them any more, so their memory is allocated once. Thread-safe.
+// What of a round's delta can be sent: its buffer, which attempt at
+// closing the round it is (ClosingRound), and how many of its first bytes
+// hold their final values.
+struct DeltaView {
+  int64_t round = 0;
+  int attempt = 0;
+  std::shared_ptr<const std::string> delta;
+  size_t ready_bytes = 0;
+  int contributors = 0;
+};
+
+// A round's delta cut into the CHUNK ServerMessages that carry it, once per
+// round (and attempt), as its segments close, and shared by every stream
+// that sends it: each stream's Write serializes the shared message, so the
+// delta is copied once per round into messages, not once per worker. Keeps
+// the messages of the last round asked for (streams send the newest round;
+// a late worker's older one is cut again) and rewrites them in place for
+// the next round when no stream holds them any more, so their memory is
+// allocated once. Thread-safe.
 class DeltaMessages {
  public:
   explicit DeltaMessages(size_t max_chunk_bytes)
       : max_chunk_bytes_(max_chunk_bytes) {}
 
-  // The messages of `closed`'s delta, in order.
+  // The messages of `view`'s delta, in order, of which the first *ready
+  // (those within ready_bytes) are cut and never change again; the others
+  // may be written by a later call, so a caller reads only the first
+  // *ready.
   std::shared_ptr<const std::vector<v1::ServerMessage>> For(
-      const ClosedRound& closed) ABSL_LOCKS_EXCLUDED(mu_);
+      const DeltaView& view, size_t* ready) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   const size_t max_chunk_bytes_;
@@ -79,16 +99,23 @@ class DeltaMessages {
   // reused for another round's delta while it keys the cache).
   std::shared_ptr<const std::string> delta_ ABSL_GUARDED_BY(mu_);
   int64_t round_ ABSL_GUARDED_BY(mu_) = 0;
+  int attempt_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t cut_ ABSL_GUARDED_BY(mu_) = 0;  // messages cut so far
   std::shared_ptr<std::vector<v1::ServerMessage>> messages_
       ABSL_GUARDED_BY(mu_);
 };
 
-// Writes `messages` to `stream` in order; *wire_bytes gets the serialized
-// size of those written, also when a later one fails. Cancelled when the
-// worker went away.
+// Writes messages [begin, end) of `messages` to `stream` in order;
+// *wire_bytes gets the serialized size of those written, also when a later
+// one fails. Cancelled when the worker went away.
 absl::Status WriteDelta(TrainStream* stream,
                         const std::vector<v1::ServerMessage>& messages,
-                        int64_t* wire_bytes);
+                        size_t begin, size_t end, int64_t* wire_bytes);
+// Writes the message without payload that ends a round's delta or restarts
+// it (COMMIT, DROP, RESTART), counted the same way.
+absl::Status WriteRoundMark(TrainStream* stream, int64_t round,
+                            v1::ServerMessage::Kind kind, int contributors,
+                            int64_t* wire_bytes);
 
 }  // namespace effadam
 

@@ -1,6 +1,7 @@
 #include "server/parameter_server.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -375,6 +376,81 @@ void ParameterServer::DeltaSent(const ClosedRound& closed) {
       static_cast<int64_t>(closed.delta->size()),
       static_cast<int64_t>(model_->codecs.server->num_elements() *
                            sizeof(float)));
+}
+
+absl::Status ParameterServer::SubmitProgress(
+    int rank, int64_t round, const std::shared_ptr<const std::string>& update,
+    size_t segments, float loss) {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = ServingLocked(); !s.ok()) return s;
+  const UpdateCodec& codec = rounds_.engine()->worker_codec();
+  const bool complete = segments == codec.segments().size();
+  if (absl::Status s = rounds_.Progress(rank, round, update, segments,
+                                        complete ? loss : NAN);
+      !s.ok()) {
+    return s;
+  }
+  if (complete) {
+    CountPayloadLocked(
+        TrafficDirection::kWorkerToServer, static_cast<int64_t>(update->size()),
+        static_cast<int64_t>(codec.num_elements() * sizeof(float)));
+  }
+  changed_.SignalAll();
+  return absl::OkStatus();
+}
+
+void ParameterServer::AbandonUpdate(int rank, int64_t round) {
+  absl::MutexLock lock(&mu_);
+  rounds_.Abandon(rank, round);
+  changed_.SignalAll();
+}
+
+void ParameterServer::Wake() {
+  absl::MutexLock lock(&mu_);
+  changed_.SignalAll();
+}
+
+absl::StatusOr<std::optional<ParameterServer::DeltaProgress>>
+ParameterServer::AwaitDelta(int64_t round, int attempt, size_t want_bytes,
+                            const ServerCall& call,
+                            const std::atomic<bool>& stop) {
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    if (stop.load()) return std::nullopt;
+    if (std::optional<absl::StatusOr<ClosedRound>> outcome =
+            rounds_.Outcome(round)) {
+      if (!outcome->ok()) return outcome->status();
+      DeltaProgress p;
+      p.closed = **outcome;
+      p.ready_bytes = p.closed->delta->size();
+      return p;
+    }
+    if (shutting_down_) {
+      return absl::UnavailableError("the server is shutting down");
+    }
+    if (call.IsCancelled()) {
+      return absl::CancelledError("the worker cancelled its Train stream");
+    }
+    if (std::optional<ClosingRound> c = rounds_.Closing(round)) {
+      size_t ready = 0;
+      if (c->segments_closed > 0) {
+        const Segment& last =
+            rounds_.engine()->server_codec().segments()[c->segments_closed - 1];
+        ready = last.byte_begin + last.byte_size;
+      }
+      // A last chunk is shorter than the others.
+      if ((attempt >= 0 && c->attempt != attempt) ||
+          ready >= std::min(want_bytes, c->delta->size())) {
+        DeltaProgress p;
+        p.closing = *c;
+        p.ready_bytes = ready;
+        return p;
+      }
+    }
+    TickLocked();
+    if (rounds_.Outcome(round).has_value()) continue;
+    WaitLocked(rounds_.TimeoutAt().value_or(absl::InfiniteFuture()));
+  }
 }
 
 void ParameterServer::EndTrain(int rank, const absl::Status& result) {

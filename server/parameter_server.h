@@ -1,6 +1,7 @@
 #ifndef EFFADAM_SERVER_PARAMETER_SERVER_H_
 #define EFFADAM_SERVER_PARAMETER_SERVER_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -135,8 +136,8 @@ class ServerCall {
 // real time to notice a cancelled call.
 //
 // Thread-safe: every method may be called from any thread; the waiting
-// ones (SubmitAndWait, WaitForParams, WaitUntilDone) block only their
-// caller.
+// ones (SubmitAndWait, AwaitDelta, WaitForParams, WaitUntilDone) block
+// only their caller.
 class ParameterServer {
  public:
   // InvalidArgument for options that cannot work (no workers, a chunk
@@ -220,6 +221,37 @@ class ParameterServer {
       float loss, const ServerCall& call);
   // `closed`'s delta went out on a stream whole; counts it.
   void DeltaSent(const ClosedRound& closed);
+
+  // ---- Train, segment by segment (docs/design.md, "The data path of one
+  // round"): the stream's reader hands over each part of an update as it
+  // arrives, and its sender sends the delta's segments as they close.
+  // The part of `rank`'s update of `round` that has arrived
+  // (RoundCoordinator::Progress): `update` is full size, its first
+  // `segments` segments in and validated; `loss` counts once it is
+  // complete. May close segments and the round.
+  absl::Status SubmitProgress(int rank, int64_t round,
+                              const std::shared_ptr<const std::string>& update,
+                              size_t segments, float loss);
+  // The stream of `rank` could not read its update of `round`: that update
+  // leaves the round (which starts again if it averaged it).
+  void AbandonUpdate(int rank, int64_t round);
+  // What of `round`'s delta can be sent: the closed round, or while it
+  // closes, its buffer and how many of its first bytes are final.
+  struct DeltaProgress {
+    std::optional<ClosedRound> closed;
+    ClosingRound closing;
+    size_t ready_bytes = 0;
+  };
+  // Waits until `round` closed, or it closes in another attempt than
+  // `attempt` (-1: any), or at least `want_bytes` of its delta (all of it,
+  // if it is shorter) are final;
+  // nullopt once `stop` is set (Wake() makes the wait look at it).
+  // ABORTED when the round's delta is gone (RoundCoordinator::Outcome),
+  // Unavailable on shutdown, Cancelled when the call was.
+  absl::StatusOr<std::optional<DeltaProgress>> AwaitDelta(
+      int64_t round, int attempt, size_t want_bytes, const ServerCall& call,
+      const std::atomic<bool>& stop);
+  void Wake();
   // The stream of `rank` ended with `result`: the rank leaves.
   void EndTrain(int rank, const absl::Status& result);
 

@@ -4,12 +4,14 @@
 #include <chrono>
 #include <cstring>
 #include <new>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "server/token_authenticator.h"
 #include "transport/chunk_assembler.h"
 #include "transport/compression_proto.h"
+#include "transport/protocol_version.h"
 
 namespace effadam {
 namespace {
@@ -114,6 +116,16 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
   absl::StatusOr<TensorLayout> layout =
       LayoutFromProto(request.layout(), options_.max_num_elements);
   if (!layout.ok()) return Rejected(Rejection::kBadLayout, layout.status());
+  if (request.protocol() != kProtocolVersion) {
+    return Rejected(
+        Rejection::kProtocolMismatch,
+        absl::FailedPreconditionError(absl::StrCat(
+            "the worker speaks protocol version ", request.protocol(),
+            " (0: from before versions) but this server speaks version ",
+            kProtocolVersion,
+            " (deltas segment by segment with a final COMMIT); run the same "
+            "effadam release on both sides")));
+  }
   if (absl::Status s = CheckCompressionMatches(
           request.compression(), options_.compression, "server", "worker");
       !s.ok()) {
@@ -136,6 +148,7 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
   response->set_upload_initial_params(joined->upload);
   response->set_num_elements(joined->num_elements);
   response->set_max_chunk_bytes(static_cast<int64_t>(options_.max_chunk_bytes));
+  response->set_protocol(kProtocolVersion);
   response->set_expected_workers(options_.workers);
   *response->mutable_compression() = CompressionToProto(options_.compression);
   response->set_shard(options_.shard);
@@ -274,14 +287,56 @@ absl::Status ParameterServerService::DoFetchParams(
 
 // -------------------------------------------------------------------- Train
 
-absl::Status ParameterServerService::SendDelta(TrainStream* stream,
-                                               const ClosedRound& closed) {
-  int64_t wire = 0;  // of the chunks written, also when a later one fails
-  absl::Status s = WriteDelta(stream, *delta_messages_.For(closed), &wire);
-  server_->CountWire(TrafficDirection::kServerToWorker, wire);
-  if (!s.ok()) return s;
-  server_->DeltaSent(closed);
-  return absl::OkStatus();
+absl::Status ParameterServerService::SendRound(const ServerCall& call,
+                                               TrainStream* stream,
+                                               int64_t round,
+                                               const std::atomic<bool>& stop) {
+  const size_t chunk = options_.max_chunk_bytes;
+  int attempt = -1;  // the attempt whose chunks are being sent; -1: none
+  size_t sent = 0;   // its messages written
+  while (true) {
+    // The bytes of the next chunk.
+    const size_t want = (sent + 1) * chunk;
+    absl::StatusOr<std::optional<ParameterServer::DeltaProgress>> next =
+        server_->AwaitDelta(round, attempt, want, call, stop);
+    if (!next.ok()) return next.status();
+    if (!next->has_value()) return absl::OkStatus();  // stopped
+    const ParameterServer::DeltaProgress& p = **next;
+    int64_t wire = 0;  // of the messages written, also when one fails
+    absl::Status s;
+    if (p.closed && p.closed->dropped) {
+      s = WriteRoundMark(stream, round, v1::ServerMessage::DROP,
+                         p.closed->contributors, &wire);
+      server_->CountWire(TrafficDirection::kServerToWorker, wire);
+      return s;
+    }
+    const DeltaView view =
+        p.closed ? DeltaView{round, p.closed->attempt, p.closed->delta,
+                             p.ready_bytes, p.closed->contributors}
+                 : DeltaView{round, p.closing.attempt, p.closing.delta,
+                             p.ready_bytes, 0};
+    // The round started again over fewer updates: what was sent is void.
+    if (attempt >= 0 && view.attempt != attempt && sent > 0) {
+      s = WriteRoundMark(stream, round, v1::ServerMessage::RESTART, 0, &wire);
+      sent = 0;
+    }
+    attempt = view.attempt;
+    size_t ready = 0;
+    std::shared_ptr<const std::vector<v1::ServerMessage>> messages =
+        delta_messages_.For(view, &ready);
+    if (s.ok()) s = WriteDelta(stream, *messages, sent, ready, &wire);
+    sent = ready;
+    if (s.ok() && p.closed) {
+      s = WriteRoundMark(stream, round, v1::ServerMessage::COMMIT,
+                         p.closed->contributors, &wire);
+    }
+    server_->CountWire(TrafficDirection::kServerToWorker, wire);
+    if (!s.ok()) return s;
+    if (p.closed) {
+      server_->DeltaSent(*p.closed);
+      return absl::OkStatus();
+    }
+  }
 }
 
 absl::Status ParameterServerService::RunTrain(
@@ -310,13 +365,24 @@ absl::Status ParameterServerService::RunTrain(
       // Fail fast on a hopeless round, before reading a whole update.
       if (absl::Status s = server_->CheckRound(rank, round); !s.ok()) return s;
     }
-    absl::StatusOr<std::shared_ptr<const std::string>> update =
-        reader->Read(stream, round, msg, count_up);
+    // The delta goes out on a second thread while the update comes in.
+    std::atomic<bool> stop{false};
+    absl::Status sent;
+    std::thread sender([&] { sent = SendRound(call, stream, round, stop); });
+    absl::StatusOr<std::shared_ptr<const std::string>> update = reader->Read(
+        stream, round, msg, count_up,
+        [&](const std::shared_ptr<const std::string>& buffer, size_t segments) {
+          return server_->SubmitProgress(rank, round, buffer, segments,
+                                         msg->loss());
+        });
+    if (!update.ok()) {
+      server_->AbandonUpdate(rank, round);
+      stop = true;
+      server_->Wake();
+    }
+    sender.join();
     if (!update.ok()) return update.status();
-    absl::StatusOr<ClosedRound> closed = server_->SubmitAndWait(
-        rank, round, *std::move(update), msg->loss(), call);
-    if (!closed.ok()) return closed.status();
-    if (absl::Status s = SendDelta(stream, *closed); !s.ok()) return s;
+    if (!sent.ok()) return sent;
     if (options_.rounds > 0 && round >= options_.rounds) {
       return absl::OkStatus();
     }

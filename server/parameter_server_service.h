@@ -1,6 +1,7 @@
 #ifndef EFFADAM_SERVER_PARAMETER_SERVER_SERVICE_H_
 #define EFFADAM_SERVER_PARAMETER_SERVER_SERVICE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -33,9 +34,11 @@ inline constexpr size_t kMaxStatusMessageBytes = 1024;
 // counted once and logged (rate-limited) with the peer, and leaves x and E
 // unchanged.
 //
-// Thread-safe: gRPC runs each call on its own thread; the service keeps no
-// state of its own beyond the delta's messages (cut once per round) and
-// the rejection log's rate limit.
+// Thread-safe: gRPC runs each call on its own thread, and a Train call
+// sends each round's delta on a second thread while its own reads the
+// update (SendRound); the service keeps no state of its own beyond the
+// delta's messages (cut once per round) and the rejection log's rate
+// limit.
 class ParameterServerService final
     : public effadam::v1::ParameterServer::Service {
  public:
@@ -99,8 +102,14 @@ class ParameterServerService final
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
       int rank, v1::WorkerMessage* msg);
-  // Writes `closed`'s delta in chunks and counts it as delivered.
-  absl::Status SendDelta(TrainStream* stream, const ClosedRound& closed);
+  // Sends `round`'s delta on `stream` while the round closes (on the
+  // stream's second thread, beside the one reading the update): CHUNK
+  // messages as its segments close, RESTART when it starts again, and
+  // COMMIT or DROP once it closed; counts what was written. Returns after
+  // the round's end was sent, or once `stop` is set (the update could not
+  // be read).
+  absl::Status SendRound(const ServerCall& call, TrainStream* stream,
+                         int64_t round, const std::atomic<bool>& stop);
 
   const std::unique_ptr<ParameterServer> server_;
   const ServerOptions& options_;  // server_'s

@@ -63,6 +63,11 @@ void RoundCoordinator::Recover(std::unique_ptr<RoundEngine> engine) {
   engine_ = std::move(engine);
   closed_.clear();
   delta_buffers_.clear();
+  arrivals_.clear();
+  timed_out_ = false;
+  closing_delta_.reset();
+  segments_closed_ = 0;
+  attempt_ = 0;
   loss_sum_ = 0;
   loss_count_ = 0;
   due_checkpoint_.reset();
@@ -121,47 +126,113 @@ absl::Status RoundCoordinator::Accept(int rank, int64_t round,
 absl::Status RoundCoordinator::Accept(int rank, int64_t round,
                                       std::shared_ptr<const std::string> update,
                                       bool validated, float loss) {
-  // The round may have moved on while the update was read.
   if (absl::Status s = CheckRound(rank, round); !s.ok()) return s;
-  if (round == engine_->round() && !engine_->HasSubmitted(rank)) {
-    // CheckRound and HasSubmitted leave only bytes that do not validate as
-    // a reason for Submit to refuse.
-    if (absl::Status s =
-            engine_->Submit(rank, round, std::move(update), validated);
-        !s.ok()) {
-      return Rejected(Rejection::kInvalidPayload, s);
-    }
-    if (engine_->num_submitted() == 1) round_opened_at_ = clock_.Now();
-    // The loss is the worker's report, not part of the math: a NaN or Inf
-    // one is left out of the mean rather than refusing a good update.
-    if (std::isfinite(loss)) {
-      loss_sum_ += loss;
-      ++loss_count_;
-    }
-  } else {
-    // Its round closed without it, or an earlier incarnation of this rank
-    // already contributed to it: not averaged, but it must still be well
-    // formed, and the worker gets the round's delta like everyone else.
-    absl::Status s = validated ? absl::OkStatus()
-                               : engine_->worker_codec().Validate(*update);
-    if (!s.ok()) {
+  if (!validated) {
+    if (absl::Status s = engine_->worker_codec().Validate(*update); !s.ok()) {
       return Rejected(Rejection::kInvalidPayload,
                       absl::InvalidArgumentError(absl::StrCat(
                           "update from rank ", rank, ": ", s.message())));
+    }
+  }
+  const size_t segments = engine_->worker_codec().segments().size();
+  return Progress(rank, round, std::move(update), segments, loss);
+}
+
+absl::Status RoundCoordinator::Progress(
+    int rank, int64_t round, std::shared_ptr<const std::string> update,
+    size_t segments, float loss) {
+  // The round may have moved on while the update was read.
+  if (absl::Status s = CheckRound(rank, round); !s.ok()) return s;
+  const bool complete = segments >= engine_->worker_codec().segments().size();
+  if (round == engine_->round()) {
+    const std::string* buffer = update.get();
+    auto it = arrivals_.find(rank);
+    if (it == arrivals_.end() && !engine_->HasSubmitted(rank) &&
+        !engine_->closing()) {
+      // CheckRound, HasSubmitted and closing leave only bytes that do not
+      // validate as a reason for Submit to refuse.
+      if (absl::Status s = engine_->Submit(rank, round, std::move(update),
+                                           /*validated=*/true);
+          !s.ok()) {
+        return Rejected(Rejection::kInvalidPayload, s);
+      }
+      if (arrivals_.empty()) round_opened_at_ = clock_.Now();
+      it = arrivals_.emplace(rank, Arrival{buffer, 0}).first;
+    }
+    // Otherwise its round is closing over the others, or an earlier
+    // incarnation of this rank already contributed to it: not averaged,
+    // but the worker gets the round's delta like everyone else.
+    if (it != arrivals_.end() && it->second.buffer == buffer &&
+        segments > it->second.segments) {
+      it->second.segments = segments;
+      // The loss is the worker's report, not part of the math: a NaN or
+      // Inf one is left out of the mean rather than refusing a good update.
+      if (complete && std::isfinite(loss)) {
+        loss_sum_ += loss;
+        ++loss_count_;
+      }
     }
   }
   MaybeClose();
   return absl::OkStatus();
 }
 
+void RoundCoordinator::Abandon(int rank, int64_t round) {
+  if (!engine_ || round != engine_->round()) return;
+  auto it = arrivals_.find(rank);
+  const size_t all = engine_->worker_codec().segments().size();
+  if (it == arrivals_.end() || it->second.segments >= all) return;
+  Reopen();
+  engine_->Withdraw(rank);
+  arrivals_.erase(it);
+  MaybeClose();
+}
+
+void RoundCoordinator::Reopen() {
+  if (!engine_->closing()) return;
+  engine_->AbortClose();
+  ++attempt_;
+  // Streams may still be sending the old attempt's bytes: a new buffer.
+  closing_delta_.reset();
+  segments_closed_ = 0;
+}
+
+void RoundCoordinator::WithdrawIncomplete() {
+  const size_t all = engine_->worker_codec().segments().size();
+  Reopen();
+  for (auto it = arrivals_.begin(); it != arrivals_.end();) {
+    if (it->second.segments < all) {
+      engine_->Withdraw(it->first);
+      it = arrivals_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void RoundCoordinator::MaybeClose() {
   if (!engine_ || !fatal_.ok() || engine_->num_submitted() == 0) return;
-  bool missing = false;
-  for (int r = 0; r < rules_.workers && !missing; ++r) {
-    missing = !engine_->HasSubmitted(r) && !membership_.HasDeparted(r);
+  if (!timed_out_ && clock_.Now() >= round_opened_at_ + Timeout()) {
+    timed_out_ = true;
+    // The round closes over the complete updates; those still arriving
+    // come too late (their workers get the delta and stay in step). With
+    // none complete it waits for those that began.
+    const size_t all = engine_->worker_codec().segments().size();
+    const bool any_complete =
+        std::any_of(arrivals_.begin(), arrivals_.end(),
+                    [&](const auto& a) { return a.second.segments >= all; });
+    if (any_complete) WithdrawIncomplete();
   }
-  if (missing && clock_.Now() < round_opened_at_ + Timeout()) return;
-  Close();
+  if (!engine_->closing()) {
+    bool missing = false;
+    for (int r = 0; r < rules_.workers && !missing; ++r) {
+      missing = !engine_->HasSubmitted(r) && !membership_.HasDeparted(r);
+    }
+    if (missing && !timed_out_) return;
+    BeginClose();
+    if (!fatal_.ok()) return;
+  }
+  CloseReadySegments();
 }
 
 absl::Duration RoundCoordinator::Timeout() const {
@@ -173,44 +244,88 @@ absl::Duration RoundCoordinator::Timeout() const {
   return rules_.round_timeout;
 }
 
-void RoundCoordinator::Close() {
-  const int64_t round = engine_->round();
-  const int contributors = static_cast<int>(engine_->num_submitted());
-  int lagging = 0;  // live, yet not in this round
-  for (int r = 0; r < rules_.workers; ++r) {
-    lagging += membership_.IsLive(r) && !engine_->HasSubmitted(r);
-  }
-  const int64_t dropped_before = engine_->dropped_rounds();
+void RoundCoordinator::BeginClose() {
   // The memory of an old delta that no stream sends any more, else new.
   // The fence pairs with the release of the last sender's reference.
   std::shared_ptr<std::string> delta = std::move(spare_delta_);
   const bool reusable = delta != nullptr && delta.use_count() == 1;
   std::atomic_thread_fence(std::memory_order_acquire);
   if (!reusable) delta = std::make_shared<std::string>();
-  if (absl::Status s = engine_->CloseRoundInto(delta.get()); !s.ok()) {
-    // Only a broken invariant gets here (the engine validated every update
-    // and drops rounds whose result is not finite); the server cannot go
-    // on. Every stream ends with this error and the daemon exits.
-    fatal_ = absl::InternalError(
-        absl::StrCat("round ", round, " could not be closed: ", s.message()));
-    logger_.Error(fatal_.message());
+  if (absl::Status s = engine_->BeginClose(delta.get()); !s.ok()) {
+    Fail(engine_->round(), s);
     return;
   }
-  const bool dropped = engine_->dropped_rounds() > dropped_before;
+  closing_delta_ = std::move(delta);
+  segments_closed_ = 0;
+}
+
+void RoundCoordinator::CloseReadySegments() {
+  const size_t all = engine_->worker_codec().segments().size();
+  size_t ready = all;
+  for (const auto& [rank, arrival] : arrivals_) {
+    if (engine_->HasSubmitted(rank)) {
+      ready = std::min(ready, arrival.segments);
+    }
+  }
+  if (ready > segments_closed_) {
+    if (absl::Status s = engine_->CloseSegments(segments_closed_, ready,
+                                                closing_delta_.get());
+        !s.ok()) {
+      Fail(engine_->round(), s);
+      return;
+    }
+    segments_closed_ = ready;
+  }
+  if (segments_closed_ == all) Finish();
+}
+
+void RoundCoordinator::Fail(int64_t round, const absl::Status& s) {
+  // Only a broken invariant gets here (the engine validated every update
+  // and drops rounds whose result is not finite); the server cannot go
+  // on. Every stream ends with this error and the daemon exits.
+  engine_->AbortClose();
+  fatal_ = absl::InternalError(
+      absl::StrCat("round ", round, " could not be closed: ", s.message()));
+  logger_.Error(fatal_.message());
+}
+
+void RoundCoordinator::Finish() {
+  const int64_t round = engine_->round();
+  const int contributors = static_cast<int>(engine_->num_submitted());
+  int lagging = 0;  // live, yet not in this round
+  for (int r = 0; r < rules_.workers; ++r) {
+    lagging += membership_.IsLive(r) && !engine_->HasSubmitted(r);
+  }
+  std::shared_ptr<std::string> delta = std::move(closing_delta_);
+  const int attempt = attempt_;
+  arrivals_.clear();
+  timed_out_ = false;
+  segments_closed_ = 0;
+  attempt_ = 0;
+  bool dropped = false;
+  // A dropped round's zero delta goes to a buffer of its own: streams may
+  // still be sending the bytes of the segments closed in `delta`.
+  std::string zero_delta;
+  if (absl::Status s = engine_->FinishClose(&zero_delta, &dropped); !s.ok()) {
+    Fail(round, s);
+    return;
+  }
+  if (dropped) delta = std::make_shared<std::string>(std::move(zero_delta));
   if (dropped) {
     logger_.Warning(absl::StrCat(
         "round ", round, " dropped: the result of its ", contributors,
         " updates is not finite in float; x and E are unchanged and the "
         "delta is zero"));
   }
-  // Before any worker can have it: a server killed from here on replays it.
+  // Before any worker can apply it: a server killed from here on replays
+  // it.
   if (absl::Status s = delta_log_.Append(round, *delta); !s.ok()) {
     logger_.Warning(absl::StrCat("the delta of round ", round,
                                  " is not in the delta log: ", s.message()));
   }
   const absl::Time now = clock_.Now();
   if (contributors < rules_.workers) ++short_rounds_;
-  closed_.push_back(ClosedRound{round, delta, contributors});
+  closed_.push_back(ClosedRound{round, delta, contributors, dropped, attempt});
   delta_buffers_.push_back(std::move(delta));
   while (closed_.size() > kKeptRounds) {
     closed_.pop_front();
@@ -264,8 +379,17 @@ std::optional<absl::StatusOr<ClosedRound>> RoundCoordinator::Outcome(
   return std::nullopt;
 }
 
+std::optional<ClosingRound> RoundCoordinator::Closing(int64_t round) const {
+  if (!engine_ || !engine_->closing() || engine_->round() != round) {
+    return std::nullopt;
+  }
+  return ClosingRound{round, attempt_, closing_delta_, segments_closed_};
+}
+
 std::optional<absl::Time> RoundCoordinator::TimeoutAt() const {
-  if (!engine_ || engine_->num_submitted() == 0) return std::nullopt;
+  if (!engine_ || engine_->num_submitted() == 0 || timed_out_) {
+    return std::nullopt;
+  }
   return round_opened_at_ + Timeout();
 }
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,20 +25,44 @@ struct ClosedRound {
   int64_t round = 0;
   std::shared_ptr<const std::string> delta;
   int contributors = 0;
+  // Its result was not finite: x and E unchanged, a zero delta.
+  bool dropped = false;
+  // Which attempt at closing the round this delta is (see ClosingRound).
+  int attempt = 0;
+};
+
+// The open round while it closes segment by segment: its delta buffer,
+// whose first segments_closed segments (of the server codec) hold their
+// final bytes, which no one writes again. A RESTART (a participant left or
+// timed out mid-round) starts a new attempt with a new buffer.
+struct ClosingRound {
+  int64_t round = 0;
+  int attempt = 0;
+  std::shared_ptr<const std::string> delta;
+  size_t segments_closed = 0;
 };
 
 // Drives the synchronous rounds of one parameter server over its
 // RoundEngine (docs/protocol.md, "Rounds"): which updates a round takes,
 // when it closes, the deltas of the last few closed rounds (for workers
 // whose update came after its round closed), the mean loss, and the
-// checkpoints that fall due. A round closes when every rank submitted,
-// when every rank that did not has departed (asked of Membership; ranks
-// that never joined are waited for), or round_timeout after its first
-// update (read from the injected Clock; replica_wait for the first round
-// after a restart while ranks have not rejoined).
+// checkpoints that fall due.
+//
+// A round closes segment by segment while the updates arrive (Progress):
+// its participants are fixed once every rank has begun sending its update
+// or departed (ranks that never joined are waited for), or at round_timeout
+// after its first update (replica_wait for the first round after a restart
+// while ranks have not rejoined): then the ranks whose update is complete,
+// or, when none is, every rank that began. Segment k then closes as soon
+// as every participant's segment k is in, so its delta can be sent while
+// later segments still arrive (closing()). A participant that leaves
+// mid-round (Abandon), or is still incomplete at the timeout, is taken out
+// and the round closes again from segment 0 over the rest: a new attempt
+// (ClosingRound::attempt; workers hear RESTART). x and E change only when
+// the last segment closed and the round is finite.
 //
 // A closed round's delta goes to the injected DeltaLog before any worker
-// can receive it (Outcome), so a restarted server can replay it.
+// can apply it (Outcome), so a restarted server can replay it.
 //
 // Refusals are statuses tagged with their Rejection. Holds no lock and
 // starts no thread: not thread-safe; ParameterServer calls it under
@@ -96,8 +121,25 @@ class RoundCoordinator {
   absl::Status Accept(int rank, int64_t round,
                       std::shared_ptr<const std::string> update, bool validated,
                       float loss);
-  // Closes the open round if it is due (see above).
+  // The part of `rank`'s update for `round` that has arrived: `update` is
+  // the stream's buffer, full size, of which the first `segments` segments
+  // are in and validated (it keeps filling on the caller's thread; the
+  // coordinator reads only those segments). Call it whenever more segments
+  // are in, with the same buffer; `loss` counts once the update is
+  // complete. An update whose round closed without it is not averaged.
+  // May fix the round's participants, close segments and the round.
+  absl::Status Progress(int rank, int64_t round,
+                        std::shared_ptr<const std::string> update,
+                        size_t segments, float loss);
+  // `rank`'s stream ended before its update of `round` was complete: it is
+  // taken out of the round (which restarts if it was a participant).
+  void Abandon(int rank, int64_t round);
+  // Fixes the participants, closes segments or the round, as due (above).
   void MaybeClose();
+
+  // The open round `round` while it closes segment by segment; nullopt
+  // before it started closing or after it closed.
+  std::optional<ClosingRound> Closing(int64_t round) const;
 
   // For a worker waiting for `round`'s delta: the closed round, an error
   // (the engine failed; the delta is gone: ABORTED), or nullopt while it
@@ -131,7 +173,22 @@ class RoundCoordinator {
   const ClosedRound* FindClosed(int64_t round) const;
   // How long the open round waits for missing ranks (see Rules).
   absl::Duration Timeout() const;
-  void Close();
+  // Fixes the open round's participants (engine BeginClose) with a new
+  // delta buffer.
+  void BeginClose();
+  // Stops closing the open round (a new attempt follows).
+  void Reopen();
+  // Takes the ranks that are not complete out of the round; reopens it
+  // first when it was closing.
+  void WithdrawIncomplete();
+  // Closes every segment all participants have; finishes the round after
+  // the last.
+  void CloseReadySegments();
+  // The engine failed: the server cannot go on.
+  void Fail(int64_t round, const absl::Status& s);
+  // The last segment closed: the round is committed or dropped, logged,
+  // counted and kept for late workers.
+  void Finish();
   // The engine holds a saved state (checkpoint or replica): note its round,
   // whether it completes the run, and tell the observer.
   void Resumed();
@@ -147,6 +204,20 @@ class RoundCoordinator {
   Checkpoint identity_;
   absl::Status fatal_;
   absl::Time round_opened_at_;  // the open round's first update
+  // The open round's updates so far, by rank: the buffer they fill and the
+  // segments in (all of them: complete).
+  struct Arrival {
+    const std::string* buffer = nullptr;
+    size_t segments = 0;
+  };
+  std::map<int, Arrival> arrivals_;
+  // The timeout of the open round has been acted on.
+  bool timed_out_ = false;
+  // The open round while it closes: its delta buffer and attempt, and the
+  // segments closed.
+  std::shared_ptr<std::string> closing_delta_;
+  int attempt_ = 0;
+  size_t segments_closed_ = 0;
   double loss_sum_ = 0;
   int loss_count_ = 0;
   double last_loss_;

@@ -58,6 +58,8 @@ const char* RejectionName(Rejection why) {
       return "unauthenticated";
     case Rejection::kUnparseable:
       return "unparseable";
+    case Rejection::kProtocolMismatch:
+      return "protocol_mismatch";
   }
   return "unknown";
 }

@@ -38,8 +38,9 @@ enum class Rejection {
   kLagging,              // an update so late that its round's delta is gone
   kUnauthenticated,      // a call without the server's token
   kUnparseable,          // a request that does not parse as its message
+  kProtocolMismatch,     // Join: the worker speaks another protocol version
 };
-inline constexpr int kNumRejections = 21;
+inline constexpr int kNumRejections = 22;
 
 // The `reason` label: "bad_layout", "layout_mismatch", ...
 const char* RejectionName(Rejection why);

@@ -24,6 +24,7 @@
 #include "server/parameter_server_service.h"
 #include "tests/scrape_util.h"
 #include "transport/compression_proto.h"
+#include "transport/protocol_version.h"
 #include "worker/worker_client.h"
 
 namespace effadam {
@@ -295,6 +296,7 @@ TEST(Metrics, RejectionsAreCountedByReason) {
     *req.mutable_layout() = LayoutToProto(layout);
     *req.mutable_compression() = CompressionToProto(Compression(server_codec));
     req.set_rank(rank);
+    req.set_protocol(kProtocolVersion);
     return req;
   };
   auto rejected = [&](const std::string& reason) {

@@ -1,6 +1,8 @@
 #include "server/round_coordinator.h"
 
 #include <cmath>
+#include <cstring>
+#include <map>
 #include <random>
 
 #include "absl/time/time.h"
@@ -235,6 +237,107 @@ TEST_F(RoundCoordinatorTest, ADroppedRoundIsLoggedAndCounted) {
   EXPECT_EQ(c->dropped_rounds(), 1);
   EXPECT_TRUE(log_.Contains("round 3 dropped"));
   EXPECT_TRUE(c->fatal().ok());
+}
+
+// Updates of 4 segments (fp32, 64 elements each), as streams fill them.
+class PipelinedRoundTest : public RoundCoordinatorTest {
+ protected:
+  PipelinedRoundTest() {
+    CompressionOptions o;
+    o.block_size = 64;
+    o.max_segment_elements = 64;
+    codec_ = *UpdateCodec::Create(layout_, *ParseCodecSpec("fp32"), o);
+  }
+  // rank's buffer for the round, with its first `segments` segments in.
+  std::shared_ptr<std::string> Fill(int rank, int64_t round, size_t segments) {
+    auto& buffer = buffers_[rank];
+    const std::string whole = Update(rank, round);
+    if (!buffer) buffer = std::make_shared<std::string>(whole.size(), '\0');
+    const size_t bytes = segments * 64 * sizeof(float);
+    std::memcpy(buffer->data(), whole.data(), bytes);
+    return buffer;
+  }
+  std::map<int, std::shared_ptr<std::string>> buffers_;
+};
+
+TEST_F(PipelinedRoundTest, SegmentsCloseAsEveryRankHasThem) {
+  ASSERT_EQ(codec_->segments().size(), 4u);
+  auto c = Start(0);
+  auto reference = Start(0);
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(reference->Accept(r, 1, Update(r, 1), 1.0f).ok());
+  }
+  ASSERT_TRUE(c->Progress(0, 1, Fill(0, 1, 2), 2, NAN).ok());
+  ASSERT_TRUE(c->Progress(1, 1, Fill(1, 1, 1), 1, NAN).ok());
+  // Rank 2 has not begun: the participants are not fixed yet.
+  EXPECT_FALSE(c->Closing(1).has_value());
+  ASSERT_TRUE(c->Progress(2, 1, Fill(2, 1, 3), 3, NAN).ok());
+  ASSERT_TRUE(c->Closing(1).has_value());
+  EXPECT_EQ(c->Closing(1)->segments_closed, 1u);
+  ASSERT_TRUE(c->Progress(1, 1, Fill(1, 1, 4), 4, 1.0f).ok());
+  EXPECT_EQ(c->Closing(1)->segments_closed, 2u);
+  // x is untouched until the round is complete.
+  EXPECT_EQ(c->engine()->params()[0], 1.0f);
+  ASSERT_TRUE(c->Progress(0, 1, Fill(0, 1, 4), 4, 1.0f).ok());
+  EXPECT_EQ(c->Closing(1)->segments_closed, 3u);
+  EXPECT_FALSE(c->Outcome(1).has_value());
+  ASSERT_TRUE(c->Progress(2, 1, Fill(2, 1, 4), 4, 1.0f).ok());
+  EXPECT_FALSE(c->Closing(1).has_value());
+  ASSERT_TRUE(c->Outcome(1).has_value());
+  const ClosedRound got = **c->Outcome(1), want = **reference->Outcome(1);
+  EXPECT_EQ(*got.delta, *want.delta);
+  EXPECT_EQ(got.contributors, 3);
+  EXPECT_EQ(got.attempt, 0);
+  EXPECT_FALSE(got.dropped);
+  EXPECT_EQ(c->Snapshot()->state.params, reference->Snapshot()->state.params);
+}
+
+TEST_F(PipelinedRoundTest, AParticipantLeavingMidRoundRestartsTheRound) {
+  auto c = Start(0);
+  auto reference = Start(0);
+  membership_.Leave(2);
+  for (int r : {0, 1}) {
+    ASSERT_TRUE(reference->Accept(r, 1, Update(r, 1), 1.0f).ok());
+  }
+  ASSERT_TRUE(c->Progress(0, 1, Fill(0, 1, 4), 4, 1.0f).ok());
+  ASSERT_TRUE(c->Progress(1, 1, Fill(1, 1, 4), 4, 1.0f).ok());
+  ASSERT_TRUE(c->Outcome(1).has_value());
+  // Round 2: rank 2 is back and stalls after two segments.
+  bool upload = false;
+  ASSERT_EQ(*membership_.Join(2, false, clock_.Now(), &upload), 2);
+  ASSERT_TRUE(c->Progress(2, 2, Fill(2, 2, 2), 2, NAN).ok());
+  ASSERT_TRUE(c->Progress(0, 2, Fill(0, 2, 4), 4, 1.0f).ok());
+  ASSERT_TRUE(c->Progress(1, 2, Fill(1, 2, 4), 4, 1.0f).ok());
+  ASSERT_TRUE(c->Closing(2).has_value());
+  EXPECT_EQ(c->Closing(2)->segments_closed, 2u);
+  EXPECT_EQ(c->Closing(2)->attempt, 0);
+  membership_.Leave(2);
+  c->Abandon(2, 2);
+  ASSERT_TRUE(c->Outcome(2).has_value());
+  const ClosedRound got = **c->Outcome(2);
+  EXPECT_EQ(got.attempt, 1);
+  EXPECT_EQ(got.contributors, 2);
+  for (int r : {0, 1}) {
+    ASSERT_TRUE(reference->Accept(r, 2, Update(r, 2), 1.0f).ok());
+  }
+  EXPECT_EQ(*got.delta, *(*reference->Outcome(2))->delta);
+  EXPECT_EQ(c->Snapshot()->state.params, reference->Snapshot()->state.params);
+}
+
+TEST_F(PipelinedRoundTest, AtTheTimeoutTheRoundClosesOverTheCompleteUpdates) {
+  auto c = Start(0);
+  ASSERT_TRUE(c->Progress(0, 1, Fill(0, 1, 4), 4, 1.0f).ok());
+  ASSERT_TRUE(c->Progress(1, 1, Fill(1, 1, 1), 1, NAN).ok());
+  ASSERT_TRUE(c->Progress(2, 1, Fill(2, 1, 3), 3, NAN).ok());
+  EXPECT_EQ(c->Closing(1)->segments_closed, 1u);
+  clock_.Advance(absl::Seconds(60));
+  c->MaybeClose();
+  ASSERT_TRUE(c->Outcome(1).has_value());
+  EXPECT_EQ((*c->Outcome(1))->contributors, 1);
+  EXPECT_EQ((*c->Outcome(1))->attempt, 1);
+  // The late ranks' updates are taken, not averaged.
+  ASSERT_TRUE(c->Progress(1, 1, Fill(1, 1, 4), 4, 1.0f).ok());
+  EXPECT_EQ((*c->Outcome(1))->contributors, 1);
 }
 
 }  // namespace

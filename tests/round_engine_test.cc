@@ -281,5 +281,95 @@ TEST(RoundEngine, CreateChecksSizes) {
   EXPECT_TRUE(RoundEngine::Create(c, c, std::vector<float>(100), {}).ok());
 }
 
+// The server's pipelined round: segments closed one at a time, in any
+// order, each once the updates' bytes of that segment are in (the rest of
+// the buffers still empty), give the bits of CloseRound.
+TEST(RoundEngine, ClosingSegmentBySegmentGivesTheBitsOfCloseRound) {
+  for (const char* codecs : {"sign/sign", "q4/q8", "fp32/sign"}) {
+    SCOPED_TRACE(codecs);
+    const std::string spec = codecs;
+    const std::string wname = spec.substr(0, spec.find('/'));
+    const std::string sname = spec.substr(spec.find('/') + 1);
+    auto layout =
+        TensorLayout::Create({{"a", {1000}}, {"b", {40}}, {"c", {2500}}});
+    ASSERT_TRUE(layout.ok());
+    CompressionOptions o;
+    o.block_size = 64;
+    o.min_compress_elements = 64;
+    o.max_segment_elements = 512;
+    auto worker = std::shared_ptr<const UpdateCodec>(
+        *UpdateCodec::Create(*layout, *ParseCodecSpec(wname), o));
+    auto server = std::shared_ptr<const UpdateCodec>(
+        *UpdateCodec::Create(*layout, *ParseCodecSpec(sname), o));
+    ASSERT_GT(worker->segments().size(), 5u);
+    const size_t n = layout->num_elements();
+    std::vector<float> x0(n);
+    for (size_t i = 0; i < n; ++i) x0[i] = 0.001f * i;
+    RoundEngineOptions eo;
+    eo.threads = 1;
+    auto whole = *RoundEngine::Create(worker, server, x0, eo);
+    auto steps = *RoundEngine::Create(worker, server, x0, eo);
+    for (int round = 1; round <= 3; ++round) {
+      std::vector<std::string> updates;
+      std::vector<std::shared_ptr<std::string>> filling;
+      for (int r = 0; r < 3; ++r) {
+        updates.push_back(Encode(*worker, Random(n, 100 * round + r)));
+        ASSERT_TRUE(whole->Submit(r, round, updates[r]).ok());
+        filling.push_back(
+            std::make_shared<std::string>(updates[r].size(), '\0'));
+        ASSERT_TRUE(steps->Submit(r, round, filling[r], true).ok());
+      }
+      std::string delta;
+      ASSERT_TRUE(steps->BeginClose(&delta).ok());
+      EXPECT_FALSE(steps->Submit(3, round, updates[0]).ok());
+      const auto& segs = worker->segments();
+      for (size_t k = segs.size(); k-- > 0;) {
+        for (int r = 0; r < 3; ++r) {
+          std::memcpy(filling[r]->data() + segs[k].byte_begin,
+                      updates[r].data() + segs[k].byte_begin,
+                      segs[k].byte_size);
+        }
+        ASSERT_TRUE(steps->CloseSegment(k, &delta).ok());
+        // Nothing is committed before the round finishes.
+        EXPECT_EQ(0, std::memcmp(steps->params().data(), whole->params().data(),
+                                 n * 4));
+      }
+      EXPECT_FALSE(steps->CloseSegment(0, &delta).ok());
+      bool dropped = true;
+      ASSERT_TRUE(steps->FinishClose(&delta, &dropped).ok());
+      EXPECT_FALSE(dropped);
+      auto want = whole->CloseRound();
+      ASSERT_TRUE(want.ok());
+      EXPECT_EQ(delta, *want);
+      EXPECT_EQ(0, std::memcmp(steps->params().data(), whole->params().data(),
+                               n * 4));
+      EXPECT_EQ(0, std::memcmp(steps->error_memory().data(),
+                               whole->error_memory().data(), n * 4));
+      EXPECT_EQ(steps->round(), round + 1);
+    }
+  }
+}
+
+TEST(RoundEngine, AnAbortedCloseLeavesTheRoundOpenForTheRemainingUpdates) {
+  Fixture a = Make("sign", "sign"), b = Make("sign", "sign");
+  const std::string u0 = Encode(*a.worker, Random(3000, 1)),
+                    u1 = Encode(*a.worker, Random(3000, 2));
+  ASSERT_TRUE(a.engine->Submit(0, 1, u0).ok());
+  ASSERT_TRUE(a.engine->Submit(1, 1, u1).ok());
+  std::string delta;
+  ASSERT_TRUE(a.engine->BeginClose(&delta).ok());
+  ASSERT_TRUE(a.engine->CloseSegment(0, &delta).ok());
+  EXPECT_FALSE(a.engine->Withdraw(1));  // closing
+  a.engine->AbortClose();
+  EXPECT_TRUE(a.engine->Withdraw(1));
+  EXPECT_EQ(a.engine->submitted_ranks(), std::vector<int>{0});
+  ASSERT_TRUE(b.engine->Submit(0, 1, u0).ok());
+  auto got = a.engine->CloseRound(), want = b.engine->CloseRound();
+  ASSERT_TRUE(got.ok() && want.ok());
+  EXPECT_EQ(*got, *want);
+  EXPECT_EQ(0, std::memcmp(a.engine->params().data(), b.engine->params().data(),
+                           3000 * 4));
+}
+
 }  // namespace
 }  // namespace effadam

@@ -246,6 +246,16 @@ TEST(ParameterServerService, JoinRejectionsSayWhatIsWrong) {
                               "'q4'"),
                     HasSubstr("block_size: server uses 64, worker sent 128")));
 
+  // A worker of the protocol before versions (it would wait for a delta
+  // sent whole and never see the COMMIT).
+  v1::JoinRequest old_worker = server.JoinRequest(-1);
+  old_worker.clear_protocol();
+  s = server.Join(old_worker, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(),
+              AllOf(HasSubstr("worker speaks protocol version 0"),
+                    HasSubstr("this server speaks version 2")));
+
   s = server.Join(server.JoinRequest(0), &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_THAT(s.error_message(), HasSubstr("rank 0 is taken"));
@@ -843,6 +853,52 @@ TEST(ParameterServerService, AWorkerTooFarBehindIsToldToResync) {
   s0.Cancel();
 }
 
+// The round closes segment by segment: the delta of the first segment (w)
+// reaches the workers while the second (b) of a worker's update has not
+// been sent, and the whole delta, after COMMIT, is the engine's.
+TEST(ParameterServerService, TheDeltaOfASegmentGoesOutBeforeTheUpdatesEnd) {
+  for (const char* codecs : {"fp32/fp32", "sign/sign"}) {
+    SCOPED_TRACE(codecs);
+    const std::string spec = codecs;
+    TestServer server(Options(2, spec.substr(0, spec.find('/')),
+                              spec.substr(spec.find('/') + 1)));
+    ASSERT_EQ(server.worker_codec().segments().size(), 2u);
+    const std::vector<float> x0 = InitialParams(server.n());
+    server.JoinAndUpload(0, x0);
+    ASSERT_EQ(server.Join(1), 1);
+    std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
+    TrainStream s0(&server), s1(&server);
+    const std::string u0 = Encode(server.worker_codec(),
+                                  RandomUpdate(server.n(), 0, 1)),
+                      u1 = Encode(server.worker_codec(),
+                                  RandomUpdate(server.n(), 1, 1));
+    ASSERT_TRUE(s0.Send(0, 1, u0));
+    // Rank 1: segment w whole, b not (the chunks up to and with the one
+    // where b starts).
+    const size_t chunk = server.options().max_chunk_bytes;
+    const size_t b_begin = server.worker_codec().segments()[1].byte_begin;
+    const size_t first_part = (b_begin + chunk - 1) / chunk * chunk;
+    ASSERT_LT(first_part, u1.size());
+    ASSERT_TRUE(s1.SendPart(1, 1, u1, 0, first_part));
+    v1::ServerMessage m;
+    ASSERT_TRUE(s0.ReadMessage(&m));
+    EXPECT_EQ(m.kind(), v1::ServerMessage::CHUNK);
+    EXPECT_EQ(m.offset(), 0);
+    EXPECT_EQ(server.Status().round(), 1);
+    ASSERT_TRUE(s1.SendPart(1, 1, u1, first_part, u1.size()));
+    std::string d1;
+    int64_t r = 0;
+    int c = 0;
+    ASSERT_TRUE(s1.ReadDelta(&d1, &r, &c));
+    EXPECT_EQ(s1.last_end(), v1::ServerMessage::COMMIT);
+    EXPECT_EQ(c, 2);
+    ASSERT_TRUE(ref->Submit(0, 1, u0).ok());
+    ASSERT_TRUE(ref->Submit(1, 1, u1).ok());
+    EXPECT_EQ(d1, *ref->CloseRound());
+    EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
+  }
+}
+
 TEST(ParameterServerService, ARoundThatOverflowsIsDroppedAndTrainingGoesOn) {
   ServerOptions o = Options(2, "fp32", "sign");
   TestServer server(o);
@@ -859,6 +915,7 @@ TEST(ParameterServerService, ARoundThatOverflowsIsDroppedAndTrainingGoesOn) {
   int c = 0;
   ASSERT_TRUE(s0.ReadDelta(&d0, &r, &c));
   ASSERT_TRUE(s1.ReadDelta(&d1, &r, &c));
+  EXPECT_EQ(s0.last_end(), v1::ServerMessage::DROP);
   EXPECT_EQ(d0, d1);
   EXPECT_EQ(server.Checksum(), ParamsChecksum(x0));
   std::vector<float> applied(server.n(), 0.0f);

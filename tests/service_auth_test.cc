@@ -27,6 +27,7 @@
 #include "tests/service_test_util.h"
 #include "transport/compression_proto.h"
 #include "transport/grpc_security.h"
+#include "transport/protocol_version.h"
 #include "worker/worker_client.h"
 
 namespace effadam {
@@ -104,6 +105,7 @@ class ServiceAuthTest : public ::testing::Test {
     *req.mutable_layout() = LayoutToProto(layout);
     *req.mutable_compression() = CompressionToProto(options_.compression);
     req.set_rank(-1);
+    req.set_protocol(kProtocolVersion);
     return req;
   }
   grpc::Status Join(Credential c, const TensorLayout& layout) {

@@ -25,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "server/parameter_server_service.h"
 #include "transport/compression_proto.h"
+#include "transport/protocol_version.h"
 
 namespace effadam {
 namespace service_test {
@@ -163,6 +164,7 @@ class TestServer {
     *req.mutable_layout() = LayoutToProto(layout_);
     *req.mutable_compression() = CompressionToProto(options_.compression);
     req.set_rank(rank);
+    req.set_protocol(kProtocolVersion);
     return req;
   }
 
@@ -278,8 +280,14 @@ class TrainStream {
   // Sends `update` for `round` in chunks of max_chunk_bytes.
   bool Send(int rank, int64_t round, const std::string& update,
             float loss = 0.5f) {
+    return SendPart(rank, round, update, 0, update.size(), loss);
+  }
+  // Sends the chunks of `update` that start in [begin, end) (begin at a
+  // chunk boundary).
+  bool SendPart(int rank, int64_t round, const std::string& update,
+                size_t begin, size_t end, float loss = 0.5f) {
     const size_t chunk = server_->options().max_chunk_bytes;
-    for (size_t off = 0; off < update.size(); off += chunk) {
+    for (size_t off = begin; off < end; off += chunk) {
       v1::WorkerMessage m;
       m.set_rank(rank);
       m.set_round(round);
@@ -291,25 +299,46 @@ class TrainStream {
     return true;
   }
 
-  // Reads one whole delta; false when the stream ended first.
+  // Reads one whole delta, as a worker does: CHUNK messages in order (a
+  // RESTART starts again), until COMMIT, or DROP, after which *delta is the
+  // zero delta a worker applies (and last_end() says DROP); false when the
+  // stream ended first.
   bool ReadDelta(std::string* delta, int64_t* round, int* contributors) {
-    const size_t size = server_->server_codec().encoded_size();
+    const UpdateCodec& codec = server_->server_codec();
+    const size_t size = codec.encoded_size();
     delta->clear();
     v1::ServerMessage m;
-    while (delta->size() < size) {
+    bool first = true;
+    while (true) {
       if (!stream_->Read(&m)) return false;
+      if (first) *round = m.round();
+      first = false;
+      EXPECT_EQ(m.round(), *round);
+      if (m.kind() == v1::ServerMessage::RESTART) {
+        delta->clear();
+        continue;
+      }
+      if (m.kind() != v1::ServerMessage::CHUNK) break;
       EXPECT_EQ(m.offset(), static_cast<int64_t>(delta->size()));
       EXPECT_LE(m.payload().size(), server_->options().max_chunk_bytes);
-      if (delta->empty()) {
-        *round = m.round();
-        *contributors = m.contributors();
-      }
-      EXPECT_EQ(m.round(), *round);
       delta->append(m.payload());
+    }
+    last_end_ = m.kind();
+    *contributors = m.contributors();
+    if (m.kind() == v1::ServerMessage::DROP) {
+      EXPECT_TRUE(
+          codec
+              .EncodeWithFeedback(std::vector<float>(codec.num_elements()), {},
+                                  0, delta)
+              .ok());
     }
     EXPECT_EQ(delta->size(), size);
     return true;
   }
+  // One message of the server; false when the stream ended.
+  bool ReadMessage(v1::ServerMessage* m) { return stream_->Read(m); }
+  // How the last delta read ended: COMMIT or DROP.
+  v1::ServerMessage::Kind last_end() const { return last_end_; }
 
   // The server's final status, after reading whatever it still sends.
   grpc::Status Finish() {
@@ -327,6 +356,7 @@ class TrainStream {
   std::unique_ptr<
       grpc::ClientReaderWriter<v1::WorkerMessage, v1::ServerMessage>>
       stream_;
+  v1::ServerMessage::Kind last_end_ = v1::ServerMessage::CHUNK;
 };
 
 // The same math without the network: the reference a run must equal.

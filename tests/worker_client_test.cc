@@ -22,6 +22,7 @@
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "transport/protocol_version.h"
 
 namespace effadam {
 namespace header_example {
@@ -77,6 +78,7 @@ class FakeServer final : public pb::ParameterServer::Service {
     join_reply.set_num_elements(kElements);
     join_reply.set_max_chunk_bytes(kMaxChunkBytes);
     join_reply.set_expected_workers(1);
+    join_reply.set_protocol(kProtocolVersion);
     const CompressionConfig c = Fp32();
     pb::CompressionSettings* s = join_reply.mutable_compression();
     s->set_worker_codec("fp32");
@@ -102,7 +104,16 @@ class FakeServer final : public pb::ParameterServer::Service {
       m.set_payload(delta.substr(off, kMaxChunkBytes));
       if (!stream->Write(m)) return false;
     }
-    return true;
+    return SendEnd(stream, round, pb::ServerMessage::COMMIT);
+  }
+
+  static bool SendEnd(Stream* stream, int64_t round,
+                      pb::ServerMessage::Kind kind) {
+    pb::ServerMessage m;
+    m.set_round(round);
+    m.set_contributors(1);
+    m.set_kind(kind);
+    return stream->Write(m);
   }
 
   grpc::Status Join(grpc::ServerContext*, const pb::JoinRequest* request,
@@ -375,6 +386,47 @@ TEST_F(WorkerClientTest, RejectsSettingsTheServerShouldHaveRefused) {
   const absl::Status s = c.Join(Layout());
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
   EXPECT_THAT(s.message(), HasSubstr("sign"));
+}
+
+TEST_F(WorkerClientTest, AServerOfAnotherProtocolVersionIsRefusedAtJoin) {
+  fake_.join_reply.clear_protocol();  // a server from before versions
+  StartServer();
+  WorkerClient c(Options());
+  const absl::Status s = c.Join(Layout());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("speaks protocol version 0"));
+}
+
+TEST_F(WorkerClientTest, ADroppedRoundLeavesTheReplicaAndARestartStartsOver) {
+  int rounds = 0;
+  fake_.respond = [&rounds](Stream* stream, int64_t round, const std::string&) {
+    if (++rounds == 1) {
+      return FakeServer::SendEnd(stream, round, pb::ServerMessage::DROP);
+    }
+    // Half of a delta of 9s, then RESTART and the real delta.
+    pb::ServerMessage m;
+    m.set_round(round);
+    m.set_payload(
+        Floats(std::vector<float>(kElements, 9.0f)).substr(0, kMaxChunkBytes));
+    if (!stream->Write(m)) return false;
+    if (!FakeServer::SendEnd(stream, round, pb::ServerMessage::RESTART)) {
+      return false;
+    }
+    return FakeServer::SendDelta(stream, round,
+                                 Floats(std::vector<float>(kElements, 0.5f)));
+  };
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(),
+                                      std::vector<float>(kElements, 2.0f));
+  ASSERT_TRUE(client.ok()) << client.status();
+  WorkerClient& c = **client;
+  const std::vector<float> x(c.params().begin(), c.params().end());
+  ASSERT_TRUE(c.Step(std::vector<float>(kElements, 1.0f), 1).ok());
+  EXPECT_EQ(std::vector<float>(c.params().begin(), c.params().end()), x);
+  EXPECT_EQ(c.round(), 2);
+  ASSERT_TRUE(c.Step(std::vector<float>(kElements, 1.0f), 1).ok());
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(c.params()[i], x[i] - 0.5f);
+  EXPECT_TRUE(c.Finish().ok());
 }
 
 TEST_F(WorkerClientTest, DeltaOfAnotherRoundEndsTheStream) {

@@ -164,6 +164,12 @@ absl::Status ChunkAssembler::Add(int rank, int64_t round, int64_t offset,
     overwrite_ = reusable && rules_.reserve_total &&
                  buffer_->size() == rules_.total_bytes;
     if (!reusable) buffer_ = std::make_shared<std::string>();
+    if (!overwrite_ && rules_.check_segments != nullptr) {
+      // Shared while it fills (PartialBuffer), so its size never changes
+      // under a reader: the whole buffer now, written in place.
+      buffer_->assign(rules_.total_bytes, '\0');
+      overwrite_ = true;
+    }
     if (!overwrite_) {
       buffer_->clear();
       if (rules_.reserve_total) buffer_->reserve(rules_.total_bytes);
@@ -210,6 +216,14 @@ std::string ChunkAssembler::TakeBuffer() {
 
 std::shared_ptr<const std::string> ChunkAssembler::SharedBuffer() const {
   if (!complete()) return nullptr;
+  return buffer_;
+}
+
+std::shared_ptr<const std::string> ChunkAssembler::PartialBuffer() const {
+  if (rules_.check_segments == nullptr || fault_ != ChunkFault::kNone ||
+      received_ == 0) {
+    return nullptr;
+  }
   return buffer_;
 }
 

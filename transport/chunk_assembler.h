@@ -110,6 +110,15 @@ class ChunkAssembler {
   // buffer's first chunk, and takes new memory otherwise, so a holder never
   // sees it change.
   std::shared_ptr<const std::string> SharedBuffer() const;
+  // With check_segments: how many segments, from the first, are complete
+  // and validated, and the buffer they are in, shared while it still fills
+  // (null before the first chunk and after a refusal). It has
+  // total_bytes from the first chunk on and never changes size; bytes past
+  // the validated segments are being written, so a reader on another
+  // thread reads only the segments it was told are in (after the writer
+  // told it, under a lock they share).
+  size_t segments_validated() const { return next_segment_; }
+  std::shared_ptr<const std::string> PartialBuffer() const;
 
  private:
   explicit ChunkAssembler(const ChunkRules& rules);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
 #include "transport/compression_proto.h"
+#include "transport/protocol_version.h"
 #include "worker/retry_backoff.h"
 
 namespace effadam {
@@ -196,6 +197,7 @@ absl::StatusOr<JoinReply> ShardLink::Join(const TensorLayout& layout,
   *request.mutable_layout() = LayoutToProto(layout);
   *request.mutable_compression() = CompressionToProto(compression);
   request.set_rank(claim.rank);
+  request.set_protocol(kProtocolVersion);
   if (claim.replica_round > 0) {
     request.set_replica_round(claim.replica_round);
     request.set_replica_checksum(claim.replica_checksum);
@@ -228,6 +230,14 @@ absl::StatusOr<JoinReply> ShardLink::Join(const TensorLayout& layout,
         s.code(), absl::StrCat("no server answered in time: ", s.message()));
   }
   if (!s.ok()) return s;
+  if (reply.protocol() != kProtocolVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Join: ", address(), " speaks protocol version ", reply.protocol(),
+        " (0: from before versions) but this worker speaks version ",
+        kProtocolVersion,
+        " (deltas segment by segment with a final COMMIT); run the same "
+        "effadam release on both sides"));
+  }
   if (reply.max_chunk_bytes() < 4 ||
       reply.max_chunk_bytes() > kLargestServerChunkBytes) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -376,43 +386,94 @@ absl::Status ShardLink::EndStream(absl::string_view during) {
 absl::Status ShardLink::Exchange(int rank, int64_t round,
                                  absl::string_view update, float loss,
                                  size_t max_chunk_bytes,
-                                 ChunkAssembler* assembler, int* contributors) {
+                                 ChunkAssembler* assembler, int* contributors,
+                                 bool* dropped) {
+  *dropped = false;
+  // The server sends the delta segment by segment while this worker's
+  // update is still going up, so the delta is read on a second thread at
+  // the same time: gRPC allows one reader and one writer on a stream at
+  // once, and the server's writes would otherwise stall on flow control
+  // until the whole update is written.
+  Rpc::Stream& stream = *rpc_->stream;
+  absl::Status bad_delta;  // of the reading thread
+  bool read_ended = false;
+  int64_t read_wire = 0;
+  std::thread reader([&] {
+    assembler->Start(round);
+    pb::ServerMessage reply;
+    const auto refuse = [&](absl::string_view what) {
+      bad_delta =
+          absl::InternalError(absl::StrCat("Train: the delta of round ", round,
+                                           " from ", address(), ": ", what));
+      // Ends the writer's Write too.
+      stream.context->TryCancel();
+    };
+    while (true) {
+      if (!stream.rw->Read(&reply)) {
+        read_ended = true;
+        return;
+      }
+      read_wire += static_cast<int64_t>(reply.ByteSizeLong());
+      switch (reply.kind()) {
+        case pb::ServerMessage::CHUNK:
+          if (absl::Status s = assembler->Add(-1, reply.round(), reply.offset(),
+                                              reply.payload());
+              !s.ok()) {
+            return refuse(s.message());
+          }
+          break;
+        case pb::ServerMessage::RESTART:
+          assembler->Start(round);
+          break;
+        case pb::ServerMessage::COMMIT:
+        case pb::ServerMessage::DROP:
+          if (reply.round() != round) {
+            return refuse(absl::StrCat("its end names round ", reply.round()));
+          }
+          *dropped = reply.kind() == pb::ServerMessage::DROP;
+          if (!*dropped && !assembler->complete()) {
+            return refuse(
+                absl::StrCat("COMMIT after ", assembler->received_bytes(),
+                             " of ", assembler->rules().total_bytes, " bytes"));
+          }
+          *contributors = reply.contributors();
+          return;
+        default:
+          return refuse(absl::StrCat("a message of unknown kind ",
+                                     static_cast<int>(reply.kind()),
+                                     " (a newer protocol?)"));
+      }
+    }
+  });
   pb::WorkerMessage msg;
   msg.set_rank(rank);
   msg.set_round(round);
   size_t offset = 0;
+  bool written = true;
   do {
     const size_t n = std::min(max_chunk_bytes, update.size() - offset);
     msg.set_offset(static_cast<int64_t>(offset));
     msg.set_payload(update.data() + offset, n);
     offset += n;
     msg.set_loss(offset == update.size() ? loss : 0.0f);
-    if (!rpc_->stream->rw->Write(msg)) {
-      return EndStream(absl::StrCat("sending the update of round ", round));
+    written = stream.rw->Write(msg);
+    if (written) {
+      wire_bytes(TrafficDirection::kWorkerToServer) +=
+          static_cast<int64_t>(msg.ByteSizeLong());
     }
-    wire_bytes(TrafficDirection::kWorkerToServer) +=
-        static_cast<int64_t>(msg.ByteSizeLong());
-  } while (offset < update.size());
-
-  // The delta's length follows from the layout and the server codec, so the
-  // last chunk is known without an end marker.
-  assembler->Start(round);
-  pb::ServerMessage reply;
-  while (!assembler->complete()) {
-    if (!rpc_->stream->rw->Read(&reply)) {
-      return EndStream(absl::StrCat("waiting for the delta of round ", round));
-    }
-    wire_bytes(TrafficDirection::kServerToWorker) +=
-        static_cast<int64_t>(reply.ByteSizeLong());
-    if (absl::Status s =
-            assembler->Add(-1, reply.round(), reply.offset(), reply.payload());
-        !s.ok()) {
-      Abandon();
-      return absl::InternalError(absl::StrCat("Train: the delta of round ",
-                                              round, " from ", address(), ": ",
-                                              s.message()));
-    }
-    *contributors = reply.contributors();
+  } while (written && offset < update.size());
+  // A failed Write means the stream is over; the Read fails as well.
+  reader.join();
+  wire_bytes(TrafficDirection::kServerToWorker) += read_wire;
+  if (!bad_delta.ok()) {
+    Abandon();
+    return bad_delta;
+  }
+  if (!written) {
+    return EndStream(absl::StrCat("sending the update of round ", round));
+  }
+  if (read_ended) {
+    return EndStream(absl::StrCat("waiting for the delta of round ", round));
   }
   return absl::OkStatus();
 }

@@ -122,13 +122,18 @@ class ShardLink {
   // Opens the Train stream (no deadline; Cancel ends it).
   absl::Status OpenStream();
   bool stream_open() const;
-  // Sends `update` for `round` in chunks of max_chunk_bytes, then reads the
-  // round's delta into `assembler` (sized for this server's delta) and
-  // *contributors. A broken stream returns EndStream's status; a delta that
-  // does not assemble cancels the stream and is InternalError.
+  // Sends `update` for `round` in chunks of max_chunk_bytes while it reads
+  // the round's delta, which the server sends segment by segment as the
+  // round closes, into `assembler` (sized for this server's delta; a
+  // RESTART starts it again), until the server's COMMIT (the delta is
+  // complete: apply it) or DROP (*dropped: the round was dropped, x stays),
+  // with *contributors. A broken stream returns EndStream's status; a delta
+  // that does not assemble, or an end before it is complete, cancels the
+  // stream and is InternalError. Runs a second thread for the reading.
   absl::Status Exchange(int rank, int64_t round, absl::string_view update,
                         float loss, size_t max_chunk_bytes,
-                        ChunkAssembler* assembler, int* contributors);
+                        ChunkAssembler* assembler, int* contributors,
+                        bool* dropped);
   // Closes this side and waits up to `timeout` (real time: it bounds a
   // wait on the network) for the server's status: OK when it ended the
   // stream cleanly (DeadlineExceeded after the timeout). A link without a

@@ -409,6 +409,9 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
                .substr(s.delta_range.byte_begin, s.delta_range.byte_size));
   };
   std::vector<absl::Status> results(shards_.size());
+  // A shard whose round was dropped (its result was not finite) sends no
+  // delta: its part is zero, as its server's x stays as it was.
+  std::unique_ptr<bool[]> dropped(new bool[shards_.size()]());
   auto exchange = [&](int k) {
     Shard& s = shards_[k];
     if (!s.link->stream_open()) return;  // its server finished training
@@ -417,7 +420,7 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
         absl::string_view(update_).substr(s.update_range.byte_begin,
                                           s.update_range.byte_size),
         loss, static_cast<size_t>(s.max_chunk_bytes), s.delta.get(),
-        &s.contributors);
+        &s.contributors, &dropped[k]);
   };
   link_threads_->Run(exchange);
 
@@ -431,17 +434,22 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
       continue;
     }
     if (r.ok()) {
-      // Shared, not taken: the assembler keeps its memory for the next round.
-      const std::string& part = *s.delta->SharedBuffer();
-      put(s, part);
       const auto fp32 =
           static_cast<int64_t>(sizeof(float) * s.update_range.size);
       DirectionBytes& up = s.payload[TrafficDirection::kWorkerToServer];
       up.payload += static_cast<int64_t>(s.update_range.byte_size);
       up.fp32 += fp32;
-      DirectionBytes& down = s.payload[TrafficDirection::kServerToWorker];
-      down.payload += static_cast<int64_t>(part.size());
-      down.fp32 += fp32;
+      if (dropped[k]) {
+        put_zero(s);
+      } else {
+        // Shared, not taken: the assembler keeps its memory for the next
+        // round.
+        const std::string& part = *s.delta->SharedBuffer();
+        put(s, part);
+        DirectionBytes& down = s.payload[TrafficDirection::kServerToWorker];
+        down.payload += static_cast<int64_t>(part.size());
+        down.fp32 += fp32;
+      }
       ++s.round;
       progressed = true;
     } else if (absl::IsInternal(r) || !Recoverable(r) || cancelled() ||

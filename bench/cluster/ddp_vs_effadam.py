@@ -221,7 +221,12 @@ def run_setting(args, cluster, model, rate, name, mode, shards, steps, warmup,
     """One run; returns (worker results, counters at the marks, server
     summaries, server CPU seconds between the marks, run seconds)."""
     net, n = cluster.net, cluster.workers
-    worker = [PYTHON, os.path.join(HERE, "train_worker.py"), "--mode=" + mode,
+    # An effadam setting of one of --builds ("... @label") runs that
+    # build's server and Python package.
+    name, label = split_build(name)
+    bin_dir = args.builds.get(label, args.bin)
+    worker = ["env", "PYTHONPATH=" + package_of(bin_dir), PYTHON,
+              os.path.join(HERE, "train_worker.py"), "--mode=" + mode,
               "--model=" + model, "--world=%d" % n, "--steps=%d" % steps,
               "--warmup=%d" % warmup, "--eval_every=%d" % eval_every]
     timeout = args.run_timeout
@@ -231,19 +236,21 @@ def run_setting(args, cluster, model, rate, name, mode, shards, steps, warmup,
         servers = []
         if mode == "effadam":
             wcodec, scodec, feedback = EFFADAM_CODECS[name.split(" S=")[0]]
+            chunk_flags = (["--max_chunk_bytes=%d" % args.max_chunk_bytes]
+                           if args.max_chunk_bytes else [])
             codec_flags = ["--worker_codec=" + wcodec,
                            "--server_codec=" + scodec,
                            "--error_feedback=" + feedback]
             for k in range(shards):
                 host = "s%d" % k
                 servers.append(procs.start(net.exec_prefix(host) + [
-                    os.path.join(args.bin, "effadam-server"),
+                    os.path.join(bin_dir, "effadam-server"),
                     "--listen=%s:%d" % (net.ip[host], SERVER_PORT),
                     "--metrics_listen=", "--workers=%d" % n,
                     "--rounds=%d" % steps, "--shard=%d" % k,
                     "--num_shards=%d" % shards, "--seed=1",
                     "--summary_json=" + os.path.join(log_dir, "s%d.json" % k)]
-                    + codec_flags, "s%d" % k))
+                    + codec_flags + chunk_flags, "s%d" % k))
             for s in servers:
                 s.wait_line(r"listening on", deadline)
             worker += ["--server=" + ",".join(
@@ -322,6 +329,7 @@ def timing_row(model, rate, measured_mbit, n, name, shards, res, compute,
         rounds = rounds or results[0]["steps"]
         up = sum(s["bytes_worker_to_server"] for s in summaries) / (rounds * n)
         down = sum(s["bytes_server_to_worker"] for s in summaries) / (rounds * n)
+    name = split_build(name)[0]
     floor_net = network_floor(model, name.split(" S=")[0] if shards else name,
                               n, shards or 1, measured_mbit * 1e6, up, down)
     row["floor_network_seconds"] = round(floor_net, 4)
@@ -346,8 +354,22 @@ def timing_row(model, rate, measured_mbit, n, name, shards, res, compute,
 
 # ------------------------------------------------------------ the plan
 
-def settings_for(n, wanted):
-    """(name, mode, shards) in alternating order: DDP, effadam, DDP, ..."""
+def split_build(name):
+    """("sign/sign+EF S=1", "main") from "sign/sign+EF S=1 @main"; the
+    label is "" without one."""
+    base, _, label = name.partition(" @")
+    return base, label
+
+
+def package_of(bin_dir):
+    """The effadam Python package a build's bin directory goes with."""
+    return os.path.join(os.path.dirname(os.path.abspath(bin_dir)), "python")
+
+
+def settings_for(n, wanted, builds=()):
+    """(name, mode, shards) in alternating order: DDP, effadam, DDP, ...;
+    with several builds, each effadam setting once per build, one after
+    the other ("... @label")."""
     ddp = [s for s in DDP_SETTINGS if s in wanted]
     eff = []
     for codec in EFFADAM_CODECS:
@@ -356,7 +378,9 @@ def settings_for(n, wanted):
         for s in sorted({1, max(2, n // 4)} | extra):
             name = "%s S=%d" % (codec, s)
             if name in wanted or codec in wanted:
-                eff.append((name, "effadam", s))
+                for label in builds or [""]:
+                    eff.append((name + (" @" + label if label else ""),
+                                "effadam", s))
     out = []
     for i in range(max(len(ddp), len(eff))):
         if i < len(ddp):
@@ -369,6 +393,7 @@ def settings_for(n, wanted):
 def steps_for(args, name, model, rate, n):
     """Measured steps: fewer where one step takes long (fp32 parameter
     server on a slow link), so that a run stays within minutes."""
+    name = split_build(name)[0]
     codec = EFFADAM_CODECS.get(name.split(" S=")[0], ("fp32",))[0]
     update = PARAMS[model] * CODEC_BYTES[codec]
     per_step = network_floor(model, name.split(" S=")[0], n,
@@ -384,7 +409,7 @@ def run_timing(args, out, rates, link_rates, rows):
     for rate in rates:
         for model in args.models:
             for n in args.workers:
-                plan = settings_for(n, args.settings)
+                plan = settings_for(n, args.settings, list(args.builds))
                 max_shards = max([s for _, _, s in plan] + [0])
                 try:
                     cluster = Cluster(rate, n, max_shards)
@@ -554,6 +579,15 @@ def main():
     ap.add_argument("--accuracy_settings",
                     default="ddp fp32,ddp fp16,ddp powersgd r4,sign/sign+EF,"
                             "q4/q4+EF")
+    ap.add_argument("--builds", default="",
+                    help="label=bin_dir,...: run every effadam setting with "
+                         "each build in turn (its server and Python "
+                         "package), e.g. main=../main/build/bin,"
+                         "new=build/bin; --bin stays the default")
+    ap.add_argument("--max_chunk_bytes", type=int, default=0,
+                    help="the servers' --max_chunk_bytes (0: their "
+                         "default); a delta goes out segment by segment "
+                         "only in chunks smaller than itself")
     ap.add_argument("--skip", default="", help="local: no compute runs")
     ap.add_argument("--quick", action="store_true",
                     help="the CNN, N=2, 100 Mbit/s, ddp fp32 and "
@@ -565,6 +599,8 @@ def main():
         args.models, args.workers = "cnn", "2"
         args.settings, args.steps, args.warmup = "ddp fp32,sign/sign+EF S=1", 3, 2
         args.link_seconds = 1.5
+    args.builds = dict(item.split("=", 1)
+                       for item in args.builds.split(",") if item)
     args.models = [m for m in args.models.split(",") if m]
     args.workers = [int(w) for w in args.workers.split(",") if w]
     args.settings = set(s.strip() for s in args.settings.split(",") if s)
@@ -591,8 +627,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     # Every worker (and the models, which the cost model reads here): the
     # effadam package of this build; one thread.
-    package = os.path.join(os.path.dirname(os.path.abspath(args.bin)),
-                           "python")
+    package = package_of(args.bin)
     os.environ["PYTHONPATH"] = package
     sys.path.insert(0, package)
     os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
