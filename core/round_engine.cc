@@ -8,6 +8,25 @@
 #include "absl/strings/str_cat.h"
 
 namespace effadam {
+namespace {
+
+// Sum of squares of n floats in double (a large model's sum keeps its small
+// entries) with eight independent lanes combined in a fixed order: the
+// same bits on every run, and not one long chain of dependent adds.
+double SumSquares(const float* v, size_t n) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int l = 0; l < 8; ++l) {
+      lane[l] += static_cast<double>(v[j + l]) * static_cast<double>(v[j + l]);
+    }
+  }
+  for (; j < n; ++j) lane[j % 8] += static_cast<double>(v[j]) * v[j];
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+         ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(
     std::shared_ptr<const UpdateCodec> worker_codec,
@@ -63,6 +82,8 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Restore(
   engine->options_ = options;
   engine->round_ = state.round;
   engine->error_ = std::move(state.error_memory);
+  engine->error_norm_ =
+      std::sqrt(SumSquares(engine->error_.data(), engine->error_.size()));
   engine->sum_.assign(n, 0.0f);
   engine->x_ = std::move(state.params);
   engine->pool_ = std::make_unique<ThreadPool>(options.threads);
@@ -220,7 +241,13 @@ absl::Status RoundEngine::CloseSegment(size_t i, std::string* delta) {
   // they use, so every replica stays bit-identical.
   result.encoded = server_codec_->DecodeAccumulateSegment(
       i, *delta, -1.0f, absl::MakeSpan(staged_x_));
-  if (!result.encoded.ok() || result.safe) return absl::OkStatus();
+  if (!result.encoded.ok()) return absl::OkStatus();
+  if (options_.error_feedback) {
+    // While this segment of E is still in cache (error_memory_norm).
+    result.error_sum_squares =
+        SumSquares(staged_error_.data() + seg.begin, seg.size);
+  }
+  if (result.safe) return absl::OkStatus();
   const auto finite_value = [](float v) { return std::fabs(v) <= FLT_MAX; };
   const auto x_begin = staged_x_.begin() + seg.begin;
   result.result_finite = std::all_of(x_begin, x_begin + seg.size, finite_value);
@@ -260,7 +287,14 @@ absl::Status RoundEngine::FinishClose(std::string* delta, bool* dropped) {
     s = ZeroDelta(delta);
   } else {
     x_.swap(staged_x_);
-    if (options_.error_feedback) error_.swap(staged_error_);
+    if (options_.error_feedback) {
+      error_.swap(staged_error_);
+      double sum_squares = 0;  // in segment order: the same bits every run
+      for (const SegmentClose& c : segment_close_) {
+        sum_squares += c.error_sum_squares;
+      }
+      error_norm_ = std::sqrt(sum_squares);
+    }
   }
   AbortClose();
   if (!s.ok()) return s;

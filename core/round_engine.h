@@ -131,6 +131,9 @@ class RoundEngine {
 
   absl::Span<const float> params() const { return x_; }
   absl::Span<const float> error_memory() const { return error_; }
+  // ||E||, kept up to date as rounds close (summed segment by segment
+  // while each is in cache), so that monitoring needs no pass over E.
+  double error_memory_norm() const { return error_norm_; }
   const UpdateCodec& worker_codec() const { return *worker_codec_; }
   const UpdateCodec& server_codec() const { return *server_codec_; }
 
@@ -146,6 +149,7 @@ class RoundEngine {
     bool safe = true;
     absl::Status encoded;
     bool result_finite = true;
+    double error_sum_squares = 0;  // of the staged E's segment
   };
   // Counts a dropped round; *delta = the encoding of a zero delta.
   absl::Status ZeroDelta(std::string* delta);
@@ -155,6 +159,7 @@ class RoundEngine {
   RoundEngineOptions options_;
   int64_t round_ = 1;
   int64_t dropped_rounds_ = 0;
+  double error_norm_ = 0;
   std::vector<float> x_;
   std::vector<float> error_;
   std::vector<float> sum_;  // scratch for the average

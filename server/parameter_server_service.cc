@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <new>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -368,7 +369,15 @@ absl::Status ParameterServerService::RunTrain(
     // The delta goes out on a second thread while the update comes in.
     std::atomic<bool> stop{false};
     absl::Status sent;
-    std::thread sender([&] { sent = SendRound(call, stream, round, stop); });
+    std::thread sender;
+    try {
+      sender =
+          std::thread([&] { sent = SendRound(call, stream, round, stop); });
+    } catch (const std::system_error& e) {
+      // Out of threads (a pids limit): this stream ends, the server goes on.
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "no thread to send the delta of round ", round, ": ", e.what()));
+    }
     absl::StatusOr<std::shared_ptr<const std::string>> update = reader->Read(
         stream, round, msg, count_up,
         [&](const std::shared_ptr<const std::string>& buffer, size_t segments) {

@@ -346,15 +346,7 @@ void RoundCoordinator::Finish() {
   stats.lagging_workers = lagging;
   stats.duration_seconds = absl::ToDoubleSeconds(now - round_opened_at_);
   stats.train_loss = last_loss_;
-  // O(n) per round, so only for an observer that listens; double, so that
-  // a large model's sum of squares keeps the small entries.
-  if (&observer_ != &ServerObserver::None()) {
-    double sum_squares = 0;
-    for (float e : engine_->error_memory()) {
-      sum_squares += static_cast<double>(e) * static_cast<double>(e);
-    }
-    stats.error_memory_norm = std::sqrt(sum_squares);
-  }
+  stats.error_memory_norm = engine_->error_memory_norm();
   stats.dropped = dropped;
   observer_.OnRoundClosed(stats);
 

@@ -95,6 +95,44 @@ TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
   }
 }
 
+// The norm kept for monitoring is ||E|| of the E the engine holds: after
+// committed rounds, after a dropped one (E unchanged), and after a restore.
+TEST(RoundEngine, KeepsTheNormOfTheErrorMemory) {
+  const auto norm = [](absl::Span<const float> e) {
+    double s = 0;
+    for (float v : e) s += static_cast<double>(v) * v;
+    return std::sqrt(s);
+  };
+  Fixture f = Make("fp32", "sign");
+  EXPECT_EQ(f.engine->error_memory_norm(), 0.0);
+  for (int round = 1; round <= 3; ++round) {
+    ASSERT_TRUE(
+        f.engine->Submit(0, round, Encode(*f.worker, Random(3000, round)))
+            .ok());
+    ASSERT_TRUE(f.engine->CloseRound().ok());
+    EXPECT_GT(f.engine->error_memory_norm(), 0.0);
+    EXPECT_NEAR(f.engine->error_memory_norm(), norm(f.engine->error_memory()),
+                1e-12 * norm(f.engine->error_memory()));
+  }
+  const double before = f.engine->error_memory_norm();
+  std::vector<float> huge(3000, FLT_MAX);
+  ASSERT_TRUE(f.engine->Submit(0, 4, Encode(*f.worker, huge)).ok());
+  ASSERT_TRUE(f.engine->Submit(1, 4, Encode(*f.worker, huge)).ok());
+  ASSERT_TRUE(f.engine->CloseRound().ok());
+  ASSERT_EQ(f.engine->dropped_rounds(), 1);
+  EXPECT_EQ(f.engine->error_memory_norm(), before);
+
+  RoundEngineState state;
+  state.round = f.engine->round();
+  state.params.assign(f.engine->params().begin(), f.engine->params().end());
+  state.error_memory.assign(f.engine->error_memory().begin(),
+                            f.engine->error_memory().end());
+  auto restored = RoundEngine::Restore(f.worker, f.server, std::move(state),
+                                       RoundEngineOptions());
+  ASSERT_TRUE(restored.ok());
+  EXPECT_NEAR((*restored)->error_memory_norm(), before, 1e-12 * before);
+}
+
 TEST(RoundEngine, WithoutFeedbackTheErrorMemoryStaysZero) {
   Fixture f = Make("fp32", "sign", /*error_feedback=*/false);
   ASSERT_TRUE(f.engine->Submit(0, 1, Encode(*f.worker, Random(3000, 1))).ok());
