@@ -147,6 +147,11 @@ class ParameterServer {
   ~ParameterServer();
 
   const ServerOptions& options() const { return options_; }
+  // What the options name, or their defaults where they name none (the
+  // system clock, no log, no observer).
+  const Clock& clock() const { return clock_; }
+  Logger& logger() const { return logger_; }
+  ServerObserver& observer() const { return observer_; }
 
   // ---- Join
   struct JoinArgs {

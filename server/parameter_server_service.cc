@@ -64,11 +64,9 @@ ParameterServerService::ParameterServerService(
     std::unique_ptr<ParameterServer> server)
     : server_(std::move(server)),
       options_(server_->options()),
-      clock_(options_.clock != nullptr ? *options_.clock : Clock::Real()),
-      logger_(options_.logger != nullptr ? *options_.logger
-                                         : Logger::Discard()),
-      observer_(options_.observer != nullptr ? *options_.observer
-                                             : ServerObserver::None()),
+      clock_(server_->clock()),
+      logger_(server_->logger()),
+      observer_(server_->observer()),
       rejection_log_(/*burst=*/20, absl::Seconds(10)),
       delta_messages_(options_.max_chunk_bytes) {}
 
