@@ -337,38 +337,6 @@ absl::Status ParameterServer::CheckRound(int rank, int64_t round) const {
   return rounds_.CheckRound(rank, round);
 }
 
-absl::StatusOr<ClosedRound> ParameterServer::SubmitAndWait(
-    int rank, int64_t round, std::shared_ptr<const std::string> update,
-    float loss, const ServerCall& call) {
-  const int64_t size = static_cast<int64_t>(update->size());
-  absl::MutexLock lock(&mu_);
-  if (absl::Status s = ServingLocked(); !s.ok()) return s;
-  const int64_t fp32 = static_cast<int64_t>(
-      rounds_.engine()->worker_codec().num_elements() * sizeof(float));
-  if (absl::Status s = rounds_.Accept(rank, round, std::move(update),
-                                      /*validated=*/true, loss);
-      !s.ok()) {
-    return s;
-  }
-  CountPayloadLocked(TrafficDirection::kWorkerToServer, size, fp32);
-  changed_.SignalAll();
-  while (true) {
-    if (std::optional<absl::StatusOr<ClosedRound>> outcome =
-            rounds_.Outcome(round)) {
-      return *std::move(outcome);
-    }
-    if (shutting_down_) {
-      return absl::UnavailableError("the server is shutting down");
-    }
-    if (call.IsCancelled()) {
-      return absl::CancelledError("the worker cancelled its Train stream");
-    }
-    TickLocked();
-    if (rounds_.Outcome(round).has_value()) continue;
-    WaitLocked(rounds_.TimeoutAt().value_or(absl::InfiniteFuture()));
-  }
-}
-
 void ParameterServer::DeltaSent(const ClosedRound& closed) {
   absl::MutexLock lock(&mu_);
   CountPayloadLocked(

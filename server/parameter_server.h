@@ -136,7 +136,7 @@ class ServerCall {
 // real time to notice a cancelled call.
 //
 // Thread-safe: every method may be called from any thread; the waiting
-// ones (SubmitAndWait, AwaitDelta, WaitForParams, WaitUntilDone) block
+// ones (AwaitDelta, WaitForParams, WaitUntilDone) block
 // only their caller.
 class ParameterServer {
  public:
@@ -219,11 +219,6 @@ class ParameterServer {
   // Whether an update of `rank` for `round` can be taken now (fail fast
   // before reading a whole update).
   absl::Status CheckRound(int rank, int64_t round) const;
-  // Takes a complete, validated update, then waits until `round` is
-  // closed; returns its delta.
-  absl::StatusOr<ClosedRound> SubmitAndWait(
-      int rank, int64_t round, std::shared_ptr<const std::string> update,
-      float loss, const ServerCall& call);
   // `closed`'s delta went out on a stream whole; counts it.
   void DeltaSent(const ClosedRound& closed);
 

@@ -5,7 +5,9 @@
 #include "server/parameter_server.h"
 
 #include <atomic>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,6 +78,27 @@ std::shared_ptr<const std::string> Encoded(const ParameterServer& ps,
   return out;
 }
 
+// What the service does on a Train stream, on one thread: the whole update
+// of `rank` for `round` at once, then the wait for the round's delta.
+absl::StatusOr<ClosedRound> SubmitAndAwait(
+    ParameterServer& ps, int rank, int64_t round,
+    std::shared_ptr<const std::string> update, float loss,
+    const ServerCall& call) {
+  const size_t segments = ps.worker_codec()->segments().size();
+  if (absl::Status s = ps.SubmitProgress(rank, round, update, segments, loss);
+      !s.ok()) {
+    return s;
+  }
+  const std::atomic<bool> stop{false};
+  while (true) {
+    absl::StatusOr<std::optional<ParameterServer::DeltaProgress>> p =
+        ps.AwaitDelta(round, /*attempt=*/-1, std::numeric_limits<size_t>::max(),
+                      call, stop);
+    if (!p.ok()) return p.status();
+    if (p->has_value() && (*p)->closed.has_value()) return *(*p)->closed;
+  }
+}
+
 TEST(ParameterServer, TwoUpdatesCloseARoundWithTheirAverage) {
   FakeClock clock;
   auto ps = *ParameterServer::Create(Fp32Options(2, clock));
@@ -85,10 +108,11 @@ TEST(ParameterServer, TwoUpdatesCloseARoundWithTheirAverage) {
   FakeCall call0, call1;
   absl::StatusOr<ClosedRound> closed0;
   std::thread worker0([&] {
-    closed0 = ps->SubmitAndWait(0, 1, Encoded(*ps, Filled(1.0f)), 0.5f, call0);
+    closed0 =
+        SubmitAndAwait(*ps, 0, 1, Encoded(*ps, Filled(1.0f)), 0.5f, call0);
   });
   absl::StatusOr<ClosedRound> closed1 =
-      ps->SubmitAndWait(1, 1, Encoded(*ps, Filled(2.0f)), 1.5f, call1);
+      SubmitAndAwait(*ps, 1, 1, Encoded(*ps, Filled(2.0f)), 1.5f, call1);
   worker0.join();
   ASSERT_TRUE(closed0.ok()) << closed0.status();
   ASSERT_TRUE(closed1.ok()) << closed1.status();
@@ -115,7 +139,7 @@ TEST(ParameterServer, ARoundClosesOnTheClockWithTheRanksPresent) {
   std::atomic<bool> done{false};
   absl::StatusOr<ClosedRound> closed;
   std::thread worker([&] {
-    closed = ps->SubmitAndWait(0, 1, Encoded(*ps, Filled(1.0f)), 0, call);
+    closed = SubmitAndAwait(*ps, 0, 1, Encoded(*ps, Filled(1.0f)), 0, call);
     done = true;
   });
   // Just short of the timeout the round stays open.
@@ -193,7 +217,7 @@ class StartedServer : public ::testing::Test {
     ASSERT_TRUE(ps_->BeginTrain(0).ok());
   }
   absl::StatusOr<ClosedRound> Submit(const FakeCall& call) {
-    return ps_->SubmitAndWait(0, 1, Encoded(*ps_, Filled(1.0f)), 0, call);
+    return SubmitAndAwait(*ps_, 0, 1, Encoded(*ps_, Filled(1.0f)), 0, call);
   }
 
   FakeClock clock_;
