@@ -44,6 +44,13 @@ class PyWorkerClient {
   void Join(const TensorLayout& layout);
   void Start(pybind11::handle initial_params);
   void Step(pybind11::handle grad, float loss);
+  // The bucketed step (WorkerClient::BeginStep, AddGradient, EndStep).
+  // add_gradient runs the ready parts' Adam step and encoding without the
+  // GIL; end_step blocks as step does, and its time is the step's in the
+  // metrics (what the round adds after the last gradient).
+  void BeginStep();
+  void AddGradient(size_t begin, pybind11::handle grad);
+  void EndStep(float loss);
   void Run(int64_t last_round, pybind11::function gradient);
   void Finish();
   void Cancel();

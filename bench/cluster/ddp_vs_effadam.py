@@ -66,6 +66,8 @@ DDP_SETTINGS = {
 }
 EFFADAM_CODECS = {
     "sign/sign+EF": ("sign", "sign", "both"),
+    # The same, with the update sent during backward (overlap_backward).
+    "sign/sign+EF bucketed": ("sign", "sign", "both"),
     "q4/q4+EF": ("q4", "q4", "both"),
     "fp32/fp32": ("fp32", "fp32", "both"),
 }
@@ -256,6 +258,8 @@ def run_setting(args, cluster, model, rate, name, mode, shards, steps, warmup,
             worker += ["--server=" + ",".join(
                 "%s:%d" % (net.ip["s%d" % k], SERVER_PORT)
                 for k in range(shards))] + codec_flags
+            if name.split(" S=")[0].endswith(" bucketed"):
+                worker.append("--overlap_backward")
         elif mode == "ddp":
             # A new port each run: the last run's may be in TIME_WAIT.
             cluster.port = getattr(cluster, "port", 29400) + 1
