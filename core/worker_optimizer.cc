@@ -170,9 +170,9 @@ absl::Status WorkerOptimizer::BeginUpdate(std::string* update) {
     p.step = static_cast<float>(p.lr / (1.0 - p.beta1_power));
     p.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - p.beta2_power));
   }
-  p.seed =
-      options_.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(p.t)) ^
-      (0xc2b2ae3d27d4eb4fULL * static_cast<uint64_t>(options_.rank + 1));
+  p.seed = options_.seed ^
+           (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(p.t)) ^
+           (0xc2b2ae3d27d4eb4fULL * static_cast<uint64_t>(options_.rank + 1));
   update->resize(worker_codec_->encoded_size());
   p.out = reinterpret_cast<uint8_t*>(update->data());
   p.done.assign(tasks_.size(), false);
@@ -181,8 +181,8 @@ absl::Status WorkerOptimizer::BeginUpdate(std::string* update) {
   return absl::OkStatus();
 }
 
-absl::Status WorkerOptimizer::ComputeUpdateParts(
-    absl::Span<const size_t> parts, absl::Span<const float> grad) {
+absl::Status WorkerOptimizer::ComputeUpdateParts(absl::Span<const size_t> parts,
+                                                 absl::Span<const float> grad) {
   if (!pending_.has_value()) {
     return absl::FailedPreconditionError(
         "ComputeUpdateParts: call BeginUpdate first");
@@ -194,21 +194,22 @@ absl::Status WorkerOptimizer::ComputeUpdateParts(
   std::vector<bool> asked(tasks_.size(), false);
   for (size_t k : parts) {
     if (k >= tasks_.size() || pending_->done[k] || asked[k]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "update part ", k, " of ", tasks_.size(),
-          " is out of range or computed already in this step"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("update part ", k, " of ", tasks_.size(),
+                       " is out of range or computed already in this step"));
     }
     asked[k] = true;
   }
-  absl::Status finite = ForEachSegment(parts.size(), pool_.get(), [&](size_t i) {
-    const Task& task = tasks_[parts[i]];
-    if (Arr(grad, task.begin, task.end - task.begin).isFinite().all()) {
-      return absl::OkStatus();
-    }
-    return absl::InvalidArgumentError(
-        absl::StrCat("gradient holds NaN or Inf in elements [", task.begin,
-                     ", ", task.end, ")"));
-  });
+  absl::Status finite =
+      ForEachSegment(parts.size(), pool_.get(), [&](size_t i) {
+        const Task& task = tasks_[parts[i]];
+        if (Arr(grad, task.begin, task.end - task.begin).isFinite().all()) {
+          return absl::OkStatus();
+        }
+        return absl::InvalidArgumentError(
+            absl::StrCat("gradient holds NaN or Inf in elements [", task.begin,
+                         ", ", task.end, ")"));
+      });
   if (!finite.ok()) return finite;
   absl::Status s = ForEachSegment(parts.size(), pool_.get(), [&](size_t i) {
     return RunPart(parts[i], grad);

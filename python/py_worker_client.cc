@@ -153,6 +153,11 @@ void PyWorkerClient::Step(py::handle grad, float loss) {
   FloatsIn g = ToFloats(grad, "grad");
   const absl::Time start = absl::Now();
   const absl::Status s = Blocking([&] { return client_->Step(g.span, loss); });
+  RecordStepAndThrow(s, start, loss);
+}
+
+void PyWorkerClient::RecordStepAndThrow(const absl::Status& s, absl::Time start,
+                                        float loss) {
   if (metrics_ != nullptr && s.ok()) {
     metrics_->RecordStep(*client_, absl::ToDoubleSeconds(absl::Now() - start),
                          loss);
@@ -178,13 +183,7 @@ void PyWorkerClient::AddGradient(size_t begin, py::handle grad) {
 void PyWorkerClient::EndStep(float loss) {
   const absl::Time start = absl::Now();
   const absl::Status s = Blocking([&] { return client_->EndStep(loss); });
-  if (metrics_ != nullptr && s.ok()) {
-    metrics_->RecordStep(*client_, absl::ToDoubleSeconds(absl::Now() - start),
-                         loss);
-  } else {
-    SyncMetrics();
-  }
-  ThrowIfError(s);
+  RecordStepAndThrow(s, start, loss);
 }
 
 void PyWorkerClient::Run(int64_t last_round, py::function gradient) {

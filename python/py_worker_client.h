@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "metrics/worker_metrics.h"
 #include "worker/worker_client.h"
 
@@ -72,6 +73,10 @@ class PyWorkerClient {
 
   // Brings the metrics' byte counters to the client's counts.
   void SyncMetrics();
+  // After a step that began at `start` and ended with `s`: the step's
+  // duration and loss into the metrics if it went through (else the
+  // counters), then raises `s` if it is an error.
+  void RecordStepAndThrow(const absl::Status& s, absl::Time start, float loss);
 
   std::unique_ptr<WorkerClient> client_;
   std::atomic<bool> busy_{false};

@@ -639,7 +639,6 @@ TEST_F(WorkerClientTest, CancelStopsWaitingForAServerThatIsNotThere) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
 }
 
-
 // Three tensors, so three update parts of 16, 16 and 8 bytes (fp32): the
 // chunks of 16 bytes each hold one part.
 TensorLayout ThreeTensors() {
@@ -698,8 +697,7 @@ TEST_F(WorkerClientTest, BucketedStepSendsEachChunkOnceItsGradientIsIn) {
     EXPECT_FALSE(c.step_open());
   }
   EXPECT_EQ(c.round(), 4);
-  const std::vector<pb::WorkerMessage> bucketed_messages =
-      MessagesSoFar(fake_);
+  const std::vector<pb::WorkerMessage> bucketed_messages = MessagesSoFar(fake_);
   const std::vector<float> bucketed_params(c.params().begin(),
                                            c.params().end());
   const WorkerOptimizer::State bucketed_state = c.optimizer()->state();
@@ -730,19 +728,26 @@ TEST_F(WorkerClientTest, BucketedStepSendsEachChunkOnceItsGradientIsIn) {
   EXPECT_EQ(bucketed_state.m, stepped_state.m);
   EXPECT_EQ(bucketed_state.v, stepped_state.v);
   EXPECT_EQ(bucketed_state.e, stepped_state.e);
-  EXPECT_EQ(bucketed_traffic.up().payload,
-            (*stepped)->traffic().up().payload);
+  EXPECT_EQ(bucketed_traffic.up().payload, (*stepped)->traffic().up().payload);
   EXPECT_EQ(bucketed_traffic.down().payload,
             (*stepped)->traffic().down().payload);
   EXPECT_TRUE((*stepped)->Finish().ok());
 }
 
+// A client of three tensors (x0 zeros) connected to the fake server.
+std::unique_ptr<WorkerClient> ConnectThreeTensors(
+    const WorkerClientOptions& options) {
+  auto client = WorkerClient::Connect(options, ThreeTensors(),
+                                      std::vector<float>(kElements));
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
 TEST_F(WorkerClientTest, BucketedStepRefusesBadRangesAndEndsWhenOneIsMissing) {
   StartServer();
-  auto client = WorkerClient::Connect(Options(), ThreeTensors(),
-                                      std::vector<float>(kElements));
-  ASSERT_TRUE(client.ok()) << client.status();
-  WorkerClient& c = **client;
+  std::unique_ptr<WorkerClient> client = ConnectThreeTensors(Options());
+  ASSERT_NE(client, nullptr);
+  WorkerClient& c = *client;
   const std::vector<float> g(kElements, 1.0f);
   EXPECT_EQ(c.AddGradient(0, g).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(c.EndStep(1).code(), absl::StatusCode::kFailedPrecondition);
@@ -777,10 +782,9 @@ TEST_F(WorkerClientTest, BucketedStepRefusesBadRangesAndEndsWhenOneIsMissing) {
 
 TEST_F(WorkerClientTest, CancelEndsABucketedStepWaitingForGradients) {
   StartServer();
-  auto client = WorkerClient::Connect(Options(), ThreeTensors(),
-                                      std::vector<float>(kElements));
-  ASSERT_TRUE(client.ok()) << client.status();
-  WorkerClient& c = **client;
+  std::unique_ptr<WorkerClient> client = ConnectThreeTensors(Options());
+  ASSERT_NE(client, nullptr);
+  WorkerClient& c = *client;
   const std::vector<float> g(kElements, 1.0f);
   ASSERT_TRUE(c.BeginStep().ok());
   ASSERT_TRUE(c.AddGradient(0, absl::MakeSpan(g).subspan(0, 4)).ok());
@@ -792,11 +796,10 @@ TEST_F(WorkerClientTest, CancelEndsABucketedStepWaitingForGradients) {
 
 TEST_F(WorkerClientTest, DestroyingAClientAbandonsItsOpenBucketedStep) {
   StartServer();
-  auto client = WorkerClient::Connect(Options(), ThreeTensors(),
-                                      std::vector<float>(kElements));
-  ASSERT_TRUE(client.ok()) << client.status();
-  ASSERT_TRUE((*client)->BeginStep().ok());
-  client->reset();  // joins the step's thread, which waits for gradients
+  std::unique_ptr<WorkerClient> client = ConnectThreeTensors(Options());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->BeginStep().ok());
+  client.reset();  // joins the step's thread, which waits for gradients
   absl::MutexLock lock(&fake_.mu);
   EXPECT_TRUE(fake_.messages.empty());
 }

@@ -573,9 +573,9 @@ absl::Status WorkerClient::AddGradient(size_t begin,
   const bool overlaps_before =
       after != received_.begin() && std::prev(after)->second > begin;
   if (overlaps_before || (after != received_.end() && after->first < end)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "AddGradient: elements [", begin, ", ", end,
-        ") overlap a range given before in this step"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("AddGradient: elements [", begin, ", ", end,
+                     ") overlap a range given before in this step"));
   }
   for (size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
@@ -605,8 +605,7 @@ absl::Status WorkerClient::AddGradient(size_t begin,
     if (part_missing_[k] == 0) ready.push_back(k);
   }
   if (ready.empty()) return absl::OkStatus();
-  if (absl::Status s = optimizer_->ComputeUpdateParts(ready, grad_);
-      !s.ok()) {
+  if (absl::Status s = optimizer_->ComputeUpdateParts(ready, grad_); !s.ok()) {
     return AbandonStep(absl::InternalError(
         absl::StrCat("AddGradient, encoding the update: ", s.message())));
   }
@@ -621,7 +620,8 @@ absl::Status WorkerClient::AddGradient(size_t begin,
     const ShardRange& r = shards_[k].update_range;
     size_t& next = next_part_[k];
     while (next < part_missing_.size() && part_missing_[next] == 0 &&
-           optimizer_->update_part(next).byte_begin < r.byte_begin + r.byte_size) {
+           optimizer_->update_part(next).byte_begin <
+               r.byte_begin + r.byte_size) {
       ++next;
     }
     const size_t final_end =
@@ -648,8 +648,9 @@ absl::Status WorkerClient::EndStep(float loss) {
       first = e;
     }
     return AbandonStep(absl::InvalidArgumentError(absl::StrCat(
-        "EndStep: ", missing_, " gradient elements never arrived (the first: ",
-        first, "); the update could not be completed and this worker left "
+        "EndStep: ", missing_,
+        " gradient elements never arrived (the first: ", first,
+        "); the update could not be completed and this worker left "
         "training")));
   }
   {

@@ -365,8 +365,14 @@ class EfficientAdam(torch.optim.Optimizer):
         with torch.no_grad():
             self._gather(grads)
         self._send_lr(lr)
+        return self._round(lambda: self._client.step(self._grad, reported),
+                           loss)
+
+    def _round(self, run, loss):
+        """Runs the round (`run`) and writes x back; once the server has
+        ended training, leaves the parameters and sets server_finished."""
         try:
-            self._client.step(self._grad, reported)
+            run()
         except _effadam.StatusError as e:
             if e.code != _effadam.StatusCode.OUT_OF_RANGE:
                 raise
@@ -587,20 +593,15 @@ class EfficientAdam(torch.optim.Optimizer):
         the round's delta is awaited and written back."""
         if self.server_finished:
             return loss
-        try:
+
+        def run():
             if not self._client.step_open:
                 self._begin_overlapped_step()
             for i in range(len(self._params)):
                 if not self._sent[i]:
                     self._send_gradient(i)
             self._client.end_step(reported)
-        except _effadam.StatusError as e:
-            if e.code != _effadam.StatusCode.OUT_OF_RANGE:
-                raise
-            self.server_finished = True
-            return loss
-        self._write_back()
-        return loss
+        return self._round(run, loss)
 
     def _check_settings(self):
         """The lr of this step; ValueError for a bad one or for a changed
