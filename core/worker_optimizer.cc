@@ -131,7 +131,7 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
   const float b2 = o.beta2_schedule == Beta2Schedule::kConstant
                        ? o.beta2
                        : 1.0f - o.theta / static_cast<float>(t);
-  const float lr = ScheduledLr(o, lr_, t);
+  const float lr = ScheduledLr(o, lr_, schedule_step_ > 0 ? schedule_step_ : t);
   const double beta1_power = beta1_power_ * b1;
   const double beta2_power = beta2_power_ * b2;
 
@@ -183,6 +183,15 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
   t_ = t;
   beta1_power_ = beta1_power;
   beta2_power_ = beta2_power;
+  return absl::OkStatus();
+}
+
+absl::Status WorkerOptimizer::SetScheduleStep(int64_t step) {
+  if (step < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("schedule step ", step, " is negative"));
+  }
+  schedule_step_ = step;
   return absl::OkStatus();
 }
 

@@ -392,6 +392,11 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
     if (phase_ == Phase::kDone && !final_status_.ok()) return final_status_;
     return absl::FailedPreconditionError("Step: call Start first");
   }
+  // The run's round drives the learning-rate schedule: a worker that
+  // joined or restarted mid-run would otherwise start it over.
+  if (absl::Status s = optimizer_->SetScheduleStep(round()); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = optimizer_->ComputeUpdate(grad, &update_); !s.ok()) {
     return s;
   }
