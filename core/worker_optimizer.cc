@@ -160,7 +160,7 @@ absl::Status WorkerOptimizer::BeginUpdate(std::string* update) {
   p.b2 = o.beta2_schedule == Beta2Schedule::kConstant
              ? o.beta2
              : 1.0f - o.theta / static_cast<float>(p.t);
-  p.lr = ScheduledLr(o, lr_, p.t);
+  p.lr = ScheduledLr(o, lr_, schedule_step_ > 0 ? schedule_step_ : p.t);
   p.beta1_power = beta1_power_ * p.b1;
   p.beta2_power = beta2_power_ * p.b2;
   // PyTorch's form: d = (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps).
@@ -267,6 +267,15 @@ absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad) {
       return st;
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerOptimizer::SetScheduleStep(int64_t step) {
+  if (step < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("schedule step ", step, " is negative"));
+  }
+  schedule_step_ = step;
   return absl::OkStatus();
 }
 

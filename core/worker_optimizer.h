@@ -96,6 +96,15 @@ class WorkerOptimizer {
   // The base learning rate the schedule scales (options.adam.lr at first).
   float lr() const { return lr_; }
 
+  // The step the learning-rate schedule (options.adam.lr_schedule) reads
+  // for the following steps, counted from 1: the round of the run, which a
+  // worker that joined or restarted mid-run (its own step count starts
+  // over with fresh m, v and e) must follow, not its own count. 0 (the
+  // default): the optimizer's own step count. Bias correction and the
+  // beta2 schedule always read the own count: they belong to m and v.
+  // Equal counts give the same bits. InvalidArgument for a negative step.
+  absl::Status SetScheduleStep(int64_t step);
+
   // Sets the base learning rate of the following steps: what a per-round
   // learning-rate schedule outside the library (a torch LR scheduler) does.
   // 0 is allowed (a warm-up's first step); NaN, Inf or a negative value is
@@ -155,6 +164,7 @@ class WorkerOptimizer {
   std::shared_ptr<const UpdateCodec> server_codec_;
   Options options_;
   int64_t t_ = 0;
+  int64_t schedule_step_ = 0;  // 0: t_ + 1
   float lr_ = 0.0f;
   double beta1_power_ = 1.0;  // prod of b1 over steps, for bias correction
   double beta2_power_ = 1.0;  // prod of b2_t over steps

@@ -142,11 +142,12 @@ absl::Status WriteDelta(TrainStream* stream,
 
 absl::Status WriteRoundMark(TrainStream* stream, int64_t round,
                             v1::ServerMessage::Kind kind, int contributors,
-                            int64_t* wire_bytes) {
+                            int64_t update_taken_into, int64_t* wire_bytes) {
   v1::ServerMessage msg;
   msg.set_round(round);
   msg.set_kind(kind);
   msg.set_contributors(contributors);
+  msg.set_update_taken_into(update_taken_into);
   if (!stream->Write(msg)) {
     return absl::CancelledError(absl::StrCat(
         "the worker went away before the end of round ", round, " was sent"));

@@ -112,10 +112,11 @@ absl::Status WriteDelta(TrainStream* stream,
                         const std::vector<v1::ServerMessage>& messages,
                         size_t begin, size_t end, int64_t* wire_bytes);
 // Writes the message without payload that ends a round's delta or restarts
-// it (COMMIT, DROP, RESTART), counted the same way.
+// it (COMMIT, DROP, RESTART), counted the same way; `update_taken_into`
+// (COMMIT, DROP; else 0): the round the worker's late update went into.
 absl::Status WriteRoundMark(TrainStream* stream, int64_t round,
                             v1::ServerMessage::Kind kind, int contributors,
-                            int64_t* wire_bytes);
+                            int64_t update_taken_into, int64_t* wire_bytes);
 
 }  // namespace effadam
 

@@ -331,10 +331,11 @@ std::shared_ptr<const UpdateCodec> ParameterServer::worker_codec() const {
   return model_.has_value() ? model_->codecs.worker : nullptr;
 }
 
-absl::Status ParameterServer::CheckRound(int rank, int64_t round) const {
+absl::StatusOr<int64_t> ParameterServer::PlaceUpdate(int rank,
+                                                     int64_t round) const {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = ServingLocked(); !s.ok()) return s;
-  return rounds_.CheckRound(rank, round);
+  return rounds_.PlaceUpdate(rank, round);
 }
 
 void ParameterServer::DeltaSent(const ClosedRound& closed) {

@@ -222,8 +222,10 @@ class ParameterServer {
   // The codec every update must be read with; fixed once x exists.
   std::shared_ptr<const UpdateCodec> worker_codec() const;
   // Whether an update of `rank` for `round` can be taken now (fail fast
-  // before reading a whole update).
-  absl::Status CheckRound(int rank, int64_t round) const;
+  // before reading a whole update), and the round it counts in
+  // (RoundCoordinator::PlaceUpdate): `round`, or the current round for a
+  // late one.
+  absl::StatusOr<int64_t> PlaceUpdate(int rank, int64_t round) const;
   // `closed`'s delta went out on a stream whole; counts it.
   void DeltaSent(const ClosedRound& closed);
 

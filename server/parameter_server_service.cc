@@ -121,9 +121,8 @@ absl::Status ParameterServerService::DoJoin(const v1::JoinRequest& request,
         absl::FailedPreconditionError(absl::StrCat(
             "the worker speaks protocol version ", request.protocol(),
             " (0: from before versions) but this server speaks version ",
-            kProtocolVersion,
-            " (deltas segment by segment with a final COMMIT); run the same "
-            "effadam release on both sides")));
+            kProtocolVersion, " (", kProtocolChange,
+            "); run the same effadam release on both sides")));
   }
   if (absl::Status s = CheckCompressionMatches(
           request.compression(), options_.compression, "server", "worker");
@@ -289,6 +288,7 @@ absl::Status ParameterServerService::DoFetchParams(
 absl::Status ParameterServerService::SendRound(const ServerCall& call,
                                                TrainStream* stream,
                                                int64_t round,
+                                               int64_t update_taken_into,
                                                const std::atomic<bool>& stop) {
   const size_t chunk = options_.max_chunk_bytes;
   int attempt = -1;  // the attempt whose chunks are being sent; -1: none
@@ -305,7 +305,7 @@ absl::Status ParameterServerService::SendRound(const ServerCall& call,
     absl::Status s;
     if (p.closed && p.closed->dropped) {
       s = WriteRoundMark(stream, round, v1::ServerMessage::DROP,
-                         p.closed->contributors, &wire);
+                         p.closed->contributors, update_taken_into, &wire);
       server_->CountWire(TrafficDirection::kServerToWorker, wire);
       return s;
     }
@@ -316,7 +316,8 @@ absl::Status ParameterServerService::SendRound(const ServerCall& call,
                              p.ready_bytes, 0};
     // The round started again over fewer updates: what was sent is void.
     if (attempt >= 0 && view.attempt != attempt && sent > 0) {
-      s = WriteRoundMark(stream, round, v1::ServerMessage::RESTART, 0, &wire);
+      s = WriteRoundMark(stream, round, v1::ServerMessage::RESTART, 0, 0,
+                         &wire);
       sent = 0;
     }
     attempt = view.attempt;
@@ -327,7 +328,7 @@ absl::Status ParameterServerService::SendRound(const ServerCall& call,
     sent = ready;
     if (s.ok() && p.closed) {
       s = WriteRoundMark(stream, round, v1::ServerMessage::COMMIT,
-                         p.closed->contributors, &wire);
+                         p.closed->contributors, update_taken_into, &wire);
     }
     server_->CountWire(TrafficDirection::kServerToWorker, wire);
     if (!s.ok()) return s;
@@ -360,17 +361,24 @@ absl::Status ParameterServerService::RunTrain(
                                        "; after the delta of round ", next - 1,
                                        " it must send round ", next)));
     }
-    if (next == 0) {
-      // Fail fast on a hopeless round, before reading a whole update.
-      if (absl::Status s = server_->CheckRound(rank, round); !s.ok()) return s;
-    }
+    // Fails fast on a hopeless round, before reading a whole update. A
+    // late update counts in the current round (`target`): the stream then
+    // sends the deltas of the rounds it missed first.
+    absl::StatusOr<int64_t> placed = server_->PlaceUpdate(rank, round);
+    if (!placed.ok()) return placed.status();
+    const int64_t target = *placed;
     // The delta goes out on a second thread while the update comes in.
     std::atomic<bool> stop{false};
     absl::Status sent;
     std::thread sender;
     try {
-      sender =
-          std::thread([&] { sent = SendRound(call, stream, round, stop); });
+      sender = std::thread([&] {
+        for (int64_t missed = round; missed < target; ++missed) {
+          sent = SendRound(call, stream, missed, target, stop);
+          if (!sent.ok() || stop) return;
+        }
+        sent = SendRound(call, stream, target, 0, stop);
+      });
     } catch (const std::system_error& e) {
       // Out of threads (a pids limit): this stream ends, the server goes on.
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -379,21 +387,21 @@ absl::Status ParameterServerService::RunTrain(
     absl::StatusOr<std::shared_ptr<const std::string>> update = reader->Read(
         stream, round, msg, count_up,
         [&](const std::shared_ptr<const std::string>& buffer, size_t segments) {
-          return server_->SubmitProgress(rank, round, buffer, segments,
+          return server_->SubmitProgress(rank, target, buffer, segments,
                                          msg->loss());
         });
     if (!update.ok()) {
-      server_->AbandonUpdate(rank, round);
+      server_->AbandonUpdate(rank, target);
       stop = true;
       server_->Wake();
     }
     sender.join();
     if (!update.ok()) return update.status();
     if (!sent.ok()) return sent;
-    if (options_.rounds > 0 && round >= options_.rounds) {
+    if (options_.rounds > 0 && target >= options_.rounds) {
       return absl::OkStatus();
     }
-    next = round + 1;
+    next = target + 1;
     // A worker that closes its side between rounds leaves cleanly.
     if (!stream->Read(msg)) return absl::OkStatus();
     server_->CountWire(TrafficDirection::kWorkerToServer,

@@ -105,11 +105,12 @@ class ParameterServerService final
   // Sends `round`'s delta on `stream` while the round closes (on the
   // stream's second thread, beside the one reading the update): CHUNK
   // messages as its segments close, RESTART when it starts again, and
-  // COMMIT or DROP once it closed; counts what was written. Returns after
-  // the round's end was sent, or once `stop` is set (the update could not
-  // be read).
+  // COMMIT or DROP once it closed (naming `update_taken_into`, see
+  // WriteRoundMark); counts what was written. Returns after the round's
+  // end was sent, or once `stop` is set (the update could not be read).
   absl::Status SendRound(const ServerCall& call, TrainStream* stream,
-                         int64_t round, const std::atomic<bool>& stop);
+                         int64_t round, int64_t update_taken_into,
+                         const std::atomic<bool>& stop);
 
   const std::unique_ptr<ParameterServer> server_;
   const ServerOptions& options_;  // server_'s

@@ -116,6 +116,18 @@ absl::Status RoundCoordinator::CheckRound(int rank, int64_t round) const {
           " and no longer keeps that round's delta; join again and fetch x")));
 }
 
+absl::StatusOr<int64_t> RoundCoordinator::PlaceUpdate(int rank,
+                                                      int64_t round) const {
+  if (absl::Status s = CheckRound(rank, round); !s.ok()) return s;
+  const int64_t current = engine_->round();
+  const bool next_open = rules_.rounds <= 0 || current <= rules_.rounds;
+  if (round < current && next_open && !engine_->HasSubmitted(rank) &&
+      arrivals_.find(rank) == arrivals_.end()) {
+    return current;
+  }
+  return round;
+}
+
 absl::Status RoundCoordinator::Accept(int rank, int64_t round,
                                       std::string update, float loss) {
   return Accept(rank, round,

@@ -113,6 +113,19 @@ class RoundCoordinator {
   // being collected, or one that closed without it and whose delta is
   // still kept). Needs Start.
   absl::Status CheckRound(int rank, int64_t round) const;
+  // CheckRound, then the round `rank`'s update sent for `round` counts in:
+  // `round`, or the round being collected when `round` has closed (its
+  // delta still kept) and the rank has sent nothing for the current round
+  // yet. Such an update came late (its worker was slow, stopped, cut off
+  // or away on another shard); counted in its own round it would not be
+  // averaged, and the worker, a round behind per late step, would keep
+  // its shards' rounds paired differently from the other workers': with S
+  // shards every round then waits for someone's next step, and when three
+  // pairings meet, for the round timeout (docs/faults.md, "Workers out of
+  // step"). Taken into the current round it is averaged there (stale by
+  // the rounds it missed), the worker receives every delta it missed and
+  // that round's, and it is in step with the others.
+  absl::StatusOr<int64_t> PlaceUpdate(int rank, int64_t round) const;
   // Takes a complete update: averaged if its round is open, else checked
   // and not averaged. May close the round.
   absl::Status Accept(int rank, int64_t round, std::string update, float loss);

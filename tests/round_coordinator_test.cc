@@ -184,6 +184,36 @@ TEST_F(RoundCoordinatorTest, ALateUpdateIsCheckedButNotAveraged) {
   EXPECT_EQ(RejectionOf(bad), Rejection::kInvalidPayload);
 }
 
+TEST_F(RoundCoordinatorTest, ALateUpdateIsPlacedInTheCurrentRound) {
+  auto c = Start(/*rounds=*/3);
+  membership_.Leave(2);
+  ASSERT_TRUE(c->Accept(0, 1, Update(0, 1), 1.0f).ok());
+  clock_.Advance(absl::Seconds(61));
+  c->MaybeClose();
+  ASSERT_EQ(c->round(), 2);
+  // Rank 1 missed round 1 and has sent nothing for round 2.
+  EXPECT_EQ(*c->PlaceUpdate(1, 1), 2);
+  EXPECT_EQ(*c->PlaceUpdate(1, 2), 2);
+  // Rank 0 has: a second update of it would be averaged twice.
+  ASSERT_TRUE(c->Accept(0, 2, Update(0, 2), 1.0f).ok());
+  EXPECT_EQ(*c->PlaceUpdate(0, 1), 1);
+  // Two rounds late: into the current round as well.
+  clock_.Advance(absl::Seconds(61));
+  c->MaybeClose();
+  ASSERT_EQ(c->round(), 3);
+  EXPECT_EQ(*c->PlaceUpdate(1, 1), 3);
+  EXPECT_EQ(*c->PlaceUpdate(1, 2), 3);
+  // After the last round there is no next one to go into.
+  ASSERT_TRUE(c->Accept(0, 3, Update(0, 3), 1.0f).ok());
+  clock_.Advance(absl::Seconds(61));
+  c->MaybeClose();
+  ASSERT_TRUE(c->final_closed_at().has_value());
+  EXPECT_EQ(*c->PlaceUpdate(1, 3), 3);
+  // CheckRound's refusals come first.
+  EXPECT_EQ(RejectionOf(c->PlaceUpdate(1, 9).status()),
+            Rejection::kTrainingEnded);
+}
+
 TEST_F(RoundCoordinatorTest, AWorkerWhoseDeltaIsGoneMustResync) {
   auto c = Start(0);
   membership_.Leave(1);

@@ -254,7 +254,8 @@ TEST(ParameterServerService, JoinRejectionsSayWhatIsWrong) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(s.error_message(),
               AllOf(HasSubstr("worker speaks protocol version 0"),
-                    HasSubstr("this server speaks version 2")));
+                    HasSubstr(absl::StrCat("this server speaks version ",
+                                           kProtocolVersion))));
 
   s = server.Join(server.JoinRequest(0), &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
@@ -655,7 +656,11 @@ TEST(ParameterServerService, AnUpdateSentBeforeLeavingStillCounts) {
   s1.Cancel();
 }
 
-TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
+// Rank 1's update of round 1 comes after round 1 closed on the timeout:
+// it gets round 1's delta, and its update is averaged into round 2 (which
+// then closes as soon as rank 0's is in, not on the timeout), so both
+// ranks are in step at round 3.
+TEST(ParameterServerService, ALateUpdateIsTakenIntoTheNextRound) {
   FakeClock clock;
   ServerOptions o = Options(2, "sign", "q8");
   o.clock = &clock;
@@ -676,32 +681,50 @@ TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
   int c0 = 0, c1 = 0;
   ASSERT_TRUE(s0.ReadDelta(&d0, &r0, &c0));  // closed by the timeout
   EXPECT_EQ(c0, 1);
-  ASSERT_TRUE(s1.Send(1, 1, update(1, 1)));  // late: not averaged
+  EXPECT_EQ(s0.last_taken_into(), 0);
+  ASSERT_TRUE(s1.Send(1, 1, update(1, 1)));  // late
   ASSERT_TRUE(s1.ReadDelta(&d1, &r1, &c1));
   EXPECT_EQ(r1, 1);
   EXPECT_EQ(c1, 1);
   EXPECT_EQ(d1, d0);
+  EXPECT_EQ(s1.last_taken_into(), 2);
 
+  // No clock advance: round 2 has both updates once rank 0's is in.
   ASSERT_TRUE(s0.Send(0, 2, update(0, 2)));
-  ASSERT_TRUE(s1.Send(1, 2, update(1, 2)));
   ASSERT_TRUE(s0.ReadDelta(&d0, &r0, &c0));
   ASSERT_TRUE(s1.ReadDelta(&d1, &r1, &c1));
   EXPECT_EQ(r0, 2);
+  EXPECT_EQ(r1, 2);
   EXPECT_EQ(c0, 2);
   EXPECT_EQ(d0, d1);
+  EXPECT_EQ(s1.last_taken_into(), 0);
 
   std::unique_ptr<RoundEngine> ref = ReferenceEngine(server, x0);
   ASSERT_TRUE(ref->Submit(0, 1, update(0, 1)).ok());
   ASSERT_TRUE(ref->CloseRound().ok());
   ASSERT_TRUE(ref->Submit(0, 2, update(0, 2)).ok());
-  ASSERT_TRUE(ref->Submit(1, 2, update(1, 2)).ok());
+  ASSERT_TRUE(ref->Submit(1, 2, update(1, 1)).ok());
   EXPECT_EQ(*ref->CloseRound(), d0);
   EXPECT_EQ(server.Checksum(), ParamsChecksum(ref->params()));
-  // Wire bytes include the late update: 4 updates, 4 deltas. The server
-  // counts a delta once its write returns, which may be just after this
-  // thread read it, so wait (bounded) for the count to settle.
+
+  // Both send round 3 next; round 2 again from rank 1 is refused.
+  ASSERT_TRUE(s0.Send(0, 3, update(0, 3)));
+  ASSERT_TRUE(s1.Send(1, 3, update(1, 3)));
+  ASSERT_TRUE(s0.ReadDelta(&d0, &r0, &c0));
+  ASSERT_TRUE(s1.ReadDelta(&d1, &r1, &c1));
+  EXPECT_EQ(r0, 3);
+  EXPECT_EQ(c0, 2);
+  EXPECT_EQ(d0, d1);
+  ASSERT_TRUE(ref->Submit(0, 3, update(0, 3)).ok());
+  ASSERT_TRUE(ref->Submit(1, 3, update(1, 3)).ok());
+  EXPECT_EQ(*ref->CloseRound(), d0);
+  EXPECT_EQ(server.service().server().Summary().short_rounds, 1);
+
+  // Wire bytes: 5 updates, 6 deltas (rank 1 got rounds 1 and 2 for one
+  // update). The server counts a delta once its write returns, which may
+  // be just after this thread read it, so wait (bounded) for the count.
   const int64_t want_down =
-      4 * static_cast<int64_t>(server.server_codec().encoded_size());
+      6 * static_cast<int64_t>(server.server_codec().encoded_size());
   const absl::Time settle = absl::Now() + absl::Seconds(5);
   while (server.service().server().Summary().traffic.down().payload <
              want_down &&
@@ -710,8 +733,57 @@ TEST(ParameterServerService, AnUpdateAfterTheTimeoutGetsThatRoundsDelta) {
   }
   const ServerSummary sum = server.service().server().Summary();
   EXPECT_EQ(sum.traffic.up().payload,
-            4 * static_cast<int64_t>(server.worker_codec().encoded_size()));
+            5 * static_cast<int64_t>(server.worker_codec().encoded_size()));
   EXPECT_EQ(sum.traffic.down().payload, want_down);
+  s0.Cancel();
+  s1.Cancel();
+}
+
+// Two rounds late: the stream carries both missed deltas, then the one of
+// the round the update went into.
+TEST(ParameterServerService, AnUpdateTwoRoundsLateGetsEveryMissedDelta) {
+  FakeClock clock;
+  ServerOptions o = Options(2, "sign", "sign");
+  o.clock = &clock;
+  TestServer server(o);
+  server.JoinAndUpload(0, InitialParams(server.n()));
+  ASSERT_EQ(server.Join(1), 1);
+  auto update = [&](int rank, int64_t round) {
+    return Encode(server.worker_codec(), RandomUpdate(server.n(), rank, round));
+  };
+  TrainStream s0(&server), s1(&server);
+  std::vector<std::string> deltas(3);
+  for (int64_t round = 1; round <= 2; ++round) {
+    ASSERT_TRUE(s0.Send(0, round, update(0, round)));
+    WaitForUpdates(server, round * static_cast<int64_t>(
+                                       server.worker_codec().encoded_size()));
+    clock.Advance(o.round_timeout);
+    int64_t r = 0;
+    int c = 0;
+    ASSERT_TRUE(s0.ReadDelta(&deltas[round], &r, &c));
+    EXPECT_EQ(c, 1);
+  }
+  std::string d;
+  int64_t r = 0;
+  int c = 0;
+  ASSERT_TRUE(s1.Send(1, 1, update(1, 1)));
+  for (int64_t missed = 1; missed <= 2; ++missed) {
+    ASSERT_TRUE(s1.ReadDelta(&d, &r, &c));
+    EXPECT_EQ(r, missed);
+    EXPECT_EQ(d, deltas[missed]);
+    EXPECT_EQ(s1.last_taken_into(), 3);
+  }
+  ASSERT_TRUE(s0.Send(0, 3, update(0, 3)));
+  ASSERT_TRUE(s1.ReadDelta(&d, &r, &c));
+  EXPECT_EQ(r, 3);
+  EXPECT_EQ(c, 2);
+  EXPECT_EQ(s1.last_taken_into(), 0);
+  // Its stream goes on at round 4.
+  ASSERT_TRUE(s0.Send(0, 4, update(0, 4)));
+  ASSERT_TRUE(s1.Send(1, 4, update(1, 4)));
+  ASSERT_TRUE(s1.ReadDelta(&d, &r, &c));
+  EXPECT_EQ(r, 4);
+  EXPECT_EQ(c, 2);
   s0.Cancel();
   s1.Cancel();
 }

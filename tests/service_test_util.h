@@ -324,6 +324,7 @@ class TrainStream {
       delta->append(m.payload());
     }
     last_end_ = m.kind();
+    last_taken_into_ = m.update_taken_into();
     *contributors = m.contributors();
     if (m.kind() == v1::ServerMessage::DROP) {
       EXPECT_TRUE(
@@ -339,6 +340,9 @@ class TrainStream {
   bool ReadMessage(v1::ServerMessage* m) { return stream_->Read(m); }
   // How the last delta read ended: COMMIT or DROP.
   v1::ServerMessage::Kind last_end() const { return last_end_; }
+  // The last delta's end named this round as the one its late update went
+  // into (0: none).
+  int64_t last_taken_into() const { return last_taken_into_; }
 
   // The server's final status, after reading whatever it still sends.
   grpc::Status Finish() {
@@ -357,6 +361,7 @@ class TrainStream {
       grpc::ClientReaderWriter<v1::WorkerMessage, v1::ServerMessage>>
       stream_;
   v1::ServerMessage::Kind last_end_ = v1::ServerMessage::CHUNK;
+  int64_t last_taken_into_ = 0;
 };
 
 // The same math without the network: the reference a run must equal.

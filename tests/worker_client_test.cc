@@ -94,8 +94,10 @@ class FakeServer final : public pb::ParameterServer::Service {
     };
   }
 
-  static bool SendDelta(Stream* stream, int64_t round,
-                        const std::string& delta) {
+  // `taken_into`: the COMMIT says the worker's late update went into that
+  // round (whose delta the caller sends next).
+  static bool SendDelta(Stream* stream, int64_t round, const std::string& delta,
+                        int64_t taken_into = 0) {
     pb::ServerMessage m;
     m.set_round(round);
     m.set_contributors(1);
@@ -104,15 +106,16 @@ class FakeServer final : public pb::ParameterServer::Service {
       m.set_payload(delta.substr(off, kMaxChunkBytes));
       if (!stream->Write(m)) return false;
     }
-    return SendEnd(stream, round, pb::ServerMessage::COMMIT);
+    return SendEnd(stream, round, pb::ServerMessage::COMMIT, taken_into);
   }
 
   static bool SendEnd(Stream* stream, int64_t round,
-                      pb::ServerMessage::Kind kind) {
+                      pb::ServerMessage::Kind kind, int64_t taken_into = 0) {
     pb::ServerMessage m;
     m.set_round(round);
     m.set_contributors(1);
     m.set_kind(kind);
+    m.set_update_taken_into(taken_into);
     return stream->Write(m);
   }
 
@@ -209,14 +212,19 @@ class FakeServer final : public pb::ParameterServer::Service {
   bool train_cancelled = false;
 };
 
+// Serves `fake` on a free loopback port (*port); null if that failed.
+std::unique_ptr<grpc::Server> Serve(FakeServer* fake, int* port) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           port);
+  builder.RegisterService(fake);
+  return builder.BuildAndStart();
+}
+
 class WorkerClientTest : public ::testing::Test {
  protected:
   void StartServer() {
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                             &port_);
-    builder.RegisterService(&fake_);
-    server_ = builder.BuildAndStart();
+    server_ = Serve(&fake_, &port_);
     ASSERT_NE(server_, nullptr);
     ASSERT_GT(port_, 0);
   }
@@ -452,6 +460,97 @@ TEST_F(WorkerClientTest, DeltaOfAnotherRoundEndsTheStream) {
   EXPECT_EQ((*client)->Finish(), s);
 }
 
+TEST_F(WorkerClientTest, ALateUpdateAppliesEveryMissedDeltaInOrder) {
+  // Round 1's update went into round 3: the deltas of rounds 1 (0.5), 2
+  // (dropped) and 3 (0.25) come in one exchange; the worker applies them
+  // and sends round 4 next.
+  fake_.respond = [](Stream* stream, int64_t round, const std::string&) {
+    if (round == 1) {
+      return FakeServer::SendDelta(stream, 1,
+                                   Floats(std::vector<float>(kElements, 0.5f)),
+                                   /*taken_into=*/3) &&
+             FakeServer::SendEnd(stream, 2, pb::ServerMessage::DROP,
+                                 /*taken_into=*/3) &&
+             FakeServer::SendDelta(
+                 stream, 3, Floats(std::vector<float>(kElements, 0.25f)));
+    }
+    return FakeServer::SendDelta(stream, round,
+                                 Floats(std::vector<float>(kElements, 0.5f)));
+  };
+  StartServer();
+  auto client = WorkerClient::Connect(Options(), Layout(),
+                                      std::vector<float>(kElements, 2.0f));
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::vector<float> grad(kElements, 1.0f);
+  ASSERT_TRUE((*client)->Step(grad, 1).ok());
+  EXPECT_EQ((*client)->round(), 4);
+  // x was the server's 1.0 (FetchParams): 1 - 0.5 - 0.25.
+  for (float v : (*client)->params()) ASSERT_EQ(v, 0.25f);
+  ASSERT_TRUE((*client)->Step(grad, 1).ok());
+  EXPECT_EQ((*client)->round(), 5);
+  for (float v : (*client)->params()) ASSERT_EQ(v, -0.25f);
+  {
+    absl::MutexLock lock(&fake_.mu);
+    EXPECT_EQ(fake_.messages.back().round(), 4);
+  }
+  const TrafficCounts t = (*client)->traffic();
+  EXPECT_EQ(t.down().payload, 3 * kElements * 4);
+  EXPECT_EQ(t.up().payload, 2 * kElements * 4);
+  EXPECT_EQ((*client)->resyncs(), 0);
+  EXPECT_TRUE((*client)->Finish().ok());
+}
+
+TEST_F(WorkerClientTest, MissedDeltasThatDoNotAddUpEndTheStream) {
+  // A round taken into that is not later, one that changes, and an end
+  // before the round it named: a broken server.
+  using Respond = std::function<bool(Stream*, int64_t, const std::string&)>;
+  const std::string half = Floats(std::vector<float>(kElements, 0.5f));
+  const std::vector<std::pair<Respond, std::string>> cases = {
+      {[half](Stream* stream, int64_t round, const std::string&) {
+         return FakeServer::SendDelta(stream, round, half, round);
+       },
+       "taken into round 1"},
+      {[half](Stream* stream, int64_t round, const std::string&) {
+         return FakeServer::SendDelta(stream, round, half, round + 2) &&
+                FakeServer::SendDelta(stream, round + 1, half, round + 3);
+       },
+       "taken into round 4"},
+      {[half](Stream* stream, int64_t round, const std::string&) {
+         return FakeServer::SendDelta(stream, round, half, round + 2) &&
+                FakeServer::SendDelta(stream, round + 1, half);
+       },
+       "the deltas end at 2"},
+      {[half](Stream* stream, int64_t round, const std::string&) {
+         return FakeServer::SendDelta(stream, round, half,
+                                      round + ShardLink::kMostMissedRounds + 1);
+       },
+       "taken into round 18"},
+  };
+  for (const auto& [respond, says] : cases) {
+    SCOPED_TRACE(says);
+    FakeServer fake;
+    fake.respond = respond;
+    int port = 0;
+    std::unique_ptr<grpc::Server> server = Serve(&fake, &port);
+    ASSERT_NE(server, nullptr);
+    WorkerClientOptions o = Options();
+    o.server = "127.0.0.1:" + std::to_string(port);
+    auto client =
+        WorkerClient::Connect(o, Layout(), std::vector<float>(kElements));
+    ASSERT_TRUE(client.ok()) << client.status();
+    const std::vector<float> before((*client)->params().begin(),
+                                    (*client)->params().end());
+    const absl::Status s =
+        (*client)->Step(std::vector<float>(kElements, 1.0f), 1);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+    EXPECT_THAT(s.message(), HasSubstr(says));
+    EXPECT_EQ(std::vector<float>((*client)->params().begin(),
+                                 (*client)->params().end()),
+              before);
+    server->Shutdown(absl::ToChronoTime(absl::Now()));
+  }
+}
+
 TEST_F(WorkerClientTest, DeltaThatDoesNotValidateLeavesTheReplica) {
   fake_.respond = [](Stream* stream, int64_t round, const std::string&) {
     std::vector<float> q(kElements, 0.5f);
@@ -500,12 +599,8 @@ TEST_F(WorkerClientTest, ResyncsAfterALaggingOrBrokenStream) {
                                    Floats(std::vector<float>(kElements, 0.5f)));
     };
     fake.end_status = grpc::Status(code, "restarting");
-    grpc::ServerBuilder builder;
     int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                             &port);
-    builder.RegisterService(&fake);
-    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    std::unique_ptr<grpc::Server> server = Serve(&fake, &port);
     ASSERT_NE(server, nullptr);
     WorkerClientOptions o = Options();
     o.server = "127.0.0.1:" + std::to_string(port);

@@ -203,6 +203,37 @@ TEST(WorkerOptimizer, PerStepLrIsTheLrOfThatStep) {
   EXPECT_EQ(w->lr(), 0.0f);
 }
 
+TEST(WorkerOptimizer, TheScheduleFollowsTheRunsRoundWhenGivenOne) {
+  AdamOptions a;
+  a.lr = 1e-2f;
+  a.lr_schedule = LrSchedule::kWarmupCosine;
+  a.warmup_rounds = 10;
+  a.schedule_rounds = 100;
+  // Rounds equal to its own steps: the same bits.
+  auto own = Make("fp32", a);
+  auto by_round = Make("fp32", a);
+  for (int t = 1; t <= 12; ++t) {
+    ASSERT_TRUE(by_round->SetScheduleStep(t).ok());
+    ExpectSameUpdates(*own, *by_round, 1, 60 + t);
+  }
+  // A worker that joins at round 50 takes round 50's rate on its first
+  // step, as a constant schedule at that rate does (not warm-up's first).
+  auto joined = Make("fp32", a);
+  ASSERT_TRUE(joined->SetScheduleStep(50).ok());
+  AdamOptions at50 = a;
+  at50.lr_schedule = LrSchedule::kConstant;
+  at50.lr = ScheduledLr(a, a.lr, 50);
+  auto reference = Make("fp32", at50);
+  ExpectSameUpdates(*joined, *reference, 1, 7);
+  auto fresh = Make("fp32", a);
+  std::string u, v;
+  ASSERT_TRUE(fresh->ComputeUpdate(Grad(7), &u).ok());
+  ASSERT_TRUE(Make("fp32", at50)->ComputeUpdate(Grad(7), &v).ok());
+  EXPECT_NE(u, v);
+  EXPECT_EQ(joined->SetScheduleStep(-1).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(WorkerOptimizer, RestoredStateContinuesBitForBit) {
   auto original = Make("sign", {});
   std::string u;

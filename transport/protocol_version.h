@@ -5,9 +5,15 @@ namespace effadam {
 
 // The wire protocol's version, which Join exchanges both ways
 // (docs/protocol.md, "Versions"): 2 sends a round's delta segment by
-// segment with a final COMMIT, DROP or RESTART. Worker and server refuse a
-// peer of another version with FAILED_PRECONDITION naming both.
-inline constexpr int kProtocolVersion = 2;
+// segment with a final COMMIT, DROP or RESTART; 3 takes an update that came
+// after its round closed into the current round and sends the deltas the
+// worker missed first (ServerMessage.update_taken_into). Worker and server
+// refuse a peer of another version with FAILED_PRECONDITION naming both.
+inline constexpr int kProtocolVersion = 3;
+// What kProtocolVersion changed, for the refusals' messages.
+inline constexpr char kProtocolChange[] =
+    "a late update taken into the current round, deltas segment by "
+    "segment with a final COMMIT";
 
 }  // namespace effadam
 

@@ -234,9 +234,8 @@ absl::StatusOr<JoinReply> ShardLink::Join(const TensorLayout& layout,
     return absl::FailedPreconditionError(absl::StrCat(
         "Join: ", address(), " speaks protocol version ", reply.protocol(),
         " (0: from before versions) but this worker speaks version ",
-        kProtocolVersion,
-        " (deltas segment by segment with a final COMMIT); run the same "
-        "effadam release on both sides"));
+        kProtocolVersion, " (", kProtocolChange,
+        "); run the same effadam release on both sides"));
   }
   if (reply.max_chunk_bytes() < 4 ||
       reply.max_chunk_bytes() > kLargestServerChunkBytes) {
@@ -387,9 +386,10 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
                                  absl::string_view update, float loss,
                                  size_t max_chunk_bytes,
                                  ChunkAssembler* assembler, int* contributors,
-                                 bool* dropped,
+                                 bool* dropped, EarlierDeltas* earlier,
                                  const AwaitUpdateBytes& await_bytes) {
   *dropped = false;
+  earlier->count = 0;
   // The server sends the delta segment by segment while this worker's
   // update is still going up, so the delta is read on a second thread at
   // the same time: gRPC allows one reader and one writer on a stream at
@@ -400,12 +400,14 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
   bool read_ended = false;
   int64_t read_wire = 0;
   std::thread reader([&] {
-    assembler->Start(round);
+    int64_t reading = round;  // later after a late update's missed deltas
+    int64_t taken_into = 0;   // the round the server took the update into
+    assembler->Start(reading);
     pb::ServerMessage reply;
     const auto refuse = [&](absl::string_view what) {
-      bad_delta =
-          absl::InternalError(absl::StrCat("Train: the delta of round ", round,
-                                           " from ", address(), ": ", what));
+      bad_delta = absl::InternalError(absl::StrCat("Train: the delta of round ",
+                                                   reading, " from ", address(),
+                                                   ": ", what));
       // Ends the writer's Write too.
       stream.context->TryCancel();
     };
@@ -424,21 +426,52 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
           }
           break;
         case pb::ServerMessage::RESTART:
-          assembler->Start(round);
+          assembler->Start(reading);
           break;
         case pb::ServerMessage::COMMIT:
-        case pb::ServerMessage::DROP:
-          if (reply.round() != round) {
+        case pb::ServerMessage::DROP: {
+          if (reply.round() != reading) {
             return refuse(absl::StrCat("its end names round ", reply.round()));
           }
-          *dropped = reply.kind() == pb::ServerMessage::DROP;
-          if (!*dropped && !assembler->complete()) {
+          const bool drop = reply.kind() == pb::ServerMessage::DROP;
+          if (!drop && !assembler->complete()) {
             return refuse(
                 absl::StrCat("COMMIT after ", assembler->received_bytes(),
                              " of ", assembler->rules().total_bytes, " bytes"));
           }
+          if (reply.update_taken_into() != 0) {
+            // A delta the late update missed; the one of the round it went
+            // into (ending with 0) follows.
+            const int64_t into = reply.update_taken_into();
+            if (into <= reading || (taken_into != 0 && into != taken_into) ||
+                into - round > kMostMissedRounds) {
+              return refuse(absl::StrCat("the update of round ", round,
+                                         " was taken into round ", into));
+            }
+            taken_into = into;
+            const size_t i = earlier->count++;
+            if (earlier->bytes.size() <= i) {
+              earlier->bytes.resize(i + 1);
+              earlier->dropped.resize(i + 1);
+            }
+            earlier->dropped[i] = drop;
+            if (drop) {
+              earlier->bytes[i].clear();
+            } else {
+              earlier->bytes[i] = *assembler->SharedBuffer();
+            }
+            assembler->Start(++reading);
+            break;
+          }
+          if (reading != (taken_into != 0 ? taken_into : round)) {
+            return refuse(absl::StrCat("the update of round ", round,
+                                       " was taken into round ", taken_into,
+                                       " but the deltas end at ", reading));
+          }
+          *dropped = drop;
           *contributors = reply.contributors();
           return;
+        }
         default:
           return refuse(absl::StrCat("a message of unknown kind ",
                                      static_cast<int>(reply.kind()),

@@ -123,12 +123,26 @@ class ShardLink {
   // Opens the Train stream (no deadline; Cancel ends it).
   absl::Status OpenStream();
   bool stream_open() const;
+  // The deltas of the rounds a late update missed (docs/protocol.md,
+  // "Train"): the server took the update into the round it was collecting
+  // and sends these first, oldest first, then that round's delta.
+  struct EarlierDeltas {
+    size_t count = 0;  // of this Exchange; the vectors keep their memory
+    std::vector<std::string> bytes;  // [i < count]: empty when dropped
+    std::vector<bool> dropped;       // [i < count]: that round was dropped
+  };
+  // The most rounds a late update may have missed: the server keeps 4
+  // deltas; a bound on what a broken server can make this worker hold.
+  static constexpr int64_t kMostMissedRounds = 16;
   // Sends `update` for `round` in chunks of max_chunk_bytes while it reads
   // the round's delta, which the server sends segment by segment as the
   // round closes, into `assembler` (sized for this server's delta; a
   // RESTART starts it again), until the server's COMMIT (the delta is
   // complete: apply it) or DROP (*dropped: the round was dropped, x stays),
-  // with *contributors. A broken stream returns EndStream's status; a delta
+  // with *contributors. When the server took the update into a later
+  // round T, the deltas of rounds `round` .. T - 1 are in *earlier and the
+  // assembler holds T's: apply them all, in order. A broken stream returns
+  // EndStream's status; a delta
   // that does not assemble, or an end before it is complete, cancels the
   // stream and is InternalError. Runs a second thread for the reading.
   //
@@ -142,7 +156,7 @@ class ShardLink {
   absl::Status Exchange(int rank, int64_t round, absl::string_view update,
                         float loss, size_t max_chunk_bytes,
                         ChunkAssembler* assembler, int* contributors,
-                        bool* dropped,
+                        bool* dropped, EarlierDeltas* earlier,
                         const AwaitUpdateBytes& await_bytes = nullptr);
   // Closes this side and waits up to `timeout` (real time: it bounds a
   // wait on the network) for the server's status: OK when it ended the

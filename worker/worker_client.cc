@@ -400,6 +400,11 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
     return absl::FailedPreconditionError(
         "Step: a bucketed step is open (EndStep first)");
   }
+  // The run's round drives the learning-rate schedule: a worker that
+  // joined or restarted mid-run would otherwise start it over.
+  if (absl::Status s = optimizer_->SetScheduleStep(round()); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = optimizer_->ComputeUpdate(grad, &update_); !s.ok()) {
     return s;
   }
@@ -427,7 +432,7 @@ void WorkerClient::RunExchanges(float loss, bool bucketed) {
         absl::string_view(update_).substr(s.update_range.byte_begin,
                                           s.update_range.byte_size),
         loss, static_cast<size_t>(s.max_chunk_bytes), s.delta.get(),
-        &s.contributors, &dropped, await);
+        &s.contributors, &dropped, &s.earlier, await);
     round_dropped_[k] = dropped;
   };
   link_threads_->Run(exchange);
@@ -438,14 +443,14 @@ absl::Status WorkerClient::ApplyRound() {
   // a zero part to the delta.
   delta_.resize(zero_delta_.size());
   auto put = [this](const Shard& s, absl::string_view part) {
-    std::memcpy(delta_.data() + s.delta_range.byte_begin, part.data(),
-                part.size());
+    PutDeltaPart(s, part);
   };
-  auto put_zero = [&](const Shard& s) {
-    put(s, absl::string_view(zero_delta_)
-               .substr(s.delta_range.byte_begin, s.delta_range.byte_size));
-  };
+  auto put_zero = [this](const Shard& s) { PutZeroPart(s); };
   const std::vector<absl::Status>& results = round_results_;
+  // A shard that took this worker's late update into its next round sent
+  // the late round's delta first: applied before the next round's, as the
+  // server applied them (the other shards' parts are zero).
+  if (absl::Status s = ApplyEarlierDeltas(results); !s.ok()) return s;
 
   bool progressed = false;  // some shard's round went through
   std::vector<size_t> broken;
@@ -457,11 +462,9 @@ absl::Status WorkerClient::ApplyRound() {
       continue;
     }
     if (r.ok()) {
-      const auto fp32 =
-          static_cast<int64_t>(sizeof(float) * s.update_range.size);
       DirectionBytes& up = s.payload[TrafficDirection::kWorkerToServer];
       up.payload += static_cast<int64_t>(s.update_range.byte_size);
-      up.fp32 += fp32;
+      up.fp32 += static_cast<int64_t>(sizeof(float) * s.update_range.size);
       if (round_dropped_[k]) {
         put_zero(s);
       } else {
@@ -469,9 +472,7 @@ absl::Status WorkerClient::ApplyRound() {
         // round.
         const std::string& part = *s.delta->SharedBuffer();
         put(s, part);
-        DirectionBytes& down = s.payload[TrafficDirection::kServerToWorker];
-        down.payload += static_cast<int64_t>(part.size());
-        down.fp32 += fp32;
+        CountDelta(s, part.size());
       }
       ++s.round;
       progressed = true;
@@ -506,6 +507,54 @@ absl::Status WorkerClient::ApplyRound() {
   return absl::OkStatus();
 }
 
+void WorkerClient::PutDeltaPart(const Shard& s, absl::string_view part) {
+  std::memcpy(delta_.data() + s.delta_range.byte_begin, part.data(),
+              part.size());
+}
+
+void WorkerClient::PutZeroPart(const Shard& s) {
+  PutDeltaPart(s,
+               absl::string_view(zero_delta_)
+                   .substr(s.delta_range.byte_begin, s.delta_range.byte_size));
+}
+
+void WorkerClient::CountDelta(Shard& s, size_t bytes) {
+  DirectionBytes& down = s.payload[TrafficDirection::kServerToWorker];
+  down.payload += static_cast<int64_t>(bytes);
+  down.fp32 += static_cast<int64_t>(sizeof(float) * s.update_range.size);
+}
+
+absl::Status WorkerClient::ApplyEarlierDeltas(
+    const std::vector<absl::Status>& results) {
+  // The i-th delta a shard missed goes with the others' i-th (zero where a
+  // shard missed fewer): shards hold disjoint parts of x.
+  size_t most = 0;
+  for (size_t k = 0; k < shards_.size(); ++k) {
+    if (results[k].ok() && shards_[k].link->stream_open()) {
+      most = std::max(most, shards_[k].earlier.count);
+    }
+  }
+  for (size_t i = 0; i < most; ++i) {
+    for (size_t k = 0; k < shards_.size(); ++k) {
+      Shard& s = shards_[k];
+      const ShardLink::EarlierDeltas& e = s.earlier;
+      if (!results[k].ok() || !s.link->stream_open() || i >= e.count ||
+          e.dropped[i]) {
+        PutZeroPart(s);
+      } else {
+        PutDeltaPart(s, e.bytes[i]);
+        CountDelta(s, e.bytes[i].size());
+      }
+      if (results[k].ok() && s.link->stream_open() && i < e.count) ++s.round;
+    }
+    if (absl::Status s = optimizer_->ApplyDelta(delta_); !s.ok()) {
+      return Abandon(absl::InternalError(
+          absl::StrCat("Train, round ", round(), ": ", s.message())));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WorkerClient::BeginStep() {
   if (phase_ != Phase::kTraining) {
     if (phase_ == Phase::kDone && !final_status_.ok()) return final_status_;
@@ -514,6 +563,10 @@ absl::Status WorkerClient::BeginStep() {
   if (step_open()) {
     return absl::FailedPreconditionError(
         "BeginStep: a bucketed step is open (EndStep first)");
+  }
+  // As in Step: the run's round drives the learning-rate schedule.
+  if (absl::Status s = optimizer_->SetScheduleStep(round()); !s.ok()) {
+    return s;
   }
   if (absl::Status s = optimizer_->BeginUpdate(&update_); !s.ok()) return s;
   const size_t n = layout_.num_elements();

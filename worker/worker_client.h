@@ -256,6 +256,9 @@ class WorkerClient {
     int64_t round = 0;         // the round its next update is for
     int contributors = 0;
     std::unique_ptr<ChunkAssembler> delta;
+    // The deltas that came before `delta` when the server took this
+    // worker's late update into a later round.
+    ShardLink::EarlierDeltas earlier;
   };
 
   bool cancelled() const;
@@ -277,6 +280,16 @@ class WorkerClient {
   // or this worker lagged; otherwise, or when that fails, the error.
   absl::Status Recover(size_t k, const absl::Status& ended);
   absl::Status Resync(size_t k, absl::Time deadline);
+  // Writes shard s's part of the delta (a zero part: its server finished,
+  // dropped the round or sent nothing) into delta_.
+  void PutDeltaPart(const Shard& s, absl::string_view part);
+  void PutZeroPart(const Shard& s);
+  // Counts a delta of `bytes` received from shard s.
+  void CountDelta(Shard& s, size_t bytes);
+  // Applies the deltas of the rounds that late updates missed
+  // (Shard::earlier; `results`: the exchanges'), before this step's, in
+  // order: those shards advance as many rounds more.
+  absl::Status ApplyEarlierDeltas(const std::vector<absl::Status>& results);
   // Ends every stream after an error found here; returns `why`.
   absl::Status Abandon(absl::Status why);
   // The round's exchanges on the shards' links, in parallel, into
