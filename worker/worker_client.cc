@@ -391,20 +391,23 @@ TrafficCounts WorkerClient::traffic() const {
   return sum;
 }
 
-absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
+absl::Status WorkerClient::PrepareStep(absl::string_view call) {
   if (phase_ != Phase::kTraining) {
     if (phase_ == Phase::kDone && !final_status_.ok()) return final_status_;
-    return absl::FailedPreconditionError("Step: call Start first");
+    return absl::FailedPreconditionError(
+        absl::StrCat(call, ": call Start first"));
   }
   if (step_open()) {
     return absl::FailedPreconditionError(
-        "Step: a bucketed step is open (EndStep first)");
+        absl::StrCat(call, ": a bucketed step is open (EndStep first)"));
   }
   // The run's round drives the learning-rate schedule: a worker that
   // joined or restarted mid-run would otherwise start it over.
-  if (absl::Status s = optimizer_->SetScheduleStep(round()); !s.ok()) {
-    return s;
-  }
+  return optimizer_->SetScheduleStep(round());
+}
+
+absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
+  if (absl::Status s = PrepareStep("Step"); !s.ok()) return s;
   if (absl::Status s = optimizer_->ComputeUpdate(grad, &update_); !s.ok()) {
     return s;
   }
@@ -556,18 +559,7 @@ absl::Status WorkerClient::ApplyEarlierDeltas(
 }
 
 absl::Status WorkerClient::BeginStep() {
-  if (phase_ != Phase::kTraining) {
-    if (phase_ == Phase::kDone && !final_status_.ok()) return final_status_;
-    return absl::FailedPreconditionError("BeginStep: call Start first");
-  }
-  if (step_open()) {
-    return absl::FailedPreconditionError(
-        "BeginStep: a bucketed step is open (EndStep first)");
-  }
-  // As in Step: the run's round drives the learning-rate schedule.
-  if (absl::Status s = optimizer_->SetScheduleStep(round()); !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = PrepareStep("BeginStep"); !s.ok()) return s;
   if (absl::Status s = optimizer_->BeginUpdate(&update_); !s.ok()) return s;
   const size_t n = layout_.num_elements();
   grad_.resize(n);

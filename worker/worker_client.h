@@ -58,6 +58,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -292,6 +293,9 @@ class WorkerClient {
   absl::Status ApplyEarlierDeltas(const std::vector<absl::Status>& results);
   // Ends every stream after an error found here; returns `why`.
   absl::Status Abandon(absl::Status why);
+  // The checks Step and BeginStep (`call`) make before a step (training,
+  // no bucketed step open), and the schedule step set to round().
+  absl::Status PrepareStep(absl::string_view call);
   // The round's exchanges on the shards' links, in parallel, into
   // round_results_ and round_dropped_; with `bucketed` each waits for its
   // bytes (AwaitBytes).
