@@ -125,64 +125,148 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
         return absl::InvalidArgumentError("gradient holds NaN or Inf");
       });
   if (!finite.ok()) return finite;
-  const AdamOptions& o = options_.adam;
-  const int64_t t = t_ + 1;
-  const float b1 = o.beta1;
-  const float b2 = o.beta2_schedule == Beta2Schedule::kConstant
-                       ? o.beta2
-                       : 1.0f - o.theta / static_cast<float>(t);
-  const float lr = ScheduledLr(o, lr_, schedule_step_ > 0 ? schedule_step_ : t);
-  const double beta1_power = beta1_power_ * b1;
-  const double beta2_power = beta2_power_ * b2;
-
-  // PyTorch's form: d = (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps).
-  float step = lr, inv_sqrt_bc2 = 1.0f;
-  if (o.bias_correction) {
-    step = static_cast<float>(lr / (1.0 - beta1_power));
-    inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - beta2_power));
-  }
-  const uint64_t seed =
-      options_.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(t)) ^
-      (0xc2b2ae3d27d4eb4fULL * static_cast<uint64_t>(options_.rank + 1));
-  absl::Span<float> e =
-      options_.error_feedback ? absl::MakeSpan(e_) : absl::Span<float>();
-  update->resize(worker_codec_->encoded_size());
-  uint8_t* out = reinterpret_cast<uint8_t*>(update->data());
+  if (absl::Status s = BeginUpdate(update); !s.ok()) return s;
   // Segments cover x, so this is the whole step; each element's arithmetic
   // is the same whichever segment or thread computes it.
-  absl::Status s = ForEachSegment(tasks_.size(), pool_.get(), [&](size_t k) {
-    const Task& task = tasks_[k];
-    const size_t begin = task.begin, size = task.end - task.begin;
-    const ConstArrayMap g = Arr(grad, begin, size);
-    auto m = Arr(m_, begin, size), v = Arr(v_, begin, size),
-         d = Arr(d_, begin, size), x = Arr(x_, begin, size);
-    if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kL2) {
-      // torch.optim.Adam: g + wd * x, in d_ (overwritten below) so that the
-      // caller's gradient stays as it is.
-      d = g + o.weight_decay * x;
-      m = b1 * m + (1.0f - b1) * d;
-      v = b2 * v + (1.0f - b2) * d.square();
-    } else {
-      m = b1 * m + (1.0f - b1) * g;
-      v = b2 * v + (1.0f - b2) * g.square();
+  absl::Status s = ForEachSegment(tasks_.size(), pool_.get(),
+                                  [&](size_t k) { return RunPart(k, grad); });
+  if (!s.ok()) {
+    pending_.reset();
+    return s;
+  }
+  for (size_t k = 0; k < tasks_.size(); ++k) pending_->done[k] = true;
+  pending_->left = 0;
+  return FinishUpdate();
+}
+
+WorkerOptimizer::UpdatePart WorkerOptimizer::update_part(size_t k) const {
+  const Task& task = tasks_[k];
+  const std::vector<Segment>& segments = worker_codec_->segments();
+  const Segment& last = segments[task.end_segment - 1];
+  return UpdatePart{task.begin, task.end,
+                    segments[task.first_segment].byte_begin,
+                    last.byte_begin + last.byte_size};
+}
+
+absl::Status WorkerOptimizer::BeginUpdate(std::string* update) {
+  if (pending_.has_value()) {
+    return absl::FailedPreconditionError(
+        "BeginUpdate: the previous step is not finished");
+  }
+  const AdamOptions& o = options_.adam;
+  Pending p;
+  p.t = t_ + 1;
+  p.b1 = o.beta1;
+  p.b2 = o.beta2_schedule == Beta2Schedule::kConstant
+             ? o.beta2
+             : 1.0f - o.theta / static_cast<float>(p.t);
+  p.lr = ScheduledLr(o, lr_, schedule_step_ > 0 ? schedule_step_ : p.t);
+  p.beta1_power = beta1_power_ * p.b1;
+  p.beta2_power = beta2_power_ * p.b2;
+  // PyTorch's form: d = (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps).
+  p.step = p.lr;
+  p.inv_sqrt_bc2 = 1.0f;
+  if (o.bias_correction) {
+    p.step = static_cast<float>(p.lr / (1.0 - p.beta1_power));
+    p.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - p.beta2_power));
+  }
+  p.seed = options_.seed ^
+           (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(p.t)) ^
+           (0xc2b2ae3d27d4eb4fULL * static_cast<uint64_t>(options_.rank + 1));
+  update->resize(worker_codec_->encoded_size());
+  p.out = reinterpret_cast<uint8_t*>(update->data());
+  p.done.assign(tasks_.size(), false);
+  p.left = tasks_.size();
+  pending_ = std::move(p);
+  return absl::OkStatus();
+}
+
+absl::Status WorkerOptimizer::ComputeUpdateParts(absl::Span<const size_t> parts,
+                                                 absl::Span<const float> grad) {
+  if (!pending_.has_value()) {
+    return absl::FailedPreconditionError(
+        "ComputeUpdateParts: call BeginUpdate first");
+  }
+  if (grad.size() != x_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "gradient has ", grad.size(), " elements, the model has ", x_.size()));
+  }
+  std::vector<bool> asked(tasks_.size(), false);
+  for (size_t k : parts) {
+    if (k >= tasks_.size() || pending_->done[k] || asked[k]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("update part ", k, " of ", tasks_.size(),
+                       " is out of range or computed already in this step"));
     }
-    d = step * m / (v.sqrt() * inv_sqrt_bc2 + o.eps);
-    if (o.weight_decay > 0 &&
-        o.weight_decay_mode == WeightDecayMode::kDecoupled) {
-      d += (lr * o.weight_decay) * x;
-    }
-    for (size_t i = task.first_segment; i < task.end_segment; ++i) {
-      if (absl::Status st = worker_codec_->EncodeSegment(i, d_, e, seed, out);
-          !st.ok()) {
-        return st;
-      }
-    }
-    return absl::OkStatus();
+    asked[k] = true;
+  }
+  absl::Status finite =
+      ForEachSegment(parts.size(), pool_.get(), [&](size_t i) {
+        const Task& task = tasks_[parts[i]];
+        if (Arr(grad, task.begin, task.end - task.begin).isFinite().all()) {
+          return absl::OkStatus();
+        }
+        return absl::InvalidArgumentError(
+            absl::StrCat("gradient holds NaN or Inf in elements [", task.begin,
+                         ", ", task.end, ")"));
+      });
+  if (!finite.ok()) return finite;
+  absl::Status s = ForEachSegment(parts.size(), pool_.get(), [&](size_t i) {
+    return RunPart(parts[i], grad);
   });
-  if (!s.ok()) return s;
-  t_ = t;
-  beta1_power_ = beta1_power;
-  beta2_power_ = beta2_power;
+  // Encoding fails only on an internal inconsistency; the parts ran are
+  // marked anyway, as their m, v and e have moved.
+  for (size_t k : parts) pending_->done[k] = true;
+  pending_->left -= parts.size();
+  return s;
+}
+
+absl::Status WorkerOptimizer::FinishUpdate() {
+  if (!pending_.has_value() || pending_->left != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "FinishUpdate: ", pending_.has_value() ? pending_->left : tasks_.size(),
+        " update parts not computed"));
+  }
+  t_ = pending_->t;
+  beta1_power_ = pending_->beta1_power;
+  beta2_power_ = pending_->beta2_power;
+  pending_.reset();
+  return absl::OkStatus();
+}
+
+absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad) {
+  const Pending& p = *pending_;
+  const AdamOptions& o = options_.adam;
+  const float b1 = p.b1, b2 = p.b2, step = p.step,
+              inv_sqrt_bc2 = p.inv_sqrt_bc2, lr = p.lr;
+  absl::Span<float> e =
+      options_.error_feedback ? absl::MakeSpan(e_) : absl::Span<float>();
+  const Task& task = tasks_[k];
+  const size_t begin = task.begin, size = task.end - task.begin;
+  const ConstArrayMap g = Arr(grad, begin, size);
+  auto m = Arr(m_, begin, size), v = Arr(v_, begin, size),
+       d = Arr(d_, begin, size), x = Arr(x_, begin, size);
+  if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kL2) {
+    // torch.optim.Adam: g + wd * x, in d_ (overwritten below) so that the
+    // caller's gradient stays as it is.
+    d = g + o.weight_decay * x;
+    m = b1 * m + (1.0f - b1) * d;
+    v = b2 * v + (1.0f - b2) * d.square();
+  } else {
+    m = b1 * m + (1.0f - b1) * g;
+    v = b2 * v + (1.0f - b2) * g.square();
+  }
+  d = step * m / (v.sqrt() * inv_sqrt_bc2 + o.eps);
+  if (o.weight_decay > 0 &&
+      o.weight_decay_mode == WeightDecayMode::kDecoupled) {
+    d += (lr * o.weight_decay) * x;
+  }
+  for (size_t i = task.first_segment; i < task.end_segment; ++i) {
+    if (absl::Status st = worker_codec_->EncodeSegment(i, d_, e, p.seed, p.out);
+        !st.ok()) {
+      return st;
+    }
+  }
   return absl::OkStatus();
 }
 

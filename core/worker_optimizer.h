@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -122,6 +123,32 @@ class WorkerOptimizer {
   // the wrong size or with NaN/Inf; the state is then unchanged.
   absl::Status ComputeUpdate(absl::Span<const float> grad, std::string* update);
 
+  // ComputeUpdate in parts, for a gradient that arrives range by range (a
+  // PyTorch backward pass, WorkerClient::AddGradient): BeginUpdate, then
+  // ComputeUpdateParts for parts whose gradient is in, each part once, in
+  // any order, then FinishUpdate. m, v, e and the update's bytes are
+  // ComputeUpdate's for the same gradient, bit for bit: the parts are the
+  // units ComputeUpdate runs. Part k is elements [begin, end) of x and bytes
+  // [byte_begin, byte_end) of the update, in order and covering both.
+  struct UpdatePart {
+    size_t begin, end;
+    size_t byte_begin, byte_end;
+  };
+  size_t num_update_parts() const { return tasks_.size(); }
+  UpdatePart update_part(size_t k) const;
+  // Sizes *update (which must outlive the step) and fixes the step's
+  // constants; a step already begun is FailedPrecondition.
+  absl::Status BeginUpdate(std::string* update);
+  // Runs `parts` (on the pool) with `grad`, the whole gradient vector of
+  // which only these parts' elements are read. InvalidArgument (a part
+  // done already or out of range, NaN/Inf in a part's gradient) changes
+  // nothing.
+  absl::Status ComputeUpdateParts(absl::Span<const size_t> parts,
+                                  absl::Span<const float> grad);
+  // After every part: the step counts (step() + 1). FailedPrecondition
+  // while a part is missing.
+  absl::Status FinishUpdate();
+
   // x = x - q for the server's encoded delta. A delta that does not validate
   // is InvalidArgument and leaves the replica unchanged.
   absl::Status ApplyDelta(absl::string_view delta);
@@ -150,6 +177,21 @@ class WorkerOptimizer {
     size_t first_segment, end_segment;
   };
   std::vector<Task> tasks_;
+
+  // What a step fixes before its first part (BeginUpdate) and what it has
+  // done; engaged between BeginUpdate and FinishUpdate.
+  struct Pending {
+    int64_t t;
+    float b1, b2, lr, step, inv_sqrt_bc2;
+    double beta1_power, beta2_power;
+    uint64_t seed;
+    uint8_t* out;
+    std::vector<bool> done;
+    size_t left;
+  };
+  std::optional<Pending> pending_;
+  // Task k of the pending step on `grad` (not checked).
+  absl::Status RunPart(size_t k, absl::Span<const float> grad);
 };
 
 }  // namespace effadam

@@ -153,6 +153,11 @@ void PyWorkerClient::Step(py::handle grad, float loss) {
   FloatsIn g = ToFloats(grad, "grad");
   const absl::Time start = absl::Now();
   const absl::Status s = Blocking([&] { return client_->Step(g.span, loss); });
+  RecordStepAndThrow(s, start, loss);
+}
+
+void PyWorkerClient::RecordStepAndThrow(const absl::Status& s, absl::Time start,
+                                        float loss) {
   if (metrics_ != nullptr && s.ok()) {
     metrics_->RecordStep(*client_, absl::ToDoubleSeconds(absl::Now() - start),
                          loss);
@@ -160,6 +165,25 @@ void PyWorkerClient::Step(py::handle grad, float loss) {
     SyncMetrics();
   }
   ThrowIfError(s);
+}
+
+void PyWorkerClient::BeginStep() { ThrowIfError(idle_client().BeginStep()); }
+
+void PyWorkerClient::AddGradient(size_t begin, py::handle grad) {
+  FloatsIn g = ToFloats(grad, "grad");
+  WorkerClient& client = idle_client();
+  absl::Status s;
+  {
+    py::gil_scoped_release nogil;
+    s = client.AddGradient(begin, g.span);
+  }
+  ThrowIfError(s);
+}
+
+void PyWorkerClient::EndStep(float loss) {
+  const absl::Time start = absl::Now();
+  const absl::Status s = Blocking([&] { return client_->EndStep(loss); });
+  RecordStepAndThrow(s, start, loss);
 }
 
 void PyWorkerClient::Run(int64_t last_round, py::function gradient) {
@@ -373,6 +397,28 @@ Not thread-safe, except cancel().)doc")
            "server's delta applied. loss is reported to the server (NaN: not "
            "measured). OUT_OF_RANGE when the server has ended training; a bad "
            "gradient is INVALID_ARGUMENT and changes nothing.")
+      .def("begin_step", &PyWorkerClient::BeginStep,
+           "Opens a bucketed step: the gradient then arrives range by range "
+           "(add_gradient) and each chunk of the update is sent as soon as "
+           "its bytes are final, while later gradients are computed.")
+      .def("add_gradient", &PyWorkerClient::AddGradient, py::arg("begin"),
+           py::arg("grad"),
+           "The gradient of elements [begin, begin + len(grad)) of the "
+           "layout: ranges of one step are disjoint and, by end_step, cover "
+           "it. The update parts it completes are computed now (Adam, error "
+           "feedback, encoding; without the GIL) and go out. A range outside "
+           "the layout, overlapping one given before or with NaN/Inf is "
+           "INVALID_ARGUMENT and keeps nothing.")
+      .def("end_step", &PyWorkerClient::EndStep,
+           py::arg("loss") = std::numeric_limits<float>::quiet_NaN(),
+           "Ends the bucketed step: waits for the round's delta and applies "
+           "it, as step does (the same errors). A gradient still missing "
+           "ends this worker's training with INVALID_ARGUMENT (what went "
+           "out cannot be taken back).")
+      .def_property_readonly(
+          "step_open",
+          [](const PyWorkerClient& c) { return c.client().step_open(); },
+          "Between begin_step and end_step.")
       .def("run", &PyWorkerClient::Run, py::arg("last_round"),
            py::arg("gradient"),
            "Steps until round last_round is applied or the server ends "

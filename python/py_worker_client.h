@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "metrics/worker_metrics.h"
 #include "worker/worker_client.h"
 
@@ -44,6 +45,13 @@ class PyWorkerClient {
   void Join(const TensorLayout& layout);
   void Start(pybind11::handle initial_params);
   void Step(pybind11::handle grad, float loss);
+  // The bucketed step (WorkerClient::BeginStep, AddGradient, EndStep).
+  // add_gradient runs the ready parts' Adam step and encoding without the
+  // GIL; end_step blocks as step does, and its time is the step's in the
+  // metrics (what the round adds after the last gradient).
+  void BeginStep();
+  void AddGradient(size_t begin, pybind11::handle grad);
+  void EndStep(float loss);
   void Run(int64_t last_round, pybind11::function gradient);
   void Finish();
   void Cancel();
@@ -65,6 +73,10 @@ class PyWorkerClient {
 
   // Brings the metrics' byte counters to the client's counts.
   void SyncMetrics();
+  // After a step that began at `start` and ended with `s`: the step's
+  // duration and loss into the metrics if it went through (else the
+  // counters), then raises `s` if it is an error.
+  void RecordStepAndThrow(const absl::Status& s, absl::Time start, float loss);
 
   std::unique_ptr<WorkerClient> client_;
   std::atomic<bool> busy_{false};

@@ -60,7 +60,8 @@ ABSL_FLAG(int64_t, rounds, 0,
 ABSL_FLAG(effadam::DurationFlag, round_timeout, absl::Seconds(60),
           "How long after a round's first update it closes with the updates "
           "present");
-ABSL_FLAG(int64_t, max_chunk_bytes, 1 << 20,
+ABSL_FLAG(int64_t, max_chunk_bytes,
+          static_cast<int64_t>(effadam::ServerOptions{}.max_chunk_bytes),
           "Largest payload of one chunk of UploadParams, FetchParams and "
           "Train, in bytes");
 ABSL_FLAG(effadam::DurationFlag, keepalive_time, absl::Seconds(30),

@@ -436,6 +436,65 @@ class StateDictTest(ServerTestCase):
         opt.cancel()
 
 
+class OverlapBackwardTest(ServerTestCase):
+    """overlap_backward=True: each gradient goes to the library when
+    autograd has accumulated it, the update leaves during backward."""
+
+    def model(self):
+        torch.manual_seed(0)
+        # An unused layer: its gradient stays None and counts as zeros.
+        m = torch.nn.ModuleDict(dict(
+            a=torch.nn.Linear(10, 40), b=torch.nn.Linear(40, 33),
+            c=torch.nn.Linear(33, 3), unused=torch.nn.Linear(3, 2)))
+        m.forward = lambda x: m.c(F.relu(m.b(F.relu(m.a(x)))))
+        return m
+
+    def test_equals_the_step_after_backward_bit_for_bit(self):
+        # Chunks of 64 bytes: the update of a step is many chunks, most of
+        # them out before backward ends.
+        flags = ("--workers=1", "--rounds=8", "--max_chunk_bytes=64",
+                 "--min_compress_elements=16", "--block_size=32")
+        settings = dict(min_compress_elements=16, block_size=32)
+        overlapped, after = self.model(), self.model()
+        o1 = EfficientAdam(overlapped.named_parameters(), 1e-2,
+                           server=self.server(*flags).address,
+                           overlap_backward=True, **settings)
+        # The same layout as overlap_backward's: the parameters reversed.
+        o2 = EfficientAdam(list(after.named_parameters())[::-1], 1e-2,
+                           server=self.server(*flags).address, **settings)
+        self.assertEqual(o1.names, o2.names)
+        self.assertEqual(o1.names[0], "unused.bias")
+        for x, y in batches(8):
+            for m, o in ((overlapped, o1), (after, o2)):
+                o.zero_grad()
+                loss = F.cross_entropy(m(x), y)
+                loss.backward()
+                self.assertEqual(o.client.step_open, o is o1)
+                o.step(loss=loss)
+        for a, b in zip(overlapped.parameters(), after.parameters()):
+            self.assertTrue(torch.equal(a, b))
+        s1, s2 = o1.state_dict()["state"], o2.state_dict()["state"]
+        for key in ("exp_avg", "exp_avg_sq", "error_memory"):
+            self.assertTrue(torch.equal(s1[key], s2[key]), key)
+        self.assertGreater(s1["error_memory"].abs().sum().item(), 0)
+        self.assertEqual(o1.traffic.up.payload, o2.traffic.up.payload)
+        self.assertEqual(o1.round, 9)
+        o1.step()  # the server has ended training
+        self.assertTrue(o1.server_finished)
+        o1.finish()
+        o2.finish()
+
+    def test_accumulating_gradients_is_refused_clearly(self):
+        model = self.model()
+        opt = EfficientAdam(model, 1e-2, server=self.server(
+            "--workers=1", "--rounds=5").address, overlap_backward=True)
+        x, y = batches(1)[0]
+        F.cross_entropy(model(x), y).backward()
+        with self.assertRaisesRegex(RuntimeError, "gradient accumulation"):
+            F.cross_entropy(model(x), y).backward()
+        opt.cancel()
+
+
 class CudaTest(ServerTestCase):
     def test_the_gather_path_on_cpu_equals_the_flat_one(self):
         # flat_params=False runs what CUDA runs (one gather, one copy back),

@@ -173,7 +173,7 @@ class FakeServer final : public pb::ParameterServer::Service {
         messages.push_back(m);
       }
       update += m.payload();
-      if (update.size() < kElements * sizeof(float)) continue;
+      if (update.size() < update_bytes) continue;
       if (!respond(stream, m.round(), update)) break;
       update.clear();
     }
@@ -200,6 +200,8 @@ class FakeServer final : public pb::ParameterServer::Service {
   std::function<bool(Stream*, int64_t round, const std::string& update)>
       respond;
   grpc::Status end_status = grpc::Status::OK;
+  // The size of an update (fp32 by default).
+  size_t update_bytes = kElements * sizeof(float);
 
   // What the client sent.
   absl::Mutex mu;
@@ -730,6 +732,171 @@ TEST_F(WorkerClientTest, CancelStopsWaitingForAServerThatIsNotThere) {
   canceller.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+// Three tensors, so three update parts of 16, 16 and 8 bytes (fp32): the
+// chunks of 16 bytes each hold one part.
+TensorLayout ThreeTensors() {
+  return *TensorLayout::Create({{"a", {4}}, {"b", {4}}, {"c", {2}}});
+}
+
+std::vector<pb::WorkerMessage> MessagesSoFar(FakeServer& fake) {
+  absl::MutexLock lock(&fake.mu);
+  return fake.messages;
+}
+
+// Waits (up to 5 s) until the fake server has read `n` update chunks.
+bool AwaitMessages(FakeServer& fake, size_t n) {
+  absl::MutexLock lock(&fake.mu);
+  auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake.mu) {
+    return fake.messages.size() >= n;
+  };
+  return fake.mu.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(5));
+}
+
+TEST_F(WorkerClientTest, BucketedStepSendsEachChunkOnceItsGradientIsIn) {
+  StartServer();
+  const std::vector<float> x0(kElements, 2.0f);
+  auto bucketed = WorkerClient::Connect(Options(), ThreeTensors(), x0);
+  ASSERT_TRUE(bucketed.ok()) << bucketed.status();
+  WorkerClient& c = **bucketed;
+  ASSERT_EQ(c.optimizer()->num_update_parts(), 3u);
+  std::vector<std::vector<float>> grads;
+  for (int r = 0; r < 3; ++r) {
+    std::vector<float> g(kElements);
+    for (int i = 0; i < kElements; ++i) g[i] = 0.25f * (i - r * 3);
+    grads.push_back(g);
+  }
+  for (int r = 0; r < 3; ++r) {
+    const std::vector<float>& g = grads[r];
+    const size_t before = MessagesSoFar(fake_).size();
+    ASSERT_TRUE(c.BeginStep().ok());
+    EXPECT_TRUE(c.step_open());
+    // As a backward pass: the last tensor first, ranges that split parts.
+    ASSERT_TRUE(c.AddGradient(8, absl::MakeSpan(g).subspan(8, 2)).ok());
+    ASSERT_TRUE(c.AddGradient(5, absl::MakeSpan(g).subspan(5, 3)).ok());
+    // Part 0 is not in: nothing can go (chunks go in order).
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_EQ(MessagesSoFar(fake_).size(), before);
+    ASSERT_TRUE(c.AddGradient(0, absl::MakeSpan(g).subspan(0, 4)).ok());
+    // Chunk 0 (part 0) goes out while part 1 still lacks element 4.
+    ASSERT_TRUE(AwaitMessages(fake_, before + 1));
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_EQ(MessagesSoFar(fake_).size(), before + 1);
+    ASSERT_TRUE(c.AddGradient(4, absl::MakeSpan(g).subspan(4, 1)).ok());
+    // Chunk 1 goes; the last one waits for the loss.
+    ASSERT_TRUE(AwaitMessages(fake_, before + 2));
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_EQ(MessagesSoFar(fake_).size(), before + 2);
+    ASSERT_TRUE(c.EndStep(1.5f + r).ok());
+    EXPECT_FALSE(c.step_open());
+  }
+  EXPECT_EQ(c.round(), 4);
+  const std::vector<pb::WorkerMessage> bucketed_messages = MessagesSoFar(fake_);
+  const std::vector<float> bucketed_params(c.params().begin(),
+                                           c.params().end());
+  const WorkerOptimizer::State bucketed_state = c.optimizer()->state();
+  const TrafficCounts bucketed_traffic = c.traffic();
+  ASSERT_TRUE(c.Finish().ok());
+
+  // The same rounds with Step: the same messages, replica and state.
+  {
+    absl::MutexLock lock(&fake_.mu);
+    fake_.messages.clear();
+  }
+  auto stepped = WorkerClient::Connect(Options(), ThreeTensors(), x0);
+  ASSERT_TRUE(stepped.ok()) << stepped.status();
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE((*stepped)->Step(grads[r], 1.5f + r).ok());
+  }
+  const std::vector<pb::WorkerMessage> stepped_messages = MessagesSoFar(fake_);
+  ASSERT_EQ(stepped_messages.size(), bucketed_messages.size());
+  for (size_t i = 0; i < stepped_messages.size(); ++i) {
+    EXPECT_EQ(bucketed_messages[i].SerializeAsString(),
+              stepped_messages[i].SerializeAsString())
+        << "message " << i;
+  }
+  EXPECT_EQ(bucketed_params, std::vector<float>((*stepped)->params().begin(),
+                                                (*stepped)->params().end()));
+  const WorkerOptimizer::State stepped_state = (*stepped)->optimizer()->state();
+  EXPECT_EQ(bucketed_state.step, stepped_state.step);
+  EXPECT_EQ(bucketed_state.m, stepped_state.m);
+  EXPECT_EQ(bucketed_state.v, stepped_state.v);
+  EXPECT_EQ(bucketed_state.e, stepped_state.e);
+  EXPECT_EQ(bucketed_traffic.up().payload, (*stepped)->traffic().up().payload);
+  EXPECT_EQ(bucketed_traffic.down().payload,
+            (*stepped)->traffic().down().payload);
+  EXPECT_TRUE((*stepped)->Finish().ok());
+}
+
+// A client of three tensors (x0 zeros) connected to the fake server.
+std::unique_ptr<WorkerClient> ConnectThreeTensors(
+    const WorkerClientOptions& options) {
+  auto client = WorkerClient::Connect(options, ThreeTensors(),
+                                      std::vector<float>(kElements));
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+TEST_F(WorkerClientTest, BucketedStepRefusesBadRangesAndEndsWhenOneIsMissing) {
+  StartServer();
+  std::unique_ptr<WorkerClient> client = ConnectThreeTensors(Options());
+  ASSERT_NE(client, nullptr);
+  WorkerClient& c = *client;
+  const std::vector<float> g(kElements, 1.0f);
+  EXPECT_EQ(c.AddGradient(0, g).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(c.EndStep(1).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(c.BeginStep().ok());
+  EXPECT_EQ(c.BeginStep().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(c.Step(g, 1).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(c.AddGradient(2, absl::MakeSpan(g).subspan(0, 3)).ok());
+  // Outside the layout, overlapping [2, 5) from either side, empty, NaN.
+  EXPECT_EQ(c.AddGradient(9, absl::MakeSpan(g).subspan(0, 2)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.AddGradient(4, absl::MakeSpan(g).subspan(0, 2)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.AddGradient(0, absl::MakeSpan(g).subspan(0, 3)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.AddGradient(0, {}).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<float> nan(3, 1.0f);
+  nan[1] = std::numeric_limits<float>::quiet_NaN();
+  const absl::Status s = c.AddGradient(5, nan);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("element 6"));
+  // The refused ranges left nothing: [0, 2) is still missing.
+  ASSERT_TRUE(c.AddGradient(5, absl::MakeSpan(g).subspan(0, 5)).ok());
+  EXPECT_TRUE(c.step_open());
+  const absl::Status end = c.EndStep(1);
+  EXPECT_EQ(end.code(), absl::StatusCode::kInvalidArgument) << end;
+  EXPECT_THAT(end.message(), HasSubstr("the first: 0"));
+  EXPECT_FALSE(c.step_open());
+  // Training ended with it.
+  EXPECT_EQ(c.BeginStep().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.Finish().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(WorkerClientTest, CancelEndsABucketedStepWaitingForGradients) {
+  StartServer();
+  std::unique_ptr<WorkerClient> client = ConnectThreeTensors(Options());
+  ASSERT_NE(client, nullptr);
+  WorkerClient& c = *client;
+  const std::vector<float> g(kElements, 1.0f);
+  ASSERT_TRUE(c.BeginStep().ok());
+  ASSERT_TRUE(c.AddGradient(0, absl::MakeSpan(g).subspan(0, 4)).ok());
+  c.Cancel();
+  ASSERT_TRUE(c.AddGradient(4, absl::MakeSpan(g).subspan(4, 6)).ok());
+  EXPECT_EQ(c.EndStep(1).code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(c.step_open());
+}
+
+TEST_F(WorkerClientTest, DestroyingAClientAbandonsItsOpenBucketedStep) {
+  StartServer();
+  std::unique_ptr<WorkerClient> client = ConnectThreeTensors(Options());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->BeginStep().ok());
+  client.reset();  // joins the step's thread, which waits for gradients
+  absl::MutexLock lock(&fake_.mu);
+  EXPECT_TRUE(fake_.messages.empty());
 }
 
 }  // namespace

@@ -152,7 +152,9 @@ inline constexpr int kServerMaxPingStrikes = 2;
 // synchronous: every call in progress holds a thread, so threads are the
 // resource that floods exhaust first.
 struct ServerTransport {
-  size_t max_chunk_bytes = 1 << 20;  // messages may be this plus envelope
+  // Messages may be this plus the envelope; the server's default
+  // (ServerOptions::max_chunk_bytes).
+  size_t max_chunk_bytes = size_t{64} << 10;
   // How often the server pings each connection, and how long it waits for
   // the answer before it drops the connection (and so a hung or vanished
   // worker's stream: the worker leaves the round at once instead of after

@@ -386,7 +386,8 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
                                  absl::string_view update, float loss,
                                  size_t max_chunk_bytes,
                                  ChunkAssembler* assembler, int* contributors,
-                                 bool* dropped, EarlierDeltas* earlier) {
+                                 bool* dropped, EarlierDeltas* earlier,
+                                 const AwaitUpdateBytes& await_bytes) {
   *dropped = false;
   earlier->count = 0;
   // The server sends the delta segment by segment while this worker's
@@ -483,8 +484,13 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
   msg.set_round(round);
   size_t offset = 0;
   bool written = true;
+  bool abandoned = false;
   do {
     const size_t n = std::min(max_chunk_bytes, update.size() - offset);
+    if (await_bytes && !await_bytes(offset + n, &loss)) {
+      abandoned = true;
+      break;
+    }
     msg.set_offset(static_cast<int64_t>(offset));
     msg.set_payload(update.data() + offset, n);
     offset += n;
@@ -495,12 +501,19 @@ absl::Status ShardLink::Exchange(int rank, int64_t round,
           static_cast<int64_t>(msg.ByteSizeLong());
     }
   } while (written && offset < update.size());
+  // The reader waits for a delta that will not come.
+  if (abandoned) stream.context->TryCancel();
   // A failed Write means the stream is over; the Read fails as well.
   reader.join();
   wire_bytes(TrafficDirection::kServerToWorker) += read_wire;
   if (!bad_delta.ok()) {
     Abandon();
     return bad_delta;
+  }
+  if (abandoned) {
+    Abandon();
+    return absl::CancelledError(
+        absl::StrCat("Train, round ", round, ": the update was abandoned"));
   }
   if (!written) {
     return EndStream(absl::StrCat("sending the update of round ", round));

@@ -20,6 +20,7 @@
 // parallel).
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -144,10 +145,19 @@ class ShardLink {
   // EndStream's status; a delta
   // that does not assemble, or an end before it is complete, cancels the
   // stream and is InternalError. Runs a second thread for the reading.
+  //
+  // With `await_bytes` the update is still being written while it is sent
+  // (WorkerClient's bucketed step): before the chunk that ends at byte n
+  // goes out, await_bytes(n, &loss) blocks until the first n bytes of
+  // `update` are final (for the last chunk, the loss too, which it
+  // writes); false: they never will be (the step was abandoned), and
+  // Exchange cancels the stream and returns Cancelled.
+  using AwaitUpdateBytes = std::function<bool(size_t n, float* loss)>;
   absl::Status Exchange(int rank, int64_t round, absl::string_view update,
                         float loss, size_t max_chunk_bytes,
                         ChunkAssembler* assembler, int* contributors,
-                        bool* dropped, EarlierDeltas* earlier);
+                        bool* dropped, EarlierDeltas* earlier,
+                        const AwaitUpdateBytes& await_bytes = nullptr);
   // Closes this side and waits up to `timeout` (real time: it bounds a
   // wait on the network) for the server's status: OK when it ended the
   // stream cleanly (DeadlineExceeded after the timeout). A link without a

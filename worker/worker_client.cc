@@ -1,7 +1,9 @@
 #include "worker/worker_client.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -61,7 +63,9 @@ WorkerClient::WorkerClient(WorkerClientOptions options)
 
 // Each ShardLink cancels a stream still open (an error path skipped
 // Finish): the servers see this worker leave at once.
-WorkerClient::~WorkerClient() = default;
+WorkerClient::~WorkerClient() {
+  if (step_open()) AbandonStep(absl::CancelledError("destroyed")).IgnoreError();
+}
 
 absl::StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Connect(
     const WorkerClientOptions& options, const TensorLayout& layout,
@@ -387,43 +391,65 @@ TrafficCounts WorkerClient::traffic() const {
   return sum;
 }
 
-absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
+absl::Status WorkerClient::PrepareStep(absl::string_view call) {
   if (phase_ != Phase::kTraining) {
     if (phase_ == Phase::kDone && !final_status_.ok()) return final_status_;
-    return absl::FailedPreconditionError("Step: call Start first");
+    return absl::FailedPreconditionError(
+        absl::StrCat(call, ": call Start first"));
+  }
+  if (step_open()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(call, ": a bucketed step is open (EndStep first)"));
   }
   // The run's round drives the learning-rate schedule: a worker that
   // joined or restarted mid-run would otherwise start it over.
-  if (absl::Status s = optimizer_->SetScheduleStep(round()); !s.ok()) {
-    return s;
-  }
+  return optimizer_->SetScheduleStep(round());
+}
+
+absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
+  if (absl::Status s = PrepareStep("Step"); !s.ok()) return s;
   if (absl::Status s = optimizer_->ComputeUpdate(grad, &update_); !s.ok()) {
     return s;
   }
+  RunExchanges(loss, /*bucketed=*/false);
+  return ApplyRound();
+}
+
+void WorkerClient::RunExchanges(float loss, bool bucketed) {
+  round_results_.assign(shards_.size(), absl::OkStatus());
+  // A shard whose round was dropped (its result was not finite) sends no
+  // delta: its part is zero, as its server's x stays as it was.
+  round_dropped_.assign(shards_.size(), 0);
   // Each shard gets its part of the update on its own stream, in parallel
-  // (shard k on link thread k, shard 0 here);
-  // a shard whose server has finished, or whose stream broke, contributes
+  // (shard k on link thread k, shard 0 on this thread).
+  auto exchange = [&](int k) {
+    Shard& s = shards_[k];
+    if (!s.link->stream_open()) return;  // its server finished training
+    bool dropped = false;
+    ShardLink::AwaitUpdateBytes await;
+    if (bucketed) {
+      await = [this, k](size_t n, float* l) { return AwaitBytes(k, n, l); };
+    }
+    round_results_[k] = s.link->Exchange(
+        rank_, s.round,
+        absl::string_view(update_).substr(s.update_range.byte_begin,
+                                          s.update_range.byte_size),
+        loss, static_cast<size_t>(s.max_chunk_bytes), s.delta.get(),
+        &s.contributors, &dropped, &s.earlier, await);
+    round_dropped_[k] = dropped;
+  };
+  link_threads_->Run(exchange);
+}
+
+absl::Status WorkerClient::ApplyRound() {
+  // A shard whose server has finished, or whose stream broke, contributes
   // a zero part to the delta.
   delta_.resize(zero_delta_.size());
   auto put = [this](const Shard& s, absl::string_view part) {
     PutDeltaPart(s, part);
   };
   auto put_zero = [this](const Shard& s) { PutZeroPart(s); };
-  std::vector<absl::Status> results(shards_.size());
-  // A shard whose round was dropped (its result was not finite) sends no
-  // delta: its part is zero, as its server's x stays as it was.
-  std::unique_ptr<bool[]> dropped(new bool[shards_.size()]());
-  auto exchange = [&](int k) {
-    Shard& s = shards_[k];
-    if (!s.link->stream_open()) return;  // its server finished training
-    results[k] = s.link->Exchange(
-        rank_, s.round,
-        absl::string_view(update_).substr(s.update_range.byte_begin,
-                                          s.update_range.byte_size),
-        loss, static_cast<size_t>(s.max_chunk_bytes), s.delta.get(),
-        &s.contributors, &dropped[k], &s.earlier);
-  };
-  link_threads_->Run(exchange);
+  const std::vector<absl::Status>& results = round_results_;
   // A shard that took this worker's late update into its next round sent
   // the late round's delta first: applied before the next round's, as the
   // server applied them (the other shards' parts are zero).
@@ -442,7 +468,7 @@ absl::Status WorkerClient::Step(absl::Span<const float> grad, float loss) {
       DirectionBytes& up = s.payload[TrafficDirection::kWorkerToServer];
       up.payload += static_cast<int64_t>(s.update_range.byte_size);
       up.fp32 += static_cast<int64_t>(sizeof(float) * s.update_range.size);
-      if (dropped[k]) {
+      if (round_dropped_[k]) {
         put_zero(s);
       } else {
         // Shared, not taken: the assembler keeps its memory for the next
@@ -532,6 +558,164 @@ absl::Status WorkerClient::ApplyEarlierDeltas(
   return absl::OkStatus();
 }
 
+absl::Status WorkerClient::BeginStep() {
+  if (absl::Status s = PrepareStep("BeginStep"); !s.ok()) return s;
+  if (absl::Status s = optimizer_->BeginUpdate(&update_); !s.ok()) return s;
+  const size_t n = layout_.num_elements();
+  grad_.resize(n);
+  received_.clear();
+  missing_ = n;
+  const size_t parts = optimizer_->num_update_parts();
+  part_missing_.resize(parts);
+  for (size_t k = 0; k < parts; ++k) {
+    const WorkerOptimizer::UpdatePart p = optimizer_->update_part(k);
+    part_missing_[k] = p.end - p.begin;
+  }
+  // Shard k's first part: the first whose bytes reach into its range.
+  next_part_.assign(shards_.size(), 0);
+  for (size_t k = 0; k < shards_.size(); ++k) {
+    while (optimizer_->update_part(next_part_[k]).byte_end <=
+           shards_[k].update_range.byte_begin) {
+      ++next_part_[k];
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    ready_bytes_.assign(shards_.size(), 0);
+    loss_known_ = false;
+    step_abandoned_ = false;
+  }
+  step_thread_ = std::thread([this] { RunExchanges(0.0f, /*bucketed=*/true); });
+  return absl::OkStatus();
+}
+
+bool WorkerClient::AwaitBytes(size_t k, size_t n, float* loss) {
+  const bool last = n == shards_[k].update_range.byte_size;
+  absl::MutexLock lock(&mu_);
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return cancelled_ || step_abandoned_ ||
+           (ready_bytes_[k] >= n && (!last || loss_known_));
+  };
+  mu_.Await(absl::Condition(&ready));
+  if (cancelled_ || step_abandoned_) return false;
+  if (last) *loss = loss_;
+  return true;
+}
+
+absl::Status WorkerClient::AddGradient(size_t begin,
+                                       absl::Span<const float> values) {
+  if (!step_open()) {
+    return absl::FailedPreconditionError("AddGradient: call BeginStep first");
+  }
+  const size_t n = grad_.size();
+  if (values.empty() || begin > n || values.size() > n - begin) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AddGradient: elements [", begin, ", +", values.size(),
+                     ") are not a range of the layout's ", n));
+  }
+  const size_t end = begin + values.size();
+  auto after = received_.upper_bound(begin);
+  const bool overlaps_before =
+      after != received_.begin() && std::prev(after)->second > begin;
+  if (overlaps_before || (after != received_.end() && after->first < end)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AddGradient: elements [", begin, ", ", end,
+                     ") overlap a range given before in this step"));
+  }
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AddGradient: the gradient of element ", begin + i,
+                       " is ", values[i]));
+    }
+  }
+  std::copy(values.begin(), values.end(), grad_.begin() + begin);
+  received_.emplace(begin, end);
+  missing_ -= values.size();
+  // The parts this range completes (parts are in element order).
+  std::vector<size_t> ready;
+  size_t lo = 0, hi = part_missing_.size();
+  while (lo < hi) {  // the first part that ends after `begin`
+    const size_t mid = (lo + hi) / 2;
+    if (optimizer_->update_part(mid).end <= begin) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  for (size_t k = lo; k < part_missing_.size(); ++k) {
+    const WorkerOptimizer::UpdatePart p = optimizer_->update_part(k);
+    if (p.begin >= end) break;
+    part_missing_[k] -= std::min(p.end, end) - std::max(p.begin, begin);
+    if (part_missing_[k] == 0) ready.push_back(k);
+  }
+  if (ready.empty()) return absl::OkStatus();
+  if (absl::Status s = optimizer_->ComputeUpdateParts(ready, grad_); !s.ok()) {
+    return AbandonStep(absl::InternalError(
+        absl::StrCat("AddGradient, encoding the update: ", s.message())));
+  }
+  if (missing_ == 0) {
+    if (absl::Status s = optimizer_->FinishUpdate(); !s.ok()) {
+      return AbandonStep(absl::InternalError(s.message()));
+    }
+  }
+  // Each shard's bytes are final up to its first part not yet computed.
+  std::vector<size_t> ready_bytes(shards_.size());
+  for (size_t k = 0; k < shards_.size(); ++k) {
+    const ShardRange& r = shards_[k].update_range;
+    size_t& next = next_part_[k];
+    while (next < part_missing_.size() && part_missing_[next] == 0 &&
+           optimizer_->update_part(next).byte_begin <
+               r.byte_begin + r.byte_size) {
+      ++next;
+    }
+    const size_t final_end =
+        next < part_missing_.size()
+            ? std::min(optimizer_->update_part(next).byte_begin,
+                       r.byte_begin + r.byte_size)
+            : r.byte_begin + r.byte_size;
+    ready_bytes[k] = std::max(final_end, r.byte_begin) - r.byte_begin;
+  }
+  absl::MutexLock lock(&mu_);
+  ready_bytes_ = std::move(ready_bytes);
+  return absl::OkStatus();
+}
+
+absl::Status WorkerClient::EndStep(float loss) {
+  if (!step_open()) {
+    if (phase_ == Phase::kDone && !final_status_.ok()) return final_status_;
+    return absl::FailedPreconditionError("EndStep: call BeginStep first");
+  }
+  if (missing_ > 0) {
+    size_t first = 0;  // the first element no range covers
+    for (const auto& [b, e] : received_) {
+      if (b != first) break;
+      first = e;
+    }
+    return AbandonStep(absl::InvalidArgumentError(absl::StrCat(
+        "EndStep: ", missing_,
+        " gradient elements never arrived (the first: ", first,
+        "); the update could not be completed and this worker left "
+        "training")));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    loss_ = loss;
+    loss_known_ = true;
+  }
+  step_thread_.join();
+  return ApplyRound();
+}
+
+absl::Status WorkerClient::AbandonStep(absl::Status why) {
+  {
+    absl::MutexLock lock(&mu_);
+    step_abandoned_ = true;
+  }
+  step_thread_.join();
+  return Abandon(std::move(why));
+}
+
 absl::Status WorkerClient::Abandon(absl::Status why) {
   for (Shard& s : shards_) s.link->Abandon();
   server_finished_ = false;
@@ -559,6 +743,10 @@ absl::Status WorkerClient::Run(
 }
 
 absl::Status WorkerClient::Finish() {
+  if (step_open()) {
+    return AbandonStep(absl::FailedPreconditionError(
+        "Finish: a bucketed step was open; it was abandoned"));
+  }
   if (phase_ == Phase::kDone) {
     return server_finished_ ? absl::OkStatus() : final_status_;
   }

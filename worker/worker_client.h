@@ -13,8 +13,10 @@
 // any time. With S shards, Start makes S - 1 threads (LinkThreads) that
 // live until the client is destroyed: every Step runs shard k's exchange
 // on thread k while shard 0's runs on the caller's thread, and returns
-// when all are done. The destructor cancels streams still open and joins
-// the threads.
+// when all are done. A bucketed step (BeginStep .. EndStep) runs them from
+// a thread of its own instead, so that the caller may go on computing
+// gradients; it lives until EndStep. The destructor abandons an open
+// bucketed step, cancels streams still open and joins the threads.
 //
 // Time: connect_timeout, reconnect_timeout and the retries' backoff are
 // read on the injected Clock (WorkerClientOptions::clock); finish_timeout
@@ -48,12 +50,15 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -155,6 +160,34 @@ class WorkerClient {
   // after a server restart from a checkpoint may be an earlier one. m, v and
   // the error memory are kept.
   absl::Status Step(absl::Span<const float> grad, float loss);
+
+  // Step in parts, for a gradient that arrives range by range while it is
+  // computed (a backward pass; docs/design.md, "The bucketed upload"):
+  // BeginStep(), then AddGradient for disjoint ranges of the layout's
+  // elements, in any order, that together cover it, then EndStep(loss).
+  // As soon as the gradient of one of the optimizer's update parts (runs of
+  // codec segments) is all in, AddGradient runs that part's Adam step,
+  // error feedback and encoding on the calling thread, and each chunk of
+  // the update goes on its shard's Train stream, from the link threads
+  // (BeginStep starts them on a thread of the round), once its bytes are
+  // final, while the caller computes later gradients; the last chunk
+  // waits for EndStep's loss. EndStep waits for the round's delta and
+  // applies it as Step does, with Step's returns. For the same gradient
+  // the update's bytes, m, v, e and x are Step's, bit for bit.
+  //
+  // AddGradient refuses a range outside the layout, overlapping one given
+  // before, or with NaN/Inf (InvalidArgument) and keeps nothing of it; the
+  // step stays open. But what went out cannot be taken back: an EndStep
+  // while some gradient is missing ends this worker's training (the
+  // streams are cancelled, the servers go on without it) with
+  // InvalidArgument naming the first missing element, as does any error
+  // of the encoding. Step, BeginStep and Finish during a bucketed step are
+  // FailedPrecondition (Finish: the step is abandoned first).
+  absl::Status BeginStep();
+  absl::Status AddGradient(size_t begin, absl::Span<const float> values);
+  absl::Status EndStep(float loss);
+  // Between BeginStep and EndStep.
+  bool step_open() const { return step_thread_.joinable(); }
 
   // Steps until round `last_round` is applied or the server ends training,
   // then Finish()es. `gradient` writes the gradient at `params` into `grad`
@@ -260,6 +293,21 @@ class WorkerClient {
   absl::Status ApplyEarlierDeltas(const std::vector<absl::Status>& results);
   // Ends every stream after an error found here; returns `why`.
   absl::Status Abandon(absl::Status why);
+  // The checks Step and BeginStep (`call`) make before a step (training,
+  // no bucketed step open), and the schedule step set to round().
+  absl::Status PrepareStep(absl::string_view call);
+  // The round's exchanges on the shards' links, in parallel, into
+  // round_results_ and round_dropped_; with `bucketed` each waits for its
+  // bytes (AwaitBytes).
+  void RunExchanges(float loss, bool bucketed);
+  // After RunExchanges: the delta applied, broken streams recovered.
+  absl::Status ApplyRound();
+  // Bucketed: blocks until the first n bytes of shard k's part of the
+  // update are final (and for all of them, the loss is known); false when
+  // the step was abandoned or the client cancelled.
+  bool AwaitBytes(size_t k, size_t n, float* loss);
+  // Bucketed: ends the open step's exchanges (cancelled) and training.
+  absl::Status AbandonStep(absl::Status why);
   const Clock& clock() const {
     return options_.clock != nullptr ? *options_.clock : Clock::Real();
   }
@@ -269,6 +317,27 @@ class WorkerClient {
 
   mutable absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  // The bucketed step, as the link threads see it: how many bytes of each
+  // shard's part of the update are final, the loss once EndStep gave it,
+  // and whether the step was abandoned.
+  std::vector<size_t> ready_bytes_ ABSL_GUARDED_BY(mu_);
+  bool loss_known_ ABSL_GUARDED_BY(mu_) = false;
+  float loss_ ABSL_GUARDED_BY(mu_) = 0.0f;
+  bool step_abandoned_ ABSL_GUARDED_BY(mu_) = false;
+
+  // The bucketed step, as the caller's thread sees it: the gradient so
+  // far, the ranges given (begin -> end), the elements each update part
+  // still lacks, the first part of each shard not yet final, and the
+  // thread that runs the round's exchanges.
+  std::vector<float> grad_;
+  std::map<size_t, size_t> received_;
+  std::vector<size_t> part_missing_;
+  size_t missing_ = 0;
+  std::vector<size_t> next_part_;
+  std::thread step_thread_;
+  // One round's results per shard (RunExchanges).
+  std::vector<absl::Status> round_results_;
+  std::vector<char> round_dropped_;
 
   enum class Phase { kNew, kJoined, kTraining, kDone };
   Phase phase_ = Phase::kNew;

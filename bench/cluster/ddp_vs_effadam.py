@@ -66,6 +66,8 @@ DDP_SETTINGS = {
 }
 EFFADAM_CODECS = {
     "sign/sign+EF": ("sign", "sign", "both"),
+    # The same, with the update sent during backward (overlap_backward).
+    "sign/sign+EF bucketed": ("sign", "sign", "both"),
     "q4/q4+EF": ("q4", "q4", "both"),
     "fp32/fp32": ("fp32", "fp32", "both"),
 }
@@ -224,7 +226,9 @@ def run_setting(args, cluster, model, rate, name, mode, shards, steps, warmup,
     # An effadam setting of one of --builds ("... @label") runs that
     # build's server and Python package.
     name, label = split_build(name)
-    bin_dir = args.builds.get(label, args.bin)
+    # A build may end in @--flag@--flag: flags for its servers (e.g.
+    # c64k=build/bin@--max_chunk_bytes=65536).
+    bin_dir, *server_flags = args.builds.get(label, args.bin).split("@")
     worker = ["env", "PYTHONPATH=" + package_of(bin_dir), PYTHON,
               os.path.join(HERE, "train_worker.py"), "--mode=" + mode,
               "--model=" + model, "--world=%d" % n, "--steps=%d" % steps,
@@ -250,12 +254,14 @@ def run_setting(args, cluster, model, rate, name, mode, shards, steps, warmup,
                     "--rounds=%d" % steps, "--shard=%d" % k,
                     "--num_shards=%d" % shards, "--seed=1",
                     "--summary_json=" + os.path.join(log_dir, "s%d.json" % k)]
-                    + codec_flags + chunk_flags, "s%d" % k))
+                    + codec_flags + chunk_flags + server_flags, "s%d" % k))
             for s in servers:
                 s.wait_line(r"listening on", deadline)
             worker += ["--server=" + ",".join(
                 "%s:%d" % (net.ip["s%d" % k], SERVER_PORT)
                 for k in range(shards))] + codec_flags
+            if name.split(" S=")[0].endswith(" bucketed"):
+                worker.append("--overlap_backward")
         elif mode == "ddp":
             # A new port each run: the last run's may be in TIME_WAIT.
             cluster.port = getattr(cluster, "port", 29400) + 1
@@ -381,6 +387,9 @@ def settings_for(n, wanted, builds=()):
                 for label in builds or [""]:
                     eff.append((name + (" @" + label if label else ""),
                                 "effadam", s))
+    # By shard count, the codecs of one S next to each other (a setting and
+    # its bucketed twin share the machine's state).
+    eff.sort(key=lambda e: e[2])
     out = []
     for i in range(max(len(ddp), len(eff))):
         if i < len(ddp):
@@ -583,7 +592,10 @@ def main():
                     help="label=bin_dir,...: run every effadam setting with "
                          "each build in turn (its server and Python "
                          "package), e.g. main=../main/build/bin,"
-                         "new=build/bin; --bin stays the default")
+                         "new=build/bin; --bin stays the default. A "
+                         "bin_dir may end in @--flag@--flag, flags for "
+                         "its servers (k64=build/bin@--max_chunk_bytes="
+                         "65536)")
     ap.add_argument("--max_chunk_bytes", type=int, default=0,
                     help="the servers' --max_chunk_bytes (0: their "
                          "default); a delta goes out segment by segment "

@@ -59,6 +59,8 @@ def parse():
     ap.add_argument("--worker_codec", default="sign")
     ap.add_argument("--server_codec", default="sign")
     ap.add_argument("--error_feedback", default="both")
+    ap.add_argument("--overlap_backward", action="store_true",
+                    help="effadam: send the update during backward")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.steps <= args.warmup:
@@ -111,7 +113,8 @@ def main():
                             rank=args.rank, seed=args.seed,
                             worker_codec=args.worker_codec,
                             server_codec=args.server_codec,
-                            error_feedback=args.error_feedback)
+                            error_feedback=args.error_feedback,
+                            overlap_backward=args.overlap_backward)
     else:
         net, opt = model, torch.optim.Adam(model.parameters(), LR)
     sample = task.make_sampler(args.rank, args.world, args.seed)

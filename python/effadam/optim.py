@@ -143,6 +143,25 @@ class EfficientAdam(torch.optim.Optimizer):
     flat_params: True (the default on the CPU) makes the parameters views
       of one flat buffer; False keeps their storage and gathers and copies
       back every step, as on CUDA.
+    overlap_backward: True sends the update while backward runs, as DDP's
+      buckets do: a hook on each parameter's gradient accumulator hands its
+      gradient to the library as soon as autograd has produced it, the
+      library runs Adam and the encoding for every part of the update
+      whose gradients are all in and puts its chunks on the Train stream
+      while the rest of backward computes (WorkerClient.begin_step,
+      add_gradient, end_step; docs/design.md, "The bucketed upload");
+      step() then sends what is left and waits for the delta. The layout
+      lists the parameters in reverse order (the order backward produces
+      them, DDP's heuristic), so every worker of the cluster must pass the
+      same value (the server refuses a mixed layout). The results are
+      those of False, bit for bit, for the same gradients; but the
+      gradient is taken when backward produces it: changes to .grad
+      between backward and step() (clipping, scaling) are not seen, and
+      a second backward before step() (gradient accumulation) raises, and
+      a NaN/Inf gradient raises and ends this worker's training (the parts
+      of the update already sent cannot be taken back).
+      False (the default): step() gathers the gradients and sends the
+      whole update after backward.
     Any of them left None keeps the library's default (the flags' defaults
     of effadam-worker).
 
@@ -177,7 +196,7 @@ class EfficientAdam(torch.optim.Optimizer):
                  connect_timeout=None, finish_timeout=None,
                  reconnect_timeout=None, security=None, keepalive_time=None,
                  keepalive_timeout=None, metrics_listen=None,
-                 flat_params=None):
+                 flat_params=None, overlap_backward=False):
         self._client = None
         if amsgrad:
             raise ValueError("amsgrad is not supported: the library runs Adam")
@@ -186,6 +205,11 @@ class EfficientAdam(torch.optim.Optimizer):
             raise ValueError("betas must be a pair (beta1, beta2), got %r"
                              % (betas,))
         named = _named_trainable(params)
+        self._overlap = bool(overlap_backward)
+        if self._overlap:
+            # Backward produces the last parameters' gradients first; the
+            # update goes out in layout order.
+            named = named[::-1]
         adam = _effadam.AdamOptions(**_given(
             # The library runs with lr of the first step; step() passes
             # param_groups[0]['lr'] on every step. lr 0 (a warm-up's start)
@@ -246,6 +270,17 @@ class EfficientAdam(torch.optim.Optimizer):
         self._grad_views = []  # CPU: each parameter's slice of _grad_t
         self._copied_back = None  # CUDA: the event of the last x copy
         self.server_finished = False
+        # overlap_backward: each parameter's first element in the layout,
+        # which parameters' gradients went out in this step, and the
+        # gradient accumulators whose hooks send them (held, so that the
+        # hooks live as long as this optimizer).
+        self._offsets = []
+        offset = 0
+        for p in self._params:
+            self._offsets.append(offset)
+            offset += p.numel()
+        self._sent = [False] * len(self._params)
+        self._grad_accs = []
 
         self.placement = _effadam.resolve_placement(
             server=server, num_shards=num_shards, rank=rank)
@@ -282,6 +317,8 @@ class EfficientAdam(torch.optim.Optimizer):
                         self._grad_t[offset:offset + p.numel()].view_as(p))
                     offset += p.numel()
         self._write_back()
+        if self._overlap:
+            self._register_hooks()
 
     # -- what a training script reads ---------------------------------------
 
@@ -320,16 +357,22 @@ class EfficientAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        reported = math.nan if loss is None else float(loss)
+        if self._overlap:
+            return self._end_overlapped_step(loss, reported)
         lr = self._check_settings()
         grads = self._checked_grads()
         with torch.no_grad():
             self._gather(grads)
-        if lr != self._lr_sent:
-            self._client.lr = lr
-            self._lr_sent = lr
-        reported = math.nan if loss is None else float(loss)
+        self._send_lr(lr)
+        return self._round(lambda: self._client.step(self._grad, reported),
+                           loss)
+
+    def _round(self, run, loss):
+        """Runs the round (`run`) and writes x back; once the server has
+        ended training, leaves the parameters and sets server_finished."""
         try:
-            self._client.step(self._grad, reported)
+            run()
         except _effadam.StatusError as e:
             if e.code != _effadam.StatusCode.OUT_OF_RANGE:
                 raise
@@ -484,6 +527,82 @@ class EfficientAdam(torch.optim.Optimizer):
 
     # -- internals ------------------------------------------------------------
 
+    def _send_lr(self, lr):
+        if lr != self._lr_sent:
+            self._client.lr = lr
+            self._lr_sent = lr
+
+    def _register_hooks(self):
+        """overlap_backward: a hook on each parameter's gradient
+        accumulator (AccumulateGrad, as DDP registers them in this torch,
+        which has no post-accumulate-grad hooks) that sends its gradient
+        once autograd has accumulated it into .grad."""
+        with torch.enable_grad():
+            for i, p in enumerate(self._params):
+                acc = p.expand_as(p).grad_fn.next_functions[0][0]
+                acc.register_hook(self._make_hook(i))
+                self._grad_accs.append(acc)
+
+    def _make_hook(self, i):
+        def hook(*unused):
+            self._send_gradient(i)
+        return hook
+
+    def _begin_overlapped_step(self):
+        """The first gradient of a step: the settings and lr of this step
+        go to the library, which opens the step."""
+        self._send_lr(self._check_settings())
+        self._client.begin_step()
+        self._sent = [False] * len(self._params)
+
+    def _send_gradient(self, i):
+        if self.server_finished:
+            return
+        if not self._client.step_open:
+            self._begin_overlapped_step()
+        if self._sent[i]:
+            raise RuntimeError(
+                "EfficientAdam(overlap_backward=True): the gradient of %r "
+                "was produced twice before step() (a second backward, "
+                "gradient accumulation); its first value went out already. "
+                "Use overlap_backward=False to accumulate gradients"
+                % self.names[i])
+        p = self._params[i]
+        g = p.grad
+        if g is None:
+            flat = np.zeros(p.numel(), dtype=np.float32)
+        else:
+            self._check_grad(self.names[i], g)
+            flat = g.detach().reshape(-1).to("cpu").numpy()
+        try:
+            self._client.add_gradient(self._offsets[i], flat)
+        except _effadam.StatusError:
+            # Parts of the update may have gone out and cannot be taken
+            # back: the step ends, and with a gradient missing it ends this
+            # worker's training (every later call raises).
+            try:
+                self._client.end_step(math.nan)
+            except _effadam.StatusError:
+                pass
+            raise
+        self._sent[i] = True
+
+    def _end_overlapped_step(self, loss, reported):
+        """step() with overlap_backward: the gradients backward did not
+        produce (unused parameters, or no backward at all) go now, then
+        the round's delta is awaited and written back."""
+        if self.server_finished:
+            return loss
+
+        def run():
+            if not self._client.step_open:
+                self._begin_overlapped_step()
+            for i in range(len(self._params)):
+                if not self._sent[i]:
+                    self._send_gradient(i)
+            self._client.end_step(reported)
+        return self._round(run, loss)
+
     def _check_settings(self):
         """The lr of this step; ValueError for a bad one or for a changed
         fixed setting."""
@@ -505,16 +624,19 @@ class EfficientAdam(torch.optim.Optimizer):
     def _checked_grads(self):
         grads = [p.grad for p in self._params]
         for name, g in zip(self.names, grads):
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise ValueError("the gradient of %r is sparse; EfficientAdam "
-                                 "takes dense gradients (nn.Embedding("
-                                 "sparse=False))" % name)
-            if g.dtype != torch.float32:
-                raise ValueError("the gradient of %r is %s; EfficientAdam "
-                                 "takes float32 gradients" % (name, g.dtype))
+            if g is not None:
+                self._check_grad(name, g)
         return grads
+
+    @staticmethod
+    def _check_grad(name, g):
+        if g.is_sparse:
+            raise ValueError("the gradient of %r is sparse; EfficientAdam "
+                             "takes dense gradients (nn.Embedding("
+                             "sparse=False))" % name)
+        if g.dtype != torch.float32:
+            raise ValueError("the gradient of %r is %s; EfficientAdam "
+                             "takes float32 gradients" % (name, g.dtype))
 
     def _gather(self, grads):
         """The gradients into the flat host buffer."""
