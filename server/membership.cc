@@ -56,11 +56,15 @@ absl::StatusOr<int> Membership::Join(int requested, bool wanted, absl::Time now,
         absl::InvalidArgumentError(absl::StrCat(
             "rank ", rank, " is outside [0, ", workers(),
             ") (--workers); ask for -1 to get the lowest free rank")));
-  } else if (IsLive(rank)) {
+  } else if (IsLive(rank) && !Idle(rank)) {
     return Rejected(Rejection::kRankTaken,
                     absl::AlreadyExistsError(absl::StrCat(
                         "rank ", rank, " is taken by a live worker")));
   }
+  // A live rank that is idle is taken over: its worker died between its
+  // Join's answer and its next call (a restarted process asks for its
+  // rank), or this is that worker's own Join again.
+
   *upload = wanted && uploader_ < 0;
   if (*upload) {
     uploader_ = rank;
@@ -73,6 +77,11 @@ absl::StatusOr<int> Membership::Join(int requested, bool wanted, absl::Time now,
   s.last_seen = now;
   s.expired = false;
   return rank;
+}
+
+bool Membership::Idle(int rank) const {
+  const RankState& s = ranks_[rank];
+  return s.phase == Phase::kJoined && s.active_calls == 0 && rank != uploader_;
 }
 
 absl::Status Membership::BeginTrain(int rank) {

@@ -46,7 +46,11 @@ class Membership {
   bool EveryRankJoined() const;
 
   // Join: `requested` is -1 for the lowest free rank. The rank, or a
-  // rejection: kNoFreeRank, kBadRank (out of range), kRankTaken (live).
+  // rejection: kNoFreeRank, kBadRank (out of range), kRankTaken (live and
+  // not idle). A rank joined with no Train stream, no call in flight and
+  // no upload due is idle: a Join that asks for it by number takes it over
+  // at once (a worker killed between its Join's answer and its FetchParams
+  // restarts; Join's own retry) instead of waiting out the idle grace.
   // `wanted`: the server wants parameters from this worker (it has none
   // yet, or the worker's replica is newer than its x); if nobody else is
   // asked to upload, *upload is set and this rank is the uploader.
@@ -115,6 +119,8 @@ class Membership {
     bool expired = false;  // departed by Expire, not by leaving
   };
   bool InRange(int rank) const { return rank >= 0 && rank < workers(); }
+  // Joined, without a Train stream, a call in flight or an upload due.
+  bool Idle(int rank) const;
 
   const Rules rules_;
   std::vector<RankState> ranks_;

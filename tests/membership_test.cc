@@ -30,6 +30,7 @@ TEST(Membership, JoinGivesTheLowestFreeRankAndRefusesWithAReason) {
   absl::StatusOr<int> full = m.Join(-1, true, kT0, &upload);
   EXPECT_TRUE(absl::IsResourceExhausted(full.status()));
   EXPECT_EQ(RejectionOf(full.status()), Rejection::kNoFreeRank);
+  ASSERT_TRUE(m.BeginTrain(1).ok());
   absl::StatusOr<int> taken = m.Join(1, true, kT0, &upload);
   EXPECT_TRUE(absl::IsAlreadyExists(taken.status()));
   EXPECT_EQ(RejectionOf(taken.status()), Rejection::kRankTaken);
@@ -37,6 +38,31 @@ TEST(Membership, JoinGivesTheLowestFreeRankAndRefusesWithAReason) {
   EXPECT_TRUE(absl::IsInvalidArgument(out.status()));
   EXPECT_EQ(RejectionOf(out.status()), Rejection::kBadRank);
   EXPECT_EQ(m.LiveCount(), 2);
+}
+
+TEST(Membership, AnIdleRankIsTakenOverByAJoinThatAsksForIt) {
+  Membership m = Make(3);
+  bool upload = false;
+  ASSERT_EQ(*m.Join(-1, true, kT0, &upload), 0);  // the uploader
+  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 1);
+  ASSERT_EQ(*m.Join(-1, false, kT0, &upload), 2);
+  // Joined, no stream, no call: its worker died after the Join's answer.
+  EXPECT_EQ(*m.Join(1, false, kT0, &upload), 1);
+  EXPECT_FALSE(upload);
+  EXPECT_EQ(m.LiveCount(), 3);
+  // Not idle: a call in flight, a Train stream, the upload due.
+  ASSERT_TRUE(m.BeginCall(1));
+  EXPECT_EQ(RejectionOf(m.Join(1, false, kT0, &upload).status()),
+            Rejection::kRankTaken);
+  m.EndCall(1, kT0);
+  ASSERT_TRUE(m.BeginTrain(2).ok());
+  EXPECT_EQ(RejectionOf(m.Join(2, false, kT0, &upload).status()),
+            Rejection::kRankTaken);
+  EXPECT_EQ(RejectionOf(m.Join(0, true, kT0, &upload).status()),
+            Rejection::kRankTaken);
+  // -1 never takes a live rank, idle or not.
+  EXPECT_EQ(RejectionOf(m.Join(-1, false, kT0, &upload).status()),
+            Rejection::kNoFreeRank);
 }
 
 TEST(Membership, OnceTheParametersExistNobodyUploads) {
