@@ -162,7 +162,6 @@ class RoundEngine {
   double error_norm_ = 0;
   std::vector<float> x_;
   std::vector<float> error_;
-  std::vector<float> sum_;  // scratch for the average
   // rank -> update, ascending rank
   std::map<int, std::shared_ptr<const std::string>> pending_;
   std::unique_ptr<ThreadPool> pool_;
