@@ -143,6 +143,16 @@ float MaxAbs(const float* u, const float* e, size_t n) {
   return m;
 }
 
+// out[j] = base[j] + weight * value(element begin + j) for a layout of
+// kWidth bytes per element.
+template <size_t kWidth, typename Value>
+void DecodeFixedWidth(const uint8_t* bytes, size_t begin, float weight,
+                      const float* base, absl::Span<float> out, Value value) {
+  const uint8_t* in = bytes + kWidth * begin;
+  for (size_t j = 0; j < out.size(); ++j)
+    out[j] = base[j] + weight * value(in + kWidth * j);
+}
+
 // Checks the bits of `bytes` past `used_bits` are zero.
 bool PaddingIsZero(absl::Span<const uint8_t> bytes, size_t used_bits) {
   if (used_bits % 8 == 0) return true;
@@ -208,11 +218,9 @@ class Fp32Codec final : public Codec {
   absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
                            size_t begin, float weight, const float* base,
                            absl::Span<float> out) const override {
-    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    if (auto s = CheckRange(n, begin, out.size()); !s.ok()) return s;
-    const uint8_t* in = bytes.data() + 4 * begin;
-    for (size_t j = 0; j < out.size(); ++j)
-      out[j] = base[j] + weight * LoadF32(in + 4 * j);
+    if (auto s = CheckDecodeRange(bytes, n, begin, out.size()); !s.ok())
+      return s;
+    DecodeFixedWidth<4>(bytes.data(), begin, weight, base, out, LoadF32);
     return absl::OkStatus();
   }
 
@@ -263,11 +271,9 @@ class HalfCodec final : public Codec {
   absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
                            size_t begin, float weight, const float* base,
                            absl::Span<float> out) const override {
-    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    if (auto s = CheckRange(n, begin, out.size()); !s.ok()) return s;
-    const uint8_t* in = bytes.data() + 2 * begin;
-    for (size_t j = 0; j < out.size(); ++j)
-      out[j] = base[j] + weight * Value(in + 2 * j);
+    if (auto s = CheckDecodeRange(bytes, n, begin, out.size()); !s.ok())
+      return s;
+    DecodeFixedWidth<2>(bytes.data(), begin, weight, base, out, Value);
     return absl::OkStatus();
   }
 
@@ -374,8 +380,8 @@ class SignCodec final : public Codec {
                            size_t begin, float weight, const float* base,
                            absl::Span<float> out) const override {
     const ScaledFrame frame = FrameFor(n, block_size(), 1);
-    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    if (auto s = CheckRange(n, begin, out.size()); !s.ok()) return s;
+    if (auto s = CheckDecodeRange(bytes, n, begin, out.size()); !s.ok())
+      return s;
     const size_t size = out.size();
     const uint8_t* bits = bytes.data() + 4 * frame.blocks + begin / 8;
     const uint8_t* scales = bytes.data() + 4 * (begin / block_size());
@@ -567,8 +573,9 @@ class QuantCodec final : public Codec {
                            absl::Span<float> out) const override {
     const int bits = spec().bits;
     const ScaledFrame frame = FrameFor(n, block_size(), bits);
-    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    if (auto s = CheckRange(n, range_begin, out.size()); !s.ok()) return s;
+    if (auto s = CheckDecodeRange(bytes, n, range_begin, out.size());
+        !s.ok())
+      return s;
     const size_t size = out.size();
     const uint8_t* codes =
         bytes.data() + 4 * frame.blocks + range_begin * bits / 8;
@@ -732,8 +739,8 @@ class TopKCodec final : public Codec {
   absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
                            size_t begin, float weight, const float* base,
                            absl::Span<float> out) const override {
-    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    if (auto s = CheckRange(n, begin, out.size()); !s.ok()) return s;
+    if (auto s = CheckDecodeRange(bytes, n, begin, out.size()); !s.ok())
+      return s;
     // Accumulating adds only at the kept elements; the others keep base.
     if (base != out.data()) std::copy(base, base + out.size(), out.begin());
     return Walk(bytes, n, begin, out.size(), [&](size_t i, float v) {
@@ -812,6 +819,13 @@ absl::Status Codec::CheckRange(size_t n, size_t begin, size_t size) const {
   return absl::InvalidArgumentError(absl::StrCat(
       spec_.ToString(), ": elements [", begin, ", ", end, ") of ", n,
       " are not a range of whole blocks of ", block_size_));
+}
+
+absl::Status Codec::CheckDecodeRange(absl::Span<const uint8_t> bytes,
+                                     size_t n, size_t begin,
+                                     size_t size) const {
+  if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+  return CheckRange(n, begin, size);
 }
 
 absl::Status Codec::EncodeWithFeedback(absl::Span<const float> update,
