@@ -812,7 +812,8 @@ absl::Status Codec::CheckSize(absl::Span<const uint8_t> bytes, size_t n) const {
 
 absl::Status Codec::CheckRange(size_t n, size_t begin, size_t size) const {
   const size_t end = begin + size;
-  if (begin % block_size_ == 0 && begin <= n && size <= n - begin &&
+  if ((begin % block_size_ == 0 || begin == n) && begin <= n &&
+      size <= n - begin &&
       (end == n || end % block_size_ == 0)) {
     return absl::OkStatus();
   }

@@ -94,8 +94,8 @@ class Codec {
 
   // InvalidArgument unless bytes.size() == EncodedSize(n).
   absl::Status CheckSize(absl::Span<const uint8_t> bytes, size_t n) const;
-  // InvalidArgument unless [begin, begin + size) lies in [0, n), begins a
-  // block and ends at n or at the end of a block.
+  // InvalidArgument unless [begin, begin + size) lies in [0, n], begins a
+  // block (or at n, empty) and ends at n or at the end of a block.
   absl::Status CheckRange(size_t n, size_t begin, size_t size) const;
   // CheckSize, then CheckRange.
   absl::Status CheckDecodeRange(absl::Span<const uint8_t> bytes, size_t n,
