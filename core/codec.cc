@@ -370,8 +370,8 @@ class SignCodec final : public Codec {
       if (!(s <= FLT_MAX)) s = MeanAbsWide(u + first, eb, nb);
       if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
       StoreF32(scales + 4 * b, s);
-      EncodeBlock(u + first, eb, error_out ? error_out + first : nullptr, nb,
-                  s, bits + first / 8);
+      EncodeBlock(u + first, eb, error_out ? error_out + first : nullptr, nb, s,
+                  bits + first / 8);
     }
     return absl::OkStatus();
   }
@@ -573,8 +573,7 @@ class QuantCodec final : public Codec {
                            absl::Span<float> out) const override {
     const int bits = spec().bits;
     const ScaledFrame frame = FrameFor(n, block_size(), bits);
-    if (auto s = CheckDecodeRange(bytes, n, range_begin, out.size());
-        !s.ok())
+    if (auto s = CheckDecodeRange(bytes, n, range_begin, out.size()); !s.ok())
       return s;
     const size_t size = out.size();
     const uint8_t* codes =
@@ -743,9 +742,8 @@ class TopKCodec final : public Codec {
       return s;
     // Accumulating adds only at the kept elements; the others keep base.
     if (base != out.data()) std::copy(base, base + out.size(), out.begin());
-    return Walk(bytes, n, begin, out.size(), [&](size_t i, float v) {
-      out[i] = base[i] + weight * v;
-    });
+    return Walk(bytes, n, begin, out.size(),
+                [&](size_t i, float v) { out[i] = base[i] + weight * v; });
   }
 
   absl::Status Validate(absl::Span<const uint8_t> bytes,
@@ -786,10 +784,9 @@ class TopKCodec final : public Codec {
         const size_t j = LoadU16(in + 2 * t);
         const float v = LoadF32(in + 2 * k + 4 * t);
         if (j >= nb || (strict && t > 0 && j <= LoadU16(in + 2 * t - 2))) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("topk payload: index ", j, " in block at element ",
-                           range_begin + begin,
-                           " is out of range or out of order"));
+          return absl::InvalidArgumentError(absl::StrCat(
+              "topk payload: index ", j, " in block at element ",
+              range_begin + begin, " is out of range or out of order"));
         }
         if (strict && !std::isfinite(v))
           return absl::InvalidArgumentError("topk payload holds NaN or Inf");
@@ -813,18 +810,16 @@ absl::Status Codec::CheckSize(absl::Span<const uint8_t> bytes, size_t n) const {
 absl::Status Codec::CheckRange(size_t n, size_t begin, size_t size) const {
   const size_t end = begin + size;
   if ((begin % block_size_ == 0 || begin == n) && begin <= n &&
-      size <= n - begin &&
-      (end == n || end % block_size_ == 0)) {
+      size <= n - begin && (end == n || end % block_size_ == 0)) {
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      spec_.ToString(), ": elements [", begin, ", ", end, ") of ", n,
-      " are not a range of whole blocks of ", block_size_));
+  return absl::InvalidArgumentError(
+      absl::StrCat(spec_.ToString(), ": elements [", begin, ", ", end, ") of ",
+                   n, " are not a range of whole blocks of ", block_size_));
 }
 
-absl::Status Codec::CheckDecodeRange(absl::Span<const uint8_t> bytes,
-                                     size_t n, size_t begin,
-                                     size_t size) const {
+absl::Status Codec::CheckDecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                                     size_t begin, size_t size) const {
   if (auto s = CheckSize(bytes, n); !s.ok()) return s;
   return CheckRange(n, begin, size);
 }

@@ -77,13 +77,12 @@ void AverageAndScan(float* sum, const float* e, const float* x, size_t m,
   {
     const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
     const __m128 vcount = _mm_set1_ps(count), vmax = _mm_set1_ps(FLT_MAX);
-    __m128 bad = _mm_setzero_ps(), mp = _mm_setzero_ps(),
-           mx = _mm_setzero_ps();
+    __m128 bad = _mm_setzero_ps(), mp = _mm_setzero_ps(), mx = _mm_setzero_ps();
     for (; j + 4 <= m; j += 4) {
       const __m128 avg = _mm_div_ps(_mm_loadu_ps(sum + j), vcount);
       _mm_storeu_ps(sum + j, avg);
-      const __m128 p = _mm_and_ps(_mm_add_ps(avg, _mm_loadu_ps(e + j)),
-                                  abs_mask);
+      const __m128 p =
+          _mm_and_ps(_mm_add_ps(avg, _mm_loadu_ps(e + j)), abs_mask);
       // Not <= FLT_MAX: Inf, or NaN (unordered).
       bad = _mm_or_ps(bad, _mm_cmpnle_ps(p, vmax));
       mp = _mm_max_ps(mp, p);
@@ -278,8 +277,8 @@ absl::Status RoundEngine::CloseSegment(size_t i, std::string* delta) {
   const Segment& seg = worker_codec_->segments()[i];
   const Segment& server_seg = server_codec_->segments()[i];
   SegmentClose& result = segment_close_[i];
-  const size_t tile = TileElements(seg.codec->block_size(),
-                                   server_seg.codec->block_size());
+  const size_t tile =
+      TileElements(seg.codec->block_size(), server_seg.codec->block_size());
   // The sum of one tile; per thread, since segments close concurrently.
   thread_local std::vector<float> tile_sum;
   if (tile_sum.size() < tile) tile_sum.resize(tile);
@@ -322,8 +321,8 @@ absl::Status RoundEngine::CloseSegment(size_t i, std::string* delta) {
       error_in = absl::MakeConstSpan(e, m);
       error_out = absl::MakeSpan(staged_error_.data() + first, m);
     }
-    result.encoded = server_codec_->EncodeSegmentRange(
-        i, t, sum, error_in, error_out, seed, out);
+    result.encoded = server_codec_->EncodeSegmentRange(i, t, sum, error_in,
+                                                       error_out, seed, out);
     if (!result.encoded.ok()) break;
     // x - q, decoded from the bytes the workers get, with the same operation
     // they use, so every replica stays bit-identical.

@@ -21,10 +21,10 @@ struct Fixture {
 };
 
 // A model of tensors of the given sizes, blocks of 64 elements.
-Fixture MakeModel(const std::string& wname, const std::string& sname,
-                  bool error_feedback, const std::vector<int64_t>& tensors,
-                  size_t max_segment_elements = CompressionOptions()
-                                                    .max_segment_elements) {
+Fixture MakeModel(
+    const std::string& wname, const std::string& sname, bool error_feedback,
+    const std::vector<int64_t>& tensors,
+    size_t max_segment_elements = CompressionOptions().max_segment_elements) {
   std::vector<TensorSpec> shapes;
   size_t n = 0;
   for (int64_t t : tensors) {
@@ -95,8 +95,8 @@ void ExpectTheEfficientAdamServerStep(Fixture& f, int updates_per_round) {
       std::vector<float> u = Random(n, 10 * round + r);
       std::string bytes = Encode(*f.worker, u);
       ASSERT_TRUE(f.engine->Submit(r, round, bytes).ok());
-      ASSERT_TRUE(f.worker->DecodeAccumulate(bytes, 1.0f, absl::MakeSpan(p))
-                      .ok());
+      ASSERT_TRUE(
+          f.worker->DecodeAccumulate(bytes, 1.0f, absl::MakeSpan(p)).ok());
     }
     auto delta = f.engine->CloseRound();
     ASSERT_TRUE(delta.ok()) << delta.status();

@@ -50,9 +50,8 @@ bool AllFinite(const std::vector<float>& v) {
 // the error out of place writes the bytes and error of the whole in-place
 // encode (whose error started at zero), and DecodeRange from another base
 // computes base + weight * q, bit for bit.
-void CheckRanges(const Codec& codec, const std::vector<float>& p,
-                 uint64_t seed, const std::string& out,
-                 const std::vector<float>& error) {
+void CheckRanges(const Codec& codec, const std::vector<float>& p, uint64_t seed,
+                 const std::string& out, const std::vector<float>& error) {
   const size_t n = p.size(), block = codec.block_size();
   const size_t blocks = (n + block - 1) / block;
   const size_t cut = std::min(n, (seed % (blocks + 1)) * block);
@@ -69,9 +68,9 @@ void CheckRanges(const Codec& codec, const std::vector<float>& p,
     FUZZ_CHECK(e.ok(), "%s: EncodeRange [%zu, %zu): %s",
                codec.spec().ToString().c_str(), begin, end,
                e.ToString().c_str());
-    const absl::Status d =
-        codec.DecodeRange(AsBytes(out), n, begin, -1.0f, p.data() + begin,
-                          absl::MakeSpan(x_minus_q.data() + begin, end - begin));
+    const absl::Status d = codec.DecodeRange(
+        AsBytes(out), n, begin, -1.0f, p.data() + begin,
+        absl::MakeSpan(x_minus_q.data() + begin, end - begin));
     FUZZ_CHECK(d.ok(), "%s: DecodeRange [%zu, %zu): %s",
                codec.spec().ToString().c_str(), begin, end,
                d.ToString().c_str());
@@ -82,9 +81,9 @@ void CheckRanges(const Codec& codec, const std::vector<float>& p,
                                    n * sizeof(float)) == 0,
              "%s: error out of place differs", codec.spec().ToString().c_str());
   std::vector<float> want(p);
-  FUZZ_CHECK(codec.DecodeAccumulate(AsBytes(out), -1.0f, absl::MakeSpan(want))
-                 .ok(),
-             "DecodeAccumulate");
+  FUZZ_CHECK(
+      codec.DecodeAccumulate(AsBytes(out), -1.0f, absl::MakeSpan(want)).ok(),
+      "DecodeAccumulate");
   FUZZ_CHECK(n == 0 || std::memcmp(want.data(), x_minus_q.data(),
                                    n * sizeof(float)) == 0,
              "%s: DecodeRange from another base differs",
