@@ -326,12 +326,13 @@ absl::Status CheckScales(const CodecSpec& spec, absl::Span<const uint8_t> bytes,
 // set where the bit is 1 (8 KiB, in L1 while a block decodes).
 struct SignMaskTable {
   alignas(16) float lanes[256][8];
-  SignMaskTable() {
+  constexpr SignMaskTable() : lanes{} {
     for (int b = 0; b < 256; ++b)
       for (int k = 0; k < 8; ++k) lanes[b][k] = ((b >> k) & 1) ? -0.0f : 0.0f;
   }
 };
-const SignMaskTable kSignMasks;
+// Built by the compiler: no static initialization order to worry about.
+constexpr SignMaskTable kSignMasks;
 #endif
 
 // Q(p)_j = s * sign(p_j), s = mean |p| over the block. Layout: ScaledFrame
