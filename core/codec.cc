@@ -143,6 +143,16 @@ float MaxAbs(const float* u, const float* e, size_t n) {
   return m;
 }
 
+// out[j] = base[j] + weight * value(element begin + j) for a layout of
+// kWidth bytes per element.
+template <size_t kWidth, typename Value>
+void DecodeFixedWidth(const uint8_t* bytes, size_t begin, float weight,
+                      const float* base, absl::Span<float> out, Value value) {
+  const uint8_t* in = bytes + kWidth * begin;
+  for (size_t j = 0; j < out.size(); ++j)
+    out[j] = base[j] + weight * value(in + kWidth * j);
+}
+
 // Checks the bits of `bytes` past `used_bits` are zero.
 bool PaddingIsZero(absl::Span<const uint8_t> bytes, size_t used_bits) {
   if (used_bits % 8 == 0) return true;
@@ -187,28 +197,30 @@ class Fp32Codec final : public Codec {
   size_t EncodedSize(size_t n) const override { return 4 * n; }
   double Delta(size_t) const override { return 1.0; }
 
-  absl::Status EncodeWithFeedback(absl::Span<const float> update,
-                                  absl::Span<float> error, uint64_t,
-                                  uint8_t* out) const override {
-    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
-    const float* e = error.empty() ? nullptr : error.data();
+  absl::Status EncodeRange(size_t n, size_t begin,
+                           absl::Span<const float> update,
+                           const float* error_in, float* error_out, uint64_t,
+                           uint8_t* out) const override {
+    if (auto s = CheckRange(n, begin, update.size()); !s.ok()) return s;
+    out += 4 * begin;
     bool finite = true;
     for (size_t j = 0; j < update.size(); ++j) {
-      float p = Feedback(update.data(), e, j);
+      float p = Feedback(update.data(), error_in, j);
       finite &= std::fabs(p) <= FLT_MAX;
       StoreF32(out + 4 * j, p);
     }
     if (!finite) return NonFiniteInput(spec());
     // Q(p) = p, so the residual is exactly zero.
-    if (e) std::fill(error.begin(), error.end(), 0.0f);
+    if (error_out) std::fill(error_out, error_out + update.size(), 0.0f);
     return absl::OkStatus();
   }
 
-  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
-                                absl::Span<float> acc) const override {
-    if (auto s = CheckSize(bytes, acc.size()); !s.ok()) return s;
-    for (size_t j = 0; j < acc.size(); ++j)
-      acc[j] += weight * LoadF32(bytes.data() + 4 * j);
+  absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                           size_t begin, float weight, const float* base,
+                           absl::Span<float> out) const override {
+    if (auto s = CheckDecodeRange(bytes, n, begin, out.size()); !s.ok())
+      return s;
+    DecodeFixedWidth<4>(bytes.data(), begin, weight, base, out, LoadF32);
     return absl::OkStatus();
   }
 
@@ -237,29 +249,31 @@ class HalfCodec final : public Codec {
     return 1.0 - std::ldexp(1.0, 2 - 2 * Eigen::NumTraits<Half>::digits());
   }
 
-  absl::Status EncodeWithFeedback(absl::Span<const float> update,
-                                  absl::Span<float> error, uint64_t,
-                                  uint8_t* out) const override {
-    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
-    const float* e = error.empty() ? nullptr : error.data();
+  absl::Status EncodeRange(size_t n, size_t begin,
+                           absl::Span<const float> update,
+                           const float* error_in, float* error_out, uint64_t,
+                           uint8_t* out) const override {
+    if (auto s = CheckRange(n, begin, update.size()); !s.ok()) return s;
+    out += 2 * begin;
     const float max = static_cast<float>(Eigen::NumTraits<Half>::highest());
     bool finite = true;
     for (size_t j = 0; j < update.size(); ++j) {
-      float p = Feedback(update.data(), e, j);
+      float p = Feedback(update.data(), error_in, j);
       finite &= std::fabs(p) <= FLT_MAX;
       Half h(std::clamp(p, -max, max));
       StoreU16(out + 2 * j, Eigen::numext::bit_cast<uint16_t>(h));
-      if (e) error[j] = p - static_cast<float>(h);
+      if (error_out) error_out[j] = p - static_cast<float>(h);
     }
     if (!finite) return NonFiniteInput(spec());
     return absl::OkStatus();
   }
 
-  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
-                                absl::Span<float> acc) const override {
-    if (auto s = CheckSize(bytes, acc.size()); !s.ok()) return s;
-    for (size_t j = 0; j < acc.size(); ++j)
-      acc[j] += weight * Value(bytes.data() + 2 * j);
+  absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                           size_t begin, float weight, const float* base,
+                           absl::Span<float> out) const override {
+    if (auto s = CheckDecodeRange(bytes, n, begin, out.size()); !s.ok())
+      return s;
+    DecodeFixedWidth<2>(bytes.data(), begin, weight, base, out, Value);
     return absl::OkStatus();
   }
 
@@ -307,6 +321,20 @@ absl::Status CheckScales(const CodecSpec& spec, absl::Span<const uint8_t> bytes,
 }
 
 // ---------------------------------------------------------------- sign ---
+#if defined(__SSE2__)
+// For each byte of sign bits, its eight lanes with just the float sign bit
+// set where the bit is 1 (8 KiB, in L1 while a block decodes).
+struct SignMaskTable {
+  alignas(16) float lanes[256][8];
+  constexpr SignMaskTable() : lanes{} {
+    for (int b = 0; b < 256; ++b)
+      for (int k = 0; k < 8; ++k) lanes[b][k] = ((b >> k) & 1) ? -0.0f : 0.0f;
+  }
+};
+// Built by the compiler: no static initialization order to worry about.
+constexpr SignMaskTable kSignMasks;
+#endif
+
 // Q(p)_j = s * sign(p_j), s = mean |p| over the block. Layout: ScaledFrame
 // with one bit per element, 1 meaning -s (the float sign bit of p).
 class SignCodec final : public Codec {
@@ -322,65 +350,65 @@ class SignCodec final : public Codec {
     return 0.5 / static_cast<double>(std::min(n, block_size()));
   }
 
-  absl::Status EncodeWithFeedback(absl::Span<const float> update,
-                                  absl::Span<float> error, uint64_t,
-                                  uint8_t* out) const override {
-    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
-    const size_t n = update.size();
+  absl::Status EncodeRange(size_t n, size_t begin,
+                           absl::Span<const float> update,
+                           const float* error_in, float* error_out, uint64_t,
+                           uint8_t* out) const override {
+    if (auto s = CheckRange(n, begin, update.size()); !s.ok()) return s;
+    const size_t size = update.size();
     const ScaledFrame frame = FrameFor(n, block_size(), 1);
-    uint8_t* bits = out + 4 * frame.blocks;
+    // Blocks are multiples of 8 elements, so each starts on a byte.
+    uint8_t* bits = out + 4 * frame.blocks + begin / 8;
+    uint8_t* scales = out + 4 * (begin / block_size());
     const float* u = update.data();
-    float* e = error.empty() ? nullptr : error.data();
-    for (size_t b = 0; b < frame.blocks; ++b) {
-      const size_t begin = b * block_size();
-      const size_t nb = std::min(block_size(), n - begin);
-      const float* eb = e ? e + begin : nullptr;
-      float s = SumAbs(u + begin, eb, nb) / static_cast<float>(nb);
+    for (size_t b = 0; b * block_size() < size; ++b) {
+      const size_t first = b * block_size();
+      const size_t nb = std::min(block_size(), size - first);
+      const float* eb = error_in ? error_in + first : nullptr;
+      float s = SumAbs(u + first, eb, nb) / static_cast<float>(nb);
       // A float sum of finite values can overflow; only a NaN or Inf in p
       // keeps the wide mean from being finite.
-      if (!(s <= FLT_MAX)) s = MeanAbsWide(u + begin, eb, nb);
+      if (!(s <= FLT_MAX)) s = MeanAbsWide(u + first, eb, nb);
       if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
-      StoreF32(out + 4 * b, s);
-      // Blocks are multiples of 8 elements, so each starts on a byte.
-      EncodeBlock(u + begin, e ? e + begin : nullptr, nb, s, bits + begin / 8);
+      StoreF32(scales + 4 * b, s);
+      EncodeBlock(u + first, eb, error_out ? error_out + first : nullptr, nb, s,
+                  bits + first / 8);
     }
     return absl::OkStatus();
   }
 
-  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
-                                absl::Span<float> acc) const override {
-    const size_t n = acc.size();
+  absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                           size_t begin, float weight, const float* base,
+                           absl::Span<float> out) const override {
     const ScaledFrame frame = FrameFor(n, block_size(), 1);
-    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    const uint8_t* bits = bytes.data() + 4 * frame.blocks;
-    for (size_t b = 0; b < frame.blocks; ++b) {
-      const size_t begin = b * block_size();
-      const size_t nb = std::min(block_size(), n - begin);
-      const float s = LoadF32(bytes.data() + 4 * b);
+    if (auto s = CheckDecodeRange(bytes, n, begin, out.size()); !s.ok())
+      return s;
+    const size_t size = out.size();
+    const uint8_t* bits = bytes.data() + 4 * frame.blocks + begin / 8;
+    const uint8_t* scales = bytes.data() + 4 * (begin / block_size());
+    for (size_t b = 0; b * block_size() < size; ++b) {
+      const size_t first = b * block_size();
+      const size_t nb = std::min(block_size(), size - first);
+      const float s = LoadF32(scales + 4 * b);
       const float pos = weight * s, neg = weight * -s;
-      float* a = acc.data() + begin;
-      const uint8_t* bb = bits + begin / 8;
+      const float* in = base + first;
+      float* a = out.data() + first;
+      const uint8_t* bb = bits + first / 8;
       size_t j = 0;
 #if defined(__SSE2__)
-      const __m128 vpos = _mm_set1_ps(pos), vneg = _mm_set1_ps(neg);
-      const __m128i lo_bits = _mm_setr_epi32(1, 2, 4, 8);
-      const __m128i hi_bits = _mm_setr_epi32(16, 32, 64, 128);
+      // neg is pos with the sign flipped (IEEE products are symmetric in
+      // sign), so q is pos xor the byte's sign masks.
+      const __m128 vpos = _mm_set1_ps(pos);
       for (; j + 8 <= nb; j += 8) {
-        const __m128i byte = _mm_set1_epi32(bb[j / 8]);
-        // All-ones lanes where the bit is set, i.e. where q is negative.
-        const __m128 m0 = _mm_castsi128_ps(
-            _mm_cmpeq_epi32(_mm_and_si128(byte, lo_bits), lo_bits));
-        const __m128 m1 = _mm_castsi128_ps(
-            _mm_cmpeq_epi32(_mm_and_si128(byte, hi_bits), hi_bits));
-        const __m128 q0 =
-            _mm_or_ps(_mm_and_ps(m0, vneg), _mm_andnot_ps(m0, vpos));
-        const __m128 q1 =
-            _mm_or_ps(_mm_and_ps(m1, vneg), _mm_andnot_ps(m1, vpos));
-        _mm_storeu_ps(a + j, _mm_add_ps(_mm_loadu_ps(a + j), q0));
-        _mm_storeu_ps(a + j + 4, _mm_add_ps(_mm_loadu_ps(a + j + 4), q1));
+        const float* mask = kSignMasks.lanes[bb[j / 8]];
+        const __m128 q0 = _mm_xor_ps(vpos, _mm_load_ps(mask));
+        const __m128 q1 = _mm_xor_ps(vpos, _mm_load_ps(mask + 4));
+        _mm_storeu_ps(a + j, _mm_add_ps(_mm_loadu_ps(in + j), q0));
+        _mm_storeu_ps(a + j + 4, _mm_add_ps(_mm_loadu_ps(in + j + 4), q1));
       }
 #endif
-      for (; j < nb; ++j) a[j] += ((bb[j / 8] >> (j % 8)) & 1) ? neg : pos;
+      for (; j < nb; ++j)
+        a[j] = in[j] + (((bb[j / 8] >> (j % 8)) & 1) ? neg : pos);
     }
     return absl::OkStatus();
   }
@@ -396,22 +424,25 @@ class SignCodec final : public Codec {
   }
 
  private:
-  // q_j = copysign(s, p_j), e_j = p_j - q_j, bit j = sign bit of p_j.
-  static void EncodeBlock(const float* u, float* e, size_t nb, float s,
-                          uint8_t* bits) {
+  // q_j = copysign(s, p_j), p_j = u_j + e_in_j, e_out_j = p_j - q_j, bit j
+  // = sign bit of p_j.
+  static void EncodeBlock(const float* u, const float* e_in, float* e_out,
+                          size_t nb, float s, uint8_t* bits) {
     size_t j = 0;
 #if defined(__SSE2__)
     const __m128 sv = _mm_set1_ps(s);
     const __m128 sign_mask = _mm_set1_ps(-0.0f);
     for (; j + 8 <= nb; j += 8) {
       __m128 p0 = _mm_loadu_ps(u + j), p1 = _mm_loadu_ps(u + j + 4);
-      if (e) {
-        p0 = _mm_add_ps(p0, _mm_loadu_ps(e + j));
-        p1 = _mm_add_ps(p1, _mm_loadu_ps(e + j + 4));
+      if (e_in) {
+        p0 = _mm_add_ps(p0, _mm_loadu_ps(e_in + j));
+        p1 = _mm_add_ps(p1, _mm_loadu_ps(e_in + j + 4));
+      }
+      if (e_out) {
         __m128 q0 = _mm_or_ps(_mm_and_ps(p0, sign_mask), sv);
         __m128 q1 = _mm_or_ps(_mm_and_ps(p1, sign_mask), sv);
-        _mm_storeu_ps(e + j, _mm_sub_ps(p0, q0));
-        _mm_storeu_ps(e + j + 4, _mm_sub_ps(p1, q1));
+        _mm_storeu_ps(e_out + j, _mm_sub_ps(p0, q0));
+        _mm_storeu_ps(e_out + j + 4, _mm_sub_ps(p1, q1));
       }
       bits[j / 8] = static_cast<uint8_t>(_mm_movemask_ps(p0) |
                                          (_mm_movemask_ps(p1) << 4));
@@ -420,9 +451,9 @@ class SignCodec final : public Codec {
     for (; j < nb; j += 8) {
       uint8_t byte = 0;
       for (size_t k = 0; k < 8 && j + k < nb; ++k) {
-        float p = Feedback(u, e, j + k);
+        float p = Feedback(u, e_in, j + k);
         bool neg = std::signbit(p);
-        if (e) e[j + k] = p - (neg ? -s : s);
+        if (e_out) e_out[j + k] = p - (neg ? -s : s);
         byte |= static_cast<uint8_t>(neg) << k;
       }
       bits[j / 8] = byte;
@@ -451,24 +482,28 @@ class QuantCodec final : public Codec {
     return 0.5 / static_cast<double>(std::min(n, block_size()));
   }
 
-  absl::Status EncodeWithFeedback(absl::Span<const float> update,
-                                  absl::Span<float> error, uint64_t seed,
-                                  uint8_t* out) const override {
-    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
-    const size_t n = update.size();
+  absl::Status EncodeRange(size_t n, size_t range_begin,
+                           absl::Span<const float> update,
+                           const float* error_in, float* error_out,
+                           uint64_t seed, uint8_t* out) const override {
+    if (auto s = CheckRange(n, range_begin, update.size()); !s.ok()) return s;
+    const size_t size = update.size();
     const int bits = spec().bits;
     const ScaledFrame frame = FrameFor(n, block_size(), bits);
-    uint8_t* codes = out + 4 * frame.blocks;
+    // Blocks are multiples of 8 elements, so each starts on a byte.
+    uint8_t* codes = out + 4 * frame.blocks + range_begin * bits / 8;
+    uint8_t* scales = out + 4 * (range_begin / block_size());
     const float* u = update.data();
-    float* e = error.empty() ? nullptr : error.data();
+    const float* ein = error_in;
+    float* eout = error_out;
     const float lf = static_cast<float>(levels_);
     int32_t level[8];
-    for (size_t b = 0; b < frame.blocks; ++b) {
+    for (size_t b = 0; b * block_size() < size; ++b) {
       const size_t begin = b * block_size();
-      const size_t nb = std::min(block_size(), n - begin);
-      const float s = MaxAbs(u + begin, e ? e + begin : nullptr, nb);
+      const size_t nb = std::min(block_size(), size - begin);
+      const float s = MaxAbs(u + begin, ein ? ein + begin : nullptr, nb);
       if (!(s <= FLT_MAX)) return NonFiniteInput(spec());
-      StoreF32(out + 4 * b, s);
+      StoreF32(scales + 4 * b, s);
       const float step = Step(s);
       const float inv = s > 0 ? lf / s : 0.0f;
       // A block of subnormals (Adam's m decaying on a dead unit) makes L / s
@@ -482,7 +517,8 @@ class QuantCodec final : public Codec {
           // 1.5 * 2^23 rounds |x| < 2^22 to the nearest integer, ties to
           // even, as nearbyint does.
           const float* uj = u + begin + j;
-          float* ej = e ? e + begin + j : nullptr;
+          const float* ej = ein ? ein + begin + j : nullptr;
+          float* oj = eout ? eout + begin + j : nullptr;
           size_t k = 0;
 #if defined(__SSE2__)
           if (g == 8) {
@@ -497,9 +533,9 @@ class QuantCodec final : public Codec {
               r = _mm_min_ps(_mm_max_ps(r, lo), hi);
               const __m128i l = _mm_cvttps_epi32(r);
               _mm_storeu_si128(reinterpret_cast<__m128i*>(level + k), l);
-              if (ej) {
+              if (oj) {
                 _mm_storeu_ps(
-                    ej + k,
+                    oj + k,
                     _mm_sub_ps(p, _mm_mul_ps(_mm_cvtepi32_ps(l), vstep)));
               }
             }
@@ -510,19 +546,21 @@ class QuantCodec final : public Codec {
             float r = (p * inv + 0x1.8p23f) - 0x1.8p23f;
             r = std::min(std::max(r, -lf), lf);
             level[k] = static_cast<int32_t>(r);
-            if (ej) ej[k] = p - static_cast<float>(level[k]) * step;
+            if (oj) oj[k] = p - static_cast<float>(level[k]) * step;
           }
         } else {
           for (size_t k = 0; k < g; ++k) {
             const size_t i = begin + j + k;
-            const float p = Feedback(u, e, i);
+            const float p = Feedback(u, ein, i);
             const double x = p * inv_d;  // |x| <= L up to rounding
-            double r = spec().stochastic ? std::floor(x + Uniform(seed, i))
-                                         : std::nearbyint(x);
+            // Drawn by the element's index in the whole span.
+            double r = spec().stochastic
+                           ? std::floor(x + Uniform(seed, range_begin + i))
+                           : std::nearbyint(x);
             r = std::clamp(r, -static_cast<double>(lf),
                            static_cast<double>(lf));
             level[k] = static_cast<int32_t>(r);
-            if (e) e[i] = p - static_cast<float>(level[k]) * step;
+            if (eout) eout[i] = p - static_cast<float>(level[k]) * step;
           }
         }
         PackGroup(level, g, bits, codes + (begin + j) * bits / 8);
@@ -531,23 +569,29 @@ class QuantCodec final : public Codec {
     return absl::OkStatus();
   }
 
-  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
-                                absl::Span<float> acc) const override {
-    const size_t n = acc.size();
+  absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                           size_t range_begin, float weight, const float* base,
+                           absl::Span<float> out) const override {
     const int bits = spec().bits;
     const ScaledFrame frame = FrameFor(n, block_size(), bits);
-    if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    const uint8_t* codes = bytes.data() + 4 * frame.blocks;
+    if (auto s = CheckDecodeRange(bytes, n, range_begin, out.size()); !s.ok())
+      return s;
+    const size_t size = out.size();
+    const uint8_t* codes =
+        bytes.data() + 4 * frame.blocks + range_begin * bits / 8;
+    const uint8_t* scales = bytes.data() + 4 * (range_begin / block_size());
     int32_t level[8];
-    for (size_t b = 0; b < frame.blocks; ++b) {
+    for (size_t b = 0; b * block_size() < size; ++b) {
       const size_t begin = b * block_size();
-      const size_t nb = std::min(block_size(), n - begin);
-      const float step = Step(LoadF32(bytes.data() + 4 * b));
+      const size_t nb = std::min(block_size(), size - begin);
+      const float step = Step(LoadF32(scales + 4 * b));
       for (size_t j = 0; j < nb; j += 8) {
         const size_t g = std::min<size_t>(8, nb - j);
         UnpackGroup(codes + (begin + j) * bits / 8, g, bits, level);
-        for (size_t k = 0; k < g; ++k)
-          acc[begin + j + k] += weight * (static_cast<float>(level[k]) * step);
+        for (size_t k = 0; k < g; ++k) {
+          const size_t i = begin + j + k;
+          out[i] = base[i] + weight * (static_cast<float>(level[k]) * step);
+        }
       }
     }
     return absl::OkStatus();
@@ -644,13 +688,17 @@ class TopKCodec final : public Codec {
     return static_cast<double>(Keep(nb)) / static_cast<double>(nb) * 0.999;
   }
 
-  absl::Status EncodeWithFeedback(absl::Span<const float> update,
-                                  absl::Span<float> error, uint64_t,
-                                  uint8_t* out) const override {
-    if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
+  absl::Status EncodeRange(size_t n_span, size_t range_begin,
+                           absl::Span<const float> update,
+                           const float* error_in, float* error_out, uint64_t,
+                           uint8_t* out) const override {
+    if (auto s = CheckRange(n_span, range_begin, update.size()); !s.ok())
+      return s;
+    // Every block before the range is a full one.
+    out += BlockOffset(range_begin);
     const size_t n = update.size();
     const float* u = update.data();
-    float* e = error.empty() ? nullptr : error.data();
+    const float* e = error_in;
     std::vector<float> mag(std::min(n, block_size()));
     std::vector<uint16_t> order(mag.size());
     for (size_t begin = 0; begin < n; begin += block_size()) {
@@ -678,9 +726,9 @@ class TopKCodec final : public Codec {
           StoreU16(idx + 2 * next, static_cast<uint16_t>(j));
           StoreF32(val + 4 * next, p);
           ++next;
-          if (e) e[begin + j] = 0.0f;
-        } else if (e) {
-          e[begin + j] = p;
+          if (error_out) error_out[begin + j] = 0.0f;
+        } else if (error_out) {
+          error_out[begin + j] = p;
         }
       }
       out += 6 * k;
@@ -688,16 +736,21 @@ class TopKCodec final : public Codec {
     return absl::OkStatus();
   }
 
-  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
-                                absl::Span<float> acc) const override {
-    return Walk(bytes, acc.size(),
-                [&](size_t i, float v) { acc[i] += weight * v; });
+  absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                           size_t begin, float weight, const float* base,
+                           absl::Span<float> out) const override {
+    if (auto s = CheckDecodeRange(bytes, n, begin, out.size()); !s.ok())
+      return s;
+    // Accumulating adds only at the kept elements; the others keep base.
+    if (base != out.data()) std::copy(base, base + out.size(), out.begin());
+    return Walk(bytes, n, begin, out.size(),
+                [&](size_t i, float v) { out[i] = base[i] + weight * v; });
   }
 
   absl::Status Validate(absl::Span<const uint8_t> bytes,
                         size_t n) const override {
     return Walk(
-        bytes, n, [](size_t, float) {}, /*strict=*/true);
+        bytes, n, 0, n, [](size_t, float) {}, /*strict=*/true);
   }
 
  private:
@@ -708,24 +761,33 @@ class TopKCodec final : public Codec {
     return std::clamp<size_t>(static_cast<size_t>(std::max(k, 1.0)), 1, nb);
   }
 
-  // Calls visit(global index, value) for every kept element after checking
-  // the length and that each block's indices are in range; `strict` also
-  // checks ascending order and finite values.
+  // Bytes of the blocks before element `begin`, which starts a block:
+  // all of them full.
+  size_t BlockOffset(size_t begin) const {
+    return 6 * Keep(block_size()) * (begin / block_size());
+  }
+
+  // Calls visit(index from range_begin, value) for every kept element of the
+  // blocks of elements [range_begin, range_begin + size) of an n-element
+  // encoding (a range CheckRange accepts), after checking the length and
+  // that each block's indices are in range; `strict` also checks ascending
+  // order and finite values.
   template <typename Visit>
-  absl::Status Walk(absl::Span<const uint8_t> bytes, size_t n, Visit visit,
+  absl::Status Walk(absl::Span<const uint8_t> bytes, size_t n,
+                    size_t range_begin, size_t size, Visit visit,
                     bool strict = false) const {
     if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    const uint8_t* in = bytes.data();
-    for (size_t begin = 0; begin < n; begin += block_size()) {
-      const size_t nb = std::min(block_size(), n - begin);
+    const uint8_t* in = bytes.data() + BlockOffset(range_begin);
+    for (size_t begin = 0; begin < size; begin += block_size()) {
+      const size_t nb = std::min(block_size(), size - begin);
       const size_t k = Keep(nb);
       for (size_t t = 0; t < k; ++t) {
         const size_t j = LoadU16(in + 2 * t);
         const float v = LoadF32(in + 2 * k + 4 * t);
         if (j >= nb || (strict && t > 0 && j <= LoadU16(in + 2 * t - 2))) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("topk payload: index ", j, " in block at element ",
-                           begin, " is out of range or out of order"));
+          return absl::InvalidArgumentError(absl::StrCat(
+              "topk payload: index ", j, " in block at element ",
+              range_begin + begin, " is out of range or out of order"));
         }
         if (strict && !std::isfinite(v))
           return absl::InvalidArgumentError("topk payload holds NaN or Inf");
@@ -744,6 +806,37 @@ absl::Status Codec::CheckSize(absl::Span<const uint8_t> bytes, size_t n) const {
   return absl::InvalidArgumentError(
       absl::StrCat(spec_.ToString(), " payload for ", n, " elements must be ",
                    EncodedSize(n), " bytes, got ", bytes.size()));
+}
+
+absl::Status Codec::CheckRange(size_t n, size_t begin, size_t size) const {
+  const size_t end = begin + size;
+  if ((begin % block_size_ == 0 || begin == n) && begin <= n &&
+      size <= n - begin && (end == n || end % block_size_ == 0)) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(spec_.ToString(), ": elements [", begin, ", ", end, ") of ",
+                   n, " are not a range of whole blocks of ", block_size_));
+}
+
+absl::Status Codec::CheckDecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                                     size_t begin, size_t size) const {
+  if (auto s = CheckSize(bytes, n); !s.ok()) return s;
+  return CheckRange(n, begin, size);
+}
+
+absl::Status Codec::EncodeWithFeedback(absl::Span<const float> update,
+                                       absl::Span<float> error, uint64_t seed,
+                                       uint8_t* out) const {
+  if (auto s = CheckErrorSpan(update, error); !s.ok()) return s;
+  float* e = error.empty() ? nullptr : error.data();
+  return EncodeRange(update.size(), 0, update, e, e, seed, out);
+}
+
+absl::Status Codec::DecodeAccumulate(absl::Span<const uint8_t> bytes,
+                                     float weight,
+                                     absl::Span<float> acc) const {
+  return DecodeRange(bytes, acc.size(), 0, weight, acc.data(), acc);
 }
 
 absl::Status Codec::Decode(absl::Span<const uint8_t> bytes,

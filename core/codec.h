@@ -42,18 +42,41 @@ class Codec {
   // is not empty, error = p - Q(p), computed as decoding would compute Q(p).
   // `seed` drives stochastic rounding only. Fails with InvalidArgument when p
   // holds NaN or Inf; out and error are then unspecified.
-  virtual absl::Status EncodeWithFeedback(absl::Span<const float> update,
-                                          absl::Span<float> error,
-                                          uint64_t seed,
-                                          uint8_t* out) const = 0;
+  absl::Status EncodeWithFeedback(absl::Span<const float> update,
+                                  absl::Span<float> error, uint64_t seed,
+                                  uint8_t* out) const;
+
+  // The same for elements [begin, begin + update.size()) of an n-element
+  // span whose encoding is out[0, EncodedSize(n)): writes only that range's
+  // part of it (its blocks' scales, codes and values), with the bytes one
+  // call over the whole span writes, so a caller can encode a span tile by
+  // tile while each tile is in cache. p = update + error_in (update when
+  // error_in is null); error_out, when not null, gets p - Q(p); it may be
+  // error_in (in place) or other memory (the old E stays as it was).
+  // InvalidArgument unless begin starts a block and the range ends at n or
+  // at a block's end (CheckRange), or when p holds NaN or Inf.
+  virtual absl::Status EncodeRange(size_t n, size_t begin,
+                                   absl::Span<const float> update,
+                                   const float* error_in, float* error_out,
+                                   uint64_t seed, uint8_t* out) const = 0;
 
   // acc += weight * Q, where Q is decoded from `bytes` (n = acc.size()).
   // Never reads outside `bytes` nor writes outside `acc`, whatever the bytes
   // hold; it checks only what that needs (the length, topk indices), so
   // callers that must not change state on bad input call Validate first.
-  virtual absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes,
-                                        float weight,
-                                        absl::Span<float> acc) const = 0;
+  absl::Status DecodeAccumulate(absl::Span<const uint8_t> bytes, float weight,
+                                absl::Span<float> acc) const;
+
+  // out[j] = base[j] + weight * Q[begin + j] for the elements [begin,
+  // begin + out.size()) of the n-element encoding `bytes`, the same float
+  // operation as DecodeAccumulate; base may be out.data() (accumulate in
+  // place) or other memory (x - q into a staging buffer without copying x
+  // first). Checks the length, the range (as EncodeRange) and what memory
+  // safety needs, as DecodeAccumulate.
+  virtual absl::Status DecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                                   size_t begin, float weight,
+                                   const float* base,
+                                   absl::Span<float> out) const = 0;
 
   // Checks that `bytes` is the canonical encoding of n elements: its length,
   // finite non-negative scales, finite values, codes and indices in range,
@@ -71,6 +94,12 @@ class Codec {
 
   // InvalidArgument unless bytes.size() == EncodedSize(n).
   absl::Status CheckSize(absl::Span<const uint8_t> bytes, size_t n) const;
+  // InvalidArgument unless [begin, begin + size) lies in [0, n], begins a
+  // block (or at n, empty) and ends at n or at the end of a block.
+  absl::Status CheckRange(size_t n, size_t begin, size_t size) const;
+  // CheckSize, then CheckRange.
+  absl::Status CheckDecodeRange(absl::Span<const uint8_t> bytes, size_t n,
+                                size_t begin, size_t size) const;
 
  private:
   CodecSpec spec_;

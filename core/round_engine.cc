@@ -3,27 +3,109 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <numeric>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace effadam {
 namespace {
 
-// Sum of squares of n floats in double (a large model's sum keeps its small
+// Sum of squares of floats in double (a large model's sum keeps its small
 // entries) with eight independent lanes combined in a fixed order: the
-// same bits on every run, and not one long chain of dependent adds.
-double SumSquares(const float* v, size_t n) {
-  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    for (int l = 0; l < 8; ++l) {
-      lane[l] += static_cast<double>(v[j + l]) * static_cast<double>(v[j + l]);
+// same bits on every run, and not one long chain of dependent adds. Adding
+// a vector in pieces whose sizes are multiples of 8 (all but the last)
+// gives the bits of adding it at once.
+class SquareSum {
+ public:
+  void Add(const float* v, size_t n) {
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      for (int l = 0; l < 8; ++l) {
+        lane_[l] +=
+            static_cast<double>(v[j + l]) * static_cast<double>(v[j + l]);
+      }
     }
+    for (; j < n; ++j) lane_[j % 8] += static_cast<double>(v[j]) * v[j];
   }
-  for (; j < n; ++j) lane[j % 8] += static_cast<double>(v[j]) * v[j];
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
-         ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  double Total() const {
+    return ((lane_[0] + lane_[1]) + (lane_[2] + lane_[3])) +
+           ((lane_[4] + lane_[5]) + (lane_[6] + lane_[7]));
+  }
+
+ private:
+  double lane_[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+};
+
+double SumSquares(const float* v, size_t n) {
+  SquareSum sum;
+  sum.Add(v, n);
+  return sum.Total();
+}
+
+// Elements per tile of CloseSegment: the tile's sum, x, E, staged x and
+// staged E (5 x 32 KiB) stay in a core's L2 cache across the tile's steps.
+constexpr size_t kTileElements = 8192;
+
+// Tile length for a segment coded with blocks of block_a and block_b
+// elements: whole blocks of both, near kTileElements.
+size_t TileElements(size_t block_a, size_t block_b) {
+  const size_t unit = std::lcm(block_a, block_b);
+  return unit * std::max<size_t>(1, kTileElements / unit);
+}
+
+// What the average-and-check pass over a tile learned.
+struct TileScan {
+  bool finite = true;  // every p = avg + E is finite
+  float max_p = 0;     // max |p|
+  float max_x = 0;     // max |x|
+};
+
+// sum[j] /= count, then the finiteness and size of p = sum + e and of x,
+// in one pass while the tile is in cache.
+void AverageAndScan(float* sum, const float* e, const float* x, size_t m,
+                    float count, TileScan* scan) {
+  size_t j = 0;
+  bool finite = true;
+  float max_p = 0, max_x = 0;
+#if defined(__SSE2__)
+  {
+    const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    const __m128 vcount = _mm_set1_ps(count), vmax = _mm_set1_ps(FLT_MAX);
+    __m128 bad = _mm_setzero_ps(), mp = _mm_setzero_ps(), mx = _mm_setzero_ps();
+    for (; j + 4 <= m; j += 4) {
+      const __m128 avg = _mm_div_ps(_mm_loadu_ps(sum + j), vcount);
+      _mm_storeu_ps(sum + j, avg);
+      const __m128 p =
+          _mm_and_ps(_mm_add_ps(avg, _mm_loadu_ps(e + j)), abs_mask);
+      // Not <= FLT_MAX: Inf, or NaN (unordered).
+      bad = _mm_or_ps(bad, _mm_cmpnle_ps(p, vmax));
+      mp = _mm_max_ps(mp, p);
+      mx = _mm_max_ps(mx, _mm_and_ps(_mm_loadu_ps(x + j), abs_mask));
+    }
+    finite = _mm_movemask_ps(bad) == 0;
+    float lanes[4];
+    _mm_storeu_ps(lanes, mp);
+    for (float l : lanes) max_p = std::max(max_p, l);
+    _mm_storeu_ps(lanes, mx);
+    for (float l : lanes) max_x = std::max(max_x, l);
+  }
+#endif
+  for (; j < m; ++j) {
+    sum[j] /= count;
+    const float p = std::fabs(sum[j] + e[j]);
+    finite &= p <= FLT_MAX;
+    max_p = std::max(max_p, p);
+    max_x = std::max(max_x, std::fabs(x[j]));
+  }
+  scan->finite &= finite;
+  scan->max_p = std::max(scan->max_p, max_p);
+  scan->max_x = std::max(scan->max_x, max_x);
 }
 
 }  // namespace
@@ -84,7 +166,6 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Restore(
   engine->error_ = std::move(state.error_memory);
   engine->error_norm_ =
       std::sqrt(SumSquares(engine->error_.data(), engine->error_.size()));
-  engine->sum_.assign(n, 0.0f);
   engine->x_ = std::move(state.params);
   engine->pool_ = std::make_unique<ThreadPool>(options.threads);
   return engine;
@@ -194,59 +275,73 @@ absl::Status RoundEngine::CloseSegment(size_t i, std::string* delta) {
         "round ", round_, ": segment ", i, " cannot be closed now"));
   }
   const Segment& seg = worker_codec_->segments()[i];
+  const Segment& server_seg = server_codec_->segments()[i];
   SegmentClose& result = segment_close_[i];
-  float* sum = sum_.data() + seg.begin;
-  std::fill(sum, sum + seg.size, 0.0f);
-  for (const auto& [rank, update] : pending_) {
-    // Validated (Submit, or by the caller segment by segment), so this
-    // cannot fail half-way.
-    absl::Status st = worker_codec_->DecodeAccumulateSegment(
-        i, *update, 1.0f, absl::MakeSpan(sum_));
-    if (!st.ok()) return st;
-  }
+  const size_t tile =
+      TileElements(seg.codec->block_size(), server_seg.codec->block_size());
+  // The sum of one tile; per thread, since segments close concurrently.
+  thread_local std::vector<float> tile_sum;
+  if (tile_sum.size() < tile) tile_sum.resize(tile);
   const float count = static_cast<float>(pending_.size());
-  const float* e = error_.data() + seg.begin;
-  const float* x = x_.data() + seg.begin;
-  // Locals, not result's fields, so the loop vectorizes.
-  bool finite = true;
-  float max_p = 0, max_x = 0;
-  for (size_t j = 0; j < seg.size; ++j) {
-    sum[j] /= count;
-    const float p = std::fabs(sum[j] + e[j]);
-    finite &= p <= FLT_MAX;
-    max_p = std::max(max_p, p);
-    max_x = std::max(max_x, std::fabs(x[j]));
-  }
-  result.closed = true;
-  result.p_finite = finite;
-  // Finite updates can still overflow once averaged with E: such a round is
-  // dropped before the encoder sees it.
-  if (!finite) return absl::OkStatus();
-  // Every codec's |q_j| is at most max|p| plus a rounding, and |p - q| at
-  // most max|p|, so within this margin neither x - q nor E = p - q can
-  // overflow and the staged values need no check.
-  result.safe = max_p <= FLT_MAX / 4 && max_x <= FLT_MAX / 2;
-  std::copy(x, x + seg.size, staged_x_.begin() + seg.begin);
-  absl::Span<float> error;
-  if (options_.error_feedback) {
-    std::copy(e, e + seg.size, staged_error_.begin() + seg.begin);
-    error = absl::MakeSpan(staged_error_);
-  }
   const uint64_t seed =
       options_.seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(round_));
   uint8_t* out = reinterpret_cast<uint8_t*>(delta->data());
-  result.encoded = server_codec_->EncodeSegment(i, sum_, error, seed, out);
-  if (!result.encoded.ok()) return absl::OkStatus();
-  // x -= q, decoded from the bytes the workers get, with the same operation
-  // they use, so every replica stays bit-identical.
-  result.encoded = server_codec_->DecodeAccumulateSegment(
-      i, *delta, -1.0f, absl::MakeSpan(staged_x_));
-  if (!result.encoded.ok()) return absl::OkStatus();
-  if (options_.error_feedback) {
-    // While this segment of E is still in cache (error_memory_norm).
-    result.error_sum_squares =
-        SumSquares(staged_error_.data() + seg.begin, seg.size);
+  TileScan scan;
+  SquareSum error_squares;
+  // Tile by tile, every step of the segment while the tile is in cache:
+  // sum the updates in rank order, average, check p = avg + E, encode p
+  // with feedback into the delta and E's staging (out of place: E itself
+  // is read, never written), and x - q into x's staging. x and E stay as
+  // they were until FinishClose commits the staging.
+  for (size_t t = 0; t < seg.size; t += tile) {
+    const size_t m = std::min(tile, seg.size - t);
+    const absl::Span<float> sum(tile_sum.data(), m);
+    std::fill(sum.begin(), sum.end(), 0.0f);
+    for (const auto& [rank, update] : pending_) {
+      // Validated (Submit, or by the caller segment by segment), so this
+      // cannot fail half-way.
+      absl::Status st =
+          worker_codec_->DecodeSegmentRange(i, t, *update, 1.0f, sum, sum);
+      if (!st.ok()) return st;
+    }
+    const size_t first = seg.begin + t;
+    const float* e = error_.data() + first;
+    const float* x = x_.data() + first;
+    AverageAndScan(sum.data(), e, x, m, count, &scan);
+    // Finite updates can still overflow once averaged with E: such a round
+    // is dropped before the encoder sees it.
+    if (!scan.finite) {
+      result.closed = true;
+      result.p_finite = false;
+      return absl::OkStatus();
+    }
+    absl::Span<const float> error_in;
+    absl::Span<float> error_out;
+    if (options_.error_feedback) {
+      error_in = absl::MakeConstSpan(e, m);
+      error_out = absl::MakeSpan(staged_error_.data() + first, m);
+    }
+    result.encoded = server_codec_->EncodeSegmentRange(i, t, sum, error_in,
+                                                       error_out, seed, out);
+    if (!result.encoded.ok()) break;
+    // x - q, decoded from the bytes the workers get, with the same operation
+    // they use, so every replica stays bit-identical.
+    result.encoded = server_codec_->DecodeSegmentRange(
+        i, t, *delta, -1.0f, absl::MakeConstSpan(x, m),
+        absl::MakeSpan(staged_x_.data() + first, m));
+    if (!result.encoded.ok()) break;
+    // While this tile of E is in cache (error_memory_norm).
+    if (options_.error_feedback) error_squares.Add(error_out.data(), m);
   }
+  // Every codec's |q_j| is at most max|p| plus a rounding, and |p - q| at
+  // most max|p|, so within this margin neither x - q nor E = p - q can
+  // overflow and the staged values need no check. (A codec that refuses a
+  // tile, which no finite p makes happen, leaves the margin of the tiles
+  // before it.)
+  result.closed = true;
+  result.safe = scan.max_p <= FLT_MAX / 4 && scan.max_x <= FLT_MAX / 2;
+  if (!result.encoded.ok()) return absl::OkStatus();
+  result.error_sum_squares = error_squares.Total();
   if (result.safe) return absl::OkStatus();
   const auto finite_value = [](float v) { return std::fabs(v) <= FLT_MAX; };
   const auto x_begin = staged_x_.begin() + seg.begin;
@@ -305,8 +400,8 @@ absl::Status RoundEngine::FinishClose(std::string* delta, bool* dropped) {
 
 absl::Status RoundEngine::ZeroDelta(std::string* delta) {
   ++dropped_rounds_;
-  std::fill(sum_.begin(), sum_.end(), 0.0f);
-  return server_codec_->EncodeWithFeedback(sum_, {}, 0, delta, pool_.get());
+  const std::vector<float> zero(x_.size(), 0.0f);
+  return server_codec_->EncodeWithFeedback(zero, {}, 0, delta, pool_.get());
 }
 
 }  // namespace effadam

@@ -49,7 +49,9 @@ struct RoundEngineOptions {
 // A round closes segment by segment (the update codec's segments are
 // independent): BeginClose fixes the updates it averages, CloseSegment(i)
 // sums segment i of those updates in rank order, encodes it with feedback
-// into the delta and computes x and E of that segment into staging, and
+// into the delta and computes x and E of that segment into staging (tile by
+// tile, each tile's steps while it is in cache; x and E are read, never
+// copied or written), and
 // FinishClose commits the staged x and E when every segment's result is
 // finite, or drops the round (zero delta, x and E as they were). So a
 // server may close segment i, and send its bytes, while later segments of
@@ -162,7 +164,6 @@ class RoundEngine {
   double error_norm_ = 0;
   std::vector<float> x_;
   std::vector<float> error_;
-  std::vector<float> sum_;  // scratch for the average
   // rank -> update, ascending rank
   std::map<int, std::shared_ptr<const std::string>> pending_;
   std::unique_ptr<ThreadPool> pool_;

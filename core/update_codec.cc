@@ -105,9 +105,46 @@ absl::Status UpdateCodec::EncodeSegment(size_t i,
   const Segment& s = segments_[i];
   absl::Span<float> e =
       error.empty() ? absl::Span<float>() : error.subspan(s.begin, s.size);
-  return s.codec->EncodeWithFeedback(
-      update.subspan(s.begin, s.size), e,
-      SegmentSeed(seed, element_offset_ + s.begin), out + s.byte_begin);
+  return EncodeSegmentRange(i, 0, update.subspan(s.begin, s.size), e, e, seed,
+                            out);
+}
+
+absl::Status UpdateCodec::EncodeSegmentRange(size_t i, size_t begin,
+                                             absl::Span<const float> update,
+                                             absl::Span<const float> error_in,
+                                             absl::Span<float> error_out,
+                                             uint64_t seed,
+                                             uint8_t* encoded) const {
+  const Segment& s = segments_[i];
+  if ((!error_in.empty() && error_in.size() != update.size()) ||
+      (!error_out.empty() && error_out.size() != update.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "error memory of ", error_in.size(), " and ", error_out.size(),
+        " elements for an update of ", update.size()));
+  }
+  return s.codec->EncodeRange(
+      s.size, begin, update, error_in.empty() ? nullptr : error_in.data(),
+      error_out.empty() ? nullptr : error_out.data(),
+      SegmentSeed(seed, element_offset_ + s.begin), encoded + s.byte_begin);
+}
+
+absl::Status UpdateCodec::DecodeSegmentRange(size_t i, size_t begin,
+                                             absl::string_view bytes,
+                                             float weight,
+                                             absl::Span<const float> base,
+                                             absl::Span<float> out) const {
+  if (base.size() != out.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decoding ", base.size(), " base elements into ", out.size()));
+  }
+  const Segment& s = segments_[i];
+  if (bytes.size() < s.byte_begin + s.byte_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(spec_.ToString(), " update of ", bytes.size(),
+                     " bytes ends before segment at element ", s.begin));
+  }
+  return s.codec->DecodeRange(Bytes(bytes, s), s.size, begin, weight,
+                              base.data(), out);
 }
 
 absl::StatusOr<std::unique_ptr<UpdateCodec>> UpdateCodec::Slice(
@@ -179,8 +216,8 @@ absl::Status UpdateCodec::DecodeAccumulateSegment(size_t i,
                                                   float weight,
                                                   absl::Span<float> acc) const {
   const Segment& s = segments_[i];
-  return s.codec->DecodeAccumulate(Bytes(bytes, s), weight,
-                                   acc.subspan(s.begin, s.size));
+  absl::Span<float> a = acc.subspan(s.begin, s.size);
+  return DecodeSegmentRange(i, 0, bytes, weight, a, a);
 }
 
 }  // namespace effadam

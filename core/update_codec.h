@@ -104,6 +104,23 @@ class UpdateCodec {
                                        float weight,
                                        absl::Span<float> acc) const;
 
+  // Tiles of segment i, for passes that keep a tile in cache across several
+  // steps: elements [begin, begin + update.size()) of the segment (begin
+  // counted from the segment's start; whole blocks, Codec::CheckRange).
+  // Here `update`, `error_in`, `error_out`, `base` and `out` hold just the
+  // tile's elements (error_in/error_out empty: none); `bytes`/`encoded` are
+  // the whole encoded update. A segment encoded tile by tile gets the bytes
+  // EncodeSegment writes. Codec::EncodeRange and DecodeRange say the rest.
+  absl::Status EncodeSegmentRange(size_t i, size_t begin,
+                                  absl::Span<const float> update,
+                                  absl::Span<const float> error_in,
+                                  absl::Span<float> error_out, uint64_t seed,
+                                  uint8_t* encoded) const;
+  absl::Status DecodeSegmentRange(size_t i, size_t begin,
+                                  absl::string_view bytes, float weight,
+                                  absl::Span<const float> base,
+                                  absl::Span<float> out) const;
+
  private:
   UpdateCodec() = default;
 

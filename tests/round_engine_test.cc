@@ -6,6 +6,7 @@
 #include <limits>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -19,12 +20,22 @@ struct Fixture {
   std::unique_ptr<RoundEngine> engine;
 };
 
-Fixture Make(const std::string& wname, const std::string& sname,
-             bool error_feedback = true, size_t n = 3000) {
-  auto layout = TensorLayout::Create({{"w", {static_cast<int64_t>(n)}}});
+// A model of tensors of the given sizes, blocks of 64 elements.
+Fixture MakeModel(
+    const std::string& wname, const std::string& sname, bool error_feedback,
+    const std::vector<int64_t>& tensors,
+    size_t max_segment_elements = CompressionOptions().max_segment_elements) {
+  std::vector<TensorSpec> shapes;
+  size_t n = 0;
+  for (int64_t t : tensors) {
+    shapes.push_back({absl::StrCat("t", shapes.size()), {t}});
+    n += static_cast<size_t>(t);
+  }
+  auto layout = TensorLayout::Create(shapes);
   EXPECT_TRUE(layout.ok());
   CompressionOptions o;
   o.block_size = 64;
+  o.max_segment_elements = max_segment_elements;
   Fixture f;
   f.worker = *UpdateCodec::Create(*layout, *ParseCodecSpec(wname), o);
   f.server = *UpdateCodec::Create(*layout, *ParseCodecSpec(sname), o);
@@ -34,6 +45,11 @@ Fixture Make(const std::string& wname, const std::string& sname,
   eo.error_feedback = error_feedback;
   f.engine = *RoundEngine::Create(f.worker, f.server, x0, eo);
   return f;
+}
+
+Fixture Make(const std::string& wname, const std::string& sname,
+             bool error_feedback = true, size_t n = 3000) {
+  return MakeModel(wname, sname, error_feedback, {static_cast<int64_t>(n)});
 }
 
 std::string Encode(const UpdateCodec& c, const std::vector<float>& u) {
@@ -66,25 +82,32 @@ TEST(RoundEngine, AveragesInRankOrderWhateverTheArrivalOrder) {
                            3000 * 4));
 }
 
-TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
-  Fixture f = Make("fp32", "sign");
-  const size_t n = 3000;
+// Runs three rounds of `updates_per_round` random updates and checks x, E
+// and the delta against the server step written out over whole vectors:
+// avg, p = avg + E, q = Qs(p), E = p - q, x = x - q.
+void ExpectTheEfficientAdamServerStep(Fixture& f, int updates_per_round) {
+  const size_t n = f.engine->params().size();
   std::vector<float> x(f.engine->params().begin(), f.engine->params().end());
   std::vector<float> E(n, 0.0f);
   for (int round = 1; round <= 3; ++round) {
-    std::vector<float> u0 = Random(n, 10 * round),
-                       u1 = Random(n, 10 * round + 1);
-    ASSERT_TRUE(f.engine->Submit(0, round, Encode(*f.worker, u0)).ok());
-    ASSERT_TRUE(f.engine->Submit(1, round, Encode(*f.worker, u1)).ok());
+    std::vector<float> p(n, 0.0f);
+    for (int r = 0; r < updates_per_round; ++r) {
+      std::vector<float> u = Random(n, 10 * round + r);
+      std::string bytes = Encode(*f.worker, u);
+      ASSERT_TRUE(f.engine->Submit(r, round, bytes).ok());
+      ASSERT_TRUE(
+          f.worker->DecodeAccumulate(bytes, 1.0f, absl::MakeSpan(p)).ok());
+    }
     auto delta = f.engine->CloseRound();
     ASSERT_TRUE(delta.ok()) << delta.status();
-    // The reference, written out: avg, p = avg + E, q = Qs(p), E = p - q.
-    std::vector<float> p(n);
-    for (size_t i = 0; i < n; ++i) p[i] = ((0.0f + u0[i]) + u1[i]) / 2.0f;
+    for (float& v : p) v /= static_cast<float>(updates_per_round);
     std::string want;
+    // The engine's seed of stochastic rounding in this round (options.seed
+    // is 0).
+    const uint64_t seed = 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(round);
     ASSERT_TRUE(
-        f.server->EncodeWithFeedback(p, absl::MakeSpan(E), 0, &want).ok());
-    EXPECT_EQ(want, *delta);
+        f.server->EncodeWithFeedback(p, absl::MakeSpan(E), seed, &want).ok());
+    EXPECT_TRUE(want == *delta) << "the delta differs";
     std::vector<float> q(n, 0.0f);
     ASSERT_TRUE(
         f.server->DecodeAccumulate(*delta, 1.0f, absl::MakeSpan(q)).ok());
@@ -92,6 +115,28 @@ TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
     EXPECT_EQ(0, std::memcmp(x.data(), f.engine->params().data(), n * 4));
     EXPECT_EQ(0, std::memcmp(E.data(), f.engine->error_memory().data(), n * 4));
     EXPECT_EQ(f.engine->round(), round + 1);
+  }
+}
+
+TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
+  Fixture f = Make("fp32", "sign");
+  ExpectTheEfficientAdamServerStep(f, 2);
+}
+
+// A segment closes tile by tile (several tiles and a short last one here,
+// segments of 20480 elements, an fp32 tensor beside them): the same bits
+// as the whole-vector step, for every codec.
+TEST(RoundEngine, ClosesLongSegmentsTileByTileWithTheSameBits) {
+  for (const auto& [wname, sname] :
+       std::vector<std::pair<std::string, std::string>>{{"fp32", "fp32"},
+                                                        {"sign", "sign"},
+                                                        {"q4", "q4s"},
+                                                        {"bf16", "topk:0.05"},
+                                                        {"fp16", "q8"}}) {
+    SCOPED_TRACE(wname + "/" + sname);
+    Fixture f = MakeModel(wname, sname, /*error_feedback=*/true,
+                          {300, 3 * 20480 + 8192 + 704}, 20480);
+    ExpectTheEfficientAdamServerStep(f, 3);
   }
 }
 

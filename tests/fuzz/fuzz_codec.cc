@@ -9,7 +9,8 @@
 // Invariants: a payload of the wrong length never validates; whatever
 // Validate accepts decodes without error to finite values, Decode and
 // DecodeAccumulate agree, and re-encoding what was decoded succeeds
-// (except sign, whose block mean may overflow) and validates. The payload
+// (except sign, whose block mean may overflow) and validates, and encoding
+// or decoding it in two block ranges gives the same bits. The payload
 // read as float32 values encodes to bytes that validate, with a finite
 // error memory, and every deterministic codec keeps its compressor bound
 // ||Q(p) - p||^2 <= (1 - delta) ||p||^2. ASan and UBSan check that no
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/codec.h"
@@ -42,6 +44,50 @@ bool AllFinite(const std::vector<float>& v) {
     if (!std::isfinite(x)) return false;
   }
   return true;
+}
+
+// The span in two block ranges cut where the seed says: EncodeRange with
+// the error out of place writes the bytes and error of the whole in-place
+// encode (whose error started at zero), and DecodeRange from another base
+// computes base + weight * q, bit for bit.
+void CheckRanges(const Codec& codec, const std::vector<float>& p, uint64_t seed,
+                 const std::string& out, const std::vector<float>& error) {
+  const size_t n = p.size(), block = codec.block_size();
+  const size_t blocks = (n + block - 1) / block;
+  const size_t cut = std::min(n, (seed % (blocks + 1)) * block);
+  const std::vector<float> zero(n, 0.0f);
+  std::string ranged(out.size(), '\0');
+  std::vector<float> ranged_error(n, 1.0f), x_minus_q(n);
+  uint8_t* ranged_bytes = reinterpret_cast<uint8_t*>(ranged.data());
+  for (const auto& [begin, end] :
+       {std::pair<size_t, size_t>{0, cut}, std::pair<size_t, size_t>{cut, n}}) {
+    const absl::Span<const float> part(p.data() + begin, end - begin);
+    const absl::Status e =
+        codec.EncodeRange(n, begin, part, zero.data() + begin,
+                          ranged_error.data() + begin, seed, ranged_bytes);
+    FUZZ_CHECK(e.ok(), "%s: EncodeRange [%zu, %zu): %s",
+               codec.spec().ToString().c_str(), begin, end,
+               e.ToString().c_str());
+    const absl::Status d = codec.DecodeRange(
+        AsBytes(out), n, begin, -1.0f, p.data() + begin,
+        absl::MakeSpan(x_minus_q.data() + begin, end - begin));
+    FUZZ_CHECK(d.ok(), "%s: DecodeRange [%zu, %zu): %s",
+               codec.spec().ToString().c_str(), begin, end,
+               d.ToString().c_str());
+  }
+  FUZZ_CHECK(ranged == out, "%s: encoding in ranges cut at %zu differs",
+             codec.spec().ToString().c_str(), cut);
+  FUZZ_CHECK(n == 0 || std::memcmp(ranged_error.data(), error.data(),
+                                   n * sizeof(float)) == 0,
+             "%s: error out of place differs", codec.spec().ToString().c_str());
+  std::vector<float> want(p);
+  FUZZ_CHECK(
+      codec.DecodeAccumulate(AsBytes(out), -1.0f, absl::MakeSpan(want)).ok(),
+      "DecodeAccumulate");
+  FUZZ_CHECK(n == 0 || std::memcmp(want.data(), x_minus_q.data(),
+                                   n * sizeof(float)) == 0,
+             "%s: DecodeRange from another base differs",
+             codec.spec().ToString().c_str());
 }
 
 void CheckEncode(const Codec& codec, const std::vector<float>& p,
@@ -77,6 +123,7 @@ void CheckEncode(const Codec& codec, const std::vector<float>& p,
     FUZZ_CHECK(error[j] == p[j] - q[j], "%s: e[%zu] = %g, p - q = %g",
                codec.spec().ToString().c_str(), j, error[j], p[j] - q[j]);
   }
+  CheckRanges(codec, p, seed, out, error);
   // The compressor bound, per block, for the codecs that promise it on
   // every finite input (fp16/bf16 only within their normal range, qNs not
   // at all), on blocks whose scale is a normal float: a block of tiny
