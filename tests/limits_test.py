@@ -25,7 +25,7 @@ first to a pids cgroup and a memory cgroup (cgroup v1 or v2; the test exits
   served (the rest end with RESOURCE_EXHAUSTED), those are cancelled after
   --send_stall_timeout, RSS grows by at most two copies of the model, and
   the workers train to the end.
-- over_limit_messages: eight 100 MiB messages (the limit is 64 KiB + 64
+- over_limit_messages: eight 100 MiB messages (the limit is 1 MiB + 64
   KiB) sent at once on eight connections: RSS grows by at most 3 x the
   default --max_transport_memory_mb, and the workers train afterwards.
 - idle_connections: 2,000 HTTP/2 connections that never start a call are
@@ -387,7 +387,7 @@ def case_over_limit_messages(c):
         finally:
             conn.close()
 
-    # Eight 100 MiB messages (the limit is 64 KiB + 64 KiB) at once, one per
+    # Eight 100 MiB messages (the limit is 1 MiB + 64 KiB) at once, one per
     # connection: gRPC 1.51 receives a message whole before it checks its
     # size; the transport's memory quota is what stops them.
     senders = [threading.Thread(target=send_one) for _ in range(8)]

@@ -154,7 +154,7 @@ inline constexpr int kServerMaxPingStrikes = 2;
 struct ServerTransport {
   // Messages may be this plus the envelope; the server's default
   // (ServerOptions::max_chunk_bytes).
-  size_t max_chunk_bytes = size_t{64} << 10;
+  size_t max_chunk_bytes = size_t{1} << 20;
   // How often the server pings each connection, and how long it waits for
   // the answer before it drops the connection (and so a hung or vanished
   // worker's stream: the worker leaves the round at once instead of after
