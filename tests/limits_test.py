@@ -262,7 +262,7 @@ def case_rapid_reset_tls(c):
     check(sampler.threads <= base_threads + 4,
           "the server grew from %d to %d threads" % (base_threads,
                                                      sampler.threads))
-    # Usually flat (21 -> 33-47 MB), but in 6 of about 20 runs on 30
+    # Usually flat (21 -> 33-47 MB), but in 5 of 23 runs on 30
     # November the server reached 424-864 MB with no thread added: memory
     # as on the plaintext port, which the memory cgroup bounds
     # (docs/security.md).
