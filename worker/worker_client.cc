@@ -445,14 +445,10 @@ absl::Status WorkerClient::ApplyRound() {
   // A shard whose server has finished, or whose stream broke, contributes
   // a zero part to the delta.
   delta_.resize(zero_delta_.size());
-  auto put = [this](const Shard& s, absl::string_view part) {
-    PutDeltaPart(s, part);
-  };
-  auto put_zero = [this](const Shard& s) { PutZeroPart(s); };
   const std::vector<absl::Status>& results = round_results_;
-  // A shard that took this worker's late update into its next round sent
-  // the late round's delta first: applied before the next round's, as the
-  // server applied them (the other shards' parts are zero).
+  // A shard that took this worker's late update into its current round
+  // sent the deltas of the rounds it missed first: applied before this
+  // round's, in the server's order (the other shards' parts are zero).
   if (absl::Status s = ApplyEarlierDeltas(results); !s.ok()) return s;
 
   bool progressed = false;  // some shard's round went through
@@ -461,7 +457,7 @@ absl::Status WorkerClient::ApplyRound() {
     Shard& s = shards_[k];
     const absl::Status& r = results[k];
     if (s.link->server_finished() || (r.ok() && !s.link->stream_open())) {
-      put_zero(s);
+      PutZeroPart(s);
       continue;
     }
     if (r.ok()) {
@@ -469,12 +465,12 @@ absl::Status WorkerClient::ApplyRound() {
       up.payload += static_cast<int64_t>(s.update_range.byte_size);
       up.fp32 += static_cast<int64_t>(sizeof(float) * s.update_range.size);
       if (round_dropped_[k]) {
-        put_zero(s);
+        PutZeroPart(s);
       } else {
         // Shared, not taken: the assembler keeps its memory for the next
         // round.
         const std::string& part = *s.delta->SharedBuffer();
-        put(s, part);
+        PutDeltaPart(s, part);
         CountDelta(s, part.size());
       }
       ++s.round;
@@ -483,7 +479,7 @@ absl::Status WorkerClient::ApplyRound() {
                options_.reconnect_timeout <= absl::ZeroDuration()) {
       return Abandon(r);
     } else {
-      put_zero(s);
+      PutZeroPart(s);
       broken.push_back(k);
     }
   }
@@ -541,14 +537,15 @@ absl::Status WorkerClient::ApplyEarlierDeltas(
     for (size_t k = 0; k < shards_.size(); ++k) {
       Shard& s = shards_[k];
       const ShardLink::EarlierDeltas& e = s.earlier;
-      if (!results[k].ok() || !s.link->stream_open() || i >= e.count ||
-          e.dropped[i]) {
-        PutZeroPart(s);
-      } else {
+      const bool missed = results[k].ok() && s.link->stream_open() &&
+                          i < e.count;  // shard k missed an i-th round
+      if (missed && !e.dropped[i]) {
         PutDeltaPart(s, e.bytes[i]);
         CountDelta(s, e.bytes[i].size());
+      } else {
+        PutZeroPart(s);
       }
-      if (results[k].ok() && s.link->stream_open() && i < e.count) ++s.round;
+      if (missed) ++s.round;
     }
     if (absl::Status s = optimizer_->ApplyDelta(delta_); !s.ok()) {
       return Abandon(absl::InternalError(
