@@ -259,14 +259,15 @@ TEST(ParameterServerService, JoinRejectionsSayWhatIsWrong) {
 
   // Rank 0 with a Train stream is taken; without one (idle, as when its
   // worker died between its Join and its next call) a Join asking for it
-  // takes it over.
+  // takes it over. The stream sends the first chunk of a valid update and
+  // stays open waiting for the rest (a malformed chunk would end it at
+  // once, and under load the Joins below could miss its short life).
   {
     TrainStream s0(&server);
-    v1::WorkerMessage m;
-    m.set_rank(0);
-    m.set_round(1);
-    m.set_payload(std::string(8, '\0'));
-    ASSERT_TRUE(s0.Write(m));
+    const std::string update =
+        Encode(server.worker_codec(), RandomUpdate(server.n(), 0, 1));
+    ASSERT_GT(update.size(), server.options().max_chunk_bytes);
+    ASSERT_TRUE(s0.SendPart(0, 1, update, 0, server.options().max_chunk_bytes));
     const absl::Time give_up = absl::Now() + absl::Seconds(10);
     do {
       s = server.Join(server.JoinRequest(0), &resp);
