@@ -12,6 +12,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -249,9 +250,20 @@ class TestServer {
 
   // Polls Status until `want` workers are live (bounded).
   bool WaitLive(int want) {
+    return WaitFor([&] { return Status().live_workers() == want; });
+  }
+  // Waits until the server has read more than `bytes` of messages from
+  // workers (ServerSummary::traffic.up().wire): a Train stream's first
+  // message has reached its handler, so cancelling the stream now makes
+  // the rank leave instead of ending a call that never began.
+  bool WaitWireUp(int64_t bytes) {
+    return WaitFor([&] { return WireUp() > bytes; });
+  }
+  int64_t WireUp() { return service_->server().StatusNow().traffic.up().wire; }
+  bool WaitFor(const std::function<bool()>& done) {
     const absl::Time deadline = absl::Now() + absl::Seconds(kCallSeconds);
     while (absl::Now() < deadline) {
-      if (Status().live_workers() == want) return true;
+      if (done()) return true;
       absl::SleepFor(absl::Milliseconds(20));
     }
     return false;
