@@ -98,6 +98,31 @@ absl::Status UpdateCodec::EncodeWithFeedback(absl::Span<const float> update,
   });
 }
 
+absl::Status UpdateCodec::EncodeZeros(std::string* out) const {
+  out->resize(encoded_size_);
+  uint8_t* base = reinterpret_cast<uint8_t*>(out->data());
+  // Tiles of about 64K elements, whole blocks of the segment's codec.
+  constexpr size_t kTileElements = 65536;
+  std::vector<float> zeros;
+  for (size_t i = 0; i < segments_.size(); ++i) {
+    const Segment& s = segments_[i];
+    const size_t block = s.codec->block_size();
+    const size_t tile = block * std::max<size_t>(1, kTileElements / block);
+    if (zeros.size() < std::min(tile, s.size)) {
+      zeros.assign(std::min(tile, s.size), 0.0f);
+    }
+    for (size_t begin = 0; begin < s.size; begin += tile) {
+      const size_t n = std::min(tile, s.size - begin);
+      if (absl::Status st = EncodeSegmentRange(
+              i, begin, absl::MakeConstSpan(zeros.data(), n), {}, {}, 0, base);
+          !st.ok()) {
+        return st;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status UpdateCodec::EncodeSegment(size_t i,
                                         absl::Span<const float> update,
                                         absl::Span<float> error, uint64_t seed,

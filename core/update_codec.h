@@ -80,6 +80,12 @@ class UpdateCodec {
                                   std::string* out,
                                   ThreadPool* pool = nullptr) const;
 
+  // The encoding of an update of zeros without error feedback into *out:
+  // the bytes EncodeWithFeedback(zeros, {}, 0) writes, built tile by tile
+  // from a small buffer of zeros, so no model-sized vector is made (a
+  // worker keeps it as the delta of a shard that sent none).
+  absl::Status EncodeZeros(std::string* out) const;
+
   // Full check of an encoded update (see Codec::Validate).
   absl::Status Validate(absl::string_view bytes,
                         ThreadPool* pool = nullptr) const;

@@ -77,6 +77,33 @@ TEST(UpdateCodec, EncodesEachSegmentWithItsCodec) {
   }
 }
 
+// EncodeZeros builds tile by tile the bytes a whole vector of zeros
+// encodes to, for every kind of codec, segments longer than its tile
+// (65536 elements) and segments that end inside a block.
+TEST(UpdateCodec, EncodeZerosIsTheEncodingOfAZeroVector) {
+  auto layout =
+      TensorLayout::Create({{"big", {150001}}, {"b", {10}}, {"odd", {2049}}});
+  ASSERT_TRUE(layout.ok());
+  for (const char* name :
+       {"fp32", "bf16", "fp16", "sign", "q4", "q4s", "topk:0.01"}) {
+    SCOPED_TRACE(name);
+    auto spec = ParseCodecSpec(name);
+    ASSERT_TRUE(spec.ok());
+    CompressionOptions o;
+    o.max_segment_elements = 100000;
+    auto uc = UpdateCodec::Create(*layout, *spec, o);
+    ASSERT_TRUE(uc.ok()) << uc.status();
+    std::string want, got = "stale bytes";
+    ASSERT_TRUE(
+        (*uc)
+            ->EncodeWithFeedback(
+                std::vector<float>((*uc)->num_elements(), 0.0f), {}, 0, &want)
+            .ok());
+    ASSERT_TRUE((*uc)->EncodeZeros(&got).ok());
+    EXPECT_EQ(got, want);
+  }
+}
+
 TEST(UpdateCodec, RejectsMismatchedSizesAndBadBytes) {
   auto uc = MakeUpdateCodec("sign");
   std::vector<float> u(uc->num_elements() - 1), acc(uc->num_elements());

@@ -293,12 +293,11 @@ absl::Status ShardLink::Upload(int rank, int64_t round,
   return FromGrpc(s, absl::StrCat("UploadParams to ", address()));
 }
 
-absl::StatusOr<std::vector<float>> ShardLink::Fetch(int rank, size_t n,
-                                                    size_t max_chunk_bytes,
-                                                    absl::Time deadline,
-                                                    int64_t* round) {
+absl::Status ShardLink::Fetch(int rank, absl::Span<float> out,
+                              size_t max_chunk_bytes, absl::Time deadline,
+                              int64_t* round) {
   ChunkRules rules;
-  rules.total_bytes = n * sizeof(float);
+  rules.total_bytes = out.size() * sizeof(float);
   rules.max_chunk_bytes = max_chunk_bytes;
   rules.unit = sizeof(float);
   rules.finite_float32 = true;
@@ -341,10 +340,9 @@ absl::StatusOr<std::vector<float>> ShardLink::Fetch(int rank, size_t n,
   }
   if (!s.ok()) return s;
   const std::string bytes = assembler->TakeBuffer();
-  std::vector<float> x(n);
-  std::memcpy(x.data(), bytes.data(), bytes.size());
+  std::memcpy(out.data(), bytes.data(), bytes.size());
   *round = *assembler->round();
-  return x;
+  return absl::OkStatus();
 }
 
 absl::Status ShardLink::OpenStream() {

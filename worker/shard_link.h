@@ -114,11 +114,14 @@ class ShardLink {
   // `round` (0 for the initial parameters, else a replica's round).
   absl::Status Upload(int rank, int64_t round, absl::Span<const float> x,
                       size_t max_chunk_bytes, absl::Time deadline);
-  // FetchParams of `n` floats, retried while the server is away or has no
-  // parameters yet; *round is the round the server is collecting.
-  absl::StatusOr<std::vector<float>> Fetch(int rank, size_t n,
-                                           size_t max_chunk_bytes,
-                                           absl::Time deadline, int64_t* round);
+  // FetchParams of out.size() floats into `out`, retried while the server
+  // is away or has no parameters yet; *round is the round the server is
+  // collecting. `out` is written only once every chunk has arrived and
+  // checked out (it is the caller's replica, and an error leaves it as it
+  // was), and no model-sized vector is made on the way: a worker's peak
+  // memory at start is its replica plus the chunks' buffer.
+  absl::Status Fetch(int rank, absl::Span<float> out, size_t max_chunk_bytes,
+                     absl::Time deadline, int64_t* round);
 
   // Opens the Train stream (no deadline; Cancel ends it).
   absl::Status OpenStream();

@@ -230,11 +230,12 @@ absl::Status WorkerClient::FetchShard(size_t k, absl::Time deadline,
                                       std::vector<float>* x) {
   Shard& shard = shards_[k];
   const ShardRange& r = shard.update_range;
-  absl::StatusOr<std::vector<float>> part = shard.link->Fetch(
-      rank_, r.size, static_cast<size_t>(shard.max_chunk_bytes), deadline,
-      &shard.round);
-  if (!part.ok()) return part.status();
-  std::copy(part->begin(), part->end(), x->begin() + r.begin);
+  if (absl::Status s = shard.link->Fetch(
+          rank_, absl::MakeSpan(*x).subspan(r.begin, r.size),
+          static_cast<size_t>(shard.max_chunk_bytes), deadline, &shard.round);
+      !s.ok()) {
+    return s;
+  }
   shard.payload[TrafficDirection::kJoin].payload +=
       static_cast<int64_t>(r.size * sizeof(float));
   return absl::OkStatus();
@@ -302,9 +303,7 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
       WorkerOptimizer::Create(worker_codec_, server_codec_, std::move(x0), wo);
   if (!optimizer.ok()) return optimizer.status();
   optimizer_ = *std::move(optimizer);
-  if (absl::Status s = server_codec_->EncodeWithFeedback(
-          std::vector<float>(n, 0.0f), {}, 0, &zero_delta_);
-      !s.ok()) {
+  if (absl::Status s = server_codec_->EncodeZeros(&zero_delta_); !s.ok()) {
     return s;
   }
   for (Shard& shard : shards_) {

@@ -301,8 +301,13 @@ class EfficientAdam(torch.optim.Optimizer):
             client.cancel()
             raise
         with torch.no_grad():
-            self._x_t.copy_(_flatten_dense_tensors(
-                [p.detach().reshape(-1) for p in self._params]))
+            flat = [p.detach().reshape(-1) for p in self._params]
+            if self._cuda:
+                self._x_t.copy_(_flatten_dense_tensors(flat))
+            else:
+                # Straight into the buffer: no model-sized temporary.
+                torch.cat(flat, out=self._x_t)
+            del flat
         client.start(self._x)
         self._client = client
         self._lr_sent = adam.lr
