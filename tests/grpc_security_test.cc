@@ -373,7 +373,8 @@ TEST(ServerTransportTest, LimitsMustBeSensible) {
   EXPECT_TRUE(absl::StrContains(s.message(), "--max_transport_memory_mb")) << s;
   // Room for 4 of the largest messages.
   t.max_chunk_bytes = size_t{64} << 20;
-  t.max_transport_memory_bytes = 4 * size_t{MaxMessageBytes(t.max_chunk_bytes)};
+  t.max_transport_memory_bytes =
+      4 * static_cast<size_t>(MaxMessageBytes(t.max_chunk_bytes));
   EXPECT_TRUE(CheckServerTransport(t).ok());
   t.max_transport_memory_bytes -= 1;
   EXPECT_TRUE(absl::IsInvalidArgument(CheckServerTransport(t)));
