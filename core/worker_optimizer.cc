@@ -15,24 +15,75 @@ namespace {
 
 // Eigen's packet sqrt (EIGEN_FAST_MATH, its default) may differ in the
 // last bit from its scalar sqrt, so each element must take the path it
-// takes in one expression over all of x: packets of kPacket elements from
-// a 16-byte aligned start, scalars for the last n % kPacket.
-constexpr size_t kPacket = 4;
+// takes in one Eigen expression over all of x, as a step always computed
+// it: packets of kPacket elements from x's start (16-byte aligned), scalars
+// for the last n % kPacket.
+using Packet = Eigen::internal::packet_traits<float>::type;
+constexpr size_t kPacket = Eigen::internal::packet_traits<float>::size;
 
 // Elements per tile of a step: the tile's m, v, e, x, gradient and d
 // (6 x 32 KiB) stay in a core's L2 cache from Adam's update to the
 // encoding.
 constexpr size_t kTileElements = 8192;
 
-using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
 using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
 
-// Elements [begin, begin + size) of v as an array.
-ArrayMap Arr(std::vector<float>& v, size_t begin, size_t size) {
-  return ArrayMap(v.data() + begin, static_cast<Eigen::Index>(size));
-}
-ConstArrayMap Arr(absl::Span<const float> v, size_t begin, size_t size) {
-  return ConstArrayMap(v.data() + begin, static_cast<Eigen::Index>(size));
+// The constants of one Adam step (WorkerOptimizer::BeginUpdate).
+struct AdamStep {
+  float b1, b2, step, inv_sqrt_bc2, eps;
+  float l2_decay;         // g + l2_decay * x before the moments, or 0
+  float decoupled_decay;  // d + decoupled_decay * x (lr * wd), or 0
+};
+
+// Adam for n elements in one pass: m and v in place and d = step * m /
+// (sqrt(v) * inv_sqrt_bc2 + eps) (+ the decay), the first n / kPacket *
+// kPacket elements with Eigen's packet operations and the rest with its
+// scalar ones, each operation the one Eigen evaluates for the
+// expressions
+//   g' = g + l2_decay * x
+//   m = b1 * m + (1 - b1) * g';  v = b2 * v + (1 - b2) * g'.square()
+//   d = step * m / (v.sqrt() * inv_sqrt_bc2 + eps) + decoupled_decay * x
+// over an array whose first element is a multiple of kPacket from x's
+// start: so the bits of those expressions over all of x (the reference of
+// tests/worker_step_tiles_test.cc), with all of m, v, g and x read once.
+void AdamPass(const AdamStep& k, const float* g, const float* x, float* m,
+              float* v, float* d, size_t n) {
+  namespace ei = Eigen::internal;
+  const float one_minus_b1 = 1.0f - k.b1, one_minus_b2 = 1.0f - k.b2;
+  const bool l2 = k.l2_decay > 0, decoupled = k.decoupled_decay > 0;
+  const size_t packets = n / kPacket * kPacket;
+  const Packet b1 = ei::pset1<Packet>(k.b1), b2 = ei::pset1<Packet>(k.b2);
+  const Packet c1 = ei::pset1<Packet>(one_minus_b1),
+               c2 = ei::pset1<Packet>(one_minus_b2);
+  const Packet step = ei::pset1<Packet>(k.step),
+               inv_sqrt_bc2 = ei::pset1<Packet>(k.inv_sqrt_bc2),
+               eps = ei::pset1<Packet>(k.eps);
+  const Packet l2_decay = ei::pset1<Packet>(k.l2_decay),
+               decoupled_decay = ei::pset1<Packet>(k.decoupled_decay);
+  for (size_t j = 0; j < packets; j += kPacket) {
+    Packet gj = ei::ploadu<Packet>(g + j);
+    if (l2) gj = ei::padd(gj, ei::pmul(l2_decay, ei::ploadu<Packet>(x + j)));
+    const Packet mj = ei::padd(ei::pmul(b1, ei::ploadu<Packet>(m + j)),
+                               ei::pmul(c1, gj));
+    const Packet vj = ei::padd(ei::pmul(b2, ei::ploadu<Packet>(v + j)),
+                               ei::pmul(c2, ei::pmul(gj, gj)));
+    Packet dj = ei::pdiv(ei::pmul(step, mj),
+                         ei::padd(ei::pmul(ei::psqrt(vj), inv_sqrt_bc2), eps));
+    if (decoupled) {
+      dj = ei::padd(dj, ei::pmul(decoupled_decay, ei::ploadu<Packet>(x + j)));
+    }
+    ei::pstoreu(m + j, mj);
+    ei::pstoreu(v + j, vj);
+    ei::pstoreu(d + j, dj);
+  }
+  for (size_t j = packets; j < n; ++j) {
+    const float gj = l2 ? g[j] + k.l2_decay * x[j] : g[j];
+    m[j] = k.b1 * m[j] + one_minus_b1 * gj;
+    v[j] = k.b2 * v[j] + one_minus_b2 * (gj * gj);
+    d[j] = (k.step * m[j]) /
+           (Eigen::numext::sqrt(v[j]) * k.inv_sqrt_bc2 + k.eps);
+    if (decoupled) d[j] = d[j] + k.decoupled_decay * x[j];
+  }
 }
 
 }  // namespace
@@ -276,50 +327,36 @@ absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad,
                                       double* error_squares) {
   const Pending& p = *pending_;
   const AdamOptions& o = options_.adam;
-  const float b1 = p.b1, b2 = p.b2, step = p.step,
-              inv_sqrt_bc2 = p.inv_sqrt_bc2, lr = p.lr;
+  AdamStep adam{p.b1, p.b2, p.step, p.inv_sqrt_bc2, o.eps, 0.0f, 0.0f};
+  if (o.weight_decay > 0) {
+    if (o.weight_decay_mode == WeightDecayMode::kL2) {
+      adam.l2_decay = o.weight_decay;  // torch.optim.Adam
+    } else {
+      adam.decoupled_decay = p.lr * o.weight_decay;  // torch.optim.AdamW
+    }
+  }
   const bool feedback = options_.error_feedback;
   const Task& task = tasks_[k];
   const std::vector<Segment>& segments = worker_codec_->segments();
   const size_t block = segments[task.first_segment].codec->block_size();
   const size_t tile = block * std::max<size_t>(1, kTileElements / block);
   // d of the elements [base, computed) that are not encoded yet; per
-  // thread, since parts run concurrently. At most a tile and the unfinished
-  // block of a segment before it (and the 3 elements that keep its start a
-  // multiple of kPacket from the task's start), so 16-byte aligned storage
-  // puts every tile's d on a packet boundary, as the whole-task expression
-  // had it.
-  thread_local std::vector<float, Eigen::aligned_allocator<float>> scratch;
-  if (scratch.size() < tile + block + kPacket) {
-    scratch.resize(tile + block + kPacket);
-  }
+  // thread, since parts run concurrently: at most a tile and the
+  // unfinished block of a segment before it.
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < tile + block) scratch.resize(tile + block);
   SquareSum squares;
   size_t base = task.begin;     // scratch[0] is d of element base
   size_t encoded = task.begin;  // elements before it are encoded
   size_t segment = task.first_segment;
   for (size_t a = task.begin; a < task.end;) {
     // Adam for [a, b): a is a multiple of the tile (so of kPacket) from the
-    // task's start and b is too, or the task's end, so Eigen takes packets
-    // and scalars for the same elements as over the whole task.
-    const size_t b = std::min(a + tile, task.end), size = b - a;
-    const ConstArrayMap g = Arr(grad, a, size);
-    auto m = Arr(m_, a, size), v = Arr(v_, a, size), x = Arr(x_, a, size);
-    ArrayMap d(scratch.data() + (a - base), static_cast<Eigen::Index>(size));
-    if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kL2) {
-      // torch.optim.Adam: g + wd * x, in d (overwritten below) so that the
-      // caller's gradient stays as it is.
-      d = g + o.weight_decay * x;
-      m = b1 * m + (1.0f - b1) * d;
-      v = b2 * v + (1.0f - b2) * d.square();
-    } else {
-      m = b1 * m + (1.0f - b1) * g;
-      v = b2 * v + (1.0f - b2) * g.square();
-    }
-    d = step * m / (v.sqrt() * inv_sqrt_bc2 + o.eps);
-    if (o.weight_decay > 0 &&
-        o.weight_decay_mode == WeightDecayMode::kDecoupled) {
-      d += (lr * o.weight_decay) * x;
-    }
+    // task's start (itself one from x's start) and b is too, or the task's
+    // end, so each element takes Eigen's packet or scalar path as in one
+    // expression over all of x.
+    const size_t b = std::min(a + tile, task.end);
+    AdamPass(adam, grad.data() + a, x_.data() + a, m_.data() + a,
+             v_.data() + a, scratch.data() + (a - base), b - a);
     // Encode, with feedback, the whole blocks of d + e that are in, while
     // they are in cache: a segment's blocks in order from its start (the
     // bytes EncodeSegment writes), up to its end.
@@ -344,12 +381,10 @@ absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad,
     }
     a = b;
     // Keep d of what is not encoded (less than a block) at the scratch's
-    // start, from a multiple of kPacket from the task's start.
-    const size_t keep =
-        task.begin + (encoded - task.begin) / kPacket * kPacket;
-    std::copy(scratch.begin() + (keep - base), scratch.begin() + (a - base),
+    // start.
+    std::copy(scratch.begin() + (encoded - base), scratch.begin() + (a - base),
               scratch.begin());
-    base = keep;
+    base = encoded;
   }
   *error_squares = squares.Total();
   return absl::OkStatus();
