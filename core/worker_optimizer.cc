@@ -46,8 +46,11 @@ struct AdamStep {
 // over an array whose first element is a multiple of kPacket from x's
 // start: so the bits of those expressions over all of x (the reference of
 // tests/worker_step_tiles_test.cc), with all of m, v, g and x read once.
+// `e` (null: none) is the error memory the encoding reads next: its cache
+// lines are fetched meanwhile, so that its reads from memory overlap
+// these instead of following them.
 void AdamPass(const AdamStep& k, const float* g, const float* x, float* m,
-              float* v, float* d, size_t n) {
+              float* v, float* d, const float* e, size_t n) {
   namespace ei = Eigen::internal;
   const float one_minus_b1 = 1.0f - k.b1, one_minus_b2 = 1.0f - k.b2;
   const bool l2 = k.l2_decay > 0, decoupled = k.decoupled_decay > 0;
@@ -60,7 +63,9 @@ void AdamPass(const AdamStep& k, const float* g, const float* x, float* m,
                eps = ei::pset1<Packet>(k.eps);
   const Packet l2_decay = ei::pset1<Packet>(k.l2_decay),
                decoupled_decay = ei::pset1<Packet>(k.decoupled_decay);
+  constexpr size_t kLine = 64 / sizeof(float);
   for (size_t j = 0; j < packets; j += kPacket) {
+    if (e != nullptr && j % kLine == 0) __builtin_prefetch(e + j, 1);
     Packet gj = ei::ploadu<Packet>(g + j);
     if (l2) gj = ei::padd(gj, ei::pmul(l2_decay, ei::ploadu<Packet>(x + j)));
     const Packet mj = ei::padd(ei::pmul(b1, ei::ploadu<Packet>(m + j)),
@@ -356,7 +361,8 @@ absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad,
     // expression over all of x.
     const size_t b = std::min(a + tile, task.end);
     AdamPass(adam, grad.data() + a, x_.data() + a, m_.data() + a,
-             v_.data() + a, scratch.data() + (a - base), b - a);
+             v_.data() + a, scratch.data() + (a - base),
+             feedback ? e_.data() + a : nullptr, b - a);
     // Encode, with feedback, the whole blocks of d + e that are in, while
     // they are in cache: a segment's blocks in order from its start (the
     // bytes EncodeSegment writes), up to its end.
