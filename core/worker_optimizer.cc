@@ -68,8 +68,8 @@ void AdamPass(const AdamStep& k, const float* g, const float* x, float* m,
     if (e != nullptr && j % kLine == 0) __builtin_prefetch(e + j, 1);
     Packet gj = ei::ploadu<Packet>(g + j);
     if (l2) gj = ei::padd(gj, ei::pmul(l2_decay, ei::ploadu<Packet>(x + j)));
-    const Packet mj = ei::padd(ei::pmul(b1, ei::ploadu<Packet>(m + j)),
-                               ei::pmul(c1, gj));
+    const Packet mj =
+        ei::padd(ei::pmul(b1, ei::ploadu<Packet>(m + j)), ei::pmul(c1, gj));
     const Packet vj = ei::padd(ei::pmul(b2, ei::ploadu<Packet>(v + j)),
                                ei::pmul(c2, ei::pmul(gj, gj)));
     Packet dj = ei::pdiv(ei::pmul(step, mj),
@@ -85,8 +85,8 @@ void AdamPass(const AdamStep& k, const float* g, const float* x, float* m,
     const float gj = l2 ? g[j] + k.l2_decay * x[j] : g[j];
     m[j] = k.b1 * m[j] + one_minus_b1 * gj;
     v[j] = k.b2 * v[j] + one_minus_b2 * (gj * gj);
-    d[j] = (k.step * m[j]) /
-           (Eigen::numext::sqrt(v[j]) * k.inv_sqrt_bc2 + k.eps);
+    d[j] =
+        (k.step * m[j]) / (Eigen::numext::sqrt(v[j]) * k.inv_sqrt_bc2 + k.eps);
     if (decoupled) d[j] = d[j] + k.decoupled_decay * x[j];
   }
 }
@@ -184,8 +184,8 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
   }
   // A pass of its own before the step: a NaN found in the step's own pass
   // would come after m, v and e of the elements before it had moved.
-  if (absl::Status s = CheckGradient(grad, tasks_.size(),
-                                     [](size_t k) { return k; });
+  if (absl::Status s =
+          CheckGradient(grad, tasks_.size(), [](size_t k) { return k; });
       !s.ok()) {
     return s;
   }
@@ -269,8 +269,8 @@ absl::Status WorkerOptimizer::ComputeUpdateParts(absl::Span<const size_t> parts,
     }
     asked[k] = true;
   }
-  if (absl::Status s = CheckGradient(grad, parts.size(),
-                                     [&](size_t i) { return parts[i]; });
+  if (absl::Status s =
+          CheckGradient(grad, parts.size(), [&](size_t i) { return parts[i]; });
       !s.ok()) {
     return s;
   }
@@ -360,9 +360,9 @@ absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad,
     // end, so each element takes Eigen's packet or scalar path as in one
     // expression over all of x.
     const size_t b = std::min(a + tile, task.end);
-    AdamPass(adam, grad.data() + a, x_.data() + a, m_.data() + a,
-             v_.data() + a, scratch.data() + (a - base),
-             feedback ? e_.data() + a : nullptr, b - a);
+    AdamPass(adam, grad.data() + a, x_.data() + a, m_.data() + a, v_.data() + a,
+             scratch.data() + (a - base), feedback ? e_.data() + a : nullptr,
+             b - a);
     // Encode, with feedback, the whole blocks of d + e that are in, while
     // they are in cache: a segment's blocks in order from its start (the
     // bytes EncodeSegment writes), up to its end.

@@ -149,8 +149,8 @@ double Norm(absl::Span<const float> v) {
   return std::sqrt(s);
 }
 
-class WorkerStepTiles
-    : public ::testing::TestWithParam<std::tuple<Case, int>> {};
+class WorkerStepTiles : public ::testing::TestWithParam<std::tuple<Case, int>> {
+};
 
 TEST_P(WorkerStepTiles, SameBitsAsTheWholeVectorStep) {
   const auto& [c, threads] = GetParam();
@@ -188,8 +188,8 @@ TEST_P(WorkerStepTiles, SameBitsAsTheWholeVectorStep) {
     // The server's delta: apply the update itself, as the simulator's
     // single worker would, to both replicas.
     ASSERT_TRUE((*w)->ApplyDelta(update).ok());
-    ASSERT_TRUE(codec->DecodeAccumulate(update, -1.0f, absl::MakeSpan(ref.x))
-                    .ok());
+    ASSERT_TRUE(
+        codec->DecodeAccumulate(update, -1.0f, absl::MakeSpan(ref.x)).ok());
     EXPECT_TRUE(SameBits((*w)->params(), ref.x));
   }
 }
@@ -198,8 +198,7 @@ std::vector<Case> Cases() {
   std::vector<Case> cases;
   for (const char* codec : {"fp32", "bf16", "fp16", "sign", "q4", "q8", "q3s",
                             "q8s", "topk:0.05"}) {
-    cases.push_back(
-        {codec, 1024, 1, WeightDecayMode::kDecoupled, 0.1f, true});
+    cases.push_back({codec, 1024, 1, WeightDecayMode::kDecoupled, 0.1f, true});
   }
   cases.push_back({"sign", 64, 1024, WeightDecayMode::kL2, 0.1f, true});
   cases.push_back({"q4s", 64, 1024, WeightDecayMode::kL2, 0.1f, true});
