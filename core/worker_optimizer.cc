@@ -31,8 +31,11 @@ using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
 // The constants of one Adam step (WorkerOptimizer::BeginUpdate).
 struct AdamStep {
   float b1, b2, step, inv_sqrt_bc2, eps;
-  float l2_decay;         // g + l2_decay * x before the moments, or 0
-  float decoupled_decay;  // d + decoupled_decay * x (lr * wd), or 0
+  float l2_decay;  // g + l2_decay * x before the moments, or 0 (none)
+  // d + decoupled_decay * x (lr * wd) when `decoupled`, even if lr * wd is
+  // 0: -0 + 0 * x is +0, so a zero lr must not skip the add.
+  float decoupled_decay;
+  bool decoupled;
 };
 
 // Adam for n elements in one pass: m and v in place and d = step * m /
@@ -53,7 +56,7 @@ void AdamPass(const AdamStep& k, const float* g, const float* x, float* m,
               float* v, float* d, const float* e, size_t n) {
   namespace ei = Eigen::internal;
   const float one_minus_b1 = 1.0f - k.b1, one_minus_b2 = 1.0f - k.b2;
-  const bool l2 = k.l2_decay > 0, decoupled = k.decoupled_decay > 0;
+  const bool l2 = k.l2_decay > 0, decoupled = k.decoupled;
   const size_t packets = n / kPacket * kPacket;
   const Packet b1 = ei::pset1<Packet>(k.b1), b2 = ei::pset1<Packet>(k.b2);
   const Packet c1 = ei::pset1<Packet>(one_minus_b1),
@@ -332,12 +335,13 @@ absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad,
                                       double* error_squares) {
   const Pending& p = *pending_;
   const AdamOptions& o = options_.adam;
-  AdamStep adam{p.b1, p.b2, p.step, p.inv_sqrt_bc2, o.eps, 0.0f, 0.0f};
+  AdamStep adam{p.b1, p.b2, p.step, p.inv_sqrt_bc2, o.eps, 0.0f, 0.0f, false};
   if (o.weight_decay > 0) {
     if (o.weight_decay_mode == WeightDecayMode::kL2) {
       adam.l2_decay = o.weight_decay;  // torch.optim.Adam
     } else {
       adam.decoupled_decay = p.lr * o.weight_decay;  // torch.optim.AdamW
+      adam.decoupled = true;
     }
   }
   const bool feedback = options_.error_feedback;

@@ -48,6 +48,9 @@ struct Case {
   WeightDecayMode decay_mode;
   float weight_decay;
   bool error_feedback;
+  // The base learning rate (SetLr); 0 as in a warm-up's first step, where
+  // d is +-0 and decoupled decay adds 0 * x, which makes a -0 +0.
+  float lr = 0.01f;
 };
 
 void PrintTo(const Case& c, std::ostream* os) {
@@ -55,7 +58,7 @@ void PrintTo(const Case& c, std::ostream* os) {
       << c.min_compress_elements << " elements, "
       << (c.decay_mode == WeightDecayMode::kL2 ? "L2" : "decoupled")
       << " weight decay " << c.weight_decay
-      << (c.error_feedback ? "" : ", no error feedback");
+      << (c.error_feedback ? "" : ", no error feedback") << ", lr " << c.lr;
 }
 
 std::shared_ptr<const UpdateCodec> MakeCodec(const Case& c) {
@@ -90,6 +93,7 @@ WorkerOptimizer::Options OptionsFor(const Case& c, int threads) {
 // The whole-vector step: state as WorkerOptimizer::State plus x.
 struct Reference {
   std::vector<float> x, m, v, e;
+  float base_lr = 0;
   double beta1_power = 1, beta2_power = 1;
   int64_t t = 0;
 
@@ -99,7 +103,7 @@ struct Reference {
     const AdamOptions& o = opt.adam;
     const size_t n = x.size();
     ++t;
-    const float b1 = o.beta1, b2 = o.beta2, lr = o.lr;
+    const float b1 = o.beta1, b2 = o.beta2, lr = base_lr;
     beta1_power *= b1;
     beta2_power *= b2;
     const float step = static_cast<float>(lr / (1.0 - beta1_power));
@@ -158,12 +162,14 @@ TEST_P(WorkerStepTiles, SameBitsAsTheWholeVectorStep) {
   const size_t n = codec->num_elements();
   const WorkerOptimizer::Options opt = OptionsFor(c, threads);
   Reference ref;
+  ref.base_lr = c.lr;
   ref.x = Random(n, 1, 0.1f);
   ref.m.assign(n, 0.0f);
   ref.v.assign(n, 0.0f);
   ref.e.assign(n, 0.0f);
   auto w = WorkerOptimizer::Create(codec, codec, ref.x, opt);
   ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_TRUE((*w)->SetLr(c.lr).ok());
   for (int step = 0; step < 3; ++step) {
     // Tiny and huge gradients too, so Adam's d spans many exponents (and
     // sqrt's packet and scalar forms would differ somewhere).
@@ -205,6 +211,8 @@ std::vector<Case> Cases() {
   cases.push_back({"topk:0.3", 64, 1, WeightDecayMode::kL2, 0.1f, true});
   cases.push_back({"bf16", 256, 1024, WeightDecayMode::kDecoupled, 0, true});
   cases.push_back({"sign", 1024, 1, WeightDecayMode::kL2, 0.01f, false});
+  cases.push_back(
+      {"sign", 1024, 1, WeightDecayMode::kDecoupled, 0.1f, false, 0.0f});
   return cases;
 }
 
@@ -214,8 +222,8 @@ std::string Name(const ::testing::TestParamInfo<std::tuple<Case, int>>& info) {
                      std::to_string(c.min_compress_elements) +
                      (c.decay_mode == WeightDecayMode::kL2 ? "_l2" : "_dec") +
                      (c.weight_decay > 0 ? "" : "0") +
-                     (c.error_feedback ? "" : "_noef") + "_t" +
-                     std::to_string(threads);
+                     (c.error_feedback ? "" : "_noef") +
+                     (c.lr > 0 ? "" : "_lr0") + "_t" + std::to_string(threads);
   for (char& ch : name) {
     if (ch == ':' || ch == '.') ch = '_';
   }
