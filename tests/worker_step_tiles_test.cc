@@ -235,6 +235,37 @@ INSTANTIATE_TEST_SUITE_P(Codecs, WorkerStepTiles,
                                             ::testing::Values(1, 3)),
                          Name);
 
+// The bucketed step (BeginUpdate, ComputeUpdateParts, FinishUpdate) runs
+// the same tiles: parts handed in backwards, one or two at a time, give
+// ComputeUpdate's bytes, m, v, e and norm, bit for bit.
+TEST(WorkerStepTiles, PartsInAnyOrderAreTheWholeStep) {
+  const Case c{"q4s", 1024, 1, WeightDecayMode::kL2, 0.1f, true};
+  auto codec = MakeCodec(c);
+  const size_t n = codec->num_elements();
+  const std::vector<float> x0 = Random(n, 1, 0.1f);
+  auto whole = *WorkerOptimizer::Create(codec, codec, x0, OptionsFor(c, 1));
+  auto parts = *WorkerOptimizer::Create(codec, codec, x0, OptionsFor(c, 2));
+  ASSERT_GE(parts->num_update_parts(), 2u);
+  for (int step = 0; step < 2; ++step) {
+    const std::vector<float> grad = Random(n, 200 + step, 1.0f);
+    std::string expected, update;
+    ASSERT_TRUE(whole->ComputeUpdate(grad, &expected).ok());
+    ASSERT_TRUE(parts->BeginUpdate(&update).ok());
+    for (size_t k = parts->num_update_parts(); k > 0;) {
+      std::vector<size_t> batch = {--k};
+      if (k > 0 && k % 2 == 0) batch.push_back(--k);
+      ASSERT_TRUE(parts->ComputeUpdateParts(batch, grad).ok());
+    }
+    ASSERT_TRUE(parts->FinishUpdate().ok());
+    EXPECT_TRUE(update == expected) << "step " << step;
+    const WorkerOptimizer::State a = whole->state(), b = parts->state();
+    EXPECT_TRUE(SameBits(a.m, b.m));
+    EXPECT_TRUE(SameBits(a.v, b.v));
+    EXPECT_TRUE(SameBits(a.e, b.e));
+    EXPECT_EQ(whole->error_memory_norm(), parts->error_memory_norm());
+  }
+}
+
 // The norm after RestoreState is that of the restored e, and a step on a
 // gradient with NaN in its last element changes nothing (the check runs
 // before the first tile), the norm included.
