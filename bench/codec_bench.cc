@@ -7,7 +7,8 @@
 // check, encode with feedback, x -= q) and worker_step
 // (WorkerOptimizer::ComputeUpdate: Adam, worker feedback, encode), next to
 // memcpy_mvexg, one memcpy of the five float arrays a worker step must
-// touch (m, v, e, x, g).
+// touch (m, v, e, x, g), and gradient_check, the finiteness pass over the
+// gradient that ComputeUpdate makes before its step (part of worker_step).
 
 #include <benchmark/benchmark.h>
 
@@ -116,6 +117,14 @@ void BM_MemcpyMvexg(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
+// The check ComputeUpdate makes of the gradient before it moves anything.
+void BM_GradientCheck(benchmark::State& state) {
+  const size_t n = state.range(0);
+  const std::vector<float> grad = RandomVector(n, 11);
+  for (auto _ : state) benchmark::DoNotOptimize(AllFinite(grad));
+  state.SetItemsProcessed(state.iterations() * n);
+}
+
 constexpr int kCloseRoundWorkers = 4;
 
 void BM_CloseRound(benchmark::State& state, std::string name) {
@@ -174,6 +183,10 @@ void RegisterRounds() {
   const int64_t k10M = 10000000, k50M = 50000000;
   auto memcpy5 = benchmark::RegisterBenchmark("memcpy_mvexg", BM_MemcpyMvexg);
   memcpy5->Arg(k10M)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("gradient_check", BM_GradientCheck)
+      ->Arg(k10M)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   for (const char* name : {"fp32", "sign"}) {
     std::string nm = name;
     add(benchmark::RegisterBenchmark(("worker_step/" + nm).c_str(),

@@ -160,10 +160,9 @@ bool PaddingIsZero(absl::Span<const uint8_t> bytes, size_t used_bits) {
   return (last >> (used_bits % 8)) == 0;
 }
 
-// Whether the `count` float32 at the start of `bytes` are all finite: an
+// Whether the `count` float32 at p (any alignment) are all finite: an
 // exponent field of all ones is Inf or NaN.
-bool AllFinite(absl::Span<const uint8_t> bytes, size_t count) {
-  const uint8_t* p = bytes.data();
+bool FloatsFinite(const uint8_t* p, size_t count) {
   size_t i = 0;
 #if defined(__SSE2__)
   {
@@ -227,7 +226,7 @@ class Fp32Codec final : public Codec {
   absl::Status Validate(absl::Span<const uint8_t> bytes,
                         size_t n) const override {
     if (auto s = CheckSize(bytes, n); !s.ok()) return s;
-    if (!AllFinite(bytes, n))
+    if (!FloatsFinite(bytes.data(), n))
       return absl::InvalidArgumentError("fp32 payload holds NaN or Inf");
     return absl::OkStatus();
   }
@@ -844,6 +843,11 @@ absl::Status Codec::Decode(absl::Span<const uint8_t> bytes,
   // -0 + q == q for every float q, -0 included, so out gets Q bit-exactly.
   std::fill(out.begin(), out.end(), -0.0f);
   return DecodeAccumulate(bytes, 1.0f, out);
+}
+
+bool AllFinite(absl::Span<const float> values) {
+  return FloatsFinite(reinterpret_cast<const uint8_t*>(values.data()),
+                      values.size());
 }
 
 absl::Status CheckBlockSize(int64_t block_size) {

@@ -106,6 +106,11 @@ class Codec {
   size_t block_size_;
 };
 
+// Whether every value is finite (no NaN, no Inf): a vectorized check of the
+// exponent fields, for the passes that must refuse a non-finite input before
+// they change anything (the worker's gradient) and fp32's Validate.
+bool AllFinite(absl::Span<const float> values);
+
 // OK for a block size every codec accepts: a positive multiple of 8 (so
 // blocks start on byte boundaries), at most 65536 (topk's indices are
 // 16-bit). Otherwise InvalidArgument "must be a positive multiple ...".

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/square_sum.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -15,32 +16,6 @@
 
 namespace effadam {
 namespace {
-
-// Sum of squares of floats in double (a large model's sum keeps its small
-// entries) with eight independent lanes combined in a fixed order: the
-// same bits on every run, and not one long chain of dependent adds. Adding
-// a vector in pieces whose sizes are multiples of 8 (all but the last)
-// gives the bits of adding it at once.
-class SquareSum {
- public:
-  void Add(const float* v, size_t n) {
-    size_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-      for (int l = 0; l < 8; ++l) {
-        lane_[l] +=
-            static_cast<double>(v[j + l]) * static_cast<double>(v[j + l]);
-      }
-    }
-    for (; j < n; ++j) lane_[j % 8] += static_cast<double>(v[j]) * v[j];
-  }
-  double Total() const {
-    return ((lane_[0] + lane_[1]) + (lane_[2] + lane_[3])) +
-           ((lane_[4] + lane_[5]) + (lane_[6] + lane_[7]));
-  }
-
- private:
-  double lane_[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-};
 
 double SumSquares(const float* v, size_t n) {
   SquareSum sum;

@@ -1,24 +1,97 @@
 #include "core/worker_optimizer.h"
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/codec.h"
+#include "core/square_sum.h"
 
 namespace effadam {
 namespace {
 
-using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
+// Eigen's packet sqrt (EIGEN_FAST_MATH, its default) may differ in the
+// last bit from its scalar sqrt, so each element must take the path it
+// takes in one Eigen expression over all of x, as a step always computed
+// it: packets of kPacket elements from x's start (16-byte aligned), scalars
+// for the last n % kPacket.
+using Packet = Eigen::internal::packet_traits<float>::type;
+constexpr size_t kPacket = Eigen::internal::packet_traits<float>::size;
+
+// Elements per tile of a step: the tile's m, v, e, x, gradient and d
+// (6 x 32 KiB) stay in a core's L2 cache from Adam's update to the
+// encoding.
+constexpr size_t kTileElements = 8192;
+
 using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
 
-// Elements [begin, begin + size) of v as an array.
-ArrayMap Arr(std::vector<float>& v, size_t begin, size_t size) {
-  return ArrayMap(v.data() + begin, static_cast<Eigen::Index>(size));
-}
-ConstArrayMap Arr(absl::Span<const float> v, size_t begin, size_t size) {
-  return ConstArrayMap(v.data() + begin, static_cast<Eigen::Index>(size));
+// The constants of one Adam step (WorkerOptimizer::BeginUpdate).
+struct AdamStep {
+  float b1, b2, step, inv_sqrt_bc2, eps;
+  float l2_decay;  // g + l2_decay * x before the moments, or 0 (none)
+  // d + decoupled_decay * x (lr * wd) when `decoupled`, even if lr * wd is
+  // 0: -0 + 0 * x is +0, so a zero lr must not skip the add.
+  float decoupled_decay;
+  bool decoupled;
+};
+
+// Adam for n elements in one pass: m and v in place and d = step * m /
+// (sqrt(v) * inv_sqrt_bc2 + eps) (+ the decay), the first n / kPacket *
+// kPacket elements with Eigen's packet operations and the rest with its
+// scalar ones, each operation the one Eigen evaluates for the
+// expressions
+//   g' = g + l2_decay * x
+//   m = b1 * m + (1 - b1) * g';  v = b2 * v + (1 - b2) * g'.square()
+//   d = step * m / (v.sqrt() * inv_sqrt_bc2 + eps) + decoupled_decay * x
+// over an array whose first element is a multiple of kPacket from x's
+// start: so the bits of those expressions over all of x (the reference of
+// tests/worker_step_tiles_test.cc), with all of m, v, g and x read once.
+// `e` (null: none) is the error memory the encoding reads next: its cache
+// lines are fetched meanwhile, so that its reads from memory overlap
+// these instead of following them.
+void AdamPass(const AdamStep& k, const float* g, const float* x, float* m,
+              float* v, float* d, const float* e, size_t n) {
+  namespace ei = Eigen::internal;
+  const float one_minus_b1 = 1.0f - k.b1, one_minus_b2 = 1.0f - k.b2;
+  const bool l2 = k.l2_decay > 0, decoupled = k.decoupled;
+  const size_t packets = n / kPacket * kPacket;
+  const Packet b1 = ei::pset1<Packet>(k.b1), b2 = ei::pset1<Packet>(k.b2);
+  const Packet c1 = ei::pset1<Packet>(one_minus_b1),
+               c2 = ei::pset1<Packet>(one_minus_b2);
+  const Packet step = ei::pset1<Packet>(k.step),
+               inv_sqrt_bc2 = ei::pset1<Packet>(k.inv_sqrt_bc2),
+               eps = ei::pset1<Packet>(k.eps);
+  const Packet l2_decay = ei::pset1<Packet>(k.l2_decay),
+               decoupled_decay = ei::pset1<Packet>(k.decoupled_decay);
+  constexpr size_t kLine = 64 / sizeof(float);
+  for (size_t j = 0; j < packets; j += kPacket) {
+    if (e != nullptr && j % kLine == 0) __builtin_prefetch(e + j, 1);
+    Packet gj = ei::ploadu<Packet>(g + j);
+    if (l2) gj = ei::padd(gj, ei::pmul(l2_decay, ei::ploadu<Packet>(x + j)));
+    const Packet mj =
+        ei::padd(ei::pmul(b1, ei::ploadu<Packet>(m + j)), ei::pmul(c1, gj));
+    const Packet vj = ei::padd(ei::pmul(b2, ei::ploadu<Packet>(v + j)),
+                               ei::pmul(c2, ei::pmul(gj, gj)));
+    Packet dj = ei::pdiv(ei::pmul(step, mj),
+                         ei::padd(ei::pmul(ei::psqrt(vj), inv_sqrt_bc2), eps));
+    if (decoupled) {
+      dj = ei::padd(dj, ei::pmul(decoupled_decay, ei::ploadu<Packet>(x + j)));
+    }
+    ei::pstoreu(m + j, mj);
+    ei::pstoreu(v + j, vj);
+    ei::pstoreu(d + j, dj);
+  }
+  for (size_t j = packets; j < n; ++j) {
+    const float gj = l2 ? g[j] + k.l2_decay * x[j] : g[j];
+    m[j] = k.b1 * m[j] + one_minus_b1 * gj;
+    v[j] = k.b2 * v[j] + one_minus_b2 * (gj * gj);
+    d[j] =
+        (k.step * m[j]) / (Eigen::numext::sqrt(v[j]) * k.inv_sqrt_bc2 + k.eps);
+    if (decoupled) d[j] = d[j] + k.decoupled_decay * x[j];
+  }
 }
 
 }  // namespace
@@ -90,15 +163,11 @@ absl::StatusOr<std::unique_ptr<WorkerOptimizer>> WorkerOptimizer::Create(
   w->m_.assign(n, 0.0f);
   w->v_.assign(n, 0.0f);
   w->e_.assign(n, 0.0f);
-  w->d_.assign(n, 0.0f);
   w->pool_ = std::make_unique<ThreadPool>(options.threads);
-  // Eigen's packet sqrt (EIGEN_FAST_MATH, its default) may differ in the
-  // last bit from its scalar sqrt, so each element must take the path it
-  // takes in one expression over all of x (packets of kPacket elements
-  // from the 16-byte aligned start, scalars for the last n % kPacket): a
-  // task starts at a segment whose first element is a multiple of kPacket
-  // and ends where the next such segment starts (or at the end).
-  constexpr size_t kPacket = 4;
+  // So that each element takes Eigen's packet or scalar path as in one
+  // expression over all of x (kPacket), a task starts at a segment whose
+  // first element is a multiple of kPacket and ends where the next such
+  // segment starts (or at the end).
   const std::vector<Segment>& segments = w->worker_codec_->segments();
   for (size_t i = 0; i < segments.size(); ++i) {
     if (i == 0 || segments[i].begin % kPacket == 0) {
@@ -116,22 +185,23 @@ absl::Status WorkerOptimizer::ComputeUpdate(absl::Span<const float> grad,
     return absl::InvalidArgumentError(absl::StrCat(
         "gradient has ", grad.size(), " elements, the model has ", x_.size()));
   }
-  const std::vector<Segment>& segments = worker_codec_->segments();
-  absl::Status finite =
-      ForEachSegment(segments.size(), pool_.get(), [&](size_t i) {
-        if (Arr(grad, segments[i].begin, segments[i].size).isFinite().all()) {
-          return absl::OkStatus();
-        }
-        return absl::InvalidArgumentError("gradient holds NaN or Inf");
-      });
-  if (!finite.ok()) return finite;
+  // A pass of its own before the step: a NaN found in the step's own pass
+  // would come after m, v and e of the elements before it had moved.
+  if (absl::Status s =
+          CheckGradient(grad, tasks_.size(), [](size_t k) { return k; });
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = BeginUpdate(update); !s.ok()) return s;
-  // Segments cover x, so this is the whole step; each element's arithmetic
-  // is the same whichever segment or thread computes it.
-  absl::Status s = ForEachSegment(tasks_.size(), pool_.get(),
-                                  [&](size_t k) { return RunPart(k, grad); });
+  // Tasks cover x, so this is the whole step; each element's arithmetic
+  // is the same whichever task or thread computes it.
+  absl::Status s = ForEachSegment(tasks_.size(), pool_.get(), [&](size_t k) {
+    return RunPart(k, grad, &pending_->error_squares[k]);
+  });
   if (!s.ok()) {
+    // Some parts' e moved; the norm is summed anew.
     pending_.reset();
+    error_sum_squares_ = ErrorSumSquares();
     return s;
   }
   for (size_t k = 0; k < tasks_.size(); ++k) pending_->done[k] = true;
@@ -177,6 +247,8 @@ absl::Status WorkerOptimizer::BeginUpdate(std::string* update) {
   p.out = reinterpret_cast<uint8_t*>(update->data());
   p.done.assign(tasks_.size(), false);
   p.left = tasks_.size();
+  p.error_squares.assign(tasks_.size(), 0.0);
+  p.squares_exact = true;
   pending_ = std::move(p);
   return absl::OkStatus();
 }
@@ -200,25 +272,41 @@ absl::Status WorkerOptimizer::ComputeUpdateParts(absl::Span<const size_t> parts,
     }
     asked[k] = true;
   }
-  absl::Status finite =
-      ForEachSegment(parts.size(), pool_.get(), [&](size_t i) {
-        const Task& task = tasks_[parts[i]];
-        if (Arr(grad, task.begin, task.end - task.begin).isFinite().all()) {
-          return absl::OkStatus();
-        }
-        return absl::InvalidArgumentError(
-            absl::StrCat("gradient holds NaN or Inf in elements [", task.begin,
-                         ", ", task.end, ")"));
-      });
-  if (!finite.ok()) return finite;
+  if (absl::Status s =
+          CheckGradient(grad, parts.size(), [&](size_t i) { return parts[i]; });
+      !s.ok()) {
+    return s;
+  }
   absl::Status s = ForEachSegment(parts.size(), pool_.get(), [&](size_t i) {
-    return RunPart(parts[i], grad);
+    return RunPart(parts[i], grad, &pending_->error_squares[parts[i]]);
   });
   // Encoding fails only on an internal inconsistency; the parts ran are
-  // marked anyway, as their m, v and e have moved.
+  // marked anyway, as their m, v and e have moved (and e's norm is summed
+  // anew when the step finishes).
   for (size_t k : parts) pending_->done[k] = true;
   pending_->left -= parts.size();
+  if (!s.ok()) pending_->squares_exact = false;
   return s;
+}
+
+absl::Status WorkerOptimizer::CheckGradient(
+    absl::Span<const float> grad, size_t count,
+    const std::function<size_t(size_t)>& part) const {
+  return ForEachSegment(count, pool_.get(), [&](size_t i) {
+    const Task& task = tasks_[part(i)];
+    if (AllFinite(grad.subspan(task.begin, task.end - task.begin))) {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("gradient holds NaN or Inf in elements [", task.begin,
+                     ", ", task.end, ")"));
+  });
+}
+
+double WorkerOptimizer::ErrorSumSquares() const {
+  SquareSum squares;
+  squares.Add(e_.data(), e_.size());
+  return squares.Total();
 }
 
 absl::Status WorkerOptimizer::FinishUpdate() {
@@ -230,43 +318,85 @@ absl::Status WorkerOptimizer::FinishUpdate() {
   t_ = pending_->t;
   beta1_power_ = pending_->beta1_power;
   beta2_power_ = pending_->beta2_power;
+  if (!options_.error_feedback) {
+    // e was not touched.
+  } else if (pending_->squares_exact) {
+    // Parts in order: the same bits for any thread count or part order.
+    error_sum_squares_ = 0;
+    for (double part : pending_->error_squares) error_sum_squares_ += part;
+  } else {
+    error_sum_squares_ = ErrorSumSquares();
+  }
   pending_.reset();
   return absl::OkStatus();
 }
 
-absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad) {
+absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad,
+                                      double* error_squares) {
   const Pending& p = *pending_;
   const AdamOptions& o = options_.adam;
-  const float b1 = p.b1, b2 = p.b2, step = p.step,
-              inv_sqrt_bc2 = p.inv_sqrt_bc2, lr = p.lr;
-  absl::Span<float> e =
-      options_.error_feedback ? absl::MakeSpan(e_) : absl::Span<float>();
-  const Task& task = tasks_[k];
-  const size_t begin = task.begin, size = task.end - task.begin;
-  const ConstArrayMap g = Arr(grad, begin, size);
-  auto m = Arr(m_, begin, size), v = Arr(v_, begin, size),
-       d = Arr(d_, begin, size), x = Arr(x_, begin, size);
-  if (o.weight_decay > 0 && o.weight_decay_mode == WeightDecayMode::kL2) {
-    // torch.optim.Adam: g + wd * x, in d_ (overwritten below) so that the
-    // caller's gradient stays as it is.
-    d = g + o.weight_decay * x;
-    m = b1 * m + (1.0f - b1) * d;
-    v = b2 * v + (1.0f - b2) * d.square();
-  } else {
-    m = b1 * m + (1.0f - b1) * g;
-    v = b2 * v + (1.0f - b2) * g.square();
-  }
-  d = step * m / (v.sqrt() * inv_sqrt_bc2 + o.eps);
-  if (o.weight_decay > 0 &&
-      o.weight_decay_mode == WeightDecayMode::kDecoupled) {
-    d += (lr * o.weight_decay) * x;
-  }
-  for (size_t i = task.first_segment; i < task.end_segment; ++i) {
-    if (absl::Status st = worker_codec_->EncodeSegment(i, d_, e, p.seed, p.out);
-        !st.ok()) {
-      return st;
+  AdamStep adam{p.b1, p.b2, p.step, p.inv_sqrt_bc2, o.eps, 0.0f, 0.0f, false};
+  if (o.weight_decay > 0) {
+    if (o.weight_decay_mode == WeightDecayMode::kL2) {
+      adam.l2_decay = o.weight_decay;  // torch.optim.Adam
+    } else {
+      adam.decoupled_decay = p.lr * o.weight_decay;  // torch.optim.AdamW
+      adam.decoupled = true;
     }
   }
+  const bool feedback = options_.error_feedback;
+  const Task& task = tasks_[k];
+  const std::vector<Segment>& segments = worker_codec_->segments();
+  const size_t block = segments[task.first_segment].codec->block_size();
+  const size_t tile = block * std::max<size_t>(1, kTileElements / block);
+  // d of the elements [base, computed) that are not encoded yet; per
+  // thread, since parts run concurrently: at most a tile and the
+  // unfinished block of a segment before it.
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < tile + block) scratch.resize(tile + block);
+  SquareSum squares;
+  size_t base = task.begin;     // scratch[0] is d of element base
+  size_t encoded = task.begin;  // elements before it are encoded
+  size_t segment = task.first_segment;
+  for (size_t a = task.begin; a < task.end;) {
+    // Adam for [a, b): a is a multiple of the tile (so of kPacket) from the
+    // task's start (itself one from x's start) and b is too, or the task's
+    // end, so each element takes Eigen's packet or scalar path as in one
+    // expression over all of x.
+    const size_t b = std::min(a + tile, task.end);
+    AdamPass(adam, grad.data() + a, x_.data() + a, m_.data() + a, v_.data() + a,
+             scratch.data() + (a - base), feedback ? e_.data() + a : nullptr,
+             b - a);
+    // Encode, with feedback, the whole blocks of d + e that are in, while
+    // they are in cache: a segment's blocks in order from its start (the
+    // bytes EncodeSegment writes), up to its end.
+    for (; segment < task.end_segment; ++segment) {
+      const Segment& s = segments[segment];
+      const size_t end = s.begin + s.size <= b
+                             ? s.begin + s.size
+                             : s.begin + (b - s.begin) / block * block;
+      if (end <= encoded) break;  // not one whole block of it is in
+      const size_t n = end - encoded;
+      absl::Span<float> e;
+      if (feedback) e = absl::MakeSpan(e_.data() + encoded, n);
+      absl::Status st = worker_codec_->EncodeSegmentRange(
+          segment, encoded - s.begin,
+          absl::MakeConstSpan(scratch.data() + (encoded - base), n), e, e,
+          p.seed, p.out);
+      if (!st.ok()) return st;
+      // While this range of e is in cache (error_memory_norm).
+      if (feedback) squares.Add(e.data(), n);
+      encoded = end;
+      if (end < s.begin + s.size) break;  // its next block is not in
+    }
+    a = b;
+    // Keep d of what is not encoded (less than a block) at the scratch's
+    // start.
+    std::copy(scratch.begin() + (encoded - base), scratch.begin() + (a - base),
+              scratch.begin());
+    base = encoded;
+  }
+  *error_squares = squares.Total();
   return absl::OkStatus();
 }
 
@@ -332,6 +462,7 @@ absl::Status WorkerOptimizer::RestoreState(State s) {
   m_ = std::move(s.m);
   v_ = std::move(s.v);
   e_ = std::move(s.e);
+  error_sum_squares_ = ErrorSumSquares();
   return absl::OkStatus();
 }
 

@@ -1,7 +1,9 @@
 #ifndef EFFADAM_CORE_WORKER_OPTIMIZER_H_
 #define EFFADAM_CORE_WORKER_OPTIMIZER_H_
 
+#include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,11 +57,16 @@ float ScheduledLr(const AdamOptions& options, float base_lr, int64_t t);
 // replica of x, Adam's m and v, and the worker error memory e. Each step turns
 // a gradient into d = lr_t * m_hat / (sqrt(v_hat) + eps), encodes p = d + e
 // with the worker codec and keeps e = p - Q(p); the server's delta is then
-// applied to the replica as x = x - q. A step runs segment by segment
-// (runs of segments, see tasks_): Adam's update of m and v, d, and the
-// encoding of d + e for one segment before the next, so each segment's m,
-// v, e, x and gradient are read from memory once and d is encoded while in
-// cache. Not thread-safe.
+// applied to the replica as x = x - q. A step runs in tiles of about 8192
+// elements (whole blocks of the worker codec): Adam's update of m and v
+// and d for one tile, into a per-thread scratch of a tile, then the
+// encoding of d + e with feedback (Codec::EncodeRange) and the sum of
+// squares of the new e while the tile is in cache, before the next tile.
+// So m, v, e, x and the gradient are read from memory once (the gradient
+// twice: its finiteness is checked before anything moves) and there is no
+// model-sized d. The bits are those of one Eigen expression over all of x
+// followed by EncodeSegment per segment (tests/worker_step_tiles_test.cc).
+// Not thread-safe.
 class WorkerOptimizer {
  public:
   struct Options {
@@ -91,6 +98,12 @@ class WorkerOptimizer {
   // The replica of x; gradients are taken here.
   absl::Span<const float> params() const { return x_; }
   absl::Span<const float> error_memory() const { return e_; }
+  // ||e||, the L2 norm of error_memory() as of the last finished step (or
+  // Create, RestoreState): summed by the step as it writes e (SquareSum
+  // over each part's elements in order, the parts' sums in part order, in
+  // double), so it costs no pass of its own and is the same for any thread
+  // count.
+  double error_memory_norm() const { return std::sqrt(error_sum_squares_); }
   // Adam steps taken so far.
   int64_t step() const { return t_; }
   // The base learning rate the schedule scales (options.adam.lr at first).
@@ -168,7 +181,8 @@ class WorkerOptimizer {
   float lr_ = 0.0f;
   double beta1_power_ = 1.0;  // prod of b1 over steps, for bias correction
   double beta2_power_ = 1.0;  // prod of b2_t over steps
-  std::vector<float> x_, m_, v_, e_, d_;
+  std::vector<float> x_, m_, v_, e_;
+  double error_sum_squares_ = 0;  // of e_ (error_memory_norm)
   std::unique_ptr<ThreadPool> pool_;
   // The units of a step's parallel loop: elements [begin, end) of x, which
   // are segments [first_segment, end_segment) of the worker codec.
@@ -188,10 +202,22 @@ class WorkerOptimizer {
     uint8_t* out;
     std::vector<bool> done;
     size_t left;
+    // Sum of squares of e over each part, as the parts ran; not exact once
+    // a part failed half-way.
+    std::vector<double> error_squares;
+    bool squares_exact;
   };
   std::optional<Pending> pending_;
-  // Task k of the pending step on `grad` (not checked).
-  absl::Status RunPart(size_t k, absl::Span<const float> grad);
+  // Task k of the pending step on `grad` (not checked), tile by tile;
+  // *error_squares gets the sum of squares of the part's new e.
+  absl::Status RunPart(size_t k, absl::Span<const float> grad,
+                       double* error_squares);
+  // InvalidArgument naming the elements unless the gradient of tasks
+  // part(0), ..., part(count - 1) is finite (on the pool).
+  absl::Status CheckGradient(absl::Span<const float> grad, size_t count,
+                             const std::function<size_t(size_t)>& part) const;
+  // Of e_, in one pass.
+  double ErrorSumSquares() const;
 };
 
 }  // namespace effadam

@@ -111,13 +111,8 @@ void WorkerMetrics::RecordStep(const WorkerClient& client, double step_seconds,
   rounds_->Increment();
   round_duration_->Observe(step_seconds);
   train_loss_->Set(train_loss);
-  // O(n) per round, a small fraction of the step's own O(n) work; double
-  // so that a large model's sum of squares keeps its small entries.
-  double sum_squares = 0;
-  for (float e : client.error_memory()) {
-    sum_squares += static_cast<double>(e) * static_cast<double>(e);
-  }
-  error_memory_norm_->Set(std::sqrt(sum_squares));
+  // Summed by the step while it wrote e: no pass over e here.
+  error_memory_norm_->Set(client.error_memory_norm());
   Sync(client);
 }
 

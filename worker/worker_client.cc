@@ -367,6 +367,11 @@ absl::Span<const float> WorkerClient::error_memory() const {
   return optimizer_->error_memory();
 }
 
+double WorkerClient::error_memory_norm() const {
+  if (optimizer_ == nullptr) return 0;
+  return optimizer_->error_memory_norm();
+}
+
 int64_t WorkerClient::round() const {
   if (shards_.empty()) return 0;
   int64_t r = shards_[0].round;

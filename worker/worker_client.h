@@ -234,6 +234,9 @@ class WorkerClient {
   // The worker's error memory e (what its compression has left out so
   // far); empty before Start.
   absl::Span<const float> error_memory() const;
+  // Its L2 norm as of the last step (WorkerOptimizer::error_memory_norm,
+  // kept by the step itself); 0 before Start.
+  double error_memory_norm() const;
 
   // The optimizer after Start (null before): its per-round learning rate
   // (SetLr) and its state, which a worker checkpoints and restores after a
