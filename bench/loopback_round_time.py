@@ -26,9 +26,10 @@ point --rounds later: start-up, joins and each process's exit (the server's
 summary, its checksums) are outside it.
 --bin may then name several builds (name=dir,name=dir): each configuration
 runs on each build in turn, alternating, so a before/after ratio shares the
-machine's state. A build whose effadam-synthetic-worker has no
---timed_rounds (older than this window) runs with the workers of the first
-build given that has it, and the table marks its worker column with "*".
+machine's state. Every build's effadam-synthetic-worker needs
+--timed_rounds (for an older build, build its tree with this file's
+bench/synthetic_worker.cc; a newer worker cannot stand in for it, since
+the protocol version may differ).
 
 Only 127.0.0.1 is used; every process is killed at the end.
 """
@@ -122,10 +123,10 @@ def await_line(c, p, line, timeout):
         time.sleep(0.005)
 
 
-def run_synthetic(bin_dir, worker_dir, elements, workers, codec_flags, warmup,
-                  rounds, timeout=1800):
+def run_synthetic(bin_dir, elements, workers, codec_flags, warmup, rounds,
+                  timeout=1800):
     """One synthetic run: (round seconds, server CPU s/round, worker CPU
-    s/round). The workers are worker_dir's effadam-synthetic-worker."""
+    s/round)."""
     # dir@--flag@--flag: extra flags for the server and every worker.
     bin_dir, *extra = bin_dir.split("@")
     codec_flags = codec_flags + extra
@@ -137,10 +138,10 @@ def run_synthetic(bin_dir, worker_dir, elements, workers, codec_flags, warmup,
         flags = codec_flags + ["--rounds=%d" % total]
         server, port = c.start_server(flags + ["--workers=%d" % workers])
         procs = [c.spawn("w%d" % r, [
-            os.path.join(worker_dir, "effadam-synthetic-worker"),
+            os.path.join(bin_dir, "effadam-synthetic-worker"),
             "--server=127.0.0.1:%d" % port, "--rank=%d" % r,
             "--elements=%d" % elements,
-            "%s=%d" % (untimed_flag(worker_dir), warmup),
+            "%s=%d" % (untimed_flag(bin_dir), warmup),
             "--timed_rounds=%d" % rounds,
             "--summary_json=" + c.path("w%d.json" % r)] + flags)
             for r in range(workers)]
@@ -168,13 +169,10 @@ def parse_bins(value):
 
 def synthetic(args):
     bins = parse_bins(args.bin)
-    timing = [d.split("@")[0] for _, d in bins
-              if has_timed_rounds(d.split("@")[0])]
-    if not timing:
-        sys.exit("no build given has effadam-synthetic-worker --timed_rounds")
-    # The directory whose synthetic worker each build runs.
-    workers_of = {d: d.split("@")[0] if has_timed_rounds(d.split("@")[0])
-                  else timing[0] for _, d in bins}
+    for _, d in bins:
+        if not has_timed_rounds(d.split("@")[0]):
+            sys.exit("%s: effadam-synthetic-worker has no --timed_rounds "
+                     "(see --help)" % d.split("@")[0])
     sizes = [int(float(e)) for e in args.elements.split(",")]
     counts = [int(w) for w in args.worker_counts.split(",")]
     print("%-10s %9s %7s %-8s %10s %14s %14s" % (
@@ -188,12 +186,10 @@ def synthetic(args):
                     continue
                 for build, bin_dir in bins:
                     sec, server_cpu, worker_cpu = run_synthetic(
-                        bin_dir, workers_of[bin_dir], n, w, flags,
-                        args.warmup, args.rounds)
-                    borrowed = workers_of[bin_dir] != bin_dir.split("@")[0]
-                    print("%-10s %9d %7d %-8s %10.1f %14.1f %13.1f%s" % (
+                        bin_dir, n, w, flags, args.warmup, args.rounds)
+                    print("%-10s %9d %7d %-8s %10.1f %14.1f %14.1f" % (
                         name, n, w, build, 1000 * sec, 1000 * server_cpu,
-                        1000 * worker_cpu, "*" if borrowed else " "))
+                        1000 * worker_cpu))
                     sys.stdout.flush()
 
 

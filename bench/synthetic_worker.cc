@@ -11,7 +11,8 @@
 // "measured to round R" at the next gradient call, the same point of the
 // round after them, so that a benchmark can read each process's CPU at the
 // two lines, without the rounds after and the exit), and ends its stdout
-// with the JSON summary (also written to --summary_json). --rounds, Adam's flags (--lr, ...),
+// with the JSON summary (also written to --summary_json). --rounds, Adam's
+// flags (--lr, ...),
 // --seed and --summary_json are effadam-worker's (daemon/training_flags.h);
 // the model flags among them do not apply.
 
@@ -82,8 +83,9 @@ int Run() {
         elements, ", ", tensor_elements, ", ", warmup, ", ", timed_rounds)));
   }
   // The gradient call that ends the last timed round (none with 0).
-  const int64_t end_call =
-      timed_rounds > 0 ? warmup + timed_rounds + 1 : std::numeric_limits<int64_t>::max();
+  const int64_t end_call = timed_rounds > 0
+                               ? warmup + timed_rounds + 1
+                               : std::numeric_limits<int64_t>::max();
   const int64_t piece = tensor_elements > 0 ? tensor_elements : elements;
   std::vector<TensorSpec> tensors;
   for (int64_t begin = 0; begin < elements; begin += piece) {
