@@ -19,7 +19,8 @@ SAN_TESTS=(codec_test update_codec_test chunk_assembler_test round_engine_test
            checkpoint_test worker_optimizer_test idx_reader_test
            server_service_test worker_client_test shard_link_test
            bad_input_test grpc_security_test service_auth_test
-           thread_pool_test parameter_server_test update_parts_test)
+           thread_pool_test parameter_server_test update_parts_test
+           chunk_streams_test)
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEFFADAM_SANITIZE=ON -DEFFADAM_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "${JOBS:-2}" --target "${SAN_TESTS[@]}"
