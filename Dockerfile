@@ -30,7 +30,7 @@ FROM docker.io/library/debian:bookworm AS build-deps
 RUN apt-get update -q \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
       build-essential cmake ninja-build pkg-config \
-      libabsl-dev libeigen3-dev zlib1g-dev \
+      libabsl-dev libeigen3-dev zlib1g-dev libxxhash-dev \
       libgtest-dev libgmock-dev libbenchmark-dev \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
       libssl-dev prometheus-cpp-dev python3-dev pybind11-dev \

@@ -16,11 +16,20 @@ With --synthetic the model is effadam-synthetic-worker's (a gradient of one
 pass over x) at --elements parameters (1M, 10M, 50M by default) with 1, 4
 and 8 workers, so the system's own cost is what is measured: the round time
 (the median of rank 0's timed rounds, after --warmup rounds) and the CPU
-seconds per round of the server and of a worker (mean over workers), read
-from /proc when the timed rounds start and from the exit status's rusage.
+seconds per round of the server and of a worker (mean over workers): each
+process's user + system time from /proc/<pid>/stat, read when rank 0 prints
+"measuring from round" (its first timed gradient call) and again when it
+prints "measured to round" (the same point of the round after the last
+timed one; the run has one round more for it), divided by the timed
+rounds. So the window is whole rounds from one point of a round to the same
+point --rounds later: start-up, joins and each process's exit (the server's
+summary, its checksums) are outside it.
 --bin may then name several builds (name=dir,name=dir): each configuration
 runs on each build in turn, alternating, so a before/after ratio shares the
-machine's state.
+machine's state. Every build's effadam-synthetic-worker needs
+--timed_rounds (for an older build, build its tree with this file's
+bench/synthetic_worker.cc; a newer worker cannot stand in for it, since
+the protocol version may differ).
 
 Only 127.0.0.1 is used; every process is killed at the end.
 """
@@ -72,19 +81,23 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def wait_cpu(c, p, timeout):
-    """Waits for p; returns its CPU seconds from the exit's rusage."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-        if pid == p.pid:
-            p.returncode = os.waitstatus_to_exitcode(status)
-            if p.returncode != 0:
-                raise RuntimeError("%s exited with %d:\n%s" % (
-                    p.label, p.returncode, "".join(c.output(p.label))))
-            return usage.ru_utime + usage.ru_stime
-        time.sleep(0.05)
-    raise RuntimeError("%s did not finish within %d s" % (p.label, timeout))
+def wait_ok(c, p, timeout):
+    """Waits for p to exit with 0."""
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("%s did not finish within %d s" % (p.label, timeout))
+    if p.returncode != 0:
+        raise RuntimeError("%s exited with %d:\n%s" % (
+            p.label, p.returncode, "".join(c.output(p.label))))
+
+
+def worker_flags(bin_dir):
+    """The synthetic worker's --help: which flags it has."""
+    return subprocess.run(
+        [os.path.join(bin_dir, "effadam-synthetic-worker"), "--help"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        universal_newlines=True).stdout
 
 
 def untimed_flag(bin_dir):
@@ -93,23 +106,35 @@ def untimed_flag(bin_dir):
     schedule) called it --warmup_rounds, which newer builds read as the LR
     warm-up, so passing it to them would time every round from the first
     (join, first-touch page faults, the upload included)."""
-    out = subprocess.run(
-        [os.path.join(bin_dir, "effadam-synthetic-worker"), "--help"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        universal_newlines=True).stdout
-    return "--untimed_rounds" if "untimed_rounds" in out else "--warmup_rounds"
+    return ("--untimed_rounds" if "untimed_rounds" in worker_flags(bin_dir)
+            else "--warmup_rounds")
+
+
+def has_timed_rounds(bin_dir):
+    return "--timed_rounds (" in worker_flags(bin_dir)
+
+
+def await_line(c, p, line, timeout):
+    deadline = time.time() + timeout
+    while line not in c.output(p.label)[0]:
+        if time.time() > deadline or p.poll() is not None:
+            raise RuntimeError("%s did not print %r:\n%s"
+                               % (p.label, line, "".join(c.output(p.label))))
+        time.sleep(0.005)
 
 
 def run_synthetic(bin_dir, elements, workers, codec_flags, warmup, rounds,
                   timeout=1800):
+    """One synthetic run: (round seconds, server CPU s/round, worker CPU
+    s/round)."""
     # dir@--flag@--flag: extra flags for the server and every worker.
     bin_dir, *extra = bin_dir.split("@")
     codec_flags = codec_flags + extra
-    """One synthetic run: (round seconds, server CPU s/round, worker CPU
-    s/round)."""
     c = Cluster(bin_dir, "bench")
     try:
-        total = warmup + rounds
+        # One round after the timed ones: rank 0's gradient call in it ends
+        # the window.
+        total = warmup + rounds + 1
         flags = codec_flags + ["--rounds=%d" % total]
         server, port = c.start_server(flags + ["--workers=%d" % workers])
         procs = [c.spawn("w%d" % r, [
@@ -117,17 +142,15 @@ def run_synthetic(bin_dir, elements, workers, codec_flags, warmup, rounds,
             "--server=127.0.0.1:%d" % port, "--rank=%d" % r,
             "--elements=%d" % elements,
             "%s=%d" % (untimed_flag(bin_dir), warmup),
+            "--timed_rounds=%d" % rounds,
             "--summary_json=" + c.path("w%d.json" % r)] + flags)
             for r in range(workers)]
-        # The timed rounds start when rank 0 says so.
-        deadline = time.time() + timeout
-        while "measuring from round" not in c.output("w0")[0]:
-            if time.time() > deadline or procs[0].poll() is not None:
-                raise RuntimeError("rank 0 did not start timing:\n%s"
-                                   % "".join(c.output("w0")))
-            time.sleep(0.01)
+        await_line(c, procs[0], "measuring from round", timeout)
         start = [cpu_seconds(p.pid) for p in [server] + procs]
-        end = [wait_cpu(c, p, timeout) for p in [server] + procs]
+        await_line(c, procs[0], "measured to round", timeout)
+        end = [cpu_seconds(p.pid) for p in [server] + procs]
+        for p in procs + [server]:
+            wait_ok(c, p, timeout)
         cpu = [(e - s) / rounds for s, e in zip(start, end)]
         seconds = c.summary("w0")["round_seconds_median"]
         return seconds, cpu[0], sum(cpu[1:]) / workers
@@ -146,6 +169,10 @@ def parse_bins(value):
 
 def synthetic(args):
     bins = parse_bins(args.bin)
+    for _, d in bins:
+        if not has_timed_rounds(d.split("@")[0]):
+            sys.exit("%s: effadam-synthetic-worker has no --timed_rounds "
+                     "(see --help)" % d.split("@")[0])
     sizes = [int(float(e)) for e in args.elements.split(",")]
     counts = [int(w) for w in args.worker_counts.split(",")]
     print("%-10s %9s %7s %-8s %10s %14s %14s" % (

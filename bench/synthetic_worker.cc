@@ -7,8 +7,12 @@
 // For benchmarks it times its rounds as it sees them (from one gradient
 // call to the next: Adam, encode, send, wait for the others and the server,
 // receive and apply the delta), after --untimed_rounds (it prints "measuring
-// from round R" when they start), and ends its stdout with the JSON summary
-// (also written to --summary_json). --rounds, Adam's flags (--lr, ...),
+// from round R" when they start) and for --timed_rounds of them (it prints
+// "measured to round R" at the next gradient call, the same point of the
+// round after them, so that a benchmark can read each process's CPU at the
+// two lines, without the rounds after and the exit), and ends its stdout
+// with the JSON summary (also written to --summary_json). --rounds, Adam's
+// flags (--lr, ...),
 // --seed and --summary_json are effadam-worker's (daemon/training_flags.h);
 // the model flags among them do not apply.
 
@@ -16,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -45,6 +50,8 @@ ABSL_FLAG(int64_t, tensor_elements, 0,
 ABSL_FLAG(int64_t, untimed_rounds, 0,
           "Rounds not timed at the start (connection set-up, first-touch "
           "page faults)");
+ABSL_FLAG(int64_t, timed_rounds, 0,
+          "Rounds timed after the untimed ones; 0: every one left");
 ABSL_FLAG(effadam::DurationFlag, reconnect_timeout, absl::Minutes(5),
           "WorkerClientOptions::reconnect_timeout");
 
@@ -68,12 +75,17 @@ int Run() {
   const int64_t elements = absl::GetFlag(FLAGS_elements);
   const int64_t tensor_elements = absl::GetFlag(FLAGS_tensor_elements);
   const int64_t warmup = absl::GetFlag(FLAGS_untimed_rounds);
-  if (elements < 1 || tensor_elements < 0 || warmup < 0) {
+  const int64_t timed_rounds = absl::GetFlag(FLAGS_timed_rounds);
+  if (elements < 1 || tensor_elements < 0 || warmup < 0 || timed_rounds < 0) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "need --elements >= 1, --tensor_elements >= 0, --untimed_rounds >= 0; "
-        "got ",
-        elements, ", ", tensor_elements, ", ", warmup)));
+        "need --elements >= 1, --tensor_elements >= 0, --untimed_rounds >= 0, "
+        "--timed_rounds >= 0; got ",
+        elements, ", ", tensor_elements, ", ", warmup, ", ", timed_rounds)));
   }
+  // The gradient call that ends the last timed round (none with 0).
+  const int64_t end_call = timed_rounds > 0
+                               ? warmup + timed_rounds + 1
+                               : std::numeric_limits<int64_t>::max();
   const int64_t piece = tensor_elements > 0 ? tensor_elements : elements;
   std::vector<TensorSpec> tensors;
   for (int64_t begin = 0; begin < elements; begin += piece) {
@@ -132,8 +144,13 @@ int Run() {
           std::printf("measuring from round %lld\n",
                       static_cast<long long>(client.round()));
           std::fflush(stdout);
-        } else if (calls > warmup + 1) {
+        } else if (calls > warmup + 1 && calls <= end_call) {
           round_seconds.push_back(absl::ToDoubleSeconds(now - last));
+        }
+        if (calls == end_call) {
+          std::printf("measured to round %lld\n",
+                      static_cast<long long>(client.round() - 1));
+          std::fflush(stdout);
         }
         last = now;
         if (client.resyncs() != resyncs) {
@@ -159,7 +176,7 @@ int Run() {
       rank, static_cast<long long>(client.round() - 1), checksum.c_str());
   // The last timed round ends when its delta is applied, after the final
   // gradient call.
-  if (calls > warmup)
+  if (calls > warmup && calls < end_call)
     round_seconds.push_back(absl::ToDoubleSeconds(absl::Now() - last));
   std::sort(round_seconds.begin(), round_seconds.end());
   const double timed =

@@ -326,6 +326,6 @@ PYBIND11_MODULE(_effadam, m) {
         return effadam::ParamsChecksum(ToFloats(x, "x").span);
       },
       py::arg("x"),
-      "FNV-1a of x's float32 bytes as 16 hex digits: the params_checksum of "
+      "XXH3-64 of x's float32 bytes as 16 hex digits: the params_checksum of "
       "the servers' and workers' summaries.");
 }

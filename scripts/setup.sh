@@ -6,6 +6,9 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libabsl-dev libeigen3-dev zlib1g-dev
+  # XXH3, the params checksum (core/checksum.cc, header only); its Python
+  # binding is the tests' independent reference
+  libxxhash-dev python3-xxhash
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   # TLS: libssl checks the PEM files at start-up; the openssl CLI makes the

@@ -20,7 +20,7 @@ SAN_TESTS=(codec_test update_codec_test chunk_assembler_test round_engine_test
            server_service_test worker_client_test shard_link_test
            bad_input_test grpc_security_test service_auth_test
            thread_pool_test parameter_server_test update_parts_test
-           worker_step_tiles_test)
+           worker_step_tiles_test chunk_streams_test)
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEFFADAM_SANITIZE=ON -DEFFADAM_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j "${JOBS:-2}" --target "${SAN_TESTS[@]}"

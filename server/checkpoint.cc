@@ -30,7 +30,9 @@ namespace effadam {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'F', 'A', 'D', 'C', 'K', 'P', 'T'};
-constexpr uint32_t kFormatVersion = 1;
+// 2: params_checksum is XXH3-64 (1: FNV-1a 64, which this server cannot
+// check, so it refuses those files by their version).
+constexpr uint32_t kFormatVersion = 2;
 // A header is a layout and a few numbers; anything bigger is not ours.
 constexpr uint32_t kMaxHeaderBytes = 64 << 20;
 constexpr absl::string_view kPrefix = "checkpoint-";

@@ -1,10 +1,13 @@
 #include "server/chunk_streams.h"
 
 #include <algorithm>
-#include <atomic>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/wire_format_lite.h"
+#include "grpcpp/support/slice.h"
 #include "server/server_observer.h"
 
 namespace effadam {
@@ -83,59 +86,86 @@ absl::StatusOr<std::shared_ptr<const std::string>> UpdateReader::Read(
   return assembler_.SharedBuffer();
 }
 
-std::shared_ptr<const std::vector<v1::ServerMessage>> DeltaMessages::For(
+grpc::ByteBuffer SerializeDeltaChunk(
+    int64_t round, const std::shared_ptr<const std::string>& delta,
+    size_t offset, size_t size) {
+  using google::protobuf::internal::WireFormatLite;
+  // The fields before the payload (kind CHUNK is proto3's default and not
+  // written), then the payload's tag and length, as protobuf orders them.
+  v1::ServerMessage head_fields;
+  head_fields.set_round(round);
+  head_fields.set_offset(static_cast<int64_t>(offset));
+  std::string head = head_fields.SerializeAsString();
+  {
+    google::protobuf::io::StringOutputStream out(&head);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    coded.WriteTag(
+        WireFormatLite::MakeTag(v1::ServerMessage::kPayloadFieldNumber,
+                                WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+    coded.WriteVarint32(static_cast<uint32_t>(size));
+  }
+  // The payload slice owns a reference to the delta, dropped by gRPC.
+  auto* owner = new std::shared_ptr<const std::string>(delta);
+  grpc::Slice slices[2] = {
+      grpc::Slice(head),
+      grpc::Slice(
+          const_cast<char*>(delta->data() + offset), size,
+          [](void* p) {
+            delete static_cast<std::shared_ptr<const std::string>*>(p);
+          },
+          owner)};
+  return grpc::ByteBuffer(slices, 2);
+}
+
+std::shared_ptr<const std::vector<grpc::ByteBuffer>> DeltaMessages::For(
     const DeltaView& view, size_t* ready) {
   absl::MutexLock lock(&mu_);
-  const std::string& delta = *view.delta;
-  const size_t count = (delta.size() + max_chunk_bytes_ - 1) / max_chunk_bytes_;
+  const size_t size = view.delta->size();
+  const size_t count = (size + max_chunk_bytes_ - 1) / max_chunk_bytes_;
   if (messages_ == nullptr || round_ != view.round ||
       attempt_ != view.attempt || delta_ != view.delta) {
-    // The last round's messages, unless a stream still sends them. The
-    // fence pairs with the release of the last sender's reference.
-    std::shared_ptr<std::vector<v1::ServerMessage>> messages =
-        std::move(messages_);
-    const bool reusable = messages != nullptr && messages.use_count() == 1;
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (!reusable) {
-      messages = std::make_shared<std::vector<v1::ServerMessage>>();
-    }
-    // Sized once: the vector never moves while streams read it.
-    messages->resize(count);
+    // Sized once: the vector never moves while streams read it. Streams
+    // that still send the last round's messages keep those alive.
+    messages_ = std::make_shared<std::vector<grpc::ByteBuffer>>(count);
     delta_ = view.delta;
     round_ = view.round;
     attempt_ = view.attempt;
     cut_ = 0;
-    messages_ = std::move(messages);
   }
   // Chunks carry exactly min(max_chunk_bytes, bytes remaining)
   // (docs/protocol.md, "Chunks"): one is cut once all its bytes are final.
   while (cut_ < count) {
     const size_t offset = cut_ * max_chunk_bytes_;
-    const size_t n = std::min(max_chunk_bytes_, delta.size() - offset);
+    const size_t n = std::min(max_chunk_bytes_, size - offset);
     if (offset + n > view.ready_bytes) break;
-    v1::ServerMessage& msg = (*messages_)[cut_];
-    msg.set_round(view.round);
-    msg.set_offset(static_cast<int64_t>(offset));
-    msg.set_payload(delta.data() + offset, n);
-    msg.set_kind(v1::ServerMessage::CHUNK);
-    msg.clear_contributors();
+    (*messages_)[cut_] = SerializeDeltaChunk(view.round, delta_, offset, n);
     ++cut_;
   }
   *ready = cut_;
   return messages_;
 }
 
-absl::Status WriteDelta(TrainStream* stream,
-                        const std::vector<v1::ServerMessage>& messages,
+namespace {
+
+// Writes one serialized message; false when the worker went away.
+bool WriteBytes(TrainStream* stream, const grpc::ByteBuffer& bytes,
+                int64_t* wire_bytes) {
+  if (!stream->Write(bytes)) return false;
+  *wire_bytes += static_cast<int64_t>(bytes.Length());
+  return true;
+}
+
+}  // namespace
+
+absl::Status WriteDelta(TrainStream* stream, int64_t round,
+                        const std::vector<grpc::ByteBuffer>& messages,
                         size_t begin, size_t end, int64_t* wire_bytes) {
   for (size_t k = begin; k < end; ++k) {
-    const v1::ServerMessage& msg = messages[k];
-    if (!stream->Write(msg)) {
+    if (!WriteBytes(stream, messages[k], wire_bytes)) {
       return absl::CancelledError(
-          absl::StrCat("the worker went away while the delta of round ",
-                       msg.round(), " was sent"));
+          absl::StrCat("the worker went away while the delta of round ", round,
+                       " was sent"));
     }
-    *wire_bytes += static_cast<int64_t>(msg.ByteSizeLong());
   }
   return absl::OkStatus();
 }
@@ -148,11 +178,11 @@ absl::Status WriteRoundMark(TrainStream* stream, int64_t round,
   msg.set_kind(kind);
   msg.set_contributors(contributors);
   msg.set_update_taken_into(update_taken_into);
-  if (!stream->Write(msg)) {
+  grpc::Slice bytes(msg.SerializeAsString());
+  if (!WriteBytes(stream, grpc::ByteBuffer(&bytes, 1), wire_bytes)) {
     return absl::CancelledError(absl::StrCat(
         "the worker went away before the end of round ", round, " was sent"));
   }
-  *wire_bytes += static_cast<int64_t>(msg.ByteSizeLong());
   return absl::OkStatus();
 }
 

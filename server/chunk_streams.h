@@ -13,13 +13,18 @@
 #include "absl/synchronization/mutex.h"
 #include "core/update_codec.h"
 #include "effadam/v1/parameter_server.grpc.pb.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "server/round_coordinator.h"
 #include "transport/chunk_assembler.h"
 
 namespace effadam {
 
+// The Train stream as the service runs it: it reads WorkerMessages and
+// writes ServerMessages it serialized itself (grpc::ByteBuffer;
+// ParameterServerService registers Train with this type), so that a round's
+// delta is serialized once for all streams and sent from its own buffer.
 using TrainStream =
-    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>;
+    grpc::ServerReaderWriter<grpc::ByteBuffer, v1::WorkerMessage>;
 
 // The bytes of a Train stream (docs/protocol.md, "Chunks"), both ways,
 // without a copy that the protocol does not need.
@@ -72,14 +77,23 @@ struct DeltaView {
   int contributors = 0;
 };
 
-// A round's delta cut into the CHUNK ServerMessages that carry it, once per
-// round (and attempt), as its segments close, and shared by every stream
-// that sends it: each stream's Write serializes the shared message, so the
-// delta is copied once per round into messages, not once per worker. Keeps
-// the messages of the last round asked for (streams send the newest round;
-// a late worker's older one is cut again) and rewrites them in place for
-// the next round when no stream holds them any more, so their memory is
-// allocated once. Thread-safe.
+// The CHUNK ServerMessage that carries `size` bytes of `delta` from
+// `offset`, serialized: the bytes protobuf writes for that message (fields
+// in number order), as two slices, the fields before the payload (a few
+// bytes) and the payload itself, which is `delta`'s memory, not a copy: the
+// slice holds a reference to `delta` until gRPC is done with it, so the
+// buffer is not reused for a later round's delta while it is being sent.
+grpc::ByteBuffer SerializeDeltaChunk(
+    int64_t round, const std::shared_ptr<const std::string>& delta,
+    size_t offset, size_t size);
+
+// A round's delta as the serialized CHUNK messages that carry it
+// (SerializeDeltaChunk), cut once per round (and attempt) as its segments
+// close and shared by every stream that sends it: a stream's Write only
+// takes references to the slices, so the delta is serialized once per
+// round and never copied in user space (gRPC copies it into the socket).
+// Keeps the messages of the last round asked for (streams send the newest
+// round; a late worker's older one is cut again). Thread-safe.
 class DeltaMessages {
  public:
   explicit DeltaMessages(size_t max_chunk_bytes)
@@ -89,27 +103,26 @@ class DeltaMessages {
   // (those within ready_bytes) are cut and never change again; the others
   // may be written by a later call, so a caller reads only the first
   // *ready.
-  std::shared_ptr<const std::vector<v1::ServerMessage>> For(
+  std::shared_ptr<const std::vector<grpc::ByteBuffer>> For(
       const DeltaView& view, size_t* ready) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   const size_t max_chunk_bytes_;
   absl::Mutex mu_;
-  // The delta the messages were cut from (held, so its memory cannot be
-  // reused for another round's delta while it keys the cache).
+  // The delta the messages were cut from (its slices hold it too).
   std::shared_ptr<const std::string> delta_ ABSL_GUARDED_BY(mu_);
   int64_t round_ ABSL_GUARDED_BY(mu_) = 0;
   int attempt_ ABSL_GUARDED_BY(mu_) = 0;
   size_t cut_ ABSL_GUARDED_BY(mu_) = 0;  // messages cut so far
-  std::shared_ptr<std::vector<v1::ServerMessage>> messages_
-      ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<std::vector<grpc::ByteBuffer>> messages_ ABSL_GUARDED_BY(mu_);
 };
 
-// Writes messages [begin, end) of `messages` to `stream` in order;
-// *wire_bytes gets the serialized size of those written, also when a later
-// one fails. Cancelled when the worker went away.
-absl::Status WriteDelta(TrainStream* stream,
-                        const std::vector<v1::ServerMessage>& messages,
+// Writes messages [begin, end) of `messages` (round `round`'s delta) to
+// `stream` in order; *wire_bytes gets the serialized size of those
+// written, also when a later one fails. Cancelled when the worker went
+// away.
+absl::Status WriteDelta(TrainStream* stream, int64_t round,
+                        const std::vector<grpc::ByteBuffer>& messages,
                         size_t begin, size_t end, int64_t* wire_bytes);
 // Writes the message without payload that ends a round's delta or restarts
 // it (COMMIT, DROP, RESTART), counted the same way; `update_taken_into`

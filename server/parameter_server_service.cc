@@ -9,6 +9,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
+#include "grpcpp/support/method_handler.h"
 #include "server/token_authenticator.h"
 #include "transport/chunk_assembler.h"
 #include "transport/compression_proto.h"
@@ -68,7 +70,26 @@ ParameterServerService::ParameterServerService(
       logger_(server_->logger()),
       observer_(server_->observer()),
       rejection_log_(/*burst=*/20, absl::Seconds(10)),
-      delta_messages_(options_.max_chunk_bytes) {}
+      delta_messages_(options_.max_chunk_bytes) {
+  // Train writes the ServerMessages it serialized itself (TrainStream): the
+  // generated handler would have gRPC serialize each message once per
+  // stream. The same synchronous bidi handler, with the response as bytes
+  // (what the generated WithStreamedUnaryMethod_ classes do for theirs); the
+  // method's index is its place in the proto's service.
+  const int train = v1::WorkerMessage::descriptor()
+                        ->file()
+                        ->FindServiceByName("ParameterServer")
+                        ->FindMethodByName("Train")
+                        ->index();
+  MarkMethodStreamed(
+      train, new grpc::internal::BidiStreamingHandler<
+                 ParameterServerService, v1::WorkerMessage, grpc::ByteBuffer>(
+                 [](ParameterServerService* service,
+                    grpc::ServerContext* context, TrainStream* stream) {
+                   return service->ServeTrain(context, stream);
+                 },
+                 this));
+}
 
 ParameterServerService::~ParameterServerService() = default;
 
@@ -322,9 +343,9 @@ absl::Status ParameterServerService::SendRound(const ServerCall& call,
     }
     attempt = view.attempt;
     size_t ready = 0;
-    std::shared_ptr<const std::vector<v1::ServerMessage>> messages =
+    std::shared_ptr<const std::vector<grpc::ByteBuffer>> messages =
         delta_messages_.For(view, &ready);
-    if (s.ok()) s = WriteDelta(stream, *messages, sent, ready, &wire);
+    if (s.ok()) s = WriteDelta(stream, round, *messages, sent, ready, &wire);
     sent = ready;
     if (s.ok() && p.closed) {
       s = WriteRoundMark(stream, round, v1::ServerMessage::COMMIT,
@@ -339,10 +360,9 @@ absl::Status ParameterServerService::SendRound(const ServerCall& call,
   }
 }
 
-absl::Status ParameterServerService::RunTrain(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
-    int rank, v1::WorkerMessage* msg) {
+absl::Status ParameterServerService::RunTrain(grpc::ServerContext* context,
+                                              TrainStream* stream, int rank,
+                                              v1::WorkerMessage* msg) {
   absl::StatusOr<UpdateReader> reader = UpdateReader::Create(
       server_->worker_codec(), options_.max_chunk_bytes, rank);
   if (!reader.ok()) return reader.status();
@@ -409,19 +429,16 @@ absl::Status ParameterServerService::RunTrain(
   }
 }
 
-grpc::Status ParameterServerService::Train(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream) {
+grpc::Status ParameterServerService::ServeTrain(grpc::ServerContext* context,
+                                                TrainStream* stream) {
   int rank = -1;
   absl::Status s = Authenticate(*context);
   if (s.ok()) s = DoTrain(context, stream, &rank);
   return Finish(*context, "Train", rank, s);
 }
 
-absl::Status ParameterServerService::DoTrain(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
-    int* rank) {
+absl::Status ParameterServerService::DoTrain(grpc::ServerContext* context,
+                                             TrainStream* stream, int* rank) {
   v1::WorkerMessage msg;
   if (!stream->Read(&msg)) return absl::OkStatus();
   *rank = msg.rank();

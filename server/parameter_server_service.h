@@ -60,10 +60,6 @@ class ParameterServerService final
   grpc::Status FetchParams(
       grpc::ServerContext* context, const v1::FetchParamsRequest* request,
       grpc::ServerWriter<v1::ParamsChunk>* writer) override;
-  grpc::Status Train(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream)
-      override;
   grpc::Status Status(grpc::ServerContext* context,
                       const v1::StatusRequest* request,
                       v1::StatusResponse* response) override;
@@ -93,15 +89,15 @@ class ParameterServerService final
   absl::Status DoFetchParams(grpc::ServerContext* context,
                              const v1::FetchParamsRequest& request,
                              grpc::ServerWriter<v1::ParamsChunk>* writer);
-  absl::Status DoTrain(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
-      int* rank);
+  // The Train RPC, registered with the stream type that writes serialized
+  // messages (TrainStream; the constructor registers it in place of the
+  // generated Train, which stays unimplemented).
+  grpc::Status ServeTrain(grpc::ServerContext* context, TrainStream* stream);
+  absl::Status DoTrain(grpc::ServerContext* context, TrainStream* stream,
+                       int* rank);
   // The Train stream of `rank` after its first message `msg` was accepted.
-  absl::Status RunTrain(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::ServerMessage, v1::WorkerMessage>* stream,
-      int rank, v1::WorkerMessage* msg);
+  absl::Status RunTrain(grpc::ServerContext* context, TrainStream* stream,
+                        int rank, v1::WorkerMessage* msg);
   // Sends `round`'s delta on `stream` while the round closes (on the
   // stream's second thread, beside the one reading the update): CHUNK
   // messages as its segments close, RESTART when it starts again, and

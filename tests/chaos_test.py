@@ -18,9 +18,9 @@ switch namespace) and records the round each shard is collecting.
 The run must show:
   - the run completes: the last incarnation of every process exits 0 and
     every worker reached --rounds;
-  - one params_checksum: every worker's equals FNV-1a of the two shards'
+  - one params_checksum: every worker's equals XXH3-64 of the two shards'
     final checkpoints' x put together, and each shard's summary checksum
-    equals FNV-1a of its part (x as the servers hold it, bit for bit);
+    equals XXH3-64 of its part (x as the servers hold it, bit for bit);
   - rounds never go backwards on any shard, across restarts included
     (a restarted shard resumes at the round its workers' replicas hold,
     not at its checkpoint's; the one exception is the round whose delta
@@ -53,6 +53,8 @@ import tempfile
 import threading
 import time
 
+import xxhash
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster_test import Cluster, Failure, check  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -74,13 +76,6 @@ def log(msg):
 
 
 T0 = time.time()
-
-
-def fnv1a64(data, h=0xcbf29ce484222325):
-    """core/checksum.cc's Fnv1a64, continued from state h."""
-    for b in data:
-        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    return h
 
 
 def checkpoint_x(path):
@@ -409,20 +404,21 @@ def summary_table(faults, chaos_seconds):
 
 
 def check_checksums(c, r):
-    """Workers' checksums equal FNV-1a of the shards' x put together; each
-    shard's summary checksum equals FNV-1a of its part."""
-    h = 0xcbf29ce484222325
+    """Workers' checksums equal XXH3-64 (core/checksum.h; the reference is
+    python3-xxhash) of the shards' x put together; each shard's summary
+    checksum equals XXH3-64 of its part."""
+    whole = xxhash.xxh3_64()
     for k in range(SHARDS):
         newest = sorted(glob.glob(os.path.join(r.ckpt[k],
                                                "checkpoint-*.effadam")))
         check(newest, "shard %d wrote no checkpoint" % k)
         x = checkpoint_x(newest[-1])
-        part = "%016x" % fnv1a64(x)
+        part = xxhash.xxh3_64_hexdigest(x)
         got = r.summary("s%d" % k)["params_checksum"]
         check(got == part, "shard %d summary params_checksum %s, its final "
               "checkpoint %s holds x of %s" % (k, got, newest[-1], part))
-        h = fnv1a64(x, h)
-    want = "%016x" % h
+        whole.update(x)
+    want = whole.hexdigest()
     for w in range(WORKERS):
         s = r.summary("w%d" % w)
         check(s["params_checksum"] == want,

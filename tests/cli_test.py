@@ -121,6 +121,8 @@ def addresses(bin_dir):
         ("effadam-health", ["--addr=50051"], "--addr must be host:port"),
         ("effadam-synthetic-worker", ["--server=localhost"],
          "must be host:port"),
+        ("effadam-synthetic-worker", ["--timed_rounds=-1"],
+         "--timed_rounds >= 0; got"),
         ("effadam-example-own-model", ["--server=127.0.0.1:65536"],
          "must be host:port"),
     ]

@@ -20,6 +20,7 @@ import time
 import unittest
 
 import numpy as np
+import xxhash
 
 import effadam
 from cluster_test import Cluster, scrape
@@ -28,11 +29,9 @@ BIN = None  # --bin
 LAYOUT = [("w", (64,)), ("b", (16,))]
 
 
-def fnv1a64(data):
-    h = 0xcbf29ce484222325
-    for c in data:
-        h = ((h ^ c) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    return "%016x" % h
+def xxh3_64(data):
+    """The reference XXH3-64 (Debian's python3-xxhash), as 16 hex digits."""
+    return "%016x" % xxhash.xxh3_64_intdigest(data)
 
 
 class Server:
@@ -127,12 +126,19 @@ class LayoutAndSettingsTest(unittest.TestCase):
         self.assertIn("/nonexistent/ca.pem", str(e.exception))
         self.assertFalse(effadam.ClientSecurity().tls)
 
-    def test_params_checksum_is_fnv1a_of_the_float_bytes(self):
+    def test_params_checksum_is_xxh3_of_the_float_bytes(self):
         x = np.array([0.0, -1.5, 3.25, 1e-30], dtype=np.float32)
-        self.assertEqual(effadam.params_checksum(x), fnv1a64(x.tobytes()))
+        self.assertEqual(effadam.params_checksum(x), xxh3_64(x.tobytes()))
         # Lists and float64 convert to float32 first.
         self.assertEqual(effadam.params_checksum([0.0, -1.5, 3.25, 1e-30]),
-                         fnv1a64(x.tobytes()))
+                         xxh3_64(x.tobytes()))
+        # XXH3 takes other paths for 0, 1-16, 17-128, 129-240 and longer
+        # inputs (several stripes and blocks): all agree with the reference.
+        rng = np.random.default_rng(5)
+        for n in (0, 1, 3, 4, 30, 31, 60, 61, 300, 4096, 100003):
+            y = rng.standard_normal(n).astype(np.float32)
+            self.assertEqual(effadam.params_checksum(y), xxh3_64(y.tobytes()),
+                             "n = %d" % n)
         with self.assertRaises(effadam.InvalidArgumentError):
             effadam.params_checksum(np.zeros((2, 2), np.float32))
 

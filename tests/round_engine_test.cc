@@ -123,6 +123,17 @@ TEST(RoundEngine, ComputesTheEfficientAdamServerStep) {
   ExpectTheEfficientAdamServerStep(f, 2);
 }
 
+// The whole-vector step's bits for any number of updates (the average
+// divides by it; 1, 2, 4 and 8 are powers of two, 3 and 5 are not).
+TEST(RoundEngine, AveragesWithTheDivisionsBitsForEveryUpdateCount) {
+  for (int updates : {1, 2, 3, 4, 5, 8}) {
+    SCOPED_TRACE(updates);
+    Fixture f = MakeModel("fp32", "sign", /*error_feedback=*/true,
+                          {300, 20480 + 701}, 20480);
+    ExpectTheEfficientAdamServerStep(f, updates);
+  }
+}
+
 // A segment closes tile by tile (several tiles and a short last one here,
 // segments of 20480 elements, an fp32 tensor beside them): the same bits
 // as the whole-vector step, for every codec.

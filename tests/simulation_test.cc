@@ -107,7 +107,11 @@ TEST(Simulation, BadConfigIsAClearError) {
 // The round engine and the workers split their passes over segments on a
 // thread pool; x is the same bits for any thread count, and the same bits
 // as before there was a pool: the checksums below are those of the code
-// before it (commit 60a6eff), for the same configuration. Segments of 128
+// before it (commit 60a6eff), for the same configuration. (That code's
+// checksums were FNV-1a 64: 8044735d0c60a696, 3a9faa6bc09268d0,
+// c97b97d5a5d6edbe, 5c35031ccffb206e, a95ba86bdaff55e7 in the order below;
+// the XXH3-64 values are of the x that gave exactly those, both hashes
+// computed over the same x when the checksum changed.) Segments of 128
 // elements give the toy model 105 of them, so every pool gets work; the
 // tensor w3 of 1001 elements leaves later segments off a 4-element
 // boundary, which is what WorkerOptimizer's tasks must respect to keep
@@ -120,11 +124,11 @@ TEST(Simulation, SameBitsForEveryThreadCount) {
     const char* checksum;
   };
   const Case cases[] = {
-      {"fp32", "fp32", "both", "8044735d0c60a696"},
-      {"sign", "sign", "both", "3a9faa6bc09268d0"},
-      {"q4s", "q8", "both", "c97b97d5a5d6edbe"},
-      {"topk:0.1", "bf16", "worker", "5c35031ccffb206e"},
-      {"fp16", "sign", "server", "a95ba86bdaff55e7"},
+      {"fp32", "fp32", "both", "67d724f163d5b794"},
+      {"sign", "sign", "both", "fdfb85a7e3302cfd"},
+      {"q4s", "q8", "both", "8e5e611b4a57e394"},
+      {"topk:0.1", "bf16", "worker", "7cf86e730407f678"},
+      {"fp16", "sign", "server", "e793667855b1515a"},
   };
   for (const Case& c : cases) {
     for (int threads : {1, 2, 3, 7}) {
