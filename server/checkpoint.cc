@@ -30,9 +30,11 @@ namespace effadam {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'F', 'A', 'D', 'C', 'K', 'P', 'T'};
-// 2: params_checksum is XXH3-64 (1: FNV-1a 64, which this server cannot
-// check, so it refuses those files by their version).
+// 2: params_checksum is XXH3-64 (ParamsChecksum). Files of format 1, whose
+// params_checksum is FNV-1a 64, are still read (a server upgraded over its
+// checkpoint directory resumes from it); only format 2 is written.
 constexpr uint32_t kFormatVersion = 2;
+constexpr uint32_t kOldestFormatVersion = 1;
 // A header is a layout and a few numbers; anything bigger is not ours.
 constexpr uint32_t kMaxHeaderBytes = 64 << 20;
 constexpr absl::string_view kPrefix = "checkpoint-";
@@ -69,6 +71,17 @@ absl::string_view FloatBytes(const std::vector<float>& v) {
   // (as on the wire, docs/wire_format.md).
   return absl::string_view(reinterpret_cast<const char*>(v.data()),
                            v.size() * sizeof(float));
+}
+
+// The params_checksum of format 1: FNV-1a 64 of x's bytes, as 16 hex
+// digits. Kept only to check the files of that format.
+std::string Format1Checksum(absl::Span<const float> x) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  const auto* p = reinterpret_cast<const unsigned char*>(x.data());
+  for (size_t i = 0; i < x.size() * sizeof(float); ++i) {
+    h = (h ^ p[i]) * 0x100000001b3ULL;
+  }
+  return absl::StrFormat("%016x", h);
 }
 
 // One description of the file's bytes for both the in-memory form and the
@@ -221,10 +234,12 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
                              static_cast<int>(header_size))) {
     return absl::DataLossError("checkpoint header does not parse");
   }
-  if (header.format_version() != kFormatVersion) {
+  if (header.format_version() < kOldestFormatVersion ||
+      header.format_version() > kFormatVersion) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint format version ", header.format_version(),
-                     "; this server reads version ", kFormatVersion));
+                     "; this server reads versions ", kOldestFormatVersion,
+                     " to ", kFormatVersion));
   }
   absl::StatusOr<TensorLayout> layout =
       LayoutFromProto(header.layout(), std::numeric_limits<size_t>::max());
@@ -278,7 +293,10 @@ absl::StatusOr<Checkpoint> ParseCheckpoint(absl::string_view bytes) {
           absl::StrCat("checkpoint element ", i, " of x or E is not finite"));
     }
   }
-  if (ParamsChecksum(c.state.params) != header.params_checksum()) {
+  const std::string checksum = header.format_version() == 1
+                                   ? Format1Checksum(c.state.params)
+                                   : ParamsChecksum(c.state.params);
+  if (checksum != header.params_checksum()) {
     return absl::DataLossError(
         "checkpoint x does not match the params_checksum in its header");
   }

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cmath>
 #include <cstdio>
@@ -10,8 +11,10 @@
 #include <limits>
 #include <string>
 
+#include "absl/strings/str_format.h"
 #include "core/checksum.h"
 #include "core/shard_plan.h"
+#include "effadam/v1/checkpoint.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "transport/compression_proto.h"
@@ -134,6 +137,78 @@ TEST(Checkpoint, ImpossibleStatesAreRejectedEvenWithAGoodCrc) {
       std::string(
           ParseCheckpoint("not a checkpoint at all").status().message()),
       HasSubstr("magic"));
+}
+
+// `file` rewritten with header version `version` and params_checksum
+// `checksum`, its CRC-32 made right again: how a file of another format
+// version looks (the layout of the bytes is docs/faults.md's).
+std::string WithHeader(const std::string& file, uint32_t version,
+                       const std::string& checksum) {
+  auto u32 = [](const char* p) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) {
+      v |= static_cast<uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+    }
+    return v;
+  };
+  auto put32 = [](uint32_t v) {
+    std::string b(4, '\0');
+    for (int i = 0; i < 4; ++i) b[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+    return b;
+  };
+  const uint32_t header_size = u32(file.data() + 8);
+  v1::CheckpointHeader header;
+  EXPECT_TRUE(header.ParseFromString(file.substr(12, header_size)));
+  header.set_format_version(version);
+  header.set_params_checksum(checksum);
+  const std::string header_bytes = header.SerializeAsString();
+  std::string out =
+      file.substr(0, 8) + put32(header_bytes.size()) + header_bytes +
+      file.substr(12 + header_size, file.size() - 12 - header_size - 4);
+  const uLong crc =
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(out.data()),
+            static_cast<uInt>(out.size()));
+  return out + put32(static_cast<uint32_t>(crc));
+}
+
+// FNV-1a 64 of x's bytes, format 1's params_checksum, written out here
+// independently of the server's.
+std::string Fnv1a64Hex(const std::vector<float>& x) {
+  uint64_t h = 14695981039346656037ULL;
+  const auto* p = reinterpret_cast<const unsigned char*>(x.data());
+  for (size_t i = 0; i < 4 * x.size(); ++i) h = (h ^ p[i]) * 1099511628211ULL;
+  return absl::StrFormat("%016x", h);
+}
+
+// A server upgraded over its checkpoint directory resumes from the files
+// of format 1 (params_checksum FNV-1a 64); a bad checksum or a format it
+// does not know is refused.
+TEST(Checkpoint, AFileOfFormat1IsReadWithItsOwnChecksum) {
+  const Checkpoint c = Make(4);
+  const std::string v2 = SerializeCheckpoint(c);
+  absl::StatusOr<Checkpoint> old =
+      ParseCheckpoint(WithHeader(v2, 1, Fnv1a64Hex(c.state.params)));
+  ASSERT_TRUE(old.ok()) << old.status();
+  ExpectSame(*old, c);
+  // Format 1 checked with format 2's checksum, and the reverse, fail.
+  EXPECT_EQ(ParseCheckpoint(WithHeader(v2, 1, ParamsChecksum(c.state.params)))
+                .status()
+                .code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ParseCheckpoint(WithHeader(v2, 2, Fnv1a64Hex(c.state.params)))
+                .status()
+                .code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(
+      ParseCheckpoint(WithHeader(v2, 2, ParamsChecksum(c.state.params))).ok());
+  for (uint32_t version : {0u, 3u}) {
+    const absl::Status s =
+        ParseCheckpoint(WithHeader(v2, version, ParamsChecksum(c.state.params)))
+            .status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << version;
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr("this server reads versions 1 to 2"));
+  }
 }
 
 TEST(CheckpointStore, LoadsTheNewestAndKeepsOnlyKeep) {
