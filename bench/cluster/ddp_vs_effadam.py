@@ -53,8 +53,9 @@ from e2e_bench import (BenchError, Processes, machine_info,  # noqa: E402
 
 PYTHON = "/usr/bin/python3"  # Debian's, the one with torch
 SERVER_PORT = 50051
-# Of MemAvailable a run may plan to use: N = 16 copies of the 25M model
-# need about 13 GB (DDP) and 17 GB (effadam) of a shared 24 GB machine.
+# Of MemAvailable a run may plan to use (--memory_share): N = 16 copies of
+# the 25M model need about 13 GB (DDP) and 17.8 GB (effadam, 4 shards) of
+# a shared 24 GB machine.
 MEMORY_SHARE = 0.8
 
 # name -> (mode, worker flags); effadam settings also take S.
@@ -448,11 +449,12 @@ def run_timing(args, out, rates, link_rates, rows):
                                     rate=rate, workers=n, setting=name,
                                     shards=shards or "",
                                     rate_measured_mbit=link_rates.get(rate))
-                        if need > MEMORY_SHARE * avail:
+                        if need > args.memory_share * avail:
                             base["status"] = (
                                 "skipped: needs about %.1f GB, %.0f%% of the "
                                 "%.1f GB available is the limit" % (
-                                    need / 1e9, 100 * MEMORY_SHARE, avail / 1e9))
+                                    need / 1e9, 100 * args.memory_share,
+                                    avail / 1e9))
                             log("  %s: %s" % (name, base["status"]))
                             rows.append(base)
                             continue
@@ -580,6 +582,10 @@ def main():
                     help="seconds of network floor a run may plan for; "
                          "slow settings measure fewer steps")
     ap.add_argument("--run_timeout", type=float, default=600)
+    ap.add_argument("--memory_share", type=float, default=MEMORY_SHARE,
+                    help="of MemAvailable a run may plan to use; a run "
+                         "that needs more is skipped (say more on a "
+                         "machine nobody else uses)")
     ap.add_argument("--link_seconds", type=float, default=3)
     ap.add_argument("--accuracy_rate", default="10gbit")
     ap.add_argument("--accuracy_workers", type=int, default=4)
@@ -628,6 +634,9 @@ def main():
         raise BenchError("--models: %s unknown (cnn, mlp, lm)" % unknown)
     if min(args.workers) < 2:
         raise BenchError("--workers: at least 2")
+    if not 0 < args.memory_share <= 0.95:
+        raise BenchError("--memory_share: in (0, 0.95]; the rest is for "
+                         "the system and the links' queues")
 
     why = netns.namespaces_available() or torch_missing()
     if why:
