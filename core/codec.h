@@ -106,6 +106,13 @@ class Codec {
   size_t block_size_;
 };
 
+// The length of a tile for the passes that keep a tile in cache across
+// several steps (the server's close, the worker's step): about `elements`,
+// rounded down to whole blocks of `block` elements, and at least one block.
+inline size_t TileOfWholeBlocks(size_t block, size_t elements) {
+  return block * (elements / block > 0 ? elements / block : 1);
+}
+
 // Whether every value is finite (no NaN, no Inf): a vectorized check of the
 // exponent fields, for the passes that must refuse a non-finite input before
 // they change anything (the worker's gradient) and fp32's Validate.

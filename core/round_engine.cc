@@ -30,8 +30,7 @@ constexpr size_t kTileElements = 8192;
 // Tile length for a segment coded with blocks of block_a and block_b
 // elements: whole blocks of both, near kTileElements.
 size_t TileElements(size_t block_a, size_t block_b) {
-  const size_t unit = std::lcm(block_a, block_b);
-  return unit * std::max<size_t>(1, kTileElements / unit);
+  return TileOfWholeBlocks(std::lcm(block_a, block_b), kTileElements);
 }
 
 // What the average-and-check pass over a tile learned.

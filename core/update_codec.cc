@@ -107,7 +107,7 @@ absl::Status UpdateCodec::EncodeZeros(std::string* out) const {
   for (size_t i = 0; i < segments_.size(); ++i) {
     const Segment& s = segments_[i];
     const size_t block = s.codec->block_size();
-    const size_t tile = block * std::max<size_t>(1, kTileElements / block);
+    const size_t tile = TileOfWholeBlocks(block, kTileElements);
     if (zeros.size() < std::min(tile, s.size)) {
       zeros.assign(std::min(tile, s.size), 0.0f);
     }

@@ -348,7 +348,7 @@ absl::Status WorkerOptimizer::RunPart(size_t k, absl::Span<const float> grad,
   const Task& task = tasks_[k];
   const std::vector<Segment>& segments = worker_codec_->segments();
   const size_t block = segments[task.first_segment].codec->block_size();
-  const size_t tile = block * std::max<size_t>(1, kTileElements / block);
+  const size_t tile = TileOfWholeBlocks(block, kTileElements);
   // d of the elements [base, computed) that are not encoded yet; per
   // thread, since parts run concurrently: at most a tile and the
   // unfinished block of a segment before it.

@@ -301,13 +301,8 @@ class EfficientAdam(torch.optim.Optimizer):
             client.cancel()
             raise
         with torch.no_grad():
-            flat = [p.detach().reshape(-1) for p in self._params]
-            if self._cuda:
-                self._x_t.copy_(_flatten_dense_tensors(flat))
-            else:
-                # Straight into the buffer: no model-sized temporary.
-                torch.cat(flat, out=self._x_t)
-            del flat
+            self._flatten_into(
+                [p.detach().reshape(-1) for p in self._params], self._x_t)
         client.start(self._x)
         self._client = client
         self._lr_sent = adam.lr
@@ -643,18 +638,23 @@ class EfficientAdam(torch.optim.Optimizer):
             raise ValueError("the gradient of %r is %s; EfficientAdam "
                              "takes float32 gradients" % (name, g.dtype))
 
+    def _flatten_into(self, flat, out):
+        """Concatenates the 1-D tensors `flat` into the host buffer `out`."""
+        if self._cuda:
+            # One gather on the device, one copy to the host, which waits
+            # for the device.
+            out.copy_(_flatten_dense_tensors(flat))
+        else:
+            # Straight into the buffer: no model-sized temporary.
+            torch.cat(flat, out=out)
+
     def _gather(self, grads):
         """The gradients into the flat host buffer."""
         if not self._flat_params:
             flat = [g.reshape(-1) if g is not None else
                     torch.zeros(p.numel(), device=p.device)
                     for p, g in zip(self._params, grads)]
-            if self._cuda:
-                # One gather on the device, one copy to the host, which
-                # waits for the device.
-                self._grad_t.copy_(_flatten_dense_tensors(flat))
-            else:
-                torch.cat(flat, out=self._grad_t)
+            self._flatten_into(flat, self._grad_t)
             return
         for p, g, view in zip(self._params, grads, self._grad_views):
             if g is view:
