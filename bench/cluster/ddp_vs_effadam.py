@@ -38,6 +38,7 @@ stopped by pid, every run bounded in time (--run_timeout).
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -238,6 +239,10 @@ def run_setting(args, cluster, model, rate, name, mode, shards, steps, warmup,
     deadline = time.monotonic() + timeout
     t_begin = time.monotonic()
     with Processes(log_dir) as procs:
+        mark_dir = os.path.join(log_dir, "marks")
+        shutil.rmtree(mark_dir, ignore_errors=True)
+        os.makedirs(mark_dir)
+        worker.append("--mark_dir=" + mark_dir)
         servers = []
         if mode == "effadam":
             wcodec, scodec, feedback = EFFADAM_CODECS[name.split(" S=")[0]]
@@ -271,11 +276,15 @@ def run_setting(args, cluster, model, rate, name, mode, shards, steps, warmup,
         ws = [procs.start(net.exec_prefix("w%d" % r) + worker + [
             "--rank=%d" % r, "--out=" + os.path.join(log_dir, "w%d.json" % r)],
             "w%d" % r) for r in range(n)]
+        # Every worker waits at a mark until the counters are read: no
+        # byte of a measured step can fall outside the window.
         marks = {}
         for mark in ("start", "end"):
-            ws[0].wait_line(r"^mark %s$" % mark, deadline)
+            for w in ws:
+                w.wait_line(r"^mark %s$" % mark, deadline)
             marks[mark] = (net.counters(),
                            [s.proc_cpu_seconds() for s in servers])
+            open(os.path.join(mark_dir, mark), "w").close()
         for p in ws + servers:
             p.expect_ok(deadline)
         results = [read_json(os.path.join(log_dir, "w%d.json" % r))
@@ -300,8 +309,8 @@ def timing_row(model, rate, measured_mbit, n, name, shards, res, compute,
     m = len(results[0]["step_seconds"])
     all_steps = [t for r in results for t in r["step_seconds"]]
     (c0, cpu0), (c1, cpu1) = marks["start"], marks["end"]
-    # The marks are rank 0's: just before its first measured step and just
-    # after its last, m steps (other hosts are at most a step apart).
+    # Every host waited at the marks while the counters were read: just
+    # before its first measured step and just after its last, m steps.
     per = m
 
     def delta(host, i):

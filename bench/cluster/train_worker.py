@@ -14,9 +14,12 @@ bench/cluster/models.py for --steps steps with one torch thread, as
            compute term.
 
 Every step is timed (wall, and forward + backward alone); the first
---warmup steps are not measured. Rank 0 prints "mark start" when the
-measured steps begin and "mark end" after the last one, so that the driver
-can read the interface counters of the hosts at those moments; with
+--warmup steps are not measured. Every rank prints "mark start" when the
+measured steps begin and "mark end" after the last one; with --mark_dir it
+then waits there until the driver has created the file of that name
+(start, end) in that directory, so that the driver reads the interface
+counters of the hosts while no host sends anything (otherwise the bytes
+sent while the driver reacts would fall outside the window); with
 --eval_every it evaluates the test accuracy every that many steps (outside
 the timed steps). The result is one JSON object written to --out.
 """
@@ -61,6 +64,10 @@ def parse():
     ap.add_argument("--error_feedback", default="both")
     ap.add_argument("--overlap_backward", action="store_true",
                     help="effadam: send the update during backward")
+    ap.add_argument("--mark_dir",
+                    help="wait at each mark until DIR/start or DIR/end exists")
+    ap.add_argument("--mark_timeout", type=float, default=600.0,
+                    help="seconds to wait at a mark before giving up")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.steps <= args.warmup:
@@ -97,6 +104,21 @@ def ddp_optimizer(args, model):
     return net, torch.optim.Adam(net.parameters(), LR)
 
 
+def mark(args, name):
+    """Prints the mark; with --mark_dir, returns once the driver says it has
+    read the counters (it creates the file `name` there)."""
+    print("mark " + name, flush=True)
+    if not args.mark_dir:
+        return
+    path = os.path.join(args.mark_dir, name)
+    deadline = time.monotonic() + args.mark_timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit("no %s from the driver in %.0f s"
+                             % (path, args.mark_timeout))
+        time.sleep(0.001)
+
+
 def main():
     args = parse()
     torch.set_num_threads(1)
@@ -125,9 +147,8 @@ def main():
     cpu0 = None
     for step in range(1, args.steps + 1):
         if step == args.warmup + 1:
+            mark(args, "start")
             cpu0 = time.process_time()
-            if args.rank == 0:
-                print("mark start", flush=True)
         t0 = time.perf_counter()
         batch = sample()
         opt.zero_grad(set_to_none=False)
@@ -146,8 +167,8 @@ def main():
         if step > args.warmup:
             step_seconds.append(t2 - t0)
             compute_seconds.append(t1 - t0)
-        if step == args.steps and args.rank == 0:
-            print("mark end", flush=True)
+        if step == args.steps:
+            mark(args, "end")
         if (args.rank == 0 and task.has_accuracy and args.eval_every and
                 (step % args.eval_every == 0 or step == args.steps)):
             curve.append(dict(step=step, train_seconds=round(train_clock, 3),
