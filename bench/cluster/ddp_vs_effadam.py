@@ -19,8 +19,9 @@ Parts (--parts):
             two hosts sending to a third (whose link is the limit)
   timing    per model, rate, N and setting: median seconds per step after
             the warm-up, bytes per step on each host's link each way (the
-            switch's interface counters between rank 0's first and last
-            measured step), CPU seconds per step per process, and the cost
+            switch's interface counters, read while every host waits just
+            before its first and just after its last measured step), CPU
+            seconds per step per process, and the cost
             model's floor beside it
   accuracy  test accuracy against steps for the CNN and the wide MLP on the
             fastest link; a run's trajectory does not depend on the link
