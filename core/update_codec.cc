@@ -100,11 +100,25 @@ absl::Status UpdateCodec::EncodeWithFeedback(absl::Span<const float> update,
 
 absl::Status UpdateCodec::EncodeZeros(std::string* out) const {
   out->resize(encoded_size_);
-  uint8_t* base = reinterpret_cast<uint8_t*>(out->data());
+  return EncodeZeros(
+      0, segments_.size(),
+      absl::MakeSpan(reinterpret_cast<uint8_t*>(out->data()), out->size()));
+}
+
+absl::Status UpdateCodec::EncodeZeros(size_t first_segment, size_t end_segment,
+                                      absl::Span<uint8_t> out) const {
+  if (first_segment > end_segment || end_segment > segments_.size() ||
+      out.size() != encoded_size_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("zero encoding of segments [", first_segment, ", ",
+                     end_segment, ") of ", segments_.size(), " into ",
+                     out.size(), " bytes (want ", encoded_size_, ")"));
+  }
+  uint8_t* base = out.data();
   // Tiles of about 64K elements, whole blocks of the segment's codec.
   constexpr size_t kTileElements = 65536;
   std::vector<float> zeros;
-  for (size_t i = 0; i < segments_.size(); ++i) {
+  for (size_t i = first_segment; i < end_segment; ++i) {
     const Segment& s = segments_[i];
     const size_t block = s.codec->block_size();
     const size_t tile = TileOfWholeBlocks(block, kTileElements);

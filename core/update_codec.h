@@ -82,9 +82,16 @@ class UpdateCodec {
 
   // The encoding of an update of zeros without error feedback into *out:
   // the bytes EncodeWithFeedback(zeros, {}, 0) writes, built tile by tile
-  // from a small buffer of zeros, so no model-sized vector is made (a
-  // worker keeps it as the delta of a shard that sent none).
+  // from a small buffer of zeros, so no model-sized vector is made.
   absl::Status EncodeZeros(std::string* out) const;
+
+  // The same bytes for segments [first_segment, end_segment) only, written
+  // at their place in `out`, a whole encoding (encoded_size() bytes): a
+  // worker's delta part for a shard that sent none, made when it is needed
+  // instead of kept (for fp32 that would be a copy of the model's size).
+  // InvalidArgument for a segment range that does not fit.
+  absl::Status EncodeZeros(size_t first_segment, size_t end_segment,
+                           absl::Span<uint8_t> out) const;
 
   // Full check of an encoded update (see Codec::Validate).
   absl::Status Validate(absl::string_view bytes,

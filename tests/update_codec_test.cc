@@ -101,6 +101,26 @@ TEST(UpdateCodec, EncodeZerosIsTheEncodingOfAZeroVector) {
             .ok());
     ASSERT_TRUE((*uc)->EncodeZeros(&got).ok());
     EXPECT_EQ(got, want);
+
+    // A range of segments (a shard's part): its bytes and no others.
+    const std::vector<Segment>& segs = (*uc)->segments();
+    ASSERT_GE(segs.size(), 3u);
+    std::string part(want.size(), '\xab');
+    const auto bytes = [](std::string& s) {
+      return absl::MakeSpan(reinterpret_cast<uint8_t*>(s.data()), s.size());
+    };
+    ASSERT_TRUE((*uc)->EncodeZeros(1, segs.size() - 1, bytes(part)).ok());
+    const size_t begin = segs[1].byte_begin, end = segs.back().byte_begin;
+    EXPECT_EQ(part.substr(begin, end - begin), want.substr(begin, end - begin));
+    EXPECT_EQ(part.substr(0, begin), std::string(begin, '\xab'));
+    EXPECT_EQ(part.substr(end), std::string(want.size() - end, '\xab'));
+    EXPECT_EQ((*uc)->EncodeZeros(2, 1, bytes(part)).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ((*uc)->EncodeZeros(0, segs.size() + 1, bytes(part)).code(),
+              absl::StatusCode::kInvalidArgument);
+    std::string short_buffer(want.size() - 1, '\0');
+    EXPECT_EQ((*uc)->EncodeZeros(0, 1, bytes(short_buffer)).code(),
+              absl::StatusCode::kInvalidArgument);
   }
 }
 

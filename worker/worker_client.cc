@@ -303,9 +303,6 @@ absl::Status WorkerClient::Start(absl::Span<const float> initial_params) {
       WorkerOptimizer::Create(worker_codec_, server_codec_, std::move(x0), wo);
   if (!optimizer.ok()) return optimizer.status();
   optimizer_ = *std::move(optimizer);
-  if (absl::Status s = server_codec_->EncodeZeros(&zero_delta_); !s.ok()) {
-    return s;
-  }
   for (Shard& shard : shards_) {
     if (absl::Status s = shard.link->OpenStream(); !s.ok()) return s;
   }
@@ -448,7 +445,7 @@ void WorkerClient::RunExchanges(float loss, bool bucketed) {
 absl::Status WorkerClient::ApplyRound() {
   // A shard whose server has finished, or whose stream broke, contributes
   // a zero part to the delta.
-  delta_.resize(zero_delta_.size());
+  delta_.resize(server_codec_->encoded_size());
   const std::vector<absl::Status>& results = round_results_;
   // A shard that took this worker's late update into its current round
   // sent the deltas of the rounds it missed first: applied before this
@@ -461,7 +458,7 @@ absl::Status WorkerClient::ApplyRound() {
     Shard& s = shards_[k];
     const absl::Status& r = results[k];
     if (s.link->server_finished() || (r.ok() && !s.link->stream_open())) {
-      PutZeroPart(s);
+      if (absl::Status z = PutZeroPart(s); !z.ok()) return Abandon(z);
       continue;
     }
     if (r.ok()) {
@@ -469,7 +466,7 @@ absl::Status WorkerClient::ApplyRound() {
       up.payload += static_cast<int64_t>(s.update_range.byte_size);
       up.fp32 += static_cast<int64_t>(sizeof(float) * s.update_range.size);
       if (round_dropped_[k]) {
-        PutZeroPart(s);
+        if (absl::Status z = PutZeroPart(s); !z.ok()) return Abandon(z);
       } else {
         // Shared, not taken: the assembler keeps its memory for the next
         // round.
@@ -483,7 +480,7 @@ absl::Status WorkerClient::ApplyRound() {
                options_.reconnect_timeout <= absl::ZeroDuration()) {
       return Abandon(r);
     } else {
-      PutZeroPart(s);
+      if (absl::Status z = PutZeroPart(s); !z.ok()) return Abandon(z);
       broken.push_back(k);
     }
   }
@@ -515,10 +512,15 @@ void WorkerClient::PutDeltaPart(const Shard& s, absl::string_view part) {
               part.size());
 }
 
-void WorkerClient::PutZeroPart(const Shard& s) {
-  PutDeltaPart(s,
-               absl::string_view(zero_delta_)
-                   .substr(s.delta_range.byte_begin, s.delta_range.byte_size));
+absl::Status WorkerClient::PutZeroPart(const Shard& s) {
+  absl::Status z = server_codec_->EncodeZeros(
+      s.delta_range.first_segment, s.delta_range.end_segment,
+      absl::MakeSpan(reinterpret_cast<uint8_t*>(delta_.data()), delta_.size()));
+  if (!z.ok()) {
+    return absl::InternalError(
+        absl::StrCat("Train, round ", round(), ": ", z.message()));
+  }
+  return absl::OkStatus();
 }
 
 void WorkerClient::CountDelta(Shard& s, size_t bytes) {
@@ -546,8 +548,8 @@ absl::Status WorkerClient::ApplyEarlierDeltas(
       if (missed && !e.dropped[i]) {
         PutDeltaPart(s, e.bytes[i]);
         CountDelta(s, e.bytes[i].size());
-      } else {
-        PutZeroPart(s);
+      } else if (absl::Status z = PutZeroPart(s); !z.ok()) {
+        return Abandon(z);
       }
       if (missed) ++s.round;
     }

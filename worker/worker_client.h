@@ -284,10 +284,12 @@ class WorkerClient {
   // or this worker lagged; otherwise, or when that fails, the error.
   absl::Status Recover(size_t k, const absl::Status& ended);
   absl::Status Resync(size_t k, absl::Time deadline);
-  // Writes shard s's part of the delta (a zero part: its server finished,
-  // dropped the round or sent nothing) into delta_.
+  // Writes shard s's part of the delta, as its server sent it, into delta_.
   void PutDeltaPart(const Shard& s, absl::string_view part);
-  void PutZeroPart(const Shard& s);
+  // Writes the encoding of zeros as shard s's part (its server finished,
+  // dropped the round or sent nothing), made when needed rather than kept;
+  // Internal if the codec refuses the shard's segments (a broken invariant).
+  absl::Status PutZeroPart(const Shard& s);
   // Counts a delta of `bytes` received from shard s.
   void CountDelta(Shard& s, size_t bytes);
   // Applies the deltas of the rounds that late updates missed
@@ -352,9 +354,8 @@ class WorkerClient {
   std::shared_ptr<const UpdateCodec> worker_codec_, server_codec_;
   std::unique_ptr<WorkerOptimizer> optimizer_;
   absl::Status final_status_;
-  std::string update_;      // reused buffer
-  std::string delta_;       // the last delta, all shards' parts
-  std::string zero_delta_;  // a delta of zeros: the part of finished shards
+  std::string update_;  // reused buffer
+  std::string delta_;   // the last delta, all shards' parts
   // Runs a round's exchanges on the shards' links in parallel; made by
   // Start, so its threads live as long as training (none with one shard).
   std::unique_ptr<LinkThreads> link_threads_;
