@@ -83,6 +83,7 @@ class Connection:
             self.sock = context.wrap_socket(self.sock,
                                             server_hostname="localhost")
         self.lock = threading.Lock()
+        self.closing = False
         self.goaway = False
         self.closed = threading.Event()
         self.handshaken = threading.Event()  # the server's SETTINGS came
@@ -101,6 +102,8 @@ class Connection:
 
     def send(self, data):
         with self.lock:
+            if self.closing:
+                raise OSError("the connection is closed")
             self.sock.sendall(data)
 
     def _recv_exact(self, n):
@@ -202,11 +205,23 @@ class Connection:
         return sent
 
     def close(self):
+        # The descriptor is closed only once no thread can use it: a reader
+        # that answers a PING while the socket closes could write its frame
+        # into whatever takes the descriptor's number next, such as the
+        # pipe of a tool the test starts (the likely cause of the bytes
+        # that were not effadam-health's in its stdout in one CI run).
+        self.closing = True  # no send starts from now on
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(socket.SHUT_RDWR)  # ends a blocked recv/send
         except OSError:
             pass
-        self.sock.close()
+        self.reader.join(timeout=10)
+        with self.lock:  # a send that began before the flag has returned
+            pass
+        if not self.reader.is_alive():
+            self.sock.close()
+        # else: leave the descriptor open (a leak in a test process) rather
+        # than let its number be reused under a live thread.
 
 
 def rapid_reset(address, streams, deadline, path=TRAIN, token=None,
