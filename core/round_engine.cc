@@ -420,8 +420,9 @@ absl::Status RoundEngine::FinishClose(std::string* delta, bool* dropped) {
 
 absl::Status RoundEngine::ZeroDelta(std::string* delta) {
   ++dropped_rounds_;
-  const std::vector<float> zero(x_.size(), 0.0f);
-  return server_codec_->EncodeWithFeedback(zero, {}, 0, delta, pool_.get());
+  // The bytes EncodeWithFeedback writes for zeros, without a model-sized
+  // vector of them.
+  return server_codec_->EncodeZeros(delta);
 }
 
 }  // namespace effadam

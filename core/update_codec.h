@@ -82,7 +82,8 @@ class UpdateCodec {
 
   // The encoding of an update of zeros without error feedback into *out:
   // the bytes EncodeWithFeedback(zeros, {}, 0) writes, built tile by tile
-  // from a small buffer of zeros, so no model-sized vector is made.
+  // from a small buffer of zeros, so no model-sized vector is made (the
+  // delta of a round the server drops).
   absl::Status EncodeZeros(std::string* out) const;
 
   // The same bytes for segments [first_segment, end_segment) only, written
